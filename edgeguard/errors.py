@@ -1,0 +1,154 @@
+"""The single error hierarchy of edgeguard.
+
+Every error edgeguard raises on purpose derives from :class:`EdgeguardError`.
+Errors are grouped by *who is at fault*, after python-tuf's
+``tuf/api/exceptions.py``: the user (usage), the file (malformed), an attacker
+or a corrupted medium (integrity), the trust configuration (untrusted signer),
+the deployment policy (expired, rolled back, wrong device), the host (missing
+optional dependency), the input data (rejected by the sanity guard) and the
+model/backend.
+
+Each class carries an ``exit_code``: the CLI maps the class to that code and
+prints one line. The codes are part of the public contract (README, "Exit
+codes") and never change meaning.
+
+Decryption and integrity failures deliberately share one message: a caller
+learns *that* the bundle is not authentic, never *which* secret-dependent step
+failed (pyca/cryptography's rule).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendError",
+    "BundleExpiredError",
+    "DeviceNotAllowedError",
+    "EdgeguardError",
+    "InputRejectedError",
+    "IntegrityError",
+    "InternalError",
+    "KeyFileError",
+    "MalformedError",
+    "MissingDependencyError",
+    "NotARecipientError",
+    "PolicyError",
+    "RollbackError",
+    "StateStoreError",
+    "UntrustedSignerError",
+    "UsageError",
+]
+
+
+class EdgeguardError(Exception):
+    """Root of every error edgeguard raises on purpose.
+
+    Attributes:
+        exit_code: Process exit code the CLI uses for this class.
+        hint: One short sentence telling the user what to do next.
+    """
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+    def one_line(self) -> str:
+        """The message and hint as the single line the CLI prints."""
+        msg = str(self)
+        return f"{msg} ({self.hint})" if self.hint else msg
+
+
+class InternalError(EdgeguardError):
+    """A bug in edgeguard: an invariant did not hold. Please report it."""
+
+    exit_code = 1
+
+
+class UsageError(EdgeguardError):
+    """The command or API was called wrongly (missing file, bad option value)."""
+
+    exit_code = 2
+
+
+class MalformedError(EdgeguardError):
+    """A file (bundle, key, profile, input) does not follow its format."""
+
+    exit_code = 3
+
+
+class IntegrityError(EdgeguardError):
+    """Authentication failed: signature, AEAD tag or digest mismatch.
+
+    The bundle or file was modified, truncated or extended after it was made,
+    or the wrong key was used. The message never says which secret-dependent
+    step failed.
+    """
+
+    exit_code = 4
+
+
+class UntrustedSignerError(EdgeguardError):
+    """The signature is valid for a key that is not in the trust store."""
+
+    exit_code = 5
+
+
+class PolicyError(EdgeguardError):
+    """The artifact is authentic but policy forbids using it here and now."""
+
+    exit_code = 6
+
+
+class BundleExpiredError(PolicyError):
+    """The bundle's ``expires`` time has passed (or ``created`` lies in the future)."""
+
+
+class RollbackError(PolicyError):
+    """The bundle's release version is older than one this device already opened."""
+
+
+class DeviceNotAllowedError(PolicyError):
+    """The bundle's device constraints exclude this device (profile or id)."""
+
+
+class NotARecipientError(PolicyError):
+    """The bundle holds no wrapped data key for this device."""
+
+
+class MissingDependencyError(EdgeguardError):
+    """An optional dependency is not installed; the message names the extra."""
+
+    exit_code = 7
+
+    def __init__(self, module: str, extra: str, *, purpose: str) -> None:
+        super().__init__(
+            f"{purpose} needs the Python module '{module}', which is not installed",
+            hint=f"install it with: pip install 'edgeguard[{extra}]'",
+        )
+        self.module = module
+        self.extra = extra
+
+
+class InputRejectedError(EdgeguardError):
+    """The input sanity guard rejected an input tensor (verdict REJECT)."""
+
+    exit_code = 8
+
+
+class KeyFileError(EdgeguardError):
+    """A key file cannot be used: wrong type, wrong passphrase, unsafe permissions."""
+
+    exit_code = 9
+
+
+class BackendError(EdgeguardError):
+    """The inference backend could not load or run the model."""
+
+    exit_code = 10
+
+
+class StateStoreError(EdgeguardError):
+    """The local anti-rollback state store cannot be read or written safely."""
+
+    exit_code = 11
