@@ -1,0 +1,74 @@
+"""The ``edgeguard`` command line.
+
+Every subcommand lives in its own module ``edgeguard/cli/cmd_<name>.py`` that
+exposes ``register(subparsers)``; the module adds its parser and sets
+``func=run`` where ``run(args) -> int`` returns the exit code. Heavy modules
+are imported inside ``run`` so ``edgeguard --help`` starts fast and works even
+when optional dependencies are missing.
+
+Expected errors (subclasses of :class:`~edgeguard.errors.EdgeguardError`) are
+printed as one line on stderr, ``edgeguard: error: <what> (<what to do>)``,
+and mapped to the class's documented exit code; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from edgeguard import __version__
+from edgeguard.errors import EdgeguardError
+
+# Order here is the order in --help.
+_COMMANDS: tuple[str, ...] = (
+    "keygen",
+    "build",
+    "inspect",
+    "verify",
+    "run",
+    "calibrate",
+    "devices",
+    "log",
+    "demo",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with every available subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="edgeguard",
+        description="Encrypted, signed model bundles and a guarded runtime for edge inference.",
+    )
+    parser.add_argument("--version", action="version", version=f"edgeguard {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in _COMMANDS:
+        try:
+            module = importlib.import_module(f"edgeguard.cli.cmd_{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"edgeguard.cli.cmd_{name}":
+                continue  # command not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``edgeguard`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except EdgeguardError as exc:
+        print(f"edgeguard: error: {exc.one_line()}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("edgeguard: interrupted", file=sys.stderr)
+        return 130
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
