@@ -24,6 +24,7 @@ __all__ = [
     "BundleExpiredError",
     "DeviceNotAllowedError",
     "EdgeguardError",
+    "FileSystemError",
     "InputRejectedError",
     "IntegrityError",
     "InternalError",
@@ -152,3 +153,9 @@ class StateStoreError(EdgeguardError):
     """The local anti-rollback state store cannot be read or written safely."""
 
     exit_code = 11
+
+
+class FileSystemError(EdgeguardError):
+    """The operating system refused a file operation (disk full, permission, ...)."""
+
+    exit_code = 12

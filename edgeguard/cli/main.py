@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
 from edgeguard import __version__
-from edgeguard.errors import EdgeguardError
+from edgeguard.errors import EdgeguardError, FileSystemError, InternalError
 
 # Order here is the order in --help.
 _COMMANDS: tuple[str, ...] = (
@@ -67,6 +68,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgeguard: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        err = FileSystemError(
+            f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+        )
+        print(f"edgeguard: error: {err.one_line()}", file=sys.stderr)
+        return err.exit_code
+    except Exception as exc:
+        if os.environ.get("EDGEGUARD_DEBUG"):
+            raise
+        print(
+            f"edgeguard: internal error: {type(exc).__name__}: {exc} "
+            "(this is a bug; set EDGEGUARD_DEBUG=1 to see the traceback and please report it)",
+            file=sys.stderr,
+        )
+        return InternalError.exit_code
     return code
 
 

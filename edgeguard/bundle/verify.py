@@ -1,0 +1,154 @@
+"""Trust and policy decisions on a parsed bundle (pure logic, no I/O).
+
+Layer: bundle. The order is fixed and matches ``docs/bundle-format.md``:
+
+1. :func:`verify_signature` - the signer key id must be in the explicit
+   :class:`TrustStore` (else :class:`UntrustedSignerError`), both halves of
+   the hybrid signature must verify (else :class:`IntegrityError`), and the
+   manifest must name the same signer.
+2. :func:`check_policy` - expiry, device profile / id, anti-rollback, and
+   whether this device is a recipient. Each failure is a
+   :class:`~edgeguard.errors.PolicyError` subclass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from edgeguard.bundle.codec import SIGNATURE_CONTEXT, ParsedPrefix
+from edgeguard.bundle.model import Manifest, Recipient
+from edgeguard.crypto.keys import DevicePublicKey, SignerPublicKey
+from edgeguard.crypto.sign import hybrid_verify
+from edgeguard.errors import (
+    BundleExpiredError,
+    DeviceNotAllowedError,
+    IntegrityError,
+    NotARecipientError,
+    RollbackError,
+    UntrustedSignerError,
+    UsageError,
+)
+
+__all__ = ["CLOCK_SKEW_S", "TrustStore", "check_policy", "verify_signature"]
+
+#: How far in the future ``created`` may lie before the bundle is refused.
+CLOCK_SKEW_S = 300
+
+
+@dataclass(frozen=True)
+class TrustStore:
+    """The signer public keys a device accepts, by key id. Never empty."""
+
+    signers: Mapping[bytes, SignerPublicKey]
+
+    def __post_init__(self) -> None:
+        if not self.signers:
+            raise UsageError(
+                "the trust store is empty: a bundle can only be verified against "
+                "at least one trusted signer key",
+                hint="pass --trust signer.pub",
+            )
+        object.__setattr__(self, "signers", MappingProxyType(dict(self.signers)))
+
+    @classmethod
+    def of(cls, keys: Iterable[SignerPublicKey]) -> TrustStore:
+        """A trust store holding ``keys``."""
+        return cls({k.key_id: k for k in keys})
+
+
+def verify_signature(prefix: ParsedPrefix, *, trust: TrustStore) -> SignerPublicKey:
+    """Verify the hybrid signature of a parsed bundle against ``trust``.
+
+    Returns:
+        The signer key that made the signature.
+
+    Raises:
+        UntrustedSignerError: The signing key is not in the trust store.
+        IntegrityError: The signature does not verify, or the manifest names
+            a different signer than the signature block.
+    """
+    kid = prefix.signature.key_id
+    signer = trust.signers.get(kid)
+    if signer is None:
+        raise UntrustedSignerError(
+            f"bundle is signed by key {kid.hex()[:16]}…, which is not in the trust store",
+            hint="check --trust, or ask the publisher which key signed this release",
+        )
+    try:
+        hybrid_verify(
+            signer.ecdsa,
+            signer.mldsa,
+            prefix.signature.signature,
+            prefix.signed_bytes,
+            context=SIGNATURE_CONTEXT,
+        )
+    except IntegrityError as exc:
+        raise IntegrityError(
+            f"bundle signature is invalid ({exc}): the bundle was modified or corrupted"
+        ) from exc
+    if prefix.header.manifest.signer != kid:
+        raise IntegrityError("bundle manifest names a different signer than its signature")
+    return signer
+
+
+def check_policy(
+    manifest: Manifest,
+    recipients: tuple[Recipient, ...],
+    *,
+    device: DevicePublicKey,
+    now: int,
+    stored_version: int | None,
+) -> Recipient:
+    """Decide whether this device may open this (authentic) bundle now.
+
+    Args:
+        manifest: The verified manifest.
+        recipients: The verified recipient entries.
+        device: The opening device's public identity (id, profile, key id).
+        now: Current time, Unix seconds.
+        stored_version: Highest release version of this bundle name and signer
+            this device has opened before, or None.
+
+    Returns:
+        The recipient entry holding this device's wrapped data key.
+
+    Raises:
+        BundleExpiredError: Expired, or created implausibly far in the future.
+        DeviceNotAllowedError: Profile or device id not allowed.
+        RollbackError: Older than a release this device already opened.
+        NotARecipientError: The bundle holds no data key for this device.
+    """
+    if manifest.expires is not None and now >= manifest.expires:
+        raise BundleExpiredError(
+            f"bundle {manifest.name!r} v{manifest.version} expired at {manifest.expires} "
+            f"(now {now})",
+            hint="ask the publisher for a current release",
+        )
+    if manifest.created > now + CLOCK_SKEW_S:
+        raise BundleExpiredError(
+            f"bundle {manifest.name!r} claims to be created in the future ({manifest.created})",
+            hint="check the device clock",
+        )
+    if device.profile not in manifest.devices.profiles:
+        raise DeviceNotAllowedError(
+            f"bundle is for device profiles {', '.join(manifest.devices.profiles)}, "
+            f"this device is {device.profile!r}",
+        )
+    ids = manifest.devices.device_ids
+    if ids is not None and device.device_id not in ids:
+        raise DeviceNotAllowedError(f"device {device.device_id!r} is not among the bundle's ids")
+    if stored_version is not None and manifest.version < stored_version:
+        raise RollbackError(
+            f"bundle {manifest.name!r} v{manifest.version} is older than v{stored_version}, "
+            "which this device already opened (rollback refused)",
+        )
+    for r in recipients:
+        if r.key_id == device.key_id:
+            return r
+    raise NotARecipientError(
+        f"device {device.device_id!r} (key {device.key_id.hex()[:16]}…) is not a recipient "
+        "of this bundle",
+        hint="rebuild the bundle with --recipient for this device",
+    )

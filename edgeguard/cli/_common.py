@@ -1,0 +1,61 @@
+"""Helpers shared by the CLI subcommands (argument types, key loading, output)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from edgeguard.errors import UsageError
+
+__all__ = [
+    "add_passphrase_arg",
+    "emit_json",
+    "iso_time",
+    "parse_time",
+    "passphrase",
+]
+
+
+def add_passphrase_arg(p: argparse.ArgumentParser) -> None:
+    """``--passphrase-file`` (else ``$EDGEGUARD_PASSPHRASE``) for protected private keys."""
+    p.add_argument(
+        "--passphrase-file",
+        type=Path,
+        metavar="FILE",
+        help="file holding the private key's passphrase (else $EDGEGUARD_PASSPHRASE)",
+    )
+
+
+def passphrase(args: argparse.Namespace) -> bytes | None:
+    """Resolve the passphrase from the parsed arguments or the environment."""
+    from edgeguard.keystore import read_passphrase
+
+    return read_passphrase(getattr(args, "passphrase_file", None))
+
+
+def parse_time(text: str) -> int:
+    """ISO 8601 date or date-time to Unix seconds (naive times are UTC)."""
+    try:
+        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise UsageError(f"{text!r} is not an ISO 8601 date or date-time") from exc
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.timezone.utc)
+    return int(t.timestamp())
+
+
+def iso_time(ts: int | None) -> str | None:
+    """Unix seconds to ISO 8601 UTC (None stays None)."""
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def emit_json(obj: Any) -> None:
+    """Print ``obj`` as JSON on stdout."""
+    json.dump(obj, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")

@@ -1,0 +1,104 @@
+"""``edgeguard inspect``: show a bundle's header without any secret."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from edgeguard.cli._common import emit_json, iso_time
+
+
+def register(sub: Any) -> None:
+    """Add the ``inspect`` parser."""
+    p = sub.add_parser(
+        "inspect",
+        help="show a bundle's manifest (no keys needed; does NOT verify)",
+        description=(
+            "Parse a bundle and print its manifest, recipients and payload layout. "
+            "Nothing is verified: use `edgeguard verify` for that."
+        ),
+    )
+    p.add_argument("bundle", type=Path, metavar="BUNDLE.egb")
+    p.add_argument("--json", action="store_true", help="print JSON on stdout")
+    p.set_defaults(func=run)
+
+
+def describe(prefix: Any) -> dict[str, Any]:
+    """A JSON-compatible description of a parsed prefix."""
+    h = prefix.header
+    m = h.manifest
+    return {
+        "verified": False,
+        "format": 1,
+        "name": m.name,
+        "version": m.version,
+        "created": iso_time(m.created),
+        "expires": iso_time(m.expires),
+        "signer_key_id": m.signer.hex(),
+        "signature_alg": prefix.signature.alg,
+        "devices": {"profiles": list(m.devices.profiles), "ids": m.devices.device_ids},
+        "members": [
+            {
+                "name": x.name,
+                "role": x.role,
+                "format": x.format,
+                "size": x.size,
+                "sha256": x.digest.value.hex(),
+            }
+            for x in m.members
+        ],
+        "recipients": [{"key_id": r.key_id.hex(), "kem": r.kem} for r in h.recipients],
+        "payload": {
+            "aead": h.payload.aead,
+            "chunk_size": h.payload.chunk_size,
+            "size": h.payload.size,
+            "sha256": h.payload.digest.value.hex(),
+            "offset": prefix.payload_offset,
+        },
+        "slots": {
+            "sanity": m.sanity is not None,
+            "policy": m.policy is not None,
+            "engine_recipe": m.engine_recipe is not None,
+        },
+        "tool": m.tool,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the description."""
+    from edgeguard.errors import UsageError
+    from edgeguard.runtime.opener import read_prefix
+
+    try:
+        f = open(args.bundle, "rb")  # noqa: SIM115
+    except OSError as exc:
+        raise UsageError(f"cannot read bundle {args.bundle}: {exc.strerror}") from exc
+    with f:
+        prefix, _ = read_prefix(f)
+    d = describe(prefix)
+    if args.json:
+        emit_json(d)
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    c = Console()
+    c.print(f"[bold]{d['name']}[/] v{d['version']}  (format 1, [yellow]signature not verified[/])")
+    c.print(f"created {d['created']}  expires {d['expires'] or 'never'}")
+    c.print(f"signer  {d['signer_key_id']}  ({d['signature_alg']})")
+    ids = d["devices"]["ids"]
+    c.print(f"devices profiles={', '.join(d['devices']['profiles'])} ids={ids or 'any recipient'}")
+    t = Table(title="members")
+    for col in ("name", "role", "format", "size", "sha256"):
+        t.add_column(col)
+    for x in d["members"]:
+        t.add_row(x["name"], x["role"], x["format"], str(x["size"]), x["sha256"][:16] + "…")
+    c.print(t)
+    c.print(f"{len(d['recipients'])} recipient(s): " + ", ".join(
+        f"{r['kem']}:{r['key_id'][:12]}…" for r in d["recipients"][:8]))
+    c.print(f"payload {d['payload']['size']} bytes, {d['payload']['aead']}, "
+            f"chunk {d['payload']['chunk_size']}")
+    slots = [k for k, v in d["slots"].items() if v]
+    c.print(f"signed slots: {', '.join(slots) or 'none'}")
+    return 0

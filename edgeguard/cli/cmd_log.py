@@ -1,0 +1,106 @@
+"""``edgeguard log``: inspect and verify tamper-evident event logs.
+
+Layer: CLI. ``edgeguard log verify LOG --pubkey-pem FILE [--json] [--allow-unclean]``
+checks the hash chain and every signed checkpoint of an event log written by
+the guarded runtime (format: ``docs/eventlog.md``). Exit 0 when the log
+verifies; exit 4 (IntegrityError) on any edit, deletion, reordering or
+truncation, and on an unclean end (a writer that crashed, or a truncated
+tail) unless ``--allow-unclean`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import TYPE_CHECKING, Any
+
+from edgeguard.errors import KeyFileError, UsageError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``log`` command and its ``verify`` subcommand."""
+    p = subparsers.add_parser(
+        "log", help="verify tamper-evident event logs", description="Event log tools."
+    )
+    sub = p.add_subparsers(dest="log_command", metavar="SUBCOMMAND")
+    sub.required = True
+    v = sub.add_parser(
+        "verify",
+        help="verify the hash chain and signed checkpoints of an event log",
+        description="Verify an event log; exit 4 on any edit, deletion, reordering or truncation.",
+    )
+    v.add_argument("log", metavar="LOG", help="event log file (JSON lines)")
+    v.add_argument(
+        "--pubkey-pem",
+        metavar="FILE",
+        help="device public key: PEM SubjectPublicKeyInfo of the ECDSA P-256 key",
+    )
+    v.add_argument("--json", action="store_true", help="print the report as JSON")
+    v.add_argument(
+        "--allow-unclean",
+        action="store_true",
+        help="accept a log whose writer did not close it (crash); still reports it",
+    )
+    v.set_defaults(func=run)
+
+
+# --------------------------------------------------------------------------------------------
+# SEAM: the device public key file format is being designed; ``--device-pub`` will be added
+# here. Everything else in this command only needs an ``ec.EllipticCurvePublicKey``.
+# --------------------------------------------------------------------------------------------
+def _load_verify_key(args: argparse.Namespace) -> ec.EllipticCurvePublicKey:
+    """Load the key that verifies the log's checkpoints from the command line options.
+
+    Raises:
+        UsageError: No key option given or the file cannot be read.
+        KeyFileError: The file is not a PEM P-256 public key.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    path = getattr(args, "pubkey_pem", None)
+    if not path:
+        raise UsageError("no verification key given", hint="pass --pubkey-pem FILE")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError) as exc:
+        raise KeyFileError(f"{path} is not a PEM public key") from exc
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise KeyFileError(f"{path} is not an ECDSA P-256 public key")
+    return key
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``edgeguard log verify``."""
+    from edgeguard.guard.eventlog import verify
+
+    key = _load_verify_key(args)
+    report = verify(args.log, key, require_clean=not args.allow_unclean)
+    if args.json:
+        print(json.dumps(report.to_dict(), sort_keys=True))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"event log {report.path}", show_header=False)
+    table.add_row("status", report.status)
+    table.add_row("log id", report.log_id)
+    table.add_row("records", str(report.records))
+    table.add_row("signed checkpoints", str(report.checkpoints))
+    table.add_row("last checkpoint", f"record {report.last_checkpoint_seq}")
+    table.add_row("unsigned tail", f"{report.unsigned_tail} record(s)")
+    table.add_row("torn last write", f"{report.torn_tail_bytes} byte(s) ignored")
+    table.add_row("sessions", str(report.sessions))
+    table.add_row("kinds", ", ".join(f"{k}={v}" for k, v in sorted(report.kinds.items())))
+    Console().print(table)
+    return 0

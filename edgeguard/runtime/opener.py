@@ -1,0 +1,300 @@
+"""Opening a bundle on a device: verify, decide, decrypt into memory.
+
+Layer: runtime (file I/O). The order is fixed (``docs/bundle-format.md``,
+"Opening a bundle"):
+
+1. parse the prefix with hard limits (``MalformedError``);
+2. verify the hybrid signature against the explicit trust store
+   (``UntrustedSignerError`` / ``IntegrityError``), then the file length
+   against the signed payload size (``IntegrityError``);
+3. policy: expiry, device profile and id, anti-rollback against the local
+   :class:`~edgeguard.runtime.state.VersionStore`, recipient (``PolicyError``);
+4. unwrap the data key with HPKE;
+5. stream-decrypt every member into memory, hashing the ciphertext (signed
+   payload digest) and each plaintext (signed member digest) on the way;
+6. only when every check passed: record the version in the state store and
+   return the plaintext. Nothing is written to disk except the state store.
+
+Plaintext is never written to any file. On any failure the partially
+decrypted buffers are zeroed before the error propagates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import BinaryIO
+
+from edgeguard.bundle.codec import ParsedPrefix, parse_prefix
+from edgeguard.bundle.model import DEFAULT_LIMITS, Limits, Manifest, Member
+from edgeguard.bundle.verify import TrustStore, check_policy, verify_signature
+from edgeguard.crypto.keys import DeviceKey, SignerPublicKey
+from edgeguard.crypto.stream import TAG_LEN, StreamDecryptor, derive_stream_key
+from edgeguard.crypto.wrap import unwrap_data_key
+from edgeguard.errors import IntegrityError, UsageError
+from edgeguard.runtime.state import VersionStore, default_state_dir
+
+__all__ = ["OpenedBundle", "VerifiedBundle", "open_bundle", "read_prefix", "verify_bundle"]
+
+_BLOCK_CHUNKS = 8  # sealed chunks read per I/O call
+
+
+@dataclass(frozen=True)
+class VerifiedBundle:
+    """A bundle whose signature, length and payload digest were checked."""
+
+    path: Path
+    prefix: ParsedPrefix
+    signer: SignerPublicKey
+
+    @property
+    def manifest(self) -> Manifest:
+        """The signed manifest."""
+        return self.prefix.header.manifest
+
+    @property
+    def manifest_digest(self) -> bytes:
+        """SHA-256 of the signed header bytes (identifies this exact release)."""
+        return hashlib.sha256(self.prefix.header_bytes).digest()
+
+
+@dataclass(frozen=True)
+class OpenedBundle(VerifiedBundle):
+    """A verified, policy-approved bundle with its members decrypted in memory."""
+
+    members: Mapping[str, bytearray] = field(default_factory=dict, repr=False)
+
+    def member_bytes(self, name: str | None = None) -> bytearray:
+        """Plaintext of member ``name`` (default: the first ``primary`` member)."""
+        if name is None:
+            primaries = [m.name for m in self.manifest.members if m.role == "primary"]
+            if not primaries:
+                raise UsageError("the bundle has no primary member; name one")
+            name = primaries[0]
+        try:
+            return self.members[name]
+        except KeyError:
+            raise UsageError(f"the bundle has no member {name!r}") from None
+
+    def wipe(self) -> None:
+        """Overwrite every plaintext buffer with zeros (best effort)."""
+        for buf in self.members.values():
+            buf[:] = bytes(len(buf))
+
+
+def read_prefix(
+    f: BinaryIO, *, limits: Limits = DEFAULT_LIMITS
+) -> tuple[ParsedPrefix, int]:
+    """Parse the prefix of an open bundle file; returns it and the file size."""
+    size = os.fstat(f.fileno()).st_size
+    return parse_prefix(f.read, file_size=size, limits=limits), size
+
+
+def _open_file(path: Path) -> BinaryIO:
+    try:
+        return open(path, "rb")  # noqa: SIM115 - caller closes
+    except FileNotFoundError as exc:
+        raise UsageError(f"bundle {path} does not exist") from exc
+    except IsADirectoryError as exc:
+        raise UsageError(f"bundle {path} is a directory") from exc
+    except OSError as exc:
+        raise UsageError(f"cannot read bundle {path}: {exc}") from exc
+
+
+def _verify_prefix(
+    f: BinaryIO, path: Path, trust: TrustStore, limits: Limits
+) -> VerifiedBundle:
+    prefix, size = read_prefix(f, limits=limits)
+    signer = verify_signature(prefix, trust=trust)
+    expected = prefix.payload_offset + prefix.header.payload.size
+    if size != expected:
+        what = "truncated" if size < expected else "extended with trailing bytes"
+        raise IntegrityError(
+            f"bundle {path} is {what}: the signed header says {expected} bytes, "
+            f"the file has {size}"
+        )
+    return VerifiedBundle(path=path, prefix=prefix, signer=signer)
+
+
+def _check_payload_digest(f: BinaryIO, vb: VerifiedBundle) -> None:
+    f.seek(vb.prefix.payload_offset)
+    h = hashlib.sha256()
+    remaining = vb.prefix.header.payload.size
+    buf = bytearray(8 << 20)
+    view = memoryview(buf)
+    while remaining:
+        n = f.readinto(view[: min(len(buf), remaining)])
+        if not n:
+            raise IntegrityError(f"bundle {vb.path} is truncated")
+        h.update(view[:n])
+        remaining -= n
+    if not hmac.compare_digest(h.digest(), vb.prefix.header.payload.digest.value):
+        raise IntegrityError(f"bundle {vb.path} is not authentic (payload digest mismatch)")
+
+
+def verify_bundle(
+    path: Path | str, *, trust: TrustStore, limits: Limits = DEFAULT_LIMITS
+) -> VerifiedBundle:
+    """Check a bundle's signature, length and payload digest (no secrets needed).
+
+    Raises:
+        MalformedError, UntrustedSignerError, IntegrityError: see the module docstring.
+    """
+    path = Path(path)
+    with _open_file(path) as f:
+        vb = _verify_prefix(f, path, trust, limits)
+        _check_payload_digest(f, vb)
+    return vb
+
+
+def _decrypt_member(
+    f: BinaryIO,
+    member: Member,
+    index: int,
+    *,
+    data_key: bytes,
+    salt: bytes,
+    chunk_size: int,
+    buffers: tuple[bytearray, bytearray],
+    pool: ThreadPoolExecutor,
+    ct_update: Callable[[memoryview], None],
+    pending: list[Future[None]],
+    check_plaintext: bool,
+) -> bytearray:
+    dec = StreamDecryptor(
+        derive_stream_key(data_key, salt=salt, index=index),
+        plaintext_size=member.size,
+        chunk_size=chunk_size,
+    )
+    out = bytearray(member.size)
+    out_view = memoryview(out)
+    pt_hash = hashlib.sha256()
+    sealed_len = chunk_size + TAG_LEN
+    chunk = 0
+    which = 0
+    while chunk < dec.chunks:
+        n_chunks = min(_BLOCK_CHUNKS, dec.chunks - chunk)
+        start, _ = dec.chunk_span(chunk)
+        end_off, end_len = dec.chunk_span(chunk + n_chunks - 1)
+        nbytes = end_off + end_len - start
+        # Reuse a buffer only once the hashing thread is done with it.
+        if pending[which] is not None:
+            pending[which].result()
+        buf = memoryview(buffers[which])[:nbytes]
+        got = f.readinto(buf)
+        if got != nbytes:
+            raise IntegrityError("bundle is truncated")
+        pending[which] = pool.submit(ct_update, buf)
+        for k in range(n_chunks):
+            i = chunk + k
+            pstart = i * chunk_size
+            plen = min(chunk_size, member.size - pstart)
+            off = k * sealed_len
+            dec.decrypt_into(i, buf[off : off + plen + TAG_LEN], out_view[pstart : pstart + plen])
+        if check_plaintext:
+            first = chunk * chunk_size
+            pt_hash.update(out_view[first : min(first + n_chunks * chunk_size, member.size)])
+        chunk += n_chunks
+        which ^= 1
+    if check_plaintext and not hmac.compare_digest(pt_hash.digest(), member.digest.value):
+        out[:] = bytes(len(out))
+        raise IntegrityError(f"member {member.name!r} is not authentic (digest mismatch)")
+    return out
+
+
+def open_bundle(
+    path: Path | str,
+    *,
+    trust: TrustStore,
+    device_key: DeviceKey,
+    state_dir: Path | str | None = None,
+    now: int | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    check_plaintext_digests: bool = False,
+    record_version: bool = True,
+) -> OpenedBundle:
+    """Verify, check policy, decrypt in memory and record the release version.
+
+    Args:
+        path: The bundle file.
+        trust: Trusted signer keys (required, never empty).
+        device_key: This device's private key (recipient + identity).
+        state_dir: Anti-rollback state directory; None means the documented
+            default (:func:`~edgeguard.runtime.state.default_state_dir`), so
+            rollback protection is never off by accident.
+        now: Current time in Unix seconds (for tests); default the clock.
+        limits: Parser limits.
+        check_plaintext_digests: Also re-hash every decrypted member and compare
+            with its signed digest. Redundant for integrity (the signed payload
+            digest fixes the ciphertext, the signed recipient entry fixes the
+            data key, and decryption is deterministic, so the plaintext is
+            fixed; see docs/bundle-format.md, "Why one digest suffices") and it
+            doubles the hashing work, so it is off by default; `edgeguard verify
+            --device-key` turns it on.
+        record_version: Record the release version in the state store after a
+            successful open (False for read-only verification).
+
+    Returns:
+        The opened bundle with every member's plaintext in memory.
+    """
+    path = Path(path)
+    store = VersionStore(Path(state_dir) if state_dir is not None else default_state_dir())
+    now = int(time.time()) if now is None else now
+    with _open_file(path) as f:
+        vb = _verify_prefix(f, path, trust, limits)
+        header = vb.prefix.header
+        manifest = header.manifest
+        stored = store.get(vb.signer.key_id, manifest.name)
+        recipient = check_policy(
+            manifest,
+            header.recipients,
+            device=device_key.public,
+            now=now,
+            stored_version=stored,
+        )
+        data_key = unwrap_data_key(recipient.wrapped, device_key, salt=header.payload.salt)
+        f.seek(vb.prefix.payload_offset)
+        ct_hash = hashlib.sha256()
+        block = _BLOCK_CHUNKS * (header.payload.chunk_size + TAG_LEN)
+        buffers = (bytearray(block), bytearray(block))
+        pending: list[Future[None]] = [None, None]  # type: ignore[list-item]
+        members: dict[str, bytearray] = {}
+        try:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eg-hash") as pool:
+                for index, member in enumerate(manifest.members):
+                    members[member.name] = _decrypt_member(
+                        f,
+                        member,
+                        index,
+                        data_key=data_key,
+                        salt=header.payload.salt,
+                        chunk_size=header.payload.chunk_size,
+                        buffers=buffers,
+                        pool=pool,
+                        ct_update=ct_hash.update,
+                        pending=pending,
+                        check_plaintext=check_plaintext_digests,
+                    )
+                for fut in pending:
+                    if fut is not None:
+                        fut.result()
+            if not hmac.compare_digest(ct_hash.digest(), header.payload.digest.value):
+                raise IntegrityError(f"bundle {path} is not authentic (payload digest mismatch)")
+        except BaseException:
+            for buf in members.values():
+                buf[:] = bytes(len(buf))
+            raise
+    if record_version:
+        store.record(
+            vb.signer.key_id, manifest.name, manifest.version, manifest_digest=vb.manifest_digest
+        )
+    return OpenedBundle(
+        path=path, prefix=vb.prefix, signer=vb.signer, members=MappingProxyType(members)
+    )
