@@ -85,7 +85,7 @@ def _load_private(
     path: Path, passphrase: bytes | None, unsafe_allow_open_permissions: bool
 ) -> SignerKey | DeviceKey:
     path = Path(path)
-    data = _read(path, "key file")
+    data = unarmor(_read(path, "key file"), kind=_PRIVATE, source=str(path))
     if not unsafe_allow_open_permissions:
         mode = os.stat(path).st_mode
         if stat.S_IMODE(mode) & 0o077:
@@ -94,8 +94,7 @@ def _load_private(
                 f"(mode {stat.S_IMODE(mode):o})",
                 hint=f"run: chmod 600 {path}",
             )
-    return decode_private(unarmor(data, kind=_PRIVATE, source=str(path)), source=str(path),
-                          passphrase=passphrase)
+    return decode_private(data, source=str(path), passphrase=passphrase)
 
 
 def load_signer_key(
