@@ -39,6 +39,7 @@ from edgeguard.crypto.keys import DeviceKey, SignerPublicKey
 from edgeguard.crypto.stream import TAG_LEN, StreamDecryptor, derive_stream_key
 from edgeguard.crypto.wrap import unwrap_data_key
 from edgeguard.errors import IntegrityError, UsageError
+from edgeguard.runtime.secmem import SecretBuffer
 from edgeguard.runtime.state import VersionStore, default_state_dir
 
 __all__ = ["OpenedBundle", "VerifiedBundle", "open_bundle", "read_prefix", "verify_bundle"]
@@ -69,24 +70,24 @@ class VerifiedBundle:
 class OpenedBundle(VerifiedBundle):
     """A verified, policy-approved bundle with its members decrypted in memory."""
 
-    members: Mapping[str, bytearray] = field(default_factory=dict, repr=False)
+    members: Mapping[str, SecretBuffer] = field(default_factory=dict, repr=False)
 
-    def member_bytes(self, name: str | None = None) -> bytearray:
-        """Plaintext of member ``name`` (default: the first ``primary`` member)."""
+    def member_bytes(self, name: str | None = None) -> memoryview:
+        """Read-only view of member ``name``'s plaintext (default: the first ``primary``)."""
         if name is None:
             primaries = [m.name for m in self.manifest.members if m.role == "primary"]
             if not primaries:
                 raise UsageError("the bundle has no primary member; name one")
             name = primaries[0]
         try:
-            return self.members[name]
+            return self.members[name].view().toreadonly()
         except KeyError:
             raise UsageError(f"the bundle has no member {name!r}") from None
 
     def wipe(self) -> None:
-        """Overwrite every plaintext buffer with zeros (best effort)."""
+        """Zero and unmap every plaintext buffer."""
         for buf in self.members.values():
-            buf[:] = bytes(len(buf))
+            buf.wipe()
 
 
 def read_prefix(
@@ -167,45 +168,51 @@ def _decrypt_member(
     ct_update: Callable[[memoryview], None],
     pending: list[Future[None]],
     check_plaintext: bool,
-) -> bytearray:
+) -> SecretBuffer:
     dec = StreamDecryptor(
         derive_stream_key(data_key, salt=salt, index=index),
         plaintext_size=member.size,
         chunk_size=chunk_size,
     )
-    out = bytearray(member.size)
-    out_view = memoryview(out)
+    out = SecretBuffer(member.size)
+    out_view = out.view()
     pt_hash = hashlib.sha256()
     sealed_len = chunk_size + TAG_LEN
     chunk = 0
     which = 0
-    while chunk < dec.chunks:
-        n_chunks = min(_BLOCK_CHUNKS, dec.chunks - chunk)
-        start, _ = dec.chunk_span(chunk)
-        end_off, end_len = dec.chunk_span(chunk + n_chunks - 1)
-        nbytes = end_off + end_len - start
-        # Reuse a buffer only once the hashing thread is done with it.
-        if pending[which] is not None:
-            pending[which].result()
-        buf = memoryview(buffers[which])[:nbytes]
-        got = f.readinto(buf)
-        if got != nbytes:
-            raise IntegrityError("bundle is truncated")
-        pending[which] = pool.submit(ct_update, buf)
-        for k in range(n_chunks):
-            i = chunk + k
-            pstart = i * chunk_size
-            plen = min(chunk_size, member.size - pstart)
-            off = k * sealed_len
-            dec.decrypt_into(i, buf[off : off + plen + TAG_LEN], out_view[pstart : pstart + plen])
-        if check_plaintext:
-            first = chunk * chunk_size
-            pt_hash.update(out_view[first : min(first + n_chunks * chunk_size, member.size)])
-        chunk += n_chunks
-        which ^= 1
-    if check_plaintext and not hmac.compare_digest(pt_hash.digest(), member.digest.value):
-        out[:] = bytes(len(out))
-        raise IntegrityError(f"member {member.name!r} is not authentic (digest mismatch)")
+    try:
+        while chunk < dec.chunks:
+            n_chunks = min(_BLOCK_CHUNKS, dec.chunks - chunk)
+            start, _ = dec.chunk_span(chunk)
+            end_off, end_len = dec.chunk_span(chunk + n_chunks - 1)
+            nbytes = end_off + end_len - start
+            # Reuse a read buffer only once the hashing thread is done with it.
+            if pending[which] is not None:
+                pending[which].result()
+            buf = memoryview(buffers[which])[:nbytes]
+            if f.readinto(buf) != nbytes:
+                raise IntegrityError("bundle is truncated")
+            pending[which] = pool.submit(ct_update, buf)
+            for k in range(n_chunks):
+                i = chunk + k
+                pstart = i * chunk_size
+                plen = min(chunk_size, member.size - pstart)
+                off = k * sealed_len
+                dec.decrypt_into(
+                    i, buf[off : off + plen + TAG_LEN], out_view[pstart : pstart + plen]
+                )
+            if check_plaintext:
+                first = chunk * chunk_size
+                pt_hash.update(out_view[first : min(first + n_chunks * chunk_size, member.size)])
+            chunk += n_chunks
+            which ^= 1
+        if check_plaintext and not hmac.compare_digest(pt_hash.digest(), member.digest.value):
+            raise IntegrityError(f"member {member.name!r} is not authentic (digest mismatch)")
+    except BaseException:
+        out_view.release()
+        out.wipe()
+        raise
+    out_view.release()
     return out
 
 
@@ -265,7 +272,7 @@ def open_bundle(
         block = _BLOCK_CHUNKS * (header.payload.chunk_size + TAG_LEN)
         buffers = (bytearray(block), bytearray(block))
         pending: list[Future[None]] = [None, None]  # type: ignore[list-item]
-        members: dict[str, bytearray] = {}
+        members: dict[str, SecretBuffer] = {}
         try:
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eg-hash") as pool:
                 for index, member in enumerate(manifest.members):
@@ -289,7 +296,7 @@ def open_bundle(
                 raise IntegrityError(f"bundle {path} is not authentic (payload digest mismatch)")
         except BaseException:
             for buf in members.values():
-                buf[:] = bytes(len(buf))
+                buf.wipe()
             raise
     if record_version:
         store.record(

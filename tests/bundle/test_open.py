@@ -61,8 +61,9 @@ def test_round_trip_and_state_record(make_bundle, trust, device, state_dir) -> N
     assert bytes(ob.members["aux"]) == b'{"k": 1}'
     assert ob.manifest.version == 2
     assert "versions.json" in snapshot(state_dir)
+    assert all(not buf.wiped for buf in ob.members.values())
     ob.wipe()
-    assert not any(ob.member_bytes())
+    assert all(buf.wiped for buf in ob.members.values())
 
 
 def test_plaintext_digest_mode_agrees(make_bundle, trust, device, state_dir) -> None:

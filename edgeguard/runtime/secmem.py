@@ -1,0 +1,98 @@
+"""Memory for decrypted model bytes: anonymous, unswappable where allowed, wiped on close.
+
+Layer: runtime. A :class:`SecretBuffer` is an anonymous private mapping (never
+backed by a file), pre-faulted in one system call (``MAP_POPULATE``), with
+transparent huge pages requested (fewer page faults for large models),
+excluded from core dumps (``MADV_DONTDUMP``) and, when the process may,
+locked in RAM (``mlock``) so it is never written to swap. Whether the lock
+succeeded is reported in :attr:`SecretBuffer.locked`: an unprivileged process
+with a small ``RLIMIT_MEMLOCK`` gets an unlocked buffer, not an error.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import mmap
+from functools import lru_cache
+from typing import Any
+
+__all__ = ["SecretBuffer"]
+
+
+@lru_cache(maxsize=1)
+def _libc() -> Any:
+    name = ctypes.util.find_library("c")
+    return ctypes.CDLL(name, use_errno=True) if name else None
+
+
+def _flags() -> int:
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+    return flags | getattr(mmap, "MAP_POPULATE", 0)
+
+
+class SecretBuffer:
+    """A fixed-size, zero-initialised buffer for plaintext secrets."""
+
+    def __init__(self, size: int) -> None:
+        if size < 0:
+            raise ValueError("size must be non-negative")
+        self.size = size
+        self._mm: mmap.mmap | None = mmap.mmap(-1, max(size, 1), flags=_flags())
+        for advice in ("MADV_DONTDUMP", "MADV_HUGEPAGE"):
+            value = getattr(mmap, advice, None)
+            if value is not None and (advice != "MADV_HUGEPAGE" or size >= 2 << 20):
+                try:
+                    self._mm.madvise(value)
+                except OSError:
+                    pass
+        self.locked = self._mlock(True)
+
+    def _mlock(self, lock: bool) -> bool:
+        libc = _libc()
+        if libc is None or self._mm is None or self.size == 0:
+            return False
+        anchor = ctypes.c_char.from_buffer(self._mm)
+        try:
+            fn = libc.mlock if lock else libc.munlock
+            fn.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+            return bool(fn(ctypes.addressof(anchor), self.size) == 0)
+        finally:
+            del anchor
+
+    def view(self) -> memoryview:
+        """A writable view of exactly ``size`` bytes (release it before :meth:`wipe`)."""
+        if self._mm is None:
+            raise ValueError("the buffer was wiped")
+        return memoryview(self._mm)[: self.size]
+
+    def __bytes__(self) -> bytes:
+        if self._mm is None:
+            raise ValueError("the buffer was wiped")
+        return self._mm[: self.size]
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def wiped(self) -> bool:
+        """Whether :meth:`wipe` has run."""
+        return self._mm is None
+
+    def wipe(self) -> None:
+        """Zero the bytes, unlock and unmap. Views still held keep the mapping alive."""
+        mm = self._mm
+        if mm is None:
+            return
+        anchor = ctypes.c_char.from_buffer(mm)
+        try:
+            ctypes.memset(ctypes.addressof(anchor), 0, len(mm))
+        finally:
+            del anchor
+        if self.locked:
+            self._mlock(False)
+        self._mm = None
+        try:
+            mm.close()
+        except BufferError:
+            pass  # a caller still holds a view; the zeroed mapping goes with it
