@@ -15,11 +15,23 @@ def _have(module: str) -> bool:
         return False
 
 
+def _have_real_tensorrt() -> bool:
+    """tensorrt-stubs installs an importable but empty 'tensorrt' package: look deeper."""
+    if not _have("tensorrt"):
+        return False
+    try:
+        import tensorrt
+
+        return hasattr(tensorrt, "Runtime") and hasattr(tensorrt, "Builder")
+    except Exception:
+        return False
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     stacks = {
         "onnxruntime": _have("onnxruntime"),
         "numba": _have("numba"),
-        "tensorrt": _have("tensorrt"),
+        "tensorrt": _have_real_tensorrt(),
         "pycuda": _have("pycuda"),
         "tpm2_pytss": _have("tpm2_pytss"),
         "nvcc": shutil.which("nvcc") is not None,

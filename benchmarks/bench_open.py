@@ -1,0 +1,147 @@
+"""Benchmark: opening (verify + decrypt) a large bundle vs reading + SHA-256 of the file.
+
+Targets (issue 2): throughput >= 1 GB/s; open time <= 1.3x the time of reading the same
+file and computing its SHA-256, measured side by side in one run; peak resident memory
+<= payload size + 64 MiB. Prints ratios, not only absolute times.
+
+    python benchmarks/bench_open.py [--size-mib 256] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CHILD = r"""
+import json, sys, time
+from pathlib import Path
+from edgeguard.keystore import load_device_key, load_trust_store
+from edgeguard.runtime.opener import open_bundle
+d = Path(sys.argv[1])
+trust = load_trust_store([d / "signer.pub"])
+dev = load_device_key(d / "device.key")
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+before = hwm()
+t = time.perf_counter()
+ob = open_bundle(d / "big.egb", trust=trust, device_key=dev, state_dir=d / "state-child")
+el = time.perf_counter() - t
+print(json.dumps({"rss_before_kib": before,
+                  "rss_peak_kib": hwm(),
+                  "seconds": el, "size": len(ob.member_bytes())}))
+"""
+
+
+def read_and_hash(path: Path) -> float:
+    t = time.perf_counter()
+    h = hashlib.sha256()
+    buf = bytearray(8 << 20)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return time.perf_counter() - t
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--size-mib", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgeguard.build.packager import MemberSource, write_bundle
+    from edgeguard.crypto.keys import DeviceKey, SignerKey
+    from edgeguard.keystore import write_keypair
+    from edgeguard.runtime.opener import open_bundle
+    from edgeguard.bundle.verify import TrustStore
+
+    console = Console()
+    size = args.size_mib << 20
+    with tempfile.TemporaryDirectory(prefix="eg-bench-") as td:
+        d = Path(td)
+        signer, dev = SignerKey.generate(), DeviceKey.generate("bench")
+        write_keypair(signer, d / "signer.key", d / "signer.pub")
+        write_keypair(dev, d / "device.key", d / "device.pub")
+        model = d / "model.bin"
+        with open(model, "wb") as f:
+            for _ in range(args.size_mib):
+                f.write(os.urandom(1 << 20))
+        t = time.perf_counter()
+        write_bundle(d / "big.egb", [MemberSource("model", model)], name="big", version=1,
+                     signer=signer, recipients=[dev.public], profiles=["generic-cpu"])
+        build_s = time.perf_counter() - t
+        model.unlink()
+        trust = TrustStore.of([signer.public])
+        file_size = (d / "big.egb").stat().st_size
+        read_and_hash(d / "big.egb")  # warm the page cache for both contenders
+        base, fast, full = [], [], []
+        for _ in range(args.repeats):
+            base.append(read_and_hash(d / "big.egb"))
+            t = time.perf_counter()
+            ob = open_bundle(d / "big.egb", trust=trust, device_key=dev, state_dir=d / "s")
+            fast.append(time.perf_counter() - t)
+            del ob
+            t = time.perf_counter()
+            ob = open_bundle(d / "big.egb", trust=trust, device_key=dev, state_dir=d / "s",
+                             check_plaintext_digests=True)
+            full.append(time.perf_counter() - t)
+            del ob
+        child = subprocess.run([sys.executable, "-c", CHILD, str(d)], capture_output=True,
+                               text=True, check=True)
+        mem = json.loads(child.stdout)
+
+    mb, mf, mu = statistics.median(base), statistics.median(fast), statistics.median(full)
+    peak = mem["rss_peak_kib"] * 1024
+    result = {
+        "payload_mib": args.size_mib,
+        "file_bytes": file_size,
+        "build_s": build_s,
+        "read_sha256_s": mb,
+        "open_s": mf,
+        "open_with_plaintext_digests_s": mu,
+        "open_gb_per_s": size / mf / 1e9,
+        "ratio_open_vs_read_sha256": mf / mb,
+        "ratio_open_plaintext_digests_vs_read_sha256": mu / mb,
+        "peak_rss_mib": peak / 2**20,
+        "peak_rss_over_payload_mib": (peak - size) / 2**20,
+        "rss_before_open_mib": mem["rss_before_kib"] / 1024,
+    }
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return 0
+    t = Table(title=f"open a {args.size_mib} MiB bundle (median of {args.repeats}, one run)")
+    t.add_column("measure")
+    t.add_column("value", justify="right")
+    t.add_column("target", justify="right")
+    t.add_row("read + SHA-256 of the file", f"{mb * 1e3:.0f} ms", "")
+    t.add_row("open (verify + decrypt into memory)", f"{mf * 1e3:.0f} ms", "")
+    t.add_row("throughput", f"{size / mf / 1e9:.2f} GB/s", ">= 1 GB/s")
+    t.add_row("ratio open / (read + SHA-256)", f"{mf / mb:.2f}x", "<= 1.3x")
+    t.add_row("open + plaintext re-hash", f"{mu * 1e3:.0f} ms ({mu / mb:.2f}x)", "(optional)")
+    t.add_row("peak RSS of a process that opens it", f"{peak / 2**20:.0f} MiB",
+              f"<= {args.size_mib + 64} MiB")
+    t.add_row(
+        "  of which before open (interpreter, libs)", f"{mem['rss_before_kib'] / 1024:.0f} MiB", ""
+    )
+    t.add_row("build (encrypt + sign)", f"{build_s * 1e3:.0f} ms", "")
+    console.print(t)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

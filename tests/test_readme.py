@@ -1,0 +1,29 @@
+"""The README's Python example runs as written, and its quickstart names the demo."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_python_example_runs(tmp_path, monkeypatch, capsys) -> None:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert blocks, "README has no python example"
+    monkeypatch.chdir(tmp_path)
+    exec(compile(blocks[0], "README.md", "exec"), {})  # noqa: S102
+    accuracy = float(capsys.readouterr().out.strip().splitlines()[-1])
+    assert accuracy > 0.95
+    assert (tmp_path / "state" / "versions.json").exists()
+    assert os.stat(tmp_path / "digits.egb").st_size > 0
+
+
+def test_quickstart_is_two_commands() -> None:
+    text = README.read_text()
+    block = re.search(r"## Quickstart.*?```sh\n(.*?)```", text, flags=re.S)
+    assert block is not None
+    commands = [ln for ln in block.group(1).splitlines() if ln.strip()]
+    assert len(commands) == 2
+    assert commands[0].startswith("make demo") and commands[1].startswith("make test")
