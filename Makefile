@@ -31,7 +31,12 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+kernels:
+	cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
+	cmake --build build -j2
+	ctest --test-dir build --output-on-failure
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

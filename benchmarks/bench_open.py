@@ -65,10 +65,10 @@ def main() -> int:
     from rich.table import Table
 
     from edgeguard.build.packager import MemberSource, write_bundle
+    from edgeguard.bundle.verify import TrustStore
     from edgeguard.crypto.keys import DeviceKey, SignerKey
     from edgeguard.keystore import write_keypair
     from edgeguard.runtime.opener import open_bundle
-    from edgeguard.bundle.verify import TrustStore
 
     console = Console()
     size = args.size_mib << 20
@@ -82,8 +82,15 @@ def main() -> int:
             for _ in range(args.size_mib):
                 f.write(os.urandom(1 << 20))
         t = time.perf_counter()
-        write_bundle(d / "big.egb", [MemberSource("model", model)], name="big", version=1,
-                     signer=signer, recipients=[dev.public], profiles=["generic-cpu"])
+        write_bundle(
+            d / "big.egb",
+            [MemberSource("model", model)],
+            name="big",
+            version=1,
+            signer=signer,
+            recipients=[dev.public],
+            profiles=["generic-cpu"],
+        )
         build_s = time.perf_counter() - t
         model.unlink()
         trust = TrustStore.of([signer.public])
@@ -97,12 +104,18 @@ def main() -> int:
             fast.append(time.perf_counter() - t)
             del ob
             t = time.perf_counter()
-            ob = open_bundle(d / "big.egb", trust=trust, device_key=dev, state_dir=d / "s",
-                             check_plaintext_digests=True)
+            ob = open_bundle(
+                d / "big.egb",
+                trust=trust,
+                device_key=dev,
+                state_dir=d / "s",
+                check_plaintext_digests=True,
+            )
             full.append(time.perf_counter() - t)
             del ob
-        child = subprocess.run([sys.executable, "-c", CHILD, str(d)], capture_output=True,
-                               text=True, check=True)
+        child = subprocess.run(
+            [sys.executable, "-c", CHILD, str(d)], capture_output=True, text=True, check=True
+        )
         mem = json.loads(child.stdout)
 
     mb, mf, mu = statistics.median(base), statistics.median(fast), statistics.median(full)
@@ -133,8 +146,11 @@ def main() -> int:
     t.add_row("throughput", f"{size / mf / 1e9:.2f} GB/s", ">= 1 GB/s")
     t.add_row("ratio open / (read + SHA-256)", f"{mf / mb:.2f}x", "<= 1.3x")
     t.add_row("open + plaintext re-hash", f"{mu * 1e3:.0f} ms ({mu / mb:.2f}x)", "(optional)")
-    t.add_row("peak RSS of a process that opens it", f"{peak / 2**20:.0f} MiB",
-              f"<= {args.size_mib + 64} MiB")
+    t.add_row(
+        "peak RSS of a process that opens it",
+        f"{peak / 2**20:.0f} MiB",
+        f"<= {args.size_mib + 64} MiB",
+    )
     t.add_row(
         "  of which before open (interpreter, libs)", f"{mem['rss_before_kib'] / 1024:.0f} MiB", ""
     )

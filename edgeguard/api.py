@@ -67,9 +67,7 @@ def build_bundle(
             raise UsageError(f"cannot read model {path}: {exc.strerror or exc}") from exc
         check_onnx_model(data, source=str(path))
         sources.append(
-            MemberSource(
-                name=Path(path).stem, data=data, role="primary" if i == 0 else "member"
-            )
+            MemberSource(name=Path(path).stem, data=data, role="primary" if i == 0 else "member")
         )
     if version < 0:
         raise UsageError("--version must be a non-negative integer")

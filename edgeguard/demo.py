@@ -174,20 +174,36 @@ def run_demo(*, workdir: Path | None = None, keep: bool = False) -> int:
         tampered.write_bytes(bytes(raw))
         old = tmp / "digits-v1.egb"
         build_bundle(
-            [model], out=old, signer=signer, recipients=[cam01.public],
-            profiles=["generic-cpu"], version=1, name="digits",
+            [model],
+            out=old,
+            signer=signer,
+            recipients=[cam01.public],
+            profiles=["generic-cpu"],
+            version=1,
+            name="digits",
         )
         mallory = tmp / "mallory.egb"
         build_bundle(
-            [model], out=mallory, signer=load_signer_key(keys / "mallory.key"),
-            recipients=[cam01.public], profiles=["generic-cpu"], version=3, name="digits",
+            [model],
+            out=mallory,
+            signer=load_signer_key(keys / "mallory.key"),
+            recipients=[cam01.public],
+            profiles=["generic-cpu"],
+            version=3,
+            name="digits",
         )
         expired = tmp / "expired.egb"
         now = int(time.time())
         build_bundle(
-            [model], out=expired, signer=signer, recipients=[cam01.public],
-            profiles=["generic-cpu"], version=4, name="digits",
-            created=now - 7200, expires=now - 3600,
+            [model],
+            out=expired,
+            signer=signer,
+            recipients=[cam01.public],
+            profiles=["generic-cpu"],
+            version=4,
+            name="digits",
+            created=now - 7200,
+            expires=now - 3600,
         )
         orin = load_device_key(keys / "orin-01.key")
         cam02 = load_device_key(keys / "cam-02.key")
@@ -196,15 +212,21 @@ def run_demo(*, workdir: Path | None = None, keep: bool = False) -> int:
             return lambda: open_bundle(path, trust=ts, device_key=key, state_dir=state)
 
         checks = [
-            _expect_refusal("tampered copy (1 bit flipped)", IntegrityError,
-                            opener(tampered, cam01)),
+            _expect_refusal(
+                "tampered copy (1 bit flipped)", IntegrityError, opener(tampered, cam01)
+            ),
             _expect_refusal("rollback to v1 after v2", RollbackError, opener(old, cam01)),
-            _expect_refusal("wrong device (cam-02, not a recipient)", NotARecipientError,
-                            opener(bundle, cam02)),
-            _expect_refusal("wrong device profile (orin-01 is jetson-agx-orin)",
-                            DeviceNotAllowedError, opener(bundle, orin)),
-            _expect_refusal("signed by an untrusted key", UntrustedSignerError,
-                            opener(mallory, cam01)),
+            _expect_refusal(
+                "wrong device (cam-02, not a recipient)", NotARecipientError, opener(bundle, cam02)
+            ),
+            _expect_refusal(
+                "wrong device profile (orin-01 is jetson-agx-orin)",
+                DeviceNotAllowedError,
+                opener(bundle, orin),
+            ),
+            _expect_refusal(
+                "signed by an untrusted key", UntrustedSignerError, opener(mallory, cam01)
+            ),
             _expect_refusal("expired bundle", BundleExpiredError, opener(expired, cam01)),
         ]
         unchanged = _state_files(state) == state_before

@@ -39,7 +39,7 @@ __all__ = [
 
 _PRIVATE = "PRIVATE KEY"
 _PUBLIC = "PUBLIC KEY"
-PASSPHRASE_ENV = "EDGEGUARD_PASSPHRASE"
+PASSPHRASE_ENV = "EDGEGUARD_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -90,8 +90,7 @@ def _load_private(
         mode = os.stat(path).st_mode
         if stat.S_IMODE(mode) & 0o077:
             raise KeyFileError(
-                f"private key {path} is readable by group or others "
-                f"(mode {stat.S_IMODE(mode):o})",
+                f"private key {path} is readable by group or others (mode {stat.S_IMODE(mode):o})",
                 hint=f"run: chmod 600 {path}",
             )
     return decode_private(data, source=str(path), passphrase=passphrase)

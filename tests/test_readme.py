@@ -13,7 +13,7 @@ def test_readme_python_example_runs(tmp_path, monkeypatch, capsys) -> None:
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert blocks, "README has no python example"
     monkeypatch.chdir(tmp_path)
-    exec(compile(blocks[0], "README.md", "exec"), {})  # noqa: S102
+    exec(compile(blocks[0], "README.md", "exec"), {})
     accuracy = float(capsys.readouterr().out.strip().splitlines()[-1])
     assert accuracy > 0.95
     assert (tmp_path / "state" / "versions.json").exists()

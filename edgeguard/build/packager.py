@@ -157,10 +157,8 @@ def write_bundle(
     sizes = [_member_size(m) for m in members]
     entries, offset = [], 0
     placeholder = Digest("sha256", bytes(32))
-    for src, size in zip(members, sizes):
-        entries.append(
-            Member(src.name, src.role, src.format, size, placeholder, offset)
-        )
+    for src, size in zip(members, sizes, strict=True):
+        entries.append(Member(src.name, src.role, src.format, size, placeholder, offset))
         offset += ciphertext_size(size, chunk_size)
     payload_size = offset
 
@@ -202,7 +200,7 @@ def write_bundle(
             f.seek(prefix_len)
             ct_hash = hashlib.sha256()
             final_members = []
-            for index, (src, entry) in enumerate(zip(members, entries)):
+            for index, (src, entry) in enumerate(zip(members, entries, strict=True)):
                 key = derive_stream_key(data_key, salt=salt, index=index)
                 pt_hash = hashlib.sha256()
                 with _plaintext(src) as view:

@@ -95,10 +95,14 @@ def run(args: argparse.Namespace) -> int:
     for x in d["members"]:
         t.add_row(x["name"], x["role"], x["format"], str(x["size"]), x["sha256"][:16] + "…")
     c.print(t)
-    c.print(f"{len(d['recipients'])} recipient(s): " + ", ".join(
-        f"{r['kem']}:{r['key_id'][:12]}…" for r in d["recipients"][:8]))
-    c.print(f"payload {d['payload']['size']} bytes, {d['payload']['aead']}, "
-            f"chunk {d['payload']['chunk_size']}")
+    c.print(
+        f"{len(d['recipients'])} recipient(s): "
+        + ", ".join(f"{r['kem']}:{r['key_id'][:12]}…" for r in d["recipients"][:8])
+    )
+    c.print(
+        f"payload {d['payload']['size']} bytes, {d['payload']['aead']}, "
+        f"chunk {d['payload']['chunk_size']}"
+    )
     slots = [k for k, v in d["slots"].items() if v]
     c.print(f"signed slots: {', '.join(slots) or 'none'}")
     return 0

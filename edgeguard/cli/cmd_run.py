@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         t2 = time.perf_counter()
         manifest = session.bundle.manifest
     buf = io.BytesIO()
-    np.savez(buf, **outputs)
+    np.savez(buf, **dict[str, Any](outputs))
     atomic_write(args.output, buf.getvalue())
     summary = {
         "bundle": manifest.name,

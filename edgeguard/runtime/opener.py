@@ -28,9 +28,9 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from io import BufferedReader
 from pathlib import Path
 from types import MappingProxyType
-from typing import BinaryIO
 
 from edgeguard.bundle.codec import ParsedPrefix, parse_prefix
 from edgeguard.bundle.model import DEFAULT_LIMITS, Limits, Manifest, Member
@@ -90,17 +90,15 @@ class OpenedBundle(VerifiedBundle):
             buf.wipe()
 
 
-def read_prefix(
-    f: BinaryIO, *, limits: Limits = DEFAULT_LIMITS
-) -> tuple[ParsedPrefix, int]:
+def read_prefix(f: BufferedReader, *, limits: Limits = DEFAULT_LIMITS) -> tuple[ParsedPrefix, int]:
     """Parse the prefix of an open bundle file; returns it and the file size."""
     size = os.fstat(f.fileno()).st_size
     return parse_prefix(f.read, file_size=size, limits=limits), size
 
 
-def _open_file(path: Path) -> BinaryIO:
+def _open_file(path: Path) -> BufferedReader:
     try:
-        return open(path, "rb")  # noqa: SIM115 - caller closes
+        return open(path, "rb")
     except FileNotFoundError as exc:
         raise UsageError(f"bundle {path} does not exist") from exc
     except IsADirectoryError as exc:
@@ -109,22 +107,19 @@ def _open_file(path: Path) -> BinaryIO:
         raise UsageError(f"cannot read bundle {path}: {exc}") from exc
 
 
-def _verify_prefix(
-    f: BinaryIO, path: Path, trust: TrustStore, limits: Limits
-) -> VerifiedBundle:
+def _verify_prefix(f: BufferedReader, path: Path, trust: TrustStore, limits: Limits) -> VerifiedBundle:
     prefix, size = read_prefix(f, limits=limits)
     signer = verify_signature(prefix, trust=trust)
     expected = prefix.payload_offset + prefix.header.payload.size
     if size != expected:
         what = "truncated" if size < expected else "extended with trailing bytes"
         raise IntegrityError(
-            f"bundle {path} is {what}: the signed header says {expected} bytes, "
-            f"the file has {size}"
+            f"bundle {path} is {what}: the signed header says {expected} bytes, the file has {size}"
         )
     return VerifiedBundle(path=path, prefix=prefix, signer=signer)
 
 
-def _check_payload_digest(f: BinaryIO, vb: VerifiedBundle) -> None:
+def _check_payload_digest(f: BufferedReader, vb: VerifiedBundle) -> None:
     f.seek(vb.prefix.payload_offset)
     h = hashlib.sha256()
     remaining = vb.prefix.header.payload.size
@@ -156,7 +151,7 @@ def verify_bundle(
 
 
 def _decrypt_member(
-    f: BinaryIO,
+    f: BufferedReader,
     member: Member,
     index: int,
     *,

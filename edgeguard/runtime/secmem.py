@@ -11,6 +11,7 @@ with a small ``RLIMIT_MEMLOCK`` gets an unlocked buffer, not an error.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import mmap
@@ -42,10 +43,8 @@ class SecretBuffer:
         for advice in ("MADV_DONTDUMP", "MADV_HUGEPAGE"):
             value = getattr(mmap, advice, None)
             if value is not None and (advice != "MADV_HUGEPAGE" or size >= 2 << 20):
-                try:
+                with contextlib.suppress(OSError):
                     self._mm.madvise(value)
-                except OSError:
-                    pass
         self.locked = self._mlock(True)
 
     def _mlock(self, lock: bool) -> bool:
@@ -92,7 +91,6 @@ class SecretBuffer:
         if self.locked:
             self._mlock(False)
         self._mm = None
-        try:
+        # A caller may still hold a view; the zeroed mapping then goes with it.
+        with contextlib.suppress(BufferError):
             mm.close()
-        except BufferError:
-            pass  # a caller still holds a view; the zeroed mapping goes with it

@@ -41,9 +41,7 @@ def trust(signer: SignerKey) -> TrustStore:
 
 
 @pytest.fixture
-def make_bundle(
-    tmp_path: Path, signer: SignerKey, device: DeviceKey
-) -> Callable[..., Path]:
+def make_bundle(tmp_path: Path, signer: SignerKey, device: DeviceKey) -> Callable[..., Path]:
     counter = iter(range(10_000))
 
     def make(

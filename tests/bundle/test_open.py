@@ -110,7 +110,7 @@ def test_appended_bytes_are_refused(make_bundle, trust, device, state_dir, extra
 def test_swapped_and_duplicated_chunks_are_refused(make_bundle, trust, device, state_dir) -> None:
     chunk = 65536
     b = make_bundle(data=bytes(3 * chunk + 100))
-    header, sig, payload = _split(b)
+    _, _, payload = _split(b)
     sealed = chunk + TAG_LEN
     c = [payload[i * sealed : (i + 1) * sealed] for i in range(4)]
     prefix = b.read_bytes()[: -len(payload)]
@@ -164,9 +164,7 @@ def test_each_half_of_hybrid_signature_is_required(
         v[len(v) // 2] ^= 0x40
         sig[half] = bytes(v)
     new_sig = canonical_cbor(sig)
-    b.write_bytes(
-        signed_region(header) + struct.pack(">I", len(new_sig)) + new_sig + payload
-    )
+    b.write_bytes(signed_region(header) + struct.pack(">I", len(new_sig)) + new_sig + payload)
     with pytest.raises(MalformedError if how == "remove" else IntegrityError):
         _open(b, trust, device, state_dir)
 
@@ -231,9 +229,7 @@ def test_device_profile_and_id_constraints(make_bundle, trust, device, state_dir
     assert _open(ok, trust, device, state_dir)
 
 
-def test_wrong_device_key_with_same_id_cannot_unwrap(
-    make_bundle, trust, device, state_dir
-) -> None:
+def test_wrong_device_key_with_same_id_cannot_unwrap(make_bundle, trust, device, state_dir) -> None:
     impostor = DeviceKey.generate("cam-01", profile="generic-cpu")
     with pytest.raises(NotARecipientError):
         _open(make_bundle(), trust, impostor, state_dir)
@@ -356,5 +352,3 @@ def test_refusals_are_edgeguard_errors() -> None:
 def test_signature_dataclass_validates_lengths() -> None:
     with pytest.raises(MalformedError):
         HybridSignature(ecdsa=b"", mldsa=b"")
-
-

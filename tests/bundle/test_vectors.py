@@ -40,7 +40,10 @@ def test_frozen_bundle_opens_for_every_kem(kem: str, tmp_path: Path) -> None:
     )
     m = ob.manifest
     assert (m.name, m.version, m.created, m.expires) == (
-        EXPECTED["name"], EXPECTED["version"], EXPECTED["created"], EXPECTED["expires"],
+        EXPECTED["name"],
+        EXPECTED["version"],
+        EXPECTED["created"],
+        EXPECTED["expires"],
     )
     for name, want in EXPECTED["members"].items():
         assert bytes(ob.members[name]).hex() == want["hex"]

@@ -36,14 +36,29 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     k = d / "keys"
     assert main(["keygen", "signer", "-o", str(k)]) == 0
     assert main(["keygen", "device", "-o", str(k / "cam"), "--id", "cam-01"]) == 0
-    assert main(["keygen", "device", "-o", str(k / "other"), "--id", "cam-02", "--kem", "p256"]) == 0
+    assert (
+        main(["keygen", "device", "-o", str(k / "other"), "--id", "cam-02", "--kem", "p256"]) == 0
+    )
     assert main(["keygen", "signer", "-o", str(k / "mallory")]) == 0
     b = d / "digits.egb"
-    rc = main([
-        "build", str(data.model_path("digits_mlp")), "-o", str(b),
-        "--sign-key", str(k / "signer.key"), "--recipient", str(k / "cam" / "device.pub"),
-        "--device-profile", "generic-cpu", "--version", "3", "--expires", "2099-01-01",
-    ])
+    rc = main(
+        [
+            "build",
+            str(data.model_path("digits_mlp")),
+            "-o",
+            str(b),
+            "--sign-key",
+            str(k / "signer.key"),
+            "--recipient",
+            str(k / "cam" / "device.pub"),
+            "--device-profile",
+            "generic-cpu",
+            "--version",
+            "3",
+            "--expires",
+            "2099-01-01",
+        ]
+    )
     assert rc == 0
     images, labels = data.load_split("test")
     np.savez(d / "in.npz", image=images[:50])
@@ -66,9 +81,19 @@ def test_keygen_files_and_modes(world) -> None:
 def test_run_writes_outputs_and_json(world, tmp_path) -> None:
     out = tmp_path / "out.npz"
     r = eg(
-        "run", world["bundle"], "--trust", world["k"] / "signer.pub",
-        "--device-key", world["k"] / "cam" / "device.key", "--input", world["d"] / "in.npz",
-        "--output", out, "--state-dir", tmp_path / "state", "--json",
+        "run",
+        world["bundle"],
+        "--trust",
+        world["k"] / "signer.pub",
+        "--device-key",
+        world["k"] / "cam" / "device.key",
+        "--input",
+        world["d"] / "in.npz",
+        "--output",
+        out,
+        "--state-dir",
+        tmp_path / "state",
+        "--json",
     )
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
@@ -80,9 +105,17 @@ def test_run_writes_outputs_and_json(world, tmp_path) -> None:
 def test_run_default_state_dir_is_used(world, tmp_path) -> None:
     env = {"EDGEGUARD_STATE_DIR": str(tmp_path / "default-state")}
     r = eg(
-        "run", world["bundle"], "--trust", world["k"] / "signer.pub",
-        "--device-key", world["k"] / "cam" / "device.key", "--input", world["d"] / "in.npz",
-        "--output", tmp_path / "o.npz", env=env,
+        "run",
+        world["bundle"],
+        "--trust",
+        world["k"] / "signer.pub",
+        "--device-key",
+        world["k"] / "cam" / "device.key",
+        "--input",
+        world["d"] / "in.npz",
+        "--output",
+        tmp_path / "o.npz",
+        env=env,
     )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "default-state" / "versions.json").exists()
@@ -102,8 +135,15 @@ def test_verify_levels(world, tmp_path) -> None:
     r = eg("verify", world["bundle"], "--trust", world["k"] / "signer.pub")
     assert r.returncode == 0 and "payload digest" in r.stdout
     r = eg(
-        "verify", world["bundle"], "--trust", world["k"] / "signer.pub",
-        "--device-key", world["k"] / "cam" / "device.key", "--state-dir", tmp_path, "--json",
+        "verify",
+        world["bundle"],
+        "--trust",
+        world["k"] / "signer.pub",
+        "--device-key",
+        world["k"] / "cam" / "device.key",
+        "--state-dir",
+        tmp_path,
+        "--json",
     )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["ok"] is True
@@ -131,8 +171,16 @@ def test_exit_codes_for_each_error_class(world, tmp_path) -> None:
         "integrity": (["verify", tampered, "--trust", k / "signer.pub"], 4),
         "untrusted": (["verify", b, "--trust", k / "mallory" / "signer.pub"], 5),
         "policy: not a recipient": (
-            ["verify", b, "--trust", k / "signer.pub", "--device-key",
-             k / "other" / "device.key", "--state-dir", tmp_path],
+            [
+                "verify",
+                b,
+                "--trust",
+                k / "signer.pub",
+                "--device-key",
+                k / "other" / "device.key",
+                "--state-dir",
+                tmp_path,
+            ],
             6,
         ),
         "key file: wrong kind": (["verify", b, "--trust", k / "cam" / "device.pub"], 9),
@@ -146,21 +194,41 @@ def test_exit_codes_for_each_error_class(world, tmp_path) -> None:
 def test_rollback_and_expiry_exit_codes(world, tmp_path) -> None:
     k = world["k"]
     state = tmp_path / "state"
-    common = ["--sign-key", k / "signer.key", "--recipient", k / "cam" / "device.pub",
-              "--device-profile", "generic-cpu"]
+    common = [
+        "--sign-key",
+        k / "signer.key",
+        "--recipient",
+        k / "cam" / "device.pub",
+        "--device-profile",
+        "generic-cpu",
+    ]
     model = data.model_path("digits_mlp")
     for v in (1, 2):
-        assert eg("build", model, "-o", tmp_path / f"v{v}.egb", *common, "--version", v,
-                  "--name", "d").returncode == 0
-    run = ["--trust", k / "signer.pub", "--device-key", k / "cam" / "device.key",
-           "--input", world["d"] / "in.npz", "--output", tmp_path / "o.npz",
-           "--state-dir", state]
+        assert (
+            eg(
+                "build", model, "-o", tmp_path / f"v{v}.egb", *common, "--version", v, "--name", "d"
+            ).returncode
+            == 0
+        )
+    run = [
+        "--trust",
+        k / "signer.pub",
+        "--device-key",
+        k / "cam" / "device.key",
+        "--input",
+        world["d"] / "in.npz",
+        "--output",
+        tmp_path / "o.npz",
+        "--state-dir",
+        state,
+    ]
     assert eg("run", tmp_path / "v2.egb", *run).returncode == 0
     r = eg("run", tmp_path / "v1.egb", *run)
     assert r.returncode == 6 and "rollback" in r.stderr
     _one_line_no_traceback(r)
-    r = eg("build", model, "-o", tmp_path / "e.egb", *common, "--version", 9,
-           "--expires", "2001-01-01")
+    r = eg(
+        "build", model, "-o", tmp_path / "e.egb", *common, "--version", 9, "--expires", "2001-01-01"
+    )
     assert r.returncode == 2 and "expiry" in r.stderr
 
 
@@ -168,8 +236,16 @@ def test_build_refuses_bad_models_and_profiles(world, tmp_path) -> None:
     k = world["k"]
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not onnx at all")
-    common = ["-o", tmp_path / "x.egb", "--sign-key", k / "signer.key",
-              "--recipient", k / "cam" / "device.pub", "--version", 1]
+    common = [
+        "-o",
+        tmp_path / "x.egb",
+        "--sign-key",
+        k / "signer.key",
+        "--recipient",
+        k / "cam" / "device.pub",
+        "--version",
+        1,
+    ]
     r = eg("build", bad, *common, "--device-profile", "generic-cpu")
     assert r.returncode == 3 and "ONNX" in r.stderr
     r = eg("build", data.model_path("digits_mlp"), *common, "--device-profile", "nope")
@@ -182,14 +258,36 @@ def test_passphrase_protected_signer(tmp_path) -> None:
     pw = tmp_path / "pw"
     pw.write_text("s3cret\n")
     assert eg("keygen", "signer", "-o", tmp_path, "--passphrase-file", pw).returncode == 0
-    r = eg("build", data.model_path("digits_mlp"), "-o", tmp_path / "b.egb",
-           "--sign-key", tmp_path / "signer.key", "--recipient", tmp_path / "signer.pub",
-           "--device-profile", "generic-cpu", "--version", 1)
+    r = eg(
+        "build",
+        data.model_path("digits_mlp"),
+        "-o",
+        tmp_path / "b.egb",
+        "--sign-key",
+        tmp_path / "signer.key",
+        "--recipient",
+        tmp_path / "signer.pub",
+        "--device-profile",
+        "generic-cpu",
+        "--version",
+        1,
+    )
     assert r.returncode == 9 and "passphrase" in r.stderr
-    r = eg("build", data.model_path("digits_mlp"), "-o", tmp_path / "b.egb",
-           "--sign-key", tmp_path / "signer.key", "--recipient", tmp_path / "signer.pub",
-           "--device-profile", "generic-cpu", "--version", 1,
-           env={"EDGEGUARD_PASSPHRASE": "wrong"})
+    r = eg(
+        "build",
+        data.model_path("digits_mlp"),
+        "-o",
+        tmp_path / "b.egb",
+        "--sign-key",
+        tmp_path / "signer.key",
+        "--recipient",
+        tmp_path / "signer.pub",
+        "--device-profile",
+        "generic-cpu",
+        "--version",
+        1,
+        env={"EDGEGUARD_PASSPHRASE": "wrong"},
+    )
     assert r.returncode == 9 and "wrong passphrase" in r.stderr
 
 

@@ -51,10 +51,12 @@ def test_hybrid_signature_needs_both_halves(signer: SignerKey) -> None:
     hybrid_verify(signer.public.ecdsa, signer.public.mldsa, sig, b"msg", context=b"ctx")
     other = SignerKey.generate()
     # Mixing one valid half with a half made by another key fails.
-    mixed_ecdsa = type(sig)(ecdsa=sig.ecdsa, mldsa=hybrid_sign(
-        other.ecdsa, other.mldsa, b"msg", context=b"ctx").mldsa)
-    mixed_mldsa = type(sig)(ecdsa=hybrid_sign(
-        other.ecdsa, other.mldsa, b"msg", context=b"ctx").ecdsa, mldsa=sig.mldsa)
+    mixed_ecdsa = type(sig)(
+        ecdsa=sig.ecdsa, mldsa=hybrid_sign(other.ecdsa, other.mldsa, b"msg", context=b"ctx").mldsa
+    )
+    mixed_mldsa = type(sig)(
+        ecdsa=hybrid_sign(other.ecdsa, other.mldsa, b"msg", context=b"ctx").ecdsa, mldsa=sig.mldsa
+    )
     for bad in (mixed_ecdsa, mixed_mldsa):
         with pytest.raises(IntegrityError):
             hybrid_verify(signer.public.ecdsa, signer.public.mldsa, bad, b"msg", context=b"ctx")
