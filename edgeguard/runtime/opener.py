@@ -107,7 +107,9 @@ def _open_file(path: Path) -> BufferedReader:
         raise UsageError(f"cannot read bundle {path}: {exc}") from exc
 
 
-def _verify_prefix(f: BufferedReader, path: Path, trust: TrustStore, limits: Limits) -> VerifiedBundle:
+def _verify_prefix(
+    f: BufferedReader, path: Path, trust: TrustStore, limits: Limits
+) -> VerifiedBundle:
     prefix, size = read_prefix(f, limits=limits)
     signer = verify_signature(prefix, trust=trust)
     expected = prefix.payload_offset + prefix.header.payload.size
