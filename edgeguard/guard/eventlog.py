@@ -1,0 +1,552 @@
+"""Tamper-evident, append-only event log: hash-chained JSON lines with signed checkpoints.
+
+Layer: :mod:`edgeguard.guard`. This is the one guard module that does file
+I/O (the log *is* a file); it depends only on ``cryptography``.
+
+Format (normative text in ``docs/eventlog.md``): one record per line, each
+line the canonical JSON encoding (sorted keys, no spaces, ASCII, no NaN) of
+``{"seq", "time", "kind", "data", "prev", "hash"}`` where ``hash`` is the
+SHA-256 of the canonical encoding of the other five fields and ``prev`` is the
+previous record's ``hash`` (64 zeros for record 0). Record 0 is ``log_open``
+naming the format, a random log id and the signing key's id. Every
+``checkpoint_every`` records, and on :meth:`EventLog.close`, a
+``checkpoint`` record carries an ECDSA P-256 / SHA-256 signature by the device
+key over (log id, sequence number, chain head). A log closed cleanly ends with
+a checkpoint whose ``final`` is true.
+
+Durability: in the default ``sync="always"`` mode :meth:`EventLog.append`
+returns only after ``write`` + ``fsync``; a process killed at any instant
+loses no acknowledged record, and a power loss none either (as far as the
+storage honours fsync). ``sync="batch"`` fsyncs every ``batch_records``
+records or ``batch_interval_s`` seconds (checked at each append) and at every
+checkpoint: acknowledged records survive a process kill (they are in the
+kernel), but a power loss or kernel crash may lose the records appended since
+the last fsync.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import os
+import secrets
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from edgeguard.errors import IntegrityError, MalformedError, UsageError
+
+__all__ = [
+    "FORMAT",
+    "GENESIS_PREV",
+    "EventLog",
+    "LogReport",
+    "canonical_json",
+    "key_id",
+    "verify",
+]
+
+FORMAT = "edgeguard-eventlog/1"
+GENESIS_PREV = "0" * 64
+_SIG_CONTEXT = b"edgeguard-eventlog/1 checkpoint\x00"
+_RECORD_KEYS = frozenset({"seq", "time", "kind", "data", "prev", "hash"})
+_MAX_LINE = 1 << 20
+
+
+def canonical_json(obj: Any) -> bytes:
+    """The one canonical JSON encoding used for hashing and storage.
+
+    Raises:
+        UsageError: ``obj`` holds NaN/inf or a type JSON cannot encode.
+    """
+    try:
+        return json.dumps(
+            obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+        ).encode("ascii")
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"event data is not JSON-encodable: {exc}") from exc
+
+
+def key_id(public_key: ec.EllipticCurvePublicKey) -> str:
+    """SHA-256 (hex) of the key's DER SubjectPublicKeyInfo."""
+    der = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()
+
+
+def _record_hash(body: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+def _checkpoint_message(log_id: str, seq: int, head: str, final: bool) -> bytes:
+    return _SIG_CONTEXT + canonical_json(
+        {"log_id": log_id, "seq": seq, "head": head, "final": final}
+    )
+
+
+@dataclass(frozen=True)
+class LogReport:
+    """What verification found.
+
+    Attributes:
+        path: The log file.
+        log_id: The log's random id.
+        records: Complete records (including checkpoints).
+        checkpoints: Signed checkpoints verified.
+        last_seq: Sequence number of the last complete record (-1 if none).
+        last_checkpoint_seq: Sequence number of the last checkpoint (-1 if none).
+        clean: The log ends with a final checkpoint (closed cleanly).
+        torn_tail_bytes: Bytes of a partially written last line (a torn write), ignored.
+        unsigned_tail: Records after the last checkpoint (chained but not yet signed).
+        sessions: Number of ``log_open`` / ``log_resume`` sessions.
+        kinds: Count of records per kind.
+    """
+
+    path: str
+    log_id: str
+    records: int
+    checkpoints: int
+    last_seq: int
+    last_checkpoint_seq: int
+    clean: bool
+    torn_tail_bytes: int
+    unsigned_tail: int
+    sessions: int
+    kinds: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        """``"clean"`` or ``"unclean end after record N"``."""
+        return "clean" if self.clean else f"unclean end after record {self.last_seq}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form (for ``--json``)."""
+        return {
+            "path": self.path,
+            "log_id": self.log_id,
+            "records": self.records,
+            "checkpoints": self.checkpoints,
+            "last_seq": self.last_seq,
+            "last_checkpoint_seq": self.last_checkpoint_seq,
+            "clean": self.clean,
+            "status": self.status,
+            "torn_tail_bytes": self.torn_tail_bytes,
+            "unsigned_tail": self.unsigned_tail,
+            "sessions": self.sessions,
+            "kinds": dict(sorted(self.kinds.items())),
+        }
+
+
+def _bad(n: int, what: str) -> IntegrityError:
+    return IntegrityError(
+        f"event log: record {n}: {what}",
+        hint="the log was edited, reordered, truncated or signed by another key",
+    )
+
+
+def _parse_line(line: bytes, n: int) -> dict[str, Any]:
+    try:
+        rec = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _bad(n, "not valid JSON") from exc
+    if not isinstance(rec, dict) or set(rec) != _RECORD_KEYS:
+        raise _bad(n, "wrong set of fields")
+    try:
+        again = canonical_json(rec)
+    except UsageError as exc:
+        raise _bad(n, "not canonical JSON") from exc
+    if again != line:
+        raise _bad(n, "not in canonical form")
+    if (
+        isinstance(rec["seq"], bool)
+        or not isinstance(rec["seq"], int)
+        or not isinstance(rec["kind"], str)
+        or not isinstance(rec["data"], dict)
+        or not isinstance(rec["prev"], str)
+        or not isinstance(rec["hash"], str)
+        or isinstance(rec["time"], bool)
+        or not isinstance(rec["time"], (int, float))
+    ):
+        raise _bad(n, "field of the wrong type")
+    return rec
+
+
+def _split(raw: bytes) -> tuple[list[bytes], int]:
+    """Complete lines and the length of a torn (unterminated) tail."""
+    parts = raw.split(b"\n")
+    tail = parts.pop()  # b"" when the file ends with a newline
+    return parts, len(tail)
+
+
+def verify(
+    path: str | os.PathLike[str],
+    public_key: ec.EllipticCurvePublicKey,
+    *,
+    require_clean: bool = False,
+) -> LogReport:
+    """Verify an event log end to end.
+
+    Checks, for every complete line: canonical encoding, consecutive ``seq``
+    from 0, ``prev`` equal to the previous record's ``hash``, ``hash`` equal to
+    the digest of the record, the genesis naming this format and the key, and
+    every checkpoint's signature over (log id, seq, head). A final line
+    without a newline is a torn write (reported, not an error).
+
+    Args:
+        path: The log file.
+        public_key: The device's P-256 public key.
+        require_clean: Raise unless the log ends with a final checkpoint.
+
+    Returns:
+        The report; ``report.clean`` is False after a crash ("unclean end after record N").
+
+    Raises:
+        IntegrityError: Any edit, deletion, insertion, reordering, wrong key, or
+            (with ``require_clean``) an unclean end; the message names the record.
+        UsageError: The file cannot be read.
+    """
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read event log {p}: {exc.strerror}") from exc
+    lines, torn = _split(raw)
+    if not lines:
+        raise IntegrityError(f"event log {p}: no complete record (empty or truncated)")
+    kid = key_id(public_key)
+    prev = GENESIS_PREV
+    log_id = ""
+    checkpoints = 0
+    last_cp = -1
+    sessions = 0
+    clean = False
+    kinds: Counter[str] = Counter()
+    for n, line in enumerate(lines):
+        if len(line) > _MAX_LINE:
+            raise _bad(n, "line too long")
+        rec = _parse_line(line, n)
+        if rec["seq"] != n:
+            raise _bad(n, f"sequence number {rec['seq']} where {n} was expected")
+        if rec["prev"] != prev:
+            raise _bad(n, "does not chain to the previous record")
+        body = {k: rec[k] for k in ("seq", "time", "kind", "data", "prev")}
+        if rec["hash"] != _record_hash(body):
+            raise _bad(n, "hash does not match the content")
+        kind = rec["kind"]
+        data = rec["data"]
+        if n == 0:
+            if kind != "log_open" or data.get("format") != FORMAT:
+                raise _bad(0, f"first record must be log_open of {FORMAT}")
+            if data.get("key_id") != kid:
+                raise _bad(0, "log was opened for a different key")
+            log_id = str(data.get("log_id", ""))
+            sessions = 1
+        elif kind == "log_open":
+            raise _bad(n, "log_open after the first record")
+        elif kind == "log_resume":
+            if data.get("key_id") != kid:
+                raise _bad(n, "log resumed with a different key")
+            sessions += 1
+        elif clean:
+            raise _bad(n, "record after a final checkpoint without log_resume")
+        if kind == "checkpoint":
+            sig_b64 = data.get("sig")
+            final = data.get("final")
+            if (
+                set(data) != {"head", "final", "sig"}
+                or data.get("head") != rec["prev"]
+                or not isinstance(final, bool)
+                or not isinstance(sig_b64, str)
+            ):
+                raise _bad(n, "malformed checkpoint")
+            try:
+                sig = base64.b64decode(sig_b64, validate=True)
+                public_key.verify(
+                    sig,
+                    _checkpoint_message(log_id, n, rec["prev"], final),
+                    ec.ECDSA(hashes.SHA256()),
+                )
+            except (InvalidSignature, ValueError) as exc:
+                raise _bad(n, "checkpoint signature does not verify") from exc
+            checkpoints += 1
+            last_cp = n
+            clean = final
+        else:
+            clean = False
+        kinds[kind] += 1
+        prev = rec["hash"]
+    clean = clean and torn == 0
+    last = len(lines) - 1
+    report = LogReport(
+        path=str(p),
+        log_id=log_id,
+        records=len(lines),
+        checkpoints=checkpoints,
+        last_seq=last,
+        last_checkpoint_seq=last_cp,
+        clean=clean,
+        torn_tail_bytes=torn,
+        unsigned_tail=last - last_cp,
+        sessions=sessions,
+        kinds=dict(kinds),
+    )
+    if require_clean and not clean:
+        raise IntegrityError(
+            f"event log {p}: {report.status}", hint="the writer crashed or the tail was truncated"
+        )
+    return report
+
+
+class EventLog:
+    """Appender for the event log (thread-safe).
+
+    Opening an existing file verifies it with the signing key's public half,
+    cuts a torn last line (a write interrupted by a crash), and continues the
+    chain with a ``log_resume`` record noting whether the previous session
+    ended cleanly.
+
+    Args:
+        path: Log file; created (mode 0600) when missing.
+        signing_key: The device's P-256 private key, signs checkpoints.
+        checkpoint_every: Records between signed checkpoints.
+        sync: ``"always"`` (fsync every record) or ``"batch"``.
+        batch_records: In batch mode, fsync after this many records.
+        batch_interval_s: In batch mode, fsync when this much time passed since
+            the last fsync (checked at each append).
+        clock: Wall clock for record timestamps (only informational).
+
+    Raises:
+        UsageError: Bad arguments or the file cannot be opened.
+        IntegrityError: The existing file does not verify with this key.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        signing_key: ec.EllipticCurvePrivateKey,
+        checkpoint_every: int = 64,
+        sync: str = "always",
+        batch_records: int = 32,
+        batch_interval_s: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not isinstance(signing_key, ec.EllipticCurvePrivateKey) or not isinstance(
+            signing_key.curve, ec.SECP256R1
+        ):
+            raise UsageError("event log signing key must be an ECDSA P-256 private key")
+        if checkpoint_every < 1:
+            raise UsageError("checkpoint_every must be >= 1")
+        if sync not in ("always", "batch"):
+            raise UsageError("sync must be 'always' or 'batch'")
+        if batch_records < 1 or not (math.isfinite(batch_interval_s) and batch_interval_s >= 0):
+            raise UsageError("batch_records must be >= 1 and batch_interval_s >= 0")
+        self._path = Path(path)
+        self._key = signing_key
+        self._kid = key_id(signing_key.public_key())
+        self._every = checkpoint_every
+        self._sync = sync
+        self._batch_records = batch_records
+        self._batch_interval = batch_interval_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._closed = False
+        self._pending = 0
+        self._last_sync = time.monotonic()
+        self._since_cp = 0
+        existed = self._path.exists() and self._path.stat().st_size > 0
+        report: LogReport | None = None
+        if existed:
+            report = verify(self._path, signing_key.public_key())
+        try:
+            self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        except OSError as exc:
+            raise UsageError(f"cannot open event log {self._path}: {exc.strerror}") from exc
+        if report is None:
+            self._fsync_dir()
+            self._log_id = secrets.token_hex(16)
+            self._seq = 0
+            self._prev = GENESIS_PREV
+            self._write_record(
+                "log_open",
+                {
+                    "format": FORMAT,
+                    "log_id": self._log_id,
+                    "key_id": self._kid,
+                    "checkpoint_every": checkpoint_every,
+                },
+                force=True,
+            )
+        else:
+            if report.torn_tail_bytes:
+                size = self._path.stat().st_size
+                os.ftruncate(self._fd, size - report.torn_tail_bytes)
+                os.fsync(self._fd)
+            self._log_id = report.log_id
+            self._seq = report.last_seq + 1
+            self._prev = self._last_hash()
+            self._write_record(
+                "log_resume",
+                {
+                    "key_id": self._kid,
+                    "previous_clean": report.clean,
+                    "torn_bytes_dropped": report.torn_tail_bytes,
+                },
+                force=True,
+            )
+
+    # -- public -------------------------------------------------------------------------------
+
+    @property
+    def path(self) -> Path:
+        """The log file."""
+        return self._path
+
+    @property
+    def log_id(self) -> str:
+        """Random id of this log (stable across sessions)."""
+        return self._log_id
+
+    @property
+    def next_seq(self) -> int:
+        """Sequence number the next record will get."""
+        return self._seq
+
+    def append(self, kind: str, data: Mapping[str, Any] | None = None) -> int:
+        """Append one record; returns its sequence number once it is written (see sync).
+
+        Raises:
+            UsageError: Log closed, reserved kind, or data not JSON-encodable.
+        """
+        if (
+            not isinstance(kind, str)
+            or not kind
+            or kind in ("log_open", "log_resume", "checkpoint")
+        ):
+            raise UsageError(f"event kind {kind!r} is empty or reserved")
+        with self._lock:
+            self._check_open()
+            seq = self._write_record(kind, dict(data or {}), force=False)
+            self._since_cp += 1
+            if self._since_cp >= self._every:
+                self._checkpoint(final=False)
+            return seq
+
+    def checkpoint(self) -> int:
+        """Write a signed (non-final) checkpoint now; returns its sequence number."""
+        with self._lock:
+            self._check_open()
+            return self._checkpoint(final=False)
+
+    def sync(self) -> None:
+        """fsync any batched records now."""
+        with self._lock:
+            self._check_open()
+            os.fsync(self._fd)
+            self._pending = 0
+            self._last_sync = time.monotonic()
+
+    def close(self) -> None:
+        """Write the final checkpoint, fsync and close. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._checkpoint(final=True)
+            os.close(self._fd)
+            self._closed = True
+
+    def __enter__(self) -> EventLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise UsageError("event log is closed")
+
+    def _checkpoint(self, *, final: bool) -> int:
+        seq = self._seq
+        msg = _checkpoint_message(self._log_id, seq, self._prev, final)
+        sig = self._key.sign(msg, ec.ECDSA(hashes.SHA256()))
+        out = self._write_record(
+            "checkpoint",
+            {
+                "head": self._prev,
+                "final": final,
+                "sig": base64.b64encode(sig).decode("ascii"),
+            },
+            force=True,
+        )
+        self._since_cp = 0
+        return out
+
+    def _write_record(self, kind: str, data: dict[str, Any], *, force: bool) -> int:
+        seq = self._seq
+        body = {
+            "seq": seq,
+            "time": float(self._clock()),
+            "kind": kind,
+            "data": data,
+            "prev": self._prev,
+        }
+        enc = canonical_json(body)
+        h = hashlib.sha256(enc).hexdigest()
+        line = canonical_json({**body, "hash": h}) + b"\n"
+        if len(line) > _MAX_LINE:
+            raise UsageError("event record too large")
+        view = memoryview(line)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        self._pending += 1
+        now = time.monotonic()
+        if (
+            force
+            or self._sync == "always"
+            or self._pending >= self._batch_records
+            or now - self._last_sync >= self._batch_interval
+        ):
+            os.fsync(self._fd)
+            self._pending = 0
+            self._last_sync = now
+        self._seq = seq + 1
+        self._prev = h
+        return seq
+
+    def _fsync_dir(self) -> None:
+        try:
+            dfd = os.open(self._path.parent, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(dfd)
+        except OSError:
+            pass
+        finally:
+            os.close(dfd)
+
+    def _last_hash(self) -> str:
+        raw = self._path.read_bytes()
+        lines, _ = _split(raw)
+        try:
+            rec = json.loads(lines[-1])
+            h = rec["hash"]
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise MalformedError(f"event log {self._path}: cannot read the last record") from exc
+        if not isinstance(h, str):
+            raise MalformedError(f"event log {self._path}: last record has no hash")
+        return h

@@ -1,0 +1,265 @@
+"""Event log: hash chain, signed checkpoints, tamper detection, crash safety."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from edgeguard.errors import IntegrityError, UsageError
+from edgeguard.guard.eventlog import GENESIS_PREV, EventLog, canonical_json, verify
+
+
+@pytest.fixture(scope="module")
+def key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _write(path: Path, key: ec.EllipticCurvePrivateKey, n: int, every: int = 4) -> None:
+    with EventLog(path, signing_key=key, checkpoint_every=every) as log:
+        for i in range(n):
+            log.append("fallback", {"frame": i, "source": "safe_default"})
+
+
+def _lines(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines(keepends=True)
+
+
+def test_clean_log_verifies(tmp_path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    p = tmp_path / "ev.log"
+    _write(p, key, 10, every=4)
+    rep = verify(p, key.public_key(), require_clean=True)
+    assert rep.clean and rep.status == "clean"
+    # 1 open + 10 records + checkpoints after every 4 appended records (2) + final
+    assert rep.records == 14
+    assert rep.checkpoints == 3
+    assert rep.kinds["fallback"] == 10
+    assert rep.unsigned_tail == 0
+    first = json.loads(_lines(p)[0])
+    assert first["kind"] == "log_open" and first["prev"] == GENESIS_PREV and first["seq"] == 0
+    assert oct(p.stat().st_mode & 0o777) == "0o600"
+
+
+def test_record_hash_is_sha256_of_canonical_body(tmp_path: Path, key) -> None:
+    import hashlib
+
+    p = tmp_path / "ev.log"
+    _write(p, key, 1)
+    recs = [json.loads(x) for x in _lines(p)]
+    for prev, rec in itertools.pairwise(recs):
+        assert rec["prev"] == prev["hash"]
+    body = {k: recs[1][k] for k in ("seq", "time", "kind", "data", "prev")}
+    assert recs[1]["hash"] == hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+@pytest.mark.parametrize("victim", [1, 3, 5, 8])
+def test_edit_detected_with_record_number(tmp_path: Path, key, victim: int) -> None:
+    p = tmp_path / "ev.log"
+    _write(p, key, 8)
+    lines = _lines(p)
+    rec = json.loads(lines[victim])
+    rec["data"]["tampered"] = True
+    lines[victim] = canonical_json(rec) + b"\n"
+    p.write_bytes(b"".join(lines))
+    with pytest.raises(IntegrityError, match=f"record {victim}"):
+        verify(p, key.public_key())
+
+
+def test_edit_with_recomputed_hashes_caught_by_signature(tmp_path: Path, key) -> None:
+    """An attacker without the key rewrites a record and re-chains everything after it."""
+    import hashlib
+
+    p = tmp_path / "ev.log"
+    _write(p, key, 8)
+    recs = [json.loads(x) for x in _lines(p)]
+    recs[2]["data"]["source"] = "ensemble"
+    for i in range(2, len(recs)):
+        if i > 2:
+            recs[i]["prev"] = recs[i - 1]["hash"]
+            if recs[i]["kind"] == "checkpoint":
+                recs[i]["data"]["head"] = recs[i]["prev"]
+        body = {k: recs[i][k] for k in ("seq", "time", "kind", "data", "prev")}
+        recs[i]["hash"] = hashlib.sha256(canonical_json(body)).hexdigest()
+    p.write_bytes(b"".join(canonical_json(r) + b"\n" for r in recs))
+    with pytest.raises(IntegrityError, match="signature"):
+        verify(p, key.public_key())
+
+
+def test_deletion_and_reordering_detected(tmp_path: Path, key) -> None:
+    p = tmp_path / "ev.log"
+    _write(p, key, 8)
+    lines = _lines(p)
+    p.write_bytes(b"".join(lines[:3] + lines[4:]))
+    with pytest.raises(IntegrityError, match="record 3"):
+        verify(p, key.public_key())
+    swapped = lines[:]
+    swapped[2], swapped[3] = swapped[3], swapped[2]
+    p.write_bytes(b"".join(swapped))
+    with pytest.raises(IntegrityError, match="record 2"):
+        verify(p, key.public_key())
+
+
+def test_truncation_reported_as_unclean_end(tmp_path: Path, key) -> None:
+    p = tmp_path / "ev.log"
+    _write(p, key, 10, every=4)
+    lines = _lines(p)
+    p.write_bytes(b"".join(lines[:9]))
+    rep = verify(p, key.public_key())
+    assert not rep.clean and rep.status == "unclean end after record 8"
+    with pytest.raises(IntegrityError, match="unclean end after record 8"):
+        verify(p, key.public_key(), require_clean=True)
+
+
+def test_torn_write_is_not_tampering(tmp_path: Path, key) -> None:
+    p = tmp_path / "ev.log"
+    _write(p, key, 5)
+    whole = p.read_bytes()
+    lines = _lines(p)
+    p.write_bytes(whole + lines[2][:37])  # a crash in the middle of a write
+    rep = verify(p, key.public_key())
+    assert rep.torn_tail_bytes == 37 and not rep.clean
+    assert rep.records == len(lines)
+
+
+def test_garbage_complete_last_line_is_tampering(tmp_path: Path, key) -> None:
+    p = tmp_path / "ev.log"
+    _write(p, key, 3)
+    p.write_bytes(p.read_bytes() + b'{"seq":99}\n')
+    with pytest.raises(IntegrityError):
+        verify(p, key.public_key())
+
+
+def test_non_canonical_encoding_rejected(tmp_path: Path, key) -> None:
+    p = tmp_path / "ev.log"
+    _write(p, key, 2)
+    lines = _lines(p)
+    rec = json.loads(lines[1])
+    lines[1] = json.dumps(rec, indent=1).replace("\n", "").encode() + b"\n"
+    p.write_bytes(b"".join(lines))
+    with pytest.raises(IntegrityError, match="record 1"):
+        verify(p, key.public_key())
+
+
+def test_wrong_key_rejected(tmp_path: Path, key) -> None:
+    p = tmp_path / "ev.log"
+    _write(p, key, 2)
+    other = ec.generate_private_key(ec.SECP256R1())
+    with pytest.raises(IntegrityError, match="different key"):
+        verify(p, other.public_key())
+    with pytest.raises(IntegrityError):
+        EventLog(p, signing_key=other)
+
+
+def test_resume_after_crash_continues_chain(tmp_path: Path, key) -> None:
+    p = tmp_path / "ev.log"
+    log = EventLog(p, signing_key=key, checkpoint_every=100)
+    for i in range(3):
+        log.append("x", {"i": i})
+    # simulated crash: no close, plus a torn write
+    os.close(log._fd)
+    with open(p, "ab") as f:
+        f.write(b'{"seq":4,"ti')
+    with EventLog(p, signing_key=key) as log2:
+        log2.append("y", {})
+    rep = verify(p, key.public_key(), require_clean=True)
+    assert rep.sessions == 2 and rep.kinds["log_resume"] == 1
+    resume = next(json.loads(x) for x in _lines(p) if b"log_resume" in x)
+    assert resume["data"]["previous_clean"] is False
+    assert resume["data"]["torn_bytes_dropped"] == 12
+
+
+def test_reopen_clean_log(tmp_path: Path, key) -> None:
+    p = tmp_path / "ev.log"
+    _write(p, key, 2)
+    _write(p, key, 2)
+    rep = verify(p, key.public_key(), require_clean=True)
+    assert rep.sessions == 2
+
+
+def test_refusals(tmp_path: Path, key) -> None:
+    p = tmp_path / "ev.log"
+    with pytest.raises(UsageError):
+        EventLog(p, signing_key=ec.generate_private_key(ec.SECP384R1()))
+    log = EventLog(p, signing_key=key)
+    with pytest.raises(UsageError, match="reserved"):
+        log.append("checkpoint", {})
+    with pytest.raises(UsageError, match="JSON"):
+        log.append("x", {"v": float("nan")})
+    log.close()
+    with pytest.raises(UsageError, match="closed"):
+        log.append("x", {})
+    with pytest.raises(UsageError):
+        verify(tmp_path / "missing.log", key.public_key())
+    (tmp_path / "empty.log").write_bytes(b"")
+    with pytest.raises(IntegrityError):
+        verify(tmp_path / "empty.log", key.public_key())
+
+
+def test_batch_mode_verifies(tmp_path: Path, key) -> None:
+    p = tmp_path / "ev.log"
+    with EventLog(p, signing_key=key, sync="batch", batch_records=8, checkpoint_every=16) as log:
+        for i in range(40):
+            log.append("x", {"i": i})
+    assert verify(p, key.public_key(), require_clean=True).kinds["x"] == 40
+
+
+_CHILD = r"""
+import sys
+from cryptography.hazmat.primitives import serialization
+from edgeguard.guard.eventlog import EventLog
+key = serialization.load_pem_private_key(open(sys.argv[2], "rb").read(), None)
+log = EventLog(sys.argv[1], signing_key=key, checkpoint_every=7, sync=sys.argv[3])
+i = 0
+while True:
+    seq = log.append("frame", {"i": i, "pad": "x" * (i % 50)})
+    sys.stdout.write(f"{seq}\n")
+    sys.stdout.flush()
+    i += 1
+"""
+
+
+@pytest.mark.parametrize("mode", ["always", "batch"])
+def test_sigkill_loses_no_acknowledged_record(tmp_path: Path, key, mode: str) -> None:
+    pem = tmp_path / "k.pem"
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    rng = random.Random(1234)
+    for trial in range(3):
+        log_path = tmp_path / f"kill{trial}.log"
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _CHILD, str(log_path), str(pem), mode],
+            stdout=subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # wait until it is appending
+        assert first.strip().isdigit()
+        time.sleep(rng.uniform(0.02, 0.25))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        acked = [int(first)] + [int(x) for x in proc.stdout.read().split()]
+        proc.stdout.close()
+        rep = verify(log_path, key.public_key())
+        assert not rep.clean
+        seqs = {json.loads(x)["seq"] for x in log_path.read_bytes().splitlines()[: rep.records]}
+        missing = [s for s in acked if s not in seqs]
+        assert not missing, f"acknowledged records lost: {missing[:5]}"
+        assert len(acked) > 1
+        # the device reboots and goes on appending to the same log
+        with EventLog(log_path, signing_key=key) as again:
+            again.append("after_reboot", {})
+        assert verify(log_path, key.public_key(), require_clean=True).sessions == 2

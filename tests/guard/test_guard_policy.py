@@ -1,0 +1,153 @@
+"""RuntimePolicy: strict dict round trip (JSON and CBOR) and validation."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import cbor2
+import numpy as np
+import pytest
+
+from edgeguard.errors import MalformedError
+from edgeguard.guard.policy import (
+    ChainStep,
+    HardeningPolicy,
+    HealthPolicy,
+    MemberSpec,
+    QuarantinePolicy,
+    RateLimitPolicy,
+    RuntimePolicy,
+    VoterKind,
+    VoterSpec,
+    array_from_dict,
+    array_to_dict,
+)
+
+
+def full_policy() -> RuntimePolicy:
+    return RuntimePolicy(
+        members=(MemberSpec("mlp_fp32", "gpu"), MemberSpec("mlp_int8", "dla0"), MemberSpec("cpu")),
+        voter=VoterSpec(kind=VoterKind.MAJORITY, output="logits", agreement=0.6),
+        quorum=2,
+        deadline_ms=40.0,
+        member_budget_ms=30.0,
+        last_known_good_max_age_ms=150.0,
+        safe_default={"logits": np.zeros((1, 10), np.float32), "stop": np.array([1], np.int64)},
+        health=HealthPolicy(recover_frames=5),
+        quarantine=QuarantinePolicy(after_failures=2, backoff_ms=50.0, max_backoff_ms=800.0),
+        model_switching=True,
+        hardening=HardeningPolicy(output="logits", top_k=3, decimals=2),
+        rate_limit=RateLimitPolicy(rate_per_s=20.0, burst=5),
+        output_shapes={"logits": (-1, 10)},
+        speculative=True,
+    )
+
+
+def test_round_trip_json_and_cbor() -> None:
+    p = full_policy()
+    d = p.to_dict()
+    again = RuntimePolicy.from_dict(json.loads(json.dumps(d)))
+    assert again == p and again.to_dict() == d
+    assert RuntimePolicy.from_dict(cbor2.loads(cbor2.dumps(d))) == p
+    assert again.safe_default is not None
+    assert again.safe_default["logits"].dtype == np.float32
+    assert again.output_shapes == {"logits": (-1, 10)}
+
+
+def _only_plain(x: Any) -> None:
+    if isinstance(x, dict):
+        for k, v in x.items():
+            assert isinstance(k, str)
+            _only_plain(v)
+    elif isinstance(x, list):
+        for v in x:
+            _only_plain(v)
+    else:
+        assert x is None or type(x) in (str, int, float, bool), type(x)
+
+
+def test_dict_holds_only_plain_types() -> None:
+    _only_plain(full_policy().to_dict())
+
+
+def test_defaults_from_minimal_dict() -> None:
+    p = RuntimePolicy.from_dict(
+        {
+            "format": "edgeguard-runtime-policy/1",
+            "members": [{"name": "a"}],
+            "voter": {"kind": "median", "output": "y"},
+            "fallback_chain": ["ensemble", "last_known_good"],
+        }
+    )
+    assert p.quorum == 1 and p.fallback_chain == (ChainStep.ENSEMBLE, ChainStep.LAST_KNOWN_GOOD)
+
+
+def _mutate(path: list[Any], value: Any) -> dict[str, Any]:
+    d = full_policy().to_dict()
+    target = d
+    for k in path[:-1]:
+        target = target[k]
+    if value is KeyError:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return d
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "match"),
+    [
+        (["surprise"], 1, "unknown key"),
+        (["format"], "other/1", "format"),
+        (["voter"], KeyError, "missing"),
+        (["voter", "kind"], "vibes", "unknown voter"),
+        (["voter", "agreement"], 0.0, "agreement"),
+        (["voter", "agreement"], float("nan"), "finite"),
+        (["quorum"], 4, "quorum"),
+        (["quorum"], True, "integer"),
+        (["deadline_ms"], -1, "deadline_ms"),
+        (["member_budget_ms"], 41.0, "member_budget_ms"),
+        (["fallback_chain"], ["ensemble", "quorum"], "must end"),
+        (["fallback_chain"], ["ensemble", "ensemble", "safe_default"], "at most once"),
+        (["fallback_chain"], ["safe_default", "last_known_good"], "last step"),
+        (["fallback_chain"], ["ensemble", "teleport", "safe_default"], "unknown step"),
+        (["safe_default"], None, "safe_default"),
+        (["safe_default", "logits", "dtype"], "object", "dtype"),
+        (["safe_default", "logits", "shape"], [2, 10], "10 elements|20 elements"),
+        (["members"], [{"name": "a"}, {"name": "a"}], "unique"),
+        (["members"], [], "at least one"),
+        (["members", 0, "placement"], "tpu", "placement"),
+        (["quarantine", "max_backoff_ms"], 1.0, "max_backoff_ms"),
+        (["rate_limit", "rate_per_s"], 0, "rate_per_s"),
+        (["hardening", "top_k"], 0, "top_k"),
+        (["reject_action"], "ignore", "reject_action"),
+        (["output_shapes", "logits"], "N,10", "list"),
+        (["health", "recover_frames"], 0, "recover_frames"),
+        (["speculative"], 1, "boolean"),
+    ],
+)
+def test_validation_refuses(path: list[Any], value: Any, match: str) -> None:
+    with pytest.raises(MalformedError, match=match):
+        RuntimePolicy.from_dict(_mutate(path, value))
+
+
+def test_detection_k_cannot_exceed_members() -> None:
+    with pytest.raises(MalformedError, match="min_confirmations"):
+        RuntimePolicy(
+            members=(MemberSpec("a"),),
+            voter=VoterSpec(kind=VoterKind.DETECTION, output="boxes", min_confirmations=2),
+            fallback_chain=(ChainStep.ENSEMBLE, ChainStep.LAST_KNOWN_GOOD),
+        )
+
+
+def test_array_codec() -> None:
+    a = np.arange(6, dtype=np.int16).reshape(2, 3)
+    b = array_from_dict(array_to_dict(a))
+    assert b.dtype == np.int16 and (a == b).all() and not b.flags.writeable
+    with pytest.raises(MalformedError):
+        array_from_dict({"dtype": "uint8", "shape": [1], "data": [300]})
+    with pytest.raises(MalformedError):
+        array_from_dict({"dtype": "float32", "shape": [1], "data": [True]})
+    with pytest.raises(MalformedError, match="elements"):
+        array_from_dict({"dtype": "float32", "shape": [4096, 4096], "data": []})
