@@ -215,5 +215,5 @@ class QueryMonitor:
 def _shapiro_w(values: np.ndarray) -> float:
     if float(np.ptp(values)) == 0.0:
         return 0.0  # identical distances: as far from natural as it gets
-    stats = require("scipy.stats", extra="train", purpose="The PRADA query monitor")
+    stats = require("scipy.stats", extra="monitor", purpose="The PRADA query monitor")
     return float(stats.shapiro(values).statistic)
