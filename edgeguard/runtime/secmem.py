@@ -1,10 +1,12 @@
 """Memory for decrypted model bytes: anonymous, unswappable where allowed, wiped on close.
 
 Layer: runtime. A :class:`SecretBuffer` is an anonymous private mapping (never
-backed by a file), pre-faulted in one system call (``MAP_POPULATE``), with
-transparent huge pages requested (fewer page faults for large models),
-excluded from core dumps (``MADV_DONTDUMP``) and, when the process may,
-locked in RAM (``mlock``) so it is never written to swap. Whether the lock
+backed by a file), with transparent huge pages requested (fewer page faults
+for large models), excluded from core dumps (``MADV_DONTDUMP``) and, when the
+process may, locked in RAM so it is never written to swap. The lock uses
+``mlock2(MLOCK_ONFAULT)``: pages are locked as they are first written, so the
+cost of faulting them in is spread over the decryption (which overlaps with
+hashing on another thread) instead of being paid up front. Whether the lock
 succeeded is reported in :attr:`SecretBuffer.locked`: an unprivileged process
 with a small ``RLIMIT_MEMLOCK`` gets an unlocked buffer, not an error.
 """
@@ -27,9 +29,7 @@ def _libc() -> Any:
     return ctypes.CDLL(name, use_errno=True) if name else None
 
 
-def _flags() -> int:
-    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
-    return flags | getattr(mmap, "MAP_POPULATE", 0)
+_MLOCK_ONFAULT = 1
 
 
 class SecretBuffer:
@@ -39,7 +39,9 @@ class SecretBuffer:
         if size < 0:
             raise ValueError("size must be non-negative")
         self.size = size
-        self._mm: mmap.mmap | None = mmap.mmap(-1, max(size, 1), flags=_flags())
+        self._mm: mmap.mmap | None = mmap.mmap(
+            -1, max(size, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+        )
         for advice in ("MADV_DONTDUMP", "MADV_HUGEPAGE"):
             value = getattr(mmap, advice, None)
             if value is not None and (advice != "MADV_HUGEPAGE" or size >= 2 << 20):
@@ -53,9 +55,17 @@ class SecretBuffer:
             return False
         anchor = ctypes.c_char.from_buffer(self._mm)
         try:
-            fn = libc.mlock if lock else libc.munlock
-            fn.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
-            return bool(fn(ctypes.addressof(anchor), self.size) == 0)
+            addr = ctypes.addressof(anchor)
+            if not lock:
+                libc.munlock.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+                return bool(libc.munlock(addr, self.size) == 0)
+            mlock2 = getattr(libc, "mlock2", None)
+            if mlock2 is not None:
+                mlock2.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+                if mlock2(addr, self.size, _MLOCK_ONFAULT) == 0:
+                    return True
+            libc.mlock.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+            return bool(libc.mlock(addr, self.size) == 0)
         finally:
             del anchor
 
