@@ -1,0 +1,46 @@
+"""Input-sanity guard: one-pass statistics, calibrated envelopes and verdicts.
+
+Layer: :mod:`edgeguard.guard`. Importing this package imports NumPy only; the
+Numba CPU and Numba CUDA implementations import numba lazily at first use.
+
+Public API:
+
+* :func:`reference_stats` - NumPy oracle of the statistics (see docs/sanity.md).
+* :func:`compute_stats` - the same statistics with a chosen implementation.
+* :class:`SanityGuard` - checks inputs and outputs against a :class:`SanityProfile`
+  and returns a :class:`Verdict`.
+* :func:`calibrate` - derives a :class:`SanityProfile` from calibration data
+  (:func:`calibrate_stats_only` without a model).
+"""
+
+from __future__ import annotations
+
+from edgeguard.guard.sanity.calibrate import calibrate, calibrate_stats_only
+from edgeguard.guard.sanity.check import SanityGuard, compute_stats
+from edgeguard.guard.sanity.reference import reference_stats
+from edgeguard.guard.sanity.spec import (
+    FrameStats,
+    InputProfile,
+    OodThresholds,
+    SanityProfile,
+    StatLimits,
+    Status,
+    Verdict,
+    Violation,
+)
+
+__all__ = [
+    "FrameStats",
+    "InputProfile",
+    "OodThresholds",
+    "SanityGuard",
+    "SanityProfile",
+    "StatLimits",
+    "Status",
+    "Verdict",
+    "Violation",
+    "calibrate",
+    "calibrate_stats_only",
+    "compute_stats",
+    "reference_stats",
+]

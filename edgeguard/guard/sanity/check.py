@@ -1,0 +1,270 @@
+"""The sanity guard: checks inputs and outputs of every call against a profile.
+
+Layer: :mod:`edgeguard.guard`. Pure logic over NumPy arrays; the statistics
+implementation is chosen by name and imported lazily.
+
+Verdict semantics (docs/sanity.md, "Verdicts"):
+
+* REJECT - a static check failed (type, dtype, rank, shape, contiguity), the
+  input holds NaN/Inf (unless the profile allows it), a frame channel has no
+  finite value, a statistic lies outside its REJECT limits, or an output holds
+  NaN/Inf.
+* WARN - a statistic lies outside its WARN band but inside its REJECT limits,
+  or an OOD score crosses its threshold (OOD severity is WARN by default).
+* PASS - none of the above.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from edgeguard.errors import UsageError
+from edgeguard.guard.sanity.layout import static_checks
+from edgeguard.guard.sanity.output import output_checks
+from edgeguard.guard.sanity.spec import (
+    FrameStats,
+    InputProfile,
+    SanityProfile,
+    Status,
+    Verdict,
+    Violation,
+)
+
+__all__ = ["IMPLS", "Impl", "SanityGuard", "compute_stats", "input_violations", "resolve_impl"]
+
+Impl = Literal["auto", "numpy", "numba", "numba-cuda", "cuda-cpp"]
+#: Implementation names accepted by :func:`compute_stats` and :class:`SanityGuard`.
+IMPLS: tuple[str, ...] = ("auto", "numpy", "numba", "numba-cuda", "cuda-cpp")
+
+StatsFn = Callable[..., FrameStats]
+
+
+def resolve_impl(impl: str) -> tuple[str, StatsFn]:
+    """The concrete implementation name and function for ``impl``.
+
+    "auto" is the Numba CPU kernel when numba is importable, else the NumPy oracle.
+
+    Raises:
+        UsageError: Unknown name.
+        MissingDependencyError: The implementation's module is missing.
+    """
+    if impl not in IMPLS:
+        raise UsageError(f"unknown sanity implementation {impl!r}; expected one of {list(IMPLS)}")
+    if impl == "auto":
+        from edgeguard._optional import available
+
+        impl = "numba" if available("numba") else "numpy"
+    if impl == "numpy":
+        from edgeguard.guard.sanity.reference import reference_stats
+
+        return impl, reference_stats
+    if impl == "numba":
+        from edgeguard.guard.sanity.cpu import numba_stats
+
+        return impl, numba_stats
+    if impl == "numba-cuda":
+        from edgeguard.guard.sanity.cuda import numba_cuda_stats
+
+        return impl, numba_cuda_stats
+    # CUDA C++ kernel (maintained with kernels/): needs the built fatbin, pycuda and a GPU;
+    # its constructor raises MissingDependencyError / BackendError when they are absent.
+    from edgeguard.guard.sanity.cuda_cpp import CudaSanityKernel
+
+    kernel = CudaSanityKernel()
+    return impl, kernel.stats
+
+
+def compute_stats(
+    x: npt.NDArray[Any],
+    *,
+    impl: Impl = "auto",
+    layout: str = "NCHW",
+    sat_lo: float | None = None,
+    sat_hi: float | None = None,
+    prev: npt.NDArray[Any] | None = None,
+) -> FrameStats:
+    """Compute the sanity statistics of ``x`` with the chosen implementation.
+
+    Args:
+        x: Input tensor.
+        impl: "auto", "numpy", "numba", "numba-cuda" or "cuda-cpp".
+        layout: "NCHW" or "NHWC".
+        sat_lo: Low saturation level (default per dtype).
+        sat_hi: High saturation level (default per dtype).
+        prev: Previous frame batch for ``tdiff``.
+
+    Returns:
+        The statistics.
+    """
+    _, fn = resolve_impl(impl)
+    return fn(x, layout=layout, sat_lo=sat_lo, sat_hi=sat_hi, prev=prev)
+
+
+def input_violations(name: str, stats: FrameStats, profile: InputProfile) -> list[Violation]:
+    """Violations of one input's statistics against its profile (no static checks)."""
+    out: list[Violation] = []
+    nonfinite = stats.nan + stats.posinf + stats.neginf
+    for n in range(stats.frames):
+        if nonfinite[n] and not profile.allow_nonfinite:
+            out.append(
+                Violation(
+                    check="nonfinite",
+                    tensor=name,
+                    severity=Status.REJECT,
+                    value=float(nonfinite[n]),
+                    low=0.0,
+                    high=0.0,
+                    frame=n,
+                    detail=f"{stats.nan[n]} NaN, {stats.posinf[n]} +inf, {stats.neginf[n]} -inf",
+                )
+            )
+        for c in range(stats.channels):
+            if stats.count[n, c] == 0:
+                out.append(
+                    Violation(
+                        check="empty",
+                        tensor=name,
+                        severity=Status.REJECT,
+                        value=0.0,
+                        frame=n,
+                        channel=c,
+                        detail="no finite value in this frame channel",
+                    )
+                )
+    for lim in profile.limits:
+        arr = stats.get(lim.stat)
+        if arr is None:
+            continue  # tdiff without a previous frame
+        for n in range(stats.frames):
+            for c in range(stats.channels):
+                if stats.count[n, c] == 0:
+                    continue
+                v = float(arr[n, c])
+                if v != v:  # NaN: statistic undefined here (e.g. tdiff without overlap)
+                    continue
+                if v < lim.reject_low[c] or v > lim.reject_high[c]:
+                    sev, lo, hi = Status.REJECT, lim.reject_low[c], lim.reject_high[c]
+                elif v < lim.warn_low[c] or v > lim.warn_high[c]:
+                    sev, lo, hi = Status.WARN, lim.warn_low[c], lim.warn_high[c]
+                else:
+                    continue
+                out.append(
+                    Violation(
+                        check=f"stat.{lim.stat}",
+                        tensor=name,
+                        severity=sev,
+                        value=v,
+                        low=lo,
+                        high=hi,
+                        frame=n,
+                        channel=c,
+                    )
+                )
+    return out
+
+
+class SanityGuard:
+    """Checks the inputs and outputs of every call against a calibrated profile.
+
+    Example:
+        >>> guard = SanityGuard(profile)            # doctest: +SKIP
+        >>> verdict = guard.check_inputs({"image": x})  # doctest: +SKIP
+        >>> verdict.raise_if_rejected()             # doctest: +SKIP
+    """
+
+    def __init__(self, profile: SanityProfile, *, impl: Impl = "auto") -> None:
+        """Create a guard.
+
+        Args:
+            profile: The calibrated profile (from the signed bundle manifest).
+            impl: Statistics implementation; "auto" = Numba CPU on hosts.
+
+        Raises:
+            UsageError: Unknown ``impl``.
+            MissingDependencyError: The implementation's module is missing.
+            BackendError: "cuda-cpp" requested but not built.
+        """
+        if not isinstance(profile, SanityProfile):
+            raise UsageError("SanityGuard needs a SanityProfile")
+        self._profile = profile
+        self._impl, self._fn = resolve_impl(impl)
+
+    @property
+    def profile(self) -> SanityProfile:
+        """The profile checked against."""
+        return self._profile
+
+    @property
+    def impl(self) -> str:
+        """The concrete statistics implementation in use."""
+        return self._impl
+
+    def input_stats(
+        self,
+        name: str,
+        x: npt.NDArray[Any],
+        prev: npt.NDArray[Any] | None = None,
+    ) -> FrameStats:
+        """Statistics of input ``name`` with the profile's layout and saturation levels."""
+        p = self._profile.input(name)
+        if prev is not None and (prev.shape != x.shape or prev.dtype != x.dtype):
+            prev = None
+        return self._fn(x, layout=p.layout, sat_lo=p.sat_lo, sat_hi=p.sat_hi, prev=prev)
+
+    def check_inputs(
+        self,
+        feeds: Mapping[str, Any],
+        prev: Mapping[str, Any] | None = None,
+    ) -> Verdict:
+        """Check every input of one call.
+
+        Args:
+            feeds: Input name -> array, as about to be given to the model.
+            prev: The previous call's feeds (enables the temporal ``tdiff`` check);
+                an entry of another shape or dtype is ignored.
+
+        Returns:
+            The verdict; a missing or unexpected input is a REJECT violation.
+        """
+        violations: list[Violation] = []
+        names = {p.name for p in self._profile.inputs}
+        for extra in sorted(set(feeds) - names):
+            violations.append(
+                Violation(
+                    check="input.unexpected",
+                    tensor=extra,
+                    severity=Status.REJECT,
+                    detail="not a model input",
+                )
+            )
+        for p in self._profile.inputs:
+            if p.name not in feeds:
+                violations.append(
+                    Violation(
+                        check="input.missing",
+                        tensor=p.name,
+                        severity=Status.REJECT,
+                        detail="input not fed",
+                    )
+                )
+                continue
+            x = feeds[p.name]
+            static = static_checks(p.name, x, p)
+            violations += static
+            if any(v.check in ("type", "dtype", "rank") for v in static):
+                continue  # cannot interpret the values
+            if not x.flags.c_contiguous:
+                x = np.ascontiguousarray(x)
+            pv = None if prev is None else prev.get(p.name)
+            pv = pv if isinstance(pv, np.ndarray) else None
+            stats = self.input_stats(p.name, x, pv)
+            violations += input_violations(p.name, stats, p)
+        return Verdict.of(violations)
+
+    def check_outputs(self, outputs: Mapping[str, Any]) -> Verdict:
+        """Check the outputs of one call: NaN/Inf and OOD scores."""
+        return Verdict.of(output_checks(outputs, self._profile.ood))

@@ -1,0 +1,16 @@
+"""Fixtures of the sanity-guard tests: a digits profile calibrated once per session."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgeguard.guard.sanity.spec import SanityProfile
+
+
+@pytest.fixture(scope="session")
+def digits_profile() -> SanityProfile:
+    from edgeguard.data import load_split, model_bytes
+    from edgeguard.guard.sanity.calibrate import calibrate
+
+    x, _ = load_split("calib")
+    return calibrate(model_bytes("digits_mlp"), {"image": x}, progress=False)

@@ -1,0 +1,170 @@
+"""SanityGuard verdicts on the digits example model: clean passes, corruptions reject."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from edgeguard.errors import InputRejectedError, MissingDependencyError, UsageError
+from edgeguard.guard.sanity import corruptions as cor
+from edgeguard.guard.sanity.calibrate import calibrate_stats_only, derive_limits
+from edgeguard.guard.sanity.check import SanityGuard, compute_stats
+from edgeguard.guard.sanity.spec import SanityProfile, Status
+
+
+@pytest.fixture(scope="module")
+def test_split() -> tuple[np.ndarray, np.ndarray]:
+    from edgeguard.data import load_split
+
+    return load_split("test")
+
+
+@pytest.fixture(scope="module")
+def guard(digits_profile: SanityProfile) -> SanityGuard:
+    return SanityGuard(digits_profile)
+
+
+def test_clean_held_out_data_false_reject_rate(
+    guard: SanityGuard, test_split: tuple[np.ndarray, np.ndarray]
+) -> None:
+    x, _ = test_split
+    rejected = 0
+    for i in range(x.shape[0]):
+        prev = {"image": x[i - 1 : i]} if i else None
+        rejected += guard.check_inputs({"image": x[i : i + 1]}, prev).rejected
+    assert rejected / x.shape[0] <= 0.01
+
+
+def test_clean_batch_passes_or_warns_only(
+    guard: SanityGuard, test_split: tuple[np.ndarray, np.ndarray]
+) -> None:
+    x, _ = test_split
+    v = guard.check_inputs({"image": x[:32]})
+    assert v.status is not Status.REJECT, v.to_dict()
+
+
+RNG = np.random.default_rng(11)
+CORRUPTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "nan": lambda x: cor.inject(x, np.nan, fraction=0.02, rng=RNG),
+    "inf": lambda x: cor.inject(x, np.inf, fraction=0.02, rng=RNG),
+    "dropped_channel": lambda x: cor.drop_channel(x, 0),
+    "wrong_scale": lambda x: cor.wrong_scale(x, factor=255.0),
+    "noise_0.1": lambda x: cor.gaussian_noise(x, sigma=0.1, rng=RNG),
+}
+
+
+@pytest.mark.parametrize("name", list(CORRUPTIONS))
+def test_each_corruption_is_rejected(
+    guard: SanityGuard, test_split: tuple[np.ndarray, np.ndarray], name: str
+) -> None:
+    x, _ = test_split
+    bad = CORRUPTIONS[name](x[:20].copy())
+    for i in range(bad.shape[0]):
+        v = guard.check_inputs({"image": bad[i : i + 1]})
+        assert v.status is Status.REJECT, (name, i, v.to_dict())
+        with pytest.raises(InputRejectedError):
+            v.raise_if_rejected()
+
+
+def test_saturation_mostly_rejected_and_always_flagged(
+    guard: SanityGuard, test_split: tuple[np.ndarray, np.ndarray]
+) -> None:
+    # Measured on the full test split: gain 4 -> 94% REJECT, 100% WARN-or-REJECT
+    # (docs/sanity.md); a few bold digits over-expose gracefully.
+    x, _ = test_split
+    bad = cor.saturate(x[:60], gain=4.0)
+    verdicts = [guard.check_inputs({"image": bad[i : i + 1]}) for i in range(60)]
+    assert sum(v.rejected for v in verdicts) >= 0.85 * 60
+    assert all(v.status is not Status.PASS for v in verdicts)
+    assert any(w.check == "stat.sat_hi" for v in verdicts for w in v.violations)
+
+
+def test_frozen_frame_is_rejected_through_tdiff(
+    guard: SanityGuard, test_split: tuple[np.ndarray, np.ndarray]
+) -> None:
+    x, _ = test_split
+    for i in range(10):
+        frame = x[i : i + 1]
+        v = guard.check_inputs({"image": frame}, {"image": frame.copy()})
+        assert v.status is Status.REJECT
+        assert any(w.check == "stat.tdiff" and w.value == 0.0 for w in v.violations)
+
+
+def test_structural_violations(guard: SanityGuard) -> None:
+    ok = np.zeros((1, 1, 8, 8), np.float32) + 0.5
+    v = guard.check_inputs({"image": ok.astype(np.float64)})
+    assert v.status is Status.REJECT and v.violations[0].check == "dtype"
+    assert guard.check_inputs({}).violations[0].check == "input.missing"
+    v = guard.check_inputs({"image": ok, "other": ok})
+    assert "input.unexpected" in {w.check for w in v.violations}
+
+
+def test_outputs_checked(guard: SanityGuard) -> None:
+    good = np.zeros((1, 10), np.float32)
+    good[0, 3] = 20.0
+    assert guard.check_outputs({"logits": good}).status is Status.PASS
+    flat = np.zeros((1, 10), np.float32)
+    assert guard.check_outputs({"logits": flat}).status is Status.WARN
+    nan = good.copy()
+    nan[0, 0] = np.nan
+    assert guard.check_outputs({"logits": nan}).status is Status.REJECT
+
+
+def test_rgb_channel_corruptions_on_stats_only_profile() -> None:
+    rng = np.random.default_rng(5)
+    # synthetic "scenes": a warm (red-dominant) gradient with texture
+    base = np.linspace(0.2, 0.8, 16, dtype=np.float32)
+    frames = np.empty((200, 16, 16, 3), np.float32)
+    for n in range(200):
+        g = base[None, :] * rng.uniform(0.8, 1.0) + 0.05 * rng.random((16, 16))
+        frames[n, ..., 0] = np.clip(g + 0.15, 0, 1)
+        frames[n, ..., 1] = np.clip(g * 0.7, 0, 1)
+        frames[n, ..., 2] = np.clip(g * 0.4, 0, 1)
+    profile = calibrate_stats_only({"rgb": frames[:150]}, layouts={"rgb": "NHWC"})
+    g = SanityGuard(profile, impl="numba")
+    held = frames[150:]
+    assert sum(g.check_inputs({"rgb": held[i : i + 1]}).rejected for i in range(50)) == 0
+    for fn in (
+        lambda x: cor.bgr_swap(x, layout="NHWC"),
+        lambda x: cor.drop_channel(x, 1, layout="NHWC"),
+    ):
+        bad = fn(held)
+        assert all(g.check_inputs({"rgb": bad[i : i + 1]}).rejected for i in range(50))
+
+
+def test_every_impl_gives_the_same_verdict(
+    digits_profile: SanityProfile, test_split: tuple[np.ndarray, np.ndarray]
+) -> None:
+    x, _ = test_split
+    bad = cor.saturate(x[:5], gain=4.0)
+    a = SanityGuard(digits_profile, impl="numpy").check_inputs({"image": bad})
+    b = SanityGuard(digits_profile, impl="numba").check_inputs({"image": bad})
+    assert a.status is b.status is Status.REJECT
+    assert [v.check for v in a.violations] == [v.check for v in b.violations]
+
+
+def test_unknown_impl_and_unbuilt_cuda_cpp(digits_profile: SanityProfile) -> None:
+    with pytest.raises(UsageError):
+        SanityGuard(digits_profile, impl="opencl")  # type: ignore[arg-type]
+    with pytest.raises(UsageError):
+        compute_stats(np.zeros((1, 1, 2, 2), np.float32), impl="fpga")  # type: ignore[arg-type]
+    from edgeguard._optional import available
+
+    if available("pycuda"):
+        pytest.skip("pycuda present: the CUDA C++ refusal path depends on the device")
+    with pytest.raises(MissingDependencyError) as exc:
+        SanityGuard(digits_profile, impl="cuda-cpp")
+    assert exc.value.exit_code == 7
+
+
+def test_derive_limits_nonnegative_floor() -> None:
+    vals = np.array([[0.1], [0.2], [0.3], [0.4]])
+    lim = derive_limits("tdiff", vals, alpha=0.0, margin=10.0, scale=1.0)
+    assert lim.warn_low == (0.1,) and lim.warn_high == (0.4,)
+    assert lim.reject_low[0] == pytest.approx(0.1 / 11.0)  # an exact 0 stays outside
+    mean = derive_limits("mean", vals, alpha=0.0, margin=1.0, scale=1.0)
+    assert mean.reject_low[0] == pytest.approx(0.1 - 0.3)
+    empty = derive_limits("mean", np.full((3, 1), np.nan), alpha=0.01, margin=1.0, scale=1.0)
+    assert empty.reject_low == (-np.inf,)
