@@ -29,7 +29,7 @@ from edgeguard.errors import UsageError
 from edgeguard.runtime.opener import OpenedBundle, VerifiedBundle, verify_bundle
 from edgeguard.runtime.opener import open_bundle as _open
 
-__all__ = ["BundleSession", "build_bundle", "open_bundle", "verify_bundle"]
+__all__ = ["BundleSession", "build_bundle", "calibrate_profile", "open_bundle", "verify_bundle"]
 
 
 def build_bundle(
@@ -47,10 +47,15 @@ def build_bundle(
     chunk_size: int = DEFAULT_CHUNK,
     sanity: dict[str, Any] | None = None,
     policy: dict[str, Any] | None = None,
+    calibration: Path | None = None,
+    target_false_alarm: float = 0.005,
 ) -> Header:
     """Check ONNX models and package them into a bundle at ``out``.
 
     The first model is the ``primary`` member; further models are ``member``s.
+    With ``calibration`` (an .npz/.npy file or a folder of images), the input
+    sanity profile is calibrated on the primary model and embedded in the
+    signed manifest.
     """
     from edgeguard.build.onnx_checks import check_onnx_model
     from edgeguard.devices import load_profile
@@ -71,6 +76,12 @@ def build_bundle(
         )
     if version < 0:
         raise UsageError("--version must be a non-negative integer")
+    if calibration is not None:
+        if sanity is not None:
+            raise UsageError("give either a sanity profile or calibration data, not both")
+        primary = sources[0].data
+        assert isinstance(primary, bytes)
+        sanity = calibrate_profile(primary, calibration, target_false_alarm=target_false_alarm)
     return write_bundle(
         Path(out),
         sources,
@@ -86,6 +97,28 @@ def build_bundle(
         sanity=sanity,
         policy=policy,
     )
+
+
+def calibrate_profile(
+    model: bytes, data_path: Path, *, target_false_alarm: float = 0.005
+) -> dict[str, Any]:
+    """Calibrate the input-sanity profile of ``model`` on the data at ``data_path``.
+
+    Returns:
+        The profile's dict form, ready for the manifest's ``sanity`` slot.
+    """
+    import sys
+
+    from edgeguard.backends.onnxruntime import OnnxRuntimeBackend
+    from edgeguard.guard.sanity.calibrate import calibrate, load_calibration_data
+
+    with OnnxRuntimeBackend.from_bytes(model) as backend:
+        specs = backend.inputs()
+    data = load_calibration_data(Path(data_path), specs, limit=None)
+    profile = calibrate(
+        model, data, target_false_alarm=target_false_alarm, progress=sys.stderr.isatty()
+    )
+    return profile.to_dict()
 
 
 @dataclass

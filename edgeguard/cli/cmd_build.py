@@ -54,6 +54,22 @@ def register(sub: Any) -> None:
         metavar="BYTES",
         help="STREAM chunk size, a power of two from 65536 to 1048576 (default 1048576)",
     )
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="DATA",
+        help=(
+            "calibrate the input-sanity profile on this data (.npz keyed by input name, .npy, "
+            "or a folder of images) and embed it in the signed manifest"
+        ),
+    )
+    p.add_argument(
+        "--target-far",
+        type=float,
+        default=0.005,
+        metavar="RATE",
+        help="target per-frame false-alarm rate of the calibrated envelope (default 0.005)",
+    )
     add_passphrase_arg(p)
     p.set_defaults(func=run)
 
@@ -76,10 +92,13 @@ def run(args: argparse.Namespace) -> int:
         name=args.name,
         expires=None if args.expires is None else parse_time(args.expires),
         chunk_size=args.chunk_size,
+        calibration=args.calibration,
+        target_false_alarm=args.target_far,
     )
     m = header.manifest
     print(
         f"wrote {args.output}: {m.name} v{m.version}, {len(m.members)} member(s), "
         f"{len(header.recipients)} recipient(s), signer {m.signer.hex()[:16]}…"
+        + (", sanity profile embedded" if m.sanity is not None else "")
     )
     return 0

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -76,24 +74,11 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def run(args: argparse.Namespace) -> int:
     """Calibrate and write the profile; returns the exit code."""
     from edgeguard.backends.onnxruntime import OnnxRuntimeBackend
     from edgeguard.errors import UsageError
+    from edgeguard.fsutil import atomic_write
     from edgeguard.guard.sanity.calibrate import (
         DEFAULT_MARGIN,
         calibrate,
@@ -123,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress and sys.stderr.isatty(),
     )
     doc = profile.to_dict()
-    _write_atomic(args.output, json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    atomic_write(args.output, (json.dumps(doc, indent=2, allow_nan=False) + "\n").encode())
     if args.json:
         print(
             json.dumps(

@@ -53,7 +53,7 @@ def load_inputs(path: Path) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Open, run, write outputs."""
+    """Open, check, run, check, write outputs."""
     import io
     import time
 
@@ -70,23 +70,63 @@ def run(args: argparse.Namespace) -> int:
     with open_bundle(
         args.bundle, trust=trust, device_key=device, state_dir=args.state_dir
     ) as session:
-        t1 = time.perf_counter()
-        outputs = session.run(feeds)
-        t2 = time.perf_counter()
         manifest = session.bundle.manifest
+        guard = _sanity_guard(manifest.sanity)
+        t1 = time.perf_counter()
+        summary: dict[str, Any] = {"bundle": manifest.name, "version": manifest.version}
+        if guard is not None:
+            verdict = guard.check_inputs(feeds)
+            summary["sanity"] = {"inputs": verdict.to_dict()}
+            if verdict.rejected:
+                summary["result"] = "rejected"
+                if args.json:
+                    emit_json(summary)
+                verdict.raise_if_rejected()
+        t2 = time.perf_counter()
+        outputs = session.run(feeds)
+        t3 = time.perf_counter()
+        if guard is not None:
+            out_verdict = guard.check_outputs(outputs)
+            summary["sanity"]["outputs"] = out_verdict.to_dict()
+            if out_verdict.rejected:
+                summary["result"] = "rejected"
+                if args.json:
+                    emit_json(summary)
+                out_verdict.raise_if_rejected()
+        t4 = time.perf_counter()
     buf = io.BytesIO()
     np.savez(buf, **dict[str, Any](outputs))
     atomic_write(args.output, buf.getvalue())
-    summary = {
-        "bundle": manifest.name,
-        "version": manifest.version,
-        "outputs": {k: list(v.shape) for k, v in outputs.items()},
-        "latency_ms": {"open": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3},
-        "output_file": str(args.output),
-    }
+    summary.update(
+        {
+            "result": "ok",
+            "outputs": {k: list(v.shape) for k, v in outputs.items()},
+            "latency_ms": {
+                "open": (t1 - t0) * 1e3,
+                "input_checks": (t2 - t1) * 1e3,
+                "inference": (t3 - t2) * 1e3,
+                "output_checks": (t4 - t3) * 1e3,
+            },
+            "output_file": str(args.output),
+        }
+    )
     if args.json:
         emit_json(summary)
     else:
         shapes = ", ".join(f"{k}{tuple(v.shape)}" for k, v in outputs.items())
-        print(f"ran {manifest.name} v{manifest.version}: wrote {shapes} to {args.output}")
+        status = summary.get("sanity", {}).get("inputs", {}).get("status", "no profile")
+        print(
+            f"ran {manifest.name} v{manifest.version}: wrote {shapes} to {args.output} "
+            f"(input sanity: {status})"
+        )
     return 0
+
+
+def _sanity_guard(profile: dict[str, Any] | None) -> Any:
+    """The SanityGuard for the manifest's signed profile, or None without one."""
+    if profile is None:
+        return None
+    from edgeguard.guard.sanity import SanityGuard
+    from edgeguard.guard.sanity.spec import SanityProfile
+
+    return SanityGuard(SanityProfile.from_dict(profile))

@@ -1,0 +1,116 @@
+"""Issue 3 CLI contract: calibrated profile in the signed bundle, checked on every run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeguard import data
+from edgeguard.cli.main import main
+from edgeguard.runtime.opener import read_prefix
+
+EG = [sys.executable, "-m", "edgeguard.cli.main"]
+
+
+def eg(*args: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*EG, *map(str, args)], capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("sanity-cli")
+    assert main(["keygen", "signer", "-o", str(d)]) == 0
+    assert main(["keygen", "device", "-o", str(d / "dev"), "--id", "cam-01"]) == 0
+    b = d / "guarded.egb"
+    r = eg(
+        "build",
+        data.model_path("digits_mlp"),
+        "-o",
+        b,
+        "--sign-key",
+        d / "signer.key",
+        "--recipient",
+        d / "dev" / "device.pub",
+        "--device-profile",
+        "generic-cpu",
+        "--version",
+        1,
+        "--calibration",
+        data.model_path("digits_mlp").parent / "digits_calib.npz",
+    )
+    assert r.returncode == 0, r.stderr
+    assert "sanity profile embedded" in r.stdout
+    return {"d": d, "bundle": b}
+
+
+def _run(world: dict[str, Path], tmp: Path, image: np.ndarray) -> subprocess.CompletedProcess[str]:
+    np.savez(tmp / "in.npz", image=image)
+    return eg(
+        "run",
+        world["bundle"],
+        "--trust",
+        world["d"] / "signer.pub",
+        "--device-key",
+        world["d"] / "dev" / "device.key",
+        "--input",
+        tmp / "in.npz",
+        "--output",
+        tmp / "out.npz",
+        "--state-dir",
+        tmp / "state",
+        "--json",
+    )
+
+
+def test_profile_is_inside_the_signed_manifest(world) -> None:
+    with open(world["bundle"], "rb") as f:
+        prefix, _ = read_prefix(f)
+    sanity = prefix.header.manifest.sanity
+    assert sanity is not None and "image" in json.dumps(sanity)
+
+
+def test_clean_input_passes(world, tmp_path) -> None:
+    images, _ = data.load_split("test")
+    r = _run(world, tmp_path, images[:16])
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["result"] == "ok"
+    assert out["sanity"]["inputs"]["status"] in ("PASS", "WARN")
+    assert (tmp_path / "out.npz").exists()
+
+
+@pytest.mark.parametrize("corruption", ["nan", "scale255", "dead", "inf"])
+def test_corrupted_input_is_rejected_with_exit_8(world, tmp_path, corruption) -> None:
+    images, _ = data.load_split("test")
+    x = images[:4].copy()
+    if corruption == "nan":
+        x[0, 0, 3, 3] = np.nan
+    elif corruption == "inf":
+        x[1, 0, 0, 0] = np.inf
+    elif corruption == "scale255":
+        x = x * 255.0
+    else:
+        x[:] = 0.0
+    r = _run(world, tmp_path, x)
+    assert r.returncode == 8, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr and r.stderr.startswith("edgeguard: error: input rejected")
+    verdict = json.loads(r.stdout)
+    assert verdict["result"] == "rejected"
+    assert verdict["sanity"]["inputs"]["status"] == "REJECT"
+    v = verdict["sanity"]["inputs"]["violations"][0]
+    assert {"check", "tensor", "value", "low", "high"} <= set(v)
+    assert not (tmp_path / "out.npz").exists()
+
+
+def test_wrong_dtype_is_rejected(world, tmp_path) -> None:
+    images, _ = data.load_split("test")
+    r = _run(world, tmp_path, images[:2].astype(np.float64))
+    assert r.returncode == 8, r.stderr
+    assert "dtype float64 not in ['float32']" in r.stderr
