@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -62,6 +63,52 @@ def _expect_refusal(
 
 def _state_files(d: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(d.glob("*")) if p.is_file()}
+
+
+def _show_sanity(console: Any, profile: dict[str, Any] | None, images: np.ndarray) -> bool:
+    """Check clean held-out frames and corrupted copies against the signed profile."""
+    from rich.table import Table
+
+    from edgeguard.guard.sanity import SanityGuard
+    from edgeguard.guard.sanity.spec import SanityProfile, Status
+
+    if profile is None:
+        console.print("[red]the bundle has no sanity profile[/]")
+        return False
+    guard = SanityGuard(SanityProfile.from_dict(profile))
+    rng = np.random.default_rng(7)
+    frames = [images[i : i + 1] for i in range(len(images))]
+
+    def rate(make: Callable[[np.ndarray], np.ndarray]) -> float:
+        bad = sum(guard.check_inputs({"image": make(f)}).status is Status.REJECT for f in frames)
+        return bad / len(frames)
+
+    def nan(f: np.ndarray) -> np.ndarray:
+        g = f.copy()
+        g[0, 0, rng.integers(8), rng.integers(8)] = np.nan
+        return g
+
+    cases: list[tuple[str, Callable[[np.ndarray], np.ndarray], bool]] = [
+        ("clean held-out frames", lambda f: f, False),
+        ("one NaN pixel (upstream filter fault)", nan, True),
+        ("wrong scale: 0..255 instead of 0..1", lambda f: f * 255.0, True),
+        ("dead sensor (all zeros)", lambda f: np.zeros_like(f), True),
+        (
+            "noise sigma 0.3, unclipped",
+            lambda f: f + rng.normal(0, 0.3, f.shape).astype(f.dtype),
+            True,
+        ),
+    ]
+    table = Table(title=f"input sanity on {len(frames)} held-out frames (signed profile)")
+    table.add_column("input")
+    table.add_column("rejected", justify="right")
+    ok = True
+    for label, make, corrupt in cases:
+        r = rate(make)
+        ok &= r >= 0.95 if corrupt else r <= 0.01
+        table.add_row(label, f"{r:.1%}")
+    console.print(table)
+    return ok
 
 
 def run_demo(*, workdir: Path | None = None, keep: bool = False) -> int:
@@ -135,11 +182,14 @@ def run_demo(*, workdir: Path | None = None, keep: bool = False) -> int:
             version=2,
             name="digits",
             expires=int(time.time()) + 30 * 86400,
+            calibration=data.split_path("calib"),
         )
         console.print(
             f"[bold]2. build[/]  {model.name} ({model.stat().st_size} bytes) -> {bundle.name} "
             f"({bundle.stat().st_size} bytes, encrypted for cam-01 and orin-01, profile "
-            f"generic-cpu, v2, expires in 30 days); {(time.perf_counter() - t0) * 1e3:.0f} ms"
+            f"generic-cpu, v2, expires in 30 days, input-sanity profile calibrated on "
+            f"{data.load_split('calib')[0].shape[0]} frames and signed); "
+            f"{(time.perf_counter() - t0) * 1e3:.0f} ms"
         )
 
         # 3. Verify -------------------------------------------------------------
@@ -165,6 +215,7 @@ def run_demo(*, workdir: Path | None = None, keep: bool = False) -> int:
             + (f" (training script measured {trained:.2%})" if trained else "")
         )
         accuracy_ok = accuracy >= 0.95
+        sanity_ok = _show_sanity(console, vb.manifest.sanity, images)
 
         # 5. Refusals ---------------------------------------------------------------
         state_before = _state_files(state)
@@ -247,7 +298,7 @@ def run_demo(*, workdir: Path | None = None, keep: bool = False) -> int:
             "anti-rollback state after the refusals: "
             + ("[green]unchanged[/]" if unchanged else "[red]CHANGED[/]")
         )
-        ok = accuracy_ok and unchanged and all(c.ok for c in checks)
+        ok = accuracy_ok and sanity_ok and unchanged and all(c.ok for c in checks)
         console.rule(
             "[bold green]demo passed: every step behaved as expected"
             if ok

@@ -85,6 +85,13 @@ def model_bytes(name: str) -> bytes:
     return raw
 
 
+def split_path(name: Literal["calib", "test"]) -> pathlib.Path:
+    """Filesystem path of a data split's ``.npz`` (keys ``image`` and ``label``)."""
+    if name not in _SPLITS:
+        raise UsageError(f"unknown data split {name!r}", hint="use 'calib' or 'test'")
+    return pathlib.Path(str(_resource(f"digits_{name}.npz")))
+
+
 def load_split(name: Literal["calib", "test"]) -> tuple[np.ndarray, np.ndarray]:
     """Load a data split.
 
