@@ -84,7 +84,7 @@ def _show_sanity(console: Any, profile: dict[str, Any] | None, images: np.ndarra
         return bad / len(frames)
 
     def nan(f: np.ndarray) -> np.ndarray:
-        g = f.copy()
+        g: np.ndarray = f.copy()
         g[0, 0, rng.integers(8), rng.integers(8)] = np.nan
         return g
 
