@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeguard.build.ensemble import EnsembleOptions
 from edgeguard.build.packager import DEFAULT_CHUNK, MemberSource, write_bundle
 from edgeguard.bundle.model import Header
 from edgeguard.bundle.verify import TrustStore
@@ -29,7 +30,17 @@ from edgeguard.errors import UsageError
 from edgeguard.runtime.opener import OpenedBundle, VerifiedBundle, verify_bundle
 from edgeguard.runtime.opener import open_bundle as _open
 
-__all__ = ["BundleSession", "build_bundle", "calibrate_profile", "open_bundle", "verify_bundle"]
+__all__ = [
+    "BundleSession",
+    "EnsembleOptions",
+    "GuardedSession",
+    "build_bundle",
+    "calibrate_profile",
+    "load_calibration_arrays",
+    "open_bundle",
+    "open_guarded",
+    "verify_bundle",
+]
 
 
 def build_bundle(
@@ -46,42 +57,56 @@ def build_bundle(
     created: int | None = None,
     chunk_size: int = DEFAULT_CHUNK,
     sanity: dict[str, Any] | None = None,
-    policy: dict[str, Any] | None = None,
     calibration: Path | None = None,
     target_false_alarm: float = 0.005,
+    ensemble: EnsembleOptions | None = None,
 ) -> Header:
     """Check ONNX models and package them into a bundle at ``out``.
 
-    The first model is the ``primary`` member; further models are ``member``s.
-    With ``calibration`` (an .npz/.npy file or a folder of images), the input
-    sanity profile is calibrated on the primary model and embedded in the
-    signed manifest.
+    The first model is the ``primary`` member; further models (and, with
+    ``ensemble.variants``, their precision variants) are ensemble ``member``s,
+    ``ensemble.fallback`` becomes the ``fallback`` member, and the runtime policy
+    (voter, quorum, deadline, fallback chain, safe default) is signed into the
+    manifest. With ``calibration`` (an .npz/.npy file or a folder of images) the
+    input-sanity profile is calibrated on the primary model and signed too.
     """
+    from edgeguard.build.ensemble import plan_ensemble
     from edgeguard.build.onnx_checks import check_onnx_model
     from edgeguard.devices import load_profile
 
     if not models:
         raise UsageError("give at least one model")
-    for prof in profiles:
-        load_profile(prof)  # refuses unknown profile names
-    sources = []
-    for i, path in enumerate(models):
+    if version < 0:
+        raise UsageError("--version must be a non-negative integer")
+    device_profiles = [load_profile(p) for p in profiles]  # refuses unknown names
+    given: list[tuple[str, bytes]] = []
+    infos = []
+    for path in models:
         try:
             data = Path(path).read_bytes()
         except OSError as exc:
             raise UsageError(f"cannot read model {path}: {exc.strerror or exc}") from exc
-        check_onnx_model(data, source=str(path))
-        sources.append(
-            MemberSource(name=Path(path).stem, data=data, role="primary" if i == 0 else "member")
-        )
-    if version < 0:
-        raise UsageError("--version must be a non-negative integer")
+        infos.append(check_onnx_model(data, source=str(path)))
+        given.append((Path(path).stem, data))
+    ensemble = ensemble or EnsembleOptions()
+    cal_arrays = None
     if calibration is not None:
         if sanity is not None:
             raise UsageError("give either a sanity profile or calibration data, not both")
-        primary = sources[0].data
-        assert isinstance(primary, bytes)
-        sanity = calibrate_profile(primary, calibration, target_false_alarm=target_false_alarm)
+        cal_arrays = load_calibration_arrays(given[0][1], calibration)
+        sanity = calibrate_profile(
+            given[0][1], calibration, target_false_alarm=target_false_alarm, arrays=cal_arrays
+        )
+    target = device_profiles[0]
+    plans, policy = plan_ensemble(
+        given,
+        ensemble,
+        calibration=cal_arrays,
+        output_name=infos[0].outputs[0][0],
+        dla_cores=target.dla_cores,
+        has_gpu=target.gpu is not None,
+    )
+    sources = [MemberSource(name=m.name, data=m.data, role=m.role) for m in plans]
     return write_bundle(
         Path(out),
         sources,
@@ -99,8 +124,22 @@ def build_bundle(
     )
 
 
+def load_calibration_arrays(model: bytes, data_path: Path) -> dict[str, np.ndarray]:
+    """Calibration inputs for ``model`` from an .npz/.npy file or a folder of images."""
+    from edgeguard.backends.onnxruntime import OnnxRuntimeBackend
+    from edgeguard.guard.sanity.calibrate import load_calibration_data
+
+    with OnnxRuntimeBackend.from_bytes(model) as backend:
+        specs = backend.inputs()
+    return dict(load_calibration_data(Path(data_path), specs, limit=None))
+
+
 def calibrate_profile(
-    model: bytes, data_path: Path, *, target_false_alarm: float = 0.005
+    model: bytes,
+    data_path: Path,
+    *,
+    target_false_alarm: float = 0.005,
+    arrays: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Calibrate the input-sanity profile of ``model`` on the data at ``data_path``.
 
@@ -109,12 +148,9 @@ def calibrate_profile(
     """
     import sys
 
-    from edgeguard.backends.onnxruntime import OnnxRuntimeBackend
-    from edgeguard.guard.sanity.calibrate import calibrate, load_calibration_data
+    from edgeguard.guard.sanity.calibrate import calibrate
 
-    with OnnxRuntimeBackend.from_bytes(model) as backend:
-        specs = backend.inputs()
-    data = load_calibration_data(Path(data_path), specs, limit=None)
+    data = arrays if arrays is not None else load_calibration_arrays(model, data_path)
     profile = calibrate(
         model, data, target_false_alarm=target_false_alarm, progress=sys.stderr.isatty()
     )
@@ -169,6 +205,145 @@ def open_bundle(
         opened.wipe()
         raise
     return BundleSession(bundle=opened, backend=backend)
+
+
+class GuardedSession:
+    """An opened ensemble bundle served by the guarded runtime.
+
+    Members (and the fallback model) are loaded from memory into ONNX Runtime;
+    the signed sanity profile guards inputs and outputs; events go to a
+    hash-chained log in the state directory, checkpoints signed with the
+    device's attestation key.
+    """
+
+    def __init__(
+        self,
+        bundle: OpenedBundle,
+        *,
+        device_key: DeviceKey,
+        state_dir: Path,
+        event_log: bool = True,
+    ) -> None:
+        from edgeguard.backends import load_backend
+        from edgeguard.guard.eventlog import EventLog
+        from edgeguard.guard.policy import RuntimePolicy
+        from edgeguard.runtime.guarded import GuardedRuntime
+
+        manifest = bundle.manifest
+        if not manifest.policy or "runtime" not in manifest.policy:
+            raise UsageError("the bundle carries no runtime policy (it is not an ensemble)")
+        self.bundle = bundle
+        self.policy = RuntimePolicy.from_dict(manifest.policy["runtime"])
+        self._backends: list[Any] = []
+        try:
+            members = {}
+            for spec in self.policy.members:
+                fmt = manifest.member(spec.name).format
+                members[spec.name] = self._load(load_backend, fmt, bundle, spec.name)
+            fallback = None
+            for m in manifest.members:
+                if m.role == "fallback":
+                    fallback = self._load(load_backend, m.format, bundle, m.name)
+            sanity = None
+            if manifest.sanity is not None:
+                from edgeguard.guard.sanity import SanityGuard
+                from edgeguard.guard.sanity.spec import SanityProfile
+
+                sanity = SanityGuard(SanityProfile.from_dict(manifest.sanity))
+            self.log_path = Path(state_dir) / "events.log" if event_log else None
+            self.event_log = (
+                EventLog(self.log_path, signing_key=device_key.attest)
+                if self.log_path is not None
+                else None
+            )
+            _warm_up([*members.values(), *([fallback] if fallback else [])], sanity)
+            self.runtime = GuardedRuntime(
+                members,
+                policy=self.policy,
+                fallback=fallback,
+                sanity=sanity,
+                event_log=self.event_log,
+            )
+        except BaseException:
+            self._release()
+            raise
+
+    def _load(self, load_backend: Any, fmt: str, bundle: OpenedBundle, name: str) -> Any:
+        backend = load_backend(fmt, bundle.member_bytes(name))
+        self._backends.append(backend)
+        return backend
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> Any:
+        """One frame through the guarded runtime (a GuardedResult)."""
+        return self.runtime.infer(feeds)
+
+    def _release(self) -> None:
+        for b in self._backends:
+            b.close()
+        self.bundle.wipe()
+
+    def close(self) -> None:
+        """Stop the runtime, close the log, release the members, wipe the plaintext."""
+        try:
+            self.runtime.close()
+            if self.event_log is not None:
+                self.event_log.close()
+        finally:
+            self._release()
+
+    def __enter__(self) -> GuardedSession:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _example_feeds(backend: Any) -> dict[str, np.ndarray]:
+    feeds = {}
+    for spec in backend.inputs():
+        shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in spec.shape)
+        feeds[spec.name] = np.zeros(shape, dtype=spec.dtype)
+    return feeds
+
+
+def _warm_up(backends: Sequence[Any], sanity: Any) -> None:
+    """Run every member and the sanity checks once before the first real frame.
+
+    The first call of an ONNX Runtime session allocates its arenas and the first
+    call of a Numba kernel loads it from the cache (hundreds of milliseconds):
+    without a warm-up the first frame would miss its deadline.
+    """
+    for backend in backends:
+        feeds = _example_feeds(backend)
+        outputs = backend.run(feeds)
+        if sanity is not None:
+            sanity.check_inputs(feeds)
+            sanity.check_outputs(outputs)
+
+
+def open_guarded(
+    path: Path | str,
+    *,
+    trust: TrustStore,
+    device_key: DeviceKey,
+    state_dir: Path | str | None = None,
+    event_log: bool = True,
+) -> GuardedSession:
+    """Open an ensemble bundle and start its guarded runtime."""
+    from edgeguard.runtime.state import default_state_dir
+
+    state = Path(state_dir) if state_dir is not None else default_state_dir()
+    opened = _open(path, trust=trust, device_key=device_key, state_dir=state)
+    try:
+        return GuardedSession(opened, device_key=device_key, state_dir=state, event_log=event_log)
+    except BaseException:
+        opened.wipe()
+        raise
 
 
 # Re-exported for the recipe API.

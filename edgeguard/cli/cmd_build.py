@@ -20,7 +20,13 @@ def register(sub: Any) -> None:
             "the hybrid signer key. The output is written atomically."
         ),
     )
-    p.add_argument("model", type=Path, metavar="MODEL.onnx")
+    p.add_argument(
+        "models",
+        type=Path,
+        nargs="+",
+        metavar="MODEL.onnx",
+        help="the primary model, then any further ensemble members",
+    )
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.egb")
     p.add_argument("--sign-key", type=Path, required=True, metavar="signer.key")
     p.add_argument(
@@ -70,19 +76,51 @@ def register(sub: Any) -> None:
         metavar="RATE",
         help="target per-frame false-alarm rate of the calibrated envelope (default 0.005)",
     )
+    g = p.add_argument_group(
+        "ensemble and runtime policy (signed into the manifest)",
+        "Giving any of these, or more than one model, makes the bundle an ensemble that "
+        "`edgeguard run` serves through the guarded runtime.",
+    )
+    g.add_argument(
+        "--variants",
+        metavar="fp32,fp16,int8",
+        help="derive precision-diverse variants of each model (int8 needs --calibration)",
+    )
+    g.add_argument("--fallback", type=Path, metavar="SMALL.onnx", help="a smaller fallback model")
+    g.add_argument(
+        "--voter",
+        choices=["plurality", "majority", "soft", "median", "mid_value", "boxes"],
+        help="how member outputs are combined (default plurality)",
+    )
+    g.add_argument("--quorum", type=int, metavar="K", help="members needed (default majority)")
+    g.add_argument("--deadline-ms", type=float, metavar="D", help="per-frame deadline (default 50)")
+    g.add_argument(
+        "--safe-default",
+        type=Path,
+        metavar="SAFE.npz",
+        help="outputs served when everything else fails (keyed by output name)",
+    )
     add_passphrase_arg(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Build the bundle."""
-    from edgeguard.api import build_bundle
+    from edgeguard.api import EnsembleOptions, build_bundle
     from edgeguard.keystore import load_device_public, load_signer_key
 
     signer = load_signer_key(args.sign_key, passphrase=passphrase(args))
     recipients = [load_device_public(p) for p in args.recipient]
+    ensemble = EnsembleOptions(
+        variants=tuple(v.strip() for v in args.variants.split(",")) if args.variants else (),
+        fallback=args.fallback,
+        voter=args.voter,
+        quorum=args.quorum,
+        deadline_ms=args.deadline_ms,
+        safe_default=args.safe_default,
+    )
     header = build_bundle(
-        [args.model],
+        args.models,
         out=args.output,
         signer=signer,
         recipients=recipients,
@@ -94,11 +132,15 @@ def run(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         calibration=args.calibration,
         target_false_alarm=args.target_far,
+        ensemble=ensemble,
     )
     m = header.manifest
     print(
         f"wrote {args.output}: {m.name} v{m.version}, {len(m.members)} member(s), "
         f"{len(header.recipients)} recipient(s), signer {m.signer.hex()[:16]}…"
         + (", sanity profile embedded" if m.sanity is not None else "")
+        + (", runtime policy embedded" if m.policy is not None else "")
     )
+    for member in m.members:
+        print(f"  {member.role:8} {member.name} ({member.size} bytes)")
     return 0

@@ -36,9 +36,14 @@ def register(subparsers: Any) -> None:
     )
     v.add_argument("log", metavar="LOG", help="event log file (JSON lines)")
     v.add_argument(
+        "--device-pub",
+        metavar="device.pub",
+        help="the device's public key file (its attestation key signs the checkpoints)",
+    )
+    v.add_argument(
         "--pubkey-pem",
         metavar="FILE",
-        help="device public key: PEM SubjectPublicKeyInfo of the ECDSA P-256 key",
+        help="alternatively: PEM SubjectPublicKeyInfo of the ECDSA P-256 key",
     )
     v.add_argument("--json", action="store_true", help="print the report as JSON")
     v.add_argument(
@@ -63,9 +68,16 @@ def _load_verify_key(args: argparse.Namespace) -> ec.EllipticCurvePublicKey:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
+    device_pub = getattr(args, "device_pub", None)
+    if device_pub:
+        from pathlib import Path
+
+        from edgeguard.keystore import load_device_public
+
+        return load_device_public(Path(device_pub)).attest
     path = getattr(args, "pubkey_pem", None)
     if not path:
-        raise UsageError("no verification key given", hint="pass --pubkey-pem FILE")
+        raise UsageError("no verification key given", hint="pass --device-pub device.pub")
     try:
         with open(path, "rb") as f:
             data = f.read()

@@ -59,17 +59,29 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from edgeguard.api import open_bundle
+    from edgeguard.api import BundleSession, GuardedSession
+    from edgeguard.backends import load_backend
     from edgeguard.fsutil import atomic_write
     from edgeguard.keystore import load_device_key, load_trust_store
+    from edgeguard.runtime.opener import open_bundle
+    from edgeguard.runtime.state import default_state_dir
 
     trust = load_trust_store(args.trust)
     device = load_device_key(args.device_key, passphrase=passphrase(args))
     feeds = load_inputs(args.input)
+    state = args.state_dir if args.state_dir is not None else default_state_dir()
     t0 = time.perf_counter()
-    with open_bundle(
-        args.bundle, trust=trust, device_key=device, state_dir=args.state_dir
-    ) as session:
+    opened = open_bundle(args.bundle, trust=trust, device_key=device, state_dir=state)
+    if opened.manifest.policy is not None:
+        with GuardedSession(opened, device_key=device, state_dir=state) as guarded:
+            return _run_guarded(args, guarded, feeds, open_ms=(time.perf_counter() - t0) * 1e3)
+    primary = next(m for m in opened.manifest.members if m.role == "primary")
+    try:
+        backend = load_backend(primary.format, opened.member_bytes(primary.name))
+    except BaseException:
+        opened.wipe()
+        raise
+    with BundleSession(bundle=opened, backend=backend) as session:
         manifest = session.bundle.manifest
         guard = _sanity_guard(manifest.sanity)
         t1 = time.perf_counter()
@@ -118,6 +130,69 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"ran {manifest.name} v{manifest.version}: wrote {shapes} to {args.output} "
             f"(input sanity: {status})"
+        )
+    return 0
+
+
+def _run_guarded(
+    args: argparse.Namespace, guarded: Any, feeds: dict[str, Any], *, open_ms: float
+) -> int:
+    """Serve every frame (first axis) of the inputs through the guarded runtime."""
+    import io
+    import json
+    import sys
+
+    import numpy as np
+
+    from edgeguard.errors import UsageError
+    from edgeguard.fsutil import atomic_write
+
+    counts = {len(v) for v in feeds.values() if getattr(v, "ndim", 0) > 0}
+    if len(counts) != 1:
+        raise UsageError("every input array must have the same number of frames (first axis)")
+    (n,) = counts
+    outputs: dict[str, list[Any]] = {}
+    sources: dict[str, int] = {}
+    for i in range(n):
+        frame = {k: np.ascontiguousarray(v[i : i + 1]) for k, v in feeds.items()}
+        res = guarded.infer(frame)
+        for k, v in res.outputs.items():
+            outputs.setdefault(k, []).append(np.asarray(v))
+        sources[res.source.value] = sources.get(res.source.value, 0) + 1
+        if args.json:
+            line = {
+                "frame": i,
+                "source": res.source.value,
+                "health": res.health.name,
+                "reasons": list(res.reasons),
+                "members": list(res.members),
+                "latency_ms": {
+                    k: round(v, 4) for k, v in res.latency_ms.items() if v == v  # drop NaN
+                },
+            }
+            sys.stdout.write(json.dumps(line, sort_keys=True) + "\n")
+    stacked = {k: np.concatenate(v, axis=0) for k, v in outputs.items()}
+    buf = io.BytesIO()
+    np.savez(buf, **dict[str, Any](stacked))
+    atomic_write(args.output, buf.getvalue())
+    manifest = guarded.bundle.manifest
+    summary = {
+        "bundle": manifest.name,
+        "version": manifest.version,
+        "frames": n,
+        "sources": sources,
+        "health": guarded.runtime.health.name,
+        "open_ms": round(open_ms, 3),
+        "event_log": str(guarded.log_path) if guarded.log_path else None,
+        "output_file": str(args.output),
+    }
+    if args.json:
+        sys.stdout.write(json.dumps({"summary": summary}, sort_keys=True) + "\n")
+    else:
+        parts = ", ".join(f"{k}={v}" for k, v in sorted(sources.items()))
+        print(
+            f"served {n} frame(s) of {manifest.name} v{manifest.version} through the guarded "
+            f"runtime ({parts}); health {summary['health']}; wrote {args.output}"
         )
     return 0
 
