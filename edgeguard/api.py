@@ -13,7 +13,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -223,6 +223,7 @@ class GuardedSession:
         device_key: DeviceKey,
         state_dir: Path,
         event_log: bool = True,
+        wrap: Callable[[str, Any], Any] | None = None,
     ) -> None:
         from edgeguard.backends import load_backend
         from edgeguard.guard.eventlog import EventLog
@@ -257,6 +258,10 @@ class GuardedSession:
                 else None
             )
             _warm_up([*members.values(), *([fallback] if fallback else [])], sanity)
+            self.inputs = next(iter(members.values())).inputs()
+            if wrap is not None:  # fault injection for field tests and examples
+                members = {name: wrap(name, m) for name, m in members.items()}
+                fallback = wrap("fallback", fallback) if fallback is not None else None
             self.runtime = GuardedRuntime(
                 members,
                 policy=self.policy,
@@ -333,14 +338,21 @@ def open_guarded(
     device_key: DeviceKey,
     state_dir: Path | str | None = None,
     event_log: bool = True,
+    wrap: Callable[[str, Any], Any] | None = None,
 ) -> GuardedSession:
-    """Open an ensemble bundle and start its guarded runtime."""
+    """Open an ensemble bundle and start its guarded runtime.
+
+    ``wrap(name, member)`` may replace each member (and ``"fallback"``) with a
+    wrapper, which is how field tests inject faults.
+    """
     from edgeguard.runtime.state import default_state_dir
 
     state = Path(state_dir) if state_dir is not None else default_state_dir()
     opened = _open(path, trust=trust, device_key=device_key, state_dir=state)
     try:
-        return GuardedSession(opened, device_key=device_key, state_dir=state, event_log=event_log)
+        return GuardedSession(
+            opened, device_key=device_key, state_dir=state, event_log=event_log, wrap=wrap
+        )
     except BaseException:
         opened.wipe()
         raise

@@ -178,11 +178,14 @@ def plan_ensemble(
         output=output_name,
         min_confirmations=min(2, n) if kind is VoterKind.DETECTION else 2,
     )
+    deadline = 50.0 if opts.deadline_ms is None else float(opts.deadline_ms)
     policy = RuntimePolicy(
         members=tuple(MemberSpec(m.name, m.placement) for m in members),
         voter=voter,
         quorum=quorum,
-        deadline_ms=50.0 if opts.deadline_ms is None else float(opts.deadline_ms),
+        deadline_ms=deadline,
+        # Leave 40% of the deadline for the fallback model when members run late.
+        member_budget_ms=round(0.6 * deadline, 3) if fallback is not None else None,
         fallback_chain=tuple(chain),
         safe_default=safe,
     )

@@ -29,6 +29,7 @@ _COMMANDS: tuple[str, ...] = (
     "inspect",
     "verify",
     "run",
+    "serve",
     "calibrate",
     "devices",
     "log",

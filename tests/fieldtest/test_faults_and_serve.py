@@ -1,0 +1,233 @@
+"""Fault schedules, fault-injecting members, and `edgeguard serve` under faults."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeguard import data
+from edgeguard.cli.main import main
+from edgeguard.errors import BackendError, UsageError
+from edgeguard.fieldtest.faults import (
+    Fault,
+    FaultClock,
+    FaultyMember,
+    corrupt_frame,
+    parse_faults,
+)
+
+
+def test_parse_faults() -> None:
+    got = parse_faults("hang@3-5,crash:b@7,freeze@10-12,nan@1,nan:b@2-4", members=["a", "b"])
+    assert got == [
+        Fault("hang", 3, 5, "a"),
+        Fault("crash", 7, 8, "b"),
+        Fault("freeze", 10, 12, None),
+        Fault("nan", 1, 2, None),
+        Fault("nan", 2, 4, "b"),
+    ]
+    assert [f.on_member for f in got] == [True, True, False, False, True]
+    for bad in ("explode@1", "hang@5-3", "hang:zz@1", "freeze", "@1-2"):
+        with pytest.raises(UsageError):
+            parse_faults(bad, members=["a", "b"])
+    assert parse_faults(None) == [] and parse_faults("") == []
+
+
+class _Echo:
+    def run(self, feeds):  # type: ignore[no-untyped-def]
+        return {"y": np.asarray(feeds["x"], dtype=np.float32) + 1}
+
+
+def test_faulty_member_windows() -> None:
+    clock = FaultClock()
+    faults = parse_faults("crash@2-3,nan:m@4-5", members=["m"])
+    m = FaultyMember("m", _Echo(), faults, clock)
+    x = {"x": np.zeros((1, 2), np.float32)}
+    clock.frame = 0
+    assert np.array_equal(m.run(x)["y"], np.ones((1, 2)))
+    clock.frame = 2
+    with pytest.raises(BackendError, match="injected crash"):
+        m.run(x)
+    clock.frame = 4
+    assert np.isnan(m.run(x)["y"]).all()
+    clock.frame = 5
+    assert not np.isnan(m.run(x)["y"]).any()
+
+
+def test_corrupt_frame_kinds() -> None:
+    rng = np.random.default_rng(0)
+    f = np.full((1, 1, 4, 4), 0.5, np.float32)
+    prev = np.zeros_like(f)
+    faults = parse_faults("freeze@0,nan@1,scale255@2,dead@3,noise@4")
+    assert np.array_equal(corrupt_frame(f, prev, faults, 0, rng)[0], prev)
+    assert np.isnan(corrupt_frame(f, prev, faults, 1, rng)[0]).sum() == 1
+    assert corrupt_frame(f, prev, faults, 2, rng)[0].max() == pytest.approx(127.5)
+    assert not corrupt_frame(f, prev, faults, 3, rng)[0].any()
+    assert corrupt_frame(f, prev, faults, 4, rng)[0].std() > 0.05
+    out, applied = corrupt_frame(f, prev, faults, 9, rng)
+    assert out is f and applied == []
+
+
+@pytest.fixture(scope="module")
+def ensemble(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("serve")
+    assert main(["keygen", "signer", "-o", str(d)]) == 0
+    assert main(["keygen", "device", "-o", str(d / "dev"), "--id", "cam-01"]) == 0
+    np.savez(d / "safe.npz", logits=np.zeros((1, 10), np.float32))
+    rc = main(
+        [
+            "build",
+            str(data.model_path("digits_mlp")),
+            "-o",
+            str(d / "e.egb"),
+            "--sign-key",
+            str(d / "signer.key"),
+            "--recipient",
+            str(d / "dev" / "device.pub"),
+            "--device-profile",
+            "generic-cpu",
+            "--version",
+            "1",
+            "--calibration",
+            str(data.split_path("calib")),
+            "--variants",
+            "fp32,fp16,int8",
+            "--fallback",
+            str(data.model_path("digits_logreg")),
+            "--deadline-ms",
+            "100",
+            "--safe-default",
+            str(d / "safe.npz"),
+        ]
+    )
+    assert rc == 0
+    return {"d": d, "bundle": d / "e.egb"}
+
+
+def _serve(ensemble, tmp_path, inject: str, limit: int = 60, fps: int = 200) -> dict:
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgeguard.cli.main",
+            "serve",
+            str(ensemble["bundle"]),
+            "--trust",
+            str(ensemble["d"] / "signer.pub"),
+            "--device-key",
+            str(ensemble["d"] / "dev" / "device.key"),
+            "--frames",
+            str(data.split_path("test")),
+            "--labels-key",
+            "label",
+            "--fps",
+            str(fps),
+            "--limit",
+            str(limit),
+            "--inject",
+            inject,
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--metrics",
+            str(tmp_path / "m.prom"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_serve_keeps_answering_through_member_faults(ensemble, tmp_path) -> None:
+    rep = _serve(
+        ensemble,
+        tmp_path,
+        "hang:digits_mlp-fp16@10-20,crash:digits_mlp-int8@15-25",
+        limit=100,
+        fps=100,
+    )
+    assert rep["frames"] == 100
+    assert sum(rep["sources"].values()) == 100  # every frame answered
+    assert rep["deadline_misses"] <= 2  # the hung calls are cut at the member budget
+    # One member down: the two survivors (a quorum of 2) still answer as the ensemble.
+    assert rep["sources"].get("quorum", 0) + rep["sources"].get("ensemble", 0) >= 60
+    good = [a for s, a in rep["accuracy_by_source"].items() if s in ("ensemble", "quorum")]
+    assert min(good) >= 0.9
+    # Two members down: below quorum, the fallback model answers.
+    assert rep["sources"].get("fallback_model", 0) >= 5
+    assert any("DEGRADED" in t for t in rep["transitions"])
+    prom = (tmp_path / "m.prom").read_text()
+    assert "edgeguard_frames" in prom and "edgeguard_health_state" in prom
+
+
+def test_serve_rejects_broken_camera_frames(ensemble, tmp_path) -> None:
+    rep = _serve(ensemble, tmp_path, "nan@5-8,scale255@15-18,freeze@30-33")
+    non_model = rep["sources"].get("last_known_good", 0) + rep["sources"].get("safe_default", 0)
+    assert non_model >= 9  # 3 + 3 + 3 broken frames answered without the models
+    log = tmp_path / "state" / "events.log"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgeguard.cli.main",
+            "log",
+            "verify",
+            str(log),
+            "--device-pub",
+            str(ensemble["d"] / "dev" / "device.pub"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["kinds"].get("input_rejected", 0) >= 9
+
+
+def test_serve_refuses_a_plain_bundle(tmp_path) -> None:
+    assert main(["keygen", "signer", "-o", str(tmp_path)]) == 0
+    assert main(["keygen", "device", "-o", str(tmp_path / "dev"), "--id", "x"]) == 0
+    assert (
+        main(
+            [
+                "build",
+                str(data.model_path("digits_mlp")),
+                "-o",
+                str(tmp_path / "p.egb"),
+                "--sign-key",
+                str(tmp_path / "signer.key"),
+                "--recipient",
+                str(tmp_path / "dev" / "device.pub"),
+                "--device-profile",
+                "generic-cpu",
+                "--version",
+                "1",
+            ]
+        )
+        == 0
+    )
+    rc = main(
+        [
+            "serve",
+            str(tmp_path / "p.egb"),
+            "--trust",
+            str(tmp_path / "signer.pub"),
+            "--device-key",
+            str(tmp_path / "dev" / "device.key"),
+            "--frames",
+            str(data.split_path("test")),
+            "--state-dir",
+            str(tmp_path / "s"),
+        ]
+    )
+    assert rc == 2
