@@ -34,8 +34,8 @@ from rich.console import Console
 
 from edgeguard import api, data
 from edgeguard.api import EnsembleOptions, GuardedSession
-from edgeguard.crypto.keys import DeviceKey, SignerKey
 from edgeguard.bundle.verify import TrustStore
+from edgeguard.crypto.keys import DeviceKey, SignerKey
 from edgeguard.fieldtest.faults import FaultClock, FaultyMember, parse_faults
 from edgeguard.guard.eventlog import verify as verify_log
 from edgeguard.runtime.frameloop import print_report, run_frame_loop
