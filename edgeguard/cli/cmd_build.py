@@ -17,7 +17,8 @@ def register(sub: Any) -> None:
         description=(
             "Check the ONNX model, encrypt it with a fresh data key (AES-256-GCM STREAM), "
             "wrap the key to every --recipient device with HPKE, and sign the header with "
-            "the hybrid signer key. The output is written atomically."
+            "the hybrid signer key. The output is written atomically. Also writes the signed "
+            "reference values for `edgeguard attest verify` to OUT.egb.rv.json."
         ),
     )
     p.add_argument(
@@ -134,6 +135,9 @@ def run(args: argparse.Namespace) -> int:
         target_false_alarm=args.target_far,
         ensemble=ensemble,
     )
+    from edgeguard.attest.reference import write_reference_values
+
+    rv = write_reference_values(args.output, signer=signer)
     m = header.manifest
     print(
         f"wrote {args.output}: {m.name} v{m.version}, {len(m.members)} member(s), "
@@ -143,4 +147,5 @@ def run(args: argparse.Namespace) -> int:
     )
     for member in m.members:
         print(f"  {member.role:8} {member.name} ({member.size} bytes)")
+    print(f"reference values for attestation: {rv}")
     return 0

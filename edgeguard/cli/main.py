@@ -33,6 +33,7 @@ _COMMANDS: tuple[str, ...] = (
     "calibrate",
     "devices",
     "log",
+    "attest",
     "demo",
 )
 
