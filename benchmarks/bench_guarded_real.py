@@ -1,0 +1,165 @@
+"""Issue 4 performance figures on a real model, measured side by side in one run.
+
+Model: PaddleOCR PP-OCRv4 text detector (see benchmarks/_real_models.py), on 640x640 crops
+of real photographs, float32 NCHW.
+
+1. Overhead: a single-member GuardedRuntime with input and output sanity checks (a profile
+   calibrated on other crops) versus plain ``onnxruntime`` ``session.run`` on the same
+   session, interleaved call by call; medians and the ratio. Target: <= 3 % added.
+2. Concurrency: a 2-member ensemble (fp32 and fp16 variants of the detector, one intra-op
+   thread each, median voter) versus the sum of the two members' individual times.
+   Target: wall time <= 0.65x the sum.
+
+(The failover figure - a hung member, p99 within deadline + 2 ms over 1000 frames - is in
+benchmarks/bench_runtime.py.)
+
+    .venv/bin/python benchmarks/bench_guarded_real.py [--frames 30]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _real_models import det_model, photo_frames  # noqa: E402
+
+
+class Ort:
+    def __init__(self, model: bytes, threads: int) -> None:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        self.s = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+        self.out = self.s.get_outputs()[0].name
+
+    def run(self, feeds: Any) -> dict[str, np.ndarray]:
+        return {self.out: self.s.run([self.out], dict(feeds))[0]}
+
+
+def med(xs: list[float]) -> float:
+    return statistics.median(xs) * 1e3
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=30)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgeguard.build.variants import make_variants
+    from edgeguard.guard.policy import MemberSpec, RuntimePolicy, VoterKind, VoterSpec
+    from edgeguard.guard.sanity import SanityGuard
+    from edgeguard.guard.sanity.calibrate import calibrate_stats_only
+    from edgeguard.runtime.guarded import GuardedRuntime
+
+    model = det_model()
+    calib = photo_frames(64, seed=1)
+    frames = photo_frames(args.frames, seed=2)
+    profile = calibrate_stats_only({"x": calib}, target_false_alarm=0.01)
+    sanity = SanityGuard(profile)
+    out: dict[str, Any] = {"model": "PP-OCRv4 det", "input": [1, 3, 640, 640]}
+
+    # 1. Overhead: one member, sanity on, same session as the plain runs.
+    plain = Ort(model, threads=2)
+    policy1 = RuntimePolicy(
+        members=(MemberSpec("det"),),
+        voter=VoterSpec(VoterKind.MEDIAN, output=plain.out),
+        deadline_ms=2000.0,
+        fallback_chain=("ensemble", "last_known_good"),  # type: ignore[arg-type]
+    )
+    rt = GuardedRuntime({"det": plain}, policy=policy1, sanity=sanity)
+    warm = {"x": calib[0:1]}  # not a benchmark frame: a repeat would be a frozen camera
+    plain.run(warm), rt.infer(warm)
+    t_plain, t_guard, t_check = [], [], []
+    for i in range(args.frames):
+        f = {"x": frames[i : i + 1]}
+        t = time.perf_counter()
+        plain.run(f)
+        t_plain.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        res = rt.infer(f)
+        t_guard.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        sanity.check_inputs(f)
+        t_check.append(time.perf_counter() - t)
+        assert res.source.value in ("ensemble", "single_member"), res.reasons
+    rt.close()
+    out["overhead"] = {
+        "plain_ms": med(t_plain),
+        "guarded_ms": med(t_guard),
+        "sanity_check_ms": med(t_check),
+        "added_pct": (med(t_guard) / med(t_plain) - 1) * 100,
+    }
+
+    # 2. Concurrency: fp32 + fp16 members, one thread each.
+    fp16 = make_variants(model, ["fp16"], calibration=None)[0].model
+    a, b = Ort(model, 1), Ort(fp16, 1)
+    policy2 = RuntimePolicy(
+        members=(MemberSpec("fp32"), MemberSpec("fp16")),
+        voter=VoterSpec(VoterKind.MEDIAN, output=a.out),
+        quorum=2,
+        deadline_ms=5000.0,
+        fallback_chain=("ensemble", "last_known_good"),  # type: ignore[arg-type]
+    )
+    rt2 = GuardedRuntime({"fp32": a, "fp16": b}, policy=policy2)
+    a.run(warm), b.run(warm), rt2.infer(warm)
+    ta, tb, te = [], [], []
+    n2 = max(5, args.frames // 2)
+    for i in range(n2):
+        f = {"x": frames[i : i + 1]}
+        t = time.perf_counter()
+        a.run(f)
+        ta.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        b.run(f)
+        tb.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        res = rt2.infer(f)
+        te.append(time.perf_counter() - t)
+        assert res.source.value == "ensemble", res.reasons
+    rt2.close()
+    out["concurrency"] = {
+        "fp32_ms": med(ta),
+        "fp16_ms": med(tb),
+        "ensemble_wall_ms": med(te),
+        "ratio_to_sum": med(te) / (med(ta) + med(tb)),
+    }
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    c = Console()
+    t = Table(title=f"guarded runtime on PP-OCRv4 det, 640x640x3 float32 ({args.frames} frames)")
+    for col in ("measure", "value", "target"):
+        t.add_column(col, justify="right" if col != "measure" else "left")
+    o, k = out["overhead"], out["concurrency"]
+    t.add_row("plain session.run (2 threads), median", f"{o['plain_ms']:.2f} ms", "")
+    t.add_row("GuardedRuntime + sanity, median", f"{o['guarded_ms']:.2f} ms", "")
+    t.add_row("  of which the input sanity check", f"{o['sanity_check_ms']:.2f} ms", "")
+    t.add_row("added", f"{o['added_pct']:+.1f} %", "<= 3 %")
+    t.add_row("member fp32 alone (1 thread)", f"{k['fp32_ms']:.2f} ms", "")
+    t.add_row("member fp16 alone (1 thread)", f"{k['fp16_ms']:.2f} ms", "")
+    t.add_row("2-member ensemble, wall", f"{k['ensemble_wall_ms']:.2f} ms", "")
+    t.add_row("ratio wall / sum of members", f"{k['ratio_to_sum']:.2f}x", "<= 0.65x")
+    c.print(t)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
