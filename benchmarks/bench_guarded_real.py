@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _real_models import det_model, photo_frames  # noqa: E402
+from _real_models import det_model, photo_frames
 
 
 class Ort:
