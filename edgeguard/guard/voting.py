@@ -169,19 +169,21 @@ def vote_regression(members: Mapping[str, Outputs], spec: VoterSpec, *, quorum: 
     names = sorted(members)
     if not names:
         return Vote(ok=False, reason="no member answered")
-    arrays = [np.asarray(members[n][spec.output], dtype=np.float64) for n in names]
-    shape = arrays[0].shape
-    if any(a.shape != shape for a in arrays):
+    raw = [np.asarray(members[n][spec.output]) for n in names]
+    shape = raw[0].shape
+    if any(a.shape != shape for a in raw):
         return Vote(ok=False, reason="members disagree on output shape")
-    stack = np.stack(arrays)
-    med = np.median(stack, axis=0)
+    dtype = raw[0].dtype
+    out_dtype = dtype if np.issubdtype(dtype, np.floating) else np.float64
+    # Work in the members' own float precision (no float64 copies of large maps).
+    arrays = [a.astype(out_dtype, copy=False) for a in raw]
     keep = list(range(len(names)))
-    if spec.max_deviation is not None:
-        dev = np.abs(stack - med[None]).reshape(len(names), -1)
+    if spec.max_deviation is not None and len(names) > 1:
+        med = _median(arrays)
         keep = [
             i
             for i in range(len(names))
-            if dev.shape[1] == 0 or float(dev[i].max()) <= spec.max_deviation
+            if arrays[i].size == 0 or float(np.max(np.abs(arrays[i] - med))) <= spec.max_deviation
         ]
     backers = tuple(names[i] for i in keep)
     dissent = tuple(n for i, n in enumerate(names) if i not in keep)
@@ -194,21 +196,41 @@ def vote_regression(members: Mapping[str, Outputs], spec: VoterSpec, *, quorum: 
             agreement=agreement,
             reason=f"only {len(keep)} of {len(names)} members within max_deviation",
         )
-    sub = stack[keep]
-    if spec.kind is VoterKind.MID_VALUE:
-        srt = np.sort(sub, axis=0)
-        result = srt[(len(keep) - 1) // 2]
-    else:
-        result = np.median(sub, axis=0)
-    dtype = np.asarray(members[names[0]][spec.output]).dtype
-    out_dtype = dtype if np.issubdtype(dtype, np.floating) else np.float64
+    sub = [arrays[i] for i in keep]
+    result = _mid_value(sub) if spec.kind is VoterKind.MID_VALUE else _median(sub)
     return Vote(
         ok=True,
-        outputs={spec.output: result.astype(out_dtype)},
+        outputs={spec.output: np.asarray(result, dtype=out_dtype)},
         backers=backers,
         dissenters=dissent,
         agreement=agreement,
     )
+
+
+def _median(arrays: list[np.ndarray]) -> np.ndarray:
+    """Element-wise median; closed forms for 1-3 members (np.median sorts: slow on big maps)."""
+    n = len(arrays)
+    if n == 1:
+        return arrays[0]
+    if n == 2:
+        return np.asarray((arrays[0] + arrays[1]) / 2)
+    if n == 3:
+        a, b, c = arrays
+        lo, hi = np.minimum(a, b), np.maximum(a, b)
+        return np.asarray(np.maximum(lo, np.minimum(hi, c)))
+    return np.asarray(np.median(np.stack(arrays), axis=0))
+
+
+def _mid_value(arrays: list[np.ndarray]) -> np.ndarray:
+    """Element-wise lower-middle member value (an actual member's value)."""
+    n = len(arrays)
+    if n == 1:
+        return arrays[0]
+    if n == 2:
+        return np.asarray(np.minimum(arrays[0], arrays[1]))
+    if n == 3:
+        return _median(arrays)
+    return np.asarray(np.sort(np.stack(arrays), axis=0)[(n - 1) // 2])
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

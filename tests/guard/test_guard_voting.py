@@ -222,3 +222,15 @@ def test_detection_fusion_invariants(ms, k, rnd) -> None:
         assert (a.outputs["boxes"] <= allb.max(0) + 1e-3).all()
     if k == 1 and len(ms) == 1:  # a lone member is its own ensemble
         assert n_out == len(ms[0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 6), st.integers(0, 2**31 - 1))
+def test_fast_median_and_mid_value_match_numpy(n: int, seed: int) -> None:
+    from edgeguard.guard.voting import _median, _mid_value
+
+    rng = np.random.default_rng(seed)
+    arrays = [rng.normal(size=(3, 5)) for _ in range(n)]
+    stack = np.stack(arrays)
+    np.testing.assert_allclose(_median(arrays), np.median(stack, axis=0), rtol=1e-12)
+    np.testing.assert_array_equal(_mid_value(arrays), np.sort(stack, axis=0)[(n - 1) // 2])
