@@ -46,28 +46,34 @@ def conv640(width: int = 1) -> bytes:
     inits = []
 
     def w(name: str, shape: tuple[int, ...]) -> str:
-        inits.append(numpy_helper.from_array(
-            (rng.standard_normal(shape) * 0.1).astype(np.float32), name))
+        inits.append(
+            numpy_helper.from_array((rng.standard_normal(shape) * 0.1).astype(np.float32), name)
+        )
         return name
 
     nodes = [
-        helper.make_node("Conv", ["image", w("w1", (c1, 3, 3, 3))], ["c1"], strides=[2, 2],
-                         pads=[1, 1, 1, 1]),
+        helper.make_node(
+            "Conv", ["image", w("w1", (c1, 3, 3, 3))], ["c1"], strides=[2, 2], pads=[1, 1, 1, 1]
+        ),
         helper.make_node("Relu", ["c1"], ["r1"]),
-        helper.make_node("Conv", ["r1", w("w2", (c2, c1, 3, 3))], ["c2"], strides=[2, 2],
-                         pads=[1, 1, 1, 1]),
+        helper.make_node(
+            "Conv", ["r1", w("w2", (c2, c1, 3, 3))], ["c2"], strides=[2, 2], pads=[1, 1, 1, 1]
+        ),
         helper.make_node("Relu", ["c2"], ["r2"]),
-        helper.make_node("Conv", ["r2", w("w3", (c2, c2, 3, 3))], ["c3"], strides=[2, 2],
-                         pads=[1, 1, 1, 1]),
+        helper.make_node(
+            "Conv", ["r2", w("w3", (c2, c2, 3, 3))], ["c3"], strides=[2, 2], pads=[1, 1, 1, 1]
+        ),
         helper.make_node("Relu", ["c3"], ["r3"]),
         helper.make_node("GlobalAveragePool", ["r3"], ["p"]),
         helper.make_node("Flatten", ["p"], ["f"]),
         helper.make_node("Gemm", ["f", w("wf", (10, c2)), w("bf", (10,))], ["logits"], transB=1),
     ]
     g = helper.make_graph(
-        nodes, "conv640",
+        nodes,
+        "conv640",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, list(SHAPE))],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])], inits,
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])],
+        inits,
     )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 9
@@ -76,7 +82,8 @@ def conv640(width: int = 1) -> bytes:
 
 def identity640() -> bytes:
     g = helper.make_graph(
-        [helper.make_node("Identity", ["image"], ["out"])], "identity640",
+        [helper.make_node("Identity", ["image"], ["out"])],
+        "identity640",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, list(SHAPE))],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, list(SHAPE))],
     )
@@ -137,9 +144,11 @@ def restart(ex: ProcessMemberExecutor, name: str, rounds: int) -> dict[str, Any]
         if not ex.wait_ready(name, 60):
             raise RuntimeError("worker did not come back")
         times.append((time.perf_counter() - t) * 1e3)
-    return {"rounds": rounds, "restart_ms": {"median": statistics.median(times),
-                                             "min": min(times), "max": max(times)},
-            "backoff_ms_included": 0.0}
+    return {
+        "rounds": rounds,
+        "restart_ms": {"median": statistics.median(times), "min": min(times), "max": max(times)},
+        "backoff_ms_included": 0.0,
+    }
 
 
 def main() -> None:
@@ -154,8 +163,9 @@ def main() -> None:
         "conv640x4": WorkerSpec(conv640(4)),
         "identity640": WorkerSpec(identity640()),
     }
-    with ProcessMemberExecutor(specs, policy=SandboxPolicy(), caps=caps,
-                               restart_backoff_s=0.0) as ex:
+    with ProcessMemberExecutor(
+        specs, policy=SandboxPolicy(), caps=caps, restart_backoff_s=0.0
+    ) as ex:
         layers = dict(ex.status("conv640").layers)
         res = {
             "host": {"cpus": os.cpu_count(), "kernel": caps.kernel, "loadavg": os.getloadavg()},

@@ -19,6 +19,14 @@ does not import onnxruntime, numba, tensorrt or pycuda.
 
 from __future__ import annotations
 
+import os as _os
+
 __version__ = "0.1.0"
+
+# ONNX Runtime wheels carry Microsoft telemetry: on import they create a database under
+# ~/.cache/Microsoft/DeveloperTools and keep a writer thread. A device runtime must not
+# phone home or write files behind the operator's back, so edgeguard turns it off before
+# anything imports onnxruntime (an explicit setting by the operator wins).
+_os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 __all__ = ["__version__"]

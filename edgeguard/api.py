@@ -210,8 +210,12 @@ def open_bundle(
 class GuardedSession:
     """An opened ensemble bundle served by the guarded runtime.
 
-    Members (and the fallback model) are loaded from memory into ONNX Runtime;
-    the signed sanity profile guards inputs and outputs; events go to a
+    Members and the fallback model run in sandboxed worker processes by default
+    (``isolation="sandbox"``: sealed memfd, seccomp allowlist, Landlock, network
+    namespace, rlimits, as the signed ``policy["sandbox"]`` says, else best
+    effort; see ``docs/isolation.md``) or in threads of this process
+    (``isolation="threads"``, used when ``wrap`` injects faults in-process).
+    The signed sanity profile guards inputs and outputs; events go to a
     hash-chained log in the state directory, checkpoints signed with the
     device's attestation key.
     """
@@ -224,6 +228,7 @@ class GuardedSession:
         state_dir: Path,
         event_log: bool = True,
         wrap: Callable[[str, Any], Any] | None = None,
+        isolation: str = "auto",
     ) -> None:
         from edgeguard.backends import load_backend
         from edgeguard.guard.eventlog import EventLog
@@ -233,18 +238,18 @@ class GuardedSession:
         manifest = bundle.manifest
         if not manifest.policy or "runtime" not in manifest.policy:
             raise UsageError("the bundle carries no runtime policy (it is not an ensemble)")
+        if isolation == "auto":
+            isolation = "threads" if wrap is not None else "sandbox"
+        if isolation not in ("sandbox", "threads"):
+            raise UsageError("isolation must be 'sandbox', 'threads' or 'auto'")
+        if isolation == "sandbox" and wrap is not None:
+            raise UsageError("in-process fault injection (wrap) needs isolation='threads'")
         self.bundle = bundle
+        self.isolation = isolation
         self.policy = RuntimePolicy.from_dict(manifest.policy["runtime"])
         self._backends: list[Any] = []
+        self.executor: Any = None
         try:
-            members = {}
-            for spec in self.policy.members:
-                fmt = manifest.member(spec.name).format
-                members[spec.name] = self._load(load_backend, fmt, bundle, spec.name)
-            fallback = None
-            for m in manifest.members:
-                if m.role == "fallback":
-                    fallback = self._load(load_backend, m.format, bundle, m.name)
             sanity = None
             if manifest.sanity is not None:
                 from edgeguard.guard.sanity import SanityGuard
@@ -257,21 +262,72 @@ class GuardedSession:
                 if self.log_path is not None
                 else None
             )
-            _warm_up([*members.values(), *([fallback] if fallback else [])], sanity)
-            self.inputs = next(iter(members.values())).inputs()
-            if wrap is not None:  # fault injection for field tests and examples
-                members = {name: wrap(name, m) for name, m in members.items()}
-                fallback = wrap("fallback", fallback) if fallback is not None else None
+            fallback_entry = next((m for m in manifest.members if m.role == "fallback"), None)
+            members: dict[str, Any]
+            fallback: Any
+            if isolation == "sandbox":
+                members, fallback, self.executor = self._start_sandbox(
+                    manifest, fallback_entry, sanity
+                )
+            else:
+                members = {}
+                for spec in self.policy.members:
+                    fmt = manifest.member(spec.name).format
+                    members[spec.name] = self._load(load_backend, fmt, bundle, spec.name)
+                fallback = None
+                if fallback_entry is not None:
+                    fallback = self._load(
+                        load_backend, fallback_entry.format, bundle, fallback_entry.name
+                    )
+                _warm_up([*members.values(), *([fallback] if fallback else [])], sanity)
+                self.inputs = next(iter(members.values())).inputs()
+                if wrap is not None:  # fault injection for field tests and examples
+                    members = {name: wrap(name, m) for name, m in members.items()}
+                    fallback = wrap("fallback", fallback) if fallback is not None else None
             self.runtime = GuardedRuntime(
                 members,
                 policy=self.policy,
                 fallback=fallback,
                 sanity=sanity,
                 event_log=self.event_log,
+                executor=self.executor,
             )
         except BaseException:
+            if self.executor is not None:
+                self.executor.close()
             self._release()
             raise
+
+    def _start_sandbox(
+        self, manifest: Any, fallback_entry: Any, sanity: Any
+    ) -> tuple[dict[str, Any], Any, Any]:
+        from edgeguard.backends.base import TensorSpec
+        from edgeguard.build.onnx_checks import check_onnx_model
+        from edgeguard.runtime.sandbox import SandboxPolicy
+        from edgeguard.runtime.sandbox.executor import (
+            FALLBACK_NAME,
+            ProcessMemberExecutor,
+            WorkerSpec,
+        )
+
+        raw = (manifest.policy or {}).get("sandbox")
+        sandbox = SandboxPolicy.from_dict(raw) if raw is not None else SandboxPolicy()
+        specs = {
+            s.name: WorkerSpec(self.bundle.member_bytes(s.name), fmt=manifest.member(s.name).format)
+            for s in self.policy.members
+        }
+        if fallback_entry is not None:
+            specs[FALLBACK_NAME] = WorkerSpec(
+                self.bundle.member_bytes(fallback_entry.name), fmt=fallback_entry.format
+            )
+        first = self.policy.members[0].name
+        info = check_onnx_model(bytes(self.bundle.member_bytes(first)), source=first)
+        self.inputs = tuple(TensorSpec(n, d, s) for n, d, s in info.inputs)
+        if sanity is not None:
+            feeds = _example_feeds_from_specs(self.inputs)
+            sanity.check_inputs(feeds)
+        executor = ProcessMemberExecutor(specs, policy=sandbox, event_log=self.event_log)
+        return executor.members(), executor.fallback(), executor
 
     def _load(self, load_backend: Any, fmt: str, bundle: OpenedBundle, name: str) -> Any:
         backend = load_backend(fmt, bundle.member_bytes(name))
@@ -288,7 +344,7 @@ class GuardedSession:
         self.bundle.wipe()
 
     def close(self) -> None:
-        """Stop the runtime, close the log, release the members, wipe the plaintext."""
+        """Stop the runtime and the workers, close the log, wipe the plaintext."""
         try:
             self.runtime.close()
             if self.event_log is not None:
@@ -309,8 +365,12 @@ class GuardedSession:
 
 
 def _example_feeds(backend: Any) -> dict[str, np.ndarray]:
+    return _example_feeds_from_specs(backend.inputs())
+
+
+def _example_feeds_from_specs(specs: Sequence[Any]) -> dict[str, np.ndarray]:
     feeds = {}
-    for spec in backend.inputs():
+    for spec in specs:
         shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in spec.shape)
         feeds[spec.name] = np.zeros(shape, dtype=spec.dtype)
     return feeds
@@ -339,6 +399,7 @@ def open_guarded(
     state_dir: Path | str | None = None,
     event_log: bool = True,
     wrap: Callable[[str, Any], Any] | None = None,
+    isolation: str = "auto",
 ) -> GuardedSession:
     """Open an ensemble bundle and start its guarded runtime.
 
@@ -351,7 +412,12 @@ def open_guarded(
     opened = _open(path, trust=trust, device_key=device_key, state_dir=state)
     try:
         return GuardedSession(
-            opened, device_key=device_key, state_dir=state, event_log=event_log, wrap=wrap
+            opened,
+            device_key=device_key,
+            state_dir=state,
+            event_log=event_log,
+            wrap=wrap,
+            isolation=isolation,
         )
     except BaseException:
         opened.wipe()

@@ -31,6 +31,12 @@ def register(sub: Any) -> None:
     p.add_argument("--output", type=Path, required=True, metavar="OUT.npz")
     p.add_argument("--state-dir", type=Path, metavar="DIR")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.add_argument(
+        "--isolation",
+        choices=["auto", "sandbox", "threads"],
+        default="auto",
+        help="ensemble members in sandboxed processes (default) or in threads",
+    )
     add_passphrase_arg(p)
     p.set_defaults(func=run)
 
@@ -73,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     opened = open_bundle(args.bundle, trust=trust, device_key=device, state_dir=state)
     if opened.manifest.policy is not None:
-        with GuardedSession(opened, device_key=device, state_dir=state) as guarded:
+        with GuardedSession(
+            opened, device_key=device, state_dir=state, isolation=args.isolation
+        ) as guarded:
             return _run_guarded(args, guarded, feeds, open_ms=(time.perf_counter() - t0) * 1e3)
     primary = next(m for m in opened.manifest.members if m.role == "primary")
     try:
@@ -167,7 +175,9 @@ def _run_guarded(
                 "reasons": list(res.reasons),
                 "members": list(res.members),
                 "latency_ms": {
-                    k: round(v, 4) for k, v in res.latency_ms.items() if v == v  # drop NaN
+                    k: round(v, 4)
+                    for k, v in res.latency_ms.items()
+                    if v == v  # drop NaN
                 },
             }
             sys.stdout.write(json.dumps(line, sort_keys=True) + "\n")
@@ -182,6 +192,7 @@ def _run_guarded(
         "frames": n,
         "sources": sources,
         "health": guarded.runtime.health.name,
+        "isolation": guarded.isolation,
         "open_ms": round(open_ms, 3),
         "event_log": str(guarded.log_path) if guarded.log_path else None,
         "output_file": str(args.output),
@@ -192,7 +203,8 @@ def _run_guarded(
         parts = ", ".join(f"{k}={v}" for k, v in sorted(sources.items()))
         print(
             f"served {n} frame(s) of {manifest.name} v{manifest.version} through the guarded "
-            f"runtime ({parts}); health {summary['health']}; wrote {args.output}"
+            f"runtime ({parts}); members in {guarded.isolation}; health {summary['health']}; "
+            f"wrote {args.output}"
         )
     return 0
 

@@ -37,6 +37,12 @@ def register(sub: Any) -> None:
     p.add_argument("--state-dir", type=Path, metavar="DIR")
     p.add_argument("--metrics", type=Path, metavar="FILE", help="write Prometheus metrics here")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument(
+        "--isolation",
+        choices=["auto", "sandbox", "threads"],
+        default="auto",
+        help="members in sandboxed processes (default) or in threads",
+    )
     add_passphrase_arg(p)
     p.set_defaults(func=run)
 

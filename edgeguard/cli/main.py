@@ -34,6 +34,7 @@ _COMMANDS: tuple[str, ...] = (
     "devices",
     "log",
     "attest",
+    "sandbox_check",
     "demo",
 )
 

@@ -76,3 +76,23 @@ def test_cli_help_starts_without_heavy_imports(argv: list[str]) -> None:
         "assert not bad, bad\n"
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_onnxruntime_telemetry_is_off(tmp_path) -> None:
+    """Importing edgeguard first keeps ONNX Runtime from writing its telemetry database."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    env["HOME"] = str(tmp_path)
+    code = (
+        "import edgeguard\n"
+        "from edgeguard.backends.onnxruntime import OnnxRuntimeBackend\n"
+        "from edgeguard import data\n"
+        "OnnxRuntimeBackend.from_bytes(data.model_bytes('digits_mlp')).close()\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       check=False, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert not (tmp_path / ".cache" / "Microsoft").exists()

@@ -1,0 +1,34 @@
+"""Sandboxed member workers: each model runs in its own locked-down child process.
+
+Layer: :mod:`edgeguard.runtime` (composes the backends in a child process; the parent
+side imports no inference library). Pieces:
+
+* :mod:`~edgeguard.runtime.sandbox.policy` - :class:`SandboxPolicy`, the signed
+  per-bundle choice of layers (``policy["sandbox"]`` in the manifest);
+* :mod:`~edgeguard.runtime.sandbox.probe` - :func:`probe_host` and :func:`check_policy`;
+* :mod:`~edgeguard.runtime.sandbox.seccomp` - the syscall allowlist, with a reason each;
+* :mod:`~edgeguard.runtime.sandbox.worker` - the child process's entry point (model from
+  a sealed memfd, warm-up, lockdown, serve);
+* :mod:`~edgeguard.runtime.sandbox.executor` - :class:`ProcessMemberExecutor`, the
+  :class:`~edgeguard.runtime.guarded.MemberExecutor` that runs members in workers,
+  kills hung ones and restarts dead ones with backoff.
+
+See ``docs/isolation.md`` for the policy and its reasoning. Importing this package does
+not import numpy's heavy friends, onnxruntime, numba or pyseccomp.
+"""
+
+from __future__ import annotations
+
+from edgeguard.runtime.sandbox.policy import BEST_EFFORT, LAYERS, OFF, REQUIRED, SandboxPolicy
+from edgeguard.runtime.sandbox.probe import HostCapabilities, check_policy, probe_host
+
+__all__ = [
+    "BEST_EFFORT",
+    "LAYERS",
+    "OFF",
+    "REQUIRED",
+    "HostCapabilities",
+    "SandboxPolicy",
+    "check_policy",
+    "probe_host",
+]

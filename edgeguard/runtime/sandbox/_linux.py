@@ -1,0 +1,202 @@
+"""Raw Linux primitives of the sandbox: prctl, Landlock, unshare, rlimits (ctypes, stdlib only).
+
+Layer: :mod:`edgeguard.runtime.sandbox` (private). Used by the host probe (read-only
+questions) and by the worker's lockdown (irreversible changes to the *calling* process).
+Nothing here imports numpy or an inference library.
+
+Landlock is driven through its three system calls, which glibc does not wrap; the
+syscall numbers are the same on x86_64 and aarch64 (the unified numbering of syscalls
+added after 5.x).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import functools
+import os
+import resource
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "CLONE_NEWNET",
+    "CLONE_NEWUSER",
+    "LandlockResult",
+    "get_no_new_privs",
+    "landlock_abi",
+    "landlock_restrict_self",
+    "seccomp_mode",
+    "set_dumpable",
+    "set_no_new_privs",
+    "thread_count",
+    "unshare",
+]
+
+CLONE_NEWNET = 0x40000000
+CLONE_NEWUSER = 0x10000000
+
+_PR_SET_DUMPABLE = 4
+_PR_GET_SECCOMP = 21
+_PR_SET_NO_NEW_PRIVS = 38
+_PR_GET_NO_NEW_PRIVS = 39
+
+_SYS_LANDLOCK_CREATE_RULESET = 444
+_SYS_LANDLOCK_RESTRICT_SELF = 446
+_LANDLOCK_CREATE_RULESET_VERSION = 1 << 0
+
+# Filesystem access rights per Landlock ABI (include/uapi/linux/landlock.h).
+_FS_ABI1 = (1 << 13) - 1  # EXECUTE .. MAKE_SYM
+_FS_REFER = 1 << 13  # ABI 2
+_FS_TRUNCATE = 1 << 14  # ABI 3
+_FS_IOCTL_DEV = 1 << 15  # ABI 5
+_NET_TCP = (1 << 0) | (1 << 1)  # BIND_TCP | CONNECT_TCP, ABI 4
+_SCOPE_ALL = (1 << 0) | (1 << 1)  # ABSTRACT_UNIX_SOCKET | SIGNAL, ABI 6
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> Any:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _prctl(option: int, arg2: int = 0) -> int:
+    libc = _libc()
+    res: int = libc.prctl(
+        ctypes.c_int(option),
+        ctypes.c_ulong(arg2),
+        ctypes.c_ulong(0),
+        ctypes.c_ulong(0),
+        ctypes.c_ulong(0),
+    )
+    if res < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return res
+
+
+def set_no_new_privs() -> None:
+    """Set ``no_new_privs`` on the calling thread (inherited by threads created later)."""
+    _prctl(_PR_SET_NO_NEW_PRIVS, 1)
+
+
+def get_no_new_privs() -> bool:
+    """Whether the calling thread has ``no_new_privs``."""
+    return _prctl(_PR_GET_NO_NEW_PRIVS) == 1
+
+
+def set_dumpable(on: bool) -> None:
+    """PR_SET_DUMPABLE: non-dumpable processes cannot be ptrace-attached by peers."""
+    _prctl(_PR_SET_DUMPABLE, 1 if on else 0)
+
+
+def seccomp_mode() -> int | None:
+    """The calling thread's seccomp mode (0 none, 2 filter), None if the kernel lacks it."""
+    try:
+        return _prctl(_PR_GET_SECCOMP)
+    except OSError:
+        return None
+
+
+def _syscall(nr: int, *args: Any) -> int:
+    res: int = _libc().syscall(ctypes.c_long(nr), *args)
+    return res
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version; 0 when Landlock is missing or disabled."""
+    res = _syscall(
+        _SYS_LANDLOCK_CREATE_RULESET,
+        None,
+        ctypes.c_size_t(0),
+        ctypes.c_uint32(_LANDLOCK_CREATE_RULESET_VERSION),
+    )
+    return res if res > 0 else 0
+
+
+@dataclass(frozen=True)
+class LandlockResult:
+    """What :func:`landlock_restrict_self` handled.
+
+    Attributes:
+        abi: ABI version used.
+        fs_rights: Bit mask of handled filesystem rights (all of the ABI's).
+        net_rights: Bit mask of handled TCP rights (0 before ABI 4).
+        scoped: Bit mask of scopes (abstract UNIX sockets, signals; 0 before ABI 6).
+    """
+
+    abi: int
+    fs_rights: int
+    net_rights: int
+    scoped: int
+
+
+def landlock_rights(abi: int) -> tuple[int, int, int]:
+    """(fs, net, scoped) rights to handle for ``abi``: every right the ABI knows."""
+    fs = _FS_ABI1
+    if abi >= 2:
+        fs |= _FS_REFER
+    if abi >= 3:
+        fs |= _FS_TRUNCATE
+    if abi >= 5:
+        fs |= _FS_IOCTL_DEV
+    net = _NET_TCP if abi >= 4 else 0
+    scoped = _SCOPE_ALL if abi >= 6 else 0
+    return fs, net, scoped
+
+
+def landlock_restrict_self(abi: int) -> LandlockResult:
+    """Restrict the calling thread (and threads it creates later) to no filesystem access.
+
+    Every filesystem right of ``abi`` is handled and no rule is added, so no path can be
+    opened, created, removed or executed; from ABI 4 on TCP bind/connect are denied too,
+    from ABI 6 on signals and abstract UNIX sockets outside the domain. Requires
+    ``no_new_privs`` (or CAP_SYS_ADMIN).
+
+    Raises:
+        OSError: The kernel refused (Landlock missing, disabled, or no_new_privs unset).
+    """
+    if abi < 1:
+        raise OSError(errno.EOPNOTSUPP, "Landlock is not available")
+    fs, net, scoped = landlock_rights(abi)
+    words = [fs] + ([net] if abi >= 4 else []) + ([scoped] if abi >= 6 else [])
+    attr = (ctypes.c_uint64 * len(words))(*words)
+    fd = _syscall(
+        _SYS_LANDLOCK_CREATE_RULESET,
+        ctypes.byref(attr),
+        ctypes.c_size_t(ctypes.sizeof(attr)),
+        ctypes.c_uint32(0),
+    )
+    if fd < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"landlock_create_ruleset: {os.strerror(e)}")
+    try:
+        res = _syscall(_SYS_LANDLOCK_RESTRICT_SELF, ctypes.c_int(fd), ctypes.c_uint32(0))
+        if res < 0:
+            e = ctypes.get_errno()
+            raise OSError(e, f"landlock_restrict_self: {os.strerror(e)}")
+    finally:
+        os.close(fd)
+    return LandlockResult(abi=abi, fs_rights=fs, net_rights=net, scoped=scoped)
+
+
+def unshare(flags: int) -> None:
+    """``unshare(2)`` through libc (``os.unshare`` exists only from Python 3.12).
+
+    Raises:
+        OSError: The kernel refused (EPERM without privilege, EINVAL when threaded).
+    """
+    if _libc().unshare(ctypes.c_int(flags)) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"unshare: {os.strerror(e)}")
+
+
+def thread_count() -> int:
+    """Threads of the calling process (from ``/proc/self/task``)."""
+    return len(os.listdir("/proc/self/task"))
+
+
+def set_rlimit(which: int, value: int) -> None:
+    """Lower both soft and hard limit of ``which`` to ``value`` (never raises them)."""
+    _soft, hard = resource.getrlimit(which)
+    new_hard = value if hard == resource.RLIM_INFINITY else min(hard, value)
+    resource.setrlimit(which, (min(value, new_hard), new_hard))

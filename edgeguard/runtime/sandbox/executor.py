@@ -1,0 +1,734 @@
+"""Run ensemble members in sandboxed child processes: :class:`ProcessMemberExecutor`.
+
+Layer: :mod:`edgeguard.runtime` (parent side; numpy and the stdlib only - the inference
+library lives in the workers). Implements the
+:class:`~edgeguard.runtime.guarded.MemberExecutor` protocol, so::
+
+    ex = ProcessMemberExecutor(specs, policy=SandboxPolicy(), event_log=log)
+    rt = GuardedRuntime(ex.members(), fallback=ex.fallback(), policy=pol, executor=ex)
+
+runs every member (and the fallback model) in its own locked-down worker
+(:mod:`edgeguard.runtime.sandbox.worker`).
+
+Per worker the supervisor holds three things created before the worker starts: a
+**sealed memfd** with the decrypted model (created once and handed to every restart;
+never a file on disk), a shared I/O memfd (inputs in the first half, outputs in the
+second) and a SOCK_SEQPACKET control socket. A call copies the feeds into shared
+memory and sends a ~100-byte JSON request; the reply names the outputs' places in
+shared memory and is validated strictly (the worker is untrusted) before the outputs
+are copied out.
+
+Faults: a worker that dies (SIGSYS from seccomp, a crash, the OOM killer) fails its
+call, so the guarded runtime's fallback chain answers; the death is recorded in the
+event log and a supervisor thread restarts the worker after an exponential backoff,
+retiring it after ``max_restarts`` consecutive deaths. :meth:`abandon` really kills a
+hung worker (SIGKILL), which threads could never do. One call at a time per worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import mmap
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from edgeguard.errors import BackendError, EdgeguardError, PolicyError, UsageError
+from edgeguard.runtime.sandbox import _cgroup
+from edgeguard.runtime.sandbox.policy import SandboxPolicy
+from edgeguard.runtime.sandbox.probe import HostCapabilities, check_policy, probe_host
+from edgeguard.runtime.sandbox.worker import MAX_MESSAGE, pack_arrays, unpack_arrays
+
+__all__ = [
+    "FALLBACK_NAME",
+    "EventSink",
+    "ProcessMemberExecutor",
+    "WorkerSpec",
+    "WorkerStatus",
+    "seal_model",
+]
+
+FALLBACK_NAME = "__fallback__"  # same value as edgeguard.runtime.guarded.FALLBACK_NAME
+_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
+_ENV_PASS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "LANG", "LC_ALL")
+# The worker's whole environment. Single-threaded BLAS/OpenMP so the process stays
+# single-threaded until the model loads; ORT_DISABLE_TELEMETRY stops ONNX Runtime's 1DS
+# telemetry (its wheel otherwise creates an SQLite store under ~/.cache at import and
+# keeps a background thread that writes to it at exit).
+_WORKER_ENV = {
+    "PATH": "/usr/bin:/bin",
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "ORT_DISABLE_TELEMETRY": "1",
+}
+
+
+class EventSink(Protocol):
+    """Where the executor records worker events (an :class:`~edgeguard.guard.eventlog.EventLog`)."""
+
+    def append(self, kind: str, data: Mapping[str, Any]) -> object:
+        """Record one event."""
+        ...
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What one worker runs.
+
+    Attributes:
+        model: The (decrypted) model bytes; copied into a sealed memfd at construction,
+            so the caller may wipe its buffer afterwards.
+        fmt: Member format for :func:`edgeguard.backends.load_backend` (``"onnx"``).
+        options: Loader options; the default fixes ONNX Runtime to one intra-op thread
+            so that no thread needs to be created after lockdown.
+        loader: ``"module:function"`` called in the worker *before* lockdown as
+            ``function(model: memoryview, fmt, options) -> Runnable``; None uses
+            :func:`~edgeguard.backends.load_backend`. For custom loaders and tests.
+        python_path: Directories prepended to the worker's ``sys.path`` (for ``loader``).
+    """
+
+    model: bytes | bytearray | memoryview = field(repr=False)
+    fmt: str = "onnx"
+    options: Mapping[str, Any] = field(
+        default_factory=lambda: {"intra_op_threads": 1, "inter_op_threads": 1}
+    )
+    loader: str | None = None
+    python_path: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """Snapshot of one worker slot.
+
+    Attributes:
+        name: Member name.
+        state: ``starting``, ``ready``, ``busy``, ``dead`` (restart pending),
+            ``retired`` or ``closed``.
+        pid: Process id of the current worker (None when there is none).
+        layers: Layer states the worker reported after lockdown.
+        restarts: Successful restarts so far.
+        deaths: Worker deaths (and kills) so far.
+        last_exit: Description of the last death, or None.
+        last_restart_ms: Time from the last death to serving again, or None.
+    """
+
+    name: str
+    state: str
+    pid: int | None
+    layers: Mapping[str, str]
+    restarts: int
+    deaths: int
+    last_exit: str | None
+    last_restart_ms: float | None
+
+
+def seal_model(model: bytes | bytearray | memoryview, *, name: str = "edgeguard-model") -> int:
+    """Copy ``model`` into a new memfd and seal it against any change; returns the fd.
+
+    The fd is close-on-exec; pass it to a child explicitly (``pass_fds``).
+
+    Raises:
+        UsageError: ``model`` is empty or not bytes-like.
+        BackendError: The kernel lacks memfd sealing.
+    """
+    if not isinstance(model, (bytes, bytearray, memoryview)) or len(model) == 0:
+        raise UsageError("the model must be non-empty bytes, bytearray or memoryview")
+    try:
+        fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    except (OSError, AttributeError) as exc:
+        raise BackendError(f"memfd_create is unavailable: {exc}") from exc
+    try:
+        view = memoryview(model).cast("B")
+        done = 0
+        while done < len(view):
+            done += os.write(fd, view[done:])
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+    except OSError as exc:
+        os.close(fd)
+        raise BackendError(f"cannot seal the model memfd: {exc.strerror}") from exc
+    return fd
+
+
+def _describe_exit(code: int | None) -> tuple[str, dict[str, Any]]:
+    if code is None:
+        return "still running", {}
+    if code < 0:
+        try:
+            sig = signal.Signals(-code).name
+        except ValueError:
+            sig = f"signal {-code}"
+        cause = {
+            "SIGSYS": "seccomp killed it: a forbidden system call",
+            "SIGKILL": "killed (abandoned, out of memory, or externally)",
+            "SIGXFSZ": "file size limit exceeded",
+            "SIGSEGV": "crashed (segmentation fault)",
+            "SIGABRT": "aborted",
+        }.get(sig, "killed by a signal")
+        return f"{sig}: {cause}", {"signal": sig, "exit_code": None, "cause": cause}
+    cause = {
+        0: "exited",
+        4: "a required sandbox layer could not be applied",
+        5: "the model could not be loaded",
+    }.get(code, "exited with an error")
+    return f"exit {code}: {cause}", {"signal": None, "exit_code": code, "cause": cause}
+
+
+class _Failed:
+    """A call that failed before it reached a worker."""
+
+    def __init__(self, exc: EdgeguardError) -> None:
+        self._exc = exc
+
+    def wait(self, timeout_s: float) -> bool:
+        return True
+
+    def result(self) -> dict[str, np.ndarray]:
+        raise self._exc
+
+    @property
+    def run_ns(self) -> int | None:
+        return 0
+
+
+class _Slot:
+    def __init__(self, name: str, spec: WorkerSpec, io_bytes: int) -> None:
+        self.name = name
+        self.spec = spec
+        self.model_size = len(memoryview(spec.model).cast("B"))
+        self.model_fd = seal_model(spec.model, name=f"edgeguard-model-{name}")
+        self.io_bytes = io_bytes
+        self.io_fd = os.memfd_create(f"edgeguard-io-{name}", os.MFD_CLOEXEC)
+        os.ftruncate(self.io_fd, 2 * io_bytes)  # sparse: pages appear when touched
+        self.io = mmap.mmap(self.io_fd, 2 * io_bytes)
+        view = memoryview(self.io)
+        self.inp = view[:io_bytes]
+        self.out = view[io_bytes:]
+        self.state = "starting"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.sock: socket.socket | None = None
+        self.gen = 0
+        self.layers: dict[str, str] = {}
+        self.busy: _ProcCall | None = None
+        self.restarts = 0
+        self.deaths = 0
+        self.consecutive = 0
+        self.next_start = 0.0
+        self.died_at: float | None = None
+        self.last_exit: str | None = None
+        self.last_restart_ms: float | None = None
+        self.leaf: Path | None = None
+
+    def close(self) -> None:
+        with contextlib.suppress(BufferError, ValueError):
+            self.inp.release()
+            self.out.release()
+            self.io.close()
+        for fd in (self.model_fd, self.io_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+class _ProcCall:
+    """A call in flight in one worker."""
+
+    def __init__(self, ex: ProcessMemberExecutor, slot: _Slot, sock: socket.socket) -> None:
+        self._ex = ex
+        self._slot = slot
+        self._gen = slot.gen
+        self._sock = sock
+        self._done = False
+        self._out: dict[str, np.ndarray] | None = None
+        self._exc: EdgeguardError | None = None
+        self._run_ns: int | None = None
+        self.t0 = time.perf_counter_ns()
+        self.roundtrip_ns: int | None = None
+
+    def _finish(self, out: dict[str, np.ndarray] | None, exc: EdgeguardError | None) -> None:
+        self._out, self._exc, self._done = out, exc, True
+        if self.roundtrip_ns is None:
+            self.roundtrip_ns = time.perf_counter_ns() - self.t0
+
+    def wait(self, timeout_s: float) -> bool:
+        if self._done:
+            return True
+        try:
+            ready, _, _ = select.select([self._sock], [], [], max(0.0, timeout_s))
+        except (OSError, ValueError):  # the socket was closed by abandon()/close()
+            ready = [self._sock]
+        if not ready:
+            return False
+        self._ex._complete(self)
+        return True
+
+    def result(self) -> dict[str, np.ndarray]:
+        if not self._done:
+            raise UsageError("member call has not finished")
+        if self._exc is not None:
+            raise self._exc
+        assert self._out is not None
+        return self._out
+
+    @property
+    def run_ns(self) -> int | None:
+        return self._run_ns if self._done else None
+
+
+class _Proxy:
+    """A Runnable that runs a member through the executor (for GuardedRuntime's members=)."""
+
+    def __init__(self, ex: ProcessMemberExecutor, name: str) -> None:
+        self._ex = ex
+        self.name = name
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        call = self._ex.submit(self.name, feeds)
+        if not call.wait(self._ex.call_timeout_s):
+            self._ex.abandon(self.name)
+            raise BackendError(f"sandboxed member {self.name!r} timed out")
+        return call.result()
+
+
+class ProcessMemberExecutor:
+    """A :class:`~edgeguard.runtime.guarded.MemberExecutor` with one sandboxed process per member.
+
+    Args:
+        specs: What each member runs, by name; the fallback model under
+            ``"__fallback__"`` (:data:`FALLBACK_NAME`).
+        policy: Which isolation layers to use (normally ``policy["sandbox"]`` of the
+            signed manifest).
+        event_log: Receives ``sandbox_worker_*`` records, or None.
+        caps: Host capabilities (probed when None).
+        io_bytes: Size of each of the input and output halves of a worker's shared
+            memory (sparse; only touched pages cost memory).
+        start_timeout_s: Time a worker may take to load, warm up and lock down.
+        restart_backoff_s: First restart delay; doubles per consecutive death.
+        max_backoff_s: Upper bound of the restart delay.
+        max_restarts: Consecutive deaths (without a successful call in between) after
+            which a member is retired (:meth:`submit` then raises BackendError).
+        call_timeout_s: Timeout of the :meth:`members` proxies' ``run``.
+        worker_stderr: Let workers write to our stderr (debugging); default silent.
+
+    Raises:
+        PolicyError: The policy requires a layer the host or a worker lacks.
+        BackendError: A worker could not start (model load, warm-up, memfd).
+        UsageError: Bad arguments.
+    """
+
+    def __init__(
+        self,
+        specs: Mapping[str, WorkerSpec],
+        *,
+        policy: SandboxPolicy,
+        event_log: EventSink | None = None,
+        caps: HostCapabilities | None = None,
+        io_bytes: int = 32 * 1024 * 1024,
+        start_timeout_s: float = 60.0,
+        restart_backoff_s: float = 0.05,
+        max_backoff_s: float = 5.0,
+        max_restarts: int = 8,
+        call_timeout_s: float = 60.0,
+        worker_stderr: bool = False,
+    ) -> None:
+        if not specs or not all(isinstance(s, WorkerSpec) for s in specs.values()):
+            raise UsageError("specs must map member names to WorkerSpec objects")
+        if io_bytes < 4096 or restart_backoff_s < 0 or max_backoff_s < restart_backoff_s:
+            raise UsageError("io_bytes >= 4096 and 0 <= restart_backoff_s <= max_backoff_s")
+        if max_restarts < 0:
+            raise UsageError("max_restarts must be >= 0")
+        self._policy = policy
+        self._caps = caps if caps is not None else probe_host()
+        self._plan = check_policy(policy, self._caps)  # raises PolicyError
+        self._log = event_log
+        self.log_errors = 0
+        self._start_timeout = start_timeout_s
+        self._backoff = restart_backoff_s
+        self._max_backoff = max_backoff_s
+        self._max_restarts = max_restarts
+        self.call_timeout_s = call_timeout_s
+        self._stderr = None if worker_stderr else subprocess.DEVNULL
+        self._lock = threading.RLock()
+        self._wake = threading.Condition(self._lock)
+        self._closed = False
+        self._tree: _cgroup.CgroupTree | None = None
+        if self._plan["cgroup"] == "apply" and self._caps.cgroup_path is not None:
+            self._tree = _cgroup.CgroupTree(Path(self._caps.cgroup_path))
+        self._slots: dict[str, _Slot] = {}
+        try:
+            for name, spec in specs.items():
+                self._slots[name] = _Slot(name, spec, io_bytes)
+            for slot in self._slots.values():
+                self._launch(slot)
+            for slot in self._slots.values():
+                self._await_ready(slot)
+                self._event("sandbox_worker_started", self._started_data(slot))
+        except BaseException:
+            self.close()
+            raise
+        self._supervisor = threading.Thread(
+            target=self._supervise, name="edgeguard-sandbox-supervisor", daemon=True
+        )
+        self._supervisor.start()
+
+    # -- public ---------------------------------------------------------------------------
+
+    @property
+    def plan(self) -> Mapping[str, str]:
+        """The per-layer plan from :func:`~edgeguard.runtime.sandbox.probe.check_policy`."""
+        return dict(self._plan)
+
+    def members(self) -> dict[str, _Proxy]:
+        """Runnables for ``GuardedRuntime(members=...)`` (every name except the fallback)."""
+        return {n: _Proxy(self, n) for n in self._slots if n != FALLBACK_NAME}
+
+    def fallback(self) -> _Proxy | None:
+        """Runnable for ``GuardedRuntime(fallback=...)``, or None without a fallback spec."""
+        return _Proxy(self, FALLBACK_NAME) if FALLBACK_NAME in self._slots else None
+
+    def status(self, name: str) -> WorkerStatus:
+        """Snapshot of member ``name``'s worker."""
+        with self._lock:
+            s = self._slot(name)
+            return WorkerStatus(
+                name=name,
+                state=s.state,
+                pid=s.proc.pid if s.proc is not None else None,
+                layers=dict(s.layers),
+                restarts=s.restarts,
+                deaths=s.deaths,
+                last_exit=s.last_exit,
+                last_restart_ms=s.last_restart_ms,
+            )
+
+    def wait_ready(self, name: str, timeout_s: float) -> bool:
+        """Wait until ``name``'s worker serves (after a restart); False on timeout."""
+        end = time.monotonic() + timeout_s
+        with self._wake:
+            while self._slot(name).state not in ("ready", "retired", "closed"):
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._wake.wait(left)
+            return self._slot(name).state == "ready"
+
+    def submit(self, name: str, feeds: Mapping[str, np.ndarray]) -> _ProcCall | _Failed:
+        """Send one call to member ``name``'s worker.
+
+        A worker that is restarting gives an already-failed call (the runtime's chain
+        answers meanwhile).
+
+        Raises:
+            UsageError: Unknown member, or the executor is closed.
+            BackendError: The member is retired (too many consecutive deaths).
+        """
+        with self._lock:
+            if self._closed:
+                raise UsageError("executor is closed")
+            s = self._slot(name)
+            if s.state == "retired":
+                raise BackendError(f"sandboxed member {name!r} retired: its worker keeps dying")
+            if s.state == "ready" and s.proc is not None and s.proc.poll() is not None:
+                self._reap(s, during="idle")
+            if s.state != "ready" or s.sock is None:
+                return _Failed(BackendError(f"sandboxed member {name!r} is {s.state}"))
+            try:
+                desc = pack_arrays(feeds, s.inp)
+            except (ValueError, TypeError) as exc:
+                return _Failed(BackendError(f"feeds for {name!r}: {exc}"))
+            call = _ProcCall(self, s, s.sock)
+            try:
+                s.sock.send(json.dumps({"op": "run", "feeds": desc}).encode())
+            except OSError:
+                self._reap(s, during="call")
+                return _Failed(BackendError(f"sandboxed member {name!r} died ({s.last_exit})"))
+            s.state, s.busy = "busy", call
+            return call
+
+    def abandon(self, name: str) -> None:
+        """Kill member ``name``'s worker (it missed its deadline); it is restarted later."""
+        with self._lock:
+            s = self._slot(name)
+            if s.proc is None or s.state not in ("ready", "busy"):
+                return
+            with contextlib.suppress(OSError):
+                s.proc.kill()
+            self._reap(s, during="abandoned")
+
+    def close(self) -> None:
+        """Stop every worker (politely, then SIGKILL) and release the memfds."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._wake.notify_all()
+            slots = list(self._slots.values())
+        sup = getattr(self, "_supervisor", None)
+        if sup is not None and sup is not threading.current_thread():
+            sup.join(timeout=self._start_timeout + 5.0)
+        for s in slots:
+            if s.sock is not None:
+                with contextlib.suppress(OSError):
+                    s.sock.send(b'{"op":"exit"}')
+        for s in slots:
+            if s.proc is not None:
+                try:
+                    s.proc.wait(timeout=2.0)
+                except subprocess.TimeoutExpired:
+                    s.proc.kill()
+                    s.proc.wait()
+            if s.sock is not None:
+                s.sock.close()
+            if s.leaf is not None:
+                _cgroup.CgroupTree.remove(s.leaf)
+            s.state = "closed"
+            s.close()
+        if self._tree is not None:
+            self._tree.close()
+
+    def __enter__(self) -> ProcessMemberExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _is_closed(self) -> bool:
+        return self._closed
+
+    def _slot(self, name: str) -> _Slot:
+        try:
+            return self._slots[name]
+        except KeyError:
+            raise UsageError(f"unknown member {name!r}") from None
+
+    def _event(self, kind: str, data: Mapping[str, Any]) -> None:
+        if self._log is None:
+            return
+        try:
+            self._log.append(kind, data)
+        except Exception:  # the log must never take inference down; counted
+            self.log_errors += 1
+
+    def _started_data(self, s: _Slot) -> dict[str, Any]:
+        return {"member": s.name, "pid": s.proc.pid if s.proc else None, "layers": s.layers}
+
+    def _launch(self, s: _Slot) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = dict(_WORKER_ENV)
+        env.update({k: os.environ[k] for k in _ENV_PASS if k in os.environ})
+        try:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-I",
+                    "-m",
+                    "edgeguard.runtime.sandbox.worker",
+                    str(child.fileno()),
+                ],
+                pass_fds=(child.fileno(), s.model_fd, s.io_fd),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=self._stderr,
+                env=env,
+                close_fds=True,
+            )
+        except OSError as exc:
+            parent.close()
+            raise BackendError(f"cannot start a worker for {s.name!r}: {exc}") from exc
+        finally:
+            child.close()
+        s.proc, s.sock, s.gen, s.state = proc, parent, s.gen + 1, "starting"
+        cg = None
+        if self._tree is not None:
+            s.leaf = self._tree.create(s.name, memory_max=self._policy.memory_max_bytes)
+            self._tree.attach(s.leaf, proc.pid)
+            cg = f"memory.max={self._policy.memory_max_bytes}"
+        init = {
+            "op": "init",
+            "model_fd": s.model_fd,
+            "model_size": s.model_size,
+            "io_fd": s.io_fd,
+            "io_bytes": s.io_bytes,
+            "fmt": s.spec.fmt,
+            "options": dict(s.spec.options),
+            "loader": s.spec.loader,
+            "python_path": list(s.spec.python_path),
+            "plan": self._plan,
+            "required": list(self._policy.required_layers()),
+            "netns_mode": self._caps.netns,
+            "max_open_files": self._policy.max_open_files,
+            "cgroup": cg,
+        }
+        parent.send(json.dumps(init).encode())
+
+    def _await_ready(self, s: _Slot) -> None:
+        assert s.sock is not None and s.proc is not None
+        ready, _, _ = select.select([s.sock], [], [], self._start_timeout)
+        msg: Any = None
+        if ready:
+            data = s.sock.recv(MAX_MESSAGE)
+            with contextlib.suppress(ValueError):
+                msg = json.loads(data) if data else None
+        if (
+            isinstance(msg, dict)
+            and msg.get("op") == "ready"
+            and isinstance(msg.get("layers"), dict)
+        ):
+            s.layers = {str(k): str(v)[:200] for k, v in msg["layers"].items()}
+            with self._wake:
+                s.state = "ready"
+                self._wake.notify_all()
+            return
+        s.proc.kill()
+        code = s.proc.wait()
+        s.sock.close()
+        s.sock = None
+        why = str(msg.get("error"))[:500] if isinstance(msg, dict) else _describe_exit(code)[0]
+        if not ready:
+            why = f"no ready message within {self._start_timeout:.0f} s"
+        if isinstance(msg, dict) and "required layer" in why:
+            raise PolicyError(f"sandboxed worker {s.name!r}: {why}")
+        raise BackendError(f"sandboxed worker {s.name!r} failed to start: {why}")
+
+    def _reap(self, s: _Slot, *, during: str) -> None:
+        """The current worker is dead or being killed: record it and schedule a restart."""
+        assert s.proc is not None
+        try:
+            code: int | None = s.proc.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            s.proc.kill()
+            code = s.proc.wait()
+        text, detail = _describe_exit(code)
+        if s.sock is not None:
+            s.sock.close()
+            s.sock = None
+        if s.leaf is not None:
+            _cgroup.CgroupTree.remove(s.leaf)
+            s.leaf = None
+        if s.busy is not None:
+            verb = "killed" if during == "abandoned" else "died"
+            s.busy._finish(
+                None, BackendError(f"sandboxed member {s.name!r}: worker {verb} ({text})")
+            )
+            s.busy = None
+        s.deaths += 1
+        s.consecutive += 1
+        s.died_at = time.monotonic()
+        s.last_exit = text
+        kind = "sandbox_worker_killed" if during == "abandoned" else "sandbox_worker_died"
+        data = {"member": s.name, "pid": s.proc.pid, "during": during, **detail, "deaths": s.deaths}
+        if s.consecutive > self._max_restarts:
+            s.state = "retired"
+            self._event(kind, data)
+            self._event("sandbox_worker_retired", {"member": s.name, "deaths": s.deaths})
+        else:
+            delay = min(self._max_backoff, self._backoff * 2 ** (s.consecutive - 1))
+            s.state = "dead"
+            s.next_start = s.died_at + delay
+            self._event(kind, {**data, "restart_in_ms": round(delay * 1e3, 1)})
+        self._wake.notify_all()
+
+    def _complete(self, call: _ProcCall) -> None:
+        """Read the reply of ``call`` (its socket is readable) and finish it."""
+        with self._lock:
+            s = call._slot
+            if call._done:
+                return
+            if s.gen != call._gen or s.busy is not call or s.sock is None:
+                call._finish(None, BackendError(f"sandboxed member {s.name!r}: worker gone"))
+                return
+            try:
+                data = s.sock.recv(MAX_MESSAGE)
+            except OSError:
+                data = b""
+            if not data:
+                self._reap(s, during="call")  # finishes the call with the cause
+                return
+            s.busy, s.state = None, "ready"
+            try:
+                msg = json.loads(data)
+                if not isinstance(msg, dict):
+                    raise ValueError("reply is not an object")
+                rn = msg.get("run_ns")
+                call._run_ns = rn if isinstance(rn, int) and rn >= 0 else None
+                if msg.get("ok") is True:
+                    out = unpack_arrays(msg.get("outputs"), s.out, copy=True)
+                    s.consecutive = 0
+                    call._finish(out, None)
+                else:
+                    err = str(msg.get("error", "unknown error"))[:1000]
+                    self._event("sandbox_call_failed", {"member": s.name, "error": err})
+                    call._finish(None, BackendError(f"sandboxed member {s.name!r}: {err}"))
+            except ValueError as exc:  # a malformed reply: the worker is not trustworthy
+                self._event("sandbox_bad_reply", {"member": s.name, "detail": str(exc)[:300]})
+                call._finish(None, BackendError(f"sandboxed member {s.name!r}: bad reply"))
+                if s.proc is not None:
+                    with contextlib.suppress(OSError):
+                        s.proc.kill()
+                    s.busy = None
+                    self._reap(s, during="bad_reply")
+
+    def _supervise(self) -> None:
+        while True:
+            with self._wake:
+                if self._closed:
+                    return
+                now = time.monotonic()
+                due = [s for s in self._slots.values() if s.state == "dead"]
+                ready = [s for s in due if s.next_start <= now]
+                if not ready:
+                    wait = min((s.next_start - now for s in due), default=None)
+                    self._wake.wait(wait)
+                    continue
+                s = ready[0]
+                s.state = "starting"
+            try:
+                if self._is_closed():
+                    return
+                self._launch(s)
+                self._await_ready(s)
+            except EdgeguardError as exc:
+                with self._wake:
+                    s.deaths += 1
+                    s.consecutive += 1
+                    s.last_exit = f"restart failed: {exc}"[:300]
+                    if s.consecutive > self._max_restarts or self._is_closed():
+                        s.state = "retired"
+                        self._event(
+                            "sandbox_worker_retired", {"member": s.name, "detail": s.last_exit}
+                        )
+                    else:
+                        s.state = "dead"
+                        s.next_start = time.monotonic() + min(
+                            self._max_backoff, self._backoff * 2 ** (s.consecutive - 1)
+                        )
+                    self._wake.notify_all()
+                continue
+            with self._wake:
+                s.restarts += 1
+                if s.died_at is not None:
+                    s.last_restart_ms = (time.monotonic() - s.died_at) * 1e3
+                if self._is_closed():
+                    return
+                self._event(
+                    "sandbox_worker_restarted",
+                    {
+                        **self._started_data(s),
+                        "restarts": s.restarts,
+                        "restart_ms": round(s.last_restart_ms or 0.0, 1),
+                    },
+                )

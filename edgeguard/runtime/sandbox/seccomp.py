@@ -1,0 +1,126 @@
+"""The seccomp-bpf syscall allowlist of a locked-down member worker.
+
+Layer: :mod:`edgeguard.runtime.sandbox` (pure data plus one function that loads the
+filter through the optional ``pyseccomp`` binding, imported lazily).
+
+The filter is an **allowlist**: the default action is ``SCMP_ACT_KILL_PROCESS`` (the
+whole worker dies with SIGSYS), and only the syscalls listed in :data:`ALLOWLIST` are
+let through, each with the reason it is needed *after* lockdown (the model is loaded
+and every thread warmed up before the filter goes on, so nothing on the list exists
+for loading). The set was found by running a locked-down ONNX Runtime worker under
+``strace -f -c`` and is documented, syscall by syscall, in ``docs/isolation.md``.
+
+Two entries carry argument conditions:
+
+* ``clone`` is allowed only with ``CLONE_THREAD`` set (a new thread, never a new
+  process: fork, vfork and ``posix_spawn`` all clone without it);
+* ``clone3`` takes its flags in memory, which seccomp cannot inspect, so it fails with
+  ``ENOSYS``; glibc then falls back to ``clone``, which the rule above checks.
+
+The filter is loaded with ``SECCOMP_FILTER_FLAG_TSYNC`` so every existing thread of
+the worker (ONNX Runtime's pool included) is covered, not just the calling one.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Any
+
+from edgeguard._optional import require
+
+__all__ = ["ALLOWLIST", "CONDITIONAL", "ENOSYS_LIST", "load_filter"]
+
+#: Syscalls allowed unconditionally after lockdown, with the reason.
+ALLOWLIST: dict[str, str] = {
+    "close": "release descriptors the worker already owns (it cannot open new ones)",
+    "munmap": "free large blocks (glibc malloc, ONNX Runtime's arena, NumPy)",
+    "mremap": "realloc of large blocks",
+    "brk": "glibc malloc's main heap",
+    "madvise": "malloc trims freed memory (MADV_DONTNEED)",
+    "futex": "locks and condition variables (GIL, ONNX Runtime's thread pool)",
+    "sched_yield": "spin-then-yield loops of ONNX Runtime's thread pool",
+    "rt_sigreturn": "return from a signal handler",
+    "rt_sigprocmask": "glibc masks signals around thread exit and in abort()",
+    "rt_sigaction": "CPython restores its signal handlers at interpreter exit",
+    "getpid": "CPython asks for its pid at exit (fork-safety checks)",
+    "gettid": "thread ids (ONNX Runtime's thread pool, glibc)",
+    "clock_gettime": "timing; normally served by the vDSO, this is its fallback",
+    "restart_syscall": "the kernel restarts a syscall interrupted by a signal",
+    "set_robust_list": "glibc registers it in each new thread (see clone)",
+    "rseq": "glibc registers restartable sequences in each new thread (see clone)",
+    "exit": "a thread ends",
+    "exit_group": "the worker ends",
+}
+
+#: Syscalls allowed only under an argument condition, with the condition and reason.
+CONDITIONAL: dict[str, str] = {
+    "read": "only on the control socket: receive requests",
+    "write": "only on the control socket (replies) and fd 2 (stderr)",
+    "mmap": "only without PROT_EXEC: malloc and NumPy allocate; no new code after lockdown",
+    "mprotect": "only without PROT_EXEC: glibc grows malloc arenas; no new code (W^X)",
+    "clone": "only with CLONE_THREAD: threads yes, processes never (fork, vfork, spawn)",
+    "tgkill": "only to the worker's own thread group: abort() and raise() signal themselves",
+}
+
+#: Syscalls that fail with ENOSYS instead of killing (so libc falls back to a checked one).
+ENOSYS_LIST: dict[str, str] = {
+    "clone3": "flags live in memory seccomp cannot read; glibc falls back to clone",
+}
+
+_CLONE_THREAD = 0x00010000
+_PROT_EXEC = 0x4
+
+
+def _resolvable(sc: Any, name: str) -> bool:
+    try:
+        sc.resolve_syscall(sc.system_arch(), name)
+    except Exception:
+        return False
+    return True
+
+
+def build_filter(*, ctl_fd: int, pid: int, kill_action: str = "kill_process") -> Any:
+    """Build (without loading) the allowlist filter for the native architecture.
+
+    Args:
+        ctl_fd: The worker's control socket (the only descriptor it may read; it may
+            write there and to stderr).
+        pid: The worker's pid (the only thread group ``tgkill`` may target).
+        kill_action: ``"kill_process"`` (production) or ``"log"`` (allow and log
+            every unlisted syscall; for discovering the allowlist only).
+
+    Returns:
+        A ``pyseccomp.SyscallFilter``.
+
+    Raises:
+        MissingDependencyError: pyseccomp (or libseccomp.so.2) is not installed.
+    """
+    sc = require("pyseccomp", extra="sandbox", purpose="The seccomp layer of the sandbox")
+    default = sc.KILL_PROCESS if kill_action == "kill_process" else sc.LOG
+    flt = sc.SyscallFilter(default)
+    flt.set_attr(sc.Attr.CTL_TSYNC, 1)
+    for name in ALLOWLIST:
+        if _resolvable(sc, name):
+            flt.add_rule(sc.ALLOW, name)
+    flt.add_rule(sc.ALLOW, "read", sc.Arg(0, sc.EQ, ctl_fd))
+    flt.add_rule(sc.ALLOW, "write", sc.Arg(0, sc.EQ, ctl_fd))
+    flt.add_rule(sc.ALLOW, "write", sc.Arg(0, sc.EQ, 2))
+    flt.add_rule(sc.ALLOW, "mmap", sc.Arg(2, sc.MASKED_EQ, _PROT_EXEC, 0))
+    flt.add_rule(sc.ALLOW, "mprotect", sc.Arg(2, sc.MASKED_EQ, _PROT_EXEC, 0))
+    flt.add_rule(sc.ALLOW, "clone", sc.Arg(0, sc.MASKED_EQ, _CLONE_THREAD, _CLONE_THREAD))
+    flt.add_rule(sc.ALLOW, "tgkill", sc.Arg(0, sc.EQ, pid))
+    for name in ENOSYS_LIST:
+        if _resolvable(sc, name):
+            flt.add_rule(sc.ERRNO(errno.ENOSYS), name)
+    return flt
+
+
+def load_filter(*, ctl_fd: int) -> None:
+    """Load the allowlist into the calling process, all threads (irreversible).
+
+    Raises:
+        MissingDependencyError: pyseccomp is not installed.
+        OSError: The kernel refused the filter.
+    """
+    build_filter(ctl_fd=ctl_fd, pid=os.getpid()).load()

@@ -1,0 +1,80 @@
+"""Test-only worker payloads: a member that misbehaves after lockdown.
+
+Loaded inside a sandbox worker through ``WorkerSpec(loader="tests.sandbox.hostile:make")``.
+Everything the hostile actions need (modules, libc handle, parent pid, paths) is
+prepared in :func:`make`, i.e. before lockdown, so that the *action itself* is what
+the sandbox sees - not an import or a ``getppid`` on the way to it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import socket
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+_PTRACE_ATTACH = 16
+
+
+class Hostile:
+    def __init__(self, action: str, options: Mapping[str, Any]) -> None:
+        self.action = action
+        self.path = str(options.get("path", "/tmp/edgeguard-hostile-never"))
+        self.port = int(options.get("port", 9))
+        self.ppid = os.getppid()
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.family = socket.AF_INET
+        self.ctl = int(sys.argv[1])  # the worker's control socket
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if "x" not in feeds:  # the warm-up call: behave
+            return {"y": np.zeros(1, np.float32)}
+        x = np.asarray(feeds["x"], np.float32)
+        a = self.action
+        if a == "benign":
+            return {"y": x * 2}
+        if a == "open_passwd":
+            with open("/etc/passwd", "rb") as f:
+                f.read()
+        elif a == "write_file":
+            with open(self.path, "w") as f:
+                f.write("pwned")
+        elif a == "socket":
+            s = socket.socket(self.family, socket.SOCK_STREAM)
+            s.connect(("127.0.0.1", self.port))
+        elif a == "exec":
+            os.execv("/bin/sh", ["sh", "-c", "true"])
+        elif a == "ptrace":
+            if self.libc.ptrace(_PTRACE_ATTACH, self.ppid, None, None) != 0:
+                e = ctypes.get_errno()
+                raise PermissionError(e, os.strerror(e))
+        elif a == "fork":
+            for _ in range(64):
+                if os.fork() == 0:
+                    os._exit(0)
+        elif a == "hang":
+            while True:  # a busy loop: sleeping would already be a forbidden syscall
+                pass
+        elif a == "crash":
+            ctypes.string_at(0)
+        elif a == "write_stdout":  # an fd it holds, but not one it may write to
+            os.write(1, b"leak")
+        elif a == "mmap_exec":  # new executable memory (shellcode staging)
+            mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+        elif a == "forge":  # a reply pointing far outside the shared region
+            os.write(self.ctl, b'{"ok":true,"outputs":[["y","float32",[1000000],0,4000000]]}')
+        elif a == "garbage":
+            return {"y": np.zeros(1, np.complex64)}  # not a plain numeric dtype
+        else:
+            raise ValueError(f"unknown action {a!r}")
+        return {"y": x}  # the action was not stopped
+
+
+def make(model: memoryview, fmt: str, options: Mapping[str, Any]) -> Hostile:
+    """Loader entry point: the model bytes name the action."""
+    return Hostile(bytes(model).decode(), options)
