@@ -41,6 +41,7 @@ class EnsembleOptions:
     quorum: int | None = None
     deadline_ms: float | None = None
     safe_default: Path | None = None
+    require_isolation: tuple[str, ...] = ()
 
     @property
     def requested(self) -> bool:
@@ -52,6 +53,7 @@ class EnsembleOptions:
             or self.quorum is not None
             or self.deadline_ms is not None
             or self.safe_default
+            or self.require_isolation
         )
 
 
@@ -191,7 +193,17 @@ def plan_ensemble(
     )
     if fallback is not None:
         members.append(fallback)
-    return members, {"runtime": policy.to_dict()}
+    from edgeguard.runtime.sandbox.policy import REQUIRED, SandboxPolicy
+
+    layers = {layer: REQUIRED for layer in opts.require_isolation}
+    try:
+        sandbox = SandboxPolicy(**layers)
+    except TypeError as exc:
+        raise UsageError(
+            f"unknown isolation layer in {', '.join(opts.require_isolation)}",
+            hint="layers: seccomp, landlock, netns, rlimits, cgroup",
+        ) from exc
+    return members, {"runtime": policy.to_dict(), "sandbox": sandbox.to_dict()}
 
 
 def encode_npz(arrays: Mapping[str, np.ndarray]) -> bytes:

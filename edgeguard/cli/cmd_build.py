@@ -101,6 +101,16 @@ def register(sub: Any) -> None:
         metavar="SAFE.npz",
         help="outputs served when everything else fails (keyed by output name)",
     )
+    g.add_argument(
+        "--require-isolation",
+        action="append",
+        default=[],
+        metavar="LAYER",
+        help=(
+            "isolation layer the device must apply to the members or refuse to start "
+            "(seccomp, landlock, netns, rlimits, cgroup; repeatable; others are best effort)"
+        ),
+    )
     add_passphrase_arg(p)
     p.set_defaults(func=run)
 
@@ -119,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         quorum=args.quorum,
         deadline_ms=args.deadline_ms,
         safe_default=args.safe_default,
+        require_isolation=tuple(args.require_isolation),
     )
     header = build_bundle(
         args.models,

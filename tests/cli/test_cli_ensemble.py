@@ -194,3 +194,71 @@ def test_variant_placement_uses_dla_on_orin(tmp_path) -> None:
     assert policy is not None
     places = {m["name"]: m["placement"] for m in policy["runtime"]["members"]}
     assert places == {"m-fp32": "gpu", "m-fp16": "dla0", "m-int8": "dla1"}
+
+
+def test_required_isolation_layer_missing_refuses_to_start(world, tmp_path) -> None:
+    """cgroup memory delegation is absent on CI hosts: a bundle that requires it must not run."""
+    from edgeguard.runtime.sandbox import probe_host
+
+    if probe_host().available("cgroup"):
+        pytest.skip("this host offers cgroup v2 memory delegation; the refusal cannot be shown")
+    d = world["d"]
+    b = tmp_path / "strict.egb"
+    r = eg(
+        "build",
+        data.model_path("digits_mlp"),
+        data.model_path("digits_logreg"),
+        "-o",
+        b,
+        "--sign-key",
+        d / "signer.key",
+        "--recipient",
+        d / "dev" / "device.pub",
+        "--device-profile",
+        "generic-cpu",
+        "--version",
+        1,
+        "--require-isolation",
+        "cgroup",
+        "--require-isolation",
+        "seccomp",
+    )
+    assert r.returncode == 0, r.stderr
+    with open(b, "rb") as f:
+        prefix, _ = read_prefix(f)
+    assert prefix.header.manifest.policy["sandbox"]["cgroup"] == "required"
+    images, _ = data.load_split("test")
+    np.savez(tmp_path / "in.npz", image=images[:2])
+    r = eg(
+        "run",
+        b,
+        "--trust",
+        d / "signer.pub",
+        "--device-key",
+        d / "dev" / "device.key",
+        "--input",
+        tmp_path / "in.npz",
+        "--output",
+        tmp_path / "o.npz",
+        "--state-dir",
+        tmp_path / "s",
+    )
+    assert r.returncode == 6 and "cgroup" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    r = eg(
+        "build",
+        data.model_path("digits_mlp"),
+        "-o",
+        tmp_path / "x.egb",
+        "--sign-key",
+        d / "signer.key",
+        "--recipient",
+        d / "dev" / "device.pub",
+        "--device-profile",
+        "generic-cpu",
+        "--version",
+        1,
+        "--require-isolation",
+        "magic",
+    )
+    assert r.returncode == 2
