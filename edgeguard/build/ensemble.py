@@ -193,16 +193,18 @@ def plan_ensemble(
     )
     if fallback is not None:
         members.append(fallback)
-    from edgeguard.runtime.sandbox.policy import REQUIRED, SandboxPolicy
+    from edgeguard.runtime.sandbox.policy import LAYERS, REQUIRED, SandboxPolicy
 
-    layers = {layer: REQUIRED for layer in opts.require_isolation}
-    try:
-        sandbox = SandboxPolicy(**layers)
-    except TypeError as exc:
+    unknown = [x for x in opts.require_isolation if x not in LAYERS]
+    if unknown:
         raise UsageError(
-            f"unknown isolation layer in {', '.join(opts.require_isolation)}",
-            hint="layers: seccomp, landlock, netns, rlimits, cgroup",
-        ) from exc
+            f"unknown isolation layer {', '.join(unknown)}",
+            hint=f"layers: {', '.join(LAYERS)}",
+        )
+    default = SandboxPolicy().to_dict()
+    sandbox = SandboxPolicy.from_dict(
+        {**default, **{layer: REQUIRED for layer in opts.require_isolation}}
+    )
     return members, {"runtime": policy.to_dict(), "sandbox": sandbox.to_dict()}
 
 
