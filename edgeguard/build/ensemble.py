@@ -42,6 +42,10 @@ class EnsembleOptions:
     deadline_ms: float | None = None
     safe_default: Path | None = None
     require_isolation: tuple[str, ...] = ()
+    model_switching: bool = False
+    top_k: int | None = None
+    decimals: int | None = None
+    rate_limit: tuple[float, int] | None = None
 
     @property
     def requested(self) -> bool:
@@ -54,6 +58,10 @@ class EnsembleOptions:
             or self.deadline_ms is not None
             or self.safe_default
             or self.require_isolation
+            or self.model_switching
+            or self.top_k is not None
+            or self.decimals is not None
+            or self.rate_limit is not None
         )
 
 
@@ -117,7 +125,9 @@ def plan_ensemble(
     from edgeguard.build.variants import make_variants
     from edgeguard.guard.policy import (
         ChainStep,
+        HardeningPolicy,
         MemberSpec,
+        RateLimitPolicy,
         RuntimePolicy,
         VoterKind,
         VoterSpec,
@@ -190,6 +200,13 @@ def plan_ensemble(
         member_budget_ms=round(0.6 * deadline, 3) if fallback is not None else None,
         fallback_chain=tuple(chain),
         safe_default=safe,
+        model_switching=opts.model_switching,
+        hardening=HardeningPolicy(output=output_name, top_k=opts.top_k, decimals=opts.decimals)
+        if opts.top_k is not None or opts.decimals is not None
+        else None,
+        rate_limit=RateLimitPolicy(rate_per_s=opts.rate_limit[0], burst=opts.rate_limit[1])
+        if opts.rate_limit is not None
+        else None,
     )
     if fallback is not None:
         members.append(fallback)

@@ -111,6 +111,24 @@ def register(sub: Any) -> None:
             "(seccomp, landlock, netns, rlimits, cgroup; repeatable; others are best effort)"
         ),
     )
+    g.add_argument(
+        "--model-switching",
+        action="store_true",
+        help="serve each request from one healthy member chosen at random (moving target)",
+    )
+    g.add_argument("--top-k", type=int, metavar="K", help="output hardening: keep the top K scores")
+    g.add_argument(
+        "--round",
+        dest="decimals",
+        type=int,
+        metavar="D",
+        help="output hardening: round to D decimals",
+    )
+    g.add_argument(
+        "--rate-limit",
+        metavar="RATE[/BURST]",
+        help="per-client requests per second (and burst) for devices exposing an inference API",
+    )
     add_passphrase_arg(p)
     p.set_defaults(func=run)
 
@@ -130,6 +148,10 @@ def run(args: argparse.Namespace) -> int:
         deadline_ms=args.deadline_ms,
         safe_default=args.safe_default,
         require_isolation=tuple(args.require_isolation),
+        model_switching=args.model_switching,
+        top_k=args.top_k,
+        decimals=args.decimals,
+        rate_limit=_rate(args.rate_limit),
     )
     header = build_bundle(
         args.models,
@@ -160,3 +182,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {member.role:8} {member.name} ({member.size} bytes)")
     print(f"reference values for attestation: {rv}")
     return 0
+
+
+def _rate(text: str | None) -> tuple[float, int] | None:
+    """``RATE`` or ``RATE/BURST`` (burst defaults to the rate, at least 1)."""
+    from edgeguard.errors import UsageError
+
+    if text is None:
+        return None
+    try:
+        rate_s, _, burst_s = text.partition("/")
+        rate = float(rate_s)
+        burst = int(burst_s) if burst_s else max(1, int(rate))
+    except ValueError as exc:
+        raise UsageError(f"--rate-limit {text!r}: expected RATE or RATE/BURST") from exc
+    if rate <= 0 or burst < 1:
+        raise UsageError("--rate-limit needs a positive rate and a burst of at least 1")
+    return rate, burst

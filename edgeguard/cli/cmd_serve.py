@@ -35,7 +35,12 @@ def register(sub: Any) -> None:
         "--inject", metavar="SPEC", help="fault schedule, e.g. hang@60-90,freeze@120-140"
     )
     p.add_argument("--state-dir", type=Path, metavar="DIR")
-    p.add_argument("--metrics", type=Path, metavar="FILE", help="write Prometheus metrics here")
+    p.add_argument(
+        "--metrics",
+        type=Path,
+        metavar="FILE",
+        help="write the metrics here (Prometheus text; JSON lines if FILE ends in .jsonl)",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument(
         "--isolation",
@@ -116,7 +121,13 @@ def run(args: argparse.Namespace) -> int:
             live=not args.json,
         )
         if args.metrics is not None:
-            atomic_write(args.metrics, session.runtime.metrics.to_prometheus().encode())
+            metrics = session.runtime.metrics
+            text = (
+                metrics.to_json_lines()
+                if args.metrics.suffix in (".jsonl", ".json")
+                else metrics.to_prometheus()
+            )
+            atomic_write(args.metrics, text.encode())
     if args.json:
         emit_json(report.to_dict())
     else:

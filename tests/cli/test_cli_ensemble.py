@@ -262,3 +262,81 @@ def test_required_isolation_layer_missing_refuses_to_start(world, tmp_path) -> N
         "magic",
     )
     assert r.returncode == 2
+
+
+def test_hardening_rate_limit_and_switching_are_signed_and_applied(world, tmp_path) -> None:
+    d = world["d"]
+    b = tmp_path / "hard.egb"
+    r = eg(
+        "build",
+        data.model_path("digits_mlp"),
+        data.model_path("digits_logreg"),
+        "-o",
+        b,
+        "--sign-key",
+        d / "signer.key",
+        "--recipient",
+        d / "dev" / "device.pub",
+        "--device-profile",
+        "generic-cpu",
+        "--version",
+        1,
+        "--top-k",
+        3,
+        "--round",
+        2,
+        "--rate-limit",
+        "50/100",
+        "--model-switching",
+        "--voter",
+        "soft",
+        "--quorum",
+        1,
+    )
+    assert r.returncode == 0, r.stderr
+    with open(b, "rb") as f:
+        prefix, _ = read_prefix(f)
+    rt = prefix.header.manifest.policy["runtime"]
+    assert rt["hardening"]["top_k"] == 3 and rt["hardening"]["decimals"] == 2
+    assert rt["rate_limit"]["rate_per_s"] == 50 and rt["rate_limit"]["burst"] == 100
+    assert rt["model_switching"] is True
+    images, _ = data.load_split("test")
+    np.savez(tmp_path / "in.npz", image=images[:8])
+    r = eg(
+        "run",
+        b,
+        "--trust",
+        d / "signer.pub",
+        "--device-key",
+        d / "dev" / "device.key",
+        "--input",
+        tmp_path / "in.npz",
+        "--output",
+        tmp_path / "o.npz",
+        "--state-dir",
+        tmp_path / "s",
+        "--isolation",
+        "threads",
+    )
+    assert r.returncode == 0, r.stderr
+    out = np.load(tmp_path / "o.npz")
+    scores = out["logits"]
+    assert (np.count_nonzero(scores, axis=1) <= 3).all()
+    assert np.allclose(scores, np.round(scores, 2))
+    r = eg(
+        "build",
+        data.model_path("digits_mlp"),
+        "-o",
+        tmp_path / "x.egb",
+        "--sign-key",
+        d / "signer.key",
+        "--recipient",
+        d / "dev" / "device.pub",
+        "--device-profile",
+        "generic-cpu",
+        "--version",
+        1,
+        "--rate-limit",
+        "fast",
+    )
+    assert r.returncode == 2 and "rate-limit" in r.stderr
