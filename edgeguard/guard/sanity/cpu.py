@@ -4,20 +4,29 @@ Layer: :mod:`edgeguard.guard`. numba is imported lazily at first use through
 :func:`edgeguard._optional.require`.
 
 Design: the ``[N, C, H, W]`` frames view is cut into work items (frame, block
-of rows); ``prange`` runs the items in parallel. An item reads its rows once
-per channel (for NHWC the rows of the other channels are then in L1/L2) and
-keeps per-channel partial accumulators in float64: count, shift (the first
-finite value the item saw), shifted sums ``sum(x - shift)`` and
-``sum((x - shift)^2)``, min, max, saturation counts, horizontal-difference
-and temporal-difference sums. The partials of a frame's items are then merged
-with Chan's parallel formula. float16 input is widened to float32 first
-(exact); uint8 and float32 are read as they are and widened per element.
+of rows); ``prange`` runs the items in parallel (tensors of at most
+:data:`SERIAL_MAX_ELEMENTS` elements run in the calling thread, one item per
+frame). An item reads each row once from memory (NHWC rows are de-interleaved
+into an L1-resident ``[C, W]`` buffer) and keeps per-channel partials:
+
+* float input: float64 count, shift (the first finite value the item saw),
+  shifted sums ``sum(x - shift)`` and ``sum((x - shift)^2)``, saturation counts,
+  horizontal- and temporal-difference sums, and float min/max. Each row segment
+  runs a branch-free vectorised loop; only a segment that turns out to hold a
+  non-finite value is read again (from L1) by a careful scalar loop. The items
+  of a frame are merged with Chan's parallel formula.
+* uint8 input: exact int64 sums of ``x`` and ``x^2``, counts, min/max and the
+  absolute-difference sums; mean and variance come from the exact integer
+  moments at the end.
+
+The whole computation, partials and merge, is one compiled call. float16 input
+is widened to float32 first (exact). The kernels are in ``_cpu_kernels.py``.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -27,7 +36,20 @@ from edgeguard._optional import require
 from edgeguard.guard.sanity.layout import hf_eps, resolve_stats_args
 from edgeguard.guard.sanity.spec import FrameStats
 
-__all__ = ["NACC", "NKEY", "as_kernel_input", "merge_partials", "numba_stats", "plan_blocks"]
+__all__ = [
+    "NACC",
+    "NKEY",
+    "SERIAL_MAX_ELEMENTS",
+    "as_kernel_input",
+    "merge_partials",
+    "numba_stats",
+    "plan_blocks",
+    "sat_bounds_f32",
+]
+
+#: Tensors with at most this many elements run serially in the calling thread: below
+#: it the parallel launch costs more than it saves (measured, see docs/sanity.md).
+SERIAL_MAX_ELEMENTS = 8192
 
 #: Float64 accumulators per (item, channel): count, shift, s1, s2, sat_lo, sat_hi,
 #: hf sum, hf pairs, tdiff sum, tdiff pairs.
@@ -48,17 +70,65 @@ def plan_blocks(n_frames: int, height: int, workers: int) -> int:
     return max(1, min(want, max(1, height // 8)))
 
 
-def _kind(dtype: np.dtype[Any]) -> int:
-    if dtype == np.uint8:
-        return KIND_U8
-    return KIND_F32 if dtype == np.float32 else KIND_F64
+_KMOD: Any = None
+_ONE32 = np.float32(1.0)
+_ONE64 = np.float64(1.0)
 
 
-def _kernels() -> tuple[Callable[..., None], Callable[..., None], Callable[..., None]]:
-    require("numba", extra="numba", purpose="The Numba CPU sanity kernel")
-    from edgeguard.guard.sanity import _cpu_kernels as k
+def _kmod() -> Any:
+    """The compiled-kernel module, imported once (numba is checked on first use)."""
+    global _KMOD
+    if _KMOD is None:
+        require("numba", extra="numba", purpose="The Numba CPU sanity kernel")
+        from edgeguard.guard.sanity import _cpu_kernels
 
-    return k.partials_float, k.partials_u8, k.merge
+        _KMOD = _cpu_kernels
+    return _KMOD
+
+
+_DEFAULT_LEVELS: dict[np.dtype[Any], tuple[float, float]] = {
+    np.dtype(np.uint8): (0.0, 255.0),
+    np.dtype(np.float16): (0.0, 1.0),
+    np.dtype(np.float32): (0.0, 1.0),
+    np.dtype(np.float64): (0.0, 1.0),
+}
+
+
+def _stats_args(x: Any, layout: str, sat_lo: Any, sat_hi: Any, prev: Any) -> tuple[float, float]:
+    """:func:`resolve_stats_args` with a shortcut for the common, valid call.
+
+    The shortcut accepts only what ``resolve_stats_args`` accepts (exact ndarray
+    of a supported dtype and rank, known layout, matching ``prev``, levels None or
+    Python floats, finite, lo < hi); anything else goes through
+    ``resolve_stats_args``, which raises the errors.
+    """
+    if (
+        type(x) is np.ndarray
+        and (layout == "NCHW" or layout == "NHWC")
+        and 2 <= x.ndim <= 4
+        and (
+            prev is None
+            or (type(prev) is np.ndarray and prev.shape == x.shape and prev.dtype == x.dtype)
+        )
+    ):
+        levels = _DEFAULT_LEVELS.get(x.dtype)
+        if levels is not None:
+            lo = levels[0] if sat_lo is None else sat_lo
+            hi = levels[1] if sat_hi is None else sat_hi
+            if (
+                type(lo) is float
+                and type(hi) is float
+                and math.isfinite(lo)
+                and math.isfinite(hi)
+                and lo < hi
+            ):
+                return lo, hi
+    return resolve_stats_args(x, layout, sat_lo, sat_hi, prev)
+
+
+def _threads() -> int:
+    numba = require("numba", extra="numba", purpose="The Numba CPU sanity kernel")
+    return int(numba.get_num_threads())
 
 
 def merge_partials(
@@ -90,7 +160,7 @@ def merge_partials(
 
     Shared with the Numba CUDA implementation, whose blocks produce the same partials.
     """
-    _, _, merge = _kernels()
+    merge = _kmod().merge
     channels = part.shape[1]
     out = np.empty((n_frames, channels, 9), dtype=np.float64)
     merge(part, kpart, nb, kind, hf_eps(lo, hi), out)
@@ -118,12 +188,39 @@ def as_kernel_input(x: npt.NDArray[Any], layout: str) -> tuple[npt.NDArray[Any],
     """C-contiguous rank-4 array in its memory order, and whether it is NHWC."""
     if x.dtype == np.float16:  # exact widening; numba has no CPU float16 arithmetic
         x = x.astype(np.float32)
-    x = np.ascontiguousarray(x)
+    elif not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x)
     if x.ndim == 2:
         return x.reshape(x.shape[0], 1, 1, x.shape[1]), False
     if x.ndim == 3:
         x = x[None]
+    if layout == "NHWC" and x.shape[3] == 1:  # one channel: same memory as NCHW
+        return x.reshape(x.shape[0], 1, x.shape[1], x.shape[2]), False
     return x, layout == "NHWC"
+
+
+@functools.lru_cache(maxsize=64)
+def sat_bounds_f32(lo: float, hi: float) -> tuple[np.float32, np.float32]:
+    """float32 saturation bounds equivalent to the float64 levels for float32 values.
+
+    For a float32 ``v``: ``v <= lo`` iff ``v <= lo32`` with ``lo32`` the largest
+    float32 not above ``lo``, and ``v >= hi`` iff ``v >= hi32`` with ``hi32`` the
+    smallest float32 not below ``hi``, so the kernel compares in float32 exactly.
+    """
+    with np.errstate(over="ignore"):
+        lo32 = np.float32(lo)
+        hi32 = np.float32(hi)
+    if float(lo32) > lo:
+        lo32 = np.nextafter(lo32, np.float32(-np.inf))
+    if float(hi32) < hi:
+        hi32 = np.nextafter(hi32, np.float32(np.inf))
+    return lo32, hi32
+
+
+def _int_level(level: float, *, upper: bool) -> int:
+    """Integer saturation level for uint8 values: ``v <= lo`` iff ``v <= floor(lo)``."""
+    v = math.ceil(level) if upper else math.floor(level)
+    return min(max(v, -1), 256)
 
 
 def numba_stats(
@@ -137,63 +234,65 @@ def numba_stats(
     """Compute the sanity statistics with the fused Numba CPU kernel.
 
     Same arguments, result and errors as
-    :func:`~edgeguard.guard.sanity.reference.reference_stats`.
+    :func:`~edgeguard.guard.sanity.reference.reference_stats`. Tensors with at
+    most :data:`SERIAL_MAX_ELEMENTS` elements run in the calling thread (no
+    parallel launch); larger ones are split into (frame, row block) work items
+    run in parallel.
 
     Raises:
         UsageError: Invalid arguments.
         MissingDependencyError: numba is not installed.
     """
-    lo, hi = resolve_stats_args(x, layout, sat_lo, sat_hi, prev)
-    numba = require("numba", extra="numba", purpose="The Numba CPU sanity kernel")
-    partials_float, partials_u8, _ = _kernels()
+    lo, hi = _stats_args(x, layout, sat_lo, sat_hi, prev)
+    k = _kmod()
     kx, nhwc = as_kernel_input(x, layout)
-    kp = kx if prev is None else as_kernel_input(prev, layout)[0]
-    if nhwc:
-        n_frames, height, width, channels = kx.shape
-    else:
-        n_frames, channels, height, width = kx.shape
-    nb = plan_blocks(n_frames, height, int(numba.get_num_threads()))
-    rows = max(1, math.ceil(height / nb)) if height > 0 else 1
-    items = n_frames * nb
-    part = np.zeros((items, channels, NACC), dtype=np.float64)
-    kpart = np.zeros((items, channels, NKEY), dtype=np.int64)
-    fcnt = np.zeros((items, 3), dtype=np.int64)
-    kind = _kind(kx.dtype)
-    if items and width > 0:
-        if kind == KIND_U8:
-            lo_i = int(min(max(math.floor(lo), -1), 256))
-            hi_i = int(min(max(math.ceil(hi), -1), 256))
-            partials_u8(kx, kp, nhwc, prev is not None, lo_i, hi_i, nb, rows, part, kpart, fcnt)
+    has_prev = prev is not None
+    kp = as_kernel_input(prev, layout)[0] if prev is not None else kx
+    eps = hf_eps(lo, hi)
+    shape = kx.shape
+    height = shape[1] if nhwc else shape[2]
+    serial = kx.size <= SERIAL_MAX_ELEMENTS
+    blk, pf = k.BLOCK, k.PF_BLOCKS  # passed explicitly: numba's default-argument path is slow
+    if not serial:
+        nb = plan_blocks(shape[0], height, _threads())
+        rows = max(1, -(-height // nb)) if height > 0 else 1
+    if kx.dtype == np.uint8:
+        lo_i = np.int32(_int_level(lo, upper=False))
+        hi_i = np.int32(_int_level(hi, upper=True))
+        if serial:
+            fo, count, ff = k.stats_u8_ser(kx, kp, nhwc, has_prev, lo_i, hi_i, eps, blk, pf)
         else:
-            ik = np.int32 if kind == KIND_F32 else np.int64
-            maxkey = ik(np.iinfo(ik).max)
-            minkey = ik(np.iinfo(ik).min)
-            partials_float(
-                kx,
-                kx.view(ik),
-                kp,
-                nhwc,
-                prev is not None,
-                lo,
-                hi,
-                nb,
-                rows,
-                part,
-                kpart,
-                fcnt,
-                maxkey,
-                minkey,
-                ik(31 if kind == KIND_F32 else 63),
+            fo, count, ff = k.stats_u8_par(
+                kx, kp, nhwc, has_prev, lo_i, hi_i, nb, rows, eps, blk, pf
             )
-    return merge_partials(
-        part,
-        kpart,
-        fcnt,
-        nb,
-        n_frames,
-        kind=kind,
+    else:
+        if kx.dtype == np.float32:
+            lo_t, hi_t = sat_bounds_f32(lo, hi)
+            one: np.floating[Any] = _ONE32
+        else:
+            lo_t, hi_t, one = np.float64(lo), np.float64(hi), _ONE64
+        if serial:
+            fo, count, ff = k.stats_float_ser(
+                kx, kp, nhwc, has_prev, lo, hi, lo_t, hi_t, one, eps, blk, pf
+            )
+        else:
+            fo, count, ff = k.stats_float_par(
+                kx, kp, nhwc, has_prev, lo, hi, lo_t, hi_t, one, nb, rows, eps, blk, pf
+            )
+    return FrameStats(
         layout=layout,
-        lo=lo,
-        hi=hi,
-        has_prev=prev is not None,
+        sat_lo_level=lo,
+        sat_hi_level=hi,
+        nan=ff[0],
+        posinf=ff[1],
+        neginf=ff[2],
+        count=count,
+        min=fo[0],
+        max=fo[1],
+        mean=fo[2],
+        std=fo[3],
+        sat_lo=fo[4],
+        sat_hi=fo[5],
+        hf=fo[6],
+        tdiff=fo[7] if has_prev else None,
     )

@@ -1,0 +1,234 @@
+"""Fast paths of the Numba CPU sanity kernel against the NumPy oracle.
+
+Covers the uint8 integer path, the float branch-free path with and without
+non-finite values (including values at segment and row boundaries), the serial
+path for small tensors and the argument shortcut's refusals.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edgeguard.errors import UsageError
+from edgeguard.guard.sanity import cpu
+from edgeguard.guard.sanity.cpu import numba_stats, sat_bounds_f32
+from edgeguard.guard.sanity.reference import reference_stats
+from edgeguard.guard.sanity.vectors import stats_mismatches
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _agree(x: Any, **kw: Any) -> None:
+    got = numba_stats(x, **kw)
+    exp = reference_stats(x, **kw)
+    assert stats_mismatches(got, exp) == []
+    assert got.count.shape == exp.count.shape
+
+
+def _shape(draw: st.DrawFn, layout: str) -> tuple[int, ...]:
+    n = draw(st.integers(0, 3))
+    c = draw(st.sampled_from([1, 2, 3, 4]))
+    h = draw(st.integers(0, 40))
+    w = draw(st.integers(0, 70))
+    return (n, c, h, w) if layout == "NCHW" else (n, h, w, c)
+
+
+@st.composite
+def u8_cases(draw: st.DrawFn) -> tuple[Any, Any, str, float, float]:
+    layout = draw(st.sampled_from(["NCHW", "NHWC"]))
+    shape = _shape(draw, layout)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    kind = draw(st.sampled_from(["uniform", "narrow", "extremes"]))
+    if kind == "uniform":
+        x = rng.integers(0, 256, shape).astype(np.uint8)
+    elif kind == "narrow":  # nearly constant: variance from exact moments must not cancel
+        base = int(rng.integers(0, 256))
+        x = np.clip(base + rng.integers(-1, 2, shape), 0, 255).astype(np.uint8)
+    else:
+        x = rng.choice(np.array([0, 1, 254, 255], dtype=np.uint8), size=shape)
+    prev = rng.integers(0, 256, shape).astype(np.uint8) if draw(st.booleans()) else None
+    lo, hi = draw(st.sampled_from([(0.0, 255.0), (0.5, 254.5), (-3.0, 300.0), (10.0, 11.0)]))
+    return x, prev, layout, lo, hi
+
+
+@SETTINGS
+@given(u8_cases())
+def test_uint8_integer_path_agrees(case: tuple[Any, Any, str, float, float]) -> None:
+    x, prev, layout, lo, hi = case
+    _agree(x, layout=layout, sat_lo=lo, sat_hi=hi, prev=prev)
+
+
+@st.composite
+def float_cases(draw: st.DrawFn) -> tuple[Any, Any, str, float, float]:
+    dtype = draw(st.sampled_from(["float32", "float64", "float16"]))
+    layout = draw(st.sampled_from(["NCHW", "NHWC"]))
+    shape = _shape(draw, layout)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    offset = draw(st.sampled_from([0.0, 0.5, 1000.0, -7.0]))
+    scale = draw(st.sampled_from([1e-3, 1.0, 1e3]))
+    x = (offset + scale * rng.standard_normal(shape)).astype(dtype)
+    if x.size and draw(st.booleans()):  # non-finite values: careful fallback per segment
+        k = draw(st.integers(1, 4))
+        idx = rng.integers(0, x.size, size=k)
+        specials = np.array([np.nan, np.inf, -np.inf], dtype=dtype)
+        x.reshape(-1)[idx] = specials[rng.integers(0, 3, size=k)]
+    prev = None
+    if draw(st.booleans()):
+        prev = (x + rng.standard_normal(shape)).astype(dtype)
+        if prev.size and draw(st.booleans()):
+            prev.reshape(-1)[rng.integers(0, prev.size)] = np.nan
+    lo, hi = draw(st.sampled_from([(0.0, 1.0), (0.1, 0.7), (-1.0, 2.0), (999.5, 1000.5)]))
+    return x, prev, layout, lo, hi
+
+
+@SETTINGS
+@given(float_cases())
+def test_float_path_agrees_with_and_without_nonfinite(
+    case: tuple[Any, Any, str, float, float],
+) -> None:
+    x, prev, layout, lo, hi = case
+    _agree(x, layout=layout, sat_lo=lo, sat_hi=hi, prev=prev)
+
+
+@SETTINGS
+@given(float_cases(), st.booleans())
+def test_serial_and_parallel_paths_agree(
+    case: tuple[Any, Any, str, float, float], serial: bool
+) -> None:
+    x, prev, layout, lo, hi = case
+    old = cpu.SERIAL_MAX_ELEMENTS
+    cpu.SERIAL_MAX_ELEMENTS = 1 << 62 if serial else -1
+    try:
+        _agree(x, layout=layout, sat_lo=lo, sat_hi=hi, prev=prev)
+    finally:
+        cpu.SERIAL_MAX_ELEMENTS = old
+
+
+@pytest.mark.parametrize("dtype", ["float32", "uint8", "float64"])
+def test_tiny_frames_use_the_serial_path(dtype: str) -> None:
+    rng = np.random.default_rng(1)
+    x = (rng.random((1, 1, 8, 8)) * (255 if dtype == "uint8" else 1)).astype(dtype)
+    assert x.size <= cpu.SERIAL_MAX_ELEMENTS
+    _agree(x, prev=x[::-1].copy())
+    _agree(x[0, 0, 0:1, 0:1].copy())  # single element
+    _agree(x[:, :, :, :1].copy())  # W = 1: no horizontal pair
+
+
+def test_nonfinite_at_segment_and_row_boundaries() -> None:
+    from edgeguard.guard.sanity import _cpu_kernels as k
+
+    w = k.SEG_F + 7  # two fast segments per row
+    x = np.full((1, 1, 3, w), 0.25, dtype=np.float32)
+    x[0, 0, 0, k.SEG_F - 1] = np.nan  # last value of segment 1: pair into segment 2
+    x[0, 0, 1, 0] = np.inf  # first value of a row (the shift must skip it)
+    x[0, 0, 2, w - 1] = -np.inf
+    x[0, 0, 2, 3] = 1.0
+    got = numba_stats(x)
+    _agree(x)
+    assert got.nan.tolist() == [1] and got.posinf.tolist() == [1] and got.neginf.tolist() == [1]
+    assert got.count.tolist() == [[3 * w - 3]]
+
+
+def test_uint8_rows_longer_than_a_segment_and_near_constant() -> None:
+    from edgeguard.guard.sanity import _cpu_kernels as k
+
+    x = np.full((1, 2, 2, 2 * k.SEG_U8 + 5), 255, dtype=np.uint8)
+    x[0, 0, 1, k.SEG_U8] = 254  # one value off: M2 = 1 - 1/n, no cancellation allowed
+    _agree(x)
+    got = numba_stats(x)
+    n = x[0, 0].size
+    assert got.std[0, 0] == pytest.approx(np.sqrt((1 - 1 / n) / n), rel=1e-12)
+    assert got.std[0, 1] == 0.0
+
+
+def test_float32_saturation_levels_compare_exactly() -> None:
+    lo, hi = 0.1, 0.7  # not representable in float32
+    lo32, hi32 = sat_bounds_f32(lo, hi)
+    assert float(lo32) <= lo < float(np.nextafter(lo32, np.float32(np.inf)))
+    assert float(hi32) >= hi > float(np.nextafter(hi32, np.float32(-np.inf)))
+    vals = [lo32, np.nextafter(lo32, np.float32(1)), hi32, np.nextafter(hi32, np.float32(0))]
+    x = np.array(vals * 4, dtype=np.float32).reshape(1, 1, 2, 8)
+    got = numba_stats(x, sat_lo=lo, sat_hi=hi)
+    _agree(x, sat_lo=lo, sat_hi=hi)
+    assert got.sat_lo[0, 0] == 0.25 and got.sat_hi[0, 0] == 0.25
+    # levels beyond the float32 range
+    big = sat_bounds_f32(-1e39, 1e39)
+    assert big[0] == -np.inf and big[1] == np.inf
+    _agree(x, sat_lo=-1e39, sat_hi=1e39)
+
+
+@pytest.mark.parametrize(
+    ("x", "kwargs"),
+    [
+        (np.zeros((1, 1, 2, 2), np.float32), {"sat_lo": np.float64("nan")}),
+        (np.zeros((1, 1, 2, 2), np.float32), {"sat_lo": float("inf")}),
+        (np.zeros((1, 1, 2, 2), np.float32), {"sat_lo": 2.0, "sat_hi": 2.0}),
+        (np.zeros((1, 1, 2, 2), np.float32), {"layout": "nchw"}),
+        (np.zeros((1, 1, 2, 2), np.float32), {"prev": np.zeros((1, 1, 2, 2), np.float64)}),
+        (np.zeros((1, 1, 2, 2), np.float32), {"prev": [[0.0]]}),
+        (np.zeros((1, 1, 2, 2), np.int16), {}),
+        (np.zeros((2,), np.float32), {}),
+        ([[0.0, 1.0]], {}),
+    ],
+)
+def test_argument_shortcut_still_refuses(x: Any, kwargs: dict[str, Any]) -> None:
+    with pytest.raises(UsageError):
+        numba_stats(x, **kwargs)
+
+
+def test_non_contiguous_input_is_read_correctly() -> None:
+    rng = np.random.default_rng(5)
+    base = rng.random((1, 3, 20, 40)).astype(np.float32)
+    x = base[:, :, :, ::2]
+    assert not x.flags.c_contiguous
+    _agree(x)
+    _agree(base.transpose(0, 2, 3, 1), layout="NHWC")  # NHWC view, not contiguous
+
+
+@st.composite
+def multi_block_cases(draw: st.DrawFn) -> tuple[Any, str]:
+    """Frames taller than one block of rows (several blocks per work item)."""
+    from edgeguard.guard.sanity import _cpu_kernels as k
+
+    dtype = draw(st.sampled_from(["float32", "uint8", "float64"]))
+    layout = draw(st.sampled_from(["NCHW", "NHWC"]))
+    w = draw(st.sampled_from([1, 2, 3, 63, 64, 65, 700]))
+    rows = k.block_rows(w, k.BLOCK)
+    h = draw(st.integers(rows, 3 * rows + 1))
+    c = draw(st.sampled_from([1, 3]))
+    shape = (1, c, h, w) if layout == "NCHW" else (1, h, w, c)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    if dtype == "uint8":
+        x = rng.integers(0, 256, shape).astype(np.uint8)
+    else:
+        x = (3.0 + rng.standard_normal(shape)).astype(dtype)
+        if draw(st.booleans()):
+            idx = rng.integers(0, x.size, size=3)
+            x.reshape(-1)[idx] = np.array([np.nan, np.inf, -np.inf], dtype=dtype)
+    return x, layout
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(multi_block_cases())
+def test_blocks_of_rows_agree(case: tuple[Any, str]) -> None:
+    x, layout = case
+    _agree(x, layout=layout, prev=x[:, ::-1].copy())
+
+
+def test_nonfinite_in_a_middle_block_is_classified() -> None:
+    from edgeguard.guard.sanity import _cpu_kernels as k
+
+    w = 64
+    h = 3 * k.block_rows(w, k.BLOCK)
+    x = np.full((1, 1, h, w), 0.5, dtype=np.float32)
+    x[0, 0, h // 2, 0] = np.nan  # first value of a row inside the second block
+    x[0, 0, h // 2, 1] = 2.0
+    got = numba_stats(x)
+    _agree(x)
+    assert got.nan.tolist() == [1]
+    assert got.count.tolist() == [[h * w - 1]]
