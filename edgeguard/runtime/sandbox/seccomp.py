@@ -23,6 +23,7 @@ the worker (ONNX Runtime's pool included) is covered, not just the calling one.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from typing import Any
@@ -100,6 +101,15 @@ def build_filter(*, ctl_fd: int, pid: int, kill_action: str = "kill_process") ->
     default = sc.KILL_PROCESS if kill_action == "kill_process" else sc.LOG
     flt = sc.SyscallFilter(default)
     flt.set_attr(sc.Attr.CTL_TSYNC, 1)
+    # Installing a filter makes Linux force the Speculative Store Bypass mitigation
+    # (SSBD) on the task by default, which slowed model inference in the worker by
+    # 10-20 % here. The worker holds nothing it may not read (its model, its I/O
+    # buffers), so Spectre v4 inside it gains an attacker nothing: keep speculation.
+    with contextlib.suppress(Exception):  # needs libseccomp >= 2.5 / kernel >= 4.17
+        flt.set_attr(sc.Attr.CTL_SSB, 1)
+    # A binary-tree filter: syscalls are matched in O(log n), not by a linear scan.
+    with contextlib.suppress(Exception):
+        flt.set_attr(sc.Attr.CTL_OPTIMIZE, 2)
     for name in ALLOWLIST:
         if _resolvable(sc, name):
             flt.add_rule(sc.ALLOW, name)
