@@ -105,11 +105,17 @@ def compute_stats(
 
 
 def input_violations(name: str, stats: FrameStats, profile: InputProfile) -> list[Violation]:
-    """Violations of one input's statistics against its profile (no static checks)."""
+    """Violations of one input's statistics against its profile (no static checks).
+
+    The scan is vectorised: NumPy compares every (frame, channel) against the limits
+    at once and Python only builds objects for the values that violate them, so a
+    batch of hundreds of frames costs about as much as one.
+    """
     out: list[Violation] = []
     nonfinite = stats.nan + stats.posinf + stats.neginf
-    for n in range(stats.frames):
-        if nonfinite[n] and not profile.allow_nonfinite:
+    empty = stats.count == 0
+    if not profile.allow_nonfinite:
+        for n in np.flatnonzero(nonfinite):
             out.append(
                 Violation(
                     check="nonfinite",
@@ -118,53 +124,84 @@ def input_violations(name: str, stats: FrameStats, profile: InputProfile) -> lis
                     value=float(nonfinite[n]),
                     low=0.0,
                     high=0.0,
-                    frame=n,
+                    frame=int(n),
                     detail=f"{stats.nan[n]} NaN, {stats.posinf[n]} +inf, {stats.neginf[n]} -inf",
                 )
             )
-        for c in range(stats.channels):
-            if stats.count[n, c] == 0:
-                out.append(
-                    Violation(
-                        check="empty",
-                        tensor=name,
-                        severity=Status.REJECT,
-                        value=0.0,
-                        frame=n,
-                        channel=c,
-                        detail="no finite value in this frame channel",
-                    )
-                )
+    for n, c in zip(*np.nonzero(empty), strict=True):
+        out.append(
+            Violation(
+                check="empty",
+                tensor=name,
+                severity=Status.REJECT,
+                value=0.0,
+                frame=int(n),
+                channel=int(c),
+                detail="no finite value in this frame channel",
+            )
+        )
+    small = stats.frames * stats.channels <= 16  # scalar checks beat NumPy's call overhead
     for lim in profile.limits:
         arr = stats.get(lim.stat)
         if arr is None:
             continue  # tdiff without a previous frame
-        for n in range(stats.frames):
-            for c in range(stats.channels):
-                if stats.count[n, c] == 0:
-                    continue
-                v = float(arr[n, c])
-                if v != v:  # NaN: statistic undefined here (e.g. tdiff without overlap)
-                    continue
-                if v < lim.reject_low[c] or v > lim.reject_high[c]:
-                    sev, lo, hi = Status.REJECT, lim.reject_low[c], lim.reject_high[c]
-                elif v < lim.warn_low[c] or v > lim.warn_high[c]:
-                    sev, lo, hi = Status.WARN, lim.warn_low[c], lim.warn_high[c]
-                else:
-                    continue
+        if small:
+            _scalar_limit_checks(out, name, lim, arr, empty)
+            continue
+        v = np.asarray(arr, dtype=np.float64)
+        valid = ~empty & ~np.isnan(v)  # NaN: statistic undefined here (e.g. tdiff)
+        rlo, rhi = np.asarray(lim.reject_low), np.asarray(lim.reject_high)
+        wlo, whi = np.asarray(lim.warn_low), np.asarray(lim.warn_high)
+        reject = valid & ((v < rlo) | (v > rhi))
+        warn = valid & ~reject & ((v < wlo) | (v > whi))
+        for sev, mask, lo, hi in (
+            (Status.REJECT, reject, rlo, rhi),
+            (Status.WARN, warn, wlo, whi),
+        ):
+            for n, c in zip(*np.nonzero(mask), strict=True):
                 out.append(
                     Violation(
                         check=f"stat.{lim.stat}",
                         tensor=name,
                         severity=sev,
-                        value=v,
-                        low=lo,
-                        high=hi,
-                        frame=n,
-                        channel=c,
+                        value=float(v[n, c]),
+                        low=float(lo[c]),
+                        high=float(hi[c]),
+                        frame=int(n),
+                        channel=int(c),
                     )
                 )
+    out.sort(key=lambda x: (x.frame if x.frame is not None else -1, x.channel or 0))
     return out
+
+
+def _scalar_limit_checks(out: list[Violation], name: str, lim: Any, arr: Any, empty: Any) -> None:
+    frames, channels = arr.shape
+    for n in range(frames):
+        for c in range(channels):
+            if empty[n, c]:
+                continue
+            v = float(arr[n, c])
+            if v != v:  # NaN: statistic undefined here (e.g. tdiff without overlap)
+                continue
+            if v < lim.reject_low[c] or v > lim.reject_high[c]:
+                sev, lo, hi = Status.REJECT, lim.reject_low[c], lim.reject_high[c]
+            elif v < lim.warn_low[c] or v > lim.warn_high[c]:
+                sev, lo, hi = Status.WARN, lim.warn_low[c], lim.warn_high[c]
+            else:
+                continue
+            out.append(
+                Violation(
+                    check=f"stat.{lim.stat}",
+                    tensor=name,
+                    severity=sev,
+                    value=v,
+                    low=lo,
+                    high=hi,
+                    frame=n,
+                    channel=c,
+                )
+            )
 
 
 class SanityGuard:
