@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
 import subprocess
 import sys
@@ -14,20 +13,7 @@ import pytest
 
 from edgeguard import data
 from edgeguard.cli.main import main
-
-EG = [sys.executable, "-m", "edgeguard.cli.main"]
-
-
-def eg(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the real CLI in a subprocess (true exit codes, real stderr)."""
-    return subprocess.run(
-        [*EG, *map(str, args)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=120,
-        check=False,
-    )
+from tests.helpers import eg
 
 
 @pytest.fixture(scope="module")
@@ -81,19 +67,9 @@ def test_keygen_files_and_modes(world) -> None:
 def test_run_writes_outputs_and_json(world, tmp_path) -> None:
     out = tmp_path / "out.npz"
     r = eg(
-        "run",
-        world["bundle"],
-        "--trust",
-        world["k"] / "signer.pub",
-        "--device-key",
-        world["k"] / "cam" / "device.key",
-        "--input",
-        world["d"] / "in.npz",
-        "--output",
-        out,
-        "--state-dir",
-        tmp_path / "state",
-        "--json",
+        "run", world["bundle"], "--trust", world["k"] / "signer.pub",
+        "--device-key", world["k"] / "cam" / "device.key", "--input", world["d"] / "in.npz",
+        "--output", out, "--state-dir", tmp_path / "state", "--json",
     )
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)

@@ -4,59 +4,43 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edgeguard import data
-from edgeguard.cli.main import main
 from edgeguard.runtime.opener import read_prefix
-
-EG = [sys.executable, "-m", "edgeguard.cli.main"]
-
-
-def eg(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*EG, *map(str, args)], capture_output=True, text=True, timeout=300, check=False
-    )
+from tests.helpers import build, eg, make_keys, run_bundle
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("ensemble-cli")
-    assert main(["keygen", "signer", "-o", str(d)]) == 0
-    assert main(["keygen", "device", "-o", str(d / "dev"), "--id", "cam-01"]) == 0
+    make_keys(d)
     np.savez(d / "safe.npz", logits=np.zeros((1, 10), np.float32))
     b = d / "ens.egb"
-    r = eg(
-        "build",
-        data.model_path("digits_mlp"),
-        "-o",
+    r = build(
+        d,
         b,
-        "--sign-key",
-        d / "signer.key",
-        "--recipient",
-        d / "dev" / "device.pub",
-        "--device-profile",
-        "generic-cpu",
-        "--version",
-        1,
-        "--calibration",
-        data.split_path("calib"),
-        "--variants",
-        "fp32,fp16,int8",
-        "--fallback",
-        data.model_path("digits_logreg"),
-        "--voter",
-        "plurality",
-        "--quorum",
-        2,
-        "--deadline-ms",
-        200,
-        "--safe-default",
-        d / "safe.npz",
+        data.model_path("digits_mlp"),
+        version=1,
+        extra=(
+            "--calibration",
+            data.split_path("calib"),
+            "--variants",
+            "fp32,fp16,int8",
+            "--fallback",
+            data.model_path("digits_logreg"),
+            "--voter",
+            "plurality",
+            "--quorum",
+            2,
+            "--deadline-ms",
+            200,
+            "--safe-default",
+            d / "safe.npz",
+        ),
     )
     assert r.returncode == 0, r.stderr
     return {"d": d, "bundle": b}
@@ -64,20 +48,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _run(world, tmp: Path, images: np.ndarray) -> subprocess.CompletedProcess[str]:
     np.savez(tmp / "in.npz", image=images)
-    return eg(
-        "run",
-        world["bundle"],
-        "--trust",
-        world["d"] / "signer.pub",
-        "--device-key",
-        world["d"] / "dev" / "device.key",
-        "--input",
-        tmp / "in.npz",
-        "--output",
-        tmp / "out.npz",
-        "--state-dir",
-        tmp / "state",
-        "--json",
+    return run_bundle(
+        world["d"], world["bundle"], tmp / "in.npz", tmp / "out.npz", tmp / "state", "--json"
     )
 
 
@@ -160,21 +132,15 @@ def test_log_tampering_is_detected(world, tmp_path) -> None:
 
 def test_int8_without_calibration_is_refused(world, tmp_path) -> None:
     d = world["d"]
-    r = eg(
-        "build",
-        data.model_path("digits_mlp"),
-        "-o",
+    r = build(
+        d,
         tmp_path / "x.egb",
-        "--sign-key",
-        d / "signer.key",
-        "--recipient",
-        d / "dev" / "device.pub",
-        "--device-profile",
-        "generic-cpu",
-        "--version",
-        1,
-        "--variants",
-        "fp32,int8",
+        data.model_path("digits_mlp"),
+        version=1,
+        extra=(
+            "--variants",
+            "fp32,int8",
+        ),
     )
     assert r.returncode == 2 and "calibration" in r.stderr
 
@@ -204,24 +170,18 @@ def test_required_isolation_layer_missing_refuses_to_start(world, tmp_path) -> N
         pytest.skip("this host offers cgroup v2 memory delegation; the refusal cannot be shown")
     d = world["d"]
     b = tmp_path / "strict.egb"
-    r = eg(
-        "build",
+    r = build(
+        d,
+        b,
         data.model_path("digits_mlp"),
         data.model_path("digits_logreg"),
-        "-o",
-        b,
-        "--sign-key",
-        d / "signer.key",
-        "--recipient",
-        d / "dev" / "device.pub",
-        "--device-profile",
-        "generic-cpu",
-        "--version",
-        1,
-        "--require-isolation",
-        "cgroup",
-        "--require-isolation",
-        "seccomp",
+        version=1,
+        extra=(
+            "--require-isolation",
+            "cgroup",
+            "--require-isolation",
+            "seccomp",
+        ),
     )
     assert r.returncode == 0, r.stderr
     with open(b, "rb") as f:
@@ -229,37 +189,18 @@ def test_required_isolation_layer_missing_refuses_to_start(world, tmp_path) -> N
     assert prefix.header.manifest.policy["sandbox"]["cgroup"] == "required"
     images, _ = data.load_split("test")
     np.savez(tmp_path / "in.npz", image=images[:2])
-    r = eg(
-        "run",
-        b,
-        "--trust",
-        d / "signer.pub",
-        "--device-key",
-        d / "dev" / "device.key",
-        "--input",
-        tmp_path / "in.npz",
-        "--output",
-        tmp_path / "o.npz",
-        "--state-dir",
-        tmp_path / "s",
-    )
+    r = run_bundle(d, b, tmp_path / "in.npz", tmp_path / "o.npz", tmp_path / "s")
     assert r.returncode == 6 and "cgroup" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
-    r = eg(
-        "build",
-        data.model_path("digits_mlp"),
-        "-o",
+    r = build(
+        d,
         tmp_path / "x.egb",
-        "--sign-key",
-        d / "signer.key",
-        "--recipient",
-        d / "dev" / "device.pub",
-        "--device-profile",
-        "generic-cpu",
-        "--version",
-        1,
-        "--require-isolation",
-        "magic",
+        data.model_path("digits_mlp"),
+        version=1,
+        extra=(
+            "--require-isolation",
+            "magic",
+        ),
     )
     assert r.returncode == 2
 
@@ -267,31 +208,25 @@ def test_required_isolation_layer_missing_refuses_to_start(world, tmp_path) -> N
 def test_hardening_rate_limit_and_switching_are_signed_and_applied(world, tmp_path) -> None:
     d = world["d"]
     b = tmp_path / "hard.egb"
-    r = eg(
-        "build",
+    r = build(
+        d,
+        b,
         data.model_path("digits_mlp"),
         data.model_path("digits_logreg"),
-        "-o",
-        b,
-        "--sign-key",
-        d / "signer.key",
-        "--recipient",
-        d / "dev" / "device.pub",
-        "--device-profile",
-        "generic-cpu",
-        "--version",
-        1,
-        "--top-k",
-        3,
-        "--round",
-        2,
-        "--rate-limit",
-        "50/100",
-        "--model-switching",
-        "--voter",
-        "soft",
-        "--quorum",
-        1,
+        version=1,
+        extra=(
+            "--top-k",
+            3,
+            "--round",
+            2,
+            "--rate-limit",
+            "50/100",
+            "--model-switching",
+            "--voter",
+            "soft",
+            "--quorum",
+            1,
+        ),
     )
     assert r.returncode == 0, r.stderr
     with open(b, "rb") as f:
@@ -302,41 +237,22 @@ def test_hardening_rate_limit_and_switching_are_signed_and_applied(world, tmp_pa
     assert rt["model_switching"] is True
     images, _ = data.load_split("test")
     np.savez(tmp_path / "in.npz", image=images[:8])
-    r = eg(
-        "run",
-        b,
-        "--trust",
-        d / "signer.pub",
-        "--device-key",
-        d / "dev" / "device.key",
-        "--input",
-        tmp_path / "in.npz",
-        "--output",
-        tmp_path / "o.npz",
-        "--state-dir",
-        tmp_path / "s",
-        "--isolation",
-        "threads",
+    r = run_bundle(
+        d, b, tmp_path / "in.npz", tmp_path / "o.npz", tmp_path / "s", "--isolation", "threads"
     )
     assert r.returncode == 0, r.stderr
     out = np.load(tmp_path / "o.npz")
     scores = out["logits"]
     assert (np.count_nonzero(scores, axis=1) <= 3).all()
     assert np.allclose(scores, np.round(scores, 2))
-    r = eg(
-        "build",
-        data.model_path("digits_mlp"),
-        "-o",
+    r = build(
+        d,
         tmp_path / "x.egb",
-        "--sign-key",
-        d / "signer.key",
-        "--recipient",
-        d / "dev" / "device.pub",
-        "--device-profile",
-        "generic-cpu",
-        "--version",
-        1,
-        "--rate-limit",
-        "fast",
+        data.model_path("digits_mlp"),
+        version=1,
+        extra=(
+            "--rate-limit",
+            "fast",
+        ),
     )
     assert r.returncode == 2 and "rate-limit" in r.stderr

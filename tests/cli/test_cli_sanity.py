@@ -4,46 +4,30 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edgeguard import data
-from edgeguard.cli.main import main
 from edgeguard.runtime.opener import read_prefix
-
-EG = [sys.executable, "-m", "edgeguard.cli.main"]
-
-
-def eg(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*EG, *map(str, args)], capture_output=True, text=True, timeout=300, check=False
-    )
+from tests.helpers import build, make_keys, run_bundle
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("sanity-cli")
-    assert main(["keygen", "signer", "-o", str(d)]) == 0
-    assert main(["keygen", "device", "-o", str(d / "dev"), "--id", "cam-01"]) == 0
+    make_keys(d)
     b = d / "guarded.egb"
-    r = eg(
-        "build",
-        data.model_path("digits_mlp"),
-        "-o",
+    r = build(
+        d,
         b,
-        "--sign-key",
-        d / "signer.key",
-        "--recipient",
-        d / "dev" / "device.pub",
-        "--device-profile",
-        "generic-cpu",
-        "--version",
-        1,
-        "--calibration",
-        data.model_path("digits_mlp").parent / "digits_calib.npz",
+        data.model_path("digits_mlp"),
+        version=1,
+        extra=(
+            "--calibration",
+            data.model_path("digits_mlp").parent / "digits_calib.npz",
+        ),
     )
     assert r.returncode == 0, r.stderr
     assert "sanity profile embedded" in r.stdout
@@ -52,20 +36,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _run(world: dict[str, Path], tmp: Path, image: np.ndarray) -> subprocess.CompletedProcess[str]:
     np.savez(tmp / "in.npz", image=image)
-    return eg(
-        "run",
-        world["bundle"],
-        "--trust",
-        world["d"] / "signer.pub",
-        "--device-key",
-        world["d"] / "dev" / "device.key",
-        "--input",
-        tmp / "in.npz",
-        "--output",
-        tmp / "out.npz",
-        "--state-dir",
-        tmp / "state",
-        "--json",
+    return run_bundle(
+        world["d"], world["bundle"], tmp / "in.npz", tmp / "out.npz", tmp / "state", "--json"
     )
 
 
