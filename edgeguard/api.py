@@ -27,7 +27,7 @@ from edgeguard.bundle.model import Header
 from edgeguard.bundle.verify import TrustStore
 from edgeguard.crypto.keys import DeviceKey, DevicePublicKey, SignerKey
 from edgeguard.errors import UsageError
-from edgeguard.runtime.opener import OpenedBundle, VerifiedBundle, verify_bundle
+from edgeguard.runtime.opener import OpenedBundle, verify_bundle
 from edgeguard.runtime.opener import open_bundle as _open
 
 __all__ = [
@@ -422,7 +422,3 @@ def open_guarded(
     except BaseException:
         opened.wipe()
         raise
-
-
-# Re-exported for the recipe API.
-VerifiedBundle = VerifiedBundle

@@ -14,7 +14,6 @@ everything runs on the CPU.
 
 from __future__ import annotations
 
-import io
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -223,10 +222,3 @@ def plan_ensemble(
         {**default, **{layer: REQUIRED for layer in opts.require_isolation}}
     )
     return members, {"runtime": policy.to_dict(), "sandbox": sandbox.to_dict()}
-
-
-def encode_npz(arrays: Mapping[str, np.ndarray]) -> bytes:
-    """Arrays as .npz bytes (used for tests and examples)."""
-    buf = io.BytesIO()
-    np.savez(buf, **dict[str, Any](arrays))
-    return buf.getvalue()

@@ -150,11 +150,3 @@ def make_variants(
             agreement = _agreement(reference, _predict(derived, calibration))
         out.append(Variant(kind, derived, agreement))
     return out
-
-
-def describe(variants: Sequence[Variant]) -> list[dict[str, Any]]:
-    """JSON-compatible summary (kind, size, agreement with fp32)."""
-    return [
-        {"kind": v.kind, "bytes": len(v.model), "agreement_with_fp32": v.agreement}
-        for v in variants
-    ]

@@ -12,12 +12,27 @@ from typing import Any
 from edgeguard.errors import UsageError
 
 __all__ = [
+    "add_device_args",
     "add_passphrase_arg",
     "emit_json",
     "iso_time",
     "parse_time",
     "passphrase",
 ]
+
+
+def add_device_args(p: argparse.ArgumentParser) -> None:
+    """``--trust``, ``--device-key``, ``--state-dir`` and ``--isolation`` for device commands."""
+    p.add_argument("--trust", type=Path, action="append", required=True, metavar="signer.pub")
+    p.add_argument("--device-key", type=Path, required=True, metavar="device.key")
+    p.add_argument("--state-dir", type=Path, metavar="DIR", help="anti-rollback state directory")
+    p.add_argument(
+        "--isolation",
+        choices=["auto", "sandbox", "threads"],
+        default="auto",
+        help="ensemble members in sandboxed processes (default) or in threads",
+    )
+    add_passphrase_arg(p)
 
 
 def add_passphrase_arg(p: argparse.ArgumentParser) -> None:

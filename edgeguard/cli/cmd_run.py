@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from edgeguard.cli._common import add_passphrase_arg, emit_json, passphrase
+from edgeguard.cli._common import add_device_args, emit_json, passphrase
 
 
 def register(sub: Any) -> None:
@@ -25,19 +25,10 @@ def register(sub: Any) -> None:
         ),
     )
     p.add_argument("bundle", type=Path, metavar="BUNDLE.egb")
-    p.add_argument("--trust", type=Path, action="append", required=True, metavar="signer.pub")
-    p.add_argument("--device-key", type=Path, required=True, metavar="device.key")
     p.add_argument("--input", type=Path, required=True, metavar="IN.npz")
     p.add_argument("--output", type=Path, required=True, metavar="OUT.npz")
-    p.add_argument("--state-dir", type=Path, metavar="DIR")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
-    p.add_argument(
-        "--isolation",
-        choices=["auto", "sandbox", "threads"],
-        default="auto",
-        help="ensemble members in sandboxed processes (default) or in threads",
-    )
-    add_passphrase_arg(p)
+    add_device_args(p)
     p.set_defaults(func=run)
 
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from edgeguard.cli._common import add_passphrase_arg, emit_json, passphrase
+from edgeguard.cli._common import add_device_args, emit_json, passphrase
 
 
 def register(sub: Any) -> None:
@@ -24,8 +24,6 @@ def register(sub: Any) -> None:
         ),
     )
     p.add_argument("bundle", type=Path, metavar="BUNDLE.egb")
-    p.add_argument("--trust", type=Path, action="append", required=True, metavar="signer.pub")
-    p.add_argument("--device-key", type=Path, required=True, metavar="device.key")
     p.add_argument("--frames", type=Path, required=True, metavar="FRAMES.npz")
     p.add_argument("--input-name", help="model input the frames feed (default: the only one)")
     p.add_argument("--labels-key", help="array in FRAMES.npz holding the true labels")
@@ -34,7 +32,6 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--inject", metavar="SPEC", help="fault schedule, e.g. hang@60-90,freeze@120-140"
     )
-    p.add_argument("--state-dir", type=Path, metavar="DIR")
     p.add_argument(
         "--metrics",
         type=Path,
@@ -42,13 +39,7 @@ def register(sub: Any) -> None:
         help="write the metrics here (Prometheus text; JSON lines if FILE ends in .jsonl)",
     )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.add_argument(
-        "--isolation",
-        choices=["auto", "sandbox", "threads"],
-        default="auto",
-        help="members in sandboxed processes (default) or in threads",
-    )
-    add_passphrase_arg(p)
+    add_device_args(p)
     p.set_defaults(func=run)
 
 
