@@ -232,3 +232,69 @@ def test_nonfinite_in_a_middle_block_is_classified() -> None:
     _agree(x)
     assert got.nan.tolist() == [1]
     assert got.count.tolist() == [[h * w - 1]]
+
+
+# --- float32 path: float32 sums inside segments, float64 between them -----------------
+
+
+def _f32_frames(kind: str, layout: str, rng: np.random.Generator) -> np.ndarray:
+    h, w, c = 130, 97, 3  # segments of 512 (NCHW) / 256 pixels (NHWC) span row starts
+    if kind == "offset":  # mean far from zero, tiny spread: cancellation if unshifted
+        x = 1000.0 + 1e-3 * rng.standard_normal((2, c, h, w))
+    elif kind == "outlier_first":  # first value far from the rest: the shift is redone
+        x = 0.5 + 0.01 * rng.standard_normal((2, c, h, w))
+        x[:, :, 0, 0] = 250.0
+    elif kind == "bars":  # constant rows after varying ones: std of constant parts exact
+        x = rng.random((2, c, h, w))
+        x[:, :, 40:90, :] = 0.25
+    elif kind == "tiny":  # deviations whose float32 squares underflow
+        x = 1e-22 * rng.standard_normal((2, c, h, w))
+    elif kind == "huge":  # squares overflow float32: the float64 careful loop
+        x = 1e30 * rng.standard_normal((2, c, h, w))
+    else:  # "nonfinite": NaN / inf inside one block
+        x = rng.random((2, c, h, w))
+        x[1, 1, 77, 5] = np.nan
+        x[0, 2, 3, 96] = -np.inf
+    x = x.astype(np.float32)
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if layout == "NHWC" else x
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("kind", ["offset", "outlier_first", "bars", "tiny", "huge", "nonfinite"])
+def test_float32_segments_agree_with_oracle(kind: str, layout: str) -> None:
+    rng = np.random.default_rng(7)
+    x = _f32_frames(kind, layout, rng)
+    prev = _f32_frames(kind, layout, rng)
+    _agree(x, layout=layout, sat_lo=0.0, sat_hi=1.0)
+    _agree(x, layout=layout, sat_lo=0.0, sat_hi=1.0, prev=prev)
+    # serial path (one thread) gives the same answer
+    cpu_serial = cpu.SERIAL_MAX_ELEMENTS
+    try:
+        cpu.SERIAL_MAX_ELEMENTS = x.size
+        _agree(x, layout=layout, sat_lo=0.0, sat_hi=1.0, prev=prev)
+    finally:
+        cpu.SERIAL_MAX_ELEMENTS = cpu_serial
+
+
+def test_float32_constant_parts_have_exact_zero_spread() -> None:
+    x = np.full((1, 3, 64, 640), 0.25, dtype=np.float32)
+    x[:, 1] = np.linspace(0, 1, 64 * 640, dtype=np.float32).reshape(64, 640)
+    got = numba_stats(x, layout="NCHW")
+    assert got.std[0, 0] == 0.0 and got.std[0, 2] == 0.0
+    assert got.hf[0, 0] == 0.0
+    assert got.std[0, 1] > 0.0
+
+
+def test_float32_tolerance_is_not_vacuous() -> None:
+    # An error of 1e-4 of the spread in the mean is caught by the stated tolerance.
+    rng = np.random.default_rng(3)
+    x = (5.0 + rng.standard_normal((1, 3, 64, 64))).astype(np.float32)
+    got = numba_stats(x)
+    exp = reference_stats(x)
+    assert stats_mismatches(got, exp) == []
+    bad = exp.to_dict()
+    bad["mean"] = [
+        [m + 1e-4 * s for m, s in zip(mr, sr, strict=True)]
+        for mr, sr in zip(exp.mean.tolist(), exp.std.tolist(), strict=True)
+    ]
+    assert any(d.startswith("mean") for d in stats_mismatches(got, bad))

@@ -881,3 +881,615 @@ def merge(part, kpart, nb, kind, eps, out):
                 o[6] = 0.0
                 o[7] = 0.0
             o[8] = ts / tc if tc > 0.0 else np.nan
+
+
+# ----------------------------------------------------------------------------------
+# float32 path: float32 arithmetic inside short segments, float64 between them
+#
+# A segment is at most SEG32 consecutive elements of one channel (they may span image
+# rows; the pairs that cross a row start are taken out afterwards). Inside a segment,
+# one vectorised loop (16 float32 lanes) computes, in float32, the shifted sums
+# s1 = sum(d), s2 = sum(d*d) with d = v - shift, the horizontal |v[w] - v[w-1]|, the
+# saturation counts (exact: at most SEG32 per lane), min and max. Each segment then
+# becomes (n, mean, M2) in float64 and is merged with Chan's formula, so rounding does
+# not grow with the frame size. The shift of a segment is the previous segment's mean,
+# and a segment whose mean lies far from its shift relative to its own spread
+# (s1^2 / n > 4 M2: the cancellation would amplify float32 rounding) is recomputed,
+# from L1, with its own mean as shift. A segment whose deviations are all below 1e-14
+# (float32 squares would underflow) is recomputed in float64; a segment whose float32
+# sums are not finite (a NaN or inf in the data, or squares above 3.4e38) sends its
+# block of rows to the careful float64 loop. docs/sanity.md, section 9, states the
+# resulting error bound.
+
+#: Elements per float32 segment.
+SEG32 = 1 << 9
+#: Software-prefetch distance of the float32 path, in elements (8 KiB ahead).
+PF32 = 1 << 12
+#: Elements per channel in a block of rows of the float32 path (at least one row).
+BLOCK32 = 1 << 11
+#: Pixels per segment of the in-place 3-channel NHWC path.
+SEG_C3 = 1 << 8
+#: Deviations below this (in magnitude) are handled in float64 (float32 squares underflow).
+TINY32 = 1e-14
+
+
+@njit(fastmath=fm, nogil=True)
+def seg_f32(seg, prev_v, shift, lo_t, hi_t):
+    # One fused float32 pass over seg (size >= 1); hs includes |seg[0] - prev_v|. The
+    # saturation counts need a second (L1) loop only when min or max reach a level.
+    zero = np.float32(0.0)
+    s1 = zero
+    s2 = zero
+    mn = seg[0]
+    mx = seg[0]
+    hs = abs(seg[0] - prev_v)
+    d0 = seg[0] - shift
+    s1 += d0
+    s2 += d0 * d0
+    for w in range(1, seg.size):
+        v = seg[w]
+        d = v - shift
+        s1 += d
+        s2 += d * d
+        mn = fmin_finite(mn, v)
+        mx = fmax_finite(mx, v)
+        hs += abs(v - seg[w - 1])
+    slo = zero
+    shi = zero
+    if mn <= lo_t or mx >= hi_t:
+        one = np.float32(1.0)
+        for w in range(seg.size):
+            v = seg[w]
+            slo += one if v <= lo_t else zero
+            shi += one if v >= hi_t else zero
+    return s1, s2, hs, slo, shi, mn, mx
+
+
+@njit(fastmath=fm, nogil=True)
+def tdiff_f32(seg, pseg):
+    ts = np.float32(0.0)
+    for w in range(seg.size):
+        ts += abs(seg[w] - pseg[w])
+    return ts
+
+
+@njit(fastmath=fm, nogil=True)
+def block_f32(blk, shift, lo_t, hi_t, st, width, rows, src, off):
+    # Fast statistics of one channel's block of `rows` image rows (blk contiguous,
+    # rows * width elements). st [8]: running cnt, mean, m2, slo, shi, hs, min, max,
+    # updated only when the whole block is finite (returns True); shift is the
+    # float32 shift to start with. Returns (ok, next shift). When off >= 0, blk is
+    # src[off : off + blk.size] and the data PF32 elements ahead is prefetched one
+    # segment at a time (spread out, so the miss queues stay busy but never full).
+    m = blk.size
+    cnt = st[0]
+    mean = st[1]
+    m2 = st[2]
+    slo = 0.0
+    shi = 0.0
+    hs = 0.0
+    mn = st[6]
+    mx = st[7]
+    for a in range(0, m, SEG32):
+        b = min(m, a + SEG32)
+        if off >= 0:
+            prefetch_block(src, off + a + PF32, off + b + PF32)
+        seg = blk[a:b]
+        pv = blk[a - 1] if a > 0 else blk[0]
+        r = seg_f32(seg, pv, shift, lo_t, hi_t)
+        if not (abs(r[1]) < np.inf and abs(r[0]) < np.inf and abs(r[2]) < np.inf):
+            return False, shift
+        n = np.float64(b - a)
+        sh = np.float64(shift)
+        s1 = np.float64(r[0])
+        s2 = np.float64(r[1])
+        smn = np.float64(r[5])
+        smx = np.float64(r[6])
+        dmax = max(smx - sh, sh - smn)
+        if smn == smx:  # constant segment: exact
+            sh = smn
+            s1 = 0.0
+            s2 = 0.0
+        elif dmax < TINY32:
+            if dmax > 0.0:  # float32 squares would underflow: float64 for this one
+                q = seg_fast(seg, 0, seg.size, sh, lo_t, hi_t, np.float32(1.0))
+                s1 = q[0]
+                s2 = q[1]
+        elif s1 * s1 > 4.0 * n * max(s2 - s1 * s1 / n, 0.0):
+            # mean far from the shift relative to the spread: redo around the mean
+            shift = np.float32(sh + s1 / n)
+            sh = np.float64(shift)
+            r = seg_f32(seg, pv, shift, lo_t, hi_t)
+            s1 = np.float64(r[0])
+            s2 = np.float64(r[1])
+        mb = sh + s1 / n
+        m2b = max(s2 - s1 * (s1 / n), 0.0)
+        tot = cnt + n
+        delta = mb - mean
+        mean = mean + delta * (n / tot)
+        m2 = m2 + m2b + delta * delta * (cnt * n / tot)
+        cnt = tot
+        slo += np.float64(r[3])
+        shi += np.float64(r[4])
+        hs += np.float64(r[2])
+        mn = min(mn, smn)
+        mx = max(mx, smx)
+        shift = np.float32(mb)
+    for j in range(1, rows):  # take out the pairs that cross a row start
+        hs -= abs(np.float64(blk[j * width]) - np.float64(blk[j * width - 1]))
+    st[0] = cnt
+    st[1] = mean
+    st[2] = m2
+    st[3] += slo
+    st[4] += shi
+    st[5] += max(hs, 0.0)
+    st[6] = mn
+    st[7] = mx
+    return True, shift
+
+
+@njit(fastmath=fm, nogil=True)
+def seg_f32_c3(sc, p0, p1, p2, h0_, h1_, h2_, lo_t, hi_t, out):
+    # seg_f32 for 3 interleaved channels (sc = pixels * 3, at least one pixel), without
+    # de-interleaving: three sets of float32 accumulators. (p0, p1, p2): the previous
+    # pixel (the first pixel's own values when there is none); (h0_, h1_, h2_): shifts.
+    # Fills out [3, 7] float32 with rows of (s1, s2, hs, slo, shi, mn, mx).
+    zero = np.float32(0.0)
+    v0 = sc[0]
+    v1 = sc[1]
+    v2 = sc[2]
+    a0 = v0 - h0_
+    a1 = v1 - h1_
+    a2 = v2 - h2_
+    b0 = a0 * a0
+    b1 = a1 * a1
+    b2 = a2 * a2
+    n0 = v0
+    n1 = v1
+    n2 = v2
+    x0 = v0
+    x1 = v1
+    x2 = v2
+    g0 = abs(v0 - p0)
+    g1 = abs(v1 - p1)
+    g2 = abs(v2 - p2)
+    for w in range(1, sc.size // 3):
+        v0 = sc[3 * w]
+        v1 = sc[3 * w + 1]
+        v2 = sc[3 * w + 2]
+        d0 = v0 - h0_
+        d1 = v1 - h1_
+        d2 = v2 - h2_
+        a0 += d0
+        a1 += d1
+        a2 += d2
+        b0 += d0 * d0
+        b1 += d1 * d1
+        b2 += d2 * d2
+        n0 = fmin_finite(n0, v0)
+        n1 = fmin_finite(n1, v1)
+        n2 = fmin_finite(n2, v2)
+        x0 = fmax_finite(x0, v0)
+        x1 = fmax_finite(x1, v1)
+        x2 = fmax_finite(x2, v2)
+        g0 += abs(v0 - sc[3 * w - 3])
+        g1 += abs(v1 - sc[3 * w - 2])
+        g2 += abs(v2 - sc[3 * w - 1])
+    out[0, 0] = a0
+    out[1, 0] = a1
+    out[2, 0] = a2
+    out[0, 1] = b0
+    out[1, 1] = b1
+    out[2, 1] = b2
+    out[0, 2] = g0
+    out[1, 2] = g1
+    out[2, 2] = g2
+    out[0, 5] = n0
+    out[1, 5] = n1
+    out[2, 5] = n2
+    out[0, 6] = x0
+    out[1, 6] = x1
+    out[2, 6] = x2
+    for c in range(3):
+        out[c, 3] = zero
+        out[c, 4] = zero
+    if min(n0, min(n1, n2)) <= lo_t or max(x0, max(x1, x2)) >= hi_t:
+        one = np.float32(1.0)
+        l0 = zero
+        l1 = zero
+        l2 = zero
+        u0 = zero
+        u1 = zero
+        u2 = zero
+        for w in range(sc.size // 3):
+            v0 = sc[3 * w]
+            v1 = sc[3 * w + 1]
+            v2 = sc[3 * w + 2]
+            l0 += one if v0 <= lo_t else zero
+            l1 += one if v1 <= lo_t else zero
+            l2 += one if v2 <= lo_t else zero
+            u0 += one if v0 >= hi_t else zero
+            u1 += one if v1 >= hi_t else zero
+            u2 += one if v2 >= hi_t else zero
+        out[0, 3] = l0
+        out[1, 3] = l1
+        out[2, 3] = l2
+        out[0, 4] = u0
+        out[1, 4] = u1
+        out[2, 4] = u2
+
+
+@njit(fastmath=fm, nogil=True)
+def block_f32_c3(flat, start, npix, width, rows, shifts, st, lo_t, hi_t):
+    # block_f32 for a block of `rows` rows of a 3-channel NHWC frame read in place:
+    # flat[start : start + 3 * npix]. shifts [3] float32 (updated), st [3, 8].
+    # Returns False (st untouched) when a segment's float32 sums are not finite.
+    loc = np.empty((3, 8))
+    r = np.empty((3, 7), dtype=np.float32)
+    for c in range(3):
+        for j in range(8):
+            loc[c, j] = st[c, j]
+        loc[c, 3] = 0.0
+        loc[c, 4] = 0.0
+        loc[c, 5] = 0.0
+    step = SEG_C3
+    for w0 in range(0, npix, step):
+        w1 = min(npix, w0 + step)
+        prefetch_block(flat, start + 3 * w1 + PF32, start + 3 * (w1 + step) + PF32)
+        sc = flat[start + 3 * w0 : start + 3 * w1]
+        if w0 > 0:
+            q0 = flat[start + 3 * w0 - 3]
+            q1 = flat[start + 3 * w0 - 2]
+            q2 = flat[start + 3 * w0 - 1]
+        else:
+            q0 = sc[0]
+            q1 = sc[1]
+            q2 = sc[2]
+        seg_f32_c3(sc, q0, q1, q2, shifts[0], shifts[1], shifts[2], lo_t, hi_t, r)
+        for c in range(3):
+            if not (abs(r[c, 0]) < np.inf and abs(r[c, 1]) < np.inf and abs(r[c, 2]) < np.inf):
+                return False
+        n = np.float64(w1 - w0)
+        redo = False
+        for c in range(3):
+            s1 = np.float64(r[c, 0])
+            s2 = np.float64(r[c, 1])
+            if r[c, 5] != r[c, 6] and s1 * s1 > 4.0 * n * max(s2 - s1 * s1 / n, 0.0):
+                shifts[c] = np.float32(np.float64(shifts[c]) + s1 / n)
+                redo = True
+        if redo:  # mean far from the shift relative to the spread: redo around the mean
+            seg_f32_c3(sc, q0, q1, q2, shifts[0], shifts[1], shifts[2], lo_t, hi_t, r)
+        for c in range(3):
+            sh = np.float64(shifts[c])
+            s1 = np.float64(r[c, 0])
+            s2 = np.float64(r[c, 1])
+            smn = np.float64(r[c, 5])
+            smx = np.float64(r[c, 6])
+            dmax = max(smx - sh, sh - smn)
+            if smn == smx:  # constant segment: exact
+                sh = smn
+                s1 = 0.0
+                s2 = 0.0
+            elif dmax < TINY32:  # float32 squares would underflow: float64 for this one
+                s1 = 0.0
+                s2 = 0.0
+                for w in range(w1 - w0):
+                    d = np.float64(sc[3 * w + c]) - sh
+                    s1 += d
+                    s2 += d * d
+            mb = sh + s1 / n
+            m2b = max(s2 - s1 * (s1 / n), 0.0)
+            cnt = loc[c, 0]
+            tot = cnt + n
+            delta = mb - loc[c, 1]
+            loc[c, 1] = loc[c, 1] + delta * (n / tot)
+            loc[c, 2] = loc[c, 2] + m2b + delta * delta * (cnt * n / tot)
+            loc[c, 0] = tot
+            loc[c, 3] += np.float64(r[c, 3])
+            loc[c, 4] += np.float64(r[c, 4])
+            loc[c, 5] += np.float64(r[c, 2])
+            loc[c, 6] = min(loc[c, 6], smn)
+            loc[c, 7] = max(loc[c, 7], smx)
+            shifts[c] = np.float32(mb)
+    for c in range(3):
+        hs = loc[c, 5]
+        for j in range(1, rows):  # take out the pairs that cross a row start
+            i = start + 3 * j * width + c
+            hs -= abs(np.float64(flat[i]) - np.float64(flat[i - 3]))
+        st[c, 0] = loc[c, 0]
+        st[c, 1] = loc[c, 1]
+        st[c, 2] = loc[c, 2]
+        st[c, 3] += loc[c, 3]
+        st[c, 4] += loc[c, 4]
+        st[c, 5] += max(hs, 0.0)
+        st[c, 6] = loc[c, 6]
+        st[c, 7] = loc[c, 7]
+    return True
+
+
+@njit(fastmath=fm, nogil=True)
+def tdiff_f32_c3(sc, pc, out):
+    # out[c] += sum |sc - pc| over channel c of 3 interleaved channels (float32 sums).
+    z = np.float32(0.0)
+    t0 = z
+    t1 = z
+    t2 = z
+    for w in range(sc.size // 3):
+        t0 += abs(sc[3 * w] - pc[3 * w])
+        t1 += abs(sc[3 * w + 1] - pc[3 * w + 1])
+        t2 += abs(sc[3 * w + 2] - pc[3 * w + 2])
+    out[0] = t0
+    out[1] = t1
+    out[2] = t2
+
+
+@njit(nogil=True)
+def deinterleave_pf(flat, start, npix, channels, dst):
+    # dst[c, w] = flat[start + w * channels + c] for w < npix, in chunks, prefetching the
+    # source PF32 elements ahead of each chunk.
+    step = 256
+    src = flat[start : start + npix * channels]
+    for w0 in range(0, npix, step):
+        w1 = min(npix, w0 + step)
+        prefetch_block(flat, start + w1 * channels + PF32, start + (w1 + step) * channels + PF32)
+        if channels == 3:
+            d0 = dst[0, w0:w1]
+            d1 = dst[1, w0:w1]
+            d2 = dst[2, w0:w1]
+            sc = src[3 * w0 : 3 * w1]
+            for w in range(w1 - w0):
+                d0[w] = sc[3 * w]
+                d1[w] = sc[3 * w + 1]
+                d2[w] = sc[3 * w + 2]
+        else:
+            for w in range(w0, w1):
+                for c in range(channels):
+                    dst[c, w] = src[w * channels + c]
+
+
+@njit(fastmath=fm, nogil=True)
+def item_f32(x, px, nhwc, has_prev, lo, hi, lo_t, hi_t, n, c_only, r0, r1, acc, mm, fc, blk_len):
+    # One work item of the float32 path. NCHW: channel c_only, rows [r0, r1): one
+    # contiguous run, read as one stream. NHWC (c_only = -1): rows [r0, r1) of every
+    # channel, in blocks of rows de-interleaved into buf. acc [C, NACC] zeroed by the
+    # caller; on return each processed channel holds (cnt, mean in the shift slot, 0, M2)
+    # and sums, the form merge_float expects; the other channels stay empty.
+    if nhwc:
+        height, width, channels = x.shape[1], x.shape[2], x.shape[3]
+    else:
+        channels, height, width = x.shape[1], x.shape[2], x.shape[3]
+    for c in range(channels):
+        mm[c, 0] = np.inf
+        mm[c, 1] = -np.inf
+    if width == 0 or r1 <= r0:
+        return
+    flat = x.reshape(-1)
+    pflat = px.reshape(-1)
+    plane = height * width
+    fbase = n * channels * plane
+    c0 = 0 if nhwc else c_only
+    c1 = channels if nhwc else c_only + 1
+    c3 = nhwc and channels == 3
+    rb = block_rows(width, blk_len) if nhwc and not c3 else r1 - r0
+    bw = rb * width if nhwc and not c3 else 0
+    buf = np.empty((channels, bw), dtype=x.dtype)
+    pbuf = np.empty((channels, bw if has_prev else 0), dtype=x.dtype)
+    have = np.zeros(channels, dtype=np.bool_)
+    shifts = np.zeros(channels, dtype=np.float32)
+    st = np.zeros((channels, 8))
+    for c in range(channels):
+        st[c, 6] = np.inf
+        st[c, 7] = -np.inf
+    if nhwc:
+        prefetch_block(flat, fbase + r0 * width * channels, fbase + r0 * width * channels + PF32)
+    else:
+        cb = fbase + c_only * plane + r0 * width
+        prefetch_block(flat, cb, cb + PF32)
+    for h0 in range(r0, r1, rb):
+        h1 = min(r1, h0 + rb)
+        m = (h1 - h0) * width
+        src0 = fbase + h0 * width * channels
+        if c3:  # read in place, three channels at once
+            for c in range(3):
+                if not have[c]:
+                    for w in range(m):
+                        v0 = flat[src0 + 3 * w + c]
+                        if abs(v0) < np.inf:
+                            shifts[c] = v0
+                            acc[c, A_SHIFT] = np.float64(v0)
+                            have[c] = True
+                            break
+            if block_f32_c3(flat, src0, m, width, h1 - h0, shifts, st, lo_t, hi_t):
+                for c in range(3):
+                    acc[c, A_HC] += (h1 - h0) * (width - 1)
+            else:  # rare: de-interleave and classify every value, in float64
+                buf = np.empty((channels, m), dtype=x.dtype)
+                deinterleave_pf(flat, src0, m, channels, buf)
+                for c in range(3):
+                    for j in range(h1 - h0):
+                        seg_careful(
+                            buf[c, j * width : (j + 1) * width],
+                            0,
+                            width,
+                            acc[c, A_SHIFT],
+                            lo,
+                            hi,
+                            acc[c],
+                            mm[c],
+                            fc,
+                        )
+            if has_prev:
+                tt = np.empty(3, dtype=np.float32)
+                ts3 = np.zeros(3)
+                fin = True
+                for a in range(0, 3 * m, 3 * SEG32):
+                    b = min(3 * m, a + 3 * SEG32)
+                    tdiff_f32_c3(flat[src0 + a : src0 + b], pflat[src0 + a : src0 + b], tt)
+                    for c in range(3):
+                        if not abs(tt[c]) < np.inf:
+                            fin = False
+                        ts3[c] += np.float64(tt[c])
+                if fin:
+                    for c in range(3):
+                        acc[c, A_TS] += ts3[c]
+                        acc[c, A_TC] += m
+                else:
+                    buf = np.empty((channels, m), dtype=x.dtype)
+                    pbuf = np.empty((channels, m), dtype=x.dtype)
+                    deinterleave_pf(flat, src0, m, channels, buf)
+                    deinterleave_pf(pflat, src0, m, channels, pbuf)
+                    for c in range(3):
+                        t2 = tdiff_careful(buf[c, :m], pbuf[c, :m], 0, m)
+                        acc[c, A_TS] += t2[0]
+                        acc[c, A_TC] += t2[1]
+            continue
+        if nhwc:
+            deinterleave_pf(flat, src0, m, channels, buf)
+            if has_prev:
+                deinterleave_pf(pflat, src0, m, channels, pbuf)
+        for c in range(c0, c1):
+            if nhwc:
+                blk = buf[c, :m]
+                pblk = pbuf[c, :m] if has_prev else blk
+                off = -1
+            else:
+                off = fbase + c * plane + h0 * width
+                blk = flat[off : off + m]
+                pblk = pflat[off : off + m]
+            ac = acc[c]
+            if not have[c]:
+                for w in range(m):
+                    v0 = blk[w]
+                    if abs(v0) < np.inf:
+                        shifts[c] = v0
+                        ac[A_SHIFT] = np.float64(v0)
+                        have[c] = True
+                        break
+            ok, nxt = block_f32(blk, shifts[c], lo_t, hi_t, st[c], width, h1 - h0, flat, off)
+            if ok:
+                shifts[c] = nxt
+                ac[A_HC] += (h1 - h0) * (width - 1)
+            else:  # rare: classify every value of the block's rows, in float64
+                for j in range(h1 - h0):
+                    seg_careful(
+                        blk[j * width : (j + 1) * width],
+                        0,
+                        width,
+                        ac[A_SHIFT],
+                        lo,
+                        hi,
+                        ac,
+                        mm[c],
+                        fc,
+                    )
+            if has_prev:
+                ts = 0.0
+                fin = True
+                for a in range(0, m, SEG32):
+                    t = tdiff_f32(blk[a : min(m, a + SEG32)], pblk[a : min(m, a + SEG32)])
+                    if not abs(t) < np.inf:
+                        fin = False
+                        break
+                    ts += np.float64(t)
+                if fin:
+                    ac[A_TS] += ts
+                    ac[A_TC] += m
+                else:
+                    t2 = tdiff_careful(blk, pblk, 0, m)
+                    ac[A_TS] += t2[0]
+                    ac[A_TC] += t2[1]
+    # fold the fast blocks' Chan state into acc (shifted sums of the careful blocks)
+    for c in range(c0, c1):
+        ac = acc[c]
+        s = st[c]
+        k = ac[A_CNT]
+        cnt = s[0]
+        mean = s[1]
+        m2 = s[2]
+        if k > 0.0:
+            cmean = ac[A_SHIFT] + ac[A_S1] / k
+            cm2 = max(ac[A_S2] - ac[A_S1] * ac[A_S1] / k, 0.0)
+            tot = cnt + k
+            delta = cmean - mean
+            mean = mean + delta * (k / tot)
+            m2 = m2 + cm2 + delta * delta * (cnt * k / tot)
+            cnt = tot
+        ac[A_CNT] = cnt
+        ac[A_SHIFT] = mean
+        ac[A_S1] = 0.0
+        ac[A_S2] = m2
+        ac[A_SLO] += s[3]
+        ac[A_SHI] += s[4]
+        ac[A_HS] += s[5]
+        mm[c, 0] = min(mm[c, 0], s[6])
+        mm[c, 1] = max(mm[c, 1], s[7])
+
+
+@njit(parallel=True, fastmath=fm, cache=True, nogil=True)
+def stats_f32_par(x, px, nhwc, has_prev, lo, hi, lo_t, hi_t, nb, rows, eps, blk_len):
+    """float32 statistics, work items in parallel: returns (fo [8,N,C], count, ff [3,N]).
+
+    Items: (frame, row block) for NHWC; (frame, channel, row block) for NCHW, so that
+    every item reads one contiguous stream.
+    """
+    height = x.shape[1] if nhwc else x.shape[2]
+    channels = x.shape[3] if nhwc else x.shape[1]
+    per = nb if nhwc else nb * channels  # items per frame
+    part, mm, fcnt, fo, count, ff = _float_setup(x, nhwc, per)
+    for it in prange(x.shape[0] * per):
+        n = it // per
+        c = -1 if nhwc else (it // nb) % channels
+        r0 = (it % nb) * rows
+        r1 = min(height, r0 + rows)
+        item_f32(
+            x,
+            px,
+            nhwc,
+            has_prev,
+            lo,
+            hi,
+            lo_t,
+            hi_t,
+            n,
+            c,
+            r0,
+            r1,
+            part[it],
+            mm[it],
+            fcnt[it],
+            blk_len,
+        )
+    merge_float(part, mm, fcnt, per, eps, fo, count, ff)
+    return fo, count, ff
+
+
+@njit(fastmath=fm, cache=True, nogil=True)
+def stats_f32_ser(x, px, nhwc, has_prev, lo, hi, lo_t, hi_t, eps, blk_len):
+    """float32 statistics in one thread (small tensors)."""
+    height = x.shape[1] if nhwc else x.shape[2]
+    channels = x.shape[3] if nhwc else x.shape[1]
+    per = 1 if nhwc else channels
+    part, mm, fcnt, fo, count, ff = _float_setup(x, nhwc, per)
+    for it in range(x.shape[0] * per):
+        n = it // per
+        c = -1 if nhwc else it % channels
+        item_f32(
+            x,
+            px,
+            nhwc,
+            has_prev,
+            lo,
+            hi,
+            lo_t,
+            hi_t,
+            n,
+            c,
+            0,
+            height,
+            part[it],
+            mm[it],
+            fcnt[it],
+            blk_len,
+        )
+    merge_float(part, mm, fcnt, per, eps, fo, count, ff)
+    return fo, count, ff

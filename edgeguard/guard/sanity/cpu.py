@@ -71,7 +71,6 @@ def plan_blocks(n_frames: int, height: int, workers: int) -> int:
 
 
 _KMOD: Any = None
-_ONE32 = np.float32(1.0)
 _ONE64 = np.float64(1.0)
 
 
@@ -265,19 +264,25 @@ def numba_stats(
             fo, count, ff = k.stats_u8_par(
                 kx, kp, nhwc, has_prev, lo_i, hi_i, nb, rows, eps, blk, pf
             )
-    else:
-        if kx.dtype == np.float32:
-            lo_t, hi_t = sat_bounds_f32(lo, hi)
-            one: np.floating[Any] = _ONE32
+    elif kx.dtype == np.float32:
+        lo_t, hi_t = sat_bounds_f32(lo, hi)
+        if serial:
+            fo, count, ff = k.stats_f32_ser(
+                kx, kp, nhwc, has_prev, lo, hi, lo_t, hi_t, eps, k.BLOCK32
+            )
         else:
-            lo_t, hi_t, one = np.float64(lo), np.float64(hi), _ONE64
+            fo, count, ff = k.stats_f32_par(
+                kx, kp, nhwc, has_prev, lo, hi, lo_t, hi_t, nb, rows, eps, k.BLOCK32
+            )
+    else:
+        lo64, hi64 = np.float64(lo), np.float64(hi)
         if serial:
             fo, count, ff = k.stats_float_ser(
-                kx, kp, nhwc, has_prev, lo, hi, lo_t, hi_t, one, eps, blk, pf
+                kx, kp, nhwc, has_prev, lo, hi, lo64, hi64, _ONE64, eps, blk, pf
             )
         else:
             fo, count, ff = k.stats_float_par(
-                kx, kp, nhwc, has_prev, lo, hi, lo_t, hi_t, one, nb, rows, eps, blk, pf
+                kx, kp, nhwc, has_prev, lo, hi, lo64, hi64, _ONE64, nb, rows, eps, blk, pf
             )
     return FrameStats(
         layout=layout,
