@@ -73,7 +73,7 @@ def main() -> int:
     calib = photo_frames(160, seed=1)
     frames = photo_frames(args.frames, seed=2)
     profile = calibrate_stats_only({"x": calib}, target_false_alarm=0.01)
-    sanity = SanityGuard(profile)
+    sanity = SanityGuard(profile, threads=1)
     out: dict[str, Any] = {"model": "PP-OCRv4 det", "input": [1, 3, 640, 640]}
 
     # 1. Overhead: one member, sanity on, same session as the plain runs.
@@ -86,7 +86,9 @@ def main() -> int:
     )
     rt = GuardedRuntime({"det": plain}, policy=policy1, sanity=sanity)
     spec_policy = RuntimePolicy.from_dict({**policy1.to_dict(), "speculative": True})
-    rt_spec = GuardedRuntime({"det": plain}, policy=spec_policy, sanity=SanityGuard(profile))
+    rt_spec = GuardedRuntime(
+        {"det": plain}, policy=spec_policy, sanity=SanityGuard(profile, threads=1)
+    )
     warm = {"x": calib[0:1]}  # not a benchmark frame: a repeat would be a frozen camera
     plain.run(warm), rt.infer(warm), rt_spec.infer(warm)
     t_plain, t_guard, t_check, t_spec = [], [], [], []

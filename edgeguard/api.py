@@ -255,7 +255,8 @@ class GuardedSession:
                 from edgeguard.guard.sanity import SanityGuard
                 from edgeguard.guard.sanity.spec import SanityProfile
 
-                sanity = SanityGuard(SanityProfile.from_dict(manifest.sanity))
+                # threads=1: the members' ONNX Runtime pools hold the other cores
+                sanity = SanityGuard(SanityProfile.from_dict(manifest.sanity), threads=1)
             self.log_path = Path(state_dir) / "events.log" if event_log else None
             self.event_log = (
                 EventLog(self.log_path, signing_key=device_key.attest)

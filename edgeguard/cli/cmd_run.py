@@ -207,4 +207,5 @@ def _sanity_guard(profile: dict[str, Any] | None) -> Any:
     from edgeguard.guard.sanity import SanityGuard
     from edgeguard.guard.sanity.spec import SanityProfile
 
-    return SanityGuard(SanityProfile.from_dict(profile))
+    # threads=1: the members' ONNX Runtime pools hold the other cores (docs/failsafe.md)
+    return SanityGuard(SanityProfile.from_dict(profile), threads=1)

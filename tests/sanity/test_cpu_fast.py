@@ -298,3 +298,23 @@ def test_float32_tolerance_is_not_vacuous() -> None:
         for mr, sr in zip(exp.mean.tolist(), exp.std.tolist(), strict=True)
     ]
     assert any(d.startswith("mean") for d in stats_mismatches(got, bad))
+
+
+def test_serial_flag_and_guard_threads() -> None:
+    from edgeguard.guard.sanity import SanityGuard
+    from edgeguard.guard.sanity.calibrate import calibrate_stats_only
+
+    rng = np.random.default_rng(5)
+    x = rng.random((2, 3, 96, 128), dtype=np.float32)
+    assert x.size > cpu.SERIAL_MAX_ELEMENTS
+    a = numba_stats(x, serial=True)
+    b = numba_stats(x, serial=False)
+    assert stats_mismatches(a, reference_stats(x)) == []
+    assert stats_mismatches(b, reference_stats(x)) == []
+    profile = calibrate_stats_only({"x": x}, target_false_alarm=0.01)
+    one = SanityGuard(profile, threads=1)
+    v1, v2 = one.check_inputs({"x": x}), SanityGuard(profile).check_inputs({"x": x})
+    assert v1.status == v2.status
+    assert [v.check for v in v1.violations] == [v.check for v in v2.violations]
+    with pytest.raises(UsageError):
+        SanityGuard(profile, threads=2)

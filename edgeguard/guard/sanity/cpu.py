@@ -229,6 +229,7 @@ def numba_stats(
     sat_lo: float | None = None,
     sat_hi: float | None = None,
     prev: npt.NDArray[Any] | None = None,
+    serial: bool | None = None,
 ) -> FrameStats:
     """Compute the sanity statistics with the fused Numba CPU kernel.
 
@@ -236,7 +237,8 @@ def numba_stats(
     :func:`~edgeguard.guard.sanity.reference.reference_stats`. Tensors with at
     most :data:`SERIAL_MAX_ELEMENTS` elements run in the calling thread (no
     parallel launch); larger ones are split into (frame, row block) work items
-    run in parallel.
+    run in parallel. ``serial=True`` forces the calling thread, ``False`` the
+    parallel path.
 
     Raises:
         UsageError: Invalid arguments.
@@ -250,7 +252,8 @@ def numba_stats(
     eps = hf_eps(lo, hi)
     shape = kx.shape
     height = shape[1] if nhwc else shape[2]
-    serial = kx.size <= SERIAL_MAX_ELEMENTS
+    if serial is None:
+        serial = kx.size <= SERIAL_MAX_ELEMENTS
     blk, pf = k.BLOCK, k.PF_BLOCKS  # passed explicitly: numba's default-argument path is slow
     if not serial:
         nb = plan_blocks(shape[0], height, _threads())
