@@ -913,6 +913,14 @@ SEG_C3 = 1 << 8
 TINY32 = 1e-14
 
 
+@njit(nogil=True)
+def chan_add(cnt, mean, m2, n, mb, m2b):
+    # Chan's formula: (cnt, mean, m2) merged with a part of n values, mean mb, M2 m2b.
+    tot = cnt + n
+    delta = mb - mean
+    return tot, mean + delta * (n / tot), m2 + m2b + delta * delta * (cnt * n / tot)
+
+
 @njit(fastmath=fm, nogil=True)
 def seg_f32(seg, prev_v, shift, lo_t, hi_t):
     # One fused float32 pass over seg (size >= 1); hs includes |seg[0] - prev_v|. The
@@ -1004,11 +1012,7 @@ def block_f32(blk, shift, lo_t, hi_t, st, width, rows, src, off):
             s2 = np.float64(r[1])
         mb = sh + s1 / n
         m2b = max(s2 - s1 * (s1 / n), 0.0)
-        tot = cnt + n
-        delta = mb - mean
-        mean = mean + delta * (n / tot)
-        m2 = m2 + m2b + delta * delta * (cnt * n / tot)
-        cnt = tot
+        cnt, mean, m2 = chan_add(cnt, mean, m2, n, mb, m2b)
         slo += np.float64(r[3])
         shi += np.float64(r[4])
         hs += np.float64(r[2])
@@ -1179,12 +1183,9 @@ def block_f32_c3(flat, start, npix, width, rows, shifts, st, lo_t, hi_t):
                     s2 += d * d
             mb = sh + s1 / n
             m2b = max(s2 - s1 * (s1 / n), 0.0)
-            cnt = loc[c, 0]
-            tot = cnt + n
-            delta = mb - loc[c, 1]
-            loc[c, 1] = loc[c, 1] + delta * (n / tot)
-            loc[c, 2] = loc[c, 2] + m2b + delta * delta * (cnt * n / tot)
-            loc[c, 0] = tot
+            loc[c, 0], loc[c, 1], loc[c, 2] = chan_add(
+                loc[c, 0], loc[c, 1], loc[c, 2], n, mb, m2b
+            )
             loc[c, 3] += np.float64(r[c, 3])
             loc[c, 4] += np.float64(r[c, 4])
             loc[c, 5] += np.float64(r[c, 2])
@@ -1409,11 +1410,7 @@ def item_f32(x, px, nhwc, has_prev, lo, hi, lo_t, hi_t, n, c_only, r0, r1, acc, 
         if k > 0.0:
             cmean = ac[A_SHIFT] + ac[A_S1] / k
             cm2 = max(ac[A_S2] - ac[A_S1] * ac[A_S1] / k, 0.0)
-            tot = cnt + k
-            delta = cmean - mean
-            mean = mean + delta * (k / tot)
-            m2 = m2 + cm2 + delta * delta * (cnt * k / tot)
-            cnt = tot
+            cnt, mean, m2 = chan_add(cnt, mean, m2, k, cmean, cm2)
         ac[A_CNT] = cnt
         ac[A_SHIFT] = mean
         ac[A_S1] = 0.0

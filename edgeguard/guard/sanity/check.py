@@ -226,8 +226,9 @@ class SanityGuard:
                 Use it next to inference runtimes whose thread pools hold the other
                 cores (ONNX Runtime keeps its pool spinning after each run): a
                 parallel check then waits for a time slice on a busy core (measured
-                here: 0.7 ms median, 4.9 ms in a bad round, against 0.6 ms in one
-                thread; docs/failsafe.md). ``None``: parallel for large tensors.
+                here: 0.68-0.77 ms median, 4.9 ms in a bad round, against
+                0.55-0.86 ms and no bad round in one thread; docs/failsafe.md).
+                ``None``: parallel for large tensors.
 
         Raises:
             UsageError: Unknown ``impl``.

@@ -50,8 +50,7 @@ EXACT_STATS: frozenset[str] = frozenset({"nan", "posinf", "neginf", "count", "mi
 #: Relative tolerance of the float statistics against the oracle. The mean is compared
 #: relative to ``|mean| + std`` (its rounding scales with the data's spread, not with a
 #: mean that may be near zero). 1e-5 covers the Numba CPU float32 path, which sums in
-#: float32 within segments of at most 512 elements (docs/sanity.md, section 9); the
-#: float64-accumulating implementations agree to about 1e-12.
+#: float32 within segments of at most 512 elements (docs/sanity.md, section 9).
 RTOL = 1e-5
 #: Absolute tolerance of the float statistics against the oracle.
 ATOL = 1e-9
