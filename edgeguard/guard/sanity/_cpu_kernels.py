@@ -922,103 +922,151 @@ def chan_add(cnt, mean, m2, n, mb, m2b):
 
 
 @njit(fastmath=fm, nogil=True)
-def seg_f32(seg, prev_v, shift, lo_t, hi_t):
-    # One fused float32 pass over seg (size >= 1); hs includes |seg[0] - prev_v|. The
-    # saturation counts need a second (L1) loop only when min or max reach a level.
+def seg_f32(ext, pext, has_prev, first, shift, lo_t, hi_t):
+    # One fused float32 pass over a segment: ext[1:] (ext[0] is the element before it,
+    # read for the first horizontal pair), or all of ext when first (the block's first
+    # segment; ext[0] then has no left neighbour). pext: the previous frame's values at
+    # the same places, read when has_prev for ts = sum |ext - pext| (LLVM unswitches
+    # the loop on has_prev). Segments are whole multiples of the vector width so that
+    # no scalar remainder runs. The saturation counts need a second (L1) loop only when
+    # min or max reach a level.
     zero = np.float32(0.0)
     s1 = zero
     s2 = zero
-    mn = seg[0]
-    mx = seg[0]
-    hs = abs(seg[0] - prev_v)
-    d0 = seg[0] - shift
-    s1 += d0
-    s2 += d0 * d0
-    for w in range(1, seg.size):
-        v = seg[w]
+    ts = zero
+    hs = zero
+    mn = ext[ext.size - 1]
+    mx = mn
+    w0 = 1
+    if first:
+        w0 = 0
+        d0 = ext[0] - shift
+        s1 += d0
+        s2 += d0 * d0
+        mn = fmin_finite(mn, ext[0])
+        mx = fmax_finite(mx, ext[0])
+        if has_prev:
+            ts += abs(ext[0] - pext[0])
+    for w in range(1, ext.size):
+        v = ext[w]
         d = v - shift
         s1 += d
         s2 += d * d
         mn = fmin_finite(mn, v)
         mx = fmax_finite(mx, v)
-        hs += abs(v - seg[w - 1])
+        hs += abs(v - ext[w - 1])
+        if has_prev:
+            ts += abs(v - pext[w])
     slo = zero
     shi = zero
     if mn <= lo_t or mx >= hi_t:
         one = np.float32(1.0)
-        for w in range(seg.size):
-            v = seg[w]
+        for w in range(w0, ext.size):
+            v = ext[w]
             slo += one if v <= lo_t else zero
             shi += one if v >= hi_t else zero
-    return s1, s2, hs, slo, shi, mn, mx
+    return s1, s2, hs, slo, shi, mn, mx, ts
 
 
 @njit(fastmath=fm, nogil=True)
-def tdiff_f32(seg, pseg):
-    ts = np.float32(0.0)
-    for w in range(seg.size):
-        ts += abs(seg[w] - pseg[w])
-    return ts
-
-
-@njit(fastmath=fm, nogil=True)
-def block_f32(blk, shift, lo_t, hi_t, st, width, rows, src, off):
+def block_f32(blk, pblk, has_prev, shift, lo_t, hi_t, st, width, rows, src, psrc, off):
     # Fast statistics of one channel's block of `rows` image rows (blk contiguous,
-    # rows * width elements). st [8]: running cnt, mean, m2, slo, shi, hs, min, max,
-    # updated only when the whole block is finite (returns True); shift is the
-    # float32 shift to start with. Returns (ok, next shift). When off >= 0, blk is
-    # src[off : off + blk.size] and the data PF32 elements ahead is prefetched one
-    # segment at a time (spread out, so the miss queues stay busy but never full).
+    # rows * width elements; pblk the previous frame's, read when has_prev). st [10]:
+    # running cnt, mean, m2, slo, shi, hs, min, max, then this block's ts and ts-ok
+    # (0.0 when a segment's ts was not finite), updated only when the block's values
+    # are all finite (returns True). shift is the float32 shift to start with; returns
+    # (ok, next shift). Segments sum deviations from one shift into a float64 run;
+    # a run goes into the Chan state only when a segment's mean is more than two of
+    # its standard deviations from the shift (then that segment is redone around its
+    # own mean, which starts the next run). When off >= 0, blk is
+    # src[off : off + blk.size] (pblk likewise psrc) and the data PF32 elements ahead
+    # is prefetched one segment at a time (spread out, so the miss queues stay busy
+    # but never full).
     m = blk.size
     cnt = st[0]
     mean = st[1]
     m2 = st[2]
+    sh = np.float64(shift)
+    rn = 0.0  # the current run: count, sums of deviations from sh and of their squares
+    r1 = 0.0
+    r2 = 0.0
     slo = 0.0
     shi = 0.0
     hs = 0.0
+    ts = 0.0
+    ts_ok = 1.0
     mn = st[6]
     mx = st[7]
-    for a in range(0, m, SEG32):
-        b = min(m, a + SEG32)
+    for a0 in range(0, m, SEG32):
+        # segments [a, b): the first is one element longer, so that every loop in
+        # seg_f32 runs exactly SEG32 times
+        a = a0 + 1 if a0 > 0 else 0
+        b = min(m, a0 + SEG32 + 1)
+        if a >= b:
+            break
         if off >= 0:
             prefetch_block(src, off + a + PF32, off + b + PF32)
+            if has_prev:
+                prefetch_block(psrc, off + a + PF32, off + b + PF32)
+        e = max(a - 1, 0)
         seg = blk[a:b]
-        pv = blk[a - 1] if a > 0 else blk[0]
-        r = seg_f32(seg, pv, shift, lo_t, hi_t)
+        r = seg_f32(blk[e:b], pblk[e:b], has_prev, a == 0, shift, lo_t, hi_t)
         if not (abs(r[1]) < np.inf and abs(r[0]) < np.inf and abs(r[2]) < np.inf):
             return False, shift
         n = np.float64(b - a)
-        sh = np.float64(shift)
         s1 = np.float64(r[0])
         s2 = np.float64(r[1])
         smn = np.float64(r[5])
         smx = np.float64(r[6])
-        dmax = max(smx - sh, sh - smn)
-        if smn == smx:  # constant segment: exact
-            sh = smn
+        if smn == smx:  # constant segment: exact (a new run at the value unless it is sh)
+            if smn != sh:
+                if rn > 0.0:
+                    cnt, mean, m2 = chan_add(
+                        cnt, mean, m2, rn, sh + r1 / rn, max(r2 - r1 * (r1 / rn), 0.0)
+                    )
+                rn = 0.0
+                r1 = 0.0
+                r2 = 0.0
+                shift = np.float32(smn)
+                sh = smn
             s1 = 0.0
             s2 = 0.0
-        elif dmax < TINY32:
-            if dmax > 0.0:  # float32 squares would underflow: float64 for this one
+        else:
+            redo = False
+            if 5.0 * s1 * s1 > 4.0 * n * s2:  # mean more than 2 std from the shift
+                if rn > 0.0:
+                    cnt, mean, m2 = chan_add(
+                        cnt, mean, m2, rn, sh + r1 / rn, max(r2 - r1 * (r1 / rn), 0.0)
+                    )
+                rn = 0.0
+                r1 = 0.0
+                r2 = 0.0
+                shift = np.float32(sh + s1 / n)
+                sh = np.float64(shift)
+                redo = True
+            if max(smx - sh, sh - smn) < TINY32:  # float32 squares would underflow
                 q = seg_fast(seg, 0, seg.size, sh, lo_t, hi_t, np.float32(1.0))
                 s1 = q[0]
                 s2 = q[1]
-        elif s1 * s1 > 4.0 * n * max(s2 - s1 * s1 / n, 0.0):
-            # mean far from the shift relative to the spread: redo around the mean
-            shift = np.float32(sh + s1 / n)
-            sh = np.float64(shift)
-            r = seg_f32(seg, pv, shift, lo_t, hi_t)
-            s1 = np.float64(r[0])
-            s2 = np.float64(r[1])
-        mb = sh + s1 / n
-        m2b = max(s2 - s1 * (s1 / n), 0.0)
-        cnt, mean, m2 = chan_add(cnt, mean, m2, n, mb, m2b)
+            elif redo:
+                q32 = seg_f32(blk[e:b], blk[e:b], False, a == 0, shift, lo_t, hi_t)
+                s1 = np.float64(q32[0])
+                s2 = np.float64(q32[1])
+        rn += n
+        r1 += s1
+        r2 += s2
         slo += np.float64(r[3])
         shi += np.float64(r[4])
         hs += np.float64(r[2])
+        if has_prev:
+            if abs(r[7]) < np.inf:
+                ts += np.float64(r[7])
+            else:
+                ts_ok = 0.0
         mn = min(mn, smn)
         mx = max(mx, smx)
-        shift = np.float32(mb)
+    if rn > 0.0:
+        cnt, mean, m2 = chan_add(cnt, mean, m2, rn, sh + r1 / rn, max(r2 - r1 * (r1 / rn), 0.0))
     for j in range(1, rows):  # take out the pairs that cross a row start
         hs -= abs(np.float64(blk[j * width]) - np.float64(blk[j * width - 1]))
     st[0] = cnt
@@ -1029,6 +1077,8 @@ def block_f32(blk, shift, lo_t, hi_t, st, width, rows, src, off):
     st[5] += max(hs, 0.0)
     st[6] = mn
     st[7] = mx
+    st[8] = ts
+    st[9] = ts_ok
     return True, shift
 
 
@@ -1277,7 +1327,7 @@ def item_f32(x, px, nhwc, has_prev, lo, hi, lo_t, hi_t, n, c_only, r0, r1, acc, 
     pbuf = np.empty((channels, bw if has_prev else 0), dtype=x.dtype)
     have = np.zeros(channels, dtype=np.bool_)
     shifts = np.zeros(channels, dtype=np.float32)
-    st = np.zeros((channels, 8))
+    st = np.zeros((channels, 10))
     for c in range(channels):
         st[c, 6] = np.inf
         st[c, 7] = -np.inf
@@ -1366,7 +1416,9 @@ def item_f32(x, px, nhwc, has_prev, lo, hi, lo_t, hi_t, n, c_only, r0, r1, acc, 
                         ac[A_SHIFT] = np.float64(v0)
                         have[c] = True
                         break
-            ok, nxt = block_f32(blk, shifts[c], lo_t, hi_t, st[c], width, h1 - h0, flat, off)
+            ok, nxt = block_f32(
+                blk, pblk, has_prev, shifts[c], lo_t, hi_t, st[c], width, h1 - h0, flat, pflat, off
+            )
             if ok:
                 shifts[c] = nxt
                 ac[A_HC] += (h1 - h0) * (width - 1)
@@ -1384,18 +1436,10 @@ def item_f32(x, px, nhwc, has_prev, lo, hi, lo_t, hi_t, n, c_only, r0, r1, acc, 
                         fc,
                     )
             if has_prev:
-                ts = 0.0
-                fin = True
-                for a in range(0, m, SEG32):
-                    t = tdiff_f32(blk[a : min(m, a + SEG32)], pblk[a : min(m, a + SEG32)])
-                    if not abs(t) < np.inf:
-                        fin = False
-                        break
-                    ts += np.float64(t)
-                if fin:
-                    ac[A_TS] += ts
+                if ok and st[c, 9] != 0.0:
+                    ac[A_TS] += st[c, 8]
                     ac[A_TC] += m
-                else:
+                else:  # a NaN or inf in either frame
                     t2 = tdiff_careful(blk, pblk, 0, m)
                     ac[A_TS] += t2[0]
                     ac[A_TC] += t2[1]
@@ -1490,3 +1534,36 @@ def stats_f32_ser(x, px, nhwc, has_prev, lo, hi, lo_t, hi_t, eps, blk_len):
         )
     merge_float(part, mm, fcnt, per, eps, fo, count, ff)
     return fo, count, ff
+
+
+# ----------------------------------------------------------------------------------
+# The guard's "every statistic inside its envelope" test (check.SanityGuard): one
+# compiled call instead of a dozen NumPy calls, which cost tens of microseconds each
+# when inference has just evicted the interpreter's working set from the caches.
+
+
+@njit(cache=True, nogil=True)
+def env_inside(vals, codes, lo, hi, nan, posinf, neginf, count, allow_nonfinite):
+    # vals: the statistics in ENVELOPE_STATS order, each [N, C]; limit row l applies
+    # to vals[codes[l]] (rows with a negative code are skipped). lo, hi [L, C]. NaN
+    # statistics (undefined here) compare False: inside.
+    if not allow_nonfinite:
+        for n in range(nan.shape[0]):
+            if nan[n] != 0 or posinf[n] != 0 or neginf[n] != 0:
+                return False
+    for n in range(count.shape[0]):
+        for c in range(count.shape[1]):
+            if count[n, c] == 0:
+                return False
+    for ell in range(codes.shape[0]):
+        k = codes[ell]
+        if k < 0:
+            continue
+        v = vals[k]
+        if v.shape[1] != lo.shape[1]:
+            return False
+        for n in range(v.shape[0]):
+            for c in range(v.shape[1]):
+                if v[n, c] < lo[ell, c] or v[n, c] > hi[ell, c]:
+                    return False
+    return True
