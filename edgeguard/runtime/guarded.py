@@ -43,6 +43,7 @@ from edgeguard.guard.eventlog import EventLog
 from edgeguard.guard.health import HealthMonitor, HealthState, Transition, TransitionCallback
 from edgeguard.guard.metrics import Metrics
 from edgeguard.guard.policy import ChainStep, RuntimePolicy, VoterKind
+from edgeguard.guard.sanity.check import SanityGuard
 from edgeguard.guard.voting import Vote, required_outputs, vote
 
 __all__ = [
@@ -391,6 +392,8 @@ class GuardedRuntime:
         self._names = policy.member_names
         self._fallback = fallback
         self._sanity = sanity
+        # edgeguard's own checker counts NaN/inf in outputs; any other gets the runtime's scan
+        self._sanity_scans_outputs = isinstance(sanity, SanityGuard)
         self._log = event_log
         self.metrics = metrics if metrics is not None else Metrics()
         self._clock = clock
@@ -822,7 +825,9 @@ class GuardedRuntime:
                 return "bad_output", f"output {name!r} is not an array"
             if arr.dtype.kind not in "biuf":
                 return "bad_output", f"output {name!r} has dtype {arr.dtype}"
-            if arr.dtype.kind == "f" and not bool(np.isfinite(arr).all()):
+            # SanityGuard's output check counts NaN/inf itself (one pass over the output)
+            scanned = self._sanity_scans_outputs
+            if not scanned and arr.dtype.kind == "f" and not np.isfinite(arr).all():
                 return "nonfinite", f"output {name!r} has NaN or infinity"
             if name in shapes and not _shape_ok(arr.shape, shapes[name]):
                 return "shape", f"output {name!r} has shape {list(arr.shape)}"
@@ -834,7 +839,10 @@ class GuardedRuntime:
             try:
                 verdict = self._sanity.check_outputs(out)
                 if _status_name(verdict) == "REJECT":
-                    return "output_check", f"output sanity: {_verdict_dict(verdict)}"
+                    detail = _verdict_dict(verdict)
+                    checks = {v.get("check") for v in detail.get("violations", ())}
+                    kind = "nonfinite" if "output.nonfinite" in checks else "output_check"
+                    return kind, f"output sanity: {detail}"
             except Exception as exc:
                 return "output_check", f"output checker failed: {type(exc).__name__}"
         return None

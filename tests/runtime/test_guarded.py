@@ -629,3 +629,30 @@ def test_real_digits_ensemble_with_a_hung_member(elog, key) -> None:
         assert r.outputs["logits"].shape == (1, 10)
     assert max(times) < 30.0 + MARGIN_MS
     rt.close()
+
+
+@pytest.mark.parametrize("checker", ["edgeguard", "foreign"])
+def test_nonfinite_outputs_caught_with_any_checker(checker: str) -> None:
+    # SanityGuard counts NaN/inf itself (the runtime skips its own scan); any other
+    # checker, here one that passes everything, gets the runtime's scan.
+    from edgeguard.guard.sanity import SanityGuard
+    from edgeguard.guard.sanity.calibrate import calibrate_stats_only
+
+    class PassAll:
+        def check_inputs(self, feeds, prev=None) -> FakeVerdict:
+            return FakeVerdict("PASS")
+
+        def check_outputs(self, outputs) -> FakeVerdict:
+            return FakeVerdict("PASS")
+
+    rng = np.random.default_rng(0)
+    calib = {"image": rng.random((64, 1, 8, 8)).astype(np.float32)}
+    sanity: Any = (
+        SanityGuard(calibrate_stats_only(calib), threads=1) if checker == "edgeguard" else PassAll()
+    )
+    assert isinstance(sanity, SanityGuard) == (checker == "edgeguard")
+    rt = make({"m0": Good(), "m1": Good(), "m2": NaN()}, sanity=sanity)
+    r = rt.infer({"image": calib["image"][:1]})
+    assert r.source is ResultSource.ENSEMBLE and "m2: nonfinite" in r.reasons
+    assert r.members == ("m0", "m1")
+    rt.close()

@@ -168,3 +168,45 @@ def test_derive_limits_nonnegative_floor() -> None:
     assert mean.reject_low[0] == pytest.approx(0.1 - 0.3)
     empty = derive_limits("mean", np.full((3, 1), np.nan), alpha=0.01, margin=1.0, scale=1.0)
     assert empty.reject_low == (-np.inf,)
+
+
+@pytest.mark.parametrize("impl", ["numba", "numpy"])  # compiled / NumPy envelope test
+def test_fast_paths_give_the_full_verdict(
+    digits_profile: SanityProfile, test_split: tuple[np.ndarray, np.ndarray], impl: str
+) -> None:
+    # The guard skips the per-value limit scan when the stacked envelope test says
+    # "all inside", and the static checks for a (dtype, shape) that passed before.
+    # Both must give exactly the verdict of the full path, clean or corrupted.
+    from edgeguard.guard.sanity.check import input_violations
+    from edgeguard.guard.sanity.layout import static_checks
+
+    guard = SanityGuard(digits_profile, impl=impl)  # type: ignore[arg-type]
+    assert guard._envelopes["image"] is not None
+    assert guard._envelopes["image"].compiled == (impl == "numba")
+    x, _ = test_split
+    p = guard.profile.input("image")
+    frames = [x[i : i + 1] for i in range(40)]
+    frames += [CORRUPTIONS[n](x[40:41].copy()) for n in CORRUPTIONS]
+    frames += [x[41:42] * 1.08, x[42:43] + 0.02, np.repeat(x[43:44], 2, axis=0)]
+    prev = None
+    statuses = set()
+    for f in frames:
+        pv = prev if prev is not None and prev.shape == f.shape else None
+        fast = guard.check_inputs({"image": f}, {"image": pv} if pv is not None else None)
+        full = static_checks("image", f, p) + input_violations(
+            "image", guard.input_stats("image", f, pv), p
+        )
+        assert fast.violations == tuple(full)
+        statuses.add(fast.status)
+        prev = f
+    assert statuses == {Status.PASS, Status.WARN, Status.REJECT}  # every branch taken
+    # the static-check cache never lets a changed dtype, shape or layout through
+    ok = x[0:1]
+    assert guard.check_inputs({"image": ok}).status is not Status.REJECT
+    for bad, check in (
+        (ok.astype(np.float64), "dtype"),
+        (np.asfortranarray(np.repeat(ok, 2, axis=3)), "shape"),
+        (np.repeat(ok, 2, axis=3)[..., ::2], "contiguity"),
+    ):
+        v = guard.check_inputs({"image": bad})
+        assert check in {w.check for w in v.violations}, (check, v.to_dict())

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -27,6 +28,7 @@ from edgeguard.errors import UsageError
 from edgeguard.guard.sanity.layout import static_checks
 from edgeguard.guard.sanity.output import output_checks
 from edgeguard.guard.sanity.spec import (
+    ENVELOPE_STATS,
     FrameStats,
     InputProfile,
     SanityProfile,
@@ -176,6 +178,73 @@ def input_violations(name: str, stats: FrameStats, profile: InputProfile) -> lis
     return out
 
 
+assert ENVELOPE_STATS == ("min", "max", "mean", "std", "sat_lo", "sat_hi", "hf", "tdiff")
+
+
+@dataclass(frozen=True)
+class _Envelope:
+    """One input's limits stacked for a one-shot "all inside" test (the common case).
+
+    ``lo``/``hi`` ``[L, C]`` are the intersection of the WARN and REJECT ranges of
+    limit row ``l``, which applies to statistic ``ENVELOPE_STATS[codes[l]]``.
+    """
+
+    codes: npt.NDArray[np.int64]
+    codes_no_prev: npt.NDArray[np.int64]  # tdiff rows skipped (no previous frame)
+    lo: npt.NDArray[np.float64]
+    hi: npt.NDArray[np.float64]
+    compiled: bool
+
+    @classmethod
+    def of(cls, profile: InputProfile, *, compiled: bool) -> _Envelope | None:
+        lims = profile.limits
+        if not lims or len({len(lim.warn_low) for lim in lims}) != 1:
+            return None
+        codes = np.array([ENVELOPE_STATS.index(lim.stat) for lim in lims], dtype=np.int64)
+        td = ENVELOPE_STATS.index("tdiff")
+        return cls(
+            codes=codes,
+            codes_no_prev=np.where(codes == td, -1, codes),
+            lo=np.array([np.maximum(lim.warn_low, lim.reject_low) for lim in lims]),
+            hi=np.array([np.minimum(lim.warn_high, lim.reject_high) for lim in lims]),
+            compiled=compiled,
+        )
+
+    def inside(self, stats: FrameStats, allow_nonfinite: bool) -> bool:
+        """True when ``stats`` violates nothing (then no per-value scan is needed)."""
+        td = stats.tdiff
+        codes = self.codes if td is not None else self.codes_no_prev
+        # ENVELOPE_STATS order (checked at import); hf stands in for a missing tdiff
+        vals = (
+            stats.min,
+            stats.max,
+            stats.mean,
+            stats.std,
+            stats.sat_lo,
+            stats.sat_hi,
+            stats.hf,
+            td if td is not None else stats.hf,
+        )
+        if self.compiled:
+            from edgeguard.guard.sanity.cpu import envelope_inside
+
+            return envelope_inside(vals, codes, self.lo, self.hi, stats, allow_nonfinite)
+        if not allow_nonfinite and (stats.nan.any() or stats.posinf.any() or stats.neginf.any()):
+            return False
+        if not stats.count.all():
+            return False
+        for ell, k in enumerate(codes):
+            if k < 0:
+                continue
+            v = vals[k]
+            if v.shape[1] != self.lo.shape[1]:
+                return False
+            # NaN (a statistic undefined here) compares False on both sides: inside
+            if ((v < self.lo[ell]) | (v > self.hi[ell])).any():
+                return False
+        return True
+
+
 def _scalar_limit_checks(out: list[Violation], name: str, lim: Any, arr: Any, empty: Any) -> None:
     frames, channels = arr.shape
     for n in range(frames):
@@ -241,6 +310,11 @@ class SanityGuard:
             raise UsageError("SanityGuard threads must be 1 or None")
         self._profile = profile
         self._impl, self._fn = resolve_impl(impl)
+        # Per input: the stacked envelope, and the last (dtype, shape) that passed the
+        # static checks (a camera's frames repeat them, so those checks run once).
+        compiled = self._impl == "numba"
+        self._envelopes = {p.name: _Envelope.of(p, compiled=compiled) for p in profile.inputs}
+        self._static_ok: dict[str, tuple[np.dtype[Any], tuple[int, ...]]] = {}
         if threads == 1 and self._impl == "numba":
             self._fn = functools.partial(self._fn, serial=True)
 
@@ -304,16 +378,28 @@ class SanityGuard:
                 )
                 continue
             x = feeds[p.name]
-            static = static_checks(p.name, x, p)
-            violations += static
-            if any(v.check in ("type", "dtype", "rank") for v in static):
-                continue  # cannot interpret the values
-            if not x.flags.c_contiguous:
-                x = np.ascontiguousarray(x)
+            seen = self._static_ok.get(p.name)
+            if not (
+                type(x) is np.ndarray
+                and seen is not None
+                and x.dtype == seen[0]
+                and x.shape == seen[1]
+                and x.flags.c_contiguous
+            ):
+                static = static_checks(p.name, x, p)
+                if static:
+                    violations += static
+                    if any(v.check in ("type", "dtype", "rank") for v in static):
+                        continue  # cannot interpret the values
+                    x = np.ascontiguousarray(x)
+                else:
+                    self._static_ok[p.name] = (x.dtype, x.shape)
             pv = None if prev is None else prev.get(p.name)
             pv = pv if isinstance(pv, np.ndarray) else None
             stats = self.input_stats(p.name, x, pv)
-            violations += input_violations(p.name, stats, p)
+            env = self._envelopes[p.name]
+            if env is None or not env.inside(stats, p.allow_nonfinite):
+                violations += input_violations(p.name, stats, p)
         return Verdict.of(violations)
 
     def check_outputs(self, outputs: Mapping[str, Any]) -> Verdict:

@@ -304,3 +304,28 @@ def numba_stats(
         hf=fo[6],
         tdiff=fo[7] if has_prev else None,
     )
+
+
+def envelope_inside(
+    vals: tuple[npt.NDArray[np.float64], ...],
+    codes: npt.NDArray[np.int64],
+    lo: npt.NDArray[np.float64],
+    hi: npt.NDArray[np.float64],
+    stats: FrameStats,
+    allow_nonfinite: bool,
+) -> bool:
+    """Whether every statistic lies inside its limits (compiled; see check._Envelope).
+
+    Args:
+        vals: The statistics in ``ENVELOPE_STATS`` order, each float64 ``[N, C]``.
+        codes: Per limit row, the index into ``vals`` (negative: skip the row).
+        lo: Lower limits ``[L, C]``.
+        hi: Upper limits ``[L, C]``.
+        stats: The statistics (for the non-finite counts and the channel counts).
+        allow_nonfinite: Whether NaN/inf values are tolerated.
+    """
+    return bool(
+        _kmod().env_inside(
+            vals, codes, lo, hi, stats.nan, stats.posinf, stats.neginf, stats.count, allow_nonfinite
+        )
+    )

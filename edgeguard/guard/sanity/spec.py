@@ -260,6 +260,8 @@ class Verdict:
     @classmethod
     def of(cls, violations: Sequence[Violation]) -> Verdict:
         """Verdict whose status is the most severe of ``violations``."""
+        if not violations:
+            return _PASS  # the common case; a Verdict is immutable, so one instance serves
         status = max((v.severity for v in violations), default=Status.PASS)
         return cls(status=Status(status), violations=tuple(violations))
 
@@ -307,6 +309,9 @@ def _opt_float(v: float | None) -> Any:
     if math.isinf(v):
         return "inf" if v > 0 else "-inf"
     return v
+
+
+_PASS = Verdict(status=Status.PASS)
 
 
 @dataclass(frozen=True)
