@@ -458,7 +458,10 @@ class GuardedRuntime:
         """Answer one request by the deadline.
 
         Args:
-            feeds: Input arrays by name.
+            feeds: Input arrays by name. An accepted frame is kept, by reference, as
+                the previous frame of the next call's ``tdiff`` (frozen camera)
+                check, so pass a new array per frame: refilling one buffer in place
+                makes the previous frame the current one, and ``tdiff`` zero.
             client_id: Caller identity for rate limiting and the query monitor
                 (None for the local, trusted pipeline).
 
