@@ -921,6 +921,15 @@ def chan_add(cnt, mean, m2, n, mb, m2b):
     return tot, mean + delta * (n / tot), m2 + m2b + delta * delta * (cnt * n / tot)
 
 
+@njit(nogil=True)
+def run_into(cnt, mean, m2, rn, sh, r1, r2):
+    # The Chan state (cnt, mean, m2) with a run of rn values merged in; the run holds
+    # r1 = sum(v - sh) and r2 = sum((v - sh)^2). An empty run changes nothing.
+    if rn <= 0.0:
+        return cnt, mean, m2
+    return chan_add(cnt, mean, m2, rn, sh + r1 / rn, max(r2 - r1 * (r1 / rn), 0.0))
+
+
 @njit(fastmath=fm, nogil=True)
 def seg_f32(ext, pext, has_prev, first, shift, lo_t, hi_t):
     # One fused float32 pass over a segment: ext[1:] (ext[0] is the element before it,
@@ -1020,10 +1029,7 @@ def block_f32(blk, pblk, has_prev, shift, lo_t, hi_t, st, width, rows, src, psrc
         smx = np.float64(r[6])
         if smn == smx:  # constant segment: exact (a new run at the value unless it is sh)
             if smn != sh:
-                if rn > 0.0:
-                    cnt, mean, m2 = chan_add(
-                        cnt, mean, m2, rn, sh + r1 / rn, max(r2 - r1 * (r1 / rn), 0.0)
-                    )
+                cnt, mean, m2 = run_into(cnt, mean, m2, rn, sh, r1, r2)
                 rn = 0.0
                 r1 = 0.0
                 r2 = 0.0
@@ -1034,10 +1040,7 @@ def block_f32(blk, pblk, has_prev, shift, lo_t, hi_t, st, width, rows, src, psrc
         else:
             redo = False
             if 5.0 * s1 * s1 > 4.0 * n * s2:  # mean more than 2 std from the shift
-                if rn > 0.0:
-                    cnt, mean, m2 = chan_add(
-                        cnt, mean, m2, rn, sh + r1 / rn, max(r2 - r1 * (r1 / rn), 0.0)
-                    )
+                cnt, mean, m2 = run_into(cnt, mean, m2, rn, sh, r1, r2)
                 rn = 0.0
                 r1 = 0.0
                 r2 = 0.0
@@ -1065,8 +1068,7 @@ def block_f32(blk, pblk, has_prev, shift, lo_t, hi_t, st, width, rows, src, psrc
                 ts_ok = 0.0
         mn = min(mn, smn)
         mx = max(mx, smx)
-    if rn > 0.0:
-        cnt, mean, m2 = chan_add(cnt, mean, m2, rn, sh + r1 / rn, max(r2 - r1 * (r1 / rn), 0.0))
+    cnt, mean, m2 = run_into(cnt, mean, m2, rn, sh, r1, r2)
     for j in range(1, rows):  # take out the pairs that cross a row start
         hs -= abs(np.float64(blk[j * width]) - np.float64(blk[j * width - 1]))
     st[0] = cnt
@@ -1447,14 +1449,8 @@ def item_f32(x, px, nhwc, has_prev, lo, hi, lo_t, hi_t, n, c_only, r0, r1, acc, 
     for c in range(c0, c1):
         ac = acc[c]
         s = st[c]
-        k = ac[A_CNT]
-        cnt = s[0]
-        mean = s[1]
-        m2 = s[2]
-        if k > 0.0:
-            cmean = ac[A_SHIFT] + ac[A_S1] / k
-            cm2 = max(ac[A_S2] - ac[A_S1] * ac[A_S1] / k, 0.0)
-            cnt, mean, m2 = chan_add(cnt, mean, m2, k, cmean, cm2)
+        # the careful blocks' shifted sums are a run around A_SHIFT
+        cnt, mean, m2 = run_into(s[0], s[1], s[2], ac[A_CNT], ac[A_SHIFT], ac[A_S1], ac[A_S2])
         ac[A_CNT] = cnt
         ac[A_SHIFT] = mean
         ac[A_S1] = 0.0
