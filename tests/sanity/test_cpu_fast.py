@@ -23,8 +23,25 @@ from edgeguard.guard.sanity.vectors import stats_mismatches
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def _agree(x: Any, **kw: Any) -> None:
-    got = numba_stats(x, **kw)
+def _u8_simd() -> bool:
+    from edgeguard.guard.sanity import _cpu_kernels as k
+
+    return bool(k.U8_SIMD)
+
+
+#: Both uint8 loops: the portable one runs everywhere; the AVX-512 one where the CPU has it.
+U8_LOOPS = [
+    pytest.param(False, id="portable"),
+    pytest.param(
+        True,
+        id="simd",
+        marks=pytest.mark.skipif(not _u8_simd(), reason="CPU lacks AVX-512 BW + VNNI"),
+    ),
+]
+
+
+def _agree(x: Any, *, simd: bool | None = None, serial: bool | None = None, **kw: Any) -> None:
+    got = numba_stats(x, simd=simd, serial=serial, **kw)
     exp = reference_stats(x, **kw)
     assert stats_mismatches(got, exp) == []
     assert got.count.shape == exp.count.shape
@@ -56,11 +73,70 @@ def u8_cases(draw: st.DrawFn) -> tuple[Any, Any, str, float, float]:
     return x, prev, layout, lo, hi
 
 
+@pytest.mark.parametrize("simd", U8_LOOPS)
 @SETTINGS
-@given(u8_cases())
-def test_uint8_integer_path_agrees(case: tuple[Any, Any, str, float, float]) -> None:
+@given(u8_cases(), st.booleans())
+def test_uint8_integer_path_agrees(
+    simd: bool, case: tuple[Any, Any, str, float, float], serial: bool
+) -> None:
     x, prev, layout, lo, hi = case
-    _agree(x, layout=layout, sat_lo=lo, sat_hi=hi, prev=prev)
+    _agree(x, layout=layout, sat_lo=lo, sat_hi=hi, prev=prev, simd=simd, serial=serial)
+
+
+@pytest.mark.parametrize("simd", U8_LOOPS)
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_uint8_vector_edges_and_long_runs(simd: bool, layout: str, channels: int) -> None:
+    """Widths around the 64-value vectors and the 128-value loop step; runs longer
+    than one call of the SIMD loop (SEG_U8SIMD), with a neighbour pair across it."""
+    from edgeguard.guard.sanity import _cpu_kernels as k
+
+    rng = np.random.default_rng(channels)
+    for w in (1, 2, 63, 64, 65, 127, 128, 129, 191, 192, 193, 640):
+        shape = (2, channels, 5, w) if layout == "NCHW" else (2, 5, w, channels)
+        x = rng.integers(0, 256, shape).astype(np.uint8)
+        prev = rng.integers(0, 256, shape).astype(np.uint8)
+        for serial in (True, False):
+            _agree(x, layout=layout, prev=prev, simd=simd, serial=serial)
+            _agree(x, layout=layout, sat_lo=9.5, sat_hi=200.0, simd=simd, serial=serial)
+    h = k.SEG_U8SIMD // 512 + 3  # one channel's run (NCHW) or pixels (NHWC) > SEG_U8SIMD
+    shape = (1, channels, h, 512) if layout == "NCHW" else (1, h, 512, channels)
+    x = rng.integers(0, 256, shape).astype(np.uint8)
+    flat = x.reshape(-1)
+    step = 1 if layout == "NCHW" else channels
+    s = k.SEG_U8SIMD * step  # the first value of the second call, channel 0
+    flat[s - step], flat[s] = 0, 255  # the pair across the calls: |255 - 0| must count
+    _agree(x, layout=layout, prev=x[:, ::-1].copy(), simd=simd, serial=True)
+
+
+def test_uint8_loop_choice() -> None:
+    from edgeguard.guard.sanity import _cpu_kernels as k
+
+    x = np.arange(3 * 64 * 64, dtype=np.int64).astype(np.uint8).reshape(1, 3, 64, 64)
+    default = numba_stats(x)
+    chosen = numba_stats(x, simd=k.U8_SIMD)
+    assert stats_mismatches(default, chosen) == []
+    if not k.U8_SIMD:
+        with pytest.raises(UsageError, match="AVX-512"):
+            numba_stats(x, simd=True)
+
+
+def test_uint8_simd_needs_the_target_features(monkeypatch: pytest.MonkeyPatch) -> None:
+    from numba.core import config
+
+    from edgeguard.guard.sanity import _cpu_kernels as k
+
+    # NUMBA_CPU_NAME / NUMBA_CPU_FEATURES (portable caches) decide, not the host
+    monkeypatch.setattr(config, "CPU_NAME", "generic")
+    monkeypatch.setattr(config, "CPU_FEATURES", "+avx2,-avx512bw,+avx512vnni")
+    assert k._target_features() == frozenset({"avx2", "avx512vnni"})
+    monkeypatch.setattr(config, "CPU_FEATURES", None)
+    assert k._target_features() == frozenset()
+    monkeypatch.setattr(k, "U8_SIMD", False)
+    x = np.zeros((1, 1, 4, 4), np.uint8)
+    with pytest.raises(UsageError, match="AVX-512"):
+        numba_stats(x, simd=True)
+    assert numba_stats(x, simd=False).mean.tolist() == [[0.0]]
 
 
 @st.composite

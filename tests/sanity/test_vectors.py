@@ -42,10 +42,17 @@ def test_stored_inputs_match_the_generator() -> None:
         np.testing.assert_array_equal(case.x, built[case.name].x)
 
 
+@pytest.mark.parametrize("simd", [False, None], ids=["portable", "default"])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_numba_cpu_matches_vector(case: vectors.VectorCase) -> None:
+def test_numba_cpu_matches_vector(case: vectors.VectorCase, simd: bool | None) -> None:
+    # uint8: simd=None takes the AVX-512 loop where the CPU has it, False the portable one
     stats = numba_stats(
-        case.x, layout=case.layout, sat_lo=case.sat_lo, sat_hi=case.sat_hi, prev=case.prev
+        case.x,
+        layout=case.layout,
+        sat_lo=case.sat_lo,
+        sat_hi=case.sat_hi,
+        prev=case.prev,
+        simd=simd,
     )
     assert case.expected is not None
     assert vectors.stats_mismatches(stats, case.expected) == []

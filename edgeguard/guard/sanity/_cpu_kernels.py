@@ -19,11 +19,15 @@ Fast paths (see ``docs/sanity.md``, section 9, for the measurements):
   non-finite value makes the float64 sum of squares non-finite, and only then
   is the block, now in cache, read again by the careful scalar loop, which
   classifies every value; the fast pass's results for that block are discarded.
-* uint8: exact integer arithmetic (int16 counts and int32 sums per segment of
-  at most :data:`SEG_U8` elements, int64 per work item): sums of x and x*x,
-  saturation counts, byte min/max, sums of |x[w] - x[w-1]| and |x - prev|;
-  mean and variance come from the exact integer moments at the end (no NaN or
-  Inf is possible).
+* uint8: exact integer arithmetic: sums of x and x*x, saturation counts, byte
+  min/max, sums of |x[w] - x[w-1]| and |x - prev|; mean and variance come from
+  the exact integer moments at the end (no NaN or Inf is possible). On x86-64
+  with AVX-512 BW + VNNI (:data:`U8_SIMD`) a loop written in LLVM IR with
+  ``psadbw`` / ``vpdpbusd`` reads each channel's rows (NCHW) or the interleaved
+  3-channel pixels (NHWC, de-interleaved in registers) once, front to back;
+  elsewhere (aarch64, older x86) the portable loop (int16 counts and int32 sums
+  per segment of at most :data:`SEG_U8` elements, int64 per work item) runs.
+  Both give identical results.
 
 ``stats_*_par`` runs the items with ``prange``, ``stats_*_ser`` in a plain loop
 (small tensors, where the parallel launch costs more than the work). Both merge
@@ -31,13 +35,18 @@ the items' partials (Chan's formula for the float path) in the same compiled
 call, so a Python caller pays one dispatch.
 """
 
-# mypy: disable-error-code="no-untyped-def,no-untyped-call,call-arg"
+# numba's intrinsic objects raise when called from Python, so mypy takes every line
+# after a call of one for unreachable: "unreachable" is off in this module.
+# mypy: disable-error-code="no-untyped-def,no-untyped-call,call-arg,unreachable"
 
 from __future__ import annotations
 
+import functools
 import math
+import platform
 
 import numpy as np
+from llvmlite import binding as llvm_binding
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
@@ -66,6 +75,10 @@ SEG_F = 1 << 12
 PF_BLOCKS = 2
 #: Elements per uint8 segment: the int32 sum of squares and the int16 counts stay exact.
 SEG_U8 = 1 << 14
+#: Values (pixels, for 3 interleaved channels) per call of a SIMD uint8 loop: its int32
+#: lanes (sums of x and of x*(x-128), at most 4 * 255 * 128 per vector) stay exact up to
+#: 2^31 / 130560 = 16448 vectors per accumulator (the planar loop has two), 1 MiB.
+SEG_U8SIMD = 1 << 18
 
 # Float64 accumulators per (item, channel), as in cpu.NACC.
 A_CNT, A_SHIFT, A_S1, A_S2, A_SLO, A_SHI, A_HS, A_HC, A_TS, A_TC = range(10)
@@ -103,11 +116,14 @@ fmax_finite = _minmax_intrinsic("maxnum")
 
 
 @intrinsic
-def prefetch_row(typingctx, arr):
-    """Ask the CPU to bring a contiguous 1-D array into cache (no-op semantically)."""
+def prefetch_span(typingctx, arr, start, stop):
+    """Ask the CPU to bring ``arr[start:stop]`` (1-D, C) into cache; no-op semantically.
+
+    Offsets, not a slice: see ``u8_simd_stats``.
+    """
     if not isinstance(arr, types.Array) or arr.ndim != 1 or arr.layout != "C":
         return None
-    sig = types.void(arr)
+    sig = types.void(arr, start, stop)
 
     def codegen(context, builder, signature, args):
         ary = context.make_array(signature.args[0])(context, builder, args[0])
@@ -115,17 +131,405 @@ def prefetch_row(typingctx, arr):
         fnty = ir.FunctionType(ir.VoidType(), [i8p, ir.IntType(32), ir.IntType(32), ir.IntType(32)])
         fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
         base = builder.bitcast(ary.data, i8p)
-        itemsize = context.get_abi_sizeof(context.get_data_type(signature.args[0].dtype))
-        nbytes = builder.mul(ary.nitems, context.get_constant(types.intp, itemsize))
-        with cgutils.for_range_slice(
-            builder,
-            context.get_constant(types.intp, 0),
-            nbytes,
-            context.get_constant(types.intp, 64),
-        ) as (off, _):
-            ptr = builder.gep(base, [off])
+        itemsize = context.get_constant(
+            types.intp, context.get_abi_sizeof(context.get_data_type(signature.args[0].dtype))
+        )
+        lo, hi = (
+            builder.mul(context.cast(builder, args[i], signature.args[i], types.intp), itemsize)
+            for i in (1, 2)
+        )
+        with cgutils.for_range_slice(builder, lo, hi, context.get_constant(types.intp, 64)) as (
+            off,
+            _,
+        ):
             i32 = ir.IntType(32)
-            builder.call(fn, [ptr, i32(0), i32(2), i32(1)])
+            builder.call(fn, [builder.gep(base, [off]), i32(0), i32(2), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+# ----------------------------------------------------------------------------------
+# uint8 SIMD path (x86-64 with AVX-512 BW and VNNI)
+#
+# One 64-byte vector of a channel's values x costs a handful of instructions:
+#   sum x          psadbw(x, 0)                 (8 x int64 lanes)
+#   sum x^2        vpdpbusd(acc, x, x ^ 0x80) + 128 * sum x
+#                  (u8 * s8 products: x * (x - 128) = x^2 - 128 x; int32 lanes)
+#   sum |x - x'|   psadbw(x, x')  with x' the values one place earlier (horizontal
+#                  pairs) or the previous frame's values (tdiff)
+#   counts         psadbw(sext(x <= lo), 0) / 255, likewise x >= hi
+#   min, max       vpminub, vpmaxub
+# LLVM's auto-vectoriser does not find psadbw or vpdpbusd in the scalar loops
+# (seg_u8 costs ~3x more per byte), so the loop is written in LLVM IR with the x86
+# intrinsics. It is compiled only where the target has the instructions
+# (U8_SIMD); elsewhere (aarch64 Jetson, older x86) the portable integer kernel
+# (seg_u8) runs and the intrinsic lowers to a trap that the dispatch in cpu.py never
+# reaches. Both give bit-identical integer results (tests/sanity).
+
+_I8, _I32, _I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+_V8 = ir.VectorType(_I8, 64)
+_VQ = ir.VectorType(_I64, 8)
+_VD = ir.VectorType(_I32, 16)
+_V1 = ir.VectorType(ir.IntType(1), 64)
+
+
+def _target_features() -> frozenset[str]:
+    # The features numba compiles for: NUMBA_CPU_NAME / NUMBA_CPU_FEATURES when set
+    # (portable caches), else the host's.
+    from numba.core import config
+
+    if getattr(config, "CPU_NAME", None) is not None:
+        spec = getattr(config, "CPU_FEATURES", None) or ""
+        return frozenset(f[1:] for f in spec.split(",") if f.startswith("+"))
+    feats = llvm_binding.get_host_cpu_features()
+    return frozenset(k for k, on in feats.items() if on)
+
+
+#: True when this machine's numba target has AVX-512 BW and VNNI (the uint8 SIMD loop).
+U8_SIMD = platform.machine().lower() in ("x86_64", "amd64") and {
+    "avx512bw",
+    "avx512vnni",
+}.issubset(_target_features())
+# LLVM 22 declares vpdpbusd's byte operands as <64 x i8> (older: <16 x i32>).
+_DP_BYTES = llvm_binding.llvm_version_info >= (22,)
+
+
+def _decl(builder, name, ret, args):
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
+
+
+class _U8IR:
+    """LLVM IR pieces of the uint8 SIMD loops (codegen time only)."""
+
+    def __init__(self, builder, lo8, hi8):
+        self.b = builder
+        self.psad = _decl(builder, "llvm.x86.avx512.psad.bw.512", _VQ, [_V8, _V8])
+        dp_t = [_VD, _V8, _V8] if _DP_BYTES else [_VD, _VD, _VD]
+        self.dp = _decl(builder, "llvm.x86.avx512.vpdpbusd.512", _VD, dp_t)
+        self.popcnt = _decl(builder, "llvm.ctpop.i64", _I64, [_I64])
+        self.umin = _decl(builder, "llvm.umin.v64i8", _V8, [_V8, _V8])
+        self.umax = _decl(builder, "llvm.umax.v64i8", _V8, [_V8, _V8])
+        self.mload = _decl(
+            builder, "llvm.masked.load.v64i8.p0", _V8, [_V8.as_pointer(), _I32, _V1, _V8]
+        )
+        self.zero = ir.Constant(_V8, None)
+        self.lo, self.hi = self.splat(lo8), self.splat(hi8)
+
+    def splat(self, v):
+        u = self.b.insert_element(ir.Constant(_V8, ir.Undefined), v, _I32(0))
+        return self.shuffle(u, ir.Constant(_V8, ir.Undefined), [0] * 64)
+
+    def shuffle(self, v, w, idx):
+        return _shuffle(self.b, v, w, idx)
+
+    def load(self, base, off, kx=None):
+        # 64 bytes at base[off]; with a lane mask kx, masked-off lanes read nothing, are 0.
+        ptr = self.b.bitcast(self.b.gep(base, [off]), _V8.as_pointer())
+        if kx is None:
+            return self.b.load(ptr, align=1)
+        return self.b.call(self.mload, [ptr, _I32(1), kx, self.zero])
+
+    def first_lanes(self, n):  # lanes [0, n), 0 < n <= 64 (i64)
+        lanes = ir.Constant(_V8, list(range(64)))
+        return self.b.icmp_unsigned("<", lanes, self.splat(self.b.trunc(n, _I8)))
+
+    def left_shift_in(self, carry, x):
+        # [carry[63], x[0], ..., x[62]]: each lane's left neighbour
+        return self.shuffle(carry, x, [63, *range(64, 127)])
+
+
+class _U8Acc:
+    """Vector accumulators of one channel: see u8_simd_stats for what they sum."""
+
+    def __init__(self, e):
+        self.e = e
+        b = e.b
+        self.v = {k: cgutils.alloca_once_value(b, ir.Constant(_VQ, None)) for k in ("hs", "ts")}
+        for k in ("s1", "s2"):
+            self.v[k] = cgutils.alloca_once_value(b, ir.Constant(_VD, None))
+        for k in ("slo", "shi"):
+            self.v[k] = cgutils.alloca_once_value(b, _I64(0))
+        self.v["mn"] = cgutils.alloca_once_value(b, ir.Constant(_V8, [255] * 64))
+        self.v["mx"] = cgutils.alloca_once_value(b, e.zero)
+
+    def _set(self, key, fn):
+        self.e.b.store(fn(self.e.b.load(self.v[key])), self.v[key])
+
+    def feed(self, x, xm, p, kx=None):
+        # x: 64 values (lanes off kx are 0); xm: their left neighbours (0 off kx);
+        # p: the previous frame's values (None: no tdiff).
+        e, b = self.e, self.e.b
+        self._set("hs", lambda a: b.add(a, b.call(e.psad, [x, xm])))
+        if p is not None:
+            self._set("ts", lambda a: b.add(a, b.call(e.psad, [x, p])))
+        y = b.xor(x, ir.Constant(_V8, [0x80] * 64))
+        for key, w in (("s1", ir.Constant(_V8, [1] * 64)), ("s2", y)):
+            ops = [x, w] if _DP_BYTES else [b.bitcast(x, _VD), b.bitcast(w, _VD)]
+            self._set(key, lambda a, ops=ops: b.call(e.dp, [a, *ops]))
+        xmin = x if kx is None else b.select(kx, x, ir.Constant(_V8, [255] * 64))
+        self._set("mn", lambda a: b.call(e.umin, [a, xmin]))
+        self._set("mx", lambda a: b.call(e.umax, [a, x]))
+        for key, cmp, lvl in (("slo", "<=", e.lo), ("shi", ">=", e.hi)):
+            hit = b.icmp_unsigned(cmp, x, lvl)
+            if kx is not None:
+                hit = b.and_(hit, kx)
+            # kmov + popcnt: the scalar ports are idle in this loop
+            self._set(key, lambda a, hit=hit: b.add(a, b.call(e.popcnt, [b.bitcast(hit, _I64)])))
+
+    @staticmethod
+    def store(parts, out, at):
+        # out[at:at+8] = the totals of the accumulator sets `parts` (one channel).
+        e = parts[0].e
+        b = e.b
+        v16 = ir.VectorType(_I64, 16)
+
+        def tot(key, vty, width):
+            s = None
+            for acc in parts:
+                v = b.load(acc.v[key])
+                v = b.sext(v, v16) if vty is _VD else v
+                s = v if s is None else b.add(s, v)
+            name = f"llvm.vector.reduce.add.v{width}i64"
+            return b.call(_decl(b, name, _I64, [v16 if width == 16 else _VQ]), [s])
+
+        def fold(key, name):
+            s = b.load(parts[0].v[key])
+            for acc in parts[1:]:
+                s = b.call(e.umin if name == "umin" else e.umax, [s, b.load(acc.v[key])])
+            red = _decl(b, f"llvm.vector.reduce.{name}.v64i8", _I8, [_V8])
+            return b.zext(b.call(red, [s]), _I64)
+
+        s1 = tot("s1", _VD, 16)
+        vals = (
+            s1,
+            b.add(tot("s2", _VD, 16), b.mul(s1, _I64(128))),
+            *(functools.reduce(b.add, [b.load(acc.v[k]) for acc in parts]) for k in ("slo", "shi")),
+            tot("hs", _VQ, 8),
+            tot("ts", _VQ, 8),
+            fold("mn", "umin"),
+            fold("mx", "umax"),
+        )
+        for i, v in enumerate(vals):
+            b.store(v, b.gep(out, [_I64(at + i)]))
+
+
+def _shuffle(builder, v, w, idx):
+    return builder.shuffle_vector(v, w, ir.Constant(ir.VectorType(_I32, 64), idx))
+
+
+def _deint3(builder, v):
+    # Three 64-byte vectors of interleaved pixels -> three channel vectors: two
+    # two-source byte shuffles each (vpermt2b on AVX-512 VBMI; plain IR, any target).
+    out = []
+    for c in range(3):
+        pick = [3 * j + c for j in range(64)]  # bytes of channel c in v0|v1|v2
+        t = _shuffle(builder, v[0], v[1], [i if i < 128 else 0 for i in pick])
+        out.append(
+            _shuffle(builder, t, v[2], [j if i < 128 else i - 64 for j, i in enumerate(pick)])
+        )
+    return out
+
+
+def _u8_simd_typer(blk, pblk, out):
+    return (
+        isinstance(blk, types.Array)
+        and blk.layout == "C"
+        and blk.dtype == types.uint8
+        and blk == pblk
+        and isinstance(out, types.Array)
+        and out.layout == "C"
+        and out.dtype == types.int64
+    )
+
+
+def _u8_simd_args(context, builder, signature, args):
+    # data pointers of blk, pblk, out; a, n (int64); head, has_prev (i1); lo8, hi8 (i8)
+    xb, pb, ob = (
+        builder.bitcast(context.make_array(signature.args[i])(context, builder, args[i]).data, t)
+        for i, t in ((0, _I8.as_pointer()), (1, _I8.as_pointer()), (8, _I64.as_pointer()))
+    )
+    a, n = (context.cast(builder, args[i], signature.args[i], types.int64) for i in (2, 3))
+    head, has_prev = (
+        context.cast(builder, args[i], signature.args[i], types.boolean) for i in (4, 7)
+    )
+    lo8, hi8 = (
+        builder.trunc(context.cast(builder, args[i], signature.args[i], types.int64), _I8)
+        for i in (5, 6)
+    )
+    return xb, pb, ob, a, n, head, has_prev, lo8, hi8
+
+
+def _trap(context, builder):
+    # The SIMD intrinsics' body on targets without AVX-512 BW + VNNI: never executed,
+    # because cpu.py selects the portable loops there (U8_SIMD is False).
+    builder.call(_decl(builder, "llvm.trap", ir.VoidType(), []), [])
+    return context.get_dummy_value()
+
+
+@intrinsic
+def u8_simd_stats(typingctx, blk, pblk, a, b, head, lo8, hi8, has_prev, out):
+    """Integer statistics of ``v = blk.flat[a:b]`` into ``out[0:8]``.
+
+    ``out`` gets s1, s2, #(v <= lo8), #(v >= hi8), the sum of |blk.flat[w] -
+    blk.flat[w-1]| for w in [a + head, b), the sum of |v - pblk.flat[a:b]| (0
+    without ``has_prev``), min and max. ``head``: blk.flat[a] starts a block (has no
+    left neighbour). Full vectors run unmasked, two per iteration; a last partial
+    vector uses masked loads, whose masked-off lanes read no memory and add nothing.
+    Offsets into any C-contiguous array, not slices: a slice handed to a compiled
+    call costs a reference-count round trip, which per image row is more than the
+    row's arithmetic.
+    """
+    if not _u8_simd_typer(blk, pblk, out):
+        return None
+    sig = types.void(blk, pblk, a, b, head, lo8, hi8, has_prev, out)
+
+    def codegen(context, builder, signature, args):
+        if not U8_SIMD:
+            return _trap(context, builder)
+        xb, pb, ob, a_, b_, head_, has_prev_, lo8_, hi8_ = _u8_simd_args(
+            context, builder, signature, args
+        )
+        e = _U8IR(builder, lo8_, hi8_)
+        accs = (_U8Acc(e), _U8Acc(e))  # two sets: alternate vectors, independent chains
+        pos = cgutils.alloca_once_value(builder, a_)
+
+        def vec(off, u, with_prev, kx=None, head=False):
+            # One vector at blk[off:off+64]; kx masks the lanes inside [a, b) (None: all).
+            # At the block start (head) lane 0 is its own left neighbour (a lane shift,
+            # no load before the array).
+            x = e.load(xb, off, kx)
+            if head:
+                xm = e.shuffle(x, x, [0, *range(63)])
+                if kx is not None:  # lanes past b: x = 0, so xm must be 0 too
+                    xm = builder.select(kx, xm, x)
+            else:
+                xm = e.load(xb, builder.sub(off, _I64(1)), kx)
+            accs[u].feed(x, xm, e.load(pb, off, kx) if with_prev else None, kx)
+
+        def body(with_prev):
+            c64, c128 = _I64(64), _I64(128)
+            builder.store(a_, pos)
+            n = builder.sub(b_, a_)
+            with builder.if_then(builder.and_(head_, builder.icmp_signed(">", n, _I64(0)))):
+                short = builder.icmp_signed("<", n, c64)
+                with builder.if_else(short) as (part, full):
+                    with part:
+                        vec(a_, 0, with_prev, e.first_lanes(n), head=True)
+                    with full:
+                        vec(a_, 0, with_prev, head=True)
+                builder.store(builder.add(a_, builder.select(short, n, c64)), pos)
+            p0 = builder.load(pos)
+            n2 = builder.sdiv(builder.sub(b_, p0), c128)
+            with cgutils.for_range(builder, n2) as loop:
+                off = builder.add(p0, builder.mul(loop.index, c128))
+                vec(off, 0, with_prev)
+                vec(builder.add(off, c64), 1, with_prev)
+            builder.store(builder.add(p0, builder.mul(n2, c128)), pos)
+            p1 = builder.load(pos)
+            with builder.if_then(builder.icmp_signed(">=", builder.sub(b_, p1), c64)):
+                vec(p1, 0, with_prev)
+                builder.store(builder.add(p1, c64), pos)
+            p2 = builder.load(pos)
+            rest = builder.sub(b_, p2)
+            with builder.if_then(builder.icmp_signed(">", rest, _I64(0))):
+                vec(p2, 1, with_prev, e.first_lanes(rest))
+
+        with builder.if_else(has_prev_) as (then, other):
+            with then:
+                body(True)
+            with other:
+                body(False)
+        _U8Acc.store(accs, ob, 0)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def u8_simd_stats_c3(typingctx, blk, pblk, a, npix, head, lo8, hi8, has_prev, out):
+    """``u8_simd_stats`` of each channel of ``npix`` interleaved 3-channel pixels.
+
+    The pixels are ``blk.flat[a + 3 w + c]``; channel c's statistics go to
+    ``out[8 c : 8 c + 8]``, a value's left neighbour being the same channel of the
+    pixel before (none for the first pixel when ``head``; ``a >= 3`` otherwise). 64
+    pixels per step: three loads, de-interleaved in registers by byte shuffles
+    (``vpermt2b``), each neighbour vector shifted in from the previous step's, so
+    the frame is read once, with no buffer.
+    """
+    if not _u8_simd_typer(blk, pblk, out):
+        return None
+    sig = types.void(blk, pblk, a, npix, head, lo8, hi8, has_prev, out)
+
+    def codegen(context, builder, signature, args):
+        if not U8_SIMD:
+            return _trap(context, builder)
+        xb, pb, ob, a_, n_, head_, has_prev_, lo8_, hi8_ = _u8_simd_args(
+            context, builder, signature, args
+        )
+        e = _U8IR(builder, lo8_, hi8_)
+        accs = [_U8Acc(e) for _ in range(3)]
+        carry = [cgutils.alloca_once_value(builder, e.zero) for _ in range(3)]
+        pos = cgutils.alloca_once_value(builder, _I64(0))  # pixels done
+        with builder.if_then(builder.not_(head_)):  # neighbours of the first pixel
+            for c in range(3):
+                v = builder.load(builder.gep(xb, [builder.add(a_, _I64(c - 3))]))
+                builder.store(builder.insert_element(e.zero, v, _I32(63)), carry[c])
+
+        def group(px, with_prev, r=None, head=False):
+            # Pixels [px, px + 64), or [px, px + r) with r < 64 (masked loads).
+            off = builder.add(a_, builder.mul(px, _I64(3)))
+            masks = [None] * 3
+            kx = None
+            if r is not None:
+                kx = e.first_lanes(r)
+                for k in range(3):  # bytes [0, 3r) of the 192
+                    nb = builder.sub(builder.mul(r, _I64(3)), _I64(64 * k))
+                    nb = builder.select(builder.icmp_signed("<", nb, _I64(0)), _I64(0), nb)
+                    nb = builder.select(builder.icmp_signed(">", nb, _I64(64)), _I64(64), nb)
+                    masks[k] = e.first_lanes(nb)
+            offs = [builder.add(off, _I64(64 * k)) for k in range(3)]
+            xs = _deint3(builder, [e.load(xb, offs[k], masks[k]) for k in range(3)])
+            ps = None
+            if with_prev:
+                ps = _deint3(builder, [e.load(pb, offs[k], masks[k]) for k in range(3)])
+            for c in range(3):
+                x = xs[c]
+                if head:
+                    xm = e.shuffle(x, x, [0, *range(63)])
+                else:
+                    xm = e.left_shift_in(builder.load(carry[c]), x)
+                if kx is not None:  # lanes past r: x = 0, so xm must be 0 too
+                    xm = builder.select(kx, xm, x)
+                accs[c].feed(x, xm, None if ps is None else ps[c], kx)
+                builder.store(x, carry[c])
+
+        def body(with_prev):
+            c64 = _I64(64)
+            with builder.if_then(builder.and_(head_, builder.icmp_signed(">", n_, _I64(0)))):
+                short = builder.icmp_signed("<", n_, c64)
+                with builder.if_else(short) as (part, full):
+                    with part:
+                        group(_I64(0), with_prev, n_, head=True)
+                    with full:
+                        group(_I64(0), with_prev, head=True)
+                builder.store(builder.select(short, n_, c64), pos)
+            p0 = builder.load(pos)
+            nfull = builder.sdiv(builder.sub(n_, p0), c64)
+            with cgutils.for_range(builder, nfull) as loop:
+                group(builder.add(p0, builder.mul(loop.index, c64)), with_prev)
+            p1 = builder.add(p0, builder.mul(nfull, c64))
+            rest = builder.sub(n_, p1)
+            with builder.if_then(builder.icmp_signed(">", rest, _I64(0))):
+                group(p1, with_prev, rest)
+
+        with builder.if_else(has_prev_) as (then, other):
+            with then:
+                body(True)
+            with other:
+                body(False)
+        for c in range(3):
+            _U8Acc.store([accs[c]], ob, 8 * c)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -272,13 +676,71 @@ def deinterleave(src, dst):
                 dst[c, w] = src[w, c]
 
 
-@njit(nogil=True)
+@intrinsic
+def deinterleave3_u8(typingctx, src, s0, npix, dst, d0, dstride):
+    """``dst.flat[d0 + c * dstride + w] = src.flat[s0 + 3 w + c]``, w < npix // 64 * 64.
+
+    64 pixels per step: three 64-byte loads become three channel vectors (``_deint3``).
+    Plain LLVM IR, no target intrinsic: it runs wherever numba does. Offsets, not
+    slices, for the reason given in ``u8_simd_stats``.
+    """
+    if not all(
+        isinstance(t, types.Array) and t.layout == "C" and t.dtype == types.uint8
+        for t in (src, dst)
+    ):
+        return None
+    sig = types.void(src, s0, npix, dst, d0, dstride)
+
+    def codegen(context, builder, signature, args):
+        sp, dp = (
+            builder.bitcast(
+                context.make_array(signature.args[i])(context, builder, args[i]).data,
+                _I8.as_pointer(),
+            )
+            for i in (0, 3)
+        )
+        s0_, n, d0_, ds = (
+            context.cast(builder, args[i], signature.args[i], types.int64) for i in (1, 2, 4, 5)
+        )
+        ptr8 = _V8.as_pointer()
+        with cgutils.for_range(builder, builder.sdiv(n, _I64(64))) as loop:
+            base = builder.add(s0_, builder.mul(loop.index, _I64(192)))
+            v = [
+                builder.load(
+                    builder.bitcast(builder.gep(sp, [builder.add(base, _I64(64 * k))]), ptr8),
+                    align=1,
+                )
+                for k in range(3)
+            ]
+            out = builder.add(d0_, builder.mul(loop.index, _I64(64)))
+            for c, r in enumerate(_deint3(builder, v)):
+                dst_c = builder.add(out, builder.mul(ds, _I64(c)))
+                builder.store(r, builder.bitcast(builder.gep(dp, [dst_c]), ptr8), align=1)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(nogil=True, inline="always")
+def deinterleave_u8(flat, s0, npix, channels, dflat, dstride):
+    # dflat[c * dstride + w] = flat[s0 + w * channels + c] for w < npix (uint8; three
+    # channels go 64 pixels at a time).
+    w0 = 0
+    if channels == 3:
+        deinterleave3_u8(flat, s0, npix, dflat, 0, dstride)
+        w0 = npix - npix % 64
+    for w in range(w0, npix):
+        for c in range(channels):
+            dflat[c * dstride + w] = flat[s0 + w * channels + c]
+
+
+@njit(nogil=True, inline="always")
 def prefetch_block(flat, start, stop):
     # Ask for flat[start:stop] (clipped) to be brought into cache.
     start = max(start, 0)
     stop = min(stop, flat.size)
     if stop > start:
-        prefetch_row(flat[start:stop])
+        prefetch_span(flat, start, stop)
 
 
 @njit(nogil=True)
@@ -593,23 +1055,6 @@ def seg_u8(blk, a, b, lo_i, hi_i):
 
 
 @njit(nogil=True)
-def row_hs_u8(row):
-    # Sum of |row[w] - row[w-1]| (int64; int32 per SEG_U8 chunk).
-    hs = np.int64(0)
-    if row.size > 1:
-        for a in range(0, row.size, SEG_U8):
-            seg = row[a : min(row.size, a + SEG_U8)]
-            pv = np.int32(row[a - 1]) if a > 0 else np.int32(row[0])
-            t = np.int32(0)
-            for w in range(seg.size):
-                v = np.int32(seg[w])
-                t = np.int32(t + np.int32(abs(v - pv)))
-                pv = v
-            hs += t
-    return hs
-
-
-@njit(nogil=True)
 def tdiff_u8(row, prow, a, b):
     ts = np.int32(0)
     seg = row[a:b]
@@ -619,9 +1064,47 @@ def tdiff_u8(row, prow, a, b):
     return ts
 
 
-@njit(nogil=True)
-def item_u8(x, px, nhwc, has_prev, lo_i, hi_i, n, r0, r1, acc, blk_len, pf):
-    # acc [C, NUACC] int64, zeroed by the caller. Blocks of rows as in item_float.
+@njit(nogil=True, inline="always")
+def drop_row_pairs(ac, c, flat, start, row, step, rows):
+    # The SIMD segments summed |v[w] - v[w-1]| over `rows` image rows of channel c as
+    # if they were one row (v[w] = flat[start + w * step], `row` apart in flat); take
+    # out the pairs across a row start.
+    hs = np.int64(0)
+    for j in range(1, rows):
+        e = start + j * row
+        hs += abs(np.int64(flat[e]) - np.int64(flat[e - step]))
+    ac[c, U_HS] -= hs
+
+
+@njit(nogil=True, inline="always")
+def add_sv(ac, c, sv, at, lo_i, hi_i):
+    # ac[c] += the SIMD loop's results sv[at:at+8]
+    ac[c, U_S1] += sv[at]
+    ac[c, U_S2] += sv[at + 1]
+    if lo_i >= 0:  # lo_i = -1: nothing is <= lo (the loop's lo8 was clamped)
+        ac[c, U_SLO] += sv[at + 2]
+    if hi_i <= 255:  # hi_i = 256: nothing is >= hi
+        ac[c, U_SHI] += sv[at + 3]
+    ac[c, U_HS] += sv[at + 4]
+    ac[c, U_TS] += sv[at + 5]
+    ac[c, U_MIN] = min(ac[c, U_MIN], sv[at + 6])
+    ac[c, U_MAX] = max(ac[c, U_MAX], sv[at + 7])
+
+
+@njit(nogil=True, inline="always")
+def add_simd(ac, c, arr, parr, a, b, has_prev, lo_i, hi_i, sv):
+    # ac[c] += the integer statistics of the block arr.flat[a:b], SEG_U8SIMD values
+    # per call of the SIMD loop.
+    lo8 = np.uint8(min(max(lo_i, 0), 255))
+    hi8 = np.uint8(min(max(hi_i, 0), 255))
+    for s in range(a, b, SEG_U8SIMD):
+        u8_simd_stats(arr, parr, s, min(b, s + SEG_U8SIMD), s == a, lo8, hi8, has_prev, sv)
+        add_sv(ac, c, sv, 0, lo_i, hi_i)
+
+
+@njit(nogil=True, inline="always")
+def u8_item_start(x, nhwc, acc):
+    # (height, width, channels) of x; acc's min/max start at their identities
     if nhwc:
         height, width, channels = x.shape[1], x.shape[2], x.shape[3]
     else:
@@ -629,6 +1112,74 @@ def item_u8(x, px, nhwc, has_prev, lo_i, hi_i, n, r0, r1, acc, blk_len, pf):
     for c in range(channels):
         acc[c, U_MIN] = 255
         acc[c, U_MAX] = 0
+    return height, width, channels
+
+
+@njit(nogil=True)
+def item_u8_simd(x, px, nhwc, has_prev, lo_i, hi_i, n, r0, r1, acc, blk_len, pf):
+    # item_u8 with the SIMD loops (U8_SIMD targets). The item's rows [r0, r1) are
+    # read front to back as one contiguous run per channel (NCHW) or one run of
+    # interleaved pixels (NHWC, 3 channels), which the hardware prefetcher follows;
+    # other NHWC widths are de-interleaved into an L1 buffer a block of rows at a
+    # time, the block pf ahead prefetched.
+    height, width, channels = u8_item_start(x, nhwc, acc)
+    if width == 0 or r1 <= r0:
+        return
+    flat = x.reshape(-1)
+    plane = height * width
+    fbase = n * channels * plane
+    sv = np.zeros(24, dtype=np.int64)
+    if not nhwc:
+        m = (r1 - r0) * width
+        for c in range(channels):
+            cb = fbase + c * plane + r0 * width
+            add_simd(acc, c, x, px, cb, cb + m, has_prev, lo_i, hi_i, sv)
+            drop_row_pairs(acc, c, flat, cb, width, 1, r1 - r0)
+        return
+    row = width * channels
+    if channels == 3:
+        lo8 = np.uint8(min(max(lo_i, 0), 255))
+        hi8 = np.uint8(min(max(hi_i, 0), 255))
+        e0 = fbase + r0 * row
+        npix = (r1 - r0) * width
+        for s in range(0, npix, SEG_U8SIMD):
+            k = min(npix - s, SEG_U8SIMD)
+            u8_simd_stats_c3(x, px, e0 + 3 * s, k, s == 0, lo8, hi8, has_prev, sv)
+            for c in range(3):
+                add_sv(acc, c, sv, 8 * c, lo_i, hi_i)
+        for c in range(3):
+            drop_row_pairs(acc, c, flat, e0 + c, row, 3, r1 - r0)
+        return
+    rb = block_rows(width, blk_len)
+    bw = rb * width
+    buf = np.empty((channels, bw), dtype=np.uint8)
+    pbuf = np.empty((channels, bw if has_prev else 0), dtype=np.uint8)
+    bflat = buf.reshape(-1)
+    pbflat = pbuf.reshape(-1)
+    pflat = px.reshape(-1)
+    if pf > 1:  # blocks 1 .. pf - 1 of the item
+        prefetch_block(flat, fbase + min(r1, r0 + rb) * row, fbase + min(r1, r0 + pf * rb) * row)
+    for h0 in range(r0, r1, rb):
+        h1 = min(r1, h0 + rb)
+        m = (h1 - h0) * width
+        e0 = fbase + h0 * row
+        p0 = fbase + min(r1, h1 + (pf - 1) * rb) * row  # the block pf ahead
+        p1 = fbase + min(r1, h1 + pf * rb) * row
+        prefetch_block(flat, p0, p1)
+        deinterleave_u8(flat, e0, m, channels, bflat, bw)
+        if has_prev:
+            prefetch_block(pflat, p0, p1)
+            deinterleave_u8(pflat, e0, m, channels, pbflat, bw)
+        for c in range(channels):
+            pb = pbuf if has_prev else buf
+            add_simd(acc, c, buf, pb, c * bw, c * bw + m, has_prev, lo_i, hi_i, sv)
+            drop_row_pairs(acc, c, bflat, c * bw, width, 1, h1 - h0)
+
+
+@njit(nogil=True)
+def item_u8(x, px, nhwc, has_prev, lo_i, hi_i, n, r0, r1, acc, blk_len, pf):
+    # acc [C, NUACC] int64, zeroed by the caller. Blocks of rows as in item_float.
+    height, width, channels = u8_item_start(x, nhwc, acc)
     if width == 0 or r1 <= r0:
         return
     rb = block_rows(width, blk_len)
@@ -656,19 +1207,10 @@ def item_u8(x, px, nhwc, has_prev, lo_i, hi_i, n, r0, r1, acc, blk_len, pf):
             prefetch_block(flat, fbase + p0 * width * channels, fbase + p1 * width * channels)
             if has_prev:
                 prefetch_block(pflat, fbase + p0 * width * channels, fbase + p1 * width * channels)
-            deinterleave(
-                flat[fbase + h0 * width * channels : fbase + h1 * width * channels].reshape(
-                    m, channels
-                ),
-                buf,
-            )
+            e0 = fbase + h0 * width * channels
+            deinterleave_u8(flat, e0, m, channels, buf.reshape(-1), bw)
             if has_prev:
-                deinterleave(
-                    pflat[fbase + h0 * width * channels : fbase + h1 * width * channels].reshape(
-                        m, channels
-                    ),
-                    pbuf,
-                )
+                deinterleave_u8(pflat, e0, m, channels, pbuf.reshape(-1), bw)
         else:
             for c in range(channels):
                 cb = fbase + c * plane
@@ -693,13 +1235,10 @@ def item_u8(x, px, nhwc, has_prev, lo_i, hi_i, n, r0, r1, acc, blk_len, pf):
                 ac[U_SHI] += r[3]
                 ac[U_MIN] = min(ac[U_MIN], np.int64(r[4]))
                 ac[U_MAX] = max(ac[U_MAX], np.int64(r[5]))
+                ac[U_HS] += r[6]
                 if has_prev:
                     ac[U_TS] += tdiff_u8(blk, pblk, a, b)
-                if h1 - h0 == 1:
-                    ac[U_HS] += r[6]
-            if h1 - h0 > 1:  # several rows: the recurrence crossed row starts
-                for j in range(h1 - h0):
-                    ac[U_HS] += row_hs_u8(blk[j * width : (j + 1) * width])
+            drop_row_pairs(acc, c, blk, 0, width, 1, h1 - h0)
 
 
 @njit(nogil=True)
@@ -776,7 +1315,7 @@ def _u8_setup(x, nhwc, nb):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def stats_u8_par(x, px, nhwc, has_prev, lo_i, hi_i, nb, rows, eps, blk_len, pf):
+def stats_u8_par(x, px, nhwc, has_prev, lo_i, hi_i, nb, rows, eps, blk_len, pf, simd):
     """uint8 statistics, work items in parallel: returns (fo [8,N,C], count, ff [3,N])."""
     height, width = (x.shape[1], x.shape[2]) if nhwc else (x.shape[2], x.shape[3])
     part, fo, count, ff = _u8_setup(x, nhwc, nb)
@@ -784,18 +1323,24 @@ def stats_u8_par(x, px, nhwc, has_prev, lo_i, hi_i, nb, rows, eps, blk_len, pf):
         n = it // nb
         r0 = (it % nb) * rows
         r1 = min(height, r0 + rows)
-        item_u8(x, px, nhwc, has_prev, lo_i, hi_i, n, r0, r1, part[it], blk_len, pf)
+        if simd:
+            item_u8_simd(x, px, nhwc, has_prev, lo_i, hi_i, n, r0, r1, part[it], blk_len, pf)
+        else:
+            item_u8(x, px, nhwc, has_prev, lo_i, hi_i, n, r0, r1, part[it], blk_len, pf)
     merge_u8(part, nb, height, width, has_prev, eps, fo, count, ff)
     return fo, count, ff
 
 
 @njit(cache=True, nogil=True)
-def stats_u8_ser(x, px, nhwc, has_prev, lo_i, hi_i, eps, blk_len, pf):
+def stats_u8_ser(x, px, nhwc, has_prev, lo_i, hi_i, eps, blk_len, pf, simd):
     """uint8 statistics in one thread (small tensors)."""
     height, width = (x.shape[1], x.shape[2]) if nhwc else (x.shape[2], x.shape[3])
     part, fo, count, ff = _u8_setup(x, nhwc, 1)
     for n in range(x.shape[0]):
-        item_u8(x, px, nhwc, has_prev, lo_i, hi_i, n, 0, height, part[n], blk_len, pf)
+        if simd:
+            item_u8_simd(x, px, nhwc, has_prev, lo_i, hi_i, n, 0, height, part[n], blk_len, pf)
+        else:
+            item_u8(x, px, nhwc, has_prev, lo_i, hi_i, n, 0, height, part[n], blk_len, pf)
     merge_u8(part, 1, height, width, has_prev, eps, fo, count, ff)
     return fo, count, ff
 
@@ -1235,9 +1780,7 @@ def block_f32_c3(flat, start, npix, width, rows, shifts, st, lo_t, hi_t):
                     s2 += d * d
             mb = sh + s1 / n
             m2b = max(s2 - s1 * (s1 / n), 0.0)
-            loc[c, 0], loc[c, 1], loc[c, 2] = chan_add(
-                loc[c, 0], loc[c, 1], loc[c, 2], n, mb, m2b
-            )
+            loc[c, 0], loc[c, 1], loc[c, 2] = chan_add(loc[c, 0], loc[c, 1], loc[c, 2], n, mb, m2b)
             loc[c, 3] += np.float64(r[c, 3])
             loc[c, 4] += np.float64(r[c, 4])
             loc[c, 5] += np.float64(r[c, 2])

@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgeguard._optional import require
+from edgeguard.errors import UsageError
 from edgeguard.guard.sanity.layout import hf_eps, resolve_stats_args
 from edgeguard.guard.sanity.spec import FrameStats
 
@@ -230,6 +231,7 @@ def numba_stats(
     sat_hi: float | None = None,
     prev: npt.NDArray[Any] | None = None,
     serial: bool | None = None,
+    simd: bool | None = None,
 ) -> FrameStats:
     """Compute the sanity statistics with the fused Numba CPU kernel.
 
@@ -238,7 +240,10 @@ def numba_stats(
     most :data:`SERIAL_MAX_ELEMENTS` elements run in the calling thread (no
     parallel launch); larger ones are split into (frame, row block) work items
     run in parallel. ``serial=True`` forces the calling thread, ``False`` the
-    parallel path.
+    parallel path. ``simd`` chooses the uint8 loop: ``None`` takes the AVX-512
+    (BW + VNNI) loop where the CPU has it and the portable integer loop elsewhere,
+    ``False`` forces the portable loop, ``True`` requires the SIMD loop. Both give
+    identical results; other dtypes ignore it.
 
     Raises:
         UsageError: Invalid arguments.
@@ -261,11 +266,17 @@ def numba_stats(
     if kx.dtype == np.uint8:
         lo_i = np.int32(_int_level(lo, upper=False))
         hi_i = np.int32(_int_level(hi, upper=True))
+        if simd is None:
+            simd = k.U8_SIMD
+        elif simd and not k.U8_SIMD:
+            raise UsageError("simd=True: this CPU lacks AVX-512 BW + VNNI (the uint8 SIMD loop)")
         if serial:
-            fo, count, ff = k.stats_u8_ser(kx, kp, nhwc, has_prev, lo_i, hi_i, eps, blk, pf)
+            fo, count, ff = k.stats_u8_ser(
+                kx, kp, nhwc, has_prev, lo_i, hi_i, eps, blk, pf, simd
+            )
         else:
             fo, count, ff = k.stats_u8_par(
-                kx, kp, nhwc, has_prev, lo_i, hi_i, nb, rows, eps, blk, pf
+                kx, kp, nhwc, has_prev, lo_i, hi_i, nb, rows, eps, blk, pf, simd
             )
     elif kx.dtype == np.float32:
         lo_t, hi_t = sat_bounds_f32(lo, hi)
