@@ -331,6 +331,38 @@ def _deint3(builder, v):
     return out
 
 
+def _emit_run(b, n, width, head, step):
+    # The steps over a run of n pixels, `width` per step: step(pos, r, first) with r
+    # None for a full step, else the r < width pixels left (masked loads); first: the
+    # step starts the run and the run starts a row (`head`).
+    pos = cgutils.alloca_once_value(b, _I64(0))
+    with b.if_then(b.and_(head, b.icmp_signed(">=", n, _I64(width)))):
+        step(_I64(0), None, True)
+        b.store(_I64(width), pos)
+    p0 = b.load(pos)
+    nfull = b.sdiv(b.sub(n, p0), _I64(width))
+    with cgutils.for_range(b, nfull) as loop:
+        step(b.add(p0, b.mul(loop.index, _I64(width))), None, False)
+    p1 = b.add(p0, b.mul(nfull, _I64(width)))
+    rest = b.sub(n, p1)
+    first_step = b.and_(head, b.icmp_signed("==", p1, _I64(0)))
+    with b.if_then(b.icmp_signed(">", rest, _I64(0))), b.if_else(first_step) as (first, other):
+        with first:
+            step(p1, rest, True)
+        with other:
+            step(p1, rest, False)
+
+
+def _with_and_without(b, flag, body):
+    # body(True) where the runtime flag is set, body(False) elsewhere: two loops, each
+    # without the flag's test inside
+    with b.if_else(flag) as (then, other):
+        with then:
+            body(True)
+        with other:
+            body(False)
+
+
 def _u8_simd_typer(blk, pblk, out):
     return (
         isinstance(blk, types.Array)
@@ -435,11 +467,7 @@ def u8_simd_stats(typingctx, blk, pblk, a, b, head, lo8, hi8, has_prev, out):
             with builder.if_then(builder.icmp_signed(">", rest, _I64(0))):
                 vec(p2, 1, with_prev, e.first_lanes(rest))
 
-        with builder.if_else(has_prev_) as (then, other):
-            with then:
-                body(True)
-            with other:
-                body(False)
+        _with_and_without(builder, has_prev_, body)
         _U8Acc.store(accs, ob, 0)
         return context.get_dummy_value()
 
@@ -470,7 +498,6 @@ def u8_simd_stats_c3(typingctx, blk, pblk, a, npix, head, lo8, hi8, has_prev, ou
         e = _U8IR(builder, lo8_, hi8_)
         accs = [_U8Acc(e) for _ in range(3)]
         carry = [cgutils.alloca_once_value(builder, e.zero) for _ in range(3)]
-        pos = cgutils.alloca_once_value(builder, _I64(0))  # pixels done
         with builder.if_then(builder.not_(head_)):  # neighbours of the first pixel
             for c in range(3):
                 v = builder.load(builder.gep(xb, [builder.add(a_, _I64(c - 3))]))
@@ -505,29 +532,9 @@ def u8_simd_stats_c3(typingctx, blk, pblk, a, npix, head, lo8, hi8, has_prev, ou
                 builder.store(x, carry[c])
 
         def body(with_prev):
-            c64 = _I64(64)
-            with builder.if_then(builder.and_(head_, builder.icmp_signed(">", n_, _I64(0)))):
-                short = builder.icmp_signed("<", n_, c64)
-                with builder.if_else(short) as (part, full):
-                    with part:
-                        group(_I64(0), with_prev, n_, head=True)
-                    with full:
-                        group(_I64(0), with_prev, head=True)
-                builder.store(builder.select(short, n_, c64), pos)
-            p0 = builder.load(pos)
-            nfull = builder.sdiv(builder.sub(n_, p0), c64)
-            with cgutils.for_range(builder, nfull) as loop:
-                group(builder.add(p0, builder.mul(loop.index, c64)), with_prev)
-            p1 = builder.add(p0, builder.mul(nfull, c64))
-            rest = builder.sub(n_, p1)
-            with builder.if_then(builder.icmp_signed(">", rest, _I64(0))):
-                group(p1, with_prev, rest)
+            _emit_run(builder, n_, 64, head_, lambda px, r, first: group(px, with_prev, r, first))
 
-        with builder.if_else(has_prev_) as (then, other):
-            with then:
-                body(True)
-            with other:
-                body(False)
+        _with_and_without(builder, has_prev_, body)
         for c in range(3):
             _U8Acc.store([accs[c]], ob, 8 * c)
         return context.get_dummy_value()
@@ -1453,7 +1460,7 @@ PF32 = 1 << 12
 #: Elements per channel in a block of rows of the float32 path (at least one row).
 BLOCK32 = 1 << 11
 #: Pixels per segment of the in-place 3-channel NHWC path.
-SEG_C3 = 1 << 8
+SEG_C3 = 1 << 10
 #: Deviations below this (in magnitude) are handled in float64 (float32 squares underflow).
 TINY32 = 1e-14
 
@@ -1629,104 +1636,200 @@ def block_f32(blk, pblk, has_prev, shift, lo_t, hi_t, st, width, rows, src, psrc
     return True, shift
 
 
-@njit(fastmath=fm, nogil=True)
-def seg_f32_c3(sc, p0, p1, p2, h0_, h1_, h2_, lo_t, hi_t, out):
-    # seg_f32 for 3 interleaved channels (sc = pixels * 3, at least one pixel), without
-    # de-interleaving: three sets of float32 accumulators. (p0, p1, p2): the previous
-    # pixel (the first pixel's own values when there is none); (h0_, h1_, h2_): shifts.
-    # Fills out [3, 7] float32 with rows of (s1, s2, hs, slo, shi, mn, mx).
-    zero = np.float32(0.0)
-    v0 = sc[0]
-    v1 = sc[1]
-    v2 = sc[2]
-    a0 = v0 - h0_
-    a1 = v1 - h1_
-    a2 = v2 - h2_
-    b0 = a0 * a0
-    b1 = a1 * a1
-    b2 = a2 * a2
-    n0 = v0
-    n1 = v1
-    n2 = v2
-    x0 = v0
-    x1 = v1
-    x2 = v2
-    g0 = abs(v0 - p0)
-    g1 = abs(v1 - p1)
-    g2 = abs(v2 - p2)
-    for w in range(1, sc.size // 3):
-        v0 = sc[3 * w]
-        v1 = sc[3 * w + 1]
-        v2 = sc[3 * w + 2]
-        d0 = v0 - h0_
-        d1 = v1 - h1_
-        d2 = v2 - h2_
-        a0 += d0
-        a1 += d1
-        a2 += d2
-        b0 += d0 * d0
-        b1 += d1 * d1
-        b2 += d2 * d2
-        n0 = fmin_finite(n0, v0)
-        n1 = fmin_finite(n1, v1)
-        n2 = fmin_finite(n2, v2)
-        x0 = fmax_finite(x0, v0)
-        x1 = fmax_finite(x1, v1)
-        x2 = fmax_finite(x2, v2)
-        g0 += abs(v0 - sc[3 * w - 3])
-        g1 += abs(v1 - sc[3 * w - 2])
-        g2 += abs(v2 - sc[3 * w - 1])
-    out[0, 0] = a0
-    out[1, 0] = a1
-    out[2, 0] = a2
-    out[0, 1] = b0
-    out[1, 1] = b1
-    out[2, 1] = b2
-    out[0, 2] = g0
-    out[1, 2] = g1
-    out[2, 2] = g2
-    out[0, 5] = n0
-    out[1, 5] = n1
-    out[2, 5] = n2
-    out[0, 6] = x0
-    out[1, 6] = x1
-    out[2, 6] = x2
-    for c in range(3):
-        out[c, 3] = zero
-        out[c, 4] = zero
-    if min(n0, min(n1, n2)) <= lo_t or max(x0, max(x1, x2)) >= hi_t:
-        one = np.float32(1.0)
-        l0 = zero
-        l1 = zero
-        l2 = zero
-        u0 = zero
-        u1 = zero
-        u2 = zero
-        for w in range(sc.size // 3):
-            v0 = sc[3 * w]
-            v1 = sc[3 * w + 1]
-            v2 = sc[3 * w + 2]
-            l0 += one if v0 <= lo_t else zero
-            l1 += one if v1 <= lo_t else zero
-            l2 += one if v2 <= lo_t else zero
-            u0 += one if v0 >= hi_t else zero
-            u1 += one if v1 >= hi_t else zero
-            u2 += one if v2 >= hi_t else zero
-        out[0, 3] = l0
-        out[1, 3] = l1
-        out[2, 3] = l2
-        out[0, 4] = u0
-        out[1, 4] = u1
-        out[2, 4] = u2
+_F32 = ir.FloatType()
+_VF = ir.VectorType(_F32, 16)
+_VB16 = ir.VectorType(ir.IntType(1), 16)
+
+
+@intrinsic
+def f32_c3_seg(typingctx, arr, parr, off, npix, has_prev, head, h, lo_t, hi_t, out):
+    """Float32 statistics of ``npix`` interleaved 3-channel pixels.
+
+    Pixels ``arr.flat[off + 3 w + c]``; ``head``: the first pixel starts a row (it is
+    its own left neighbour; otherwise the pixel before it is read); ``h[c]``: the
+    shifts. Fills ``out[c, :]`` (float32) with s1 = sum(x - h), s2 = sum((x - h)^2),
+    hs = sum |x - left|, #(x <= lo_t), #(x >= hi_t), min, max and ts = sum
+    |x - prev| (0 without ``has_prev``). As in ``seg_f32``, the sums are only
+    meaningful when they come back finite (min/max assume no NaN): the caller then
+    takes the careful path.
+
+    No de-interleaving: 16 pixels are three 16-float vectors, and every statistic is
+    element-wise, so each vector position keeps its own accumulators (its lanes hold
+    a fixed pattern of channels); a value's left neighbour is the load three floats
+    earlier. The channels are separated once, at the end, by constant lane masks. The
+    last partial step uses masked loads. Plain LLVM IR (vector float ops, no target
+    intrinsic): it runs wherever numba does.
+    """
+    if not (
+        isinstance(arr, types.Array)
+        and arr.layout == "C"
+        and arr.dtype == types.float32
+        and arr == parr
+        and all(isinstance(t, types.Array) and t.dtype == types.float32 for t in (h, out))
+    ):
+        return None
+    sig = types.void(arr, parr, off, npix, has_prev, head, h, lo_t, hi_t, out)
+
+    def codegen(context, builder, signature, args):
+        b = builder
+        fp = _F32.as_pointer()
+        xb, pb, hb, ob = (
+            b.bitcast(context.make_array(signature.args[i])(context, b, args[i]).data, fp)
+            for i in (0, 1, 6, 9)
+        )
+        off_, n_ = (context.cast(b, args[i], signature.args[i], types.int64) for i in (2, 3))
+        has_prev_, head_ = (
+            context.cast(b, args[i], signature.args[i], types.boolean) for i in (4, 5)
+        )
+        lo_, hi_ = (context.cast(b, args[i], signature.args[i], types.float32) for i in (7, 8))
+        idx16 = ir.VectorType(_I32, 16)
+        undef = ir.Constant(_VF, ir.Undefined)
+
+        def pattern(k):  # channel of each lane of vector position k
+            return [(16 * k + j) % 3 for j in range(16)]
+
+        def splat(v):
+            u = b.insert_element(undef, v, _I32(0))
+            return b.shuffle_vector(u, undef, ir.Constant(idx16, [0] * 16))
+
+        fabs = _decl(b, "llvm.fabs.v16f32", _VF, [_VF])
+        prefetch = _decl(b, "llvm.prefetch.p0", ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32])
+        vmin = _decl(b, "llvm.minnum.v16f32", _VF, [_VF, _VF])
+        vmax = _decl(b, "llvm.maxnum.v16f32", _VF, [_VF, _VF])
+        mload = _decl(b, "llvm.masked.load.v16f32.p0", _VF, [_VF.as_pointer(), _I32, _VB16, _VF])
+        nn = ("nnan", "nsz")
+        zf = ir.Constant(_VF, None)
+        inf = ir.Constant(_VF, [float("inf")] * 16)
+        ninf = ir.Constant(_VF, [float("-inf")] * 16)
+        lo_v, hi_v = splat(lo_), splat(hi_)
+        h3 = undef
+        for c in range(3):
+            h3 = b.insert_element(h3, b.load(b.gep(hb, [_I64(c)])), _I32(c))
+        hpat = [b.shuffle_vector(h3, undef, ir.Constant(idx16, pattern(k))) for k in range(3)]
+        zi = ir.Constant(idx16, None)
+        one_i = ir.Constant(idx16, [1] * 16)
+        init = {"s1": zf, "s2": zf, "hs": zf, "ts": zf, "lo": zi, "hi": zi, "mn": inf, "mx": ninf}
+        acc = [{k: cgutils.alloca_once_value(b, v) for k, v in init.items()} for _ in range(3)]
+
+        def upd(a, key, fn):
+            b.store(fn(b.load(a[key])), a[key])
+
+        def load(base, at, mask=None, passthru=zf):
+            ptr = b.bitcast(b.gep(base, [at]), _VF.as_pointer())
+            if mask is None:
+                return b.load(ptr, align=4)
+            return b.call(mload, [ptr, _I32(4), mask, passthru])
+
+        def lanes_below(nv):  # <16 x i1>: lanes [0, nv), nv in [0, 16] (i64)
+            t = b.insert_element(ir.Constant(idx16, ir.Undefined), b.trunc(nv, _I32), _I32(0))
+            t = b.shuffle_vector(t, ir.Constant(idx16, ir.Undefined), ir.Constant(idx16, [0] * 16))
+            return b.icmp_signed("<", ir.Constant(idx16, list(range(16))), t)
+
+        def step(px, with_prev, r=None, first=False):
+            # pixels [px, px + 16); r: only the first r (< 16) are inside
+            nvals = None if r is None else b.mul(r, _I64(3))
+            base = b.add(off_, b.mul(px, _I64(3)))
+            for k in range(3):
+                a = acc[k]
+                at = b.add(base, _I64(16 * k))
+                # software prefetch PF32 values ahead, one line per vector: spread over
+                # the loop, so the miss queues stay busy but never overflow (a hint:
+                # never faults, also past the end of the array)
+                for base_ptr in (xb, pb) if with_prev else (xb,):
+                    ahead = b.bitcast(b.gep(base_ptr, [b.add(at, _I64(PF32))]), _I8.as_pointer())
+                    b.call(prefetch, [ahead, _I32(0), _I32(3), _I32(1)])
+                kx = None
+                if nvals is not None:
+                    nv = b.sub(nvals, _I64(16 * k))
+                    nv = b.select(b.icmp_signed("<", nv, _I64(0)), _I64(0), nv)
+                    nv = b.select(b.icmp_signed(">", nv, _I64(16)), _I64(16), nv)
+                    kx = lanes_below(nv)
+                # lanes outside: x = h, so that d, |x - left|, |x - prev| are 0
+                x = load(xb, at, kx, hpat[k])
+                left_at = b.sub(at, _I64(3))
+                if first and k == 0:  # the first pixel (lanes 0-2) is its own neighbour
+                    keep = ir.Constant(_VB16, [0, 0, 0] + [1] * 13)
+                    xm = load(xb, left_at, keep if kx is None else b.and_(keep, kx), x)
+                else:
+                    xm = load(xb, left_at, kx, x)
+                d = b.fsub(x, hpat[k])
+                upd(a, "s1", lambda s, d=d: b.fadd(s, d))
+                upd(
+                    a,
+                    "s2",
+                    lambda s, d=d: b.fadd(
+                        s, b.fmul(d, d, flags=("contract",)), flags=("contract",)
+                    ),
+                )
+                upd(a, "hs", lambda s, x=x, xm=xm: b.fadd(s, b.call(fabs, [b.fsub(x, xm)])))
+                if with_prev:
+                    p = load(pb, at, kx, x)
+                    upd(a, "ts", lambda s, x=x, p=p: b.fadd(s, b.call(fabs, [b.fsub(x, p)])))
+                xn = x if kx is None else b.select(kx, x, inf)
+                xx = x if kx is None else b.select(kx, x, ninf)
+                upd(a, "mn", lambda s, xn=xn: b.call(vmin, [s, xn], fastmath=nn))
+                upd(a, "mx", lambda s, xx=xx: b.call(vmax, [s, xx], fastmath=nn))
+                for key, cmp, lvl in (("lo", "<=", lo_v), ("hi", ">=", hi_v)):
+                    hit = b.fcmp_ordered(cmp, x, lvl)
+                    if kx is not None:
+                        hit = b.and_(hit, kx)
+                    # int32 counters, a masked vpaddd: the float adders are the busy ports
+                    upd(a, key, lambda s, hit=hit: b.select(hit, b.add(s, one_i), s))
+
+        def body(with_prev):
+            _emit_run(b, n_, 16, head_, lambda px, r, first: step(px, with_prev, r, first))
+
+        _with_and_without(b, has_prev_, body)
+        radd = _decl(b, "llvm.vector.reduce.fadd.v16f32", _F32, [_F32, _VF])
+        raddi = _decl(b, "llvm.vector.reduce.add.v16i32", _I32, [idx16])
+        rmin = _decl(b, "llvm.vector.reduce.fmin.v16f32", _F32, [_VF])
+        rmax = _decl(b, "llvm.vector.reduce.fmax.v16f32", _F32, [_VF])
+        for c in range(3):
+            masks = [ir.Constant(_VB16, [int(ch == c) for ch in pattern(k)]) for k in range(3)]
+
+            def pick(key, fill, fn, masks=masks):
+                v = None
+                for k in range(3):
+                    w = b.select(masks[k], b.load(acc[k][key]), fill)
+                    v = w if v is None else fn(v, w)
+                return v
+
+            def tot(key, pick=pick):
+                v = pick(key, zf, b.fadd)
+                return b.call(radd, [ir.Constant(_F32, 0.0), v], fastmath=("reassoc",))
+
+            def count(key, pick=pick):
+                return b.uitofp(b.call(raddi, [pick(key, zi, b.add)]), _F32)
+
+            mn = pick("mn", inf, lambda v, w: b.call(vmin, [v, w], fastmath=nn))
+            mx = pick("mx", ninf, lambda v, w: b.call(vmax, [v, w], fastmath=nn))
+            vals = (
+                tot("s1"),
+                tot("s2"),
+                tot("hs"),
+                count("lo"),
+                count("hi"),
+                b.call(rmin, [mn], fastmath=nn),
+                b.call(rmax, [mx], fastmath=nn),
+                tot("ts"),
+            )
+            for i, v in enumerate(vals):
+                b.store(v, b.gep(ob, [_I64(8 * c + i)]))
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @njit(fastmath=fm, nogil=True)
-def block_f32_c3(flat, start, npix, width, rows, shifts, st, lo_t, hi_t):
+def block_f32_c3(flat, pflat, has_prev, start, npix, width, rows, shifts, st, lo_t, hi_t):
     # block_f32 for a block of `rows` rows of a 3-channel NHWC frame read in place:
-    # flat[start : start + 3 * npix]. shifts [3] float32 (updated), st [3, 8].
+    # flat[start : start + 3 * npix] (pflat the previous frame, read when has_prev).
+    # shifts [3] float32 (updated), st [3, 10] as block_f32's st for each channel.
     # Returns False (st untouched) when a segment's float32 sums are not finite.
     loc = np.empty((3, 8))
-    r = np.empty((3, 7), dtype=np.float32)
+    r = np.empty((3, 8), dtype=np.float32)
+    ts = np.zeros(3)
+    ts_ok = True
     for c in range(3):
         for j in range(8):
             loc[c, j] = st[c, j]
@@ -1736,17 +1839,8 @@ def block_f32_c3(flat, start, npix, width, rows, shifts, st, lo_t, hi_t):
     step = SEG_C3
     for w0 in range(0, npix, step):
         w1 = min(npix, w0 + step)
-        prefetch_block(flat, start + 3 * w1 + PF32, start + 3 * (w1 + step) + PF32)
-        sc = flat[start + 3 * w0 : start + 3 * w1]
-        if w0 > 0:
-            q0 = flat[start + 3 * w0 - 3]
-            q1 = flat[start + 3 * w0 - 2]
-            q2 = flat[start + 3 * w0 - 1]
-        else:
-            q0 = sc[0]
-            q1 = sc[1]
-            q2 = sc[2]
-        seg_f32_c3(sc, q0, q1, q2, shifts[0], shifts[1], shifts[2], lo_t, hi_t, r)
+        base = start + 3 * w0
+        f32_c3_seg(flat, pflat, base, w1 - w0, has_prev, w0 == 0, shifts, lo_t, hi_t, r)
         for c in range(3):
             if not (abs(r[c, 0]) < np.inf and abs(r[c, 1]) < np.inf and abs(r[c, 2]) < np.inf):
                 return False
@@ -1759,8 +1853,12 @@ def block_f32_c3(flat, start, npix, width, rows, shifts, st, lo_t, hi_t):
                 shifts[c] = np.float32(np.float64(shifts[c]) + s1 / n)
                 redo = True
         if redo:  # mean far from the shift relative to the spread: redo around the mean
-            seg_f32_c3(sc, q0, q1, q2, shifts[0], shifts[1], shifts[2], lo_t, hi_t, r)
+            f32_c3_seg(flat, pflat, base, w1 - w0, has_prev, w0 == 0, shifts, lo_t, hi_t, r)
         for c in range(3):
+            if has_prev:
+                if not abs(r[c, 7]) < np.inf:  # a NaN or inf in the previous frame
+                    ts_ok = False
+                ts[c] += np.float64(r[c, 7])
             sh = np.float64(shifts[c])
             s1 = np.float64(r[c, 0])
             s2 = np.float64(r[c, 1])
@@ -1775,7 +1873,7 @@ def block_f32_c3(flat, start, npix, width, rows, shifts, st, lo_t, hi_t):
                 s1 = 0.0
                 s2 = 0.0
                 for w in range(w1 - w0):
-                    d = np.float64(sc[3 * w + c]) - sh
+                    d = np.float64(flat[base + 3 * w + c]) - sh
                     s1 += d
                     s2 += d * d
             mb = sh + s1 / n
@@ -1800,23 +1898,9 @@ def block_f32_c3(flat, start, npix, width, rows, shifts, st, lo_t, hi_t):
         st[c, 5] += max(hs, 0.0)
         st[c, 6] = loc[c, 6]
         st[c, 7] = loc[c, 7]
+        st[c, 8] = ts[c]
+        st[c, 9] = 1.0 if ts_ok else 0.0
     return True
-
-
-@njit(fastmath=fm, nogil=True)
-def tdiff_f32_c3(sc, pc, out):
-    # out[c] += sum |sc - pc| over channel c of 3 interleaved channels (float32 sums).
-    z = np.float32(0.0)
-    t0 = z
-    t1 = z
-    t2 = z
-    for w in range(sc.size // 3):
-        t0 += abs(sc[3 * w] - pc[3 * w])
-        t1 += abs(sc[3 * w + 1] - pc[3 * w + 1])
-        t2 += abs(sc[3 * w + 2] - pc[3 * w + 2])
-    out[0] = t0
-    out[1] = t1
-    out[2] = t2
 
 
 @njit(nogil=True)
@@ -1895,7 +1979,10 @@ def item_f32(x, px, nhwc, has_prev, lo, hi, lo_t, hi_t, n, c_only, r0, r1, acc, 
                             acc[c, A_SHIFT] = np.float64(v0)
                             have[c] = True
                             break
-            if block_f32_c3(flat, src0, m, width, h1 - h0, shifts, st, lo_t, hi_t):
+            ok = block_f32_c3(
+                flat, pflat, has_prev, src0, m, width, h1 - h0, shifts, st, lo_t, hi_t
+            )
+            if ok:
                 for c in range(3):
                     acc[c, A_HC] += (h1 - h0) * (width - 1)
             else:  # rare: de-interleave and classify every value, in float64
@@ -1915,21 +2002,11 @@ def item_f32(x, px, nhwc, has_prev, lo, hi, lo_t, hi_t, n, c_only, r0, r1, acc, 
                             fc,
                         )
             if has_prev:
-                tt = np.empty(3, dtype=np.float32)
-                ts3 = np.zeros(3)
-                fin = True
-                for a in range(0, 3 * m, 3 * SEG32):
-                    b = min(3 * m, a + 3 * SEG32)
-                    tdiff_f32_c3(flat[src0 + a : src0 + b], pflat[src0 + a : src0 + b], tt)
+                if ok and st[0, 9] != 0.0:
                     for c in range(3):
-                        if not abs(tt[c]) < np.inf:
-                            fin = False
-                        ts3[c] += np.float64(tt[c])
-                if fin:
-                    for c in range(3):
-                        acc[c, A_TS] += ts3[c]
+                        acc[c, A_TS] += st[c, 8]
                         acc[c, A_TC] += m
-                else:
+                else:  # a NaN or inf in either frame: only pairs of finite values count
                     buf = np.empty((channels, m), dtype=x.dtype)
                     pbuf = np.empty((channels, m), dtype=x.dtype)
                     deinterleave_pf(flat, src0, m, channels, buf)
