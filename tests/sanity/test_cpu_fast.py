@@ -210,6 +210,35 @@ def test_nonfinite_at_segment_and_row_boundaries() -> None:
     assert got.count.tolist() == [[3 * w - 3]]
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_float32_values_at_segment_edges(layout: str) -> None:
+    """float32 loops: NaN / inf / outliers at the edges of SEG32 / SEG_C3 segments and of
+    the 48-value vector steps, widths that leave partial steps, with and without prev."""
+    from edgeguard.guard.sanity import _cpu_kernels as k
+
+    seg = k.SEG32 if layout == "NCHW" else k.SEG_C3
+    rng = np.random.default_rng(11)
+    for w in (seg - 1, seg, seg + 5, 2 * seg + 17):
+        shape = (1, 3, 3, w) if layout == "NCHW" else (1, 3, w, 3)
+        x = (0.5 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+        prev = (x + 0.01 * rng.standard_normal(shape)).astype(np.float32)
+        _agree(x, layout=layout, prev=prev)
+        flat = x.reshape(-1)
+        step = 1 if layout == "NCHW" else 3
+        for i, v in ((seg - 1, 40.0), (seg, -3.0), (47, 9.0), (48, 0.0)):
+            if i * step < flat.size:
+                flat[i * step] = v  # outliers at the last / first value of a segment or step
+        _agree(x, layout=layout, prev=prev, sat_lo=0.0, sat_hi=1.0)
+        flat[(seg - 1) * step] = np.nan
+        _agree(x, layout=layout, prev=prev)
+        pflat = prev.reshape(-1)
+        pflat[seg * step if seg * step < pflat.size else 0] = np.inf  # only prev non-finite
+        flat[(seg - 1) * step] = 0.25
+        got = numba_stats(x, layout=layout, prev=prev)
+        _agree(x, layout=layout, prev=prev)
+        assert got.nan.tolist() == [0]
+
+
 def test_uint8_rows_longer_than_a_segment_and_near_constant() -> None:
     from edgeguard.guard.sanity import _cpu_kernels as k
 
@@ -314,7 +343,7 @@ def test_nonfinite_in_a_middle_block_is_classified() -> None:
 
 
 def _f32_frames(kind: str, layout: str, rng: np.random.Generator) -> np.ndarray:
-    h, w, c = 130, 97, 3  # segments of 512 (NCHW) / 256 pixels (NHWC) span row starts
+    h, w, c = 130, 97, 3  # segments of SEG32 values (NCHW) / SEG_C3 pixels span row starts
     if kind == "offset":  # mean far from zero, tiny spread: cancellation if unshifted
         x = 1000.0 + 1e-3 * rng.standard_normal((2, c, h, w))
     elif kind == "outlier_first":  # first value far from the rest: the shift is redone

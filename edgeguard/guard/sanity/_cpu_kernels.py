@@ -1439,13 +1439,16 @@ def merge(part, kpart, nb, kind, eps, out):
 # float32 path: float32 arithmetic inside short segments, float64 between them
 #
 # A segment is at most SEG32 consecutive elements of one channel (they may span image
-# rows; the pairs that cross a row start are taken out afterwards). Inside a segment,
-# one vectorised loop (16 float32 lanes) computes, in float32, the shifted sums
-# s1 = sum(d), s2 = sum(d*d) with d = v - shift, the horizontal |v[w] - v[w-1]|, the
-# saturation counts (exact: at most SEG32 per lane), min and max. Each segment then
-# becomes (n, mean, M2) in float64 and is merged with Chan's formula, so rounding does
-# not grow with the frame size. The shift of a segment is the previous segment's mean,
-# and a segment whose mean lies far from its shift relative to its own spread
+# rows; the pairs that cross a row start are taken out afterwards), or SEG_C3 pixels
+# of interleaved 3-channel NHWC data read in place. Inside a segment, one loop written
+# in LLVM IR (f32_c1_seg / f32_c3_seg: three 16-lane float32 vectors per step, so each
+# lane sums at most SEG32 / 48 values) computes, in float32, the shifted sums
+# s1 = sum(d), s2 = sum(d*d) with d = v - shift, the horizontal |v[w] - v[w-1]|,
+# |v - prev|, the saturation counts (int32), min and max. Each segment's float64 sums
+# go into a run (one channel) or become (n, mean, M2) merged with Chan's formula
+# (3 channels), so rounding does not grow with the frame size. The shift of a segment
+# is the previous segment's mean, and a segment whose mean lies far from its shift
+# relative to its own spread
 # (s1^2 / n > 4 M2: the cancellation would amplify float32 rounding) is recomputed,
 # from L1, with its own mean as shift. A segment whose deviations are all below 1e-14
 # (float32 squares would underflow) is recomputed in float64; a segment whose float32
@@ -1454,8 +1457,8 @@ def merge(part, kpart, nb, kind, eps, out):
 # resulting error bound.
 
 #: Elements per float32 segment.
-SEG32 = 1 << 9
-#: Software-prefetch distance of the float32 path, in elements (8 KiB ahead).
+SEG32 = 1 << 11
+#: Software-prefetch distance of the float32 path, in elements (16 KiB ahead).
 PF32 = 1 << 12
 #: Elements per channel in a block of rows of the float32 path (at least one row).
 BLOCK32 = 1 << 11
@@ -1483,54 +1486,7 @@ def run_into(cnt, mean, m2, rn, sh, r1, r2):
 
 
 @njit(fastmath=fm, nogil=True)
-def seg_f32(ext, pext, has_prev, first, shift, lo_t, hi_t):
-    # One fused float32 pass over a segment: ext[1:] (ext[0] is the element before it,
-    # read for the first horizontal pair), or all of ext when first (the block's first
-    # segment; ext[0] then has no left neighbour). pext: the previous frame's values at
-    # the same places, read when has_prev for ts = sum |ext - pext| (LLVM unswitches
-    # the loop on has_prev). Segments are whole multiples of the vector width so that
-    # no scalar remainder runs. The saturation counts need a second (L1) loop only when
-    # min or max reach a level.
-    zero = np.float32(0.0)
-    s1 = zero
-    s2 = zero
-    ts = zero
-    hs = zero
-    mn = ext[ext.size - 1]
-    mx = mn
-    w0 = 1
-    if first:
-        w0 = 0
-        d0 = ext[0] - shift
-        s1 += d0
-        s2 += d0 * d0
-        mn = fmin_finite(mn, ext[0])
-        mx = fmax_finite(mx, ext[0])
-        if has_prev:
-            ts += abs(ext[0] - pext[0])
-    for w in range(1, ext.size):
-        v = ext[w]
-        d = v - shift
-        s1 += d
-        s2 += d * d
-        mn = fmin_finite(mn, v)
-        mx = fmax_finite(mx, v)
-        hs += abs(v - ext[w - 1])
-        if has_prev:
-            ts += abs(v - pext[w])
-    slo = zero
-    shi = zero
-    if mn <= lo_t or mx >= hi_t:
-        one = np.float32(1.0)
-        for w in range(w0, ext.size):
-            v = ext[w]
-            slo += one if v <= lo_t else zero
-            shi += one if v >= hi_t else zero
-    return s1, s2, hs, slo, shi, mn, mx, ts
-
-
-@njit(fastmath=fm, nogil=True)
-def block_f32(blk, pblk, has_prev, shift, lo_t, hi_t, st, width, rows, src, psrc, off):
+def block_f32(blk, pblk, has_prev, shift, lo_t, hi_t, st, width, rows):
     # Fast statistics of one channel's block of `rows` image rows (blk contiguous,
     # rows * width elements; pblk the previous frame's, read when has_prev). st [10]:
     # running cnt, mean, m2, slo, shi, hs, min, max, then this block's ts and ts-ok
@@ -1539,10 +1495,8 @@ def block_f32(blk, pblk, has_prev, shift, lo_t, hi_t, st, width, rows, src, psrc
     # (ok, next shift). Segments sum deviations from one shift into a float64 run;
     # a run goes into the Chan state only when a segment's mean is more than two of
     # its standard deviations from the shift (then that segment is redone around its
-    # own mean, which starts the next run). When off >= 0, blk is
-    # src[off : off + blk.size] (pblk likewise psrc) and the data PF32 elements ahead
-    # is prefetched one segment at a time (spread out, so the miss queues stay busy
-    # but never full).
+    # own mean, which starts the next run). Segments are SEG32 values of the one-channel
+    # loop f32_c1_seg, which also prefetches ahead.
     m = blk.size
     cnt = st[0]
     mean = st[1]
@@ -1558,20 +1512,14 @@ def block_f32(blk, pblk, has_prev, shift, lo_t, hi_t, st, width, rows, src, psrc
     ts_ok = 1.0
     mn = st[6]
     mx = st[7]
-    for a0 in range(0, m, SEG32):
-        # segments [a, b): the first is one element longer, so that every loop in
-        # seg_f32 runs exactly SEG32 times
-        a = a0 + 1 if a0 > 0 else 0
-        b = min(m, a0 + SEG32 + 1)
-        if a >= b:
-            break
-        if off >= 0:
-            prefetch_block(src, off + a + PF32, off + b + PF32)
-            if has_prev:
-                prefetch_block(psrc, off + a + PF32, off + b + PF32)
-        e = max(a - 1, 0)
-        seg = blk[a:b]
-        r = seg_f32(blk[e:b], pblk[e:b], has_prev, a == 0, shift, lo_t, hi_t)
+    hh = np.empty(1, dtype=np.float32)
+    out = np.empty((1, 8), dtype=np.float32)
+    out2 = np.empty((1, 8), dtype=np.float32)
+    for a in range(0, m, SEG32):
+        b = min(m, a + SEG32)
+        hh[0] = shift
+        f32_c1_seg(blk, pblk, a, b - a, has_prev, a == 0, hh, lo_t, hi_t, out)
+        r = out[0]
         if not (abs(r[1]) < np.inf and abs(r[0]) < np.inf and abs(r[2]) < np.inf):
             return False, shift
         n = np.float64(b - a)
@@ -1600,13 +1548,14 @@ def block_f32(blk, pblk, has_prev, shift, lo_t, hi_t, st, width, rows, src, psrc
                 sh = np.float64(shift)
                 redo = True
             if max(smx - sh, sh - smn) < TINY32:  # float32 squares would underflow
-                q = seg_fast(seg, 0, seg.size, sh, lo_t, hi_t, np.float32(1.0))
+                q = seg_fast(blk[a:b], 0, b - a, sh, lo_t, hi_t, np.float32(1.0))
                 s1 = q[0]
                 s2 = q[1]
             elif redo:
-                q32 = seg_f32(blk[e:b], blk[e:b], False, a == 0, shift, lo_t, hi_t)
-                s1 = np.float64(q32[0])
-                s2 = np.float64(q32[1])
+                hh[0] = shift  # into out2: r (a view of out) is read below
+                f32_c1_seg(blk, blk, a, b - a, False, a == 0, hh, lo_t, hi_t, out2)
+                s1 = np.float64(out2[0, 0])
+                s2 = np.float64(out2[0, 1])
         rn += n
         r1 += s1
         r2 += s2
@@ -1641,183 +1590,186 @@ _VF = ir.VectorType(_F32, 16)
 _VB16 = ir.VectorType(ir.IntType(1), 16)
 
 
-@intrinsic
-def f32_c3_seg(typingctx, arr, parr, off, npix, has_prev, head, h, lo_t, hi_t, out):
-    """Float32 statistics of ``npix`` interleaved 3-channel pixels.
+def _f32_seg_intrinsic(C):
+    """The float32 segment loop for C interleaved channels (C = 1: one channel's run).
 
-    Pixels ``arr.flat[off + 3 w + c]``; ``head``: the first pixel starts a row (it is
-    its own left neighbour; otherwise the pixel before it is read); ``h[c]``: the
-    shifts. Fills ``out[c, :]`` (float32) with s1 = sum(x - h), s2 = sum((x - h)^2),
-    hs = sum |x - left|, #(x <= lo_t), #(x >= hi_t), min, max and ts = sum
-    |x - prev| (0 without ``has_prev``). As in ``seg_f32``, the sums are only
-    meaningful when they come back finite (min/max assume no NaN): the caller then
-    takes the careful path.
+    The intrinsic ``f32_seg(arr, parr, off, npix, has_prev, head, h, lo_t, hi_t, out)``
+    reads pixels ``arr.flat[off + C w + c]``, w < npix; ``head``: the first pixel starts
+    a row (it is its own left neighbour; otherwise the pixel before it is read);
+    ``h[c]``: the shifts. It fills ``out[c, :]`` (float32) with s1 = sum(x - h), s2 =
+    sum((x - h)^2), hs = sum |x - left|, #(x <= lo_t), #(x >= hi_t), min, max and ts =
+    sum |x - prev| (0 without ``has_prev``). The sums are only meaningful when they
+    come back finite (min/max assume no NaN): the caller then takes the careful path.
 
-    No de-interleaving: 16 pixels are three 16-float vectors, and every statistic is
-    element-wise, so each vector position keeps its own accumulators (its lanes hold
-    a fixed pattern of channels); a value's left neighbour is the load three floats
-    earlier. The channels are separated once, at the end, by constant lane masks. The
-    last partial step uses masked loads. Plain LLVM IR (vector float ops, no target
-    intrinsic): it runs wherever numba does.
+    A step is 48 values in three 16-float vectors (three independent chains). No
+    de-interleaving: every statistic is element-wise, so each vector position keeps
+    its own accumulators (its lanes hold a fixed pattern of channels); a value's left
+    neighbour is the load C floats earlier; the channels are separated once, at the
+    end, by constant lane masks. The last partial step uses masked loads. The data
+    PF32 values ahead is prefetched one line per vector, spread through the loop, so
+    the miss queues stay busy but never overflow (a hint: it never faults, also past
+    the end of the array). Plain LLVM IR (vector float ops, no target intrinsic): it
+    runs wherever numba does.
     """
-    if not (
-        isinstance(arr, types.Array)
-        and arr.layout == "C"
-        and arr.dtype == types.float32
-        and arr == parr
-        and all(isinstance(t, types.Array) and t.dtype == types.float32 for t in (h, out))
-    ):
-        return None
-    sig = types.void(arr, parr, off, npix, has_prev, head, h, lo_t, hi_t, out)
+    step_px = 48 // C
 
-    def codegen(context, builder, signature, args):
-        b = builder
-        fp = _F32.as_pointer()
-        xb, pb, hb, ob = (
-            b.bitcast(context.make_array(signature.args[i])(context, b, args[i]).data, fp)
-            for i in (0, 1, 6, 9)
-        )
-        off_, n_ = (context.cast(b, args[i], signature.args[i], types.int64) for i in (2, 3))
-        has_prev_, head_ = (
-            context.cast(b, args[i], signature.args[i], types.boolean) for i in (4, 5)
-        )
-        lo_, hi_ = (context.cast(b, args[i], signature.args[i], types.float32) for i in (7, 8))
-        idx16 = ir.VectorType(_I32, 16)
-        undef = ir.Constant(_VF, ir.Undefined)
+    @intrinsic
+    def f32_seg(typingctx, arr, parr, off, npix, has_prev, head, h, lo_t, hi_t, out):
+        if not (
+            isinstance(arr, types.Array)
+            and arr.layout == "C"
+            and arr.dtype == types.float32
+            and arr == parr
+            and all(isinstance(t, types.Array) and t.dtype == types.float32 for t in (h, out))
+        ):
+            return None
+        sig = types.void(arr, parr, off, npix, has_prev, head, h, lo_t, hi_t, out)
+        return sig, functools.partial(_f32_seg_codegen, C, step_px)
 
-        def pattern(k):  # channel of each lane of vector position k
-            return [(16 * k + j) % 3 for j in range(16)]
+    return f32_seg
 
-        def splat(v):
-            u = b.insert_element(undef, v, _I32(0))
-            return b.shuffle_vector(u, undef, ir.Constant(idx16, [0] * 16))
 
-        fabs = _decl(b, "llvm.fabs.v16f32", _VF, [_VF])
-        prefetch = _decl(b, "llvm.prefetch.p0", ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32])
-        vmin = _decl(b, "llvm.minnum.v16f32", _VF, [_VF, _VF])
-        vmax = _decl(b, "llvm.maxnum.v16f32", _VF, [_VF, _VF])
-        mload = _decl(b, "llvm.masked.load.v16f32.p0", _VF, [_VF.as_pointer(), _I32, _VB16, _VF])
-        nn = ("nnan", "nsz")
-        zf = ir.Constant(_VF, None)
-        inf = ir.Constant(_VF, [float("inf")] * 16)
-        ninf = ir.Constant(_VF, [float("-inf")] * 16)
-        lo_v, hi_v = splat(lo_), splat(hi_)
-        h3 = undef
-        for c in range(3):
-            h3 = b.insert_element(h3, b.load(b.gep(hb, [_I64(c)])), _I32(c))
-        hpat = [b.shuffle_vector(h3, undef, ir.Constant(idx16, pattern(k))) for k in range(3)]
-        zi = ir.Constant(idx16, None)
-        one_i = ir.Constant(idx16, [1] * 16)
-        init = {"s1": zf, "s2": zf, "hs": zf, "ts": zf, "lo": zi, "hi": zi, "mn": inf, "mx": ninf}
-        acc = [{k: cgutils.alloca_once_value(b, v) for k, v in init.items()} for _ in range(3)]
+def _f32_seg_codegen(C, step_px, context, builder, signature, args):
+    b = builder
+    fp = _F32.as_pointer()
+    xb, pb, hb, ob = (
+        b.bitcast(context.make_array(signature.args[i])(context, b, args[i]).data, fp)
+        for i in (0, 1, 6, 9)
+    )
+    off_, n_ = (context.cast(b, args[i], signature.args[i], types.int64) for i in (2, 3))
+    has_prev_, head_ = (context.cast(b, args[i], signature.args[i], types.boolean) for i in (4, 5))
+    lo_, hi_ = (context.cast(b, args[i], signature.args[i], types.float32) for i in (7, 8))
+    idx16 = ir.VectorType(_I32, 16)
+    undef = ir.Constant(_VF, ir.Undefined)
 
-        def upd(a, key, fn):
-            b.store(fn(b.load(a[key])), a[key])
+    def pattern(k):  # channel of each lane of vector position k
+        return [(16 * k + j) % C for j in range(16)]
 
-        def load(base, at, mask=None, passthru=zf):
-            ptr = b.bitcast(b.gep(base, [at]), _VF.as_pointer())
-            if mask is None:
-                return b.load(ptr, align=4)
-            return b.call(mload, [ptr, _I32(4), mask, passthru])
+    def splat(v):
+        u = b.insert_element(undef, v, _I32(0))
+        return b.shuffle_vector(u, undef, ir.Constant(idx16, [0] * 16))
 
-        def lanes_below(nv):  # <16 x i1>: lanes [0, nv), nv in [0, 16] (i64)
-            t = b.insert_element(ir.Constant(idx16, ir.Undefined), b.trunc(nv, _I32), _I32(0))
-            t = b.shuffle_vector(t, ir.Constant(idx16, ir.Undefined), ir.Constant(idx16, [0] * 16))
-            return b.icmp_signed("<", ir.Constant(idx16, list(range(16))), t)
+    fabs = _decl(b, "llvm.fabs.v16f32", _VF, [_VF])
+    prefetch = _decl(b, "llvm.prefetch.p0", ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32])
+    vmin = _decl(b, "llvm.minnum.v16f32", _VF, [_VF, _VF])
+    vmax = _decl(b, "llvm.maxnum.v16f32", _VF, [_VF, _VF])
+    mload = _decl(b, "llvm.masked.load.v16f32.p0", _VF, [_VF.as_pointer(), _I32, _VB16, _VF])
+    nn = ("nnan", "nsz")
+    zf = ir.Constant(_VF, None)
+    inf = ir.Constant(_VF, [float("inf")] * 16)
+    ninf = ir.Constant(_VF, [float("-inf")] * 16)
+    lo_v, hi_v = splat(lo_), splat(hi_)
+    hc = undef
+    for c in range(C):
+        hc = b.insert_element(hc, b.load(b.gep(hb, [_I64(c)])), _I32(c))
+    hpat = [b.shuffle_vector(hc, undef, ir.Constant(idx16, pattern(k))) for k in range(3)]
+    zi = ir.Constant(idx16, None)
+    one_i = ir.Constant(idx16, [1] * 16)
+    init = {"s1": zf, "s2": zf, "hs": zf, "ts": zf, "lo": zi, "hi": zi, "mn": inf, "mx": ninf}
+    acc = [{k: cgutils.alloca_once_value(b, v) for k, v in init.items()} for _ in range(3)]
 
-        def step(px, with_prev, r=None, first=False):
-            # pixels [px, px + 16); r: only the first r (< 16) are inside
-            nvals = None if r is None else b.mul(r, _I64(3))
-            base = b.add(off_, b.mul(px, _I64(3)))
+    def upd(a, key, fn):
+        b.store(fn(b.load(a[key])), a[key])
+
+    def load(base, at, mask=None, passthru=zf):
+        ptr = b.bitcast(b.gep(base, [at]), _VF.as_pointer())
+        if mask is None:
+            return b.load(ptr, align=4)
+        return b.call(mload, [ptr, _I32(4), mask, passthru])
+
+    def lanes_below(nv):  # <16 x i1>: lanes [0, nv), nv in [0, 16] (i64)
+        t = b.insert_element(ir.Constant(idx16, ir.Undefined), b.trunc(nv, _I32), _I32(0))
+        t = b.shuffle_vector(t, ir.Constant(idx16, ir.Undefined), ir.Constant(idx16, [0] * 16))
+        return b.icmp_signed("<", ir.Constant(idx16, list(range(16))), t)
+
+    def step(px, with_prev, r=None, first=False):
+        # pixels [px, px + step_px); r: only the first r (< step_px) are inside
+        nvals = None if r is None else b.mul(r, _I64(C))
+        base = b.add(off_, b.mul(px, _I64(C)))
+        for k in range(3):
+            a = acc[k]
+            at = b.add(base, _I64(16 * k))
+            for base_ptr in (xb, pb) if with_prev else (xb,):
+                ahead = b.bitcast(b.gep(base_ptr, [b.add(at, _I64(PF32))]), _I8.as_pointer())
+                b.call(prefetch, [ahead, _I32(0), _I32(3), _I32(1)])
+            kx = None
+            if nvals is not None:
+                nv = b.sub(nvals, _I64(16 * k))
+                nv = b.select(b.icmp_signed("<", nv, _I64(0)), _I64(0), nv)
+                nv = b.select(b.icmp_signed(">", nv, _I64(16)), _I64(16), nv)
+                kx = lanes_below(nv)
+            # lanes outside: x = h, so that d, |x - left|, |x - prev| are 0
+            x = load(xb, at, kx, hpat[k])
+            left_at = b.sub(at, _I64(C))
+            if first and k == 0:  # the first pixel (lanes < C) is its own neighbour
+                keep = ir.Constant(_VB16, [0] * C + [1] * (16 - C))
+                xm = load(xb, left_at, keep if kx is None else b.and_(keep, kx), x)
+            else:
+                xm = load(xb, left_at, kx, x)
+            d = b.fsub(x, hpat[k])
+            sq = b.fmul(d, d, flags=("contract",))
+            upd(a, "s1", lambda s, d=d: b.fadd(s, d))
+            upd(a, "s2", lambda s, sq=sq: b.fadd(s, sq, flags=("contract",)))
+            upd(a, "hs", lambda s, x=x, xm=xm: b.fadd(s, b.call(fabs, [b.fsub(x, xm)])))
+            if with_prev:
+                p = load(pb, at, kx, x)
+                upd(a, "ts", lambda s, x=x, p=p: b.fadd(s, b.call(fabs, [b.fsub(x, p)])))
+            xn = x if kx is None else b.select(kx, x, inf)
+            xx = x if kx is None else b.select(kx, x, ninf)
+            upd(a, "mn", lambda s, xn=xn: b.call(vmin, [s, xn], fastmath=nn))
+            upd(a, "mx", lambda s, xx=xx: b.call(vmax, [s, xx], fastmath=nn))
+            for key, cmp, lvl in (("lo", "<=", lo_v), ("hi", ">=", hi_v)):
+                hit = b.fcmp_ordered(cmp, x, lvl)
+                if kx is not None:
+                    hit = b.and_(hit, kx)
+                # int32 counters, a masked vpaddd: the float adders are the busy ports
+                upd(a, key, lambda s, hit=hit: b.select(hit, b.add(s, one_i), s))
+
+    def body(with_prev):
+        _emit_run(b, n_, step_px, head_, lambda px, r, first: step(px, with_prev, r, first))
+
+    _with_and_without(b, has_prev_, body)
+    radd = _decl(b, "llvm.vector.reduce.fadd.v16f32", _F32, [_F32, _VF])
+    raddi = _decl(b, "llvm.vector.reduce.add.v16i32", _I32, [idx16])
+    rmin = _decl(b, "llvm.vector.reduce.fmin.v16f32", _F32, [_VF])
+    rmax = _decl(b, "llvm.vector.reduce.fmax.v16f32", _F32, [_VF])
+    for c in range(C):
+        masks = [ir.Constant(_VB16, [int(ch == c) for ch in pattern(k)]) for k in range(3)]
+
+        def pick(key, fill, fn, masks=masks):
+            v = None
             for k in range(3):
-                a = acc[k]
-                at = b.add(base, _I64(16 * k))
-                # software prefetch PF32 values ahead, one line per vector: spread over
-                # the loop, so the miss queues stay busy but never overflow (a hint:
-                # never faults, also past the end of the array)
-                for base_ptr in (xb, pb) if with_prev else (xb,):
-                    ahead = b.bitcast(b.gep(base_ptr, [b.add(at, _I64(PF32))]), _I8.as_pointer())
-                    b.call(prefetch, [ahead, _I32(0), _I32(3), _I32(1)])
-                kx = None
-                if nvals is not None:
-                    nv = b.sub(nvals, _I64(16 * k))
-                    nv = b.select(b.icmp_signed("<", nv, _I64(0)), _I64(0), nv)
-                    nv = b.select(b.icmp_signed(">", nv, _I64(16)), _I64(16), nv)
-                    kx = lanes_below(nv)
-                # lanes outside: x = h, so that d, |x - left|, |x - prev| are 0
-                x = load(xb, at, kx, hpat[k])
-                left_at = b.sub(at, _I64(3))
-                if first and k == 0:  # the first pixel (lanes 0-2) is its own neighbour
-                    keep = ir.Constant(_VB16, [0, 0, 0] + [1] * 13)
-                    xm = load(xb, left_at, keep if kx is None else b.and_(keep, kx), x)
-                else:
-                    xm = load(xb, left_at, kx, x)
-                d = b.fsub(x, hpat[k])
-                upd(a, "s1", lambda s, d=d: b.fadd(s, d))
-                upd(
-                    a,
-                    "s2",
-                    lambda s, d=d: b.fadd(
-                        s, b.fmul(d, d, flags=("contract",)), flags=("contract",)
-                    ),
-                )
-                upd(a, "hs", lambda s, x=x, xm=xm: b.fadd(s, b.call(fabs, [b.fsub(x, xm)])))
-                if with_prev:
-                    p = load(pb, at, kx, x)
-                    upd(a, "ts", lambda s, x=x, p=p: b.fadd(s, b.call(fabs, [b.fsub(x, p)])))
-                xn = x if kx is None else b.select(kx, x, inf)
-                xx = x if kx is None else b.select(kx, x, ninf)
-                upd(a, "mn", lambda s, xn=xn: b.call(vmin, [s, xn], fastmath=nn))
-                upd(a, "mx", lambda s, xx=xx: b.call(vmax, [s, xx], fastmath=nn))
-                for key, cmp, lvl in (("lo", "<=", lo_v), ("hi", ">=", hi_v)):
-                    hit = b.fcmp_ordered(cmp, x, lvl)
-                    if kx is not None:
-                        hit = b.and_(hit, kx)
-                    # int32 counters, a masked vpaddd: the float adders are the busy ports
-                    upd(a, key, lambda s, hit=hit: b.select(hit, b.add(s, one_i), s))
+                w = b.select(masks[k], b.load(acc[k][key]), fill)
+                v = w if v is None else fn(v, w)
+            return v
 
-        def body(with_prev):
-            _emit_run(b, n_, 16, head_, lambda px, r, first: step(px, with_prev, r, first))
+        def tot(key, pick=pick):
+            v = pick(key, zf, b.fadd)
+            return b.call(radd, [ir.Constant(_F32, 0.0), v], fastmath=("reassoc",))
 
-        _with_and_without(b, has_prev_, body)
-        radd = _decl(b, "llvm.vector.reduce.fadd.v16f32", _F32, [_F32, _VF])
-        raddi = _decl(b, "llvm.vector.reduce.add.v16i32", _I32, [idx16])
-        rmin = _decl(b, "llvm.vector.reduce.fmin.v16f32", _F32, [_VF])
-        rmax = _decl(b, "llvm.vector.reduce.fmax.v16f32", _F32, [_VF])
-        for c in range(3):
-            masks = [ir.Constant(_VB16, [int(ch == c) for ch in pattern(k)]) for k in range(3)]
+        def count(key, pick=pick):
+            return b.uitofp(b.call(raddi, [pick(key, zi, b.add)]), _F32)
 
-            def pick(key, fill, fn, masks=masks):
-                v = None
-                for k in range(3):
-                    w = b.select(masks[k], b.load(acc[k][key]), fill)
-                    v = w if v is None else fn(v, w)
-                return v
+        mn = pick("mn", inf, lambda v, w: b.call(vmin, [v, w], fastmath=nn))
+        mx = pick("mx", ninf, lambda v, w: b.call(vmax, [v, w], fastmath=nn))
+        vals = (
+            tot("s1"),
+            tot("s2"),
+            tot("hs"),
+            count("lo"),
+            count("hi"),
+            b.call(rmin, [mn], fastmath=nn),
+            b.call(rmax, [mx], fastmath=nn),
+            tot("ts"),
+        )
+        for i, v in enumerate(vals):
+            b.store(v, b.gep(ob, [_I64(8 * c + i)]))
+    return context.get_dummy_value()
 
-            def tot(key, pick=pick):
-                v = pick(key, zf, b.fadd)
-                return b.call(radd, [ir.Constant(_F32, 0.0), v], fastmath=("reassoc",))
 
-            def count(key, pick=pick):
-                return b.uitofp(b.call(raddi, [pick(key, zi, b.add)]), _F32)
-
-            mn = pick("mn", inf, lambda v, w: b.call(vmin, [v, w], fastmath=nn))
-            mx = pick("mx", ninf, lambda v, w: b.call(vmax, [v, w], fastmath=nn))
-            vals = (
-                tot("s1"),
-                tot("s2"),
-                tot("hs"),
-                count("lo"),
-                count("hi"),
-                b.call(rmin, [mn], fastmath=nn),
-                b.call(rmax, [mx], fastmath=nn),
-                tot("ts"),
-            )
-            for i, v in enumerate(vals):
-                b.store(v, b.gep(ob, [_I64(8 * c + i)]))
-        return context.get_dummy_value()
-
-    return sig, codegen
+#: The float32 segment loops: 3 interleaved channels (NHWC) and one channel's run.
+f32_c3_seg = _f32_seg_intrinsic(3)
+f32_c1_seg = _f32_seg_intrinsic(1)
 
 
 @njit(fastmath=fm, nogil=True)
@@ -2024,7 +1976,6 @@ def item_f32(x, px, nhwc, has_prev, lo, hi, lo_t, hi_t, n, c_only, r0, r1, acc, 
             if nhwc:
                 blk = buf[c, :m]
                 pblk = pbuf[c, :m] if has_prev else blk
-                off = -1
             else:
                 off = fbase + c * plane + h0 * width
                 blk = flat[off : off + m]
@@ -2038,9 +1989,7 @@ def item_f32(x, px, nhwc, has_prev, lo, hi, lo_t, hi_t, n, c_only, r0, r1, acc, 
                         ac[A_SHIFT] = np.float64(v0)
                         have[c] = True
                         break
-            ok, nxt = block_f32(
-                blk, pblk, has_prev, shifts[c], lo_t, hi_t, st[c], width, h1 - h0, flat, pflat, off
-            )
+            ok, nxt = block_f32(blk, pblk, has_prev, shifts[c], lo_t, hi_t, st[c], width, h1 - h0)
             if ok:
                 shifts[c] = nxt
                 ac[A_HC] += (h1 - h0) * (width - 1)

@@ -271,9 +271,7 @@ def numba_stats(
         elif simd and not k.U8_SIMD:
             raise UsageError("simd=True: this CPU lacks AVX-512 BW + VNNI (the uint8 SIMD loop)")
         if serial:
-            fo, count, ff = k.stats_u8_ser(
-                kx, kp, nhwc, has_prev, lo_i, hi_i, eps, blk, pf, simd
-            )
+            fo, count, ff = k.stats_u8_ser(kx, kp, nhwc, has_prev, lo_i, hi_i, eps, blk, pf, simd)
         else:
             fo, count, ff = k.stats_u8_par(
                 kx, kp, nhwc, has_prev, lo_i, hi_i, nb, rows, eps, blk, pf, simd
