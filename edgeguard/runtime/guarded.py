@@ -394,6 +394,8 @@ class GuardedRuntime:
         self._sanity = sanity
         # edgeguard's own checker counts NaN/inf in outputs; any other gets the runtime's scan
         self._sanity_scans_outputs = isinstance(sanity, SanityGuard)
+        if isinstance(sanity, SanityGuard):
+            sanity.warm_up()  # compile now, not inside the first frame's deadline
         self._log = event_log
         self.metrics = metrics if metrics is not None else Metrics()
         self._clock = clock

@@ -653,6 +653,6 @@ def test_nonfinite_outputs_caught_with_any_checker(checker: str) -> None:
     assert isinstance(sanity, SanityGuard) == (checker == "edgeguard")
     rt = make({"m0": Good(), "m1": Good(), "m2": NaN()}, sanity=sanity)
     r = rt.infer({"image": calib["image"][:1]})
-    assert r.source is ResultSource.ENSEMBLE and "m2: nonfinite" in r.reasons
+    assert r.source is ResultSource.ENSEMBLE and "m2: nonfinite" in r.reasons, r.reasons
     assert r.members == ("m0", "m1")
     rt.close()

@@ -210,3 +210,34 @@ def test_fast_paths_give_the_full_verdict(
     ):
         v = guard.check_inputs({"image": bad})
         assert check in {w.check for w in v.violations}, (check, v.to_dict())
+
+
+def test_warm_up_compiles_every_kernel_before_the_first_frame() -> None:
+    """In a fresh process, warm_up leaves nothing for the first check to compile."""
+    pytest.importorskip("numba")
+    import subprocess
+    import sys
+
+    code = """
+import numpy as np
+from edgeguard.guard.sanity import _cpu_kernels as k
+from edgeguard.guard.sanity.calibrate import calibrate_stats_only
+from edgeguard.guard.sanity.check import SanityGuard
+calib = {"x": np.random.default_rng(0).random((16, 3, 8, 8)).astype(np.float32)}
+g = SanityGuard(calibrate_stats_only(calib))
+names = ("stats_f32_ser", "stats_f32_par", "env_inside", "nonfinite_count")
+before = {n: len(getattr(k, n).signatures) for n in names}
+g.warm_up()
+after = {n: len(getattr(k, n).signatures) for n in names}
+frame = {"x": calib["x"][:1]}
+g.check_inputs(frame, prev=frame)
+g.check_outputs({"y": np.zeros((1, 10), np.float32), "z": np.zeros(3)})
+final = {n: len(getattr(k, n).signatures) for n in names}
+print(before, after, final)
+# calibration already ran the serial kernel; the others are first used by the checks
+assert [before[n] for n in names[1:]] == [0, 0, 0], before
+assert all(v >= 1 for v in after.values()), after
+assert final == after, (after, final)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -54,3 +54,40 @@ def test_missing_or_malformed_logits_output() -> None:
     assert output_checks({"logits": np.zeros((2, 3, 4))}, [th])[0].check == "output.shape"
     with pytest.raises(ValueError):
         max_softmax_prob(np.zeros((2, 0)))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_compiled_nonfinite_count_agrees_with_numpy(dtype: str) -> None:
+    pytest.importorskip("numba")
+    from edgeguard.guard.sanity.cpu import count_nonfinite
+
+    rng = np.random.default_rng(3)
+    big = np.finfo(dtype).max
+    for n in (0, 1, 15, 16, 17, 1000, 4099):
+        x = rng.standard_normal(n).astype(dtype)
+        if n:
+            x[0] = big  # huge finite values are finite: x - x is still 0
+            x[-1] = -big
+        assert count_nonfinite(x) == 0
+        for k, v in enumerate((np.nan, np.inf, -np.inf)):
+            if n > k:
+                x[(k * 7919) % n] = v
+                assert count_nonfinite(x) == np.size(x) - np.count_nonzero(np.isfinite(x))
+    y = rng.standard_normal((4, 6)).astype(dtype)[:, ::2]  # not contiguous
+    y[1, 1] = np.nan
+    assert count_nonfinite(y) == 1
+
+
+def test_output_checks_with_the_compiled_count() -> None:
+    pytest.importorskip("numba")
+    from edgeguard.guard.sanity.cpu import count_nonfinite
+
+    out = {"a": np.zeros((2, 3), np.float32), "b": np.ones(5)}
+    assert output_checks(out, count_nonfinite=count_nonfinite) == []
+    out["a"][1, 2] = np.inf
+    out["b"][0] = np.nan
+    got = output_checks(out, count_nonfinite=count_nonfinite)
+    assert [(v.check, v.tensor, v.value) for v in got] == [
+        ("output.nonfinite", "a", 1.0),
+        ("output.nonfinite", "b", 1.0),
+    ]

@@ -2132,3 +2132,21 @@ def env_inside(vals, codes, lo, hi, nan, posinf, neginf, count, allow_nonfinite)
                 if v[n, c] < lo[ell, c] or v[n, c] > hi[ell, c]:
                     return False
     return True
+
+
+@njit(fastmath={"reassoc"}, cache=True, nogil=True)
+def nonfinite_count(flat):
+    # NaN / +-inf values of a float array (1-D, C). First one vectorised pass: v - v is
+    # 0 for a finite v and NaN otherwise (reassoc only lets the sum be vectorised; it
+    # does not fold v - v away); the exact count only when that sum is not 0.
+    s = flat.dtype.type(0.0)
+    for i in range(flat.size):
+        s += flat[i] - flat[i]
+    if s == 0.0:
+        return 0
+    bad = 0
+    for i in range(flat.size):
+        if not abs(flat[i]) < np.inf:
+            bad += 1
+    return bad
+

@@ -317,6 +317,41 @@ class SanityGuard:
         self._static_ok: dict[str, tuple[np.dtype[Any], tuple[int, ...]]] = {}
         if threads == 1 and self._impl == "numba":
             self._fn = functools.partial(self._fn, serial=True)
+        self._warm = False
+        self._count_nonfinite: Callable[[Any], int] | None = None
+        if compiled:
+            from edgeguard.guard.sanity.cpu import count_nonfinite
+
+            self._count_nonfinite = count_nonfinite
+
+    def warm_up(self) -> None:
+        """Compile (or load from numba's on-disk cache) every kernel the checks call.
+
+        Numba compiles a kernel on its first call, which on a machine without the
+        cache takes seconds: without this, the first frame would pay for it (and
+        miss its deadline). :class:`~edgeguard.runtime.guarded.GuardedRuntime` calls
+        it when it is built; it is idempotent and cheap once compiled. A no-op for
+        the NumPy and CUDA implementations.
+        """
+        if self._impl != "numba" or self._warm:
+            return
+        from edgeguard.guard.sanity.cpu import count_nonfinite, numba_stats
+
+        forced_serial = isinstance(self._fn, functools.partial)
+        for p in self._profile.inputs:
+            shape = tuple(max(lo, 1) for lo, _ in p.shape)
+            for dtype in p.dtypes:
+                x = np.zeros(shape, dtype=dtype)
+                for serial in (True,) if forced_serial else (True, False):
+                    stats = numba_stats(
+                        x, layout=p.layout, sat_lo=p.sat_lo, sat_hi=p.sat_hi, prev=x, serial=serial
+                    )
+                env = self._envelopes[p.name]
+                if env is not None:
+                    env.inside(stats, p.allow_nonfinite)
+        for dt in (np.float32, np.float64):
+            count_nonfinite(np.zeros(1, dtype=dt))
+        self._warm = True
 
     @property
     def profile(self) -> SanityProfile:
@@ -404,4 +439,6 @@ class SanityGuard:
 
     def check_outputs(self, outputs: Mapping[str, Any]) -> Verdict:
         """Check the outputs of one call: NaN/Inf and OOD scores."""
-        return Verdict.of(output_checks(outputs, self._profile.ood))
+        return Verdict.of(
+            output_checks(outputs, self._profile.ood, count_nonfinite=self._count_nonfinite)
+        )

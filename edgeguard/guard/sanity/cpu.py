@@ -315,6 +315,17 @@ def numba_stats(
     )
 
 
+def count_nonfinite(arr: npt.NDArray[Any]) -> int:
+    """Number of NaN / +-inf values in a float array (compiled for float32 / float64).
+
+    One vectorised pass when every value is finite (the common case), a counting
+    pass otherwise. Other dtypes go to NumPy.
+    """
+    if arr.dtype in (np.float32, np.float64):
+        return int(_kmod().nonfinite_count(np.ascontiguousarray(arr).reshape(-1)))
+    return int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+
+
 def envelope_inside(
     vals: tuple[npt.NDArray[np.float64], ...],
     codes: npt.NDArray[np.int64],

@@ -10,7 +10,7 @@ Layer: :mod:`edgeguard.guard` (pure NumPy).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -59,12 +59,16 @@ def energy_score(logits: npt.NDArray[Any], *, temperature: float = 1.0) -> npt.N
 def output_checks(
     outputs: Mapping[str, Any],
     ood: Sequence[OodThresholds] = (),
+    *,
+    count_nonfinite: Callable[[Any], int] | None = None,
 ) -> list[Violation]:
     """Check model outputs: NaN/Inf counts (REJECT) and OOD scores on logits.
 
     Args:
         outputs: Output name -> array, as returned by the backend.
         ood: OOD thresholds per logits output.
+        count_nonfinite: Counts the NaN/Inf values of a float array (default: NumPy;
+            the Numba guard passes its compiled count).
 
     Returns:
         Violations: one ``output.nonfinite`` REJECT per output holding NaN/Inf,
@@ -75,7 +79,10 @@ def output_checks(
     for name, value in outputs.items():
         arr = np.asarray(value)
         if arr.dtype.kind in "fc":
-            bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+            if count_nonfinite is not None and arr.dtype.kind == "f":
+                bad = count_nonfinite(arr)
+            else:
+                bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
             if bad:
                 out.append(
                     Violation(
