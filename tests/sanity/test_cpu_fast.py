@@ -423,3 +423,38 @@ def test_serial_flag_and_guard_threads() -> None:
     assert [v.check for v in v1.violations] == [v.check for v in v2.violations]
     with pytest.raises(UsageError):
         SanityGuard(profile, threads=2)
+
+
+@pytest.mark.slow
+def test_kernels_compile_and_agree_for_a_cpu_without_avx512(tmp_path: Any) -> None:
+    """The fallback a Jetson-class or older x86 CPU gets: compiled for an AVX2-only
+    target (NUMBA_CPU_NAME=haswell, fresh cache), the SIMD loop is off and every
+    kernel still agrees with the oracle."""
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import numpy as np
+from edgeguard.guard.sanity import _cpu_kernels as k
+from edgeguard.guard.sanity.cpu import numba_stats
+from edgeguard.guard.sanity.reference import reference_stats
+from edgeguard.guard.sanity.vectors import stats_mismatches
+assert not k.U8_SIMD
+rng = np.random.default_rng(0)
+bad = []
+for shape, lay in (((2, 3, 37, 131), "NCHW"), ((2, 37, 131, 3), "NHWC"), ((1, 9, 70, 4), "NHWC")):
+    for dt in ("float32", "uint8", "float64"):
+        x = (rng.random(shape) * (255 if dt == "uint8" else 1)).astype(dt)
+        p = (rng.random(shape) * (255 if dt == "uint8" else 1)).astype(dt)
+        for serial in (True, False):
+            got = numba_stats(x, layout=lay, prev=p, serial=serial)
+            bad += stats_mismatches(got, reference_stats(x, layout=lay, prev=p))
+assert bad == [], bad[:5]
+"""
+    env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CACHE_DIR=str(tmp_path))
+    env.pop("NUMBA_CPU_FEATURES", None)
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=900, env=env
+    )
+    assert r.returncode == 0, r.stderr[-3000:]

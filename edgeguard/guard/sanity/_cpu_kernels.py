@@ -688,7 +688,7 @@ def deinterleave3_u8(typingctx, src, s0, npix, dst, d0, dstride):
     """``dst.flat[d0 + c * dstride + w] = src.flat[s0 + 3 w + c]``, w < npix // 64 * 64.
 
     64 pixels per step: three 64-byte loads become three channel vectors (``_deint3``).
-    Plain LLVM IR, no target intrinsic: it runs wherever numba does. Offsets, not
+    Plain LLVM IR, no target intrinsic (compiled and run only on x86-64 so far). Offsets, not
     slices, for the reason given in ``u8_simd_stats``.
     """
     if not all(
@@ -1608,8 +1608,8 @@ def _f32_seg_intrinsic(C):
     end, by constant lane masks. The last partial step uses masked loads. The data
     PF32 values ahead is prefetched one line per vector, spread through the loop, so
     the miss queues stay busy but never overflow (a hint: it never faults, also past
-    the end of the array). Plain LLVM IR (vector float ops, no target intrinsic): it
-    runs wherever numba does.
+    the end of the array). Plain LLVM IR (vector float ops, no target intrinsic), so
+    it should compile wherever numba runs; compiled and run only on x86-64 so far.
     """
     step_px = 48 // C
 
