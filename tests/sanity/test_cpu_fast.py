@@ -88,7 +88,8 @@ def test_uint8_integer_path_agrees(
 @pytest.mark.parametrize("channels", [1, 3, 4])
 def test_uint8_vector_edges_and_long_runs(simd: bool, layout: str, channels: int) -> None:
     """Widths around the 64-value vectors and the 128-value loop step; runs longer
-    than one call of the SIMD loop (SEG_U8SIMD), with a neighbour pair across it."""
+    than one call of either loop (SEG_U8GEN, SEG_U8SIMD), with a neighbour pair
+    across each call boundary."""
     from edgeguard.guard.sanity import _cpu_kernels as k
 
     rng = np.random.default_rng(channels)
@@ -104,8 +105,9 @@ def test_uint8_vector_edges_and_long_runs(simd: bool, layout: str, channels: int
     x = rng.integers(0, 256, shape).astype(np.uint8)
     flat = x.reshape(-1)
     step = 1 if layout == "NCHW" else channels
-    s = k.SEG_U8SIMD * step  # the first value of the second call, channel 0
-    flat[s - step], flat[s] = 0, 255  # the pair across the calls: |255 - 0| must count
+    for seg in (k.SEG_U8GEN, k.SEG_U8SIMD):  # one call of the portable / SIMD loop
+        s = seg * step  # the first value of the second call, channel 0
+        flat[s - step], flat[s] = 0, 255  # the pair across the calls: |255 - 0| counts
     _agree(x, layout=layout, prev=x[:, ::-1].copy(), simd=simd, serial=True)
 
 
@@ -239,13 +241,14 @@ def test_float32_values_at_segment_edges(layout: str) -> None:
         assert got.nan.tolist() == [0]
 
 
-def test_uint8_rows_longer_than_a_segment_and_near_constant() -> None:
+@pytest.mark.parametrize("simd", U8_LOOPS)
+def test_uint8_rows_longer_than_a_segment_and_near_constant(simd: bool) -> None:
     from edgeguard.guard.sanity import _cpu_kernels as k
 
-    x = np.full((1, 2, 2, 2 * k.SEG_U8 + 5), 255, dtype=np.uint8)
-    x[0, 0, 1, k.SEG_U8] = 254  # one value off: M2 = 1 - 1/n, no cancellation allowed
-    _agree(x)
-    got = numba_stats(x)
+    x = np.full((1, 2, 2, 2 * k.SEG_U8GEN + 5), 255, dtype=np.uint8)
+    x[0, 0, 1, k.SEG_U8GEN] = 254  # one value off: M2 = 1 - 1/n, no cancellation allowed
+    _agree(x, simd=simd)
+    got = numba_stats(x, simd=simd)
     n = x[0, 0].size
     assert got.std[0, 0] == pytest.approx(np.sqrt((1 - 1 / n) / n), rel=1e-12)
     assert got.std[0, 1] == 0.0

@@ -25,9 +25,9 @@ Fast paths (see ``docs/sanity.md``, section 9, for the measurements):
   with AVX-512 BW + VNNI (:data:`U8_SIMD`) a loop written in LLVM IR with
   ``psadbw`` / ``vpdpbusd`` reads each channel's rows (NCHW) or the interleaved
   3-channel pixels (NHWC, de-interleaved in registers) once, front to back;
-  elsewhere (aarch64, older x86) the portable loop (int16 counts and int32 sums
-  per segment of at most :data:`SEG_U8` elements, int64 per work item) runs.
-  Both give identical results.
+  elsewhere (aarch64, older x86) the same loops run with target-independent
+  widening sums (16-bit lanes, at most :data:`SEG_U8GEN` values per call; int64
+  per work item). Both give identical results.
 
 ``stats_*_par`` runs the items with ``prange``, ``stats_*_ser`` in a plain loop
 (small tensors, where the parallel launch costs more than the work). Both merge
@@ -73,8 +73,9 @@ BLOCK = 1 << 10
 SEG_F = 1 << 12
 #: Blocks prefetched ahead of the block being read (software prefetch).
 PF_BLOCKS = 2
-#: Elements per uint8 segment: the int32 sum of squares and the int16 counts stay exact.
-SEG_U8 = 1 << 14
+#: Values (pixels, for 3 interleaved channels) per call of the portable uint8 loops:
+#: their 16-bit sums and 8-bit counts stay exact for 128 vectors of 64 values.
+SEG_U8GEN = 1 << 13
 #: Values (pixels, for 3 interleaved channels) per call of a SIMD uint8 loop: its int32
 #: lanes (sums of x and of x*(x-128), at most 4 * 255 * 128 per vector) stay exact up to
 #: 2^31 / 130560 = 16448 vectors per accumulator (the planar loop has two), 1 MiB.
@@ -153,25 +154,28 @@ def prefetch_span(typingctx, arr, start, stop):
 # uint8 SIMD path (x86-64 with AVX-512 BW and VNNI)
 #
 # One 64-byte vector of a channel's values x costs a handful of instructions:
-#   sum x          psadbw(x, 0)                 (8 x int64 lanes)
+#   sum x          vpdpbusd(acc, x, 1)                       (int32 lanes)
 #   sum x^2        vpdpbusd(acc, x, x ^ 0x80) + 128 * sum x
 #                  (u8 * s8 products: x * (x - 128) = x^2 - 128 x; int32 lanes)
 #   sum |x - x'|   psadbw(x, x')  with x' the values one place earlier (horizontal
-#                  pairs) or the previous frame's values (tdiff)
-#   counts         psadbw(sext(x <= lo), 0) / 255, likewise x >= hi
+#                  pairs) or the previous frame's values (tdiff)  (int64 lanes)
+#   counts         popcnt of the compare masks (x <= lo, x >= hi)
 #   min, max       vpminub, vpmaxub
-# LLVM's auto-vectoriser does not find psadbw or vpdpbusd in the scalar loops
-# (seg_u8 costs ~3x more per byte), so the loop is written in LLVM IR with the x86
-# intrinsics. It is compiled only where the target has the instructions
-# (U8_SIMD); elsewhere (aarch64 Jetson, older x86) the portable integer kernel
-# (seg_u8) runs and the intrinsic lowers to a trap that the dispatch in cpu.py never
-# reaches. Both give bit-identical integer results (tests/sanity).
+# LLVM's auto-vectoriser finds neither psadbw nor vpdpbusd in scalar loops (a plain
+# numba loop cost ~3x more per byte), so the loop is written in LLVM IR with the x86
+# intrinsics. It is compiled only where the target has the instructions (U8_SIMD).
+# Elsewhere (aarch64 Jetson, older x86) the same loop structure runs with
+# target-independent sums (_U8AccGen: widening adds into 16-bit lanes, squares into
+# 32-bit lanes, 8-bit counters), and the x86 intrinsics lower to a trap that the
+# dispatch in cpu.py never reaches. Both give identical integer results
+# (tests/sanity run both on every uint8 case).
 
 _I8, _I32, _I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
 _V8 = ir.VectorType(_I8, 64)
 _VQ = ir.VectorType(_I64, 8)
 _VD = ir.VectorType(_I32, 16)
 _V1 = ir.VectorType(ir.IntType(1), 64)
+_V16 = ir.VectorType(ir.IntType(16), 64)
 
 
 def _target_features() -> frozenset[str]:
@@ -200,14 +204,15 @@ def _decl(builder, name, ret, args):
 
 
 class _U8IR:
-    """LLVM IR pieces of the uint8 SIMD loops (codegen time only)."""
+    """LLVM IR pieces of the uint8 loops (codegen time only; x86: the AVX-512 intrinsics)."""
 
-    def __init__(self, builder, lo8, hi8):
+    def __init__(self, builder, lo8, hi8, x86):
         self.b = builder
-        self.psad = _decl(builder, "llvm.x86.avx512.psad.bw.512", _VQ, [_V8, _V8])
-        dp_t = [_VD, _V8, _V8] if _DP_BYTES else [_VD, _VD, _VD]
-        self.dp = _decl(builder, "llvm.x86.avx512.vpdpbusd.512", _VD, dp_t)
-        self.popcnt = _decl(builder, "llvm.ctpop.i64", _I64, [_I64])
+        if x86:
+            self.psad = _decl(builder, "llvm.x86.avx512.psad.bw.512", _VQ, [_V8, _V8])
+            dp_t = [_VD, _V8, _V8] if _DP_BYTES else [_VD, _VD, _VD]
+            self.dp = _decl(builder, "llvm.x86.avx512.vpdpbusd.512", _VD, dp_t)
+            self.popcnt = _decl(builder, "llvm.ctpop.i64", _I64, [_I64])
         self.umin = _decl(builder, "llvm.umin.v64i8", _V8, [_V8, _V8])
         self.umax = _decl(builder, "llvm.umax.v64i8", _V8, [_V8, _V8])
         self.mload = _decl(
@@ -267,15 +272,21 @@ class _U8Acc:
         for key, w in (("s1", ir.Constant(_V8, [1] * 64)), ("s2", y)):
             ops = [x, w] if _DP_BYTES else [b.bitcast(x, _VD), b.bitcast(w, _VD)]
             self._set(key, lambda a, ops=ops: b.call(e.dp, [a, *ops]))
+        for key, hit in self._minmax_and_hits(x, kx):
+            # kmov + popcnt: the scalar ports are idle in this loop
+            self._set(key, lambda a, hit=hit: b.add(a, b.call(e.popcnt, [b.bitcast(hit, _I64)])))
+
+    def _minmax_and_hits(self, x, kx):
+        # min/max of the lanes inside kx; returns the saturation compare masks by key
+        e, b = self.e, self.e.b
         xmin = x if kx is None else b.select(kx, x, ir.Constant(_V8, [255] * 64))
         self._set("mn", lambda a: b.call(e.umin, [a, xmin]))
         self._set("mx", lambda a: b.call(e.umax, [a, x]))
+        hits = []
         for key, cmp, lvl in (("slo", "<=", e.lo), ("shi", ">=", e.hi)):
             hit = b.icmp_unsigned(cmp, x, lvl)
-            if kx is not None:
-                hit = b.and_(hit, kx)
-            # kmov + popcnt: the scalar ports are idle in this loop
-            self._set(key, lambda a, hit=hit: b.add(a, b.call(e.popcnt, [b.bitcast(hit, _I64)])))
+            hits.append((key, hit if kx is None else b.and_(hit, kx)))
+        return hits
 
     @staticmethod
     def store(parts, out, at):
@@ -293,13 +304,6 @@ class _U8Acc:
             name = f"llvm.vector.reduce.add.v{width}i64"
             return b.call(_decl(b, name, _I64, [v16 if width == 16 else _VQ]), [s])
 
-        def fold(key, name):
-            s = b.load(parts[0].v[key])
-            for acc in parts[1:]:
-                s = b.call(e.umin if name == "umin" else e.umax, [s, b.load(acc.v[key])])
-            red = _decl(b, f"llvm.vector.reduce.{name}.v64i8", _I8, [_V8])
-            return b.zext(b.call(red, [s]), _I64)
-
         s1 = tot("s1", _VD, 16)
         vals = (
             s1,
@@ -307,9 +311,93 @@ class _U8Acc:
             *(functools.reduce(b.add, [b.load(acc.v[k]) for acc in parts]) for k in ("slo", "shi")),
             tot("hs", _VQ, 8),
             tot("ts", _VQ, 8),
-            fold("mn", "umin"),
-            fold("mx", "umax"),
+            *_U8Acc.minmax(parts),
         )
+        for i, v in enumerate(vals):
+            b.store(v, b.gep(out, [_I64(at + i)]))
+
+    @staticmethod
+    def minmax(parts):
+        # (min, max) over the accumulator sets `parts`, as i64
+        e = parts[0].e
+        b = e.b
+        res = []
+        for key, name, fn in (("mn", "umin", e.umin), ("mx", "umax", e.umax)):
+            s = b.load(parts[0].v[key])
+            for acc in parts[1:]:
+                s = b.call(fn, [s, b.load(acc.v[key])])
+            red = _decl(b, f"llvm.vector.reduce.{name}.v64i8", _I8, [_V8])
+            res.append(b.zext(b.call(red, [s]), _I64))
+        return res
+
+
+class _U8AccGen(_U8Acc):
+    """The same sums in target-independent IR (any CPU numba runs on).
+
+    x, its neighbour differences and its counts go into 16-bit (8-bit for the
+    counts) lanes, exact for at most 128 vectors per accumulator set, which the
+    callers guarantee (SEG_U8GEN); x^2 into 32-bit lanes (four 16-lane quarters
+    added). LLVM picks the target's widening adds and multiplies for them.
+    """
+
+    def __init__(self, e):
+        self.e = e
+        b = e.b
+        z16 = ir.Constant(_V16, None)
+        self.v = {k: cgutils.alloca_once_value(b, z16) for k in ("s1", "hs", "ts")}
+        self.v["s2"] = cgutils.alloca_once_value(b, ir.Constant(_VD, None))
+        for k in ("slo", "shi"):
+            self.v[k] = cgutils.alloca_once_value(b, e.zero)
+        self.v["mn"] = cgutils.alloca_once_value(b, ir.Constant(_V8, [255] * 64))
+        self.v["mx"] = cgutils.alloca_once_value(b, e.zero)
+
+    def feed(self, x, xm, p, kx=None):
+        e, b = self.e, self.e.b
+
+        def absdiff(u, w):
+            return b.sub(b.call(e.umax, [u, w]), b.call(e.umin, [u, w]))
+
+        self._set("s1", lambda a: b.add(a, b.zext(x, _V16)))
+        self._set("hs", lambda a: b.add(a, b.zext(absdiff(x, xm), _V16)))
+        if p is not None:
+            self._set("ts", lambda a: b.add(a, b.zext(absdiff(x, p), _V16)))
+        z = b.zext(x, ir.VectorType(_I32, 64))
+        sq = b.mul(z, z)
+        quarters = [
+            b.shuffle_vector(
+                sq, sq, ir.Constant(ir.VectorType(_I32, 16), list(range(16 * q, 16 * q + 16)))
+            )
+            for q in range(4)
+        ]
+        self._set(
+            "s2",
+            lambda a: b.add(
+                a, b.add(b.add(quarters[0], quarters[1]), b.add(quarters[2], quarters[3]))
+            ),
+        )
+        for key, hit in self._minmax_and_hits(x, kx):
+            self._set(key, lambda a, hit=hit: b.sub(a, b.sext(hit, _V8)))
+
+    @staticmethod
+    def store(parts, out, at):
+        e = parts[0].e
+        b = e.b
+        v32 = ir.VectorType(_I32, 64)
+        red64 = _decl(b, "llvm.vector.reduce.add.v64i32", _I32, [v32])
+        red16 = _decl(b, "llvm.vector.reduce.add.v16i32", _I32, [_VD])
+
+        def tot(key):  # exact: every lane total is below 2^31
+            s = None
+            for acc in parts:
+                v = b.load(acc.v[key])
+                if key == "s2":
+                    v = b.zext(b.call(red16, [v]), _I64)
+                else:
+                    v = b.zext(b.call(red64, [b.zext(v, v32)]), _I64)
+                s = v if s is None else b.add(s, v)
+            return s
+
+        vals = (*(tot(k) for k in ("s1", "s2", "slo", "shi", "hs", "ts")), *_U8Acc.minmax(parts))
         for i, v in enumerate(vals):
             b.store(v, b.gep(out, [_I64(at + i)]))
 
@@ -399,31 +487,56 @@ def _trap(context, builder):
     return context.get_dummy_value()
 
 
-@intrinsic
-def u8_simd_stats(typingctx, blk, pblk, a, b, head, lo8, hi8, has_prev, out):
-    """Integer statistics of ``v = blk.flat[a:b]`` into ``out[0:8]``.
+def _u8_intrinsics(x86):
+    """The uint8 loops as numba intrinsics: ``(planar, c3)``.
 
-    ``out`` gets s1, s2, #(v <= lo8), #(v >= hi8), the sum of |blk.flat[w] -
-    blk.flat[w-1]| for w in [a + head, b), the sum of |v - pblk.flat[a:b]| (0
-    without ``has_prev``), min and max. ``head``: blk.flat[a] starts a block (has no
-    left neighbour). Full vectors run unmasked, two per iteration; a last partial
-    vector uses masked loads, whose masked-off lanes read no memory and add nothing.
-    Offsets into any C-contiguous array, not slices: a slice handed to a compiled
-    call costs a reference-count round trip, which per image row is more than the
-    row's arithmetic.
+    ``planar(blk, pblk, a, b, head, lo8, hi8, has_prev, out)``: integer statistics of
+    ``v = blk.flat[a:b]`` into ``out[0:8]``: s1, s2, #(v <= lo8), #(v >= hi8), the sum
+    of |blk.flat[w] - blk.flat[w-1]| for w in [a + head, b), the sum of |v -
+    pblk.flat[a:b]| (0 without ``has_prev``), min and max. ``head``: blk.flat[a]
+    starts a block (has no left neighbour). Full 64-value vectors run unmasked, two
+    per iteration; a last partial vector uses masked loads, whose masked-off lanes
+    read no memory and add nothing.
+
+    ``c3(blk, pblk, a, npix, head, lo8, hi8, has_prev, out)``: the same for each
+    channel of ``npix`` interleaved 3-channel pixels ``blk.flat[a + 3 w + c]``, into
+    ``out[8 c : 8 c + 8]``; a value's left neighbour is the same channel of the pixel
+    before (none for the first pixel when ``head``; ``a >= 3`` otherwise). 64 pixels
+    per step: three loads, de-interleaved in registers by byte shuffles
+    (``vpermt2b`` on AVX-512 VBMI), each neighbour vector shifted in from the
+    previous step's, so the frame is read once, with no buffer.
+
+    ``x86``: the AVX-512 BW + VNNI sums (``_U8Acc``; only where U8_SIMD, any length
+    up to SEG_U8SIMD); else target-independent IR (``_U8AccGen``; at most SEG_U8GEN
+    values or pixels per call). Offsets into any C-contiguous array, not slices: a
+    slice handed to a compiled call costs a reference-count round trip, which per
+    image row is more than the row's arithmetic.
     """
-    if not _u8_simd_typer(blk, pblk, out):
-        return None
-    sig = types.void(blk, pblk, a, b, head, lo8, hi8, has_prev, out)
+    acc_cls = _U8Acc if x86 else _U8AccGen
 
-    def codegen(context, builder, signature, args):
-        if not U8_SIMD:
-            return _trap(context, builder)
-        xb, pb, ob, a_, b_, head_, has_prev_, lo8_, hi8_ = _u8_simd_args(
-            context, builder, signature, args
-        )
-        e = _U8IR(builder, lo8_, hi8_)
-        accs = (_U8Acc(e), _U8Acc(e))  # two sets: alternate vectors, independent chains
+    def make(loop):
+        @intrinsic
+        def f(typingctx, blk, pblk, a, n, head, lo8, hi8, has_prev, out):
+            if not _u8_simd_typer(blk, pblk, out):
+                return None
+            sig = types.void(blk, pblk, a, n, head, lo8, hi8, has_prev, out)
+
+            def codegen(context, builder, signature, args):
+                if x86 and not U8_SIMD:
+                    return _trap(context, builder)
+                xb, pb, ob, a_, n_, head_, has_prev_, lo8_, hi8_ = _u8_simd_args(
+                    context, builder, signature, args
+                )
+                e = _U8IR(builder, lo8_, hi8_, x86)
+                loop(builder, e, xb, pb, ob, a_, n_, head_, has_prev_)
+                return context.get_dummy_value()
+
+            return sig, codegen
+
+        return f
+
+    def planar(builder, e, xb, pb, ob, a_, b_, head_, has_prev_):
+        accs = (acc_cls(e), acc_cls(e))  # two sets: alternate vectors, independent chains
         pos = cgutils.alloca_once_value(builder, a_)
 
         def vec(off, u, with_prev, kx=None, head=False):
@@ -468,35 +581,10 @@ def u8_simd_stats(typingctx, blk, pblk, a, b, head, lo8, hi8, has_prev, out):
                 vec(p2, 1, with_prev, e.first_lanes(rest))
 
         _with_and_without(builder, has_prev_, body)
-        _U8Acc.store(accs, ob, 0)
-        return context.get_dummy_value()
+        acc_cls.store(accs, ob, 0)
 
-    return sig, codegen
-
-
-@intrinsic
-def u8_simd_stats_c3(typingctx, blk, pblk, a, npix, head, lo8, hi8, has_prev, out):
-    """``u8_simd_stats`` of each channel of ``npix`` interleaved 3-channel pixels.
-
-    The pixels are ``blk.flat[a + 3 w + c]``; channel c's statistics go to
-    ``out[8 c : 8 c + 8]``, a value's left neighbour being the same channel of the
-    pixel before (none for the first pixel when ``head``; ``a >= 3`` otherwise). 64
-    pixels per step: three loads, de-interleaved in registers by byte shuffles
-    (``vpermt2b``), each neighbour vector shifted in from the previous step's, so
-    the frame is read once, with no buffer.
-    """
-    if not _u8_simd_typer(blk, pblk, out):
-        return None
-    sig = types.void(blk, pblk, a, npix, head, lo8, hi8, has_prev, out)
-
-    def codegen(context, builder, signature, args):
-        if not U8_SIMD:
-            return _trap(context, builder)
-        xb, pb, ob, a_, n_, head_, has_prev_, lo8_, hi8_ = _u8_simd_args(
-            context, builder, signature, args
-        )
-        e = _U8IR(builder, lo8_, hi8_)
-        accs = [_U8Acc(e) for _ in range(3)]
+    def c3(builder, e, xb, pb, ob, a_, n_, head_, has_prev_):
+        accs = [acc_cls(e) for _ in range(3)]
         carry = [cgutils.alloca_once_value(builder, e.zero) for _ in range(3)]
         with builder.if_then(builder.not_(head_)):  # neighbours of the first pixel
             for c in range(3):
@@ -536,10 +624,13 @@ def u8_simd_stats_c3(typingctx, blk, pblk, a, npix, head, lo8, hi8, has_prev, ou
 
         _with_and_without(builder, has_prev_, body)
         for c in range(3):
-            _U8Acc.store([accs[c]], ob, 8 * c)
-        return context.get_dummy_value()
+            acc_cls.store([accs[c]], ob, 8 * c)
 
-    return sig, codegen
+    return make(planar), make(c3)
+
+
+u8_simd_stats, u8_simd_stats_c3 = _u8_intrinsics(True)
+u8_gen_stats, u8_gen_stats_c3 = _u8_intrinsics(False)
 
 
 # ----------------------------------------------------------------------------------
@@ -1026,51 +1117,6 @@ def stats_float_ser(x, px, nhwc, has_prev, lo, hi, lo_t, hi_t, one, eps, blk_len
 # uint8 path: exact integer arithmetic
 
 
-@njit(nogil=True)
-def seg_u8(blk, a, b, lo_i, hi_i):
-    # Integer statistics of blk[a:b] except the horizontal pairs; b - a <= SEG_U8 keeps
-    # the int32 sum of squares and the int16 counts exact. Two loops over the
-    # L1-resident segment: byte-wide min/max and saturation counts, then int32 sums.
-    seg = blk[a:b]
-    mn = np.uint8(255)
-    mx = np.uint8(0)
-    lo8 = np.uint8(min(max(lo_i, 0), 255))
-    hi8 = np.uint8(min(max(hi_i, 0), 255))
-    slo = np.int16(0)
-    shi = np.int16(0)
-    for w in range(seg.size):
-        u = seg[w]
-        mn = min(mn, u)
-        mx = max(mx, u)
-        slo = np.int16(slo + np.int16(u <= lo8))
-        shi = np.int16(shi + np.int16(u >= hi8))
-    z = np.int32(0)
-    s1 = z
-    s2 = z
-    hs = z  # pairs (w-1, w) for w in [max(a, 1), b) of blk, as if blk were one row
-    pv = np.int32(blk[a - 1]) if a > 0 else np.int32(seg[0])
-    for w in range(seg.size):
-        v = np.int32(seg[w])
-        s1 = np.int32(s1 + v)
-        s2 = np.int32(s2 + np.int32(v * v))
-        hs = np.int32(hs + np.int32(abs(v - pv)))
-        pv = v
-    # lo_i = -1: nothing is <= lo; hi_i = 256: nothing is >= hi (lo8 / hi8 were clamped).
-    nlo = np.int32(slo) if lo_i >= 0 else z
-    nhi = np.int32(shi) if hi_i <= 255 else z
-    return s1, s2, nlo, nhi, mn, mx, hs
-
-
-@njit(nogil=True)
-def tdiff_u8(row, prow, a, b):
-    ts = np.int32(0)
-    seg = row[a:b]
-    pseg = prow[a:b]
-    for w in range(seg.size):
-        ts = np.int32(ts + np.int32(abs(np.int32(seg[w]) - np.int32(pseg[w]))))
-    return ts
-
-
 @njit(nogil=True, inline="always")
 def drop_row_pairs(ac, c, flat, start, row, step, rows):
     # The SIMD segments summed |v[w] - v[w-1]| over `rows` image rows of channel c as
@@ -1099,13 +1145,18 @@ def add_sv(ac, c, sv, at, lo_i, hi_i):
 
 
 @njit(nogil=True, inline="always")
-def add_simd(ac, c, arr, parr, a, b, has_prev, lo_i, hi_i, sv):
-    # ac[c] += the integer statistics of the block arr.flat[a:b], SEG_U8SIMD values
-    # per call of the SIMD loop.
+def add_run(ac, c, arr, parr, a, b, has_prev, lo_i, hi_i, sv, simd):
+    # ac[c] += the integer statistics of the block arr.flat[a:b], one call of the
+    # uint8 loop per SEG_U8SIMD (x86) or SEG_U8GEN (portable) values.
     lo8 = np.uint8(min(max(lo_i, 0), 255))
     hi8 = np.uint8(min(max(hi_i, 0), 255))
-    for s in range(a, b, SEG_U8SIMD):
-        u8_simd_stats(arr, parr, s, min(b, s + SEG_U8SIMD), s == a, lo8, hi8, has_prev, sv)
+    seg = SEG_U8SIMD if simd else SEG_U8GEN
+    for s in range(a, b, seg):
+        e = min(b, s + seg)
+        if simd:
+            u8_simd_stats(arr, parr, s, e, s == a, lo8, hi8, has_prev, sv)
+        else:
+            u8_gen_stats(arr, parr, s, e, s == a, lo8, hi8, has_prev, sv)
         add_sv(ac, c, sv, 0, lo_i, hi_i)
 
 
@@ -1123,12 +1174,13 @@ def u8_item_start(x, nhwc, acc):
 
 
 @njit(nogil=True)
-def item_u8_simd(x, px, nhwc, has_prev, lo_i, hi_i, n, r0, r1, acc, blk_len, pf):
-    # item_u8 with the SIMD loops (U8_SIMD targets). The item's rows [r0, r1) are
-    # read front to back as one contiguous run per channel (NCHW) or one run of
-    # interleaved pixels (NHWC, 3 channels), which the hardware prefetcher follows;
-    # other NHWC widths are de-interleaved into an L1 buffer a block of rows at a
-    # time, the block pf ahead prefetched.
+def item_u8(x, px, nhwc, has_prev, lo_i, hi_i, n, r0, r1, acc, blk_len, pf, simd):
+    # One work item of the uint8 path; acc [C, NUACC] int64, zeroed by the caller.
+    # simd: the AVX-512 loops (U8_SIMD targets only), else the portable ones. The
+    # item's rows [r0, r1) are read front to back as one contiguous run per channel
+    # (NCHW) or one run of interleaved pixels (NHWC, 3 channels), which the hardware
+    # prefetcher follows; other NHWC widths are de-interleaved into an L1 buffer a
+    # block of rows at a time, the block pf ahead prefetched.
     height, width, channels = u8_item_start(x, nhwc, acc)
     if width == 0 or r1 <= r0:
         return
@@ -1140,7 +1192,7 @@ def item_u8_simd(x, px, nhwc, has_prev, lo_i, hi_i, n, r0, r1, acc, blk_len, pf)
         m = (r1 - r0) * width
         for c in range(channels):
             cb = fbase + c * plane + r0 * width
-            add_simd(acc, c, x, px, cb, cb + m, has_prev, lo_i, hi_i, sv)
+            add_run(acc, c, x, px, cb, cb + m, has_prev, lo_i, hi_i, sv, simd)
             drop_row_pairs(acc, c, flat, cb, width, 1, r1 - r0)
         return
     row = width * channels
@@ -1149,9 +1201,13 @@ def item_u8_simd(x, px, nhwc, has_prev, lo_i, hi_i, n, r0, r1, acc, blk_len, pf)
         hi8 = np.uint8(min(max(hi_i, 0), 255))
         e0 = fbase + r0 * row
         npix = (r1 - r0) * width
-        for s in range(0, npix, SEG_U8SIMD):
-            k = min(npix - s, SEG_U8SIMD)
-            u8_simd_stats_c3(x, px, e0 + 3 * s, k, s == 0, lo8, hi8, has_prev, sv)
+        seg = SEG_U8SIMD if simd else SEG_U8GEN
+        for s in range(0, npix, seg):
+            k = min(npix - s, seg)
+            if simd:
+                u8_simd_stats_c3(x, px, e0 + 3 * s, k, s == 0, lo8, hi8, has_prev, sv)
+            else:
+                u8_gen_stats_c3(x, px, e0 + 3 * s, k, s == 0, lo8, hi8, has_prev, sv)
             for c in range(3):
                 add_sv(acc, c, sv, 8 * c, lo_i, hi_i)
         for c in range(3):
@@ -1179,73 +1235,8 @@ def item_u8_simd(x, px, nhwc, has_prev, lo_i, hi_i, n, r0, r1, acc, blk_len, pf)
             deinterleave_u8(pflat, e0, m, channels, pbflat, bw)
         for c in range(channels):
             pb = pbuf if has_prev else buf
-            add_simd(acc, c, buf, pb, c * bw, c * bw + m, has_prev, lo_i, hi_i, sv)
+            add_run(acc, c, buf, pb, c * bw, c * bw + m, has_prev, lo_i, hi_i, sv, simd)
             drop_row_pairs(acc, c, bflat, c * bw, width, 1, h1 - h0)
-
-
-@njit(nogil=True)
-def item_u8(x, px, nhwc, has_prev, lo_i, hi_i, n, r0, r1, acc, blk_len, pf):
-    # acc [C, NUACC] int64, zeroed by the caller. Blocks of rows as in item_float.
-    height, width, channels = u8_item_start(x, nhwc, acc)
-    if width == 0 or r1 <= r0:
-        return
-    rb = block_rows(width, blk_len)
-    bw = rb * width if nhwc else 0
-    buf = np.empty((channels, bw), dtype=np.uint8)
-    pbuf = np.empty((channels, bw if has_prev else 0), dtype=np.uint8)
-    flat = x.reshape(-1)
-    pflat = px.reshape(-1)
-    plane = height * width
-    fbase = n * channels * plane
-    if pf > 1:  # blocks 1 .. pf - 1 of the item
-        e0 = min(r1, r0 + rb)
-        e1 = min(r1, r0 + pf * rb)
-        if nhwc:
-            prefetch_block(flat, fbase + e0 * width * channels, fbase + e1 * width * channels)
-        else:
-            for c in range(channels):
-                prefetch_block(flat, fbase + c * plane + e0 * width, fbase + c * plane + e1 * width)
-    for h0 in range(r0, r1, rb):
-        h1 = min(r1, h0 + rb)
-        m = (h1 - h0) * width
-        p0 = min(r1, h1 + (pf - 1) * rb)  # the block pf ahead
-        p1 = min(r1, h1 + pf * rb)
-        if nhwc:
-            prefetch_block(flat, fbase + p0 * width * channels, fbase + p1 * width * channels)
-            if has_prev:
-                prefetch_block(pflat, fbase + p0 * width * channels, fbase + p1 * width * channels)
-            e0 = fbase + h0 * width * channels
-            deinterleave_u8(flat, e0, m, channels, buf.reshape(-1), bw)
-            if has_prev:
-                deinterleave_u8(pflat, e0, m, channels, pbuf.reshape(-1), bw)
-        else:
-            for c in range(channels):
-                cb = fbase + c * plane
-                prefetch_block(flat, cb + p0 * width, cb + p1 * width)
-                if has_prev:
-                    prefetch_block(pflat, cb + p0 * width, cb + p1 * width)
-        for c in range(channels):
-            if nhwc:
-                blk = buf[c, :m]
-                pblk = pbuf[c, :m] if has_prev else blk
-            else:
-                cb = fbase + c * plane
-                blk = flat[cb + h0 * width : cb + h1 * width]
-                pblk = pflat[cb + h0 * width : cb + h1 * width]
-            ac = acc[c]
-            for a in range(0, m, SEG_U8):
-                b = min(m, a + SEG_U8)
-                r = seg_u8(blk, a, b, lo_i, hi_i)
-                ac[U_S1] += r[0]
-                ac[U_S2] += r[1]
-                ac[U_SLO] += r[2]
-                ac[U_SHI] += r[3]
-                ac[U_MIN] = min(ac[U_MIN], np.int64(r[4]))
-                ac[U_MAX] = max(ac[U_MAX], np.int64(r[5]))
-                ac[U_HS] += r[6]
-                if has_prev:
-                    ac[U_TS] += tdiff_u8(blk, pblk, a, b)
-            drop_row_pairs(acc, c, blk, 0, width, 1, h1 - h0)
 
 
 @njit(nogil=True)
@@ -1330,10 +1321,7 @@ def stats_u8_par(x, px, nhwc, has_prev, lo_i, hi_i, nb, rows, eps, blk_len, pf, 
         n = it // nb
         r0 = (it % nb) * rows
         r1 = min(height, r0 + rows)
-        if simd:
-            item_u8_simd(x, px, nhwc, has_prev, lo_i, hi_i, n, r0, r1, part[it], blk_len, pf)
-        else:
-            item_u8(x, px, nhwc, has_prev, lo_i, hi_i, n, r0, r1, part[it], blk_len, pf)
+        item_u8(x, px, nhwc, has_prev, lo_i, hi_i, n, r0, r1, part[it], blk_len, pf, simd)
     merge_u8(part, nb, height, width, has_prev, eps, fo, count, ff)
     return fo, count, ff
 
@@ -1344,10 +1332,7 @@ def stats_u8_ser(x, px, nhwc, has_prev, lo_i, hi_i, eps, blk_len, pf, simd):
     height, width = (x.shape[1], x.shape[2]) if nhwc else (x.shape[2], x.shape[3])
     part, fo, count, ff = _u8_setup(x, nhwc, 1)
     for n in range(x.shape[0]):
-        if simd:
-            item_u8_simd(x, px, nhwc, has_prev, lo_i, hi_i, n, 0, height, part[n], blk_len, pf)
-        else:
-            item_u8(x, px, nhwc, has_prev, lo_i, hi_i, n, 0, height, part[n], blk_len, pf)
+        item_u8(x, px, nhwc, has_prev, lo_i, hi_i, n, 0, height, part[n], blk_len, pf, simd)
     merge_u8(part, 1, height, width, has_prev, eps, fo, count, ff)
     return fo, count, ff
 
@@ -2149,4 +2134,3 @@ def nonfinite_count(flat):
         if not abs(flat[i]) < np.inf:
             bad += 1
     return bad
-
