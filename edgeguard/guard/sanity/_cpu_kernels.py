@@ -1707,7 +1707,7 @@ def _f32_seg_codegen(C, step_px, context, builder, signature, args):
                 hit = b.fcmp_ordered(cmp, x, lvl)
                 if kx is not None:
                     hit = b.and_(hit, kx)
-                # int32 counters, a masked vpaddd: the float adders are the busy ports
+                # int32 counters (vpmovm2d + vpsubd): the float adders are the busy ports
                 upd(a, key, lambda s, hit=hit: b.select(hit, b.add(s, one_i), s))
 
     def body(with_prev):
