@@ -124,16 +124,22 @@ def test_uint8_loop_choice() -> None:
 
 
 def test_uint8_simd_needs_the_target_features(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llvmlite import binding as llvm_binding
     from numba.core import config
 
     from edgeguard.guard.sanity import _cpu_kernels as k
 
-    # NUMBA_CPU_NAME / NUMBA_CPU_FEATURES (portable caches) decide, not the host
+    # as numba decides: NUMBA_CPU_FEATURES when set (portable caches), else the host's
+    # features, whatever NUMBA_CPU_NAME says
     monkeypatch.setattr(config, "CPU_NAME", "generic")
     monkeypatch.setattr(config, "CPU_FEATURES", "+avx2,-avx512bw,+avx512vnni")
     assert k._target_features() == frozenset({"avx2", "avx512vnni"})
-    monkeypatch.setattr(config, "CPU_FEATURES", None)
+    monkeypatch.setattr(config, "CPU_FEATURES", "")
     assert k._target_features() == frozenset()
+    monkeypatch.setattr(config, "CPU_NAME", "haswell")
+    monkeypatch.setattr(config, "CPU_FEATURES", None)
+    host = llvm_binding.get_host_cpu_features()
+    assert k._target_features() == frozenset(f for f, on in host.items() if on)
     monkeypatch.setattr(k, "U8_SIMD", False)
     x = np.zeros((1, 1, 4, 4), np.uint8)
     with pytest.raises(UsageError, match="AVX-512"):
@@ -431,8 +437,9 @@ def test_serial_flag_and_guard_threads() -> None:
 @pytest.mark.slow
 def test_kernels_compile_and_agree_for_a_cpu_without_avx512(tmp_path: Any) -> None:
     """The fallback a Jetson-class or older x86 CPU gets: compiled for an AVX2-only
-    target (NUMBA_CPU_NAME=haswell, fresh cache), the SIMD loop is off and every
-    kernel still agrees with the oracle."""
+    target (NUMBA_CPU_NAME=haswell with its own features: NUMBA_CPU_FEATURES empty;
+    fresh cache), the SIMD loop is off and every kernel still agrees with the
+    oracle."""
     import os
     import subprocess
     import sys
@@ -445,6 +452,10 @@ from edgeguard.guard.sanity.reference import reference_stats
 from edgeguard.guard.sanity.vectors import stats_mismatches
 assert not k.U8_SIMD
 rng = np.random.default_rng(0)
+x = np.zeros((1, 3, 8, 64), np.float32)
+numba_stats(x, prev=x, serial=True)
+asm = "".join(k.stats_f32_ser.inspect_asm().values())
+assert "ymm" in asm and "zmm" not in asm  # AVX2 code, no AVX-512 register
 bad = []
 for shape, lay in (((2, 3, 37, 131), "NCHW"), ((2, 37, 131, 3), "NHWC"), ((1, 9, 70, 4), "NHWC")):
     for dt in ("float32", "uint8", "float64"):
@@ -455,8 +466,13 @@ for shape, lay in (((2, 3, 37, 131), "NCHW"), ((2, 37, 131, 3), "NHWC"), ((1, 9,
             bad += stats_mismatches(got, reference_stats(x, layout=lay, prev=p))
 assert bad == [], bad[:5]
 """
-    env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CACHE_DIR=str(tmp_path))
-    env.pop("NUMBA_CPU_FEATURES", None)
+    # without NUMBA_CPU_FEATURES numba would add the host's features (AVX-512 here)
+    env = dict(
+        os.environ,
+        NUMBA_CPU_NAME="haswell",
+        NUMBA_CPU_FEATURES="",
+        NUMBA_CACHE_DIR=str(tmp_path),
+    )
     r = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=900, env=env
     )

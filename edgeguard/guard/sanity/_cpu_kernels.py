@@ -179,12 +179,14 @@ _V16 = ir.VectorType(ir.IntType(16), 64)
 
 
 def _target_features() -> frozenset[str]:
-    # The features numba compiles for: NUMBA_CPU_NAME / NUMBA_CPU_FEATURES when set
-    # (portable caches), else the host's.
+    # The features numba compiles for, as numba decides them (CPUCodegen): the
+    # NUMBA_CPU_FEATURES list when it is set, else the host's, whatever
+    # NUMBA_CPU_NAME says. An empty list means the named CPU's own defaults, which
+    # are not known here: no feature is assumed then (the portable loops run).
     from numba.core import config
 
-    if getattr(config, "CPU_NAME", None) is not None:
-        spec = getattr(config, "CPU_FEATURES", None) or ""
+    spec = getattr(config, "CPU_FEATURES", None)
+    if spec is not None:
         return frozenset(f[1:] for f in spec.split(",") if f.startswith("+"))
     feats = llvm_binding.get_host_cpu_features()
     return frozenset(k for k, on in feats.items() if on)
