@@ -120,7 +120,7 @@ fmax_finite = _minmax_intrinsic("maxnum")
 def prefetch_span(typingctx, arr, start, stop):
     """Ask the CPU to bring ``arr[start:stop]`` (1-D, C) into cache; no-op semantically.
 
-    Offsets, not a slice: see ``u8_simd_stats``.
+    Offsets, not a slice: see ``_u8_intrinsics``.
     """
     if not isinstance(arr, types.Array) or arr.ndim != 1 or arr.layout != "C":
         return None
@@ -247,7 +247,7 @@ class _U8IR:
 
 
 class _U8Acc:
-    """Vector accumulators of one channel: see u8_simd_stats for what they sum."""
+    """Vector accumulators of one channel: see _u8_intrinsics for what they sum (x86 AVX-512)."""
 
     def __init__(self, e):
         self.e = e
@@ -782,7 +782,7 @@ def deinterleave3_u8(typingctx, src, s0, npix, dst, d0, dstride):
 
     64 pixels per step: three 64-byte loads become three channel vectors (``_deint3``).
     Plain LLVM IR, no target intrinsic (compiled and run only on x86-64 so far). Offsets, not
-    slices, for the reason given in ``u8_simd_stats``.
+    slices, for the reason given in ``_u8_intrinsics``.
     """
     if not all(
         isinstance(t, types.Array) and t.layout == "C" and t.dtype == types.uint8
