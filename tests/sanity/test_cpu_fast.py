@@ -111,16 +111,27 @@ def test_uint8_vector_edges_and_long_runs(simd: bool, layout: str, channels: int
     _agree(x, layout=layout, prev=x[:, ::-1].copy(), simd=simd, serial=True)
 
 
-def test_uint8_loop_choice() -> None:
+def test_uint8_loop_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """simd=None takes the SIMD loop exactly where the target has it; False never."""
     from edgeguard.guard.sanity import _cpu_kernels as k
 
-    x = np.arange(3 * 64 * 64, dtype=np.int64).astype(np.uint8).reshape(1, 3, 64, 64)
-    default = numba_stats(x)
-    chosen = numba_stats(x, simd=k.U8_SIMD)
-    assert stats_mismatches(default, chosen) == []
-    if not k.U8_SIMD:
-        with pytest.raises(UsageError, match="AVX-512"):
-            numba_stats(x, simd=True)
+    seen: list[bool] = []
+    real = k.stats_u8_ser
+
+    def spy(*args: Any) -> Any:
+        seen.append(bool(args[-1]))  # the loop choice is the last argument
+        return real(*args)
+
+    monkeypatch.setattr(k, "stats_u8_ser", spy)
+    x = np.arange(3 * 16 * 16, dtype=np.int64).astype(np.uint8).reshape(1, 3, 16, 16)
+    numba_stats(x, serial=True)
+    numba_stats(x, serial=True, simd=False)
+    assert seen == [bool(k.U8_SIMD), False]
+    monkeypatch.setattr(k, "U8_SIMD", False)  # a target without AVX-512 BW + VNNI
+    numba_stats(x, serial=True)
+    assert seen[-1] is False
+    with pytest.raises(UsageError, match="AVX-512"):
+        numba_stats(x, serial=True, simd=True)
 
 
 def test_uint8_simd_needs_the_target_features(monkeypatch: pytest.MonkeyPatch) -> None:

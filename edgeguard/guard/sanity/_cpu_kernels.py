@@ -776,60 +776,11 @@ def deinterleave(src, dst):
                 dst[c, w] = src[w, c]
 
 
-@intrinsic
-def deinterleave3_u8(typingctx, src, s0, npix, dst, d0, dstride):
-    """``dst.flat[d0 + c * dstride + w] = src.flat[s0 + 3 w + c]``, w < npix // 64 * 64.
-
-    64 pixels per step: three 64-byte loads become three channel vectors (``_deint3``).
-    Plain LLVM IR, no target intrinsic (compiled and run only on x86-64 so far). Offsets, not
-    slices, for the reason given in ``_u8_intrinsics``.
-    """
-    if not all(
-        isinstance(t, types.Array) and t.layout == "C" and t.dtype == types.uint8
-        for t in (src, dst)
-    ):
-        return None
-    sig = types.void(src, s0, npix, dst, d0, dstride)
-
-    def codegen(context, builder, signature, args):
-        sp, dp = (
-            builder.bitcast(
-                context.make_array(signature.args[i])(context, builder, args[i]).data,
-                _I8.as_pointer(),
-            )
-            for i in (0, 3)
-        )
-        s0_, n, d0_, ds = (
-            context.cast(builder, args[i], signature.args[i], types.int64) for i in (1, 2, 4, 5)
-        )
-        ptr8 = _V8.as_pointer()
-        with cgutils.for_range(builder, builder.sdiv(n, _I64(64))) as loop:
-            base = builder.add(s0_, builder.mul(loop.index, _I64(192)))
-            v = [
-                builder.load(
-                    builder.bitcast(builder.gep(sp, [builder.add(base, _I64(64 * k))]), ptr8),
-                    align=1,
-                )
-                for k in range(3)
-            ]
-            out = builder.add(d0_, builder.mul(loop.index, _I64(64)))
-            for c, r in enumerate(_deint3(builder, v)):
-                dst_c = builder.add(out, builder.mul(ds, _I64(c)))
-                builder.store(r, builder.bitcast(builder.gep(dp, [dst_c]), ptr8), align=1)
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
 @njit(nogil=True, inline="always")
 def deinterleave_u8(flat, s0, npix, channels, dflat, dstride):
-    # dflat[c * dstride + w] = flat[s0 + w * channels + c] for w < npix (uint8; three
-    # channels go 64 pixels at a time).
-    w0 = 0
-    if channels == 3:
-        deinterleave3_u8(flat, s0, npix, dflat, 0, dstride)
-        w0 = npix - npix % 64
-    for w in range(w0, npix):
+    # dflat[c * dstride + w] = flat[s0 + w * channels + c] for w < npix (uint8; only
+    # for channel counts other than 3, which the 3-channel loops read in place).
+    for w in range(npix):
         for c in range(channels):
             dflat[c * dstride + w] = flat[s0 + w * channels + c]
 
