@@ -234,6 +234,7 @@ class GuardedSession:
         from edgeguard.guard.eventlog import EventLog
         from edgeguard.guard.policy import RuntimePolicy
         from edgeguard.runtime.guarded import GuardedRuntime
+        from edgeguard.runtime.placement import cpu_member_count, fallback_options, loader_options
 
         manifest = bundle.manifest
         if not manifest.policy or "runtime" not in manifest.policy:
@@ -272,13 +273,19 @@ class GuardedSession:
                 )
             else:
                 members = {}
+                n_cpu = cpu_member_count(self.policy)
                 for spec in self.policy.members:
                     fmt = manifest.member(spec.name).format
-                    members[spec.name] = self._load(load_backend, fmt, bundle, spec.name)
+                    opts = loader_options(spec, fmt, cpu_members=n_cpu, sandboxed=False)
+                    members[spec.name] = self._load(load_backend, fmt, bundle, spec.name, opts)
                 fallback = None
                 if fallback_entry is not None:
                     fallback = self._load(
-                        load_backend, fallback_entry.format, bundle, fallback_entry.name
+                        load_backend,
+                        fallback_entry.format,
+                        bundle,
+                        fallback_entry.name,
+                        fallback_options(fallback_entry.format, cpu_members=n_cpu),
                     )
                 _warm_up([*members.values(), *([fallback] if fallback else [])], sanity)
                 self.inputs = next(iter(members.values())).inputs()
@@ -304,6 +311,7 @@ class GuardedSession:
     ) -> tuple[dict[str, Any], Any, Any]:
         from edgeguard.backends.base import TensorSpec
         from edgeguard.build.onnx_checks import check_onnx_model
+        from edgeguard.runtime.placement import cpu_member_count, loader_options
         from edgeguard.runtime.sandbox import SandboxPolicy
         from edgeguard.runtime.sandbox.executor import (
             FALLBACK_NAME,
@@ -313,10 +321,17 @@ class GuardedSession:
 
         raw = (manifest.policy or {}).get("sandbox")
         sandbox = SandboxPolicy.from_dict(raw) if raw is not None else SandboxPolicy()
-        specs = {
-            s.name: WorkerSpec(self.bundle.member_bytes(s.name), fmt=manifest.member(s.name).format)
-            for s in self.policy.members
-        }
+        specs: dict[str, WorkerSpec] = {}
+        n_cpu = cpu_member_count(self.policy)
+        for s in self.policy.members:
+            fmt = manifest.member(s.name).format
+            cpus = s.where.cpus
+            specs[s.name] = WorkerSpec(
+                self.bundle.member_bytes(s.name),
+                fmt=fmt,
+                options=loader_options(s, fmt, cpu_members=n_cpu, sandboxed=True),
+                cpus=None if cpus is None else tuple(sorted(cpus)),
+            )
         if fallback_entry is not None:
             specs[FALLBACK_NAME] = WorkerSpec(
                 self.bundle.member_bytes(fallback_entry.name), fmt=fallback_entry.format
@@ -330,8 +345,15 @@ class GuardedSession:
         executor = ProcessMemberExecutor(specs, policy=sandbox, event_log=self.event_log)
         return executor.members(), executor.fallback(), executor
 
-    def _load(self, load_backend: Any, fmt: str, bundle: OpenedBundle, name: str) -> Any:
-        backend = load_backend(fmt, bundle.member_bytes(name))
+    def _load(
+        self,
+        load_backend: Any,
+        fmt: str,
+        bundle: OpenedBundle,
+        name: str,
+        options: Mapping[str, Any],
+    ) -> Any:
+        backend = load_backend(fmt, bundle.member_bytes(name), **options)
         self._backends.append(backend)
         return backend
 

@@ -1,10 +1,22 @@
-"""ONNX Runtime CPU backend (backends layer; imports onnxruntime lazily).
+"""ONNX Runtime backend (backends layer; imports onnxruntime lazily).
 
 The embedded default path: the decrypted model is handed to ONNX Runtime **as
 bytes in memory** and never written to a file (an ``InferenceSession`` accepts
 the serialised model directly; ``optimized_model_filepath`` is left unset so ORT
-does not write the optimised graph either). Only the CPU execution provider is
-used, with all graph optimisations enabled.
+does not write the optimised graph either). All graph optimisations are on.
+
+Where it runs:
+
+* by default, the CPU execution provider, with ``intra_op_threads`` threads;
+  ``cpus`` pins the session's thread pool to those cores (Linux);
+* with ``gpu`` or ``dla_core``, ONNX Runtime's TensorRT execution provider on
+  that CUDA device or DLA core (the GPU build of onnxruntime, for example the
+  Jetson Zoo wheels), CUDA and then CPU for any node TensorRT does not take.
+  The engine cache, timing cache and subgraph dumps stay off, so no engine or
+  model bytes reach the disk. A DLA member is built in fp16 (int8 when the
+  model carries Q/DQ nodes), since DLA runs nothing else; a GPU member in the
+  precision the model itself is in. **This path has never run on a GPU**: the
+  provider options are checked on the host only (``tests/backends``).
 
 Errors raised by ONNX Runtime while loading or running are mapped to
 :class:`~edgeguard.errors.BackendError`; request validation happens in
@@ -13,6 +25,8 @@ Errors raised by ONNX Runtime while loading or running are mapped to
 
 from __future__ import annotations
 
+import os
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -21,9 +35,11 @@ from edgeguard._optional import require
 from edgeguard.backends.base import Backend, Dim, TensorSpec
 from edgeguard.errors import BackendError, UsageError
 
-__all__ = ["OnnxRuntimeBackend"]
+__all__ = ["OnnxRuntimeBackend", "trt_providers"]
 
 PROVIDER = "CPUExecutionProvider"
+TRT_PROVIDER = "TensorrtExecutionProvider"
+CUDA_PROVIDER = "CUDAExecutionProvider"
 
 # ONNX Runtime type strings -> NumPy dtype names.
 _ORT_TYPES: dict[str, str] = {
@@ -72,7 +88,15 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
 
-    def __init__(self, session: Any, *, intra_op_threads: int, inter_op_threads: int) -> None:
+    def __init__(
+        self,
+        session: Any,
+        *,
+        intra_op_threads: int,
+        inter_op_threads: int,
+        cpus: frozenset[int] | None = None,
+        accelerator: dict[str, Any] | None = None,
+    ) -> None:
         """Wrap an existing session; prefer :meth:`from_bytes`."""
         super().__init__()
         self._session = session
@@ -80,6 +104,8 @@ class OnnxRuntimeBackend(Backend):
         self._out = tuple(_spec(a) for a in session.get_outputs())
         self._intra = intra_op_threads
         self._inter = inter_op_threads
+        self._cpus = cpus
+        self._accel = accelerator
 
     @classmethod
     def from_bytes(
@@ -88,6 +114,9 @@ class OnnxRuntimeBackend(Backend):
         *,
         intra_op_threads: int | None = None,
         inter_op_threads: int | None = 1,
+        cpus: Collection[int] | None = None,
+        gpu: int | None = None,
+        dla_core: int | None = None,
     ) -> OnnxRuntimeBackend:
         """Load a serialised ONNX model from memory.
 
@@ -95,14 +124,23 @@ class OnnxRuntimeBackend(Backend):
             model: The ONNX model bytes. Never written to disk.
             intra_op_threads: Threads inside one operator (None: ONNX Runtime decides).
             inter_op_threads: Threads across operators (None: ONNX Runtime decides).
+            cpus: Pin the session's pool threads to these cores (they are created
+                while the calling thread is pinned so, and inherit it). The thread
+                that later calls :meth:`run` runs one share of the work itself:
+                pin it too (the guarded runtime's executors do).
+            gpu: Run on this CUDA device through the TensorRT execution provider.
+            dla_core: Run on this DLA core (of ``gpu``, default 0) through the
+                TensorRT execution provider.
 
         Returns:
             The loaded backend.
 
         Raises:
-            UsageError: ``model`` is not a bytes-like object, or a thread count is invalid.
+            UsageError: ``model`` is not a bytes-like object, a thread count, core
+                or device number is invalid, or ``cpus`` is given with an accelerator.
             MissingDependencyError: onnxruntime is not installed.
-            BackendError: ONNX Runtime cannot load the model.
+            BackendError: ONNX Runtime cannot load the model, or has no TensorRT
+                execution provider when an accelerator is asked for.
         """
         if not isinstance(model, (bytes, bytearray, memoryview)):
             raise UsageError(
@@ -114,20 +152,52 @@ class OnnxRuntimeBackend(Backend):
         data = bytes(model)
         if not data:
             raise BackendError("the ONNX model is empty")
+        pinned = _cpu_set(cpus)
+        accel = gpu is not None or dla_core is not None
+        if accel and pinned is not None:
+            raise UsageError("cpus pins CPU threads; it does not go with gpu or dla_core")
         ort = _ort()
+        providers: list[Any] = [PROVIDER]
+        if accel:
+            available = list(ort.get_available_providers())
+            if TRT_PROVIDER not in available:
+                raise BackendError(
+                    f"placement on {'DLA core' if dla_core is not None else 'GPU'} needs ONNX "
+                    f"Runtime's {TRT_PROVIDER}; this onnxruntime has {available}",
+                    hint="install the GPU build of onnxruntime for this JetPack "
+                    "(the Jetson Zoo wheels), or place the member on the CPU",
+                )
+            providers = trt_providers(data, gpu=gpu, dla_core=dla_core)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.intra_op_num_threads = intra
         opts.inter_op_num_threads = inter
         opts.log_severity_level = 3  # errors only; failures surface as exceptions
+        saved = os.sched_getaffinity(0) if pinned is not None else None
+        if pinned is not None:
+            try:
+                os.sched_setaffinity(0, pinned)  # the pool threads inherit it
+            except OSError as exc:
+                raise UsageError(f"cannot pin to CPUs {sorted(pinned)}: {exc.strerror}") from exc
         try:
-            session = ort.InferenceSession(data, sess_options=opts, providers=[PROVIDER])
+            session = ort.InferenceSession(data, sess_options=opts, providers=providers)
         except Exception as exc:
             raise BackendError(f"ONNX Runtime cannot load the model: {_short(exc)}") from exc
-        if session.get_providers() != [PROVIDER]:
-            raise BackendError(f"ONNX Runtime chose providers {session.get_providers()}")
-        return cls(session, intra_op_threads=intra, inter_op_threads=inter)
+        finally:
+            if saved is not None:
+                os.sched_setaffinity(0, saved)
+        chosen = list(session.get_providers())
+        want = TRT_PROVIDER if accel else PROVIDER
+        if not chosen or chosen[0] != want or (not accel and chosen != [PROVIDER]):
+            raise BackendError(f"ONNX Runtime chose providers {chosen}, not {want}")
+        return cls(
+            session,
+            intra_op_threads=intra,
+            inter_op_threads=inter,
+            cpus=pinned,
+            accelerator=None if not accel else dict(providers[0][1]),
+        )
 
     def _inputs(self) -> tuple[TensorSpec, ...]:
         return self._in
@@ -155,6 +225,8 @@ class OnnxRuntimeBackend(Backend):
             "graph_optimization": "all",
             "intra_op_threads": self._intra,
             "inter_op_threads": self._inter,
+            "cpus": None if self._cpus is None else sorted(self._cpus),
+            "tensorrt_options": self._accel,
             "model": {
                 "graph_name": str(meta.graph_name),
                 "producer": str(meta.producer_name),
@@ -162,6 +234,64 @@ class OnnxRuntimeBackend(Backend):
                 "metadata": {str(k): str(v) for k, v in meta.custom_metadata_map.items()},
             },
         }
+
+
+def _cpu_set(cpus: Collection[int] | None) -> frozenset[int] | None:
+    if cpus is None:
+        return None
+    out = frozenset(cpus)
+    if not out or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in out):
+        raise UsageError(f"cpus must be a non-empty set of CPU numbers, got {sorted(cpus)!r}")
+    if not hasattr(os, "sched_setaffinity"):
+        raise UsageError("pinning to CPUs needs sched_setaffinity (Linux)")
+    return out
+
+
+def _model_precisions(data: bytes) -> tuple[bool, bool]:
+    """(has float16 tensors, has Q/DQ nodes) of an ONNX model."""
+    onnx = require("onnx", extra="ort", purpose="Placing an ONNX model on an accelerator")
+    model = onnx.load_from_string(data)
+    g = model.graph
+    f16 = onnx.TensorProto.FLOAT16
+    fp16 = any(t.data_type == f16 for t in g.initializer) or any(
+        v.type.tensor_type.elem_type == f16 for v in (*g.input, *g.output, *g.value_info)
+    )
+    qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in g.node)
+    return fp16, qdq
+
+
+def trt_providers(
+    data: bytes, *, gpu: int | None, dla_core: int | None
+) -> list[str | tuple[str, dict[str, Any]]]:
+    """ONNX Runtime providers that place ``data`` on a GPU or DLA core through TensorRT.
+
+    The TensorRT provider comes first, then CUDA (same device), then the CPU for
+    any node neither takes. Engine cache, timing cache and subgraph dumps are
+    off, so nothing is written to disk. Precision: a DLA core runs fp16 (int8 when
+    the model has Q/DQ nodes); a GPU keeps the model's own precision (fp16 when
+    it has float16 tensors, int8 when it has Q/DQ nodes, else fp32).
+
+    Raises:
+        UsageError: A device or core number is negative.
+        MissingDependencyError: ``onnx`` (to read the model's precision) is missing.
+    """
+    device = 0 if gpu is None else gpu
+    for v, what in ((device, "gpu"), (dla_core, "dla_core")):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise UsageError(f"{what} must be a non-negative integer, got {v!r}")
+    fp16, qdq = _model_precisions(data)
+    trt: dict[str, Any] = {
+        "device_id": device,
+        "trt_fp16_enable": fp16 or dla_core is not None,
+        "trt_int8_enable": qdq,
+        "trt_engine_cache_enable": False,
+        "trt_timing_cache_enable": False,
+        "trt_dump_subgraphs": False,
+    }
+    if dla_core is not None:
+        trt["trt_dla_enable"] = True
+        trt["trt_dla_core"] = dla_core
+    return [(TRT_PROVIDER, trt), (CUDA_PROVIDER, {"device_id": device}), PROVIDER]
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:

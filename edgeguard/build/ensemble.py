@@ -45,6 +45,8 @@ class EnsembleOptions:
     top_k: int | None = None
     decimals: int | None = None
     rate_limit: tuple[float, int] | None = None
+    placements: tuple[tuple[str, str], ...] = ()
+    """``(member name, placement)`` overrides, for example ``("m-fp32", "cpu:0-3")``."""
 
     @property
     def requested(self) -> bool:
@@ -61,6 +63,7 @@ class EnsembleOptions:
             or self.top_k is not None
             or self.decimals is not None
             or self.rate_limit is not None
+            or bool(self.placements)
         )
 
 
@@ -95,6 +98,41 @@ def _placements(kinds: Sequence[str], dla_cores: int, has_gpu: bool) -> list[str
             next_dla += 1
         else:
             out.append("gpu")
+    return out
+
+
+def _override_placements(
+    members: list[MemberPlan],
+    overrides: Sequence[tuple[str, str]],
+    dla_cores: int,
+    has_gpu: bool,
+) -> list[MemberPlan]:
+    from edgeguard.guard.policy import parse_placement
+
+    by_name = {m.name: i for i, m in enumerate(members)}
+    seen: set[str] = set()
+    out = list(members)
+    for name, text in overrides:
+        if name not in by_name:
+            raise UsageError(
+                f"--placement names {name!r}, which is not a member",
+                hint=f"members: {', '.join(by_name)}",
+            )
+        if name in seen:
+            raise UsageError(f"--placement gives {name!r} twice")
+        seen.add(name)
+        try:
+            where = parse_placement(text)
+        except MalformedError as exc:
+            raise UsageError(f"--placement {name}={text}: {exc}") from exc
+        if where.accelerator and not has_gpu:
+            raise UsageError(f"--placement {name}={text}: the device profile has no GPU")
+        if where.unit == "dla" and where.index >= dla_cores:
+            raise UsageError(
+                f"--placement {name}={text}: the device profile has {dla_cores} DLA core(s)"
+            )
+        m = out[by_name[name]]
+        out[by_name[name]] = MemberPlan(m.name, m.data, m.role, str(where), m.note)
     return out
 
 
@@ -154,6 +192,7 @@ def plan_ensemble(
     )
     if len({m.name for m in members}) != len(members):
         raise UsageError("two models have the same file name; rename one")
+    members = _override_placements(members, opts.placements, dla_cores, has_gpu)
     if not opts.requested and len(members) == 1:
         return members, None
 

@@ -129,6 +129,16 @@ def register(sub: Any) -> None:
         metavar="RATE[/BURST]",
         help="per-client requests per second (and burst) for devices exposing an inference API",
     )
+    g.add_argument(
+        "--placement",
+        action="append",
+        default=[],
+        metavar="MEMBER=WHERE",
+        help=(
+            "where a member runs: cpu, cpu:LIST (pinned to those cores, e.g. cpu:0-3), "
+            "gpuN or dlaN (repeatable; default: from the device profile)"
+        ),
+    )
     add_passphrase_arg(p)
     p.set_defaults(func=run)
 
@@ -152,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         decimals=args.decimals,
         rate_limit=_rate(args.rate_limit),
+        placements=tuple(_placement(t) for t in args.placement),
     )
     header = build_bundle(
         args.models,
@@ -199,3 +210,13 @@ def _rate(text: str | None) -> tuple[float, int] | None:
     if rate <= 0 or burst < 1:
         raise UsageError("--rate-limit needs a positive rate and a burst of at least 1")
     return rate, burst
+
+
+def _placement(text: str) -> tuple[str, str]:
+    """``MEMBER=WHERE``."""
+    from edgeguard.errors import UsageError
+
+    name, eq, where = text.partition("=")
+    if not eq or not name or not where:
+        raise UsageError(f"--placement {text!r} is not MEMBER=WHERE (e.g. m-fp32=cpu:0-1)")
+    return name, where

@@ -15,6 +15,7 @@ nothing is guessed.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -30,6 +31,7 @@ __all__ = [
     "HardeningPolicy",
     "HealthPolicy",
     "MemberSpec",
+    "Placement",
     "QuarantinePolicy",
     "RateLimitPolicy",
     "RuntimePolicy",
@@ -37,11 +39,14 @@ __all__ = [
     "VoterSpec",
     "array_from_dict",
     "array_to_dict",
+    "parse_placement",
 ]
 
 FORMAT = "edgeguard-runtime-policy/1"
 
-_PLACEMENTS_PREFIX = ("cpu", "gpu", "dla")
+_MAX_CPU = 4095  # highest CPU number a placement may name (Linux NR_CPUS default ceiling)
+_MAX_ACCEL = 15  # highest GPU / DLA index
+_PLACEMENT_RE = re.compile(r"(cpu)(?::([0-9,-]+))?|(gpu|dla)([0-9]+)?")
 _ALLOWED_DTYPES = frozenset(
     {"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"}
 )
@@ -169,16 +174,104 @@ def array_from_dict(d: Mapping[str, Any], path: str = "array") -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """Where a member runs, parsed from its placement string.
+
+    Grammar (``docs/failsafe.md``, "Placement"):
+
+    * ``cpu``: on the CPU, sharing the cores the process may use;
+    * ``cpu:LIST``: on the CPU, pinned to the cores in ``LIST``, a Linux cpulist
+      such as ``2``, ``0-3`` or ``0,2-3`` (ascending, no repeats);
+    * ``gpu`` / ``gpuN``: on CUDA device ``N`` (default 0);
+    * ``dla`` / ``dlaN``: on DLA core ``N`` (default 0) of CUDA device 0.
+
+    Attributes:
+        unit: ``"cpu"``, ``"gpu"`` or ``"dla"``.
+        index: GPU device or DLA core number (0 for ``cpu``).
+        cpus: The pinned cores, or None when the placement pins none.
+    """
+
+    unit: str
+    index: int = 0
+    cpus: frozenset[int] | None = None
+
+    @property
+    def accelerator(self) -> bool:
+        """True for GPU and DLA placements."""
+        return self.unit != "cpu"
+
+    def __str__(self) -> str:
+        if self.unit == "cpu":
+            return "cpu" if self.cpus is None else "cpu:" + _cpulist(self.cpus)
+        return f"{self.unit}{self.index}"
+
+
+def _cpulist(cpus: frozenset[int]) -> str:
+    out: list[str] = []
+    run: list[int] = []
+    for c in sorted(cpus):
+        if run and c != run[-1] + 1:
+            out.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
+            run = []
+        run.append(c)
+    out.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
+    return ",".join(out)
+
+
+def parse_placement(text: str, path: str = "placement") -> Placement:
+    """Parse a placement string (grammar in :class:`Placement`).
+
+    Raises:
+        MalformedError: The string does not follow the grammar, a core list is not
+            ascending or repeats a core, or a number is out of range.
+    """
+    m = _PLACEMENT_RE.fullmatch(text) if isinstance(text, str) else None
+    if m is None:
+        raise _fail(path, f"{text!r} is not cpu, cpu:LIST, gpu[N] or dla[N]")
+    if m.group(1):
+        if m.group(2) is None:
+            return Placement("cpu")
+        cpus: list[int] = []
+        for part in m.group(2).split(","):
+            lo, dash, hi = part.partition("-")
+            if not lo.isdigit() or (dash and not hi.isdigit()):
+                raise _fail(path, f"{part!r} in {text!r} is not N or N-M")
+            a, b = int(lo), int(hi) if dash else int(lo)
+            if b < a or (cpus and a <= cpus[-1]):
+                raise _fail(path, f"core list {text!r} must ascend without repeats")
+            if b > _MAX_CPU:
+                raise _fail(path, f"CPU {b} is beyond {_MAX_CPU}")
+            cpus.extend(range(a, b + 1))
+        return Placement("cpu", cpus=frozenset(cpus))
+    index = int(m.group(4)) if m.group(4) else 0
+    if index > _MAX_ACCEL:
+        raise _fail(path, f"{m.group(3)} index {index} is beyond {_MAX_ACCEL}")
+    return Placement(m.group(3), index=index)
+
+
+@dataclass(frozen=True)
 class MemberSpec:
     """One ensemble member.
 
     Attributes:
         name: Unique member name (matches the key in ``GuardedRuntime(members=...)``).
-        placement: Where it runs: ``"cpu"``, ``"gpu"``, ``"gpu1"``, ``"dla0"``, ...
+        placement: Where it runs: ``"cpu"``, ``"cpu:0-1"``, ``"gpu"``, ``"gpu1"``,
+            ``"dla0"``, ... (grammar in :class:`Placement`).
+
+    Raises:
+        MalformedError: The placement does not follow the grammar.
     """
 
     name: str
     placement: str = "cpu"
+
+    def __post_init__(self) -> None:
+        parse_placement(self.placement, f"member {self.name!r}: placement")
+
+    @property
+    def where(self) -> Placement:
+        """The parsed placement."""
+        return parse_placement(self.placement)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form."""
@@ -189,8 +282,7 @@ class MemberSpec:
         """Parse and validate."""
         _check_keys(d, path, {"name"}, {"placement"})
         placement = _str(d.get("placement", "cpu"), f"{path}.placement")
-        if not placement.startswith(_PLACEMENTS_PREFIX):
-            raise _fail(f"{path}.placement", f"must start with one of {_PLACEMENTS_PREFIX}")
+        parse_placement(placement, f"{path}.placement")
         return cls(name=_str(d["name"], f"{path}.name"), placement=placement)
 
 

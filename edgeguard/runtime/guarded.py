@@ -37,7 +37,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from edgeguard.errors import BackendError, InputRejectedError, UsageError
+from edgeguard.errors import BackendError, InputRejectedError, PolicyError, UsageError
 from edgeguard.guard.abuse import QueryMonitor, RateLimitedError, RateLimiter, harden_outputs
 from edgeguard.guard.eventlog import EventLog
 from edgeguard.guard.health import HealthMonitor, HealthState, Transition, TransitionCallback
@@ -45,6 +45,7 @@ from edgeguard.guard.metrics import Metrics
 from edgeguard.guard.policy import ChainStep, RuntimePolicy, VoterKind
 from edgeguard.guard.sanity.check import SanityGuard
 from edgeguard.guard.voting import Vote, required_outputs, vote
+from edgeguard.runtime.placement import member_cpus, pin_current_thread
 
 __all__ = [
     "FALLBACK_NAME",
@@ -183,21 +184,32 @@ class _Job:
 
 
 class _Worker:
-    def __init__(self, name: str, target: Runnable, generation: int) -> None:
+    def __init__(
+        self, name: str, target: Runnable, generation: int, cpus: frozenset[int] | None
+    ) -> None:
         self.q: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self.target = target
+        self.cpus = cpus
         self.thread = threading.Thread(
             target=self._loop, name=f"edgeguard-member-{name}-{generation}", daemon=True
         )
         self.thread.start()
 
     def _loop(self) -> None:
+        pin_error: BaseException | None = None
+        if self.cpus is not None:
+            try:
+                pin_current_thread(self.cpus)
+            except PolicyError as exc:  # every call then fails: the member abstains
+                pin_error = exc
         while True:
             job = self.q.get()
             if job is None:
                 return
             job.start_ns = time.perf_counter_ns()
             try:
+                if pin_error is not None:
+                    raise pin_error
                 out = self.target.run(job.feeds)
                 job._out = out if isinstance(out, dict) else dict(out)
             except BaseException as exc:  # the member's failure is reported, not raised here
@@ -212,10 +224,23 @@ class ThreadMemberExecutor:
     Args:
         runnables: Members (and the fallback model) by name.
         max_abandoned: Hung workers tolerated per member before ``submit`` refuses.
+        cpus: Cores to pin each named member's worker thread to (the thread that
+            calls ``run``; its backend pins its own pool threads), from the
+            members' ``cpu:LIST`` placements.
     """
 
-    def __init__(self, runnables: Mapping[str, Runnable], *, max_abandoned: int = 4) -> None:
+    def __init__(
+        self,
+        runnables: Mapping[str, Runnable],
+        *,
+        max_abandoned: int = 4,
+        cpus: Mapping[str, frozenset[int]] | None = None,
+    ) -> None:
         self._targets = dict(runnables)
+        self._cpus = dict(cpus or {})
+        unknown = sorted(set(self._cpus) - set(self._targets))
+        if unknown:
+            raise UsageError(f"cpus given for unknown members {unknown}")
         self._max_abandoned = max_abandoned
         self._workers: dict[str, _Worker | None] = dict.fromkeys(self._targets)
         self._abandoned: dict[str, int] = dict.fromkeys(self._targets, 0)
@@ -237,7 +262,7 @@ class ThreadMemberExecutor:
             if w is None:
                 if self._abandoned[name] > self._max_abandoned:
                     raise BackendError(f"member {name!r} retired: too many hung calls")
-                w = _Worker(name, self._targets[name], self._abandoned[name])
+                w = _Worker(name, self._targets[name], self._abandoned[name], self._cpus.get(name))
                 self._workers[name] = w
             job = _Job(feeds)
             w.q.put(job)
@@ -362,6 +387,8 @@ class GuardedRuntime:
 
     Raises:
         UsageError: Members do not match the policy.
+        PolicyError: A member's ``cpu:LIST`` placement names cores this process may
+            not use (the default executor pins each member's worker thread to them).
     """
 
     def __init__(
@@ -404,8 +431,9 @@ class GuardedRuntime:
         runnables: dict[str, Runnable] = dict(members)
         if fallback is not None:
             runnables[FALLBACK_NAME] = fallback
+        pinned = member_cpus(policy)  # refuses cores this process may not use
         self._executor: MemberExecutor = executor or ThreadMemberExecutor(
-            runnables, max_abandoned=policy.quarantine.max_abandoned_workers
+            runnables, max_abandoned=policy.quarantine.max_abandoned_workers, cpus=pinned
         )
         self._limiter = (
             RateLimiter(policy.rate_limit, clock=lambda: self._clock() / 1e9)
@@ -512,13 +540,16 @@ class GuardedRuntime:
         s = time.perf_counter_ns()
         rejected = False
         if self._sanity is not None:
+            verdict: object = None
+            detail: dict[str, Any] | None = None
             try:
-                verdict: object = self._sanity.check_inputs(feeds, prev=self._prev_feeds)
+                verdict = self._sanity.check_inputs(feeds, prev=self._prev_feeds)
                 status = _status_name(verdict)
-                detail = _verdict_dict(verdict)
             except Exception as exc:  # a broken checker must not let inputs through
                 status, detail = "REJECT", {"error": f"{type(exc).__name__}: {exc}"}
             if status == "REJECT":
+                if detail is None:  # built only for the log record, not on every frame
+                    detail = _verdict_dict(verdict)
                 rejected = True
                 reasons.append("input rejected by sanity checks")
                 self.metrics.rejects.inc(reason="input_sanity")

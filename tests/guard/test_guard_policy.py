@@ -22,6 +22,7 @@ from edgeguard.guard.policy import (
     VoterSpec,
     array_from_dict,
     array_to_dict,
+    parse_placement,
 )
 
 
@@ -118,6 +119,18 @@ def _mutate(path: list[Any], value: Any) -> dict[str, Any]:
         (["members"], [{"name": "a"}, {"name": "a"}], "unique"),
         (["members"], [], "at least one"),
         (["members", 0, "placement"], "tpu", "placement"),
+        (["members", 0, "placement"], "cpuXYZ", "placement"),
+        (["members", 0, "placement"], "cpu:", "placement"),
+        (["members", 0, "placement"], "cpu:3-1", "ascend"),
+        (["members", 0, "placement"], "cpu:1,1", "ascend"),
+        (["members", 0, "placement"], "cpu:2,0", "ascend"),
+        (["members", 0, "placement"], "cpu:0,,1", "not N or N-M"),
+        (["members", 0, "placement"], "cpu:0-", "not N or N-M"),
+        (["members", 0, "placement"], "cpu:4096", "beyond"),
+        (["members", 0, "placement"], "dla16", "beyond"),
+        (["members", 0, "placement"], "gpu-1", "placement"),
+        (["members", 0, "placement"], "GPU", "placement"),
+        (["members", 0, "placement"], 3, "placement"),
         (["quarantine", "max_backoff_ms"], 1.0, "max_backoff_ms"),
         (["rate_limit", "rate_per_s"], 0, "rate_per_s"),
         (["hardening", "top_k"], 0, "top_k"),
@@ -151,3 +164,34 @@ def test_array_codec() -> None:
         array_from_dict({"dtype": "float32", "shape": [1], "data": [True]})
     with pytest.raises(MalformedError, match="elements"):
         array_from_dict({"dtype": "float32", "shape": [4096, 4096], "data": []})
+
+
+@pytest.mark.parametrize(
+    ("text", "unit", "index", "cpus", "canonical"),
+    [
+        ("cpu", "cpu", 0, None, "cpu"),
+        ("cpu:2", "cpu", 0, {2}, "cpu:2"),
+        ("cpu:0-3", "cpu", 0, {0, 1, 2, 3}, "cpu:0-3"),
+        ("cpu:0,2-3,7", "cpu", 0, {0, 2, 3, 7}, "cpu:0,2-3,7"),
+        ("cpu:0,1", "cpu", 0, {0, 1}, "cpu:0-1"),
+        ("gpu", "gpu", 0, None, "gpu0"),
+        ("gpu1", "gpu", 1, None, "gpu1"),
+        ("dla", "dla", 0, None, "dla0"),
+        ("dla1", "dla", 1, None, "dla1"),
+    ],
+)
+def test_placement_grammar(
+    text: str, unit: str, index: int, cpus: set[int] | None, canonical: str
+) -> None:
+    p = parse_placement(text)
+    assert (p.unit, p.index) == (unit, index)
+    assert p.cpus == (None if cpus is None else frozenset(cpus))
+    assert p.accelerator is (unit != "cpu")
+    assert str(p) == canonical
+    assert parse_placement(str(p)) == p
+    assert MemberSpec("m", text).where == p
+
+
+def test_member_spec_refuses_bad_placement_when_built_directly() -> None:
+    with pytest.raises(MalformedError, match="placement"):
+        MemberSpec("m", "cpu:9-2")

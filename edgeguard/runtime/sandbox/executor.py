@@ -99,6 +99,9 @@ class WorkerSpec:
             ``function(model: memoryview, fmt, options) -> Runnable``; None uses
             :func:`~edgeguard.backends.load_backend`. For custom loaders and tests.
         python_path: Directories prepended to the worker's ``sys.path`` (for ``loader``).
+        cpus: Cores the worker process is pinned to, set while it is still one
+            thread so every thread it creates inherits them (a member's
+            ``cpu:LIST`` placement); None leaves the affinity as inherited.
     """
 
     model: bytes | bytearray | memoryview = field(repr=False)
@@ -108,6 +111,7 @@ class WorkerSpec:
     )
     loader: str | None = None
     python_path: tuple[str, ...] = ()
+    cpus: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -567,6 +571,7 @@ class ProcessMemberExecutor:
             "options": dict(s.spec.options),
             "loader": s.spec.loader,
             "python_path": list(s.spec.python_path),
+            "cpus": None if s.spec.cpus is None else list(s.spec.cpus),
             "plan": self._plan,
             "required": list(self._policy.required_layers()),
             "netns_mode": self._caps.netns,

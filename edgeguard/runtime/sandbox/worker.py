@@ -7,7 +7,8 @@ Life of a worker:
 
 1. read the ``init`` message from the control socket ``FD`` (a SOCK_SEQPACKET socket
    the supervisor created before spawning us);
-2. while still single-threaded: enter a new network namespace (policy permitting);
+2. while still single-threaded: pin to the placement's CPU cores (if any), enter a new
+   network namespace (policy permitting);
 3. map the **sealed memfd** holding the decrypted model (never a file on disk), check
    its seals, load the model from memory and close the memfd;
 4. map the shared I/O memfd, run warm-up inferences through the exact serving code
@@ -294,7 +295,14 @@ def main(argv: list[str] | None = None) -> int:
     state: dict[str, str] = {k: "off" if v == "off" else "skipped" for k, v in plan.items()}
     required = set(init.get("required", ()))
     try:
-        # 2. network namespace while single-threaded (unshare refuses otherwise for userns)
+        # 2a. CPU placement while single-threaded, so every later thread inherits it
+        if init.get("cpus") is not None:
+            try:
+                os.sched_setaffinity(0, {int(c) for c in init["cpus"]})
+            except (OSError, TypeError, ValueError) as exc:
+                _send(ctl, {"op": "error", "error": f"cannot pin to CPUs {init['cpus']}: {exc}"})
+                return 4
+        # 2b. network namespace while single-threaded (unshare refuses otherwise for userns)
         if plan.get("netns") == "apply":
             try:
                 flags = _linux.CLONE_NEWNET
