@@ -215,6 +215,9 @@ class GuardedSession:
     namespace, rlimits, as the signed ``policy["sandbox"]`` says, else best
     effort; see ``docs/isolation.md``) or in threads of this process
     (``isolation="threads"``, used when ``wrap`` injects faults in-process).
+    Each member runs where its signed placement says (CPU cores, GPU, DLA core;
+    ``docs/failsafe.md``, "Placement"), or the session refuses to start with
+    :class:`~edgeguard.errors.PolicyError` or :class:`~edgeguard.errors.BackendError`.
     The signed sanity profile guards inputs and outputs; events go to a
     hash-chained log in the state directory, checkpoints signed with the
     device's attestation key.
