@@ -61,7 +61,30 @@ def describe(prefix: Any) -> dict[str, Any]:
             "policy": m.policy is not None,
             "engine_recipe": m.engine_recipe is not None,
         },
+        "runtime": _runtime_summary(m.policy),
         "tool": m.tool,
+    }
+
+
+def _runtime_summary(policy: Any) -> dict[str, Any] | None:
+    """The runtime policy's main fields as the manifest holds them (not validated here)."""
+    rt = policy.get("runtime") if isinstance(policy, dict) else None
+    if not isinstance(rt, dict):
+        return None
+    raw_voter, raw_members = rt.get("voter"), rt.get("members")
+    voter: dict[str, Any] = raw_voter if isinstance(raw_voter, dict) else {}
+    members: list[Any] = raw_members if isinstance(raw_members, list) else []
+    return {
+        "voter": voter.get("kind"),
+        "output": voter.get("output"),
+        "quorum": rt.get("quorum"),
+        "deadline_ms": rt.get("deadline_ms"),
+        "fallback_chain": rt.get("fallback_chain"),
+        "placement": {
+            str(x.get("name")): str(x.get("placement", "cpu"))
+            for x in members
+            if isinstance(x, dict)
+        },
     }
 
 
@@ -89,12 +112,24 @@ def run(args: argparse.Namespace) -> int:
     c.print(f"signer  {d['signer_key_id']}  ({d['signature_alg']})")
     ids = d["devices"]["ids"]
     c.print(f"devices profiles={', '.join(d['devices']['profiles'])} ids={ids or 'any recipient'}")
+    rt = d["runtime"]
+    where = rt["placement"] if rt else {}
     t = Table(title="members")
-    for col in ("name", "role", "format", "size", "sha256"):
+    for col in ("name", "role", "format", "size", "sha256", *(("placement",) if rt else ())):
         t.add_column(col)
     for x in d["members"]:
-        t.add_row(x["name"], x["role"], x["format"], str(x["size"]), x["sha256"][:16] + "…")
+        row = [x["name"], x["role"], x["format"], str(x["size"]), x["sha256"][:16] + "…"]
+        if rt:
+            row.append(where.get(x["name"], "cpu, unpinned" if x["role"] == "fallback" else "-"))
+        t.add_row(*row)
     c.print(t)
+    if rt:
+        chain = rt["fallback_chain"]
+        c.print(
+            f"runtime policy: voter {rt['voter']} on {rt['output']}, quorum {rt['quorum']} "
+            f"of {len(where)}, deadline {rt['deadline_ms']} ms, chain "
+            + (" -> ".join(map(str, chain)) if isinstance(chain, list) else "?")
+        )
     c.print(
         f"{len(d['recipients'])} recipient(s): "
         + ", ".join(f"{r['kem']}:{r['key_id'][:12]}…" for r in d["recipients"][:8])

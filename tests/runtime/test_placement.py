@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Mapping
@@ -303,6 +304,18 @@ def test_placement_is_signed_into_the_policy(pinned_bundle) -> None:
         "digits_mlp-fp32": f"cpu:{LAST}",
         "digits_mlp-fp16": "cpu",
     }
+
+
+def test_inspect_shows_the_placements_and_the_policy(pinned_bundle) -> None:
+    r = eg("inspect", pinned_bundle["bundle"], "--json")
+    assert r.returncode == 0, r.stderr
+    rt = json.loads(r.stdout)["runtime"]
+    assert rt["placement"] == {"digits_mlp-fp32": f"cpu:{LAST}", "digits_mlp-fp16": "cpu"}
+    assert (rt["voter"], rt["quorum"], rt["deadline_ms"]) == ("plurality", 2, 2000.0)
+    r = eg("inspect", pinned_bundle["bundle"])
+    assert r.returncode == 0, r.stderr
+    assert "placement" in r.stdout and f"cpu:{LAST}" in r.stdout
+    assert "quorum 2 of 2, deadline 2000.0 ms" in r.stdout
 
 
 def test_threads_isolation_pins_the_member_and_its_pool(pinned_bundle, tmp_path) -> None:
