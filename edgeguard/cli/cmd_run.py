@@ -184,6 +184,7 @@ def _run_guarded(
         "sources": sources,
         "health": guarded.runtime.health.name,
         "isolation": guarded.isolation,
+        "placement": {m.name: str(m.where) for m in guarded.policy.members},
         "open_ms": round(open_ms, 3),
         "event_log": str(guarded.log_path) if guarded.log_path else None,
         "output_file": str(args.output),

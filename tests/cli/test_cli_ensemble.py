@@ -87,6 +87,9 @@ def test_guarded_run_serves_every_frame_with_json_lines(world, tmp_path) -> None
         assert {"source", "health", "reasons", "latency_ms", "frame"} <= set(f)
         assert f["latency_ms"]["total"] > 0
     assert summary["sources"].get("ensemble", 0) >= 38
+    assert summary["placement"] == dict.fromkeys(
+        ("digits_mlp-fp32", "digits_mlp-fp16", "digits_mlp-int8"), "cpu"
+    )
     out = np.load(tmp_path / "out.npz")
     assert out["logits"].shape == (40, 10)
     assert np.mean(out["label"] == labels[:40]) >= 0.95
