@@ -16,7 +16,8 @@ Where it runs:
   model bytes reach the disk. A DLA member is built in fp16 (int8 when the
   model carries Q/DQ nodes), since DLA runs nothing else; a GPU member in the
   precision the model itself is in. **This path has never run on a GPU**: the
-  provider options are checked on the host only (``tests/backends``).
+  provider options are checked on the host only
+  (``tests/runtime/test_placement.py``).
 
 Errors raised by ONNX Runtime while loading or running are mapped to
 :class:`~edgeguard.errors.BackendError`; request validation happens in
@@ -249,7 +250,7 @@ def _cpu_set(cpus: Collection[int] | None) -> frozenset[int] | None:
 
 def _model_precisions(data: bytes) -> tuple[bool, bool]:
     """(has float16 tensors, has Q/DQ nodes) of an ONNX model."""
-    onnx = require("onnx", extra="ort", purpose="Placing an ONNX model on an accelerator")
+    onnx = require("onnx", extra="build", purpose="Placing an ONNX model on an accelerator")
     model = onnx.load_from_string(data)
     g = model.graph
     f16 = onnx.TensorProto.FLOAT16

@@ -407,3 +407,42 @@ def test_build_refuses_bad_placements(tmp_path, placement: str, match: str) -> N
     assert r.returncode == 2, r.stderr
     assert match in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "x.egb").exists()
+
+
+def test_thread_executor_refuses_unknown_names_and_reports_a_failed_pin() -> None:
+    from edgeguard.runtime.guarded import ThreadMemberExecutor
+
+    with pytest.raises(UsageError, match="unknown members"):
+        ThreadMemberExecutor({"a": _Affinity()}, cpus={"b": frozenset({LAST})})
+    ex = ThreadMemberExecutor({"a": _Affinity()}, cpus={"a": frozenset({BEYOND})})
+    try:
+        job = ex.submit("a", {"x": np.zeros(1)})
+        assert job.wait(5.0)
+        with pytest.raises(PolicyError, match="cannot pin"):  # the member abstains
+            job.result()
+    finally:
+        ex.close()
+
+
+def test_plan_refuses_placements_the_profile_cannot_hold() -> None:
+    from edgeguard.build.ensemble import EnsembleOptions, plan_ensemble
+
+    model = [("m", data.model_bytes("digits_mlp"))]
+
+    def plan(*placements: tuple[str, str], dla_cores: int = 2) -> dict[str, str]:
+        _, policy = plan_ensemble(
+            model,
+            EnsembleOptions(variants=("fp32", "fp16"), placements=placements),
+            calibration=None,
+            output_name="logits",
+            dla_cores=dla_cores,
+            has_gpu=True,
+        )
+        assert policy is not None
+        return {m["name"]: m["placement"] for m in policy["runtime"]["members"]}
+
+    assert plan(("m-fp16", "gpu"), ("m-fp32", "cpu:0")) == {"m-fp32": "cpu:0", "m-fp16": "gpu0"}
+    with pytest.raises(UsageError, match="1 DLA core"):
+        plan(("m-fp16", "dla1"), dla_cores=1)
+    with pytest.raises(UsageError, match="twice"):
+        plan(("m-fp16", "gpu"), ("m-fp16", "dla0"))
