@@ -290,3 +290,8 @@ class Metrics(Registry):
             "edgeguard_frame_latency_seconds", "End-to-end frame latency"
         )
         self.alerts = self.counter("edgeguard_abuse_alerts", "Query-pattern monitor alerts")
+        self.member_info = self.gauge(
+            "edgeguard_member_info",
+            "Always 1: each member's signed placement (join on member)",
+            ["member", "placement"],
+        )

@@ -461,6 +461,8 @@ class GuardedRuntime:
             )
             self._log_thread.start()
         self.metrics.state.set(0)
+        for spec in policy.members:
+            self.metrics.member_info.set(1, member=spec.name, placement=str(spec.where))
 
     # -- public -------------------------------------------------------------------------------
 

@@ -144,6 +144,9 @@ def test_thread_executor_pins_each_members_worker_thread() -> None:
     with GuardedRuntime({"a": a, "b": b}, policy=policy) as rt:
         for _ in range(3):
             assert rt.infer({"x": np.zeros(2, np.float32)}).source.value == "ensemble"
+        prom = rt.metrics.to_prometheus()
+    assert f'edgeguard_member_info{{member="a",placement="cpu:{LAST}"}} 1' in prom
+    assert 'edgeguard_member_info{member="b",placement="cpu"} 1' in prom
     assert a.seen == [frozenset({LAST})] * 3
     assert b.seen == [frozenset(USABLE)] * 3  # unpinned: left as the process has it
     assert threading.get_ident() not in a.threads
