@@ -9,7 +9,8 @@ embedded in the manifest's ``policy`` slot as ``{"runtime": ...}``.
 Placement comes from the first allowed device profile: on a profile with DLA
 cores the reduced-precision variants are spread over the DLA cores and the
 rest run on the GPU (compute-unit diversity); on a GPU-less profile
-everything runs on the CPU.
+everything runs on the CPU. ``--placement MEMBER=WHERE`` overrides a member's
+placement. The fallback model always runs on the CPU.
 """
 
 from __future__ import annotations
@@ -205,9 +206,9 @@ def plan_ensemble(
         from edgeguard.build.onnx_checks import check_onnx_model
 
         check_onnx_model(fb, source=str(opts.fallback))
-        fallback = MemberPlan(
-            f"{Path(opts.fallback).stem}-fallback", fb, "fallback", "gpu" if has_gpu else "cpu"
-        )
+        # The fallback runs on the CPU, unpinned (docs/failsafe.md, "Placement"): a
+        # different compute unit from GPU/DLA members, and no placement in the policy.
+        fallback = MemberPlan(f"{Path(opts.fallback).stem}-fallback", fb, "fallback", "cpu")
     safe = _load_npz(opts.safe_default) if opts.safe_default else None
     voter_name = opts.voter or "plurality"
     if voter_name not in VOTERS:
