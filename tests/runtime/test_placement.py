@@ -449,3 +449,16 @@ def test_plan_refuses_placements_the_profile_cannot_hold() -> None:
         plan(("m-fp16", "dla1"), dla_cores=1)
     with pytest.raises(UsageError, match="twice"):
         plan(("m-fp16", "gpu"), ("m-fp16", "dla0"))
+
+
+def test_pinning_without_sched_setaffinity_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hosts without per-thread affinity (not Linux) refuse pinned placements up front."""
+    from edgeguard.runtime.placement import pin_current_thread
+
+    monkeypatch.delattr(os, "sched_setaffinity")
+    with pytest.raises(PolicyError, match="sched_setaffinity"):
+        pin_current_thread({LAST})
+    with pytest.raises(PolicyError, match="needs Linux"):
+        member_cpus(_policy(MemberSpec("a", f"cpu:{LAST}")))
+    with pytest.raises(UsageError, match="sched_setaffinity"):
+        OnnxRuntimeBackend.from_bytes(data.model_bytes("digits_mlp"), cpus=[LAST])

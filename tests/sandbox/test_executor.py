@@ -203,6 +203,14 @@ def test_model_load_failure_is_a_backend_error(caps: HostCapabilities) -> None:
         ProcessMemberExecutor({"a": WorkerSpec(b"not onnx")}, policy=SandboxPolicy(), caps=caps)
 
 
+def test_worker_pinned_to_a_core_it_may_not_use_fails_to_start(caps: HostCapabilities) -> None:
+    beyond = max(os.sched_getaffinity(0)) + 1
+    with pytest.raises(BackendError, match=f"cannot pin to CPUs \\[{beyond}\\]"):
+        ProcessMemberExecutor(
+            {"a": WorkerSpec(conv_model(), cpus=(beyond,))}, policy=SandboxPolicy(), caps=caps
+        )
+
+
 def test_seal_model() -> None:
     fd = seal_model(b"abc")
     try:
