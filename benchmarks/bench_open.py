@@ -64,10 +64,10 @@ def main() -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from edgeguard.build.packager import MemberSource, write_bundle
     from edgeguard.bundle.verify import TrustStore
     from edgeguard.crypto.keys import DeviceKey, SignerKey
     from edgeguard.keystore import write_keypair
+    from edgeguard.packaging.packager import MemberSource, write_bundle
     from edgeguard.runtime.opener import open_bundle
 
     console = Console()

@@ -6,7 +6,7 @@ Layers, each depending only on the ones before it:
    HPKE key wrapping and the chunked STREAM AEAD. Only ``cryptography``.
 2. :mod:`edgeguard.bundle` - the bundle format v1: data model, codec and the
    pure verification logic. No file I/O, no inference libraries.
-3. :mod:`edgeguard.build` - packaging: ONNX checks, signing, encryption.
+3. :mod:`edgeguard.packaging` - packaging: ONNX checks, signing, encryption.
 4. :mod:`edgeguard.backends` - inference backends (ONNX Runtime CPU by
    default, TensorRT on Jetson), imported lazily.
 5. :mod:`edgeguard.guard` - input sanity, voting, failsafe, event log.

@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from edgeguard.build.ensemble import EnsembleOptions
-from edgeguard.build.packager import DEFAULT_CHUNK, MemberSource, write_bundle
 from edgeguard.bundle.model import Header
 from edgeguard.bundle.verify import TrustStore
 from edgeguard.crypto.keys import DeviceKey, DevicePublicKey, SignerKey
 from edgeguard.errors import UsageError
+from edgeguard.packaging.ensemble import EnsembleOptions
+from edgeguard.packaging.packager import DEFAULT_CHUNK, MemberSource, write_bundle
 from edgeguard.runtime.opener import OpenedBundle, verify_bundle
 from edgeguard.runtime.opener import open_bundle as _open
 
@@ -70,9 +70,9 @@ def build_bundle(
     manifest. With ``calibration`` (an .npz/.npy file or a folder of images) the
     input-sanity profile is calibrated on the primary model and signed too.
     """
-    from edgeguard.build.ensemble import plan_ensemble
-    from edgeguard.build.onnx_checks import check_onnx_model
     from edgeguard.devices import load_profile
+    from edgeguard.packaging.ensemble import plan_ensemble
+    from edgeguard.packaging.onnx_checks import check_onnx_model
 
     if not models:
         raise UsageError("give at least one model")
@@ -313,7 +313,7 @@ class GuardedSession:
         self, manifest: Any, fallback_entry: Any, sanity: Any
     ) -> tuple[dict[str, Any], Any, Any]:
         from edgeguard.backends.base import TensorSpec
-        from edgeguard.build.onnx_checks import check_onnx_model
+        from edgeguard.packaging.onnx_checks import check_onnx_model
         from edgeguard.runtime.placement import cpu_member_count, loader_options
         from edgeguard.runtime.sandbox import SandboxPolicy
         from edgeguard.runtime.sandbox.executor import (

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from edgeguard.build.packager import MemberSource, write_bundle
 from edgeguard.bundle.verify import TrustStore
 from edgeguard.crypto.keys import DeviceKey, SignerKey
+from edgeguard.packaging.packager import MemberSource, write_bundle
 
 NOW = 1_800_000_000  # fixed "now" for policy decisions in tests
 

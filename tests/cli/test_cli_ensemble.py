@@ -149,7 +149,7 @@ def test_int8_without_calibration_is_refused(world, tmp_path) -> None:
 
 
 def test_variant_placement_uses_dla_on_orin(tmp_path) -> None:
-    from edgeguard.build.ensemble import EnsembleOptions, plan_ensemble
+    from edgeguard.packaging.ensemble import EnsembleOptions, plan_ensemble
 
     x, _ = data.load_split("calib")
     _, policy = plan_ensemble(

@@ -218,7 +218,7 @@ def test_a_silent_fall_back_to_the_cpu_is_refused(monkeypatch: pytest.MonkeyPatc
 
 
 def test_tensorrt_provider_options_follow_the_models_precision() -> None:
-    from edgeguard.build.variants import make_variants
+    from edgeguard.packaging.variants import make_variants
 
     x, _ = data.load_split("calib")
     fp32 = data.model_bytes("digits_mlp")
@@ -428,7 +428,7 @@ def test_thread_executor_refuses_unknown_names_and_reports_a_failed_pin() -> Non
 
 
 def test_plan_refuses_placements_the_profile_cannot_hold() -> None:
-    from edgeguard.build.ensemble import EnsembleOptions, plan_ensemble
+    from edgeguard.packaging.ensemble import EnsembleOptions, plan_ensemble
 
     model = [("m", data.model_bytes("digits_mlp"))]
 

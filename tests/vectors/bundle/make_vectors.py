@@ -30,10 +30,10 @@ def main() -> int:
         print("refusing to touch frozen vectors without --regenerate", file=sys.stderr)
         return 2
     sys.path.insert(0, str(HERE.parents[2]))
-    from edgeguard.build.packager import MemberSource, write_bundle
     from edgeguard.crypto.keys import DeviceKey, SignerKey
     from edgeguard.crypto.stream import encrypt_stream
     from edgeguard.keystore import write_keypair
+    from edgeguard.packaging.packager import MemberSource, write_bundle
 
     signer = SignerKey.generate()
     write_keypair(signer, HERE / "signer.key", HERE / "signer.pub", overwrite=True)

@@ -1,6 +1,6 @@
 """Precision-diverse variants of one ONNX model: fp32, fp16 and static int8.
 
-Layer: build. Redundant members that differ in numeric precision fail
+Layer: packaging. Redundant members that differ in numeric precision fail
 differently (different rounding, different kernels, on Jetson different
 compute units), so an ensemble of variants of one model catches faults a
 single model cannot. The fp16 variant keeps float32 inputs and outputs

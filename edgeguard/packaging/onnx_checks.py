@@ -1,6 +1,6 @@
 """Checks an ONNX model must pass before it is packaged.
 
-Layer: build. Uses the ``onnx`` package (imported lazily): the model must
+Layer: packaging. Uses the ``onnx`` package (imported lazily): the model must
 parse, pass ``onnx.checker`` (with shape inference), keep all weights inside
 the file (external data would reference files the bundle does not carry),
 and declare named inputs and outputs.

@@ -1,6 +1,6 @@
 """Turning build options into ensemble members and a signed runtime policy.
 
-Layer: build. ``edgeguard build A.onnx [B.onnx ...] [--variants fp32,fp16,int8]
+Layer: packaging. ``edgeguard build A.onnx [B.onnx ...] [--variants fp32,fp16,int8]
 [--fallback SMALL.onnx] [--voter ...] [--quorum K] [--deadline-ms D]
 [--safe-default SAFE.npz]`` becomes: one member per model and variant, a
 fallback member, and a :class:`~edgeguard.guard.policy.RuntimePolicy` that is
@@ -160,7 +160,6 @@ def plan_ensemble(
         The members in payload order and the ``policy`` slot (None when no
         ensemble option was given and there is a single model).
     """
-    from edgeguard.build.variants import make_variants
     from edgeguard.guard.policy import (
         ChainStep,
         HardeningPolicy,
@@ -170,6 +169,7 @@ def plan_ensemble(
         VoterKind,
         VoterSpec,
     )
+    from edgeguard.packaging.variants import make_variants
 
     members: list[MemberPlan] = []
     for name, data in models:
@@ -203,7 +203,7 @@ def plan_ensemble(
             fb = Path(opts.fallback).read_bytes()
         except OSError as exc:
             raise UsageError(f"cannot read fallback model {opts.fallback}: {exc}") from exc
-        from edgeguard.build.onnx_checks import check_onnx_model
+        from edgeguard.packaging.onnx_checks import check_onnx_model
 
         check_onnx_model(fb, source=str(opts.fallback))
         # The fallback runs on the CPU, unpinned (docs/failsafe.md, "Placement"): a

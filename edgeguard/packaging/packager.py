@@ -1,6 +1,6 @@
 """Packaging: members in, one encrypted and signed bundle file out.
 
-Layer: build. Streaming with constant memory beyond the inputs: the header's
+Layer: packaging. Streaming with constant memory beyond the inputs: the header's
 length does not depend on the payload digest (a fixed 32-byte value), so the
 payload is encrypted straight into a temporary file after a gap of exactly
 the prefix length, hashed on the way, and the signed prefix is written into

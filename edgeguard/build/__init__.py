@@ -1,1 +1,0 @@
-"""edgeguard.build."""
