@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeguard.guard.policy import (
+from edgeguard.policy.runtime import (
     ChainStep,
     MemberSpec,
     QuarantinePolicy,

@@ -71,8 +71,9 @@ def build_bundle(
     input-sanity profile is calibrated on the primary model and signed too.
     """
     from edgeguard.devices import load_profile
-    from edgeguard.packaging.ensemble import plan_ensemble
+    from edgeguard.packaging.ensemble import member_io, plan_ensemble
     from edgeguard.packaging.onnx_checks import check_onnx_model
+    from edgeguard.policy.slots import policy_slot
 
     if not models:
         raise UsageError("give at least one model")
@@ -98,13 +99,16 @@ def build_bundle(
             given[0][1], calibration, target_false_alarm=target_false_alarm, arrays=cal_arrays
         )
     target = device_profiles[0]
-    plans, policy = plan_ensemble(
+    plans, runtime, isolation = plan_ensemble(
         given,
         ensemble,
         calibration=cal_arrays,
         output_name=infos[0].outputs[0][0],
         dla_cores=target.dla_cores,
         has_gpu=target.gpu is not None,
+    )
+    policy = policy_slot(
+        runtime=runtime, isolation=isolation, io={m.name: member_io(m) for m in plans}
     )
     sources = [MemberSource(name=m.name, data=m.data, role=m.role) for m in plans]
     return write_bundle(
@@ -235,7 +239,7 @@ class GuardedSession:
     ) -> None:
         from edgeguard.backends import load_backend
         from edgeguard.guard.eventlog import EventLog
-        from edgeguard.guard.policy import RuntimePolicy
+        from edgeguard.policy.runtime import RuntimePolicy
         from edgeguard.runtime.guarded import GuardedRuntime
         from edgeguard.runtime.placement import cpu_member_count, fallback_options, loader_options
 
@@ -257,7 +261,7 @@ class GuardedSession:
             sanity = None
             if manifest.sanity is not None:
                 from edgeguard.guard.sanity import SanityGuard
-                from edgeguard.guard.sanity.spec import SanityProfile
+                from edgeguard.policy.sanity import SanityProfile
 
                 # threads=1: the members' ONNX Runtime pools hold the other cores
                 sanity = SanityGuard(SanityProfile.from_dict(manifest.sanity), threads=1)

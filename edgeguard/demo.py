@@ -70,7 +70,7 @@ def _show_sanity(console: Any, profile: dict[str, Any] | None, images: np.ndarra
     from rich.table import Table
 
     from edgeguard.guard.sanity import SanityGuard
-    from edgeguard.guard.sanity.spec import SanityProfile, Status
+    from edgeguard.policy.sanity import SanityProfile, Status
 
     if profile is None:
         console.print("[red]the bundle has no sanity profile[/]")

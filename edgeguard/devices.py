@@ -47,8 +47,9 @@ import re
 import sys
 from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
+from edgeguard._strict import Table, as_float, as_int, as_list, as_str, fail
 from edgeguard.errors import MalformedError, UsageError
 
 if sys.version_info >= (3, 11):
@@ -83,7 +84,6 @@ _CC = re.compile(r"^([1-9][0-9]?)\.([0-9])$")
 _VERSION = re.compile(r"^[0-9]+(\.[0-9]+)*(\.x)?$")
 
 Dir = Any  # a pathlib.Path or an importlib.resources Traversable
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -263,62 +263,86 @@ def parse_profile(raw: bytes, *, expected_id: str | None = None) -> DeviceProfil
         doc = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise MalformedError(f"device profile {label!r} is not valid TOML: {exc}") from exc
-    r = _Reader(doc, label)
-    schema = r.get("schema", int)
+    w = f"device profile {label!r}"
+    r = Table(doc, w)
+    schema = as_int(r.required("schema"), r.at("schema"))
     if schema != SCHEMA_VERSION:
-        raise MalformedError(f"device profile {label!r}: unsupported schema {schema}")
-    pid = r.get("id", str)
+        raise fail(w, f"unsupported schema {schema}")
+    pid = as_str(r.required("id"), r.at("id"), max_len=64)
     if not _NAME.match(pid) or (expected_id is not None and pid != expected_id):
-        raise MalformedError(f"device profile {label!r}: id {pid!r} does not match the file name")
-    gpu_table = r.optional("gpu", dict)
-    sw_table = r.optional("software", dict)
+        raise fail(w, f"id {pid!r} does not match the file name")
+    gpu_table = r.optional("gpu")
+    sw_table = r.optional("software", {})
+    bandwidth = r.optional("memory_bandwidth_gbps")
     profile = DeviceProfile(
         id=pid,
-        name=r.get("name", str, nonempty=True),
-        cpu_arch=r.strings("cpu_arch", allowed=CPU_ARCHES, nonempty=True),
-        cpu=r.get("cpu", str, nonempty=True),
-        gpu=None if gpu_table is None else _gpu(_Reader(gpu_table, f"{label}.gpu")),
-        dla_cores=r.get("dla_cores", int),
-        memory_gb=r.number("memory_gb"),
-        memory_bandwidth_gbps=r.number("memory_bandwidth_gbps", required=False),
-        software=_software(_Reader({} if sw_table is None else sw_table, f"{label}.software")),
-        precisions=r.strings("precisions", allowed=PRECISIONS, nonempty=True),
-        dla_precisions=r.strings("dla_precisions", allowed=DLA_PRECISIONS),
-        backends=r.strings("backends", allowed=BACKENDS, nonempty=True),
-        notes=r.get("notes", str),
+        name=_text(r, "name"),
+        cpu_arch=_names(r, "cpu_arch", CPU_ARCHES, nonempty=True),
+        cpu=_text(r, "cpu"),
+        gpu=None if gpu_table is None else _gpu(Table(gpu_table, r.at("gpu"))),
+        dla_cores=as_int(r.required("dla_cores"), r.at("dla_cores")),
+        memory_gb=as_float(r.required("memory_gb"), r.at("memory_gb")),
+        memory_bandwidth_gbps=None
+        if bandwidth is None
+        else as_float(bandwidth, r.at("memory_bandwidth_gbps")),
+        software=_software(Table(sw_table, r.at("software"))),
+        precisions=_names(r, "precisions", PRECISIONS, nonempty=True),
+        dla_precisions=_names(r, "dla_precisions", DLA_PRECISIONS),
+        backends=_names(r, "backends", BACKENDS, nonempty=True),
+        notes=as_str(r.required("notes"), r.at("notes"), nonempty=False),
     )
-    r.finish()
+    r.done()
     _check_consistency(profile, label)
     return profile
 
 
-def _gpu(r: _Reader) -> GpuInfo:
-    cc = r.get("compute_capability", str)
+def _text(r: Table, key: str) -> str:
+    value = as_str(r.required(key), r.at(key))
+    if not value.strip():
+        raise fail(r.at(key), "must not be blank")
+    return value
+
+
+def _names(
+    r: Table, key: str, allowed: tuple[str, ...], *, nonempty: bool = False
+) -> tuple[str, ...]:
+    where = r.at(key)
+    values = [
+        as_str(v, where, choices=allowed)
+        for v in as_list(r.required(key), where, min_len=1 if nonempty else 0, max_len=64)
+    ]
+    if len(set(values)) != len(values):
+        raise fail(where, "has duplicate entries")
+    return tuple(values)
+
+
+def _gpu(r: Table) -> GpuInfo:
+    cc = as_str(r.required("compute_capability"), r.at("compute_capability"))
     m = _CC.match(cc)
     if m is None:
-        raise MalformedError(f"{r.label}: compute_capability {cc!r} is not 'major.minor'")
+        raise fail(r.where, f"compute_capability {cc!r} is not 'major.minor'")
     gpu = GpuInfo(
-        architecture=r.get("architecture", str, nonempty=True),
+        architecture=_text(r, "architecture"),
         compute_capability=cc,
-        sm=r.get("sm", int),
-        cuda_cores=r.get("cuda_cores", int),
+        sm=as_int(r.required("sm"), r.at("sm")),
+        cuda_cores=as_int(r.required("cuda_cores"), r.at("cuda_cores")),
     )
-    r.finish()
+    r.done()
     if gpu.sm != int(m.group(1)) * 10 + int(m.group(2)):
-        raise MalformedError(f"{r.label}: sm {gpu.sm} does not match compute_capability {cc}")
+        raise fail(r.where, f"sm {gpu.sm} does not match compute_capability {cc}")
     if gpu.cuda_cores <= 0:
-        raise MalformedError(f"{r.label}: cuda_cores must be positive")
+        raise fail(r.where, "cuda_cores must be positive")
     return gpu
 
 
-def _software(r: _Reader) -> SoftwareStack:
+def _software(r: Table) -> SoftwareStack:
     values = {}
     for key in ("jetpack", "cuda", "tensorrt"):
-        v = r.optional(key, str)
-        if v is not None and not _VERSION.match(v):
-            raise MalformedError(f"{r.label}: {key} {v!r} is not a version like '6.2' or '4.6.x'")
+        v = r.optional(key)
+        if v is not None and not _VERSION.match(as_str(v, r.at(key))):
+            raise fail(r.where, f"{key} {v!r} is not a version like '6.2' or '4.6.x'")
         values[key] = v
-    r.finish()
+    r.done()
     return SoftwareStack(**values)
 
 
@@ -341,64 +365,3 @@ def _check_consistency(p: DeviceProfile, label: str) -> None:
         raise bad("trt-engine / cuda / tensorrt need a GPU section")
     if "fp32" not in p.precisions:
         raise bad("every device runs fp32")
-
-
-class _Reader:
-    """Typed, strict access to one TOML table; :meth:`finish` refuses unknown keys."""
-
-    def __init__(self, table: dict[str, Any], label: str) -> None:
-        self.table = table
-        self.label = label
-        self.seen: set[str] = set()
-
-    def _fail(self, key: str, why: str) -> MalformedError:
-        return MalformedError(f"device profile {self.label!r}: {key!r} {why}")
-
-    def optional(self, key: str, typ: type[T]) -> T | None:
-        self.seen.add(key)
-        if key not in self.table:
-            return None
-        value = self.table[key]
-        if typ is int and isinstance(value, bool):
-            raise self._fail(key, "must be an integer, not a boolean")
-        if not isinstance(value, typ):
-            raise self._fail(key, f"must be {typ.__name__}, got {type(value).__name__}")
-        return value
-
-    def get(self, key: str, typ: type[T], *, nonempty: bool = False) -> T:
-        value = self.optional(key, typ)
-        if value is None:
-            raise self._fail(key, "is missing")
-        if nonempty and isinstance(value, str) and not value.strip():
-            raise self._fail(key, "must not be empty")
-        return value
-
-    def number(self, key: str, *, required: bool = True) -> Any:
-        self.seen.add(key)
-        if key not in self.table:
-            if required:
-                raise self._fail(key, "is missing")
-            return None
-        value = self.table[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self._fail(key, f"must be a number, got {type(value).__name__}")
-        return float(value)
-
-    def strings(
-        self, key: str, *, allowed: tuple[str, ...], nonempty: bool = False
-    ) -> tuple[str, ...]:
-        values = self.get(key, list)
-        if not all(isinstance(v, str) and v in allowed for v in values):
-            raise self._fail(key, f"entries must be among {', '.join(allowed)}")
-        if len(set(values)) != len(values):
-            raise self._fail(key, "has duplicate entries")
-        if nonempty and not values:
-            raise self._fail(key, "must not be empty")
-        return tuple(values)
-
-    def finish(self) -> None:
-        unknown = sorted(set(self.table) - self.seen)
-        if unknown:
-            raise MalformedError(
-                f"device profile {self.label!r}: unknown key(s) {', '.join(unknown)}"
-            )

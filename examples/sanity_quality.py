@@ -33,7 +33,7 @@ from edgeguard.data import load_split, model_bytes
 from edgeguard.guard.sanity import corruptions as cor
 from edgeguard.guard.sanity.calibrate import calibrate, calibrate_stats_only
 from edgeguard.guard.sanity.check import SanityGuard
-from edgeguard.guard.sanity.spec import Status
+from edgeguard.policy.sanity import Status
 
 Row = dict[str, Any]
 #: Side of the square RGB patches cut from the sample photos.

@@ -19,64 +19,15 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import numpy as np
 
 from edgeguard.errors import BackendError, UsageError
+from edgeguard.policy.io import Dim, TensorSpec
 
-__all__ = ["Backend", "TensorSpec"]
-
-Dim = int | str | None
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """Name, element type and shape of one model input or output.
-
-    Attributes:
-        name: Tensor name in the model.
-        dtype: NumPy dtype name, for example ``"float32"``.
-        shape: One entry per axis: an ``int`` for a fixed size, a ``str`` for a
-            named dynamic axis (``"N"``) or ``None`` for an anonymous dynamic axis.
-    """
-
-    name: str
-    dtype: str
-    shape: tuple[Dim, ...]
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise UsageError(f"tensor name must be a non-empty string, got {self.name!r}")
-        try:
-            canonical = np.dtype(self.dtype).name
-        except TypeError as exc:
-            raise UsageError(f"tensor {self.name!r}: unknown dtype {self.dtype!r}") from exc
-        if canonical != self.dtype:
-            raise UsageError(f"tensor {self.name!r}: dtype must be spelled {canonical!r}")
-        for dim in self.shape:
-            if isinstance(dim, bool) or not (dim is None or isinstance(dim, (int, str))):
-                raise UsageError(f"tensor {self.name!r}: bad dimension {dim!r}")
-            if isinstance(dim, int) and dim < 0:
-                raise UsageError(f"tensor {self.name!r}: negative dimension {dim}")
-
-    @property
-    def rank(self) -> int:
-        """Number of axes."""
-        return len(self.shape)
-
-    def matches_shape(self, shape: tuple[int, ...]) -> bool:
-        """Whether a concrete shape fits: same rank and every fixed dimension equal."""
-        if len(shape) != self.rank:
-            return False
-        return all(not isinstance(d, int) or d == s for d, s in zip(self.shape, shape, strict=True))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form: ``{"name", "dtype", "shape"}`` (shape as a list)."""
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
-
+__all__ = ["Backend", "Dim", "TensorSpec"]
 
 class Backend(abc.ABC):
     """One loaded model, ready to run.

@@ -11,9 +11,11 @@ description is ``docs/bundle-format.md``.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from edgeguard._strict import as_bytes, as_int, as_map, as_str, check_fields, fail
 from edgeguard.crypto.sign import HYBRID_ALG, HybridSignature
 from edgeguard.crypto.stream import check_chunk_size, ciphertext_size
 from edgeguard.errors import MalformedError
@@ -41,7 +43,7 @@ ROLES = ("primary", "member", "fallback", "engine", "aux")
 FORMATS = ("onnx", "trt-engine", "npz", "cubin", "fatbin", "json")
 AEAD_STREAM = "AES-256-GCM-STREAM"
 KDF = "HKDF-SHA256"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -62,44 +64,34 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
+_W = "malformed bundle"
+
+
 def _fail(msg: str) -> MalformedError:
-    return MalformedError(f"malformed bundle: {msg}")
+    return fail(_W, msg)
 
 
-def _map(obj: Any, keys: set[str], what: str, optional: set[str] | None = None) -> dict[str, Any]:
-    if not isinstance(obj, dict):
-        raise _fail(f"{what} must be a map")
-    present = set(obj)
-    required = keys - (optional or set())
-    if not required <= present or not present <= keys:
-        extra = sorted(str(k) for k in present - keys)
-        missing = sorted(required - present)
-        raise _fail(f"{what} has unknown fields {extra} or misses {missing}")
-    return obj
+def _map(
+    obj: Any, keys: set[str], what: str, optional: set[str] | None = None
+) -> Mapping[str, Any]:
+    opt = optional or set()
+    return check_fields(obj, f"{_W}: {what}", keys - opt, opt)
 
 
 def _uint(v: Any, what: str, maximum: int) -> int:
-    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= maximum:
-        raise _fail(f"{what} must be an integer from 0 to {maximum}")
-    return v
+    return as_int(v, f"{_W}: {what}", lo=0, hi=maximum)
 
 
 def _bstr(v: Any, what: str, size: int | None = None, max_size: int = 1 << 20) -> bytes:
-    if not isinstance(v, bytes) or (size is not None and len(v) != size) or len(v) > max_size:
-        raise _fail(f"{what} must be a byte string" + (f" of {size} bytes" if size else ""))
-    return v
+    return as_bytes(v, f"{_W}: {what}", size=size, max_size=max_size)
 
 
 def _name(v: Any, what: str) -> str:
-    if not isinstance(v, str) or not _NAME_RE.match(v):
-        raise _fail(f"{what} must be 1-128 characters of letters, digits and '._:+-'")
-    return v
+    return as_str(v, f"{_W}: {what}", max_len=128, pattern=_NAME_RE)
 
 
 def _opt_map(v: Any, what: str) -> dict[str, Any] | None:
-    if v is not None and not isinstance(v, dict):
-        raise _fail(f"{what} must be a map or null")
-    return v
+    return None if v is None else dict(as_map(v, f"{_W}: {what}"))
 
 
 @dataclass(frozen=True)

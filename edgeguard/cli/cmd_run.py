@@ -206,7 +206,7 @@ def _sanity_guard(profile: dict[str, Any] | None) -> Any:
     if profile is None:
         return None
     from edgeguard.guard.sanity import SanityGuard
-    from edgeguard.guard.sanity.spec import SanityProfile
+    from edgeguard.policy.sanity import SanityProfile
 
     # threads=1: the members' ONNX Runtime pools hold the other cores (docs/failsafe.md)
     return SanityGuard(SanityProfile.from_dict(profile), threads=1)

@@ -52,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
     from edgeguard.errors import UsageError
     from edgeguard.fieldtest.faults import FaultClock, FaultyMember, parse_faults
     from edgeguard.fsutil import atomic_write
-    from edgeguard.guard.policy import RuntimePolicy
     from edgeguard.keystore import load_device_key, load_trust_store
+    from edgeguard.policy.runtime import RuntimePolicy
     from edgeguard.runtime.frameloop import print_report, run_frame_loop
     from edgeguard.runtime.opener import open_bundle
     from edgeguard.runtime.state import default_state_dir

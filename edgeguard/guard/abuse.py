@@ -28,8 +28,8 @@ import numpy as np
 
 from edgeguard._optional import require
 from edgeguard.errors import PolicyError, UsageError
-from edgeguard.guard.policy import HardeningPolicy, RateLimitPolicy
 from edgeguard.guard.voting import softmax
+from edgeguard.policy.runtime import HardeningPolicy, RateLimitPolicy
 
 __all__ = [
     "MonitorVerdict",

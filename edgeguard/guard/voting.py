@@ -18,6 +18,7 @@ Rules:
   with an agreement threshold (minimum fraction backing the winner per row);
 * regression: element-wise median, or mid-value select (the lower middle
   member value), with an optional max-deviation bound that outvotes outliers;
+* passthrough (a one-model policy): the member's outputs, all of them, unchanged;
 * object detection (``boxes [M, 4]`` as x1, y1, x2, y2, ``scores [M]``,
   ``classes [M]`` per member): greedy clustering across members by class and
   IoU, keep clusters confirmed by at least k distinct members, fuse the
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgeguard.guard.policy import VoterKind, VoterSpec
+from edgeguard.policy.runtime import VoterKind, VoterSpec
 
 __all__ = [
     "Vote",
@@ -41,6 +42,7 @@ __all__ = [
     "vote",
     "vote_classification",
     "vote_detection",
+    "vote_passthrough",
     "vote_regression",
 ]
 
@@ -337,11 +339,23 @@ def vote(members: Mapping[str, Outputs], spec: VoterSpec, *, quorum: int = 1) ->
         return vote_classification(members, spec)
     if spec.kind in (VoterKind.MEDIAN, VoterKind.MID_VALUE):
         return vote_regression(members, spec, quorum=quorum)
+    if spec.kind is VoterKind.PASSTHROUGH:
+        return vote_passthrough(members)
     return vote_detection(members, spec)
+
+
+def vote_passthrough(members: Mapping[str, Outputs]) -> Vote:
+    """A single member's answer, every output unchanged (a one-model policy)."""
+    if len(members) != 1:
+        return Vote(ok=False, reason=f"passthrough needs one answer, got {len(members)}")
+    ((name, outputs),) = members.items()
+    return Vote(ok=True, outputs=dict(outputs), backers=(name,), agreement=1.0)
 
 
 def required_outputs(spec: VoterSpec) -> Sequence[str]:
     """Names of the outputs the voter reads from every member."""
     if spec.kind is VoterKind.DETECTION:
         return (spec.output, spec.scores_output, spec.classes_output)
+    if spec.kind is VoterKind.PASSTHROUGH:
+        return ()
     return (spec.output,)

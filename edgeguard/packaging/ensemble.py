@@ -1,10 +1,12 @@
-"""Turning build options into ensemble members and a signed runtime policy.
+"""Turning build options into members, a runtime policy and isolation requirements.
 
 Layer: packaging. ``edgeguard build A.onnx [B.onnx ...] [--variants fp32,fp16,int8]
 [--fallback SMALL.onnx] [--voter ...] [--quorum K] [--deadline-ms D]
 [--safe-default SAFE.npz]`` becomes: one member per model and variant, a
-fallback member, and a :class:`~edgeguard.guard.policy.RuntimePolicy` that is
-embedded in the manifest's ``policy`` slot as ``{"runtime": ...}``.
+fallback member, a :class:`~edgeguard.policy.runtime.RuntimePolicy` and a
+:class:`~edgeguard.policy.isolation.SandboxPolicy`, which the manifest's ``policy``
+slot carries with each member's I/O contract (:func:`member_io`). Every bundle gets
+a runtime policy; one model is a single-model policy.
 
 Placement comes from the first allowed device profile: on a profile with DLA
 cores the reduced-precision variants are spread over the DLA cores and the
@@ -24,8 +26,20 @@ from typing import Any
 import numpy as np
 
 from edgeguard.errors import MalformedError, UsageError
+from edgeguard.policy.io import MemberIo, TensorSpec, normalize_dim
+from edgeguard.policy.isolation import LAYERS, REQUIRED, SandboxPolicy
+from edgeguard.policy.runtime import (
+    SINGLE_MODEL_DEADLINE_MS,
+    ChainStep,
+    HardeningPolicy,
+    MemberSpec,
+    RateLimitPolicy,
+    RuntimePolicy,
+    VoterKind,
+    VoterSpec,
+)
 
-__all__ = ["VOTERS", "EnsembleOptions", "MemberPlan", "plan_ensemble"]
+__all__ = ["VOTERS", "EnsembleOptions", "MemberPlan", "member_io", "plan_ensemble"]
 
 #: CLI voter names; ``boxes`` is object-detection fusion.
 VOTERS = ("plurality", "majority", "soft", "median", "mid_value", "boxes")
@@ -48,24 +62,6 @@ class EnsembleOptions:
     rate_limit: tuple[float, int] | None = None
     placements: tuple[tuple[str, str], ...] = ()
     """``(member name, placement)`` overrides, for example ``("m-fp32", "cpu:0-3")``."""
-
-    @property
-    def requested(self) -> bool:
-        """Whether any ensemble option was given."""
-        return bool(
-            self.variants
-            or self.fallback
-            or self.voter
-            or self.quorum is not None
-            or self.deadline_ms is not None
-            or self.safe_default
-            or self.require_isolation
-            or self.model_switching
-            or self.top_k is not None
-            or self.decimals is not None
-            or self.rate_limit is not None
-            or bool(self.placements)
-        )
 
 
 @dataclass(frozen=True)
@@ -108,7 +104,7 @@ def _override_placements(
     dla_cores: int,
     has_gpu: bool,
 ) -> list[MemberPlan]:
-    from edgeguard.guard.policy import parse_placement
+    from edgeguard.policy.runtime import parse_placement
 
     by_name = {m.name: i for i, m in enumerate(members)}
     seen: set[str] = set()
@@ -145,8 +141,12 @@ def plan_ensemble(
     output_name: str,
     dla_cores: int = 0,
     has_gpu: bool = False,
-) -> tuple[list[MemberPlan], dict[str, Any] | None]:
-    """Members and the runtime policy dict for the given models and options.
+) -> tuple[list[MemberPlan], RuntimePolicy, SandboxPolicy]:
+    """Members, runtime policy and isolation requirements for the given models and options.
+
+    One model without ``--voter`` is a single-model policy: its answer, every output
+    unchanged (passthrough), with a chain of the model, the fallback model and the
+    safe default where given. Several models or variants vote.
 
     Args:
         models: ``(name, onnx bytes)`` of each model given on the command line.
@@ -157,18 +157,9 @@ def plan_ensemble(
         has_gpu: Whether the target device profile has a GPU.
 
     Returns:
-        The members in payload order and the ``policy`` slot (None when no
-        ensemble option was given and there is a single model).
+        The members in payload order (the fallback last), the runtime policy and the
+        isolation requirements.
     """
-    from edgeguard.guard.policy import (
-        ChainStep,
-        HardeningPolicy,
-        MemberSpec,
-        RateLimitPolicy,
-        RuntimePolicy,
-        VoterKind,
-        VoterSpec,
-    )
     from edgeguard.packaging.variants import make_variants
 
     members: list[MemberPlan] = []
@@ -194,8 +185,6 @@ def plan_ensemble(
     if len({m.name for m in members}) != len(members):
         raise UsageError("two models have the same file name; rename one")
     members = _override_placements(members, opts.placements, dla_cores, has_gpu)
-    if not opts.requested and len(members) == 1:
-        return members, None
 
     fallback = None
     if opts.fallback is not None:
@@ -203,62 +192,78 @@ def plan_ensemble(
             fb = Path(opts.fallback).read_bytes()
         except OSError as exc:
             raise UsageError(f"cannot read fallback model {opts.fallback}: {exc}") from exc
-        from edgeguard.packaging.onnx_checks import check_onnx_model
-
-        check_onnx_model(fb, source=str(opts.fallback))
         # The fallback runs on the CPU, unpinned (docs/failsafe.md, "Placement"): a
         # different compute unit from GPU/DLA members, and no placement in the policy.
         fallback = MemberPlan(f"{Path(opts.fallback).stem}-fallback", fb, "fallback", "cpu")
     safe = _load_npz(opts.safe_default) if opts.safe_default else None
-    voter_name = opts.voter or "plurality"
-    if voter_name not in VOTERS:
+    n = len(members)
+    single = n == 1 and opts.voter is None
+    voter_name = opts.voter or ("passthrough" if single else "plurality")
+    if voter_name not in (*VOTERS, "passthrough"):
         raise UsageError(f"--voter must be one of {', '.join(VOTERS)}")
     kind = VoterKind.DETECTION if voter_name == "boxes" else VoterKind(voter_name)
-    n = len(members)
     quorum = opts.quorum if opts.quorum is not None else n // 2 + 1
     if not 1 <= quorum <= n:
         raise UsageError(f"--quorum must be between 1 and the number of members ({n})")
-    chain = [ChainStep.ENSEMBLE, ChainStep.QUORUM]
+    chain = [ChainStep.ENSEMBLE]
+    if not single:
+        chain.append(ChainStep.QUORUM)
     if fallback is not None:
         chain.append(ChainStep.FALLBACK_MODEL)
-    chain.append(ChainStep.LAST_KNOWN_GOOD)
+    if not single:
+        chain.append(ChainStep.LAST_KNOWN_GOOD)
     if safe is not None:
         chain.append(ChainStep.SAFE_DEFAULT)
     voter = VoterSpec(
         kind=kind,
-        output=output_name,
+        output="" if single else output_name,
         min_confirmations=min(2, n) if kind is VoterKind.DETECTION else 2,
     )
-    deadline = 50.0 if opts.deadline_ms is None else float(opts.deadline_ms)
-    policy = RuntimePolicy(
-        members=tuple(MemberSpec(m.name, m.placement) for m in members),
-        voter=voter,
-        quorum=quorum,
-        deadline_ms=deadline,
-        # Leave 40% of the deadline for the fallback model when members run late.
-        member_budget_ms=round(0.6 * deadline, 3) if fallback is not None else None,
-        fallback_chain=tuple(chain),
-        safe_default=safe,
-        model_switching=opts.model_switching,
-        hardening=HardeningPolicy(output=output_name, top_k=opts.top_k, decimals=opts.decimals)
-        if opts.top_k is not None or opts.decimals is not None
-        else None,
-        rate_limit=RateLimitPolicy(rate_per_s=opts.rate_limit[0], burst=opts.rate_limit[1])
-        if opts.rate_limit is not None
-        else None,
-    )
+    default_deadline = SINGLE_MODEL_DEADLINE_MS if single else 50.0
+    deadline = default_deadline if opts.deadline_ms is None else float(opts.deadline_ms)
+    try:
+        policy = RuntimePolicy(
+            members=tuple(MemberSpec(m.name, m.placement) for m in members),
+            voter=voter,
+            quorum=quorum,
+            deadline_ms=deadline,
+            # Leave 40% of the deadline for the fallback model when members run late.
+            member_budget_ms=round(0.6 * deadline, 3) if fallback is not None else None,
+            fallback_chain=tuple(chain),
+            safe_default=safe,
+            model_switching=opts.model_switching,
+            hardening=HardeningPolicy(output=output_name, top_k=opts.top_k, decimals=opts.decimals)
+            if opts.top_k is not None or opts.decimals is not None
+            else None,
+            rate_limit=RateLimitPolicy(rate_per_s=opts.rate_limit[0], burst=opts.rate_limit[1])
+            if opts.rate_limit is not None
+            else None,
+            reject_action="raise" if single and safe is None else "fallback",
+        )
+    except MalformedError as exc:  # option values the policy refuses: the user's mistake
+        raise UsageError(str(exc).removeprefix("runtime policy: ")) from exc
     if fallback is not None:
         members.append(fallback)
-    from edgeguard.runtime.sandbox.policy import LAYERS, REQUIRED, SandboxPolicy
-
     unknown = [x for x in opts.require_isolation if x not in LAYERS]
     if unknown:
         raise UsageError(
             f"unknown isolation layer {', '.join(unknown)}",
             hint=f"layers: {', '.join(LAYERS)}",
         )
-    default = SandboxPolicy().to_dict()
-    sandbox = SandboxPolicy.from_dict(
-        {**default, **{layer: REQUIRED for layer in opts.require_isolation}}
-    )
-    return members, {"runtime": policy.to_dict(), "sandbox": sandbox.to_dict()}
+    isolation = SandboxPolicy.from_dict({layer: REQUIRED for layer in opts.require_isolation})
+    return members, policy, isolation
+
+
+def member_io(plan: MemberPlan) -> MemberIo:
+    """The I/O contract of one planned member, read from its ONNX graph (dims normalised)."""
+    from edgeguard.packaging.onnx_checks import check_onnx_model
+
+    info = check_onnx_model(plan.data, source=f"member {plan.name}")
+
+    def specs(entries: Sequence[tuple[str, str, tuple[Any, ...]]]) -> tuple[TensorSpec, ...]:
+        return tuple(
+            TensorSpec(name, dtype, tuple(normalize_dim(d) for d in dims))
+            for name, dtype, dims in entries
+        )
+
+    return MemberIo(inputs=specs(info.inputs), outputs=specs(info.outputs))

@@ -49,6 +49,7 @@ from edgeguard.crypto.stream import (
 from edgeguard.crypto.wrap import wrap_data_key
 from edgeguard.errors import InternalError, UsageError
 from edgeguard.fsutil import fsync_dir
+from edgeguard.policy.slots import read_slots
 
 __all__ = ["DEFAULT_CHUNK", "MemberSource", "write_bundle"]
 
@@ -180,9 +181,10 @@ def write_bundle(
     recips = tuple(
         Recipient(r.key_id, r.kem, wrap_data_key(data_key, r, salt=salt)) for r in recipients
     )
-    # Validate the would-be header against the same rules the parser applies.
+    # Validate the would-be header against the same rules the parser applies, and the
+    # signed slots against the reader the device uses: never sign what a device refuses.
     draft = Header(manifest, recips, PayloadInfo(chunk_size, salt, payload_size, placeholder))
-    Header.from_cbor(draft.to_cbor(), DEFAULT_LIMITS)
+    read_slots(Header.from_cbor(draft.to_cbor(), DEFAULT_LIMITS).manifest)
     draft_len = len(canonical_cbor(draft.to_cbor()))
     sig_len = len(
         canonical_cbor(

@@ -42,9 +42,9 @@ from edgeguard.guard.abuse import QueryMonitor, RateLimitedError, RateLimiter, h
 from edgeguard.guard.eventlog import EventLog
 from edgeguard.guard.health import HealthMonitor, HealthState, Transition, TransitionCallback
 from edgeguard.guard.metrics import Metrics
-from edgeguard.guard.policy import ChainStep, RuntimePolicy, VoterKind
 from edgeguard.guard.sanity.check import SanityGuard
 from edgeguard.guard.voting import Vote, required_outputs, vote
+from edgeguard.policy.runtime import ChainStep, RuntimePolicy, VoterKind
 from edgeguard.runtime.placement import member_cpus, pin_current_thread
 
 __all__ = [

@@ -6,7 +6,8 @@ Layer: runtime (file I/O). The order is fixed (``docs/bundle-format.md``,
 1. parse the prefix with hard limits (``MalformedError``);
 2. verify the hybrid signature against the explicit trust store
    (``UntrustedSignerError`` / ``IntegrityError``), then the file length
-   against the signed payload size (``IntegrityError``);
+   against the signed payload size (``IntegrityError``), then read the typed
+   signed slots (:func:`~edgeguard.policy.slots.read_slots`, ``MalformedError``);
 3. policy: expiry, device profile and id, anti-rollback against the local
    :class:`~edgeguard.runtime.state.VersionStore`, recipient (``PolicyError``);
 4. unwrap the data key with HPKE;
@@ -39,6 +40,7 @@ from edgeguard.crypto.keys import DeviceKey, SignerPublicKey
 from edgeguard.crypto.stream import TAG_LEN, StreamDecryptor, derive_stream_key
 from edgeguard.crypto.wrap import unwrap_data_key
 from edgeguard.errors import IntegrityError, UsageError
+from edgeguard.policy.slots import SignedSlots, read_slots
 from edgeguard.runtime.secmem import SecretBuffer
 from edgeguard.runtime.state import VersionStore, default_state_dir
 
@@ -49,11 +51,19 @@ _BLOCK_CHUNKS = 8  # sealed chunks read per I/O call
 
 @dataclass(frozen=True)
 class VerifiedBundle:
-    """A bundle whose signature, length and payload digest were checked."""
+    """A bundle whose signature, length and payload digest were checked.
+
+    Attributes:
+        path: The bundle file.
+        prefix: The parsed, signature-checked prefix.
+        signer: The trusted key that signed it.
+        slots: The manifest's signed slots, typed and validated.
+    """
 
     path: Path
     prefix: ParsedPrefix
     signer: SignerPublicKey
+    slots: SignedSlots
 
     @property
     def manifest(self) -> Manifest:
@@ -118,7 +128,9 @@ def _verify_prefix(
         raise IntegrityError(
             f"bundle {path} is {what}: the signed header says {expected} bytes, the file has {size}"
         )
-    return VerifiedBundle(path=path, prefix=prefix, signer=signer)
+    # Signed content is interpreted only once the signature holds.
+    slots = read_slots(prefix.header.manifest)
+    return VerifiedBundle(path=path, prefix=prefix, signer=signer, slots=slots)
 
 
 def _check_payload_digest(f: BufferedReader, vb: VerifiedBundle) -> None:
@@ -300,5 +312,9 @@ def open_bundle(
             vb.signer.key_id, manifest.name, manifest.version, manifest_digest=vb.manifest_digest
         )
     return OpenedBundle(
-        path=path, prefix=vb.prefix, signer=vb.signer, members=MappingProxyType(members)
+        path=path,
+        prefix=vb.prefix,
+        signer=vb.signer,
+        slots=vb.slots,
+        members=MappingProxyType(members),
     )

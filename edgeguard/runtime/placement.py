@@ -1,8 +1,8 @@
 """Honouring a member's placement on this host (runtime layer; no inference imports).
 
-A policy's :class:`~edgeguard.guard.policy.MemberSpec` says where each member
+A policy's :class:`~edgeguard.policy.runtime.MemberSpec` says where each member
 runs (``cpu``, ``cpu:LIST``, ``gpuN``, ``dlaN``; grammar in
-:class:`~edgeguard.guard.policy.Placement`). This module turns that into what
+:class:`~edgeguard.policy.runtime.Placement`). This module turns that into what
 the backends and executors need, and refuses what this host cannot honour:
 a silently moved member would break the diversity the ensemble was built for
 (two members "on GPU and DLA" that both run on the same CPU share every
@@ -26,7 +26,7 @@ from collections.abc import Collection
 from typing import Any
 
 from edgeguard.errors import PolicyError
-from edgeguard.guard.policy import MemberSpec, Placement, RuntimePolicy
+from edgeguard.policy.runtime import MemberSpec, Placement, RuntimePolicy
 
 __all__ = [
     "cpu_member_count",

@@ -92,7 +92,13 @@ def test_onnxruntime_telemetry_is_off(tmp_path) -> None:
         "from edgeguard import data\n"
         "OnnxRuntimeBackend.from_bytes(data.model_bytes('digits_mlp')).close()\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                       check=False, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert not (tmp_path / ".cache" / "Microsoft").exists()

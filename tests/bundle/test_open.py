@@ -322,7 +322,7 @@ def test_unknown_manifest_field_is_refused(make_bundle, signer, device, state_di
     h = decode_canonical(header, what="h")
     h["manifest"]["debug_backdoor"] = True
     b.write_bytes(_resign(canonical_cbor(h), signer) + payload)
-    with pytest.raises(MalformedError, match="unknown fields"):
+    with pytest.raises(MalformedError, match="unknown field"):
         _open(b, TrustStore.of([signer.public]), device, state_dir)
 
 

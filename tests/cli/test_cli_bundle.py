@@ -67,9 +67,19 @@ def test_keygen_files_and_modes(world) -> None:
 def test_run_writes_outputs_and_json(world, tmp_path) -> None:
     out = tmp_path / "out.npz"
     r = eg(
-        "run", world["bundle"], "--trust", world["k"] / "signer.pub",
-        "--device-key", world["k"] / "cam" / "device.key", "--input", world["d"] / "in.npz",
-        "--output", out, "--state-dir", tmp_path / "state", "--json",
+        "run",
+        world["bundle"],
+        "--trust",
+        world["k"] / "signer.pub",
+        "--device-key",
+        world["k"] / "cam" / "device.key",
+        "--input",
+        world["d"] / "in.npz",
+        "--output",
+        out,
+        "--state-dir",
+        tmp_path / "state",
+        "--json",
     )
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)

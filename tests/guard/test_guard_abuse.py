@@ -9,7 +9,7 @@ import pytest
 
 from edgeguard.errors import PolicyError, UsageError
 from edgeguard.guard.abuse import QueryMonitor, RateLimitedError, RateLimiter, harden_outputs
-from edgeguard.guard.policy import HardeningPolicy, RateLimitPolicy
+from edgeguard.policy.runtime import HardeningPolicy, RateLimitPolicy
 
 DATA = Path(__file__).resolve().parents[2] / "edgeguard" / "data" / "digits_test.npz"
 

@@ -6,8 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgeguard.guard.policy import VoterKind, VoterSpec
 from edgeguard.guard.voting import iou, vote, vote_detection
+from edgeguard.policy.runtime import VoterKind, VoterSpec
 
 CLS = VoterSpec(kind=VoterKind.PLURALITY, output="logits", agreement=0.5)
 

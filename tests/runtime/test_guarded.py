@@ -20,7 +20,7 @@ from edgeguard.errors import BackendError, InputRejectedError, UsageError
 from edgeguard.guard.abuse import QueryMonitor, RateLimitedError
 from edgeguard.guard.eventlog import EventLog, verify
 from edgeguard.guard.health import HealthState, Transition
-from edgeguard.guard.policy import (
+from edgeguard.policy.runtime import (
     ChainStep,
     HardeningPolicy,
     HealthPolicy,

@@ -15,7 +15,7 @@ import pytest
 from edgeguard import data
 from edgeguard.backends.onnxruntime import OnnxRuntimeBackend, trt_providers
 from edgeguard.errors import BackendError, PolicyError, UsageError
-from edgeguard.guard.policy import (
+from edgeguard.policy.runtime import (
     ChainStep,
     MemberSpec,
     RuntimePolicy,

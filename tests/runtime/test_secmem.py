@@ -37,8 +37,14 @@ def test_secret_buffer_empty_and_negative() -> None:
 def test_open_and_load_write_no_file_but_the_state_store(tmp_path: Path, monkeypatch) -> None:
     signer, device = SignerKey.generate(), DeviceKey.generate("cam-01")
     bundle = tmp_path / "b.egb"
-    api.build_bundle([data.model_path("digits_mlp")], out=bundle, signer=signer,
-                     recipients=[device.public], profiles=["generic-cpu"], version=1)
+    api.build_bundle(
+        [data.model_path("digits_mlp")],
+        out=bundle,
+        signer=signer,
+        recipients=[device.public],
+        profiles=["generic-cpu"],
+        version=1,
+    )
     state = tmp_path / "state"
     writes: list[str] = []
     real_open, real_os_open = builtins.open, os.open
@@ -56,8 +62,9 @@ def test_open_and_load_write_no_file_but_the_state_store(tmp_path: Path, monkeyp
     monkeypatch.setattr(builtins, "open", spy_open)
     monkeypatch.setattr(os, "open", spy_os_open)
     images, _ = data.load_split("test")
-    with api.open_bundle(bundle, trust=TrustStore.of([signer.public]), device_key=device,
-                         state_dir=state) as session:
+    with api.open_bundle(
+        bundle, trust=TrustStore.of([signer.public]), device_key=device, state_dir=state
+    ) as session:
         session.run({"image": images[:4]})
         member = session.bundle.members["digits_mlp"]
         assert not member.wiped

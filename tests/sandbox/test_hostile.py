@@ -20,7 +20,7 @@ import pytest
 
 from edgeguard.errors import BackendError
 from edgeguard.guard.eventlog import EventLog
-from edgeguard.guard.policy import (
+from edgeguard.policy.runtime import (
     ChainStep,
     MemberSpec,
     QuarantinePolicy,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgeguard.guard.sanity.spec import SanityProfile
+from edgeguard.policy.sanity import SanityProfile
 
 
 @pytest.fixture(scope="session")

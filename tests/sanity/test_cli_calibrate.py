@@ -10,7 +10,7 @@ import pytest
 
 from edgeguard.cli.main import main
 from edgeguard.data import model_path
-from edgeguard.guard.sanity.spec import SanityProfile
+from edgeguard.policy.sanity import SanityProfile
 
 
 def test_calibrate_writes_a_valid_profile(

@@ -11,7 +11,7 @@ from edgeguard.errors import InputRejectedError, MissingDependencyError, UsageEr
 from edgeguard.guard.sanity import corruptions as cor
 from edgeguard.guard.sanity.calibrate import calibrate_stats_only, derive_limits
 from edgeguard.guard.sanity.check import SanityGuard, compute_stats
-from edgeguard.guard.sanity.spec import SanityProfile, Status
+from edgeguard.policy.sanity import SanityProfile, Status
 
 
 @pytest.fixture(scope="module")

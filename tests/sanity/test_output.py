@@ -11,7 +11,7 @@ from edgeguard.guard.sanity.output import (
     max_softmax_prob,
     output_checks,
 )
-from edgeguard.guard.sanity.spec import OodThresholds, Status
+from edgeguard.policy.sanity import OodThresholds, Status
 
 
 def test_msp_and_energy_match_naive_formulas() -> None:

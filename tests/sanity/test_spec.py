@@ -11,12 +11,8 @@ import pytest
 
 from edgeguard.errors import InputRejectedError, MalformedError
 from edgeguard.guard.sanity.layout import frames_shape, frames_view, static_checks
-from edgeguard.guard.sanity.spec import (
-    SanityProfile,
-    Status,
-    Verdict,
-    Violation,
-)
+from edgeguard.guard.sanity.spec import Verdict, Violation
+from edgeguard.policy.sanity import SanityProfile, Status
 
 
 def test_profile_round_trip_through_json(digits_profile: SanityProfile) -> None:

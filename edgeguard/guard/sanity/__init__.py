@@ -7,9 +7,9 @@ Public API:
 
 * :func:`reference_stats` - NumPy oracle of the statistics (see docs/sanity.md).
 * :func:`compute_stats` - the same statistics with a chosen implementation.
-* :class:`SanityGuard` - checks inputs and outputs against a :class:`SanityProfile`
-  and returns a :class:`Verdict`.
-* :func:`calibrate` - derives a :class:`SanityProfile` from calibration data
+* :class:`SanityGuard` - checks inputs and outputs against a signed
+  :class:`~edgeguard.policy.sanity.SanityProfile` and returns a :class:`Verdict`.
+* :func:`calibrate` - derives a profile from calibration data
   (:func:`calibrate_stats_only` without a model).
 """
 
@@ -18,25 +18,11 @@ from __future__ import annotations
 from edgeguard.guard.sanity.calibrate import calibrate, calibrate_stats_only
 from edgeguard.guard.sanity.check import SanityGuard, compute_stats
 from edgeguard.guard.sanity.reference import reference_stats
-from edgeguard.guard.sanity.spec import (
-    FrameStats,
-    InputProfile,
-    OodThresholds,
-    SanityProfile,
-    StatLimits,
-    Status,
-    Verdict,
-    Violation,
-)
+from edgeguard.guard.sanity.spec import FrameStats, Verdict, Violation
 
 __all__ = [
     "FrameStats",
-    "InputProfile",
-    "OodThresholds",
     "SanityGuard",
-    "SanityProfile",
-    "StatLimits",
-    "Status",
     "Verdict",
     "Violation",
     "calibrate",

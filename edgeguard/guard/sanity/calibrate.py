@@ -29,11 +29,11 @@ from edgeguard.errors import MalformedError, UsageError
 from edgeguard.guard.sanity.check import Impl, resolve_impl
 from edgeguard.guard.sanity.layout import frames_shape
 from edgeguard.guard.sanity.output import energy_score, max_softmax_prob
-from edgeguard.guard.sanity.spec import (
+from edgeguard.guard.sanity.spec import FrameStats
+from edgeguard.policy.sanity import (
     ENVELOPE_STATS,
     SUPPORTED_DTYPES,
     CalibrationInfo,
-    FrameStats,
     InputProfile,
     OodThresholds,
     SanityProfile,

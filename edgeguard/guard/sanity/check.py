@@ -27,15 +27,8 @@ import numpy.typing as npt
 from edgeguard.errors import UsageError
 from edgeguard.guard.sanity.layout import static_checks
 from edgeguard.guard.sanity.output import output_checks
-from edgeguard.guard.sanity.spec import (
-    ENVELOPE_STATS,
-    FrameStats,
-    InputProfile,
-    SanityProfile,
-    Status,
-    Verdict,
-    Violation,
-)
+from edgeguard.guard.sanity.spec import FrameStats, Verdict, Violation
+from edgeguard.policy.sanity import ENVELOPE_STATS, InputProfile, SanityProfile, Status
 
 __all__ = ["IMPLS", "Impl", "SanityGuard", "compute_stats", "input_violations", "resolve_impl"]
 

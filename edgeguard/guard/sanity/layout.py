@@ -22,13 +22,8 @@ import numpy as np
 import numpy.typing as npt
 
 from edgeguard.errors import UsageError
-from edgeguard.guard.sanity.spec import (
-    LAYOUTS,
-    SUPPORTED_DTYPES,
-    InputProfile,
-    Status,
-    Violation,
-)
+from edgeguard.guard.sanity.spec import Violation
+from edgeguard.policy.sanity import LAYOUTS, SUPPORTED_DTYPES, InputProfile, Status
 
 __all__ = [
     "check_layout_name",

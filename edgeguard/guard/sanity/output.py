@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgeguard.guard.sanity.spec import OodThresholds, Status, Violation
+from edgeguard.guard.sanity.spec import Violation
+from edgeguard.policy.sanity import OodThresholds, Status
 
 __all__ = ["energy_score", "logsumexp", "max_softmax_prob", "output_checks"]
 

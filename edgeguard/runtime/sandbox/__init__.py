@@ -3,7 +3,7 @@
 Layer: :mod:`edgeguard.runtime` (composes the backends in a child process; the parent
 side imports no inference library). Pieces:
 
-* :mod:`~edgeguard.runtime.sandbox.policy` - :class:`SandboxPolicy`, the signed
+* :mod:`~edgeguard.policy.isolation` - :class:`SandboxPolicy`, the signed
   per-bundle choice of layers (``policy["sandbox"]`` in the manifest);
 * :mod:`~edgeguard.runtime.sandbox.probe` - :func:`probe_host` and :func:`check_policy`;
 * :mod:`~edgeguard.runtime.sandbox.seccomp` - the syscall allowlist, with a reason each;
@@ -19,7 +19,7 @@ not import numpy's heavy friends, onnxruntime, numba or pyseccomp.
 
 from __future__ import annotations
 
-from edgeguard.runtime.sandbox.policy import BEST_EFFORT, LAYERS, OFF, REQUIRED, SandboxPolicy
+from edgeguard.policy.isolation import BEST_EFFORT, LAYERS, OFF, REQUIRED, SandboxPolicy
 from edgeguard.runtime.sandbox.probe import HostCapabilities, check_policy, probe_host
 
 __all__ = [

@@ -47,8 +47,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from edgeguard.errors import BackendError, EdgeguardError, PolicyError, UsageError
+from edgeguard.policy.isolation import SandboxPolicy
+from edgeguard.policy.runtime import FALLBACK_NAME
 from edgeguard.runtime.sandbox import _cgroup
-from edgeguard.runtime.sandbox.policy import SandboxPolicy
 from edgeguard.runtime.sandbox.probe import HostCapabilities, check_policy, probe_host
 from edgeguard.runtime.sandbox.worker import MAX_MESSAGE, pack_arrays, unpack_arrays
 
@@ -61,7 +62,6 @@ __all__ = [
     "seal_model",
 ]
 
-FALLBACK_NAME = "__fallback__"  # same value as edgeguard.runtime.guarded.FALLBACK_NAME
 _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
 _ENV_PASS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "LANG", "LC_ALL")
 # The worker's whole environment. Single-threaded BLAS/OpenMP so the process stays

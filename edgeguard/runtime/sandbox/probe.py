@@ -12,7 +12,7 @@ Layer: :mod:`edgeguard.runtime.sandbox` (host inspection; stdlib only, plus the 
 * cgroup v2: whether our cgroup delegates the memory controller and is writable;
 * ``no_new_privs``: whether ``PR_GET_NO_NEW_PRIVS`` works.
 
-:func:`check_policy` turns a :class:`~edgeguard.runtime.sandbox.policy.SandboxPolicy`
+:func:`check_policy` turns a :class:`~edgeguard.policy.isolation.SandboxPolicy`
 and the capabilities into a per-layer plan, raising
 :class:`~edgeguard.errors.PolicyError` naming every required layer the host lacks.
 """
@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeguard.errors import PolicyError
+from edgeguard.policy.isolation import LAYERS, OFF, REQUIRED, SandboxPolicy
 from edgeguard.runtime.sandbox import _cgroup, _linux
-from edgeguard.runtime.sandbox.policy import LAYERS, OFF, REQUIRED, SandboxPolicy
 
 __all__ = ["HostCapabilities", "check_policy", "probe_host"]
 
@@ -89,7 +89,7 @@ class HostCapabilities:
     nproc_enforced: bool
 
     def available(self, layer: str) -> bool:
-        """Whether ``layer`` (one of :data:`~edgeguard.runtime.sandbox.policy.LAYERS`) works."""
+        """Whether ``layer`` (one of :data:`~edgeguard.policy.isolation.LAYERS`) works."""
         if layer == "seccomp":
             return self.seccomp_kernel and self.seccomp_binding and self.no_new_privs
         if layer == "landlock":

@@ -1,6 +1,7 @@
 """Runtime policy of the guarded runtime: members, voter, deadline, fallback chain.
 
-Layer: :mod:`edgeguard.guard` (pure data, no I/O, no inference libraries).
+Layer: :mod:`edgeguard.policy` (pure data, no I/O, no inference libraries). The policy
+travels in the signed manifest's ``policy`` slot under ``"runtime"``.
 
 :class:`RuntimePolicy` is a tree of frozen dataclasses with a strict
 ``to_dict()`` / ``from_dict()`` pair. The dict form holds only ``str``, ``int``,
@@ -9,7 +10,7 @@ CBOR-compatible and can be embedded in a signed bundle manifest. NumPy arrays
 (the safe-default outputs) travel as ``{"dtype", "shape", "data"}``.
 ``from_dict`` rejects unknown keys, wrong types and out-of-range values with
 :class:`~edgeguard.errors.MalformedError`: a policy is security-relevant, so
-nothing is guessed.
+nothing is guessed. Every value is read with :mod:`edgeguard._strict`.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from edgeguard.errors import MalformedError
+from edgeguard._strict import as_bool, as_float, as_int, as_str, check_fields, fail
 
 __all__ = [
+    "FALLBACK_NAME",
     "FORMAT",
+    "SINGLE_MODEL_DEADLINE_MS",
     "ChainStep",
     "HardeningPolicy",
     "HealthPolicy",
@@ -43,7 +46,14 @@ __all__ = [
 ]
 
 FORMAT = "edgeguard-runtime-policy/1"
+#: The name under which the fallback model runs (never a member name).
+FALLBACK_NAME = "__fallback__"
+#: Deadline of a single-model bundle built without one: it catches a hung model, it is
+#: not a real-time bound (give ``build --deadline-ms`` for that).
+SINGLE_MODEL_DEADLINE_MS = 10_000.0
 
+# as bundle member names: the reserved FALLBACK_NAME can never be one
+_MEMBER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]*")
 _MAX_CPU = 4095  # highest CPU number a placement may name (Linux NR_CPUS default ceiling)
 _MAX_ACCEL = 15  # highest GPU / DLA index
 _PLACEMENT_RE = re.compile(r"(cpu)(?::([0-9,-]+))?|(gpu|dla)([0-9]+)?")
@@ -68,6 +78,8 @@ class VoterKind(str, Enum):
     """Regression: element-wise mid-value select (an actual member value)."""
     DETECTION = "detection"
     """Object detection: cluster boxes by IoU and class, keep boxes confirmed by k members."""
+    PASSTHROUGH = "passthrough"
+    """One member: its outputs, all of them and unchanged, are the answer."""
 
 
 class ChainStep(str, Enum):
@@ -80,59 +92,7 @@ class ChainStep(str, Enum):
     SAFE_DEFAULT = "safe_default"
 
 
-def _fail(path: str, what: str) -> MalformedError:
-    return MalformedError(f"runtime policy: {path}: {what}")
-
-
-def _check_keys(d: Mapping[str, Any], path: str, required: set[str], optional: set[str]) -> None:
-    if not isinstance(d, Mapping):
-        raise _fail(path, "must be a mapping")
-    keys = set(d)
-    if not all(isinstance(k, str) for k in keys):
-        raise _fail(path, "keys must be strings")
-    unknown = keys - required - optional
-    if unknown:
-        raise _fail(path, f"unknown key(s) {sorted(unknown)}")
-    missing = required - keys
-    if missing:
-        raise _fail(path, f"missing key(s) {sorted(missing)}")
-
-
-def _int(v: Any, path: str, *, lo: int | None = None, hi: int | None = None) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise _fail(path, "must be an integer")
-    if lo is not None and v < lo:
-        raise _fail(path, f"must be >= {lo}")
-    if hi is not None and v > hi:
-        raise _fail(path, f"must be <= {hi}")
-    return v
-
-
-def _float(
-    v: Any, path: str, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False
-) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise _fail(path, "must be a number")
-    f = float(v)
-    if not math.isfinite(f):
-        raise _fail(path, "must be finite")
-    if lo is not None and (f < lo or (lo_open and f == lo)):
-        raise _fail(path, f"must be {'>' if lo_open else '>='} {lo}")
-    if hi is not None and f > hi:
-        raise _fail(path, f"must be <= {hi}")
-    return f
-
-
-def _str(v: Any, path: str) -> str:
-    if not isinstance(v, str) or not v:
-        raise _fail(path, "must be a non-empty string")
-    return v
-
-
-def _bool(v: Any, path: str) -> bool:
-    if not isinstance(v, bool):
-        raise _fail(path, "must be a boolean")
-    return v
+_P = "runtime policy: "
 
 
 def array_to_dict(a: np.ndarray) -> dict[str, Any]:
@@ -146,29 +106,29 @@ def array_from_dict(d: Mapping[str, Any], path: str = "array") -> np.ndarray:
     Raises:
         MalformedError: Unknown dtype, bad shape, wrong element count or bad values.
     """
-    _check_keys(d, path, {"dtype", "shape", "data"}, set())
+    check_fields(d, _P + path, {"dtype", "shape", "data"}, set())
     dtype = d["dtype"]
     if dtype not in _ALLOWED_DTYPES:
-        raise _fail(f"{path}.dtype", f"unsupported dtype {dtype!r}")
+        raise fail(_P + f"{path}.dtype", f"unsupported dtype {dtype!r}")
     shape = d["shape"]
     if not isinstance(shape, list):
-        raise _fail(f"{path}.shape", "must be a list")
-    dims = [_int(s, f"{path}.shape", lo=0) for s in shape]
+        raise fail(_P + f"{path}.shape", "must be a list")
+    dims = [as_int(s, _P + f"{path}.shape", lo=0) for s in shape]
     count = math.prod(dims)
     if count > _MAX_SAFE_DEFAULT_ELEMENTS:
-        raise _fail(f"{path}.shape", f"more than {_MAX_SAFE_DEFAULT_ELEMENTS} elements")
+        raise fail(_P + f"{path}.shape", f"more than {_MAX_SAFE_DEFAULT_ELEMENTS} elements")
     data = d["data"]
     if not isinstance(data, list) or len(data) != count:
-        raise _fail(f"{path}.data", f"must be a list of {count} elements")
+        raise fail(_P + f"{path}.data", f"must be a list of {count} elements")
     for x in data:
         if isinstance(x, bool) and dtype != "bool":
-            raise _fail(f"{path}.data", "booleans only in bool arrays")
+            raise fail(_P + f"{path}.data", "booleans only in bool arrays")
         if not isinstance(x, (int, float, bool)) or (isinstance(x, float) and not math.isfinite(x)):
-            raise _fail(f"{path}.data", "elements must be finite numbers")
+            raise fail(_P + f"{path}.data", "elements must be finite numbers")
     try:
         arr = np.asarray(data, dtype=np.dtype(dtype)).reshape(dims)
     except (ValueError, OverflowError) as exc:
-        raise _fail(f"{path}.data", f"does not fit dtype {dtype}") from exc
+        raise fail(_P + f"{path}.data", f"does not fit dtype {dtype}") from exc
     arr.setflags(write=False)
     return arr
 
@@ -227,7 +187,7 @@ def parse_placement(text: str, path: str = "placement") -> Placement:
     """
     m = _PLACEMENT_RE.fullmatch(text) if isinstance(text, str) else None
     if m is None:
-        raise _fail(path, f"{text!r} is not cpu, cpu:LIST, gpu[N] or dla[N]")
+        raise fail(_P + path, f"{text!r} is not cpu, cpu:LIST, gpu[N] or dla[N]")
     if m.group(1):
         if m.group(2) is None:
             return Placement("cpu")
@@ -235,17 +195,17 @@ def parse_placement(text: str, path: str = "placement") -> Placement:
         for part in m.group(2).split(","):
             lo, dash, hi = part.partition("-")
             if not lo.isdigit() or (dash and not hi.isdigit()):
-                raise _fail(path, f"{part!r} in {text!r} is not N or N-M")
+                raise fail(_P + path, f"{part!r} in {text!r} is not N or N-M")
             a, b = int(lo), int(hi) if dash else int(lo)
             if b < a or (cpus and a <= cpus[-1]):
-                raise _fail(path, f"core list {text!r} must ascend without repeats")
+                raise fail(_P + path, f"core list {text!r} must ascend without repeats")
             if b > _MAX_CPU:
-                raise _fail(path, f"CPU {b} is beyond {_MAX_CPU}")
+                raise fail(_P + path, f"CPU {b} is beyond {_MAX_CPU}")
             cpus.extend(range(a, b + 1))
         return Placement("cpu", cpus=frozenset(cpus))
     index = int(m.group(4)) if m.group(4) else 0
     if index > _MAX_ACCEL:
-        raise _fail(path, f"{m.group(3)} index {index} is beyond {_MAX_ACCEL}")
+        raise fail(_P + path, f"{m.group(3)} index {index} is beyond {_MAX_ACCEL}")
     return Placement(m.group(3), index=index)
 
 
@@ -266,6 +226,7 @@ class MemberSpec:
     placement: str = "cpu"
 
     def __post_init__(self) -> None:
+        as_str(self.name, _P + "member name", max_len=128, pattern=_MEMBER_NAME_RE)
         parse_placement(self.placement, f"member {self.name!r}: placement")
 
     @property
@@ -280,10 +241,10 @@ class MemberSpec:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], path: str = "member") -> MemberSpec:
         """Parse and validate."""
-        _check_keys(d, path, {"name"}, {"placement"})
-        placement = _str(d.get("placement", "cpu"), f"{path}.placement")
+        check_fields(d, _P + path, {"name"}, {"placement"})
+        placement = as_str(d.get("placement", "cpu"), _P + f"{path}.placement")
         parse_placement(placement, f"{path}.placement")
-        return cls(name=_str(d["name"], f"{path}.name"), placement=placement)
+        return cls(name=as_str(d["name"], _P + f"{path}.name"), placement=placement)
 
 
 @dataclass(frozen=True)
@@ -294,6 +255,7 @@ class VoterSpec:
         kind: The voting rule.
         output: Output tensor voted on (classification / regression), for example
             ``"logits"``. For detection, the boxes tensor ``[M, 4]`` (x1, y1, x2, y2).
+            Empty for passthrough, which passes every output on.
         agreement: Classification: minimum fraction of answering members that must
             back the winning label in every row, else the frame is a disagreement fault.
         scores_are_logits: Classification: apply softmax before soft voting.
@@ -342,28 +304,40 @@ class VoterSpec:
             "scores_output",
             "classes_output",
         }
-        _check_keys(d, path, {"kind", "output"}, opt)
+        check_fields(d, _P + path, {"kind", "output"}, opt)
         try:
             kind = VoterKind(d["kind"])
         except ValueError as exc:
-            raise _fail(f"{path}.kind", f"unknown voter {d['kind']!r}") from exc
+            raise fail(_P + f"{path}.kind", f"unknown voter {d['kind']!r}") from exc
         md = d.get("max_deviation")
         return cls(
             kind=kind,
-            output=_str(d["output"], f"{path}.output"),
-            agreement=_float(
-                d.get("agreement", 0.5), f"{path}.agreement", lo=0.0, hi=1.0, lo_open=True
+            output=as_str(
+                d["output"], _P + f"{path}.output", nonempty=kind is not VoterKind.PASSTHROUGH
             ),
-            scores_are_logits=_bool(d.get("scores_are_logits", True), f"{path}.scores_are_logits"),
-            max_deviation=None if md is None else _float(md, f"{path}.max_deviation", lo=0.0),
-            iou_threshold=_float(
-                d.get("iou_threshold", 0.5), f"{path}.iou_threshold", lo=0.0, hi=1.0, lo_open=True
+            agreement=as_float(
+                d.get("agreement", 0.5), _P + f"{path}.agreement", lo=0.0, hi=1.0, lo_open=True
             ),
-            min_confirmations=_int(
-                d.get("min_confirmations", 2), f"{path}.min_confirmations", lo=1
+            scores_are_logits=as_bool(
+                d.get("scores_are_logits", True), _P + f"{path}.scores_are_logits"
             ),
-            scores_output=_str(d.get("scores_output", "scores"), f"{path}.scores_output"),
-            classes_output=_str(d.get("classes_output", "classes"), f"{path}.classes_output"),
+            max_deviation=None
+            if md is None
+            else as_float(md, _P + f"{path}.max_deviation", lo=0.0),
+            iou_threshold=as_float(
+                d.get("iou_threshold", 0.5),
+                _P + f"{path}.iou_threshold",
+                lo=0.0,
+                hi=1.0,
+                lo_open=True,
+            ),
+            min_confirmations=as_int(
+                d.get("min_confirmations", 2), _P + f"{path}.min_confirmations", lo=1
+            ),
+            scores_output=as_str(d.get("scores_output", "scores"), _P + f"{path}.scores_output"),
+            classes_output=as_str(
+                d.get("classes_output", "classes"), _P + f"{path}.classes_output"
+            ),
         )
 
 
@@ -384,10 +358,10 @@ class HealthPolicy:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], path: str = "health") -> HealthPolicy:
         """Parse and validate."""
-        _check_keys(d, path, set(), {"recover_frames"})
+        check_fields(d, _P + path, set(), {"recover_frames"})
         return cls(
-            recover_frames=_int(
-                d.get("recover_frames", 10), f"{path}.recover_frames", lo=1, hi=1_000_000
+            recover_frames=as_int(
+                d.get("recover_frames", 10), _P + f"{path}.recover_frames", lo=1, hi=1_000_000
             )
         )
 
@@ -422,24 +396,27 @@ class QuarantinePolicy:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], path: str = "quarantine") -> QuarantinePolicy:
         """Parse and validate."""
-        _check_keys(
+        check_fields(
             d,
-            path,
+            _P + path,
             set(),
             {"after_failures", "backoff_ms", "max_backoff_ms", "max_abandoned_workers"},
         )
         q = cls(
-            after_failures=_int(d.get("after_failures", 3), f"{path}.after_failures", lo=1),
-            backoff_ms=_float(d.get("backoff_ms", 100.0), f"{path}.backoff_ms", lo=0.0),
-            max_backoff_ms=_float(
-                d.get("max_backoff_ms", 10_000.0), f"{path}.max_backoff_ms", lo=0.0
+            after_failures=as_int(d.get("after_failures", 3), _P + f"{path}.after_failures", lo=1),
+            backoff_ms=as_float(d.get("backoff_ms", 100.0), _P + f"{path}.backoff_ms", lo=0.0),
+            max_backoff_ms=as_float(
+                d.get("max_backoff_ms", 10_000.0), _P + f"{path}.max_backoff_ms", lo=0.0
             ),
-            max_abandoned_workers=_int(
-                d.get("max_abandoned_workers", 4), f"{path}.max_abandoned_workers", lo=0, hi=1024
+            max_abandoned_workers=as_int(
+                d.get("max_abandoned_workers", 4),
+                _P + f"{path}.max_abandoned_workers",
+                lo=0,
+                hi=1024,
             ),
         )
         if q.max_backoff_ms < q.backoff_ms:
-            raise _fail(f"{path}.max_backoff_ms", "must be >= backoff_ms")
+            raise fail(_P + f"{path}.max_backoff_ms", "must be >= backoff_ms")
         return q
 
 
@@ -471,14 +448,14 @@ class HardeningPolicy:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], path: str = "hardening") -> HardeningPolicy:
         """Parse and validate."""
-        _check_keys(d, path, {"output"}, {"softmax", "top_k", "decimals"})
+        check_fields(d, _P + path, {"output"}, {"softmax", "top_k", "decimals"})
         tk = d.get("top_k", 1)
         dec = d.get("decimals", 2)
         return cls(
-            output=_str(d["output"], f"{path}.output"),
-            softmax=_bool(d.get("softmax", True), f"{path}.softmax"),
-            top_k=None if tk is None else _int(tk, f"{path}.top_k", lo=1),
-            decimals=None if dec is None else _int(dec, f"{path}.decimals", lo=0, hi=15),
+            output=as_str(d["output"], _P + f"{path}.output"),
+            softmax=as_bool(d.get("softmax", True), _P + f"{path}.softmax"),
+            top_k=None if tk is None else as_int(tk, _P + f"{path}.top_k", lo=1),
+            decimals=None if dec is None else as_int(dec, _P + f"{path}.decimals", lo=0, hi=15),
         )
 
 
@@ -503,11 +480,11 @@ class RateLimitPolicy:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], path: str = "rate_limit") -> RateLimitPolicy:
         """Parse and validate."""
-        _check_keys(d, path, {"rate_per_s", "burst"}, {"max_clients"})
+        check_fields(d, _P + path, {"rate_per_s", "burst"}, {"max_clients"})
         return cls(
-            rate_per_s=_float(d["rate_per_s"], f"{path}.rate_per_s", lo=0.0, lo_open=True),
-            burst=_int(d["burst"], f"{path}.burst", lo=1),
-            max_clients=_int(d.get("max_clients", 10_000), f"{path}.max_clients", lo=1),
+            rate_per_s=as_float(d["rate_per_s"], _P + f"{path}.rate_per_s", lo=0.0, lo_open=True),
+            burst=as_int(d["burst"], _P + f"{path}.burst", lo=1),
+            max_clients=as_int(d.get("max_clients", 10_000), _P + f"{path}.max_clients", lo=1),
         )
 
 
@@ -531,8 +508,10 @@ class RuntimePolicy:
         deadline_ms: Per-frame deadline measured on the monotonic clock.
         member_budget_ms: Part of the deadline the members get; the rest is left for
             the fallback model. Defaults to the whole deadline.
-        fallback_chain: Steps tried in order; must end with ``last_known_good`` or
-            ``safe_default``, each step at most once.
+        fallback_chain: Steps tried in order, each at most once; ``safe_default``, when
+            present, is the last. A frame that no step answers raises (the chains
+            ``build`` writes for ensembles end with ``last_known_good`` or
+            ``safe_default``; a single model's chain is ``ensemble`` alone).
         last_known_good_max_age_ms: Oldest last-known-good output that may be served.
         safe_default: Outputs served by the ``safe_default`` step.
         health: Hysteresis of the health state machine.
@@ -575,38 +554,61 @@ class RuntimePolicy:
 
     def _validate(self) -> None:
         if not self.members:
-            raise _fail("members", "at least one member is required")
+            raise fail(_P + "members", "at least one member is required")
         names = [m.name for m in self.members]
         if len(set(names)) != len(names):
-            raise _fail("members", "member names must be unique")
+            raise fail(_P + "members", "member names must be unique")
         if not 1 <= self.quorum <= len(self.members):
-            raise _fail("quorum", f"must be between 1 and the member count {len(self.members)}")
+            raise fail(_P + "quorum", f"must be between 1 and the member count {len(self.members)}")
         if not (math.isfinite(self.deadline_ms) and self.deadline_ms > 0):
-            raise _fail("deadline_ms", "must be a positive finite number")
+            raise fail(_P + "deadline_ms", "must be a positive finite number")
         if self.member_budget_ms is not None and not (
             math.isfinite(self.member_budget_ms) and 0 < self.member_budget_ms <= self.deadline_ms
         ):
-            raise _fail("member_budget_ms", "must be in (0, deadline_ms]")
+            raise fail(_P + "member_budget_ms", "must be in (0, deadline_ms]")
         chain = self.fallback_chain
         if not chain or len(set(chain)) != len(chain):
-            raise _fail("fallback_chain", "must be non-empty with each step at most once")
-        if chain[-1] not in (ChainStep.LAST_KNOWN_GOOD, ChainStep.SAFE_DEFAULT):
-            raise _fail("fallback_chain", "must end with last_known_good or safe_default")
+            raise fail(_P + "fallback_chain", "must be non-empty with each step at most once")
         if ChainStep.SAFE_DEFAULT in chain:
             if not self.safe_default:
-                raise _fail("safe_default", "required when the chain has safe_default")
+                raise fail(_P + "safe_default", "required when the chain has safe_default")
             if chain[-1] is not ChainStep.SAFE_DEFAULT:
-                raise _fail("fallback_chain", "safe_default must be the last step")
+                raise fail(_P + "fallback_chain", "safe_default must be the last step")
         if not (
             math.isfinite(self.last_known_good_max_age_ms) and self.last_known_good_max_age_ms >= 0
         ):
-            raise _fail("last_known_good_max_age_ms", "must be a finite number >= 0")
+            raise fail(_P + "last_known_good_max_age_ms", "must be a finite number >= 0")
         if self.reject_action not in ("fallback", "raise"):
-            raise _fail("reject_action", "must be 'fallback' or 'raise'")
+            raise fail(_P + "reject_action", "must be 'fallback' or 'raise'")
         if self.voter.kind is VoterKind.DETECTION and self.voter.min_confirmations > len(
             self.members
         ):
-            raise _fail("voter.min_confirmations", "exceeds the member count")
+            raise fail(_P + "voter.min_confirmations", "exceeds the member count")
+        if self.voter.kind is VoterKind.PASSTHROUGH and len(self.members) != 1:
+            raise fail(_P + "voter.kind", "passthrough needs exactly one member")
+
+    @classmethod
+    def single(
+        cls,
+        name: str,
+        *,
+        placement: str = "cpu",
+        deadline_ms: float = SINGLE_MODEL_DEADLINE_MS,
+    ) -> RuntimePolicy:
+        """The policy of a bundle with one model: its answer, unchanged, or an error.
+
+        Args:
+            name: The member.
+            placement: Where the member runs.
+            deadline_ms: Per-request deadline; the default only catches a hung model.
+        """
+        return cls(
+            members=(MemberSpec(name, placement),),
+            voter=VoterSpec(kind=VoterKind.PASSTHROUGH, output=""),
+            deadline_ms=deadline_ms,
+            fallback_chain=(ChainStep.ENSEMBLE,),
+            reject_action="raise",
+        )
 
     @property
     def member_names(self) -> tuple[str, ...]:
@@ -669,41 +671,41 @@ class RuntimePolicy:
             "output_shapes",
             "speculative",
         }
-        _check_keys(d, "policy", {"format", "members", "voter"}, opt)
+        check_fields(d, "runtime policy", {"format", "members", "voter"}, opt)
         if d["format"] != FORMAT:
-            raise _fail("format", f"expected {FORMAT!r}")
+            raise fail(_P + "format", f"expected {FORMAT!r}")
         if not isinstance(d["members"], list):
-            raise _fail("members", "must be a list")
+            raise fail(_P + "members", "must be a list")
         members = tuple(
             MemberSpec.from_dict(m, f"members[{i}]") for i, m in enumerate(d["members"])
         )
         chain_raw = d.get("fallback_chain", [s.value for s in _DEFAULT_CHAIN])
         if not isinstance(chain_raw, list):
-            raise _fail("fallback_chain", "must be a list")
+            raise fail(_P + "fallback_chain", "must be a list")
         try:
             chain = tuple(ChainStep(s) for s in chain_raw)
         except ValueError as exc:
-            raise _fail("fallback_chain", f"unknown step in {chain_raw!r}") from exc
+            raise fail(_P + "fallback_chain", f"unknown step in {chain_raw!r}") from exc
         sd_raw = d.get("safe_default")
         safe_default: dict[str, np.ndarray] | None = None
         if sd_raw is not None:
             if not isinstance(sd_raw, Mapping):
-                raise _fail("safe_default", "must be a mapping")
+                raise fail(_P + "safe_default", "must be a mapping")
             safe_default = {
-                _str(k, "safe_default"): array_from_dict(v, f"safe_default.{k}")
+                as_str(k, _P + "safe_default"): array_from_dict(v, f"safe_default.{k}")
                 for k, v in sd_raw.items()
             }
         os_raw = d.get("output_shapes")
         output_shapes: dict[str, tuple[int, ...]] | None = None
         if os_raw is not None:
             if not isinstance(os_raw, Mapping):
-                raise _fail("output_shapes", "must be a mapping")
+                raise fail(_P + "output_shapes", "must be a mapping")
             output_shapes = {}
             for k, v in os_raw.items():
                 if not isinstance(v, list):
-                    raise _fail(f"output_shapes.{k}", "must be a list")
-                output_shapes[_str(k, "output_shapes")] = tuple(
-                    _int(x, f"output_shapes.{k}", lo=-1) for x in v
+                    raise fail(_P + f"output_shapes.{k}", "must be a list")
+                output_shapes[as_str(k, _P + "output_shapes")] = tuple(
+                    as_int(x, _P + f"output_shapes.{k}", lo=-1) for x in v
                 )
         mb = d.get("member_budget_ms")
         hard = d.get("hardening")
@@ -712,24 +714,28 @@ class RuntimePolicy:
         return cls(
             members=members,
             voter=VoterSpec.from_dict(d["voter"]),
-            quorum=_int(d.get("quorum", 1), "quorum", lo=1),
-            deadline_ms=_float(d.get("deadline_ms", 50.0), "deadline_ms", lo=0.0, lo_open=True),
+            quorum=as_int(d.get("quorum", 1), _P + "quorum", lo=1),
+            deadline_ms=as_float(
+                d.get("deadline_ms", 50.0), _P + "deadline_ms", lo=0.0, lo_open=True
+            ),
             member_budget_ms=None
             if mb is None
-            else _float(mb, "member_budget_ms", lo=0.0, lo_open=True),
+            else as_float(mb, _P + "member_budget_ms", lo=0.0, lo_open=True),
             fallback_chain=chain,
-            last_known_good_max_age_ms=_float(
-                d.get("last_known_good_max_age_ms", 200.0), "last_known_good_max_age_ms", lo=0.0
+            last_known_good_max_age_ms=as_float(
+                d.get("last_known_good_max_age_ms", 200.0),
+                _P + "last_known_good_max_age_ms",
+                lo=0.0,
             ),
             safe_default=safe_default,
             health=HealthPolicy.from_dict(d.get("health", {})),
             quarantine=QuarantinePolicy.from_dict(d.get("quarantine", {})),
-            model_switching=_bool(d.get("model_switching", False), "model_switching"),
+            model_switching=as_bool(d.get("model_switching", False), _P + "model_switching"),
             hardening=None if hard is None else HardeningPolicy.from_dict(hard),
             rate_limit=None if rl is None else RateLimitPolicy.from_dict(rl),
-            reject_action=_str(ra, "reject_action"),
+            reject_action=as_str(ra, _P + "reject_action"),
             output_shapes=output_shapes,
-            speculative=_bool(d.get("speculative", False), "speculative"),
+            speculative=as_bool(d.get("speculative", False), _P + "speculative"),
         )
 
     def __eq__(self, other: object) -> bool:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edgeguard.errors import MalformedError
-from edgeguard.guard.policy import (
+from edgeguard.policy.runtime import (
     ChainStep,
     HardeningPolicy,
     HealthPolicy,
@@ -99,9 +99,9 @@ def _mutate(path: list[Any], value: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("path", "value", "match"),
     [
-        (["surprise"], 1, "unknown key"),
+        (["surprise"], 1, "unknown field"),
         (["format"], "other/1", "format"),
-        (["voter"], KeyError, "missing"),
+        (["voter"], KeyError, "misses"),
         (["voter", "kind"], "vibes", "unknown voter"),
         (["voter", "agreement"], 0.0, "agreement"),
         (["voter", "agreement"], float("nan"), "finite"),
@@ -109,7 +109,8 @@ def _mutate(path: list[Any], value: Any) -> dict[str, Any]:
         (["quorum"], True, "integer"),
         (["deadline_ms"], -1, "deadline_ms"),
         (["member_budget_ms"], 41.0, "member_budget_ms"),
-        (["fallback_chain"], ["ensemble", "quorum"], "must end"),
+        (["voter", "kind"], "passthrough", "exactly one member"),
+        (["members", 0, "name"], "__fallback__", "member name"),
         (["fallback_chain"], ["ensemble", "ensemble", "safe_default"], "at most once"),
         (["fallback_chain"], ["safe_default", "last_known_good"], "last step"),
         (["fallback_chain"], ["ensemble", "teleport", "safe_default"], "unknown step"),
@@ -137,7 +138,7 @@ def _mutate(path: list[Any], value: Any) -> dict[str, Any]:
         (["reject_action"], "ignore", "reject_action"),
         (["output_shapes", "logits"], "N,10", "list"),
         (["health", "recover_frames"], 0, "recover_frames"),
-        (["speculative"], 1, "boolean"),
+        (["speculative"], 1, "true or false"),
     ],
 )
 def test_validation_refuses(path: list[Any], value: Any, match: str) -> None:

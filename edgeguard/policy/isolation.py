@@ -1,13 +1,15 @@
-"""The sandbox policy: which isolation layers a member worker must, may or must not use.
+"""The isolation requirements: which layers a member worker must, may or must not use.
 
-Layer: :mod:`edgeguard.runtime.sandbox` (pure data model, no I/O, stdlib only). The policy
+Layer: :mod:`edgeguard.policy` (pure data model, no I/O, stdlib only). The policy
 travels inside the signed bundle manifest under ``policy["sandbox"]``, so
 :meth:`SandboxPolicy.from_dict` is strict: unknown keys, wrong types and out-of-range
 values raise :class:`~edgeguard.errors.MalformedError`, and :meth:`SandboxPolicy.to_dict`
 produces only JSON/CBOR-native values (str, int).
 
 Each layer is ``"required"`` (refuse to start a worker without it), ``"best-effort"``
-(use it when the host supports it, record when it does not) or ``"off"``.
+(use it when the host supports it, record when it does not) or ``"off"``. A required
+layer is a floor: the device session refuses to run the members with less
+(in-process threads included) unless the caller names the ``unsafe_*`` bypass.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from edgeguard.errors import MalformedError
+from edgeguard._strict import as_int, as_str, check_fields, fail
 
 __all__ = [
     "BEST_EFFORT",
@@ -35,6 +37,7 @@ MODES: tuple[str, ...] = (REQUIRED, BEST_EFFORT, OFF)
 #: The isolation layers, in the order the worker applies them.
 LAYERS: tuple[str, ...] = ("netns", "cgroup", "rlimits", "landlock", "seccomp")
 
+_W = "sandbox policy: "
 _MIN_MEMORY = 16 * 1024 * 1024  # below this not even the Python interpreter starts
 _MAX_MEMORY = 1 << 48
 _MIN_FILES = 8  # stdin/out/err, control socket, I/O memfd, ORT's internals
@@ -65,30 +68,15 @@ class SandboxPolicy:
 
     def __post_init__(self) -> None:
         for layer in LAYERS:
-            mode = getattr(self, layer)
-            if not isinstance(mode, str) or mode not in MODES:
-                raise MalformedError(
-                    f"sandbox policy: {layer} must be one of {', '.join(MODES)}, got {mode!r}"
-                )
-        m = self.memory_max_bytes
-        if m is not None and (
-            isinstance(m, bool) or not isinstance(m, int) or not _MIN_MEMORY <= m <= _MAX_MEMORY
-        ):
-            raise MalformedError(
-                f"sandbox policy: memory_max_bytes must be null or an integer in "
-                f"[{_MIN_MEMORY}, {_MAX_MEMORY}], got {m!r}"
-            )
-        f = self.max_open_files
-        if isinstance(f, bool) or not isinstance(f, int) or not _MIN_FILES <= f <= _MAX_FILES:
-            raise MalformedError(
-                f"sandbox policy: max_open_files must be an integer in "
-                f"[{_MIN_FILES}, {_MAX_FILES}], got {f!r}"
-            )
+            as_str(getattr(self, layer), f"{_W}{layer}", choices=MODES)
+        if self.memory_max_bytes is not None:
+            as_int(self.memory_max_bytes, f"{_W}memory_max_bytes", lo=_MIN_MEMORY, hi=_MAX_MEMORY)
+        as_int(self.max_open_files, f"{_W}max_open_files", lo=_MIN_FILES, hi=_MAX_FILES)
 
     def mode(self, layer: str) -> str:
         """The mode of ``layer`` (one of :data:`LAYERS`)."""
         if layer not in LAYERS:
-            raise MalformedError(f"sandbox policy: unknown layer {layer!r}")
+            raise fail(_W + "layer", f"unknown layer {layer!r}")
         value: str = getattr(self, layer)
         return value
 
@@ -110,13 +98,10 @@ class SandboxPolicy:
         Raises:
             MalformedError: ``d`` is not a mapping, has unknown keys or bad values.
         """
-        if not isinstance(d, Mapping):
-            raise MalformedError(f"sandbox policy must be a mapping, got {type(d).__name__}")
-        known = {*LAYERS, "memory_max_bytes", "max_open_files"}
-        unknown = sorted(str(k) for k in d if k not in known)
-        if unknown:
-            raise MalformedError(f"sandbox policy: unknown key(s) {', '.join(unknown)}")
-        return cls(**{str(k): v for k, v in d.items()})
+        fields = check_fields(
+            d, "sandbox policy", (), (*LAYERS, "memory_max_bytes", "max_open_files")
+        )
+        return cls(**dict(fields))
 
     @classmethod
     def all(cls, mode: str) -> SandboxPolicy:
