@@ -354,6 +354,12 @@ class EventLog:
     chain with a ``log_resume`` record noting whether the previous session
     ended cleanly.
 
+    A write or fsync that fails (disk full, I/O error, an exception in the
+    middle of a line) leaves the file in an unknown state, possibly ending in
+    a torn line. The appender then refuses further records, and
+    :meth:`close` only closes the file: the log reads as unclean (exit 13),
+    never as edited, and reopening it cuts the torn line and resumes.
+
     Args:
         path: Log file; created (mode 0600) when missing.
         signing_key: The device's P-256 private key, signs checkpoints.
@@ -400,6 +406,7 @@ class EventLog:
         self._clock = clock
         self._lock = threading.Lock()
         self._closed = False
+        self._failed = False
         self._pending = 0
         self._last_sync = time.monotonic()
         self._since_cp = 0
@@ -496,13 +503,23 @@ class EventLog:
             self._last_sync = time.monotonic()
 
     def close(self) -> None:
-        """Write the final checkpoint, fsync and close. Idempotent."""
+        """Write the final checkpoint, fsync and close the file.
+
+        Idempotent and safe in a ``finally``: the first call writes the final
+        checkpoint (once) and closes the file, every later call does nothing.
+        After a failed write no checkpoint is written, so a torn line is never
+        followed by a record. The file is closed even when writing the final
+        checkpoint fails; that error is raised by this call only.
+        """
         with self._lock:
             if self._closed:
                 return
-            self._checkpoint(final=True)
-            os.close(self._fd)
             self._closed = True
+            try:
+                if not self._failed:
+                    self._checkpoint(final=True)
+            finally:
+                os.close(self._fd)
 
     def __enter__(self) -> EventLog:
         return self
@@ -515,6 +532,11 @@ class EventLog:
     def _check_open(self) -> None:
         if self._closed:
             raise UsageError("event log is closed")
+        if self._failed:
+            raise UsageError(
+                "event log is unusable after a failed write",
+                hint="close it and open it again; reopening cuts a torn line and resumes",
+            )
 
     def _checkpoint(self, *, final: bool) -> int:
         seq = self._seq
@@ -547,20 +569,26 @@ class EventLog:
         if len(line) > _MAX_LINE:
             raise UsageError("event record too large")
         view = memoryview(line)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
-        self._pending += 1
-        now = time.monotonic()
-        if (
-            force
-            or self._sync == "always"
-            or self._pending >= self._batch_records
-            or now - self._last_sync >= self._batch_interval
-        ):
-            os.fsync(self._fd)
-            self._pending = 0
-            self._last_sync = now
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+            self._pending += 1
+            now = time.monotonic()
+            if (
+                force
+                or self._sync == "always"
+                or self._pending >= self._batch_records
+                or now - self._last_sync >= self._batch_interval
+            ):
+                os.fsync(self._fd)
+                self._pending = 0
+                self._last_sync = now
+        except BaseException:
+            # The line may be partly written: appending anything after it would
+            # turn a torn write into what looks like an edit.
+            self._failed = True
+            raise
         self._seq = seq + 1
         self._prev = h
         return seq

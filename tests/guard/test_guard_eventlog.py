@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import os
@@ -272,6 +273,102 @@ def test_refusals(tmp_path: Path, key) -> None:
     (tmp_path / "empty.log").write_bytes(b"")
     with pytest.raises(IntegrityError):
         verify(tmp_path / "empty.log", key.public_key())
+
+
+def _finals(path: Path) -> int:
+    return sum(
+        1
+        for rec in map(json.loads, _lines(path))
+        if rec["kind"] == "checkpoint" and rec["data"]["final"]
+    )
+
+
+def test_close_twice_writes_one_final_checkpoint(tmp_path: Path, key, monkeypatch) -> None:
+    p = tmp_path / "ev.log"
+    log = EventLog(p, signing_key=key, checkpoint_every=100)
+    log.append("x", {})
+    log.close()
+    log.close()
+    assert _finals(p) == 1
+    # The fsync of the final checkpoint fails: close() raises once, still closes the
+    # file, and the close() in the caller's finally neither writes nor raises again.
+    q = tmp_path / "ev2.log"
+    log = EventLog(q, signing_key=key, checkpoint_every=100)
+    log.append("x", {})
+    fd = log._fd
+    real_fsync = os.fsync
+
+    def failing_fsync(n: int) -> None:
+        if n == fd:
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(n)
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="Input/output"):
+        try:
+            log.close()
+        finally:
+            log.close()
+    monkeypatch.undo()
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed
+    assert _finals(q) == 1
+    assert verify(q, key.public_key(), require_clean=True).kinds["checkpoint"] == 1
+
+
+def test_close_in_finally_after_a_failed_write_leaves_an_unclean_log(
+    tmp_path: Path, key, monkeypatch
+) -> None:
+    p = tmp_path / "ev.log"
+    log = EventLog(p, signing_key=key, checkpoint_every=100)
+    log.append("x", {"i": 0})
+    fd = log._fd
+    real_write = os.write
+
+    def disk_full(n: int, data: bytes) -> int:
+        if n == fd:  # 20 bytes of the line reach the file, then the disk is full
+            real_write(n, bytes(data[:20]))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(n, data)
+
+    monkeypatch.setattr(os, "write", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        try:
+            log.append("x", {"i": 1})
+        finally:
+            log.close()  # must not write a checkpoint after the torn line
+    monkeypatch.undo()
+    with pytest.raises(UsageError, match="closed"):
+        log.append("x", {"i": 2})
+    # unclean (torn write), not tampered
+    with pytest.raises(UncleanLogError, match=r"after record 1; .* torn last line of 20 byte"):
+        verify(p, key.public_key(), require_clean=True)
+    # the device reopens the log: the fragment is cut and the chain resumes
+    with EventLog(p, signing_key=key) as again:
+        again.append("after_reboot", {})
+    assert verify(p, key.public_key(), require_clean=True).sessions == 2
+
+
+def test_failed_write_refuses_further_records(tmp_path: Path, key, monkeypatch) -> None:
+    p = tmp_path / "ev.log"
+    log = EventLog(p, signing_key=key, checkpoint_every=100)
+    fd = log._fd
+    real_write = os.write
+
+    def torn(n: int, data: bytes) -> int:
+        if n == fd:
+            real_write(n, bytes(data[:9]))
+            raise OSError(errno.EIO, "Input/output error")
+        return real_write(n, data)
+
+    monkeypatch.setattr(os, "write", torn)
+    with pytest.raises(OSError):
+        log.append("x", {"i": 0})
+    monkeypatch.undo()
+    with pytest.raises(UsageError, match="failed write"):
+        log.append("x", {"i": 1})
+    log.close()
+    assert verify(p, key.public_key()).torn_tail_bytes == 9
 
 
 def test_batch_mode_verifies(tmp_path: Path, key) -> None:
