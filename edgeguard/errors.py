@@ -5,8 +5,8 @@ Errors are grouped by *who is at fault*, after python-tuf's
 ``tuf/api/exceptions.py``: the user (usage), the file (malformed), an attacker
 or a corrupted medium (integrity), the trust configuration (untrusted signer),
 the deployment policy (expired, rolled back, wrong device), the host (missing
-optional dependency), the input data (rejected by the sanity guard) and the
-model/backend.
+optional dependency), the input data (rejected by the sanity guard), the
+model/backend, and a writer that stopped without closing its event log.
 
 Each class carries an ``exit_code``: the CLI maps the class to that code and
 prints one line. The codes are part of the public contract (README, "Exit
@@ -35,6 +35,7 @@ __all__ = [
     "PolicyError",
     "RollbackError",
     "StateStoreError",
+    "UncleanLogError",
     "UntrustedSignerError",
     "UsageError",
 ]
@@ -159,3 +160,27 @@ class FileSystemError(EdgeguardError):
     """The operating system refused a file operation (disk full, permission, ...)."""
 
     exit_code = 12
+
+
+class UncleanLogError(EdgeguardError):
+    """An event log verifies but does not end with a final checkpoint.
+
+    Every complete record chains and every checkpoint present verifies, so
+    the records up to the last signed checkpoint are as the writer signed
+    them (those after it are chained but not signed); but the log lacks the
+    final checkpoint a writer writes when it closes cleanly. This is what a writer that crashed,
+    lost power or was killed (``kill -9``) leaves behind: complete records
+    after the last signed checkpoint and possibly a torn, unterminated last
+    line. The message names the last complete record, how many records follow
+    the last signed checkpoint and how many torn bytes were ignored.
+
+    It does not mean the log was edited: an edit, deletion, insertion,
+    reordering or a foreign key is an :class:`IntegrityError` (exit 4), never
+    this error. It does not prove a crash either: a file cut exactly at a
+    record boundary after the last signed checkpoint (dropping records not
+    yet signed) is byte for byte what a writer killed at that point leaves,
+    and the log alone cannot tell the two apart; the same holds for a cut at
+    any earlier record boundary that leaves no final checkpoint at the end.
+    """
+
+    exit_code = 13

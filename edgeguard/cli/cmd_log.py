@@ -1,11 +1,15 @@
 """``edgeguard log``: inspect and verify tamper-evident event logs.
 
-Layer: CLI. ``edgeguard log verify LOG --pubkey-pem FILE [--json] [--allow-unclean]``
+Layer: CLI. ``edgeguard log verify LOG --device-pub device.pub [--json] [--allow-unclean]``
 checks the hash chain and every signed checkpoint of an event log written by
 the guarded runtime (format: ``docs/eventlog.md``). Exit 0 when the log
-verifies; exit 4 (IntegrityError) on any edit, deletion, reordering or
-truncation, and on an unclean end (a writer that crashed, or a truncated
-tail) unless ``--allow-unclean`` is given.
+verifies and ends with a final checkpoint; exit 4 (IntegrityError) on any
+edit, deletion, insertion, reordering or foreign key; exit 13
+(UncleanLogError) when the log verifies but its writer stopped without
+closing it (crash, power loss, kill, or a cut tail: the log alone cannot tell
+which), unless ``--allow-unclean`` is given, which accepts that and reports
+it. With ``--json`` the report is printed on stdout whenever the log
+verifies, also when the exit code is 13.
 """
 
 from __future__ import annotations
@@ -32,7 +36,10 @@ def register(subparsers: Any) -> None:
     v = sub.add_parser(
         "verify",
         help="verify the hash chain and signed checkpoints of an event log",
-        description="Verify an event log; exit 4 on any edit, deletion, reordering or truncation.",
+        description=(
+            "Verify an event log; exit 4 on any edit, deletion, insertion or reordering, "
+            "exit 13 when its writer stopped without closing it (unless --allow-unclean)."
+        ),
     )
     v.add_argument("log", metavar="LOG", help="event log file (JSON lines)")
     v.add_argument(
@@ -49,7 +56,7 @@ def register(subparsers: Any) -> None:
     v.add_argument(
         "--allow-unclean",
         action="store_true",
-        help="accept a log whose writer did not close it (crash); still reports it",
+        help="accept a log whose writer stopped without closing it (exit 0); still reports it",
     )
     v.set_defaults(func=run)
 
@@ -97,10 +104,15 @@ def run(args: argparse.Namespace) -> int:
     from edgeguard.guard.eventlog import verify
 
     key = _load_verify_key(args)
-    report = verify(args.log, key, require_clean=not args.allow_unclean)
+    # An unclean end is checked after the report is out, so --json shows it with exit 13.
+    report = verify(args.log, key, require_clean=False)
     if args.json:
         print(json.dumps(report.to_dict(), sort_keys=True))
+        if not args.allow_unclean:
+            report.raise_if_unclean()
         return 0
+    if not args.allow_unclean:
+        report.raise_if_unclean()
     from rich.console import Console
     from rich.table import Table
 

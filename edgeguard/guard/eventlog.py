@@ -14,6 +14,12 @@ naming the format, a random log id and the signing key's id. Every
 key over (log id, sequence number, chain head). A log closed cleanly ends with
 a checkpoint whose ``final`` is true.
 
+Verification has two failure outcomes: :class:`~edgeguard.errors.IntegrityError`
+(exit 4) for any edit, deletion, insertion, reordering or foreign key, and, only
+when a clean end is required, :class:`~edgeguard.errors.UncleanLogError`
+(exit 13) for a log that verifies but lacks the final checkpoint (the writer
+stopped without closing, or the tail was cut: the log alone cannot tell which).
+
 Durability: in the default ``sync="always"`` mode :meth:`EventLog.append`
 returns only after ``write`` + ``fsync``; a process killed at any instant
 loses no acknowledged record, and a power loss none either (as far as the
@@ -44,7 +50,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from edgeguard.errors import IntegrityError, MalformedError, UsageError
+from edgeguard.errors import IntegrityError, MalformedError, UncleanLogError, UsageError
 
 __all__ = [
     "FORMAT",
@@ -127,8 +133,36 @@ class LogReport:
 
     @property
     def status(self) -> str:
-        """``"clean"`` or ``"unclean end after record N"``."""
-        return "clean" if self.clean else f"unclean end after record {self.last_seq}"
+        """``"clean"`` or ``"writer stopped without closing after record N"``.
+
+        N is the sequence number of the last complete record.
+        """
+        if self.clean:
+            return "clean"
+        return f"writer stopped without closing after record {self.last_seq}"
+
+    def raise_if_unclean(self) -> None:
+        """Raise :class:`UncleanLogError` unless the log ends with a final checkpoint.
+
+        The message names the last complete record, the records after the last
+        signed checkpoint and the torn bytes ignored.
+        """
+        if self.clean:
+            return
+        if self.last_checkpoint_seq < 0:
+            detail = f"{self.unsigned_tail} record(s), no signed checkpoint"
+        else:
+            detail = (
+                f"{self.unsigned_tail} record(s) after the last signed checkpoint "
+                f"(record {self.last_checkpoint_seq})"
+            )
+        if self.torn_tail_bytes:
+            detail += f"; a torn last line of {self.torn_tail_bytes} byte(s) ignored"
+        raise UncleanLogError(
+            f"event log {self.path}: {self.status}; {detail}",
+            hint="the writer crashed, lost power or was killed, or the tail was cut, which "
+            "the log alone cannot tell apart; --allow-unclean accepts it",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form (for ``--json``)."""
@@ -151,7 +185,7 @@ class LogReport:
 def _bad(n: int, what: str) -> IntegrityError:
     return IntegrityError(
         f"event log: record {n}: {what}",
-        hint="the log was edited, reordered, truncated or signed by another key",
+        hint="records were edited, deleted, inserted or reordered, or another key signed",
     )
 
 
@@ -206,14 +240,20 @@ def verify(
     Args:
         path: The log file.
         public_key: The device's P-256 public key.
-        require_clean: Raise unless the log ends with a final checkpoint.
+        require_clean: Raise :class:`UncleanLogError` unless the log ends with a
+            final checkpoint.
 
     Returns:
-        The report; ``report.clean`` is False after a crash ("unclean end after record N").
+        The report; ``report.clean`` is False when the writer stopped without
+        closing ("writer stopped without closing after record N").
 
     Raises:
-        IntegrityError: Any edit, deletion, insertion, reordering, wrong key, or
-            (with ``require_clean``) an unclean end; the message names the record.
+        IntegrityError: Any edit, deletion, insertion, reordering or wrong key;
+            the message names the record. Checked before the end, so an edited
+            log whose writer also crashed raises this, not ``UncleanLogError``.
+        UncleanLogError: With ``require_clean``, the log verifies but does not
+            end with a final checkpoint (crash, power loss, kill, or a tail cut
+            at a record boundary, which the log alone cannot tell apart).
         UsageError: The file cannot be read.
     """
     p = Path(path)
@@ -301,10 +341,8 @@ def verify(
         sessions=sessions,
         kinds=dict(kinds),
     )
-    if require_clean and not clean:
-        raise IntegrityError(
-            f"event log {p}: {report.status}", hint="the writer crashed or the tail was truncated"
-        )
+    if require_clean:
+        report.raise_if_unclean()
     return report
 
 
@@ -315,6 +353,12 @@ class EventLog:
     cuts a torn last line (a write interrupted by a crash), and continues the
     chain with a ``log_resume`` record noting whether the previous session
     ended cleanly.
+
+    A write or fsync that fails (disk full, I/O error, an exception in the
+    middle of a line) leaves the file in an unknown state, possibly ending in
+    a torn line. The appender then refuses further records, and
+    :meth:`close` only closes the file: the log reads as unclean (exit 13),
+    never as edited, and reopening it cuts the torn line and resumes.
 
     Args:
         path: Log file; created (mode 0600) when missing.
@@ -362,6 +406,7 @@ class EventLog:
         self._clock = clock
         self._lock = threading.Lock()
         self._closed = False
+        self._failed = False
         self._pending = 0
         self._last_sync = time.monotonic()
         self._since_cp = 0
@@ -458,13 +503,23 @@ class EventLog:
             self._last_sync = time.monotonic()
 
     def close(self) -> None:
-        """Write the final checkpoint, fsync and close. Idempotent."""
+        """Write the final checkpoint, fsync and close the file.
+
+        Idempotent and safe in a ``finally``: the first call writes the final
+        checkpoint (once) and closes the file, every later call does nothing.
+        After a failed write no checkpoint is written, so a torn line is never
+        followed by a record. The file is closed even when writing the final
+        checkpoint fails; that error is raised by this call only.
+        """
         with self._lock:
             if self._closed:
                 return
-            self._checkpoint(final=True)
-            os.close(self._fd)
             self._closed = True
+            try:
+                if not self._failed:
+                    self._checkpoint(final=True)
+            finally:
+                os.close(self._fd)
 
     def __enter__(self) -> EventLog:
         return self
@@ -477,6 +532,11 @@ class EventLog:
     def _check_open(self) -> None:
         if self._closed:
             raise UsageError("event log is closed")
+        if self._failed:
+            raise UsageError(
+                "event log is unusable after a failed write",
+                hint="close it and open it again; reopening cuts a torn line and resumes",
+            )
 
     def _checkpoint(self, *, final: bool) -> int:
         seq = self._seq
@@ -509,20 +569,26 @@ class EventLog:
         if len(line) > _MAX_LINE:
             raise UsageError("event record too large")
         view = memoryview(line)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
-        self._pending += 1
-        now = time.monotonic()
-        if (
-            force
-            or self._sync == "always"
-            or self._pending >= self._batch_records
-            or now - self._last_sync >= self._batch_interval
-        ):
-            os.fsync(self._fd)
-            self._pending = 0
-            self._last_sync = now
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+            self._pending += 1
+            now = time.monotonic()
+            if (
+                force
+                or self._sync == "always"
+                or self._pending >= self._batch_records
+                or now - self._last_sync >= self._batch_interval
+            ):
+                os.fsync(self._fd)
+                self._pending = 0
+                self._last_sync = now
+        except BaseException:
+            # The line may be partly written: appending anything after it would
+            # turn a torn write into what looks like an edit.
+            self._failed = True
+            raise
         self._seq = seq + 1
         self._prev = h
         return seq

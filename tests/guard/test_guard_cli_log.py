@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -54,13 +55,92 @@ def test_unclean_end(setup, capsys) -> None:
     log, pub, _ = setup
     lines = log.read_bytes().splitlines(keepends=True)
     log.write_bytes(b"".join(lines[:-2]))
-    assert main(["log", "verify", str(log), "--pubkey-pem", str(pub)]) == 4
-    assert "unclean end after record" in capsys.readouterr().err
+    assert main(["log", "verify", str(log), "--pubkey-pem", str(pub)]) == 13
+    assert "writer stopped without closing after record 8" in capsys.readouterr().err
     assert (
         main(["log", "verify", str(log), "--pubkey-pem", str(pub), "--allow-unclean", "--json"])
         == 0
     )
     assert json.loads(capsys.readouterr().out)["clean"] is False
+
+
+@pytest.fixture()
+def killed(tmp_path: Path) -> tuple[Path, Path]:
+    """The log as a writer killed after its last append leaves it (no close)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    pub = tmp_path / "device.pub.pem"
+    pub.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    log = tmp_path / "events.log"
+    lg = EventLog(log, signing_key=key, checkpoint_every=3)
+    for i in range(5):
+        lg.append("fallback", {"frame": i})
+    # 0 log_open, 1-3 frames, 4 checkpoint, 5-6 frames: copied before close
+    shutil.copyfile(log, tmp_path / "killed.log")
+    lg.close()
+    return tmp_path / "killed.log", pub
+
+
+def test_killed_writer_exit_13(killed, capsys) -> None:
+    log, pub = killed
+    assert main(["log", "verify", str(log), "--pubkey-pem", str(pub)]) == 13
+    cap = capsys.readouterr()
+    assert cap.out == "" and cap.err.count("\n") == 1
+    assert cap.err.startswith("edgeguard: error: event log ")
+    assert (
+        ": writer stopped without closing after record 6; "
+        "2 record(s) after the last signed checkpoint (record 4) (" in cap.err
+    )
+    assert main(["log", "verify", str(log), "--pubkey-pem", str(pub), "--allow-unclean"]) == 0
+    cap = capsys.readouterr()
+    assert "writer stopped without closing after record 6" in cap.out and cap.err == ""
+
+
+def test_killed_writer_json_prints_report_and_exits_13(killed, capsys) -> None:
+    log, pub = killed
+    assert main(["log", "verify", str(log), "--pubkey-pem", str(pub), "--json"]) == 13
+    cap = capsys.readouterr()
+    rep = json.loads(cap.out)
+    assert rep["clean"] is False and rep["last_seq"] == 6 and rep["unsigned_tail"] == 2
+    assert rep["status"] == "writer stopped without closing after record 6"
+    assert "writer stopped without closing" in cap.err and cap.err.count("\n") == 1
+    args = ["log", "verify", str(log), "--pubkey-pem", str(pub), "--json", "--allow-unclean"]
+    assert main(args) == 0
+    cap = capsys.readouterr()
+    assert json.loads(cap.out)["status"] == rep["status"] and cap.err == ""
+
+
+def test_edit_in_killed_writers_log_is_tampering_not_unclean(killed, capsys) -> None:
+    log, pub = killed
+    assert main(["log", "verify", str(log), "--pubkey-pem", str(pub)]) == 13
+    capsys.readouterr()
+    lines = log.read_bytes().splitlines(keepends=True)
+    for victim in (2, 6):  # a signed record, and one after the last checkpoint
+        edited = list(lines)
+        edited[victim] = edited[victim].replace(b'"frame":', b'"frame":1')
+        assert edited[victim] != lines[victim]
+        log.write_bytes(b"".join(edited))
+        for extra in ([], ["--allow-unclean"], ["--json"]):
+            assert main(["log", "verify", str(log), "--pubkey-pem", str(pub), *extra]) == 4
+            cap = capsys.readouterr()
+            assert cap.out == ""
+            assert cap.err.startswith(f"edgeguard: error: event log: record {victim}:")
+            assert "writer stopped" not in cap.err
+
+
+def test_torn_last_line_is_unclean_not_tampering(killed, capsys) -> None:
+    log, pub = killed
+    lines = log.read_bytes().splitlines(keepends=True)
+    log.write_bytes(b"".join(lines) + lines[5][:40])  # killed in the middle of a write
+    assert main(["log", "verify", str(log), "--pubkey-pem", str(pub)]) == 13
+    assert "after record 6; " in capsys.readouterr().err
+    args = ["log", "verify", str(log), "--pubkey-pem", str(pub), "--allow-unclean", "--json"]
+    assert main(args) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["torn_tail_bytes"] == 40 and rep["records"] == 7 and rep["clean"] is False
 
 
 def test_key_refusals(setup, tmp_path: Path, capsys) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import os
@@ -16,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from edgeguard.errors import IntegrityError, UsageError
+from edgeguard.errors import IntegrityError, UncleanLogError, UsageError
 from edgeguard.guard.eventlog import GENESIS_PREV, EventLog, canonical_json, verify
 
 
@@ -110,13 +111,64 @@ def test_deletion_and_reordering_detected(tmp_path: Path, key) -> None:
 
 
 def test_truncation_reported_as_unclean_end(tmp_path: Path, key) -> None:
+    """A cut at a record boundary reads as a writer that stopped there (the log cannot tell)."""
     p = tmp_path / "ev.log"
     _write(p, key, 10, every=4)
     lines = _lines(p)
     p.write_bytes(b"".join(lines[:9]))
     rep = verify(p, key.public_key())
-    assert not rep.clean and rep.status == "unclean end after record 8"
-    with pytest.raises(IntegrityError, match="unclean end after record 8"):
+    assert not rep.clean and rep.status == "writer stopped without closing after record 8"
+    with pytest.raises(
+        UncleanLogError,
+        match=r"after record 8; 3 record\(s\) after the last signed checkpoint \(record 5\)$",
+    ):
+        verify(p, key.public_key(), require_clean=True)
+
+
+_KILLED = r"""
+import os, sys
+from cryptography.hazmat.primitives import serialization
+from edgeguard.guard.eventlog import EventLog
+key = serialization.load_pem_private_key(open(sys.argv[2], "rb").read(), None)
+log = EventLog(sys.argv[1], signing_key=key, checkpoint_every=4)
+for i in range(6):
+    log.append("frame", {"i": i})
+os._exit(0)  # the writer dies without close(): no final checkpoint, no finally
+"""
+
+
+def _pem(tmp_path: Path, key: ec.EllipticCurvePrivateKey) -> Path:
+    pem = tmp_path / "k.pem"
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return pem
+
+
+def test_killed_writer_is_unclean_not_tampering(tmp_path: Path, key) -> None:
+    p = tmp_path / "ev.log"
+    pem = _pem(tmp_path, key)
+    subprocess.run([sys.executable, "-c", _KILLED, str(p), str(pem)], check=True, timeout=60)
+    # 0 log_open, 1-4 frames, 5 checkpoint, 6-7 frames
+    rep = verify(p, key.public_key())
+    assert not rep.clean and rep.last_seq == 7 and rep.last_checkpoint_seq == 5
+    assert rep.status == "writer stopped without closing after record 7"
+    assert rep.to_dict()["status"] == rep.status
+    with pytest.raises(UncleanLogError) as ei:
+        verify(p, key.public_key(), require_clean=True)
+    assert not isinstance(ei.value, IntegrityError) and ei.value.exit_code == 13
+    assert str(ei.value).endswith(
+        "writer stopped without closing after record 7; "
+        "2 record(s) after the last signed checkpoint (record 5)"
+    )
+    # an edit is still tampering, also in a log whose writer was killed
+    lines = _lines(p)
+    p.write_bytes(b"".join([*lines[:6], lines[6].replace(b'"i":4', b'"i":5'), *lines[7:]]))
+    with pytest.raises(IntegrityError, match="record 6"):
         verify(p, key.public_key(), require_clean=True)
 
 
@@ -129,6 +181,24 @@ def test_torn_write_is_not_tampering(tmp_path: Path, key) -> None:
     rep = verify(p, key.public_key())
     assert rep.torn_tail_bytes == 37 and not rep.clean
     assert rep.records == len(lines)
+
+
+def test_torn_last_line_is_unclean_not_tampering(tmp_path: Path, key) -> None:
+    p = tmp_path / "ev.log"
+    log = EventLog(p, signing_key=key, checkpoint_every=4)
+    for i in range(5):
+        log.append("fallback", {"frame": i})
+    os.close(log._fd)  # the writer dies in the middle of its next write
+    torn = b'{"data":{"frame":5},"hash":"9c'
+    with open(p, "ab") as f:
+        f.write(torn)
+    # 0 log_open, 1-4 frames, 5 checkpoint, 6 frame, then the torn bytes
+    with pytest.raises(UncleanLogError) as ei:
+        verify(p, key.public_key(), require_clean=True)
+    assert str(ei.value).endswith(
+        "writer stopped without closing after record 6; 1 record(s) after the last "
+        f"signed checkpoint (record 5); a torn last line of {len(torn)} byte(s) ignored"
+    )
 
 
 def test_garbage_complete_last_line_is_tampering(tmp_path: Path, key) -> None:
@@ -203,6 +273,102 @@ def test_refusals(tmp_path: Path, key) -> None:
     (tmp_path / "empty.log").write_bytes(b"")
     with pytest.raises(IntegrityError):
         verify(tmp_path / "empty.log", key.public_key())
+
+
+def _finals(path: Path) -> int:
+    return sum(
+        1
+        for rec in map(json.loads, _lines(path))
+        if rec["kind"] == "checkpoint" and rec["data"]["final"]
+    )
+
+
+def test_close_twice_writes_one_final_checkpoint(tmp_path: Path, key, monkeypatch) -> None:
+    p = tmp_path / "ev.log"
+    log = EventLog(p, signing_key=key, checkpoint_every=100)
+    log.append("x", {})
+    log.close()
+    log.close()
+    assert _finals(p) == 1
+    # The fsync of the final checkpoint fails: close() raises once, still closes the
+    # file, and the close() in the caller's finally neither writes nor raises again.
+    q = tmp_path / "ev2.log"
+    log = EventLog(q, signing_key=key, checkpoint_every=100)
+    log.append("x", {})
+    fd = log._fd
+    real_fsync = os.fsync
+
+    def failing_fsync(n: int) -> None:
+        if n == fd:
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(n)
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="Input/output"):
+        try:
+            log.close()
+        finally:
+            log.close()
+    monkeypatch.undo()
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed
+    assert _finals(q) == 1
+    assert verify(q, key.public_key(), require_clean=True).kinds["checkpoint"] == 1
+
+
+def test_close_in_finally_after_a_failed_write_leaves_an_unclean_log(
+    tmp_path: Path, key, monkeypatch
+) -> None:
+    p = tmp_path / "ev.log"
+    log = EventLog(p, signing_key=key, checkpoint_every=100)
+    log.append("x", {"i": 0})
+    fd = log._fd
+    real_write = os.write
+
+    def disk_full(n: int, data: bytes) -> int:
+        if n == fd:  # 20 bytes of the line reach the file, then the disk is full
+            real_write(n, bytes(data[:20]))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(n, data)
+
+    monkeypatch.setattr(os, "write", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        try:
+            log.append("x", {"i": 1})
+        finally:
+            log.close()  # must not write a checkpoint after the torn line
+    monkeypatch.undo()
+    with pytest.raises(UsageError, match="closed"):
+        log.append("x", {"i": 2})
+    # unclean (torn write), not tampered
+    with pytest.raises(UncleanLogError, match=r"after record 1; .* torn last line of 20 byte"):
+        verify(p, key.public_key(), require_clean=True)
+    # the device reopens the log: the fragment is cut and the chain resumes
+    with EventLog(p, signing_key=key) as again:
+        again.append("after_reboot", {})
+    assert verify(p, key.public_key(), require_clean=True).sessions == 2
+
+
+def test_failed_write_refuses_further_records(tmp_path: Path, key, monkeypatch) -> None:
+    p = tmp_path / "ev.log"
+    log = EventLog(p, signing_key=key, checkpoint_every=100)
+    fd = log._fd
+    real_write = os.write
+
+    def torn(n: int, data: bytes) -> int:
+        if n == fd:
+            real_write(n, bytes(data[:9]))
+            raise OSError(errno.EIO, "Input/output error")
+        return real_write(n, data)
+
+    monkeypatch.setattr(os, "write", torn)
+    with pytest.raises(OSError):
+        log.append("x", {"i": 0})
+    monkeypatch.undo()
+    with pytest.raises(UsageError, match="failed write"):
+        log.append("x", {"i": 1})
+    log.close()
+    assert verify(p, key.public_key()).torn_tail_bytes == 9
 
 
 def test_batch_mode_verifies(tmp_path: Path, key) -> None:
