@@ -133,9 +133,22 @@ class MissingDependencyError(EdgeguardError):
 
 
 class InputRejectedError(EdgeguardError):
-    """The input sanity guard rejected an input tensor (verdict REJECT)."""
+    """The input was rejected: it breaks the model's signed I/O contract (names, dtypes,
+    shapes) or the calibrated sanity profile (verdict REJECT), and the policy has no
+    answer for a rejected input.
+
+    Attributes:
+        verdict: The verdict's JSON-compatible form (violations, measured values and
+            limits), when known.
+    """
 
     exit_code = 8
+
+    def __init__(
+        self, message: str, *, hint: str | None = None, verdict: dict[str, object] | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.verdict = verdict
 
 
 class KeyFileError(EdgeguardError):

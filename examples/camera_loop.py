@@ -33,13 +33,12 @@ import numpy as np
 from rich.console import Console
 
 from edgeguard import api, data
-from edgeguard.api import EnsembleOptions, GuardedSession
+from edgeguard.api import EnsembleOptions, open_session
 from edgeguard.bundle.verify import TrustStore
 from edgeguard.crypto.keys import DeviceKey, SignerKey
-from edgeguard.fieldtest.faults import FaultClock, FaultyMember, parse_faults
+from edgeguard.fieldtest.faults import FaultClock, FaultyExecutor, parse_faults
+from edgeguard.fieldtest.frameloop import print_report, run_frame_loop
 from edgeguard.guard.eventlog import verify as verify_log
-from edgeguard.runtime.frameloop import print_report, run_frame_loop
-from edgeguard.runtime.opener import open_bundle
 
 SCHEDULE = (
     "hang:digits_mlp-fp16@60-100,crash:digits_mlp-int8@80-110,"
@@ -79,12 +78,6 @@ def main() -> int:
         reps = -(-args.frames // len(images))
         frames = np.concatenate([images] * reps)[: args.frames]
         truth = np.concatenate([labels] * reps)[: args.frames]
-        opened = open_bundle(
-            d / "camera.egb",
-            trust=TrustStore.of([signer.public]),
-            device_key=device,
-            state_dir=d / "state",
-        )
         clock = FaultClock()
         faults = parse_faults(
             args.inject, members=["digits_mlp-fp32", "digits_mlp-fp16", "digits_mlp-int8"]
@@ -92,11 +85,12 @@ def main() -> int:
         console.print(
             f"[bold]serving[/] {args.frames} frames at {args.fps:g} fps; faults: {args.inject}"
         )
-        with GuardedSession(
-            opened,
+        with open_session(
+            d / "camera.egb",
+            trust=TrustStore.of([signer.public]),
             device_key=device,
             state_dir=d / "state",
-            wrap=lambda n, m: FaultyMember(n, m, faults, clock),
+            executor_wrapper=lambda ex: FaultyExecutor(ex, faults, clock),
         ) as session:
             report = run_frame_loop(
                 session,

@@ -14,9 +14,12 @@ def test_readme_python_example_runs(tmp_path, monkeypatch, capsys) -> None:
     assert blocks, "README has no python example"
     monkeypatch.chdir(tmp_path)
     exec(compile(blocks[0], "README.md", "exec"), {})
-    accuracy = float(capsys.readouterr().out.strip().splitlines()[-1])
-    assert accuracy > 0.95
+    *_, refused, last = capsys.readouterr().out.strip().splitlines()
+    accuracy, source, health = last.split()
+    assert float(accuracy) > 0.95 and (source, health) == ("single_member", "NOMINAL")
+    assert refused.startswith("refused: frame 2: input rejected: stat.")
     assert (tmp_path / "state" / "versions.json").exists()
+    assert (tmp_path / "state" / "events.log").exists()
     assert os.stat(tmp_path / "digits.egb").st_size > 0
 
 

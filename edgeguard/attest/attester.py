@@ -121,10 +121,12 @@ def quote_bundle(
 ) -> bytes:
     """Open ``bundle`` as the runtime would (read-only), measure it and make evidence.
 
-    The bundle is fully opened (signature, policy, rollback check against the
-    state dir without recording, decryption, every member digest re-checked)
-    so the measured member digests are those of the plaintext that would run;
-    the plaintext is wiped before the evidence is made.
+    The bundle goes through every check the device session makes before it starts
+    members (:func:`~edgeguard.runtime.session.check_on_device`: signature, signed
+    slots, policy, rollback against the state dir without recording, decryption,
+    every member digest re-checked, the isolation floor on this host), so the
+    measured member digests are those of the plaintext that would run; the
+    plaintext is wiped before the evidence is made.
 
     Args:
         bundle: The bundle file.
@@ -135,19 +137,11 @@ def quote_bundle(
         state_dir: Anti-rollback state directory (read only).
         kernel_dirs: Kernel binary directories (default: the loader's).
     """
-    from edgeguard.runtime.opener import open_bundle
+    from edgeguard.runtime.session import check_on_device
 
     if len(nonce) != 32:
         raise UsageError("the challenge nonce must be 32 bytes")
-    opened = open_bundle(
-        bundle,
-        trust=trust,
-        device_key=device_key,
-        state_dir=state_dir,
-        record_version=False,
-        check_plaintext_digests=True,
-    )
-    opened.wipe()
+    opened = check_on_device(bundle, trust=trust, device_key=device_key, state_dir=state_dir)
     log = measure_bundle(opened, device_profile=device_key.profile, kernel_dirs=kernel_dirs)
     if tcti is None:
         return make_evidence(log, device_key=device_key, nonce=nonce)

@@ -29,6 +29,7 @@ from edgeguard.policy.io import Dim, TensorSpec
 
 __all__ = ["Backend", "Dim", "TensorSpec"]
 
+
 class Backend(abc.ABC):
     """One loaded model, ready to run.
 

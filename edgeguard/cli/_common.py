@@ -16,6 +16,7 @@ __all__ = [
     "add_passphrase_arg",
     "emit_json",
     "iso_time",
+    "open_device_session",
     "parse_time",
     "passphrase",
 ]
@@ -28,11 +29,48 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", type=Path, metavar="DIR", help="anti-rollback state directory")
     p.add_argument(
         "--isolation",
-        choices=["auto", "sandbox", "threads"],
-        default="auto",
-        help="ensemble members in sandboxed processes (default) or in threads",
+        choices=["sandbox", "threads"],
+        default="sandbox",
+        help="run the models in sandboxed worker processes (default) or in threads of this "
+        "process; threads are refused when the bundle requires isolation",
+    )
+    p.add_argument(
+        "--unsafe-in-process",
+        action="store_true",
+        help="development only: run in threads even though the bundle requires isolation "
+        "(recorded in the event log)",
     )
     add_passphrase_arg(p)
+
+
+def open_device_session(args: argparse.Namespace, **options: Any) -> Any:
+    """Load the keys named by :func:`add_device_args` and open the bundle's session.
+
+    Returns:
+        The :class:`~edgeguard.runtime.session.DeviceSession`.
+    """
+    from edgeguard.keystore import load_device_key, load_trust_store
+    from edgeguard.runtime.session import open_session
+
+    trust = load_trust_store(args.trust)
+    device = load_device_key(args.device_key, passphrase=passphrase(args))
+    session = open_session(
+        args.bundle,
+        trust=trust,
+        device_key=device,
+        state_dir=args.state_dir,
+        isolation=args.isolation,
+        unsafe_in_process=args.unsafe_in_process,
+        **options,
+    )
+    if session.unsafe_in_process:
+        print(
+            "edgeguard: warning: the bundle requires isolation "
+            f"({', '.join(session.slots.isolation.required_layers())}); its models run "
+            "in this process because of --unsafe-in-process (recorded in the event log)",
+            file=sys.stderr,
+        )
+    return session
 
 
 def add_passphrase_arg(p: argparse.ArgumentParser) -> None:

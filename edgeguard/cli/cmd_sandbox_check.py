@@ -73,13 +73,9 @@ def _load_policy(args: argparse.Namespace) -> tuple[Any, str]:
         if not args.trust:
             raise UsageError("--bundle needs --trust to verify the bundle's signature first")
         vb = verify_bundle(args.bundle, trust=load_trust_store(args.trust))
-        pol = vb.manifest.policy or {}
-        sb = pol.get("sandbox")
-        if sb is not None:
-            d = SandboxPolicy.from_dict(sb).to_dict()
-            source = f"{args.bundle} (signed)"
-        else:
-            source = f"{args.bundle} (no sandbox policy: default)"
+        d = vb.slots.isolation.to_dict()
+        signed = isinstance(vb.manifest.policy, dict) and "sandbox" in vb.manifest.policy
+        source = f"{args.bundle} " + ("(signed)" if signed else "(no sandbox policy: default)")
     for layer in args.require:
         if layer not in d and layer not in SandboxPolicy().to_dict():
             raise UsageError(f"unknown layer {layer!r} for --require")

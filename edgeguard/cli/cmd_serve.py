@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from edgeguard.cli._common import add_device_args, emit_json, passphrase
+from edgeguard.cli._common import add_device_args, emit_json, open_device_session
 
 
 def register(sub: Any) -> None:
@@ -15,7 +15,7 @@ def register(sub: Any) -> None:
         "serve",
         help="serve a frame sequence at a fixed rate through the guarded runtime",
         description=(
-            "Open an ensemble bundle as this device, then feed the frames of FRAMES.npz (first "
+            "Open a bundle as this device, then feed the frames of FRAMES.npz (first "
             "axis) at --fps through the guarded runtime, showing the health state live. "
             "--inject schedules faults: member faults hang, crash, nan, slow (kind[:member]@a-b) "
             "and input faults freeze, nan, scale255, dead, noise (kind@a-b). Ends with a table "
@@ -38,6 +38,13 @@ def register(sub: Any) -> None:
         metavar="FILE",
         help="write the metrics here (Prometheus text; JSON lines if FILE ends in .jsonl)",
     )
+    p.add_argument(
+        "--max-unanswered",
+        type=int,
+        metavar="N",
+        help="stop after more than N frames no step of the fallback chain answered "
+        "(default: record them and go on); exit 10 then",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_device_args(p)
     p.set_defaults(func=run)
@@ -47,50 +54,34 @@ def run(args: argparse.Namespace) -> int:
     """Run the loop."""
     from rich.console import Console
 
-    from edgeguard.api import GuardedSession
     from edgeguard.cli.cmd_run import load_inputs
     from edgeguard.errors import UsageError
-    from edgeguard.fieldtest.faults import FaultClock, FaultyMember, parse_faults
+    from edgeguard.fieldtest.faults import FaultClock, FaultyExecutor, parse_faults
+    from edgeguard.fieldtest.frameloop import print_report, run_frame_loop
     from edgeguard.fsutil import atomic_write
-    from edgeguard.keystore import load_device_key, load_trust_store
-    from edgeguard.policy.runtime import RuntimePolicy
-    from edgeguard.runtime.frameloop import print_report, run_frame_loop
-    from edgeguard.runtime.opener import open_bundle
-    from edgeguard.runtime.state import default_state_dir
 
     if args.fps <= 0:
         raise UsageError("--fps must be positive")
-    trust = load_trust_store(args.trust)
-    device = load_device_key(args.device_key, passphrase=passphrase(args))
+    if args.max_unanswered is not None and args.max_unanswered < 0:
+        raise UsageError("--max-unanswered must be >= 0")
     arrays = load_inputs(args.frames)
     labels = None
     if args.labels_key:
         if args.labels_key not in arrays:
             raise UsageError(f"{args.frames} has no array {args.labels_key!r}")
         labels = arrays.pop(args.labels_key)
-    state = args.state_dir if args.state_dir is not None else default_state_dir()
-    opened = open_bundle(args.bundle, trust=trust, device_key=device, state_dir=state)
-    policy = (opened.manifest.policy or {}).get("runtime")
-    if policy is None:
-        opened.wipe()
-        raise UsageError(
-            "serve needs an ensemble bundle with a runtime policy (edgeguard build "
-            "--voter/--variants/--fallback ...)"
-        )
     clock = FaultClock()
-    try:
-        faults = parse_faults(args.inject, members=RuntimePolicy.from_dict(policy).member_names)
-    except BaseException:
-        opened.wipe()
-        raise
-    with GuardedSession(
-        opened,
-        device_key=device,
-        state_dir=state,
-        wrap=lambda name, member: FaultyMember(name, member, faults, clock),
-    ) as session:
+    faults: list[Any] = []
+
+    def inject(executor: Any) -> Any:
+        return FaultyExecutor(executor, faults, clock)
+
+    with open_device_session(args, executor_wrapper=inject if args.inject else None) as session:
+        faults.extend(parse_faults(args.inject, members=session.policy.member_names))
         specs = session.inputs
         name = args.input_name or (specs[0].name if len(specs) == 1 else None)
+        if "" in arrays and name is not None:  # an .npy file holds the frames
+            arrays = {name: arrays.pop("")}
         if name is None or name not in arrays:
             raise UsageError(
                 "say which array of FRAMES.npz feeds the model with --input-name",
@@ -100,27 +91,37 @@ def run(args: argparse.Namespace) -> int:
         if labels is not None:
             labels = labels[: len(frames)]
         console = Console(stderr=args.json)
-        report = run_frame_loop(
-            session,
-            frames,
-            input_name=name,
-            fps=args.fps,
-            labels=labels,
-            faults=faults,
-            clock=clock,
-            console=console,
-            live=not args.json,
-        )
-        if args.metrics is not None:
-            metrics = session.runtime.metrics
-            text = (
-                metrics.to_json_lines()
-                if args.metrics.suffix in (".jsonl", ".json")
-                else metrics.to_prometheus()
+        try:
+            report = run_frame_loop(
+                session,
+                frames,
+                input_name=name,
+                fps=args.fps,
+                labels=labels,
+                faults=faults,
+                clock=clock,
+                console=console,
+                live=not args.json,
+                max_unanswered=args.max_unanswered,
             )
-            atomic_write(args.metrics, text.encode())
+        finally:
+            if args.metrics is not None:
+                metrics = session.metrics
+                text = (
+                    metrics.to_json_lines()
+                    if args.metrics.suffix in (".jsonl", ".json")
+                    else metrics.to_prometheus()
+                )
+                atomic_write(args.metrics, text.encode())
     if args.json:
         emit_json(report.to_dict())
     else:
         print_report(console, report)
+    if report.stopped_early:
+        from edgeguard.errors import BackendError
+
+        raise BackendError(
+            f"stopped after {report.unanswered} unanswered frame(s) (--max-unanswered "
+            f"{args.max_unanswered}); the last: {report.frames[-1].reasons[0]}"
+        )
     return 0

@@ -27,6 +27,12 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--device-key", type=Path, metavar="device.key")
     p.add_argument("--state-dir", type=Path, metavar="DIR", help="anti-rollback state directory")
+    p.add_argument(
+        "--isolation",
+        choices=["sandbox", "threads"],
+        default="sandbox",
+        help="with --device-key: check the isolation the device would run with",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_passphrase_arg(p)
     p.set_defaults(func=run)
@@ -35,24 +41,26 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Verify and report."""
     from edgeguard.keystore import load_device_key, load_trust_store
-    from edgeguard.runtime.opener import open_bundle, verify_bundle
+    from edgeguard.runtime.opener import verify_bundle
+    from edgeguard.runtime.session import check_on_device
 
     trust = load_trust_store(args.trust or [])
     if args.device_key is None:
         vb = verify_bundle(args.bundle, trust=trust)
-        level = "signature, length and payload digest"
+        level = "signature, length, payload digest and signed slots"
     else:
         device = load_device_key(args.device_key, passphrase=passphrase(args))
-        vb = open_bundle(
+        vb = check_on_device(
             args.bundle,
             trust=trust,
             device_key=device,
             state_dir=args.state_dir,
-            record_version=False,
-            check_plaintext_digests=True,
+            isolation=args.isolation,
         )
-        vb.wipe()
-        level = "signature, length, payload digest, policy, decryption and member digests"
+        level = (
+            "signature, length, payload digest, signed slots, policy, decryption, member "
+            f"digests and the isolation floor ({args.isolation} on this host)"
+        )
     m = vb.manifest
     if args.json:
         emit_json(

@@ -4,10 +4,10 @@ Layer: fieldtest (no file formats, no GPU imports). A fault schedule is a
 list of :class:`Fault` windows over frame indices, parsed from a compact
 spec such as ``"hang:digits_mlp-fp16@60-100,freeze@120-140,nan@160-170"``:
 
-* member faults wrap an ensemble member (or ``fallback``) in a
-  :class:`FaultyMember`: ``hang`` (blocks far past any deadline), ``crash``
-  (raises), ``nan`` (returns NaN outputs), ``slow`` (adds 3x the deadline
-  worth of latency, see ``slow_ms``);
+* member faults act on a member's (or ``fallback``'s) calls through a
+  :class:`FaultyExecutor` wrapped around the session's executor, sandboxed or
+  not: ``hang`` (never answers), ``crash`` (fails), ``nan`` (NaN outputs),
+  ``slow`` (``slow_ms`` late);
 * input faults corrupt the camera frame before it reaches the runtime:
   ``freeze`` (the previous frame again), ``nan`` (one NaN pixel), ``scale255``
   (0..255 instead of 0..1), ``dead`` (all zeros), ``noise`` (Gaussian,
@@ -19,7 +19,6 @@ Member faults without a target hit the first member.
 from __future__ import annotations
 
 import re
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,13 +27,14 @@ from typing import Any
 import numpy as np
 
 from edgeguard.errors import BackendError, UsageError
+from edgeguard.policy.runtime import FALLBACK_NAME
 
 __all__ = [
     "INPUT_FAULTS",
     "MEMBER_FAULTS",
     "Fault",
     "FaultClock",
-    "FaultyMember",
+    "FaultyExecutor",
     "corrupt_frame",
     "parse_faults",
 ]
@@ -109,44 +109,96 @@ class FaultClock:
         self.frame = -1
 
 
-class FaultyMember:
-    """Wraps a member and misbehaves during its scheduled fault windows."""
+class _InjectedCall:
+    """A member call as a fault makes it look: hung, crashed, slow or NaN."""
+
+    def __init__(self, kind: str, inner: Any, message: str, slow_s: float) -> None:
+        self._kind = kind
+        self._inner = inner
+        self._message = message
+        self._ready_at = time.monotonic() + (slow_s if kind == "slow" else 0.0)
+
+    def wait(self, timeout_s: float) -> bool:
+        if self._kind == "hang":
+            time.sleep(max(0.0, timeout_s))  # never answers: the runtime abandons the call
+            return False
+        if self._kind == "crash":
+            return True
+        end = time.monotonic() + max(0.0, timeout_s)
+        if self._kind == "slow":
+            delay = self._ready_at - time.monotonic()
+            if delay > 0:
+                time.sleep(min(delay, max(0.0, timeout_s)))
+                if time.monotonic() < self._ready_at:
+                    return False
+        ok: bool = self._inner.wait(max(0.0, end - time.monotonic()))
+        return ok
+
+    def result(self) -> dict[str, np.ndarray]:
+        if self._kind == "crash":
+            raise BackendError(self._message)
+        out: dict[str, np.ndarray] = self._inner.result()
+        if self._kind == "nan":
+            return {
+                k: np.full_like(v, np.nan) if v.dtype.kind == "f" else v for k, v in out.items()
+            }
+        return out
+
+    @property
+    def run_ns(self) -> int | None:
+        if self._kind in ("hang", "crash"):
+            return None
+        inner: int | None = self._inner.run_ns
+        return inner
+
+
+class FaultyExecutor:
+    """Wraps the session's member executor and misbehaves during scheduled fault windows.
+
+    Works the same on sandboxed worker processes and on threads: a ``hang`` never
+    answers (the runtime abandons the call, which kills a sandboxed worker), ``crash``
+    fails the call, ``slow`` delays the answer by ``slow_ms``, ``nan`` replaces float
+    outputs with NaN. Pass ``lambda ex: FaultyExecutor(ex, faults, clock)`` as the
+    session's ``executor_wrapper``.
+    """
 
     def __init__(
         self,
-        name: str,
         inner: Any,
         faults: Sequence[Fault],
         clock: FaultClock,
         *,
         slow_ms: float = 150.0,
     ) -> None:
-        self.name = name
         self._inner = inner
-        self._faults = [f for f in faults if f.on_member and f.target == name]
+        self._faults = faults  # read at every call: the schedule may be filled in later
         self._clock = clock
         self._slow_s = slow_ms / 1e3
-        self._never = threading.Event()
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the member, unless a fault is active for the current frame."""
+    def _active(self, name: str) -> Fault | None:
+        target = "fallback" if name == FALLBACK_NAME else name
         frame = self._clock.frame
-        for f in self._faults:
-            if not f.active(frame):
-                continue
-            if f.kind == "hang":
-                self._never.wait(3600.0)  # far past any deadline; the runtime abandons it
-            elif f.kind == "crash":
-                raise BackendError(f"injected crash in {self.name} at frame {frame}")
-            elif f.kind == "slow":
-                time.sleep(self._slow_s)
-            elif f.kind == "nan":
-                out = self._inner.run(feeds)
-                return {
-                    k: np.full_like(v, np.nan) if v.dtype.kind == "f" else v for k, v in out.items()
-                }
-        result: dict[str, np.ndarray] = self._inner.run(feeds)
-        return result
+        return next(
+            (f for f in self._faults if f.on_member and f.target == target and f.active(frame)),
+            None,
+        )
+
+    def submit(self, name: str, feeds: Mapping[str, np.ndarray]) -> Any:
+        """Start the call; a scheduled fault decides how it looks to the runtime."""
+        fault = self._active(name)
+        if fault is None:
+            return self._inner.submit(name, feeds)
+        message = f"injected crash in {name} at frame {self._clock.frame}"
+        inner = None if fault.kind in ("hang", "crash") else self._inner.submit(name, feeds)
+        return _InjectedCall(fault.kind, inner, message, self._slow_s)
+
+    def abandon(self, name: str) -> None:
+        """Give up the member's late call (the inner executor kills or writes it off)."""
+        self._inner.abandon(name)
+
+    def close(self) -> None:
+        """Close the inner executor."""
+        self._inner.close()
 
 
 def corrupt_frame(

@@ -188,10 +188,13 @@ def plan_ensemble(
 
     fallback = None
     if opts.fallback is not None:
+        from edgeguard.packaging.onnx_checks import check_onnx_model
+
         try:
             fb = Path(opts.fallback).read_bytes()
         except OSError as exc:
             raise UsageError(f"cannot read fallback model {opts.fallback}: {exc}") from exc
+        check_onnx_model(fb, source=str(opts.fallback))
         # The fallback runs on the CPU, unpinned (docs/failsafe.md, "Placement"): a
         # different compute unit from GPU/DLA members, and no placement in the policy.
         fallback = MemberPlan(f"{Path(opts.fallback).stem}-fallback", fb, "fallback", "cpu")
@@ -256,9 +259,9 @@ def plan_ensemble(
 
 def member_io(plan: MemberPlan) -> MemberIo:
     """The I/O contract of one planned member, read from its ONNX graph (dims normalised)."""
-    from edgeguard.packaging.onnx_checks import check_onnx_model
+    from edgeguard.packaging.onnx_checks import onnx_io
 
-    info = check_onnx_model(plan.data, source=f"member {plan.name}")
+    info = onnx_io(plan.data, source=f"member {plan.name}")
 
     def specs(entries: Sequence[tuple[str, str, tuple[Any, ...]]]) -> tuple[TensorSpec, ...]:
         return tuple(

@@ -14,7 +14,7 @@ from typing import Any
 from edgeguard._optional import require
 from edgeguard.errors import MalformedError
 
-__all__ = ["OnnxInfo", "check_onnx_model"]
+__all__ = ["OnnxInfo", "check_onnx_model", "onnx_io"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,28 @@ def check_onnx_model(data: bytes, *, source: str) -> OnnxInfo:
     except Exception as exc:
         msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise MalformedError(f"{source} fails the ONNX checker: {msg}") from exc
+    return _info(model, onnx, source)
+
+
+def onnx_io(data: bytes, *, source: str) -> OnnxInfo:
+    """Inputs and outputs of a model that was checked or derived here (no checker run).
+
+    Derived variants (fp16, int8) come from converters whose graphs the checker may
+    refuse for node order alone; their I/O is read as declared.
+
+    Raises:
+        MalformedError: The bytes do not parse as an ONNX model, or it declares no inputs
+            or outputs.
+    """
+    onnx = require("onnx", extra="build", purpose="Reading an ONNX model's inputs and outputs")
+    try:
+        model = onnx.load_model_from_string(data)
+    except Exception as exc:
+        raise MalformedError(f"{source} is not an ONNX model ({type(exc).__name__})") from exc
+    return _info(model, onnx, source)
+
+
+def _info(model: Any, onnx: Any, source: str) -> OnnxInfo:
     init_names = {t.name for t in model.graph.initializer}
     inputs = tuple(_value_info(v, onnx) for v in model.graph.input if v.name not in init_names)
     outputs = tuple(_value_info(v, onnx) for v in model.graph.output)

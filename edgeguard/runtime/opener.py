@@ -44,7 +44,14 @@ from edgeguard.policy.slots import SignedSlots, read_slots
 from edgeguard.runtime.secmem import SecretBuffer
 from edgeguard.runtime.state import VersionStore, default_state_dir
 
-__all__ = ["OpenedBundle", "VerifiedBundle", "open_bundle", "read_prefix", "verify_bundle"]
+__all__ = [
+    "OpenedBundle",
+    "VerifiedBundle",
+    "open_bundle",
+    "read_prefix",
+    "record_opened",
+    "verify_bundle",
+]
 
 _BLOCK_CHUNKS = 8  # sealed chunks read per I/O call
 
@@ -318,3 +325,14 @@ def open_bundle(
         slots=vb.slots,
         members=MappingProxyType(members),
     )
+
+
+def record_opened(vb: VerifiedBundle, state_dir: Path | str | None) -> None:
+    """Record ``vb``'s release version in the anti-rollback store (after a successful start).
+
+    Raises:
+        StateStoreError: The store cannot be written.
+    """
+    store = VersionStore(Path(state_dir) if state_dir is not None else default_state_dir())
+    m = vb.manifest
+    store.record(vb.signer.key_id, m.name, m.version, manifest_digest=vb.manifest_digest)

@@ -30,7 +30,7 @@ from typing import Any
 from edgeguard.errors import StateStoreError
 from edgeguard.fsutil import atomic_write
 
-__all__ = ["VersionStore", "default_state_dir"]
+__all__ = ["VersionStore", "default_state_dir", "ensure_state_dir"]
 
 _SCHEMA = 1
 
@@ -43,6 +43,19 @@ def default_state_dir() -> Path:
     xdg = os.environ.get("XDG_STATE_HOME")
     base = Path(xdg) if xdg else Path.home() / ".local" / "state"
     return base / "edgeguard"
+
+
+def ensure_state_dir(directory: Path) -> Path:
+    """Create the state directory (mode 0700) if it does not exist; returns it.
+
+    Raises:
+        StateStoreError: It cannot be created.
+    """
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise StateStoreError(f"cannot create state directory {directory}: {exc}") from exc
+    return directory
 
 
 @dataclass(frozen=True)
@@ -62,10 +75,7 @@ class VersionStore:
         return f"{signer_key_id.hex()}/{name}"
 
     def _ensure_dir(self) -> None:
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        except OSError as exc:
-            raise StateStoreError(f"cannot create state directory {self.directory}: {exc}") from exc
+        ensure_state_dir(self.directory)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

@@ -82,9 +82,12 @@ def test_run_writes_outputs_and_json(world, tmp_path) -> None:
         "--json",
     )
     assert r.returncode == 0, r.stderr
-    summary = json.loads(r.stdout)
-    assert summary["outputs"] == {"logits": [50, 10]}
+    *frames, last = (json.loads(line) for line in r.stdout.splitlines())
+    summary = last["summary"]
+    assert summary["frames"] == len(frames) == 50
+    assert summary["sources"] == {"single_member": 50} and summary["isolation"] == "sandbox"
     logits = np.load(out)["logits"]
+    assert logits.shape == (50, 10)
     assert np.mean(np.argmax(logits, axis=1) == world["labels"]) > 0.9
 
 

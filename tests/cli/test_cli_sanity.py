@@ -1,4 +1,4 @@
-"""Issue 3 CLI contract: calibrated profile in the signed bundle, checked on every run."""
+"""CLI contract: the calibrated profile in the signed bundle is checked on every frame."""
 
 from __future__ import annotations
 
@@ -48,13 +48,19 @@ def test_profile_is_inside_the_signed_manifest(world) -> None:
     assert sanity is not None and "image" in json.dumps(sanity)
 
 
+def _lines(r: subprocess.CompletedProcess[str]) -> list[dict]:
+    return [json.loads(line) for line in r.stdout.splitlines()]
+
+
 def test_clean_input_passes(world, tmp_path) -> None:
     images, _ = data.load_split("test")
     r = _run(world, tmp_path, images[:16])
     assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
-    assert out["result"] == "ok"
-    assert out["sanity"]["inputs"]["status"] in ("PASS", "WARN")
+    *frames, summary = _lines(r)
+    assert len(frames) == 16 and summary["summary"]["frames"] == 16
+    assert all(f["source"] == "single_member" and f["health"] == "NOMINAL" for f in frames)
+    # the checks are warmed up: no kernel compiles inside a frame
+    assert max(f["latency_ms"]["input_checks"] for f in frames) < 50.0
     assert (tmp_path / "out.npz").exists()
 
 
@@ -62,21 +68,25 @@ def test_clean_input_passes(world, tmp_path) -> None:
 def test_corrupted_input_is_rejected_with_exit_8(world, tmp_path, corruption) -> None:
     images, _ = data.load_split("test")
     x = images[:4].copy()
+    bad = 0
     if corruption == "nan":
         x[0, 0, 3, 3] = np.nan
     elif corruption == "inf":
         x[1, 0, 0, 0] = np.inf
+        bad = 1
     elif corruption == "scale255":
         x = x * 255.0
     else:
         x[:] = 0.0
     r = _run(world, tmp_path, x)
     assert r.returncode == 8, (r.returncode, r.stderr)
-    assert "Traceback" not in r.stderr and r.stderr.startswith("edgeguard: error: input rejected")
-    verdict = json.loads(r.stdout)
-    assert verdict["result"] == "rejected"
-    assert verdict["sanity"]["inputs"]["status"] == "REJECT"
-    v = verdict["sanity"]["inputs"]["violations"][0]
+    assert "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"edgeguard: error: frame {bad}: input rejected")
+    *answered, err = _lines(r)
+    assert len(answered) == bad and err["frame"] == bad
+    assert (err["error"], err["exit_code"]) == ("InputRejectedError", 8)
+    assert err["verdict"]["status"] == "REJECT"
+    v = err["verdict"]["violations"][0]
     assert {"check", "tensor", "value", "low", "high"} <= set(v)
     assert not (tmp_path / "out.npz").exists()
 
@@ -85,4 +95,4 @@ def test_wrong_dtype_is_rejected(world, tmp_path) -> None:
     images, _ = data.load_split("test")
     r = _run(world, tmp_path, images[:2].astype(np.float64))
     assert r.returncode == 8, r.stderr
-    assert "dtype float64 not in ['float32']" in r.stderr
+    assert "input.dtype image: dtype float64; the model takes float32" in r.stderr

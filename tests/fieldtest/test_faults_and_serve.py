@@ -16,10 +16,12 @@ from edgeguard.errors import BackendError, UsageError
 from edgeguard.fieldtest.faults import (
     Fault,
     FaultClock,
-    FaultyMember,
+    FaultyExecutor,
     corrupt_frame,
     parse_faults,
 )
+from edgeguard.policy.runtime import FALLBACK_NAME
+from edgeguard.runtime.threads import ThreadMemberExecutor
 
 
 def test_parse_faults() -> None:
@@ -43,20 +45,46 @@ class _Echo:
         return {"y": np.asarray(feeds["x"], dtype=np.float32) + 1}
 
 
-def test_faulty_member_windows() -> None:
+def test_faulty_executor_windows() -> None:
     clock = FaultClock()
-    faults = parse_faults("crash@2-3,nan:m@4-5", members=["m"])
-    m = FaultyMember("m", _Echo(), faults, clock)
+    faults = parse_faults(
+        "crash@2-3,nan:m@4-5,hang:m@6,slow:m@7,crash:fallback@8", members=["m"]
+    )
+    inner = ThreadMemberExecutor({"m": _Echo(), FALLBACK_NAME: _Echo()})
+    ex = FaultyExecutor(inner, faults, clock, slow_ms=80.0)
     x = {"x": np.zeros((1, 2), np.float32)}
+
+    def call(name: str = "m", timeout: float = 1.0) -> tuple[bool, object]:
+        c = ex.submit(name, x)
+        if not c.wait(timeout):
+            return False, None
+        try:
+            return True, c.result()["y"]
+        except BackendError as exc:
+            return True, exc
+
     clock.frame = 0
-    assert np.array_equal(m.run(x)["y"], np.ones((1, 2)))
+    done, y = call()
+    assert done and np.array_equal(y, np.ones((1, 2)))
     clock.frame = 2
-    with pytest.raises(BackendError, match="injected crash"):
-        m.run(x)
+    done, err = call()
+    assert done and isinstance(err, BackendError) and "injected crash" in str(err)
     clock.frame = 4
-    assert np.isnan(m.run(x)["y"]).all()
+    assert np.isnan(call()[1]).all()
     clock.frame = 5
-    assert not np.isnan(m.run(x)["y"]).any()
+    assert not np.isnan(call()[1]).any()
+    clock.frame = 6
+    assert call(timeout=0.05) == (False, None)  # a hang never answers
+    ex.abandon("m")
+    clock.frame = 7
+    assert call(timeout=0.02) == (False, None)  # slow: late for a short budget
+    ex.abandon("m")
+    done, y = call(timeout=1.0)
+    assert done and np.array_equal(y, np.ones((1, 2)))  # and on time for a long one
+    clock.frame = 8  # "fallback" targets the fallback model's calls
+    assert isinstance(call(FALLBACK_NAME)[1], BackendError)
+    assert call("m")[0]
+    ex.close()
 
 
 def test_corrupt_frame_kinds() -> None:
@@ -194,40 +222,70 @@ def test_serve_rejects_broken_camera_frames(ensemble, tmp_path) -> None:
     assert json.loads(r.stdout)["kinds"].get("input_rejected", 0) >= 9
 
 
-def test_serve_refuses_a_plain_bundle(tmp_path) -> None:
+def _plain_bundle(tmp_path: Path) -> Path:
     assert main(["keygen", "signer", "-o", str(tmp_path)]) == 0
     assert main(["keygen", "device", "-o", str(tmp_path / "dev"), "--id", "x"]) == 0
-    assert (
-        main(
-            [
-                "build",
-                str(data.model_path("digits_mlp")),
-                "-o",
-                str(tmp_path / "p.egb"),
-                "--sign-key",
-                str(tmp_path / "signer.key"),
-                "--recipient",
-                str(tmp_path / "dev" / "device.pub"),
-                "--device-profile",
-                "generic-cpu",
-                "--version",
-                "1",
-            ]
-        )
-        == 0
-    )
     rc = main(
         [
-            "serve",
+            "build",
+            str(data.model_path("digits_mlp")),
+            "-o",
             str(tmp_path / "p.egb"),
+            "--sign-key",
+            str(tmp_path / "signer.key"),
+            "--recipient",
+            str(tmp_path / "dev" / "device.pub"),
+            "--device-profile",
+            "generic-cpu",
+            "--version",
+            "1",
+            "--calibration",
+            str(data.split_path("calib")),
+        ]
+    )
+    assert rc == 0
+    return tmp_path / "p.egb"
+
+
+def _serve_plain(tmp_path: Path, bundle: Path, *extra: str) -> tuple[int, dict]:
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgeguard.cli.main",
+            "serve",
+            str(bundle),
             "--trust",
             str(tmp_path / "signer.pub"),
             "--device-key",
             str(tmp_path / "dev" / "device.key"),
             "--frames",
             str(data.split_path("test")),
+            "--input-name",
+            "image",
+            "--fps",
+            "500",
+            "--limit",
+            "20",
             "--state-dir",
             str(tmp_path / "s"),
-        ]
+            "--json",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
-    assert rc == 2
+    return r.returncode, (json.loads(r.stdout) if r.returncode == 0 else {"stderr": r.stderr})
+
+
+def test_serve_runs_a_plain_bundle_and_goes_on_past_unanswered_frames(tmp_path) -> None:
+    bundle = _plain_bundle(tmp_path)
+    rc, rep = _serve_plain(tmp_path, bundle, "--inject", "nan@5-7")
+    assert rc == 0, rep
+    # one model, no fallback chain: the two broken frames have no answer, the rest do
+    assert rep["frames"] == 20 and rep["unanswered"] == 2 and not rep["stopped_early"]
+    assert rep["sources"] == {"single_member": 18, "unanswered": 2}
+    rc, rep = _serve_plain(tmp_path, bundle, "--inject", "nan@5-7", "--max-unanswered", "0")
+    assert rc == 10 and "stopped after 1 unanswered frame" in rep["stderr"]

@@ -283,11 +283,11 @@ def pinned_bundle(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _open(world: dict[str, Path], tmp: Path, **kw: Any) -> Any:
-    from edgeguard.api import open_guarded
+    from edgeguard.api import open_session
     from edgeguard.keystore import load_device_key, load_trust_store
 
     d = world["d"]
-    return open_guarded(
+    return open_session(
         world["bundle"],
         trust=load_trust_store([d / "signer.pub"]),
         device_key=load_device_key(d / "dev" / "device.key"),
@@ -322,23 +322,18 @@ def test_inspect_shows_the_placements_and_the_policy(pinned_bundle) -> None:
 
 
 def test_threads_isolation_pins_the_member_and_its_pool(pinned_bundle, tmp_path) -> None:
-    seen: dict[str, list[frozenset[int]]] = {}
-
-    def wrap(name: str, member: Any) -> Any:
-        class Spy:
-            def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-                seen.setdefault(name, []).append(frozenset(os.sched_getaffinity(0)))
-                return dict(member.run(feeds))
-
-        return Spy()
-
     x, _ = data.load_split("test")
-    with _open(pinned_bundle, tmp_path, isolation="threads", wrap=wrap) as s:
+    with _open(pinned_bundle, tmp_path, isolation="threads") as s:
         for i in range(3):
             assert s.infer({"image": x[i : i + 1]}).source.value == "ensemble"
-        described = sorted(str(b.describe()["details"]["cpus"]) for b in s._backends)
-    assert seen["digits_mlp-fp32"] == [frozenset({LAST})] * 3
-    assert seen["digits_mlp-fp16"] == [frozenset(USABLE)] * 3
+        workers = s.runtime.executor._workers  # type: ignore[attr-defined]
+        seen = {
+            n: frozenset(os.sched_getaffinity(workers[n].thread.native_id))
+            for n in ("digits_mlp-fp32", "digits_mlp-fp16")
+        }
+        described = sorted(str(b.describe()["details"]["cpus"]) for b in s._parts.backends)
+    assert seen["digits_mlp-fp32"] == frozenset({LAST})
+    assert seen["digits_mlp-fp16"] == frozenset(USABLE)
     assert described == ["None", str([LAST])]  # the fp32 backend's pool, not the fp16's
 
 
@@ -350,8 +345,8 @@ def test_sandboxed_worker_process_is_pinned(pinned_bundle, tmp_path) -> None:
     x, _ = data.load_split("test")
     with _open(pinned_bundle, tmp_path, isolation="sandbox") as s:
         assert s.infer({"image": x[:1]}).source.value == "ensemble"
-        pinned = s.executor.status("digits_mlp-fp32").pid
-        free = s.executor.status("digits_mlp-fp16").pid
+        pinned = s.worker_status("digits_mlp-fp32").pid
+        free = s.worker_status("digits_mlp-fp16").pid
         assert set(_task_affinities(pinned).values()) == {frozenset({LAST})}  # every thread
         assert set(_task_affinities(free).values()) == {frozenset(USABLE)}
 
@@ -433,7 +428,7 @@ def test_plan_refuses_placements_the_profile_cannot_hold() -> None:
     model = [("m", data.model_bytes("digits_mlp"))]
 
     def plan(*placements: tuple[str, str], dla_cores: int = 2) -> dict[str, str]:
-        _, policy = plan_ensemble(
+        _, policy, _ = plan_ensemble(
             model,
             EnsembleOptions(variants=("fp32", "fp16"), placements=placements),
             calibration=None,
@@ -441,8 +436,7 @@ def test_plan_refuses_placements_the_profile_cannot_hold() -> None:
             dla_cores=dla_cores,
             has_gpu=True,
         )
-        assert policy is not None
-        return {m["name"]: m["placement"] for m in policy["runtime"]["members"]}
+        return {m.name: m.placement for m in policy.members}
 
     assert plan(("m-fp16", "gpu"), ("m-fp32", "cpu:0")) == {"m-fp32": "cpu:0", "m-fp16": "gpu0"}
     with pytest.raises(UsageError, match="1 DLA core"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,7 +35,12 @@ def test_secret_buffer_empty_and_negative() -> None:
         SecretBuffer(-1)
 
 
-def test_open_and_load_write_no_file_but_the_state_store(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("isolation", ["sandbox", "threads"])
+def test_open_and_load_write_no_file_but_the_state_store(
+    tmp_path: Path, monkeypatch, isolation: str
+) -> None:
+    from edgeguard.runtime import session as session_mod
+
     signer, device = SignerKey.generate(), DeviceKey.generate("cam-01")
     bundle = tmp_path / "b.egb"
     api.build_bundle(
@@ -47,7 +53,9 @@ def test_open_and_load_write_no_file_but_the_state_store(tmp_path: Path, monkeyp
     )
     state = tmp_path / "state"
     writes: list[str] = []
+    opened: list[Any] = []
     real_open, real_os_open = builtins.open, os.open
+    real_open_bundle = session_mod.open_bundle
 
     def spy_open(file, mode="r", *a, **k):  # type: ignore[no-untyped-def]
         if any(c in mode for c in "wax+"):
@@ -59,16 +67,25 @@ def test_open_and_load_write_no_file_but_the_state_store(tmp_path: Path, monkeyp
             writes.append(str(path))
         return real_os_open(path, flags, *a, **k)
 
+    def spy_open_bundle(*a, **k):  # type: ignore[no-untyped-def]
+        opened.append(real_open_bundle(*a, **k))
+        return opened[-1]
+
     monkeypatch.setattr(builtins, "open", spy_open)
     monkeypatch.setattr(os, "open", spy_os_open)
+    monkeypatch.setattr(session_mod, "open_bundle", spy_open_bundle)
     images, _ = data.load_split("test")
-    with api.open_bundle(
-        bundle, trust=TrustStore.of([signer.public]), device_key=device, state_dir=state
+    with api.open_session(
+        bundle,
+        trust=TrustStore.of([signer.public]),
+        device_key=device,
+        state_dir=state,
+        isolation=isolation,
     ) as session:
         session.run({"image": images[:4]})
-        member = session.bundle.members["digits_mlp"]
-        assert not member.wiped
-    assert member.wiped  # closing the session wipes the decrypted model
+        # once the members run, this process holds no decrypted model of its own
+        assert opened[0].members["digits_mlp"].wiped
     monkeypatch.undo()
-    outside = [w for w in writes if not w.startswith(str(state))]
+    # the state store and event log; /dev/null is the sandboxed worker's stdio
+    outside = [w for w in writes if not w.startswith(str(state)) and w != os.devnull]
     assert outside == [], outside

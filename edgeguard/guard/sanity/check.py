@@ -347,6 +347,11 @@ class SanityGuard:
         self._warm = True
 
     @property
+    def counts_nonfinite_outputs(self) -> bool:
+        """True: :meth:`check_outputs` counts NaN/inf in every float output."""
+        return True
+
+    @property
     def profile(self) -> SanityProfile:
         """The profile checked against."""
         return self._profile

@@ -47,6 +47,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from edgeguard.errors import BackendError, EdgeguardError, PolicyError, UsageError
+from edgeguard.policy.io import TensorSpec, normalize_dim
 from edgeguard.policy.isolation import SandboxPolicy
 from edgeguard.policy.runtime import FALLBACK_NAME
 from edgeguard.runtime.sandbox import _cgroup
@@ -191,6 +192,21 @@ def _describe_exit(code: int | None) -> tuple[str, dict[str, Any]]:
     return f"exit {code}: {cause}", {"signal": None, "exit_code": code, "cause": cause}
 
 
+def _reported_inputs(raw: Any) -> tuple[TensorSpec, ...] | None:
+    """The worker's list of input specs, or None when it is not one (the worker is untrusted)."""
+    if not isinstance(raw, list) or not 0 < len(raw) <= 256:
+        return None
+    try:
+        specs = []
+        for i, d in enumerate(raw):
+            if isinstance(d, dict) and isinstance(d.get("shape"), list):
+                d = {**d, "shape": [normalize_dim(x) for x in d["shape"]]}
+            specs.append(TensorSpec.from_dict(d, f"worker input {i}"))
+        return tuple(specs)
+    except EdgeguardError:
+        return None
+
+
 class _Failed:
     """A call that failed before it reached a worker."""
 
@@ -226,6 +242,7 @@ class _Slot:
         self.sock: socket.socket | None = None
         self.gen = 0
         self.layers: dict[str, str] = {}
+        self.inputs: tuple[TensorSpec, ...] | None = None  # as the worker reported them
         self.busy: _ProcCall | None = None
         self.restarts = 0
         self.deaths = 0
@@ -371,6 +388,7 @@ class ProcessMemberExecutor:
         if self._plan["cgroup"] == "apply" and self._caps.cgroup_path is not None:
             self._tree = _cgroup.CgroupTree(Path(self._caps.cgroup_path))
         self._slots: dict[str, _Slot] = {}
+        self._io_bytes = io_bytes
         try:
             for name, spec in specs.items():
                 self._slots[name] = _Slot(name, spec, io_bytes)
@@ -393,6 +411,16 @@ class ProcessMemberExecutor:
     def plan(self) -> Mapping[str, str]:
         """The per-layer plan from :func:`~edgeguard.runtime.sandbox.probe.check_policy`."""
         return dict(self._plan)
+
+    @property
+    def io_bytes(self) -> int:
+        """Bytes each worker's request (and reply) may occupy in shared memory."""
+        return self._io_bytes
+
+    def reported_inputs(self, name: str) -> tuple[TensorSpec, ...] | None:
+        """The inputs member ``name``'s worker says its model takes (untrusted; strictly read)."""
+        with self._lock:
+            return self._slot(name).inputs
 
     def members(self) -> dict[str, _Proxy]:
         """Runnables for ``GuardedRuntime(members=...)`` (every name except the fallback)."""
@@ -594,6 +622,7 @@ class ProcessMemberExecutor:
             and isinstance(msg.get("layers"), dict)
         ):
             s.layers = {str(k): str(v)[:200] for k, v in msg["layers"].items()}
+            s.inputs = _reported_inputs(msg.get("inputs"))
             with self._wake:
                 s.state = "ready"
                 self._wake.notify_all()

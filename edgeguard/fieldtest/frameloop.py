@@ -1,12 +1,13 @@
-"""A camera-style frame loop over a guarded session: fixed rate, live health, summary.
+"""A camera-style frame loop over a device session: fixed rate, live health, summary.
 
-Layer: runtime. ``edgeguard serve`` and ``examples/camera_loop.py`` use it:
+Layer: fieldtest (above the runtime). ``edgeguard serve`` and ``examples/camera_loop.py`` use it:
 frames arrive at a fixed rate (like a camera), each goes through the guarded
 runtime by its deadline, the health state is shown live, scheduled faults
 (:mod:`edgeguard.fieldtest.faults`) are injected into the inputs and the
 members, and the loop ends with a table of where the answers came from,
 deadline misses, latency percentiles and accuracy per source when labels are
-known.
+known. A frame no step of the chain answers is recorded as ``unanswered`` (with
+the reason) and the loop goes on, unless ``max_unanswered`` says to stop.
 """
 
 from __future__ import annotations
@@ -19,9 +20,13 @@ from typing import Any
 
 import numpy as np
 
+from edgeguard.errors import BackendError, InputRejectedError
 from edgeguard.fieldtest.faults import Fault, FaultClock, corrupt_frame
 
-__all__ = ["FrameRecord", "LoopReport", "run_frame_loop"]
+__all__ = ["UNANSWERED", "FrameRecord", "LoopReport", "print_report", "run_frame_loop"]
+
+#: The source recorded for a frame no step of the fallback chain answered.
+UNANSWERED = "unanswered"
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,12 @@ class LoopReport:
     deadline_ms: float = 0.0
     fps: float = 0.0
     overruns: int = 0
+    stopped_early: bool = False
+
+    @property
+    def unanswered(self) -> int:
+        """Frames no step of the fallback chain answered."""
+        return sum(1 for f in self.frames if f.source == UNANSWERED)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible summary."""
@@ -69,6 +80,8 @@ class LoopReport:
                 "max": float(np.max(totals)),
             },
             "loop_overruns": self.overruns,
+            "unanswered": self.unanswered,
+            "stopped_early": self.stopped_early,
             "transitions": self.transitions,
         }
 
@@ -95,20 +108,22 @@ def run_frame_loop(
     console: Any = None,
     live: bool = True,
     seed: int = 0,
+    max_unanswered: int | None = None,
 ) -> LoopReport:
     """Serve ``frames`` (first axis) at ``fps`` through ``session.infer``.
 
     Args:
-        session: A :class:`~edgeguard.api.GuardedSession`.
+        session: A :class:`~edgeguard.runtime.session.DeviceSession`.
         frames: The frame sequence, ``[N, ...]`` (each frame is sent as a batch of one).
         input_name: The model input the frames feed.
         fps: Frame rate; the loop sleeps until each frame's slot.
         labels: Optional true labels, to report accuracy per answer source.
         faults: Scheduled faults; member faults act through ``clock``.
-        clock: The clock shared with :class:`~edgeguard.fieldtest.faults.FaultyMember`.
+        clock: The clock shared with :class:`~edgeguard.fieldtest.faults.FaultyExecutor`.
         console: A rich Console for the live view (None: quiet).
         live: Show the live status line.
         seed: Seed of the input-fault randomness.
+        max_unanswered: Stop after more than this many unanswered frames (None: never).
     """
     from edgeguard.guard.health import Transition
 
@@ -117,7 +132,7 @@ def run_frame_loop(
     def on_transition(t: Transition) -> None:
         report.transitions.append(f"frame {t.frame}: {t.old.name} -> {t.new.name} ({t.reason})")
 
-    session.runtime.on_transition(on_transition)
+    session.on_transition(on_transition)
     rng = np.random.default_rng(seed)
     period = 1.0 / fps
     previous: np.ndarray | None = None
@@ -140,7 +155,27 @@ def run_frame_loop(
                 clock.frame = i
             frame, applied = corrupt_frame(frames[i : i + 1], previous, faults, i, rng)
             member_faults = [f.kind for f in faults if f.on_member and f.active(i)]
-            res = session.infer({input_name: np.ascontiguousarray(frame)})
+            t0 = time.perf_counter()
+            try:
+                res = session.infer({input_name: np.ascontiguousarray(frame)})
+            except (InputRejectedError, BackendError) as exc:
+                previous = frame
+                rec = FrameRecord(
+                    index=i,
+                    source=UNANSWERED,
+                    health=session.health.name,
+                    total_ms=(time.perf_counter() - t0) * 1e3,
+                    faults=tuple(applied + member_faults),
+                    reasons=(f"{type(exc).__name__}: {exc}",),
+                    correct=None,
+                )
+                report.frames.append(rec)
+                if view is not None:
+                    view.update(_status_line(rec, len(frames)))
+                if max_unanswered is not None and report.unanswered > max_unanswered:
+                    report.stopped_early = True
+                    break
+                continue
             previous = frame
             correct = None
             if labels is not None and "label" in res.outputs:

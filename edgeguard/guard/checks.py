@@ -1,0 +1,131 @@
+"""Per-request checks: the signed I/O contract first, then the calibrated sanity profile.
+
+Layer: :mod:`edgeguard.guard` (pure logic over NumPy arrays; no I/O). One
+:class:`FrameChecks` guards every request of a device session, whatever the bundle:
+
+1. the **I/O contract** (the member's signed input names, element types, ranks and
+   fixed dimensions): a request the model cannot take is rejected here, the same way
+   for a bundle with or without a sanity profile;
+2. the **sanity profile** when the bundle has one
+   (:class:`~edgeguard.guard.sanity.check.SanityGuard`): static checks, the one-pass
+   statistics against the calibrated envelope, and output checks.
+
+It implements the runtime's checker protocol
+(:class:`~edgeguard.runtime.guarded.SanityChecker`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from edgeguard.guard.sanity.check import SanityGuard
+from edgeguard.guard.sanity.spec import Verdict, Violation
+from edgeguard.policy.io import TensorSpec
+from edgeguard.policy.sanity import Status
+
+__all__ = ["FrameChecks", "contract_violations"]
+
+
+def contract_violations(feeds: Mapping[str, Any], specs: Sequence[TensorSpec]) -> list[Violation]:
+    """Where ``feeds`` break the signed input contract ``specs`` (every violation REJECT)."""
+    out: list[Violation] = []
+
+    def bad(check: str, tensor: str, detail: str) -> None:
+        out.append(Violation(check=check, tensor=tensor, severity=Status.REJECT, detail=detail))
+
+    names = {s.name for s in specs}
+    for extra in sorted(set(feeds) - names):
+        bad("input.unexpected", extra, f"not an input of the model (it takes {sorted(names)})")
+    for spec in specs:
+        if spec.name not in feeds:
+            bad("input.missing", spec.name, f"not fed; the model takes {spec.describe()}")
+            continue
+        x = feeds[spec.name]
+        if not isinstance(x, np.ndarray):
+            bad("input.type", spec.name, f"a {type(x).__name__}, not a numpy array")
+            continue
+        if x.dtype.name != spec.dtype:
+            bad("input.dtype", spec.name, f"dtype {x.dtype.name}; the model takes {spec.dtype}")
+        if x.ndim != spec.rank:
+            bad(
+                "input.rank",
+                spec.name,
+                f"shape {list(x.shape)} has rank {x.ndim}; the model takes {spec.describe()}",
+            )
+        elif not spec.matches_shape(x.shape):
+            bad(
+                "input.shape",
+                spec.name,
+                f"shape {list(x.shape)}; the model takes {spec.describe()}",
+            )
+    return out
+
+
+class FrameChecks:
+    """The checks of one device session: the I/O contract, then the sanity profile.
+
+    Args:
+        inputs: The signed input contract of the members (None: the bundle has none,
+            and only the sanity profile, if any, checks inputs).
+        sanity: The guard of the signed sanity profile, or None.
+    """
+
+    def __init__(self, inputs: Sequence[TensorSpec] | None, sanity: SanityGuard | None) -> None:
+        self._inputs = tuple(inputs) if inputs is not None else None
+        self._sanity = sanity
+        # (dtype, shape) per input that passed the contract: a camera repeats them
+        self._ok: dict[str, tuple[np.dtype[Any], tuple[int, ...]]] = {}
+
+    @property
+    def sanity(self) -> SanityGuard | None:
+        """The sanity guard, or None when the bundle has no profile."""
+        return self._sanity
+
+    @property
+    def counts_nonfinite_outputs(self) -> bool:
+        """Whether :meth:`check_outputs` reports NaN/inf (so the runtime need not scan)."""
+        return self._sanity is not None
+
+    def warm_up(self) -> None:
+        """Compile the sanity kernels now, not inside the first frame's deadline."""
+        if self._sanity is not None:
+            self._sanity.warm_up()
+
+    def _contract(self, feeds: Mapping[str, Any]) -> list[Violation]:
+        specs = self._inputs
+        if specs is None:
+            return []
+        if len(feeds) == len(specs) and all(
+            type(x := feeds.get(s.name)) is np.ndarray
+            and (seen := self._ok.get(s.name)) is not None
+            and x.dtype == seen[0]
+            and x.shape == seen[1]
+            for s in specs
+        ):
+            return []
+        found = contract_violations(feeds, specs)
+        if not found:
+            for s in specs:
+                x = feeds[s.name]
+                self._ok[s.name] = (x.dtype, x.shape)
+        return found
+
+    def check_inputs(
+        self, feeds: Mapping[str, Any], prev: Mapping[str, Any] | None = None
+    ) -> Verdict:
+        """Check one request (``prev``: the previous accepted request, for ``tdiff``)."""
+        broken = self._contract(feeds)
+        if broken:
+            return Verdict.of(broken)
+        if self._sanity is None:
+            return Verdict.of(())
+        return self._sanity.check_inputs(feeds, prev)
+
+    def check_outputs(self, outputs: Mapping[str, Any]) -> Verdict:
+        """Check one member's answer: NaN/inf and OOD scores (with a sanity profile)."""
+        if self._sanity is None:
+            return Verdict.of(())
+        return self._sanity.check_outputs(outputs)

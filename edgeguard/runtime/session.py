@@ -1,0 +1,553 @@
+"""The device session: one road from a bundle file to a guarded answer.
+
+Layer: :mod:`edgeguard.runtime`. :func:`open_session` is the only place that turns a
+bundle's signed slots into running parts; the library (:func:`edgeguard.api.open_session`),
+every CLI command, the examples and the benchmarks go through it, so a program cannot
+reach a model's outputs with fewer checks than its signer decided. In order:
+
+1. open the bundle (:mod:`edgeguard.runtime.opener`): signature, length and payload
+   digest, the typed signed slots, expiry, device, anti-rollback, HPKE unwrap,
+   decryption into locked memory;
+2. the **isolation floor**: the signed requirements decide the least isolation the
+   members may run with; asking for less (``isolation="threads"`` when a layer is
+   required) is refused with :class:`~edgeguard.errors.PolicyError`, unless the
+   caller names the ``unsafe_in_process`` bypass, which is logged;
+3. the event log (hash-chained, checkpoints signed with the device key) in the state
+   directory, closed with a final checkpoint on every way out of the session;
+4. the checks of every request: the members' signed I/O contract, then the signed
+   sanity profile (:class:`~edgeguard.guard.checks.FrameChecks`);
+5. the members and the fallback model in sandboxed worker processes (default) or
+   threads, placed as the policy says, warmed up;
+6. the guarded runtime (:class:`~edgeguard.runtime.guarded.GuardedRuntime`) with the
+   signed runtime policy; a bundle with one model is a policy with one member;
+7. only then the release version is recorded in the anti-rollback store, and the
+   decrypted model bytes of this process are wiped (the workers hold their own).
+
+Nothing here imports ``onnx`` or the packaging code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from edgeguard.bundle.model import Manifest
+from edgeguard.bundle.verify import TrustStore
+from edgeguard.crypto.keys import DeviceKey
+from edgeguard.errors import BackendError, PolicyError, UsageError
+from edgeguard.guard.checks import FrameChecks
+from edgeguard.guard.eventlog import EventLog
+from edgeguard.guard.health import HealthState, TransitionCallback
+from edgeguard.guard.metrics import Metrics
+from edgeguard.policy.io import TensorSpec
+from edgeguard.policy.runtime import FALLBACK_NAME, RuntimePolicy
+from edgeguard.policy.slots import SignedSlots
+from edgeguard.runtime.guarded import GuardedResult, GuardedRuntime, MemberExecutor
+from edgeguard.runtime.opener import OpenedBundle, VerifiedBundle, open_bundle, record_opened
+from edgeguard.runtime.state import default_state_dir, ensure_state_dir
+
+__all__ = [
+    "ISOLATIONS",
+    "DeviceSession",
+    "ExecutorWrapper",
+    "check_on_device",
+    "open_session",
+    "split_frames",
+]
+
+#: Where members may run: sandboxed worker processes, or threads of this process.
+ISOLATIONS = ("sandbox", "threads")
+#: Wraps the session's member executor (fault injection for field tests).
+ExecutorWrapper = Callable[[MemberExecutor], MemberExecutor]
+_MIN_IO_BYTES = 32 * 1024 * 1024
+_ALIGN = 64
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """What a started session holds (built by :func:`open_session`)."""
+
+    runtime: GuardedRuntime
+    executor: Any
+    backends: tuple[Any, ...]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    io_bytes: int | None
+
+
+class DeviceSession:
+    """A bundle opened on this device and served under everything its signer decided.
+
+    Made by :func:`open_session`. Use it as a context manager, or call :meth:`close`:
+    closing stops the workers and ends the event log with a signed final checkpoint.
+
+    Attributes:
+        manifest: The signed manifest.
+        slots: The typed signed slots (runtime policy, isolation, sanity profile, I/O).
+        manifest_digest: SHA-256 of the signed header (identifies this exact release).
+        isolation: ``"sandbox"`` or ``"threads"``, as the members run.
+        unsafe_in_process: True when the isolation floor was bypassed (logged).
+        log_path: The event log, or None without one.
+    """
+
+    def __init__(
+        self,
+        verified: VerifiedBundle,
+        parts: _Parts,
+        *,
+        event_log: EventLog | None,
+        isolation: str,
+        unsafe_in_process: bool,
+    ) -> None:
+        self.manifest: Manifest = verified.manifest
+        self.slots: SignedSlots = verified.slots
+        self.manifest_digest = verified.manifest_digest
+        self.isolation = isolation
+        self.unsafe_in_process = unsafe_in_process
+        self._parts = parts
+        self._log = event_log
+        self.log_path: Path | None = event_log.path if event_log is not None else None
+        self._closed = False
+
+    # -- what runs ------------------------------------------------------------------------
+
+    @property
+    def policy(self) -> RuntimePolicy:
+        """The runtime policy in force (signed, or the single-model default)."""
+        return self.slots.runtime
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        """The inputs every member takes (from the signed I/O contract where present)."""
+        return self._parts.inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        """The first member's outputs (empty when the bundle has no I/O contract)."""
+        return self._parts.outputs
+
+    @property
+    def runtime(self) -> GuardedRuntime:
+        """The guarded runtime (for health transitions and metrics)."""
+        return self._parts.runtime
+
+    @property
+    def metrics(self) -> Metrics:
+        """The session's metrics."""
+        return self._parts.runtime.metrics
+
+    @property
+    def health(self) -> HealthState:
+        """The health state after the last request."""
+        return self._parts.runtime.health
+
+    def on_transition(self, callback: TransitionCallback) -> None:
+        """Call ``callback(transition)`` after every health state change."""
+        self._parts.runtime.on_transition(callback)
+
+    def worker_status(self, name: str) -> Any:
+        """The sandboxed worker of member ``name`` (None when members run in threads)."""
+        ex = self._parts.executor
+        return ex.status(name) if self.isolation == "sandbox" else None
+
+    # -- requests -------------------------------------------------------------------------
+
+    def infer(
+        self, feeds: Mapping[str, np.ndarray], *, client_id: str | None = None
+    ) -> GuardedResult:
+        """Answer one request with its source, health state, reasons and latencies.
+
+        Raises:
+            InputRejectedError: The input breaks the I/O contract or the sanity
+                profile and the policy has no answer for a rejected input.
+            BackendError: No step of the fallback chain answered.
+            RateLimitedError: ``client_id`` exceeded the signed rate limit.
+            UsageError: The request does not fit the sandbox's shared memory, or the
+                session is closed.
+        """
+        if self._closed:
+            raise UsageError("the session is closed")
+        self._check_size(feeds)
+        return self._parts.runtime.infer(feeds, client_id=client_id)
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The outputs for one request (see :meth:`infer` for the errors)."""
+        return self.infer(feeds).outputs
+
+    def _check_size(self, feeds: Mapping[str, np.ndarray]) -> None:
+        limit = self._parts.io_bytes
+        if limit is None:
+            return
+        need = sum(-(-int(getattr(v, "nbytes", 0)) // _ALIGN) * _ALIGN for v in feeds.values())
+        if need > limit:
+            raise UsageError(
+                f"the request holds {need / 2**20:.1f} MiB, more than the "
+                f"{limit / 2**20:.0f} MiB a sandboxed member takes per call",
+                hint="send fewer frames per request",
+            )
+
+    # -- end ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the members, close the event log (final checkpoint). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._parts.runtime.close()
+        finally:
+            for b in self._parts.backends:
+                with contextlib.suppress(Exception):
+                    b.close()
+            if self._log is not None:
+                with contextlib.suppress(Exception):
+                    self._log.append("session_close", {"bundle": self.manifest.name})
+                self._log.close()
+
+    def __enter__(self) -> DeviceSession:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _floor(slots: SignedSlots, isolation: str, unsafe_in_process: bool, name: str) -> bool:
+    """Check the requested isolation against the signed floor; True when it is bypassed."""
+    if isolation not in ISOLATIONS:
+        raise UsageError(f"isolation must be one of {', '.join(ISOLATIONS)}, got {isolation!r}")
+    required = slots.isolation.required_layers()
+    if isolation == "sandbox" or not required:
+        return False
+    if not unsafe_in_process:
+        raise PolicyError(
+            f"bundle {name!r} requires isolation ({', '.join(required)}); its members cannot "
+            "run in threads of this process",
+            hint="run them sandboxed (the default); a development bypass is "
+            "unsafe_in_process=True (--unsafe-in-process), which the event log records",
+        )
+    return True
+
+
+def check_on_device(
+    path: Path | str,
+    *,
+    trust: TrustStore,
+    device_key: DeviceKey,
+    state_dir: Path | str | None = None,
+    isolation: str = "sandbox",
+    unsafe_in_process: bool = False,
+    now: int | None = None,
+) -> VerifiedBundle:
+    """Everything :func:`open_session` checks before it starts members, read-only.
+
+    The signature, the signed slots, expiry, device, anti-rollback (nothing is
+    recorded), decryption and every member's plaintext digest, the isolation floor
+    and, for sandboxed members, whether this host offers every required layer. The
+    plaintext is wiped before this returns. ``edgeguard verify --device-key`` and
+    ``edgeguard attest quote`` use it.
+
+    Raises:
+        The errors of :func:`open_session` before any member starts.
+    """
+    opened = open_bundle(
+        path,
+        trust=trust,
+        device_key=device_key,
+        state_dir=_state(state_dir),
+        now=now,
+        record_version=False,
+        check_plaintext_digests=True,
+    )
+    try:
+        _floor(opened.slots, isolation, unsafe_in_process, opened.manifest.name)
+        if isolation == "sandbox":
+            from edgeguard.runtime.sandbox.probe import check_policy, probe_host
+
+            check_policy(opened.slots.isolation, probe_host())  # PolicyError when unmet
+    finally:
+        opened.wipe()
+    return opened
+
+
+def _state(state_dir: Path | str | None) -> Path:
+    return Path(state_dir) if state_dir is not None else default_state_dir()
+
+
+def open_session(
+    path: Path | str,
+    *,
+    trust: TrustStore,
+    device_key: DeviceKey,
+    state_dir: Path | str | None = None,
+    isolation: str = "sandbox",
+    event_log: bool = True,
+    executor_wrapper: ExecutorWrapper | None = None,
+    unsafe_in_process: bool = False,
+    sanity_impl: str = "auto",
+    now: int | None = None,
+) -> DeviceSession:
+    """Open a bundle as this device and start serving it under its signed slots.
+
+    Args:
+        path: The bundle file.
+        trust: Trusted signer keys.
+        device_key: This device's key (recipient, identity, event-log signer).
+        state_dir: Anti-rollback state and event log directory; None means the
+            documented default, so rollback protection is never off by accident.
+        isolation: ``"sandbox"`` (default): members in locked-down worker processes;
+            ``"threads"``: in this process, allowed only when the bundle requires no
+            isolation layer.
+        event_log: Keep the event log (``events.log`` in the state directory).
+        executor_wrapper: Wraps the member executor, e.g. a fault injector for field
+            tests (:class:`~edgeguard.fieldtest.faults.FaultyExecutor`); recorded in
+            the event log.
+        unsafe_in_process: Run members in threads even though the bundle requires
+            isolation. For development only; recorded in the event log.
+        sanity_impl: Statistics implementation of the sanity checks (``"auto"``).
+        now: Current time in Unix seconds (tests).
+
+    Returns:
+        The started session.
+
+    Raises:
+        MalformedError, IntegrityError, UntrustedSignerError: The bundle is not
+            well-formed, authentic or trusted.
+        PolicyError: Expired, rolled back, another device, not a recipient, an
+            isolation floor the request or the host cannot meet, or a placement
+            that cannot be honoured.
+        BackendError: A member could not be loaded or started.
+        StateStoreError: The anti-rollback state cannot be read.
+    """
+    state = _state(state_dir)
+    opened = open_bundle(
+        path, trust=trust, device_key=device_key, state_dir=state, now=now, record_version=False
+    )
+    log: EventLog | None = None
+    parts: _Parts | None = None
+    try:
+        slots = opened.slots
+        bypass = _floor(slots, isolation, unsafe_in_process, opened.manifest.name)
+        if event_log:
+            log = EventLog(ensure_state_dir(state) / "events.log", signing_key=device_key.attest)
+            log.append(
+                "session_open",
+                {
+                    "bundle": opened.manifest.name,
+                    "version": opened.manifest.version,
+                    "manifest_sha256": opened.manifest_digest.hex(),
+                    "signer": opened.signer.key_id.hex(),
+                    "isolation": isolation,
+                    "required_isolation": list(slots.isolation.required_layers()),
+                },
+            )
+            if bypass:
+                log.append(
+                    "unsafe_isolation_bypass",
+                    {"required": list(slots.isolation.required_layers()), "isolation": isolation},
+                )
+            if executor_wrapper is not None:
+                log.append("fault_injection", {"wrapper": _describe(executor_wrapper)})
+        parts = _start(opened, isolation, log, executor_wrapper, sanity_impl)
+        record_opened(opened, state)
+    except BaseException:
+        if parts is not None:
+            parts.runtime.close()
+        if log is not None:
+            with contextlib.suppress(Exception):
+                log.close()
+        opened.wipe()
+        raise
+    opened.wipe()  # the workers (or the loaded backends) hold what they need
+    return DeviceSession(
+        opened, parts, event_log=log, isolation=isolation, unsafe_in_process=bypass
+    )
+
+
+def _describe(fn: Any) -> str:
+    return str(getattr(fn, "__qualname__", type(fn).__name__))[:200]
+
+
+def _start(
+    opened: OpenedBundle,
+    isolation: str,
+    log: EventLog | None,
+    wrapper: ExecutorWrapper | None,
+    sanity_impl: str,
+) -> _Parts:
+    """Checks, members and the guarded runtime for an opened bundle."""
+    from edgeguard.runtime.placement import cpu_member_count, fallback_options, loader_options
+
+    slots = opened.slots
+    policy = slots.runtime
+    first = policy.members[0].name
+    contract = slots.member_io(first)
+    sanity = None
+    if slots.sanity is not None:
+        from edgeguard.guard.sanity.check import SanityGuard
+
+        # threads=1: the members' ONNX Runtime pools hold the other cores
+        sanity = SanityGuard(slots.sanity, impl=sanity_impl, threads=1)  # type: ignore[arg-type]
+    checks = FrameChecks(contract.inputs if contract is not None else None, sanity)
+    manifest = opened.manifest
+    n_cpu = cpu_member_count(policy)
+    backends: list[Any] = []
+    executor: Any
+    io_bytes: int | None = None
+    inputs: tuple[TensorSpec, ...] | None = contract.inputs if contract is not None else None
+    try:
+        if isolation == "sandbox":
+            from edgeguard.runtime.sandbox.executor import ProcessMemberExecutor, WorkerSpec
+
+            specs: dict[str, WorkerSpec] = {}
+            for s in policy.members:
+                fmt = manifest.member(s.name).format
+                cpus = s.where.cpus
+                specs[s.name] = WorkerSpec(
+                    opened.member_bytes(s.name),
+                    fmt=fmt,
+                    options=loader_options(s, fmt, cpu_members=n_cpu, sandboxed=True),
+                    cpus=None if cpus is None else tuple(sorted(cpus)),
+                )
+            if slots.fallback is not None:
+                specs[FALLBACK_NAME] = WorkerSpec(
+                    opened.member_bytes(slots.fallback),
+                    fmt=manifest.member(slots.fallback).format,
+                )
+            io_bytes = _io_bytes(slots)
+            executor = ProcessMemberExecutor(
+                specs, policy=slots.isolation, event_log=log, io_bytes=io_bytes
+            )
+            members: Mapping[str, Any] = executor.members()
+            fallback = executor.fallback()
+            if inputs is None:
+                inputs = executor.reported_inputs(first)
+        else:
+            from edgeguard.backends import load_backend
+            from edgeguard.runtime.placement import member_cpus
+            from edgeguard.runtime.threads import ThreadMemberExecutor
+
+            loaded: dict[str, Any] = {}
+            for s in policy.members:
+                fmt = manifest.member(s.name).format
+                opts = loader_options(s, fmt, cpu_members=n_cpu, sandboxed=False)
+                loaded[s.name] = load_backend(fmt, opened.member_bytes(s.name), **opts)
+                backends.append(loaded[s.name])
+            fallback = None
+            if slots.fallback is not None:
+                fmt = manifest.member(slots.fallback).format
+                fallback = load_backend(
+                    fmt,
+                    opened.member_bytes(slots.fallback),
+                    **fallback_options(fmt, cpu_members=n_cpu),
+                )
+                backends.append(fallback)
+            for b in backends:
+                _warm_up(b)
+            if inputs is None:
+                inputs = loaded[first].inputs()
+            members = loaded
+            runnables = dict(loaded)
+            if fallback is not None:
+                runnables[FALLBACK_NAME] = fallback
+            executor = ThreadMemberExecutor(
+                runnables,
+                max_abandoned=policy.quarantine.max_abandoned_workers,
+                cpus=member_cpus(policy),
+            )
+        wrapped: MemberExecutor = executor if wrapper is None else wrapper(executor)
+        runtime = GuardedRuntime(
+            members,
+            policy=policy,
+            fallback=fallback,
+            sanity=checks,
+            event_log=log,
+            executor=wrapped,
+        )
+    except BaseException:
+        if isolation == "sandbox" and "executor" in locals():
+            executor.close()
+        for b in backends:
+            with contextlib.suppress(Exception):
+                b.close()
+        raise
+    outputs = contract.outputs if contract is not None else ()
+    return _Parts(
+        runtime=runtime,
+        executor=executor,
+        backends=tuple(backends),
+        inputs=tuple(inputs or ()),
+        outputs=tuple(outputs),
+        io_bytes=io_bytes,
+    )
+
+
+def _io_bytes(slots: SignedSlots) -> int:
+    """Shared memory per sandboxed call: 32 MiB, more when a fixed-size tensor needs it."""
+    biggest = 0
+    for io in slots.io.values():
+        for spec in (*io.inputs, *io.outputs):
+            if all(isinstance(d, int) for d in spec.shape):
+                n = int(np.prod([d for d in spec.shape if isinstance(d, int)], dtype=np.int64))
+                biggest = max(biggest, n * np.dtype(spec.dtype).itemsize)
+    return max(_MIN_IO_BYTES, 4 * biggest)
+
+
+def _example_feeds(specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
+    return {
+        s.name: np.zeros(tuple(d if isinstance(d, int) else 1 for d in s.shape), dtype=s.dtype)
+        for s in specs
+    }
+
+
+def _warm_up(backend: Any) -> None:
+    """Run a member once: its first call allocates arenas (not inside a frame's deadline)."""
+    try:
+        backend.run(_example_feeds(backend.inputs()))
+    except Exception as exc:  # a model that cannot run zeros of its own shape
+        raise BackendError(f"member failed its warm-up run: {type(exc).__name__}: {exc}") from exc
+
+
+def split_frames(
+    feeds: Mapping[str, np.ndarray], specs: Sequence[TensorSpec]
+) -> Iterator[dict[str, np.ndarray]]:
+    """Requests of one frame each from arrays that hold a sequence of frames.
+
+    An input whose array has the rank the model declares and whose first axis is a
+    batch axis (dynamic, or 1) is cut along that axis; every other input (a scalar,
+    a state tensor) goes whole with each frame. Without such an input, the arrays are
+    one request.
+
+    Raises:
+        UsageError: The cut inputs hold different numbers of frames.
+    """
+    by_name = {s.name: s for s in specs}
+    cut = [
+        k
+        for k, v in feeds.items()
+        if k in by_name
+        and getattr(v, "ndim", 0) == by_name[k].rank > 0
+        and not (isinstance(by_name[k].shape[0], int) and by_name[k].shape[0] != 1)
+    ]
+    if not cut:
+        yield dict(feeds)
+        return
+    counts = {len(feeds[k]) for k in cut}
+    if len(counts) != 1:
+        raise UsageError(
+            "the inputs hold different numbers of frames (first axis): "
+            + ", ".join(f"{k} {len(feeds[k])}" for k in cut)
+        )
+    (n,) = counts
+    for i in range(n):
+        yield {k: np.ascontiguousarray(v[i : i + 1]) if k in cut else v for k, v in feeds.items()}
