@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from edgeguard import __version__
@@ -59,12 +61,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that every ``with`` block unwinds."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``edgeguard`` console script."""
+    """Entry point of the ``edgeguard`` console script.
+
+    SIGTERM unwinds like Ctrl-C: open sessions stop their workers and end the event log
+    with a signed final checkpoint before the process exits (143; Ctrl-C: 130).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         code: int = args.func(args)
+    except _Terminated:
+        print("edgeguard: terminated", file=sys.stderr)
+        return 143
     except EdgeguardError as exc:
         print(f"edgeguard: error: {exc.one_line()}", file=sys.stderr)
         return exc.exit_code
@@ -91,6 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return InternalError.exit_code
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return code
 
 

@@ -360,10 +360,14 @@ def open_session(
                 log.append("fault_injection", {"wrapper": _describe(executor_wrapper)})
         parts = _start(opened, isolation, log, executor_wrapper, sanity_impl)
         record_opened(opened, state)
-    except BaseException:
+    except BaseException as exc:
         if parts is not None:
             parts.runtime.close()
         if log is not None:
+            with contextlib.suppress(Exception):
+                log.append(
+                    "session_failed", {"error": type(exc).__name__, "message": str(exc)[:500]}
+                )
             with contextlib.suppress(Exception):
                 log.close()
         opened.wipe()

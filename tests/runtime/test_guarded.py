@@ -666,3 +666,67 @@ def test_nonfinite_outputs_caught_with_any_checker(checker: str) -> None:
     assert r.source is ResultSource.ENSEMBLE and "m2: nonfinite" in r.reasons, r.reasons
     assert r.members == ("m0", "m1")
     rt.close()
+
+
+# ----------------------------------------------------------------------------- single model
+
+
+def test_a_single_model_policy_passes_every_output_through() -> None:
+    class Two:
+        def run(self, feeds):
+            return {"logits": logits_for(4), "embedding": np.ones((1, 3), np.float32)}
+
+    pol = RuntimePolicy.single("m")
+    assert (pol.voter.kind, pol.fallback_chain, pol.reject_action) == (
+        VoterKind.PASSTHROUGH,
+        (ChainStep.ENSEMBLE,),
+        "raise",
+    )
+    rt = make({"m": Two()}, pol)
+    r = rt.infer(X)
+    assert set(r.outputs) == {"logits", "embedding"}  # no "label", nothing dropped
+    assert (r.source, r.health, r.reasons) == (ResultSource.SINGLE_MEMBER, N, ())
+    rt.close()
+    rt = make({"m": Raise()}, pol)
+    with pytest.raises(BackendError, match="deadline") as info:
+        rt.infer(X)
+    assert "m: error" in str(info.value)
+    rt.close()
+
+
+def test_a_rejected_frame_no_step_answers_is_an_input_error(elog, key) -> None:
+    """Nothing for a rejected input: the error says the input, not the backend, was at fault."""
+    pol = policy(
+        3, fallback_chain=(ChainStep.ENSEMBLE, ChainStep.QUORUM, ChainStep.LAST_KNOWN_GOOD)
+    )
+    rt = make(
+        {"m0": Good(), "m1": Good(), "m2": Good()},
+        pol,
+        sanity=RangeSanity(),
+        event_log=elog,
+        async_log=False,
+    )
+    with pytest.raises(InputRejectedError, match="frame 0: input rejected") as info:
+        rt.infer({"image": np.full((1, 1, 8, 8), 7.0, np.float32)})
+    assert info.value.verdict == {"status": "REJECT"}
+    assert rt.health is D  # the input was bad, not the system
+    assert [x["kind"] for x in kinds(elog, key)][:2] == ["input_rejected", "chain_exhausted"]
+    rt.close()
+
+
+def test_describe_verdict_names_the_first_violations_in_four_digits() -> None:
+    from edgeguard.runtime.guarded import describe_verdict
+
+    v = {"check": "stat.mean", "tensor": "x", "severity": "REJECT", "frame": 2, "channel": 1}
+    detail = {
+        "violations": [
+            {**v, "value": 0.123456789, "low": 0.0, "high": 0.1},
+            {"check": "input.dtype", "tensor": "x", "severity": "REJECT", "detail": "dtype f8"},
+            {"check": "stat.hf", "tensor": "x", "severity": "WARN", "detail": "ignored"},
+        ]
+    }
+    assert describe_verdict(detail) == (
+        "stat.mean x[2, c1]: 0.1235 outside [0, 0.1]; input.dtype x: dtype f8"
+    )
+    assert describe_verdict(detail, limit=1).endswith("(+1 more)")
+    assert describe_verdict({"status": "REJECT"}) == ""
