@@ -123,7 +123,7 @@ def main() -> int:
     from rich.table import Table
 
     from edgeguard.guard.sanity import SanityGuard
-    from edgeguard.guard.sanity.calibrate import calibrate_stats_only
+    from edgeguard.packaging.calibrate import calibrate_stats_only
     from edgeguard.packaging.variants import make_variants
     from edgeguard.policy.runtime import ChainStep, MemberSpec, RuntimePolicy, VoterKind, VoterSpec
     from edgeguard.runtime.guarded import GuardedRuntime

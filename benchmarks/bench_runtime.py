@@ -93,8 +93,8 @@ class NumpySanity:
 
 def make_sanity(mlp: bytes, calib: np.ndarray) -> Any:
     try:
-        from edgeguard.guard.sanity.calibrate import calibrate
         from edgeguard.guard.sanity.check import SanityGuard
+        from edgeguard.packaging.calibrate import calibrate
 
         profile = calibrate(mlp, {"image": calib}, progress=False)
         guard = SanityGuard(profile)

@@ -131,7 +131,7 @@ def build_bundle(
 def load_calibration_arrays(model: bytes, data_path: Path) -> dict[str, np.ndarray]:
     """Calibration inputs for ``model`` from an .npz/.npy file or a folder of images."""
     from edgeguard.backends.onnxruntime import OnnxRuntimeBackend
-    from edgeguard.guard.sanity.calibrate import load_calibration_data
+    from edgeguard.packaging.calibrate import load_calibration_data
 
     with OnnxRuntimeBackend.from_bytes(model) as backend:
         specs = backend.inputs()
@@ -152,7 +152,7 @@ def calibrate_profile(
     """
     import sys
 
-    from edgeguard.guard.sanity.calibrate import calibrate
+    from edgeguard.packaging.calibrate import calibrate
 
     data = arrays if arrays is not None else load_calibration_arrays(model, data_path)
     profile = calibrate(

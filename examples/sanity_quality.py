@@ -31,8 +31,8 @@ import numpy as np
 from edgeguard.backends.onnxruntime import OnnxRuntimeBackend
 from edgeguard.data import load_split, model_bytes
 from edgeguard.guard.sanity import corruptions as cor
-from edgeguard.guard.sanity.calibrate import calibrate, calibrate_stats_only
 from edgeguard.guard.sanity.check import SanityGuard
+from edgeguard.packaging.calibrate import calibrate, calibrate_stats_only
 from edgeguard.policy.sanity import Status
 
 Row = dict[str, Any]

@@ -118,6 +118,7 @@ class OnnxRuntimeBackend(Backend):
         cpus: Collection[int] | None = None,
         gpu: int | None = None,
         dla_core: int | None = None,
+        precisions: Collection[str] = (),
     ) -> OnnxRuntimeBackend:
         """Load a serialised ONNX model from memory.
 
@@ -132,6 +133,9 @@ class OnnxRuntimeBackend(Backend):
             gpu: Run on this CUDA device through the TensorRT execution provider.
             dla_core: Run on this DLA core (of ``gpu``, default 0) through the
                 TensorRT execution provider.
+            precisions: The reduced precisions the model's graph uses (``"fp16"``,
+                ``"int8"``), from its signed I/O contract; they set TensorRT's
+                precision flags on an accelerator.
 
         Returns:
             The loaded backend.
@@ -168,7 +172,7 @@ class OnnxRuntimeBackend(Backend):
                     hint="install the GPU build of onnxruntime for this JetPack "
                     "(the Jetson Zoo wheels), or place the member on the CPU",
                 )
-            providers = trt_providers(data, gpu=gpu, dla_core=dla_core)
+            providers = trt_providers(gpu=gpu, dla_core=dla_core, precisions=precisions)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -248,39 +252,29 @@ def _cpu_set(cpus: Collection[int] | None) -> frozenset[int] | None:
     return out
 
 
-def _model_precisions(data: bytes) -> tuple[bool, bool]:
-    """(has float16 tensors, has Q/DQ nodes) of an ONNX model."""
-    onnx = require("onnx", extra="build", purpose="Placing an ONNX model on an accelerator")
-    model = onnx.load_from_string(data)
-    g = model.graph
-    f16 = onnx.TensorProto.FLOAT16
-    fp16 = any(t.data_type == f16 for t in g.initializer) or any(
-        v.type.tensor_type.elem_type == f16 for v in (*g.input, *g.output, *g.value_info)
-    )
-    qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in g.node)
-    return fp16, qdq
-
-
 def trt_providers(
-    data: bytes, *, gpu: int | None, dla_core: int | None
+    *, gpu: int | None, dla_core: int | None, precisions: Collection[str] = ()
 ) -> list[str | tuple[str, dict[str, Any]]]:
-    """ONNX Runtime providers that place ``data`` on a GPU or DLA core through TensorRT.
+    """ONNX Runtime providers that place a model on a GPU or DLA core through TensorRT.
 
     The TensorRT provider comes first, then CUDA (same device), then the CPU for
     any node neither takes. Engine cache, timing cache and subgraph dumps are
     off, so nothing is written to disk. Precision: a DLA core runs fp16 (int8 when
-    the model has Q/DQ nodes); a GPU keeps the model's own precision (fp16 when
-    it has float16 tensors, int8 when it has Q/DQ nodes, else fp32).
+    the model has Q/DQ nodes); a GPU keeps the model's own precision: the signed
+    I/O contract's ``precisions`` (``"fp16"`` when the graph has float16 tensors,
+    ``"int8"`` when it has Q/DQ nodes; none for fp32), read at build time.
 
     Raises:
-        UsageError: A device or core number is negative.
-        MissingDependencyError: ``onnx`` (to read the model's precision) is missing.
+        UsageError: A device or core number is negative, or an unknown precision.
     """
     device = 0 if gpu is None else gpu
     for v, what in ((device, "gpu"), (dla_core, "dla_core")):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
             raise UsageError(f"{what} must be a non-negative integer, got {v!r}")
-    fp16, qdq = _model_precisions(data)
+    unknown = sorted(set(precisions) - {"fp16", "int8"})
+    if unknown:
+        raise UsageError(f"unknown precision(s) {unknown}; expected fp16, int8")
+    fp16, qdq = "fp16" in precisions, "int8" in precisions
     trt: dict[str, Any] = {
         "device_id": device,
         "trt_fp16_enable": fp16 or dla_core is not None,

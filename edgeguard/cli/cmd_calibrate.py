@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from edgeguard.backends.onnxruntime import OnnxRuntimeBackend
     from edgeguard.errors import UsageError
     from edgeguard.fsutil import atomic_write
-    from edgeguard.guard.sanity.calibrate import (
+    from edgeguard.packaging.calibrate import (
         DEFAULT_MARGIN,
         calibrate,
         load_calibration_data,

@@ -269,4 +269,6 @@ def member_io(plan: MemberPlan) -> MemberIo:
             for name, dtype, dims in entries
         )
 
-    return MemberIo(inputs=specs(info.inputs), outputs=specs(info.outputs))
+    return MemberIo(
+        inputs=specs(info.inputs), outputs=specs(info.outputs), precisions=info.precisions
+    )

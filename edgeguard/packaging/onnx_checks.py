@@ -16,15 +16,23 @@ from edgeguard.errors import MalformedError
 
 __all__ = ["OnnxInfo", "check_onnx_model", "onnx_io"]
 
+#: Reduced precisions a graph may use, as the I/O contract names them.
+PRECISIONS = ("fp16", "int8")
+
 
 @dataclass(frozen=True)
 class OnnxInfo:
-    """What the checks learned about the model."""
+    """What the checks learned about the model.
+
+    ``precisions``: the reduced precisions the graph uses: ``"fp16"`` (float16
+    tensors) and ``"int8"`` (Q/DQ nodes); empty for fp32.
+    """
 
     ir_version: int
     opsets: dict[str, int]
     inputs: tuple[tuple[str, str, tuple[int | str | None, ...]], ...]
     outputs: tuple[tuple[str, str, tuple[int | str | None, ...]], ...]
+    precisions: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible form."""
@@ -101,9 +109,16 @@ def _info(model: Any, onnx: Any, source: str) -> OnnxInfo:
     outputs = tuple(_value_info(v, onnx) for v in model.graph.output)
     if not inputs or not outputs:
         raise MalformedError(f"{source} declares no graph inputs or no outputs")
+    g = model.graph
+    f16 = onnx.TensorProto.FLOAT16
+    fp16 = any(t.data_type == f16 for t in g.initializer) or any(
+        v.type.tensor_type.elem_type == f16 for v in (*g.input, *g.output, *g.value_info)
+    )
+    qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in g.node)
     return OnnxInfo(
         ir_version=int(model.ir_version),
         opsets={(o.domain or "ai.onnx"): int(o.version) for o in model.opset_import},
         inputs=inputs,
         outputs=outputs,
+        precisions=tuple(p for p, used in zip(PRECISIONS, (fp16, qdq), strict=True) if used),
     )

@@ -26,6 +26,8 @@ from edgeguard.errors import UsageError
 __all__ = ["Dim", "MemberIo", "TensorSpec", "normalize_dim", "read_io"]
 
 Dim = int | str | None
+#: Reduced precisions a contract may name.
+PRECISIONS = ("fp16", "int8")
 _DIM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:+-]{0,63}")
 _MAX_TENSORS = 256
 _MAX_RANK = 16
@@ -139,25 +141,42 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class MemberIo:
-    """The signed I/O contract of one member."""
+    """The signed I/O contract of one member.
+
+    Attributes:
+        inputs: What the model takes.
+        outputs: What it answers.
+        precisions: The reduced precisions its graph uses (``"fp16"``: float16 tensors,
+            ``"int8"``: Q/DQ nodes; empty for fp32), which decide an accelerator's
+            precision flags on the device without reading the graph there.
+    """
 
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    precisions: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON/CBOR-native form."""
         return {
             "inputs": [s.to_dict() for s in self.inputs],
             "outputs": [s.to_dict() for s in self.outputs],
+            "precisions": list(self.precisions),
         }
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> MemberIo:
         """Read one member's contract strictly."""
         t = Table(d, where)
+        precisions = tuple(
+            as_str(p, t.at("precisions"), choices=PRECISIONS)
+            for p in as_list(t.optional("precisions", []), t.at("precisions"), max_len=2)
+        )
+        if len(set(precisions)) != len(precisions):
+            raise fail(t.at("precisions"), "names a precision twice")
         io = cls(
             inputs=_specs(t.required("inputs"), t.at("inputs")),
             outputs=_specs(t.required("outputs"), t.at("outputs")),
+            precisions=precisions,
         )
         t.done()
         return io

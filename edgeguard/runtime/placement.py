@@ -90,7 +90,12 @@ def member_cpus(policy: RuntimePolicy) -> dict[str, frozenset[int]]:
 
 
 def loader_options(
-    spec: MemberSpec, fmt: str, *, cpu_members: int, sandboxed: bool
+    spec: MemberSpec,
+    fmt: str,
+    *,
+    cpu_members: int,
+    sandboxed: bool,
+    precisions: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Options of :func:`~edgeguard.backends.load_backend` that place one member.
 
@@ -102,6 +107,8 @@ def loader_options(
         sandboxed: The member runs in a sandboxed worker process. An unpinned
             member there gets one thread: pool threads created before the
             worker's Landlock step are not covered by it (``docs/isolation.md``).
+        precisions: The member's reduced precisions from its signed I/O contract
+            (accelerator placements set TensorRT's precision flags from them).
 
     Returns:
         Keyword options for the loader.
@@ -122,9 +129,9 @@ def loader_options(
     if fmt != "onnx":
         return {}
     if where.unit == "dla":
-        return {"dla_core": where.index, "intra_op_threads": 1}
+        return {"dla_core": where.index, "intra_op_threads": 1, "precisions": list(precisions)}
     if where.unit == "gpu":
-        return {"gpu": where.index, "intra_op_threads": 1}
+        return {"gpu": where.index, "intra_op_threads": 1, "precisions": list(precisions)}
     if where.cpus is not None:
         _check_cpus(spec.name, where, usable_cpus())
         opts: dict[str, Any] = {"intra_op_threads": len(where.cpus), "inter_op_threads": 1}

@@ -420,7 +420,13 @@ def _start(
                 specs[s.name] = WorkerSpec(
                     opened.member_bytes(s.name),
                     fmt=fmt,
-                    options=loader_options(s, fmt, cpu_members=n_cpu, sandboxed=True),
+                    options=loader_options(
+                        s,
+                        fmt,
+                        cpu_members=n_cpu,
+                        sandboxed=True,
+                        precisions=_precisions(slots, s.name),
+                    ),
                     cpus=None if cpus is None else tuple(sorted(cpus)),
                 )
             if slots.fallback is not None:
@@ -444,7 +450,13 @@ def _start(
             loaded: dict[str, Any] = {}
             for s in policy.members:
                 fmt = manifest.member(s.name).format
-                opts = loader_options(s, fmt, cpu_members=n_cpu, sandboxed=False)
+                opts = loader_options(
+                    s,
+                    fmt,
+                    cpu_members=n_cpu,
+                    sandboxed=False,
+                    precisions=_precisions(slots, s.name),
+                )
                 loaded[s.name] = load_backend(fmt, opened.member_bytes(s.name), **opts)
                 backends.append(loaded[s.name])
             fallback = None
@@ -494,6 +506,11 @@ def _start(
         outputs=tuple(outputs),
         io_bytes=io_bytes,
     )
+
+
+def _precisions(slots: SignedSlots, name: str) -> tuple[str, ...]:
+    io = slots.member_io(name)
+    return io.precisions if io is not None else ()
 
 
 def _io_bytes(slots: SignedSlots) -> int:

@@ -47,9 +47,7 @@ class _Echo:
 
 def test_faulty_executor_windows() -> None:
     clock = FaultClock()
-    faults = parse_faults(
-        "crash@2-3,nan:m@4-5,hang:m@6,slow:m@7,crash:fallback@8", members=["m"]
-    )
+    faults = parse_faults("crash@2-3,nan:m@4-5,hang:m@6,slow:m@7,crash:fallback@8", members=["m"])
     inner = ThreadMemberExecutor({"m": _Echo(), FALLBACK_NAME: _Echo()})
     ex = FaultyExecutor(inner, faults, clock, slow_ms=80.0)
     x = {"x": np.zeros((1, 2), np.float32)}

@@ -7,7 +7,7 @@ import pytest
 
 from edgeguard.guard.checks import FrameChecks, contract_violations
 from edgeguard.guard.sanity import SanityGuard
-from edgeguard.guard.sanity.calibrate import calibrate_stats_only
+from edgeguard.packaging.calibrate import calibrate_stats_only
 from edgeguard.policy.io import TensorSpec
 from edgeguard.policy.sanity import Status
 from edgeguard.runtime.session import split_frames

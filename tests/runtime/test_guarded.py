@@ -641,7 +641,7 @@ def test_nonfinite_outputs_caught_with_any_checker(checker: str) -> None:
     # SanityGuard counts NaN/inf itself (the runtime skips its own scan); any other
     # checker, here one that passes everything, gets the runtime's scan.
     from edgeguard.guard.sanity import SanityGuard
-    from edgeguard.guard.sanity.calibrate import calibrate_stats_only
+    from edgeguard.packaging.calibrate import calibrate_stats_only
 
     class PassAll:
         counts_nonfinite_outputs = False

@@ -100,11 +100,11 @@ def test_loader_options_map_each_placement() -> None:
     assert loader_options(MemberSpec("a", "gpu1"), "onnx", cpu_members=n, sandboxed=False) == {
         "gpu": 1,
         "intra_op_threads": 1,
+        "precisions": [],
     }
-    assert loader_options(MemberSpec("a", "dla1"), "onnx", cpu_members=n, sandboxed=True) == {
-        "dla_core": 1,
-        "intra_op_threads": 1,
-    }
+    assert loader_options(
+        MemberSpec("a", "dla1"), "onnx", cpu_members=n, sandboxed=True, precisions=("int8",)
+    ) == {"dla_core": 1, "intra_op_threads": 1, "precisions": ["int8"]}
     assert loader_options(MemberSpec("a", "gpu"), "trt-engine", cpu_members=n, sandboxed=False) == {
         "device_id": 0
     }
@@ -218,6 +218,7 @@ def test_a_silent_fall_back_to_the_cpu_is_refused(monkeypatch: pytest.MonkeyPatc
 
 
 def test_tensorrt_provider_options_follow_the_models_precision() -> None:
+    from edgeguard.packaging.onnx_checks import onnx_io
     from edgeguard.packaging.variants import make_variants
 
     x, _ = data.load_split("calib")
@@ -227,7 +228,11 @@ def test_tensorrt_provider_options_follow_the_models_precision() -> None:
     }
 
     def opts(model: bytes, **kw: int | None) -> dict[str, Any]:
-        providers = trt_providers(model, gpu=kw.get("gpu"), dla_core=kw.get("dla_core"))
+        # the precisions come from the signed I/O contract, read from the graph at build
+        precisions = onnx_io(model, source="m").precisions
+        providers = trt_providers(
+            gpu=kw.get("gpu"), dla_core=kw.get("dla_core"), precisions=precisions
+        )
         assert [p if isinstance(p, str) else p[0] for p in providers] == [
             "TensorrtExecutionProvider",
             "CUDAExecutionProvider",
@@ -250,7 +255,9 @@ def test_tensorrt_provider_options_follow_the_models_precision() -> None:
     assert (d["trt_dla_enable"], d["trt_dla_core"], d["trt_fp16_enable"]) == (True, 1, True)
     assert d["device_id"] == 0
     with pytest.raises(UsageError, match="dla_core"):
-        trt_providers(fp32, gpu=None, dla_core=-1)
+        trt_providers(gpu=None, dla_core=-1)
+    with pytest.raises(UsageError, match="unknown precision"):
+        trt_providers(gpu=0, dla_core=None, precisions=("fp8",))
 
 
 # ------------------------------------------------------------------ end to end (bundle)

@@ -10,7 +10,7 @@ from edgeguard.policy.sanity import SanityProfile
 @pytest.fixture(scope="session")
 def digits_profile() -> SanityProfile:
     from edgeguard.data import load_split, model_bytes
-    from edgeguard.guard.sanity.calibrate import calibrate
+    from edgeguard.packaging.calibrate import calibrate
 
     x, _ = load_split("calib")
     return calibrate(model_bytes("digits_mlp"), {"image": x}, progress=False)

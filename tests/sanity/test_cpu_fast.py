@@ -427,7 +427,7 @@ def test_float32_tolerance_is_not_vacuous() -> None:
 
 def test_serial_flag_and_guard_threads() -> None:
     from edgeguard.guard.sanity import SanityGuard
-    from edgeguard.guard.sanity.calibrate import calibrate_stats_only
+    from edgeguard.packaging.calibrate import calibrate_stats_only
 
     rng = np.random.default_rng(5)
     x = rng.random((2, 3, 96, 128), dtype=np.float32)

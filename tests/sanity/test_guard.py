@@ -9,8 +9,8 @@ import pytest
 
 from edgeguard.errors import InputRejectedError, MissingDependencyError, UsageError
 from edgeguard.guard.sanity import corruptions as cor
-from edgeguard.guard.sanity.calibrate import calibrate_stats_only, derive_limits
 from edgeguard.guard.sanity.check import SanityGuard, compute_stats
+from edgeguard.packaging.calibrate import calibrate_stats_only, derive_limits
 from edgeguard.policy.sanity import SanityProfile, Status
 
 
@@ -221,7 +221,7 @@ def test_warm_up_compiles_every_kernel_before_the_first_frame() -> None:
     code = """
 import numpy as np
 from edgeguard.guard.sanity import _cpu_kernels as k
-from edgeguard.guard.sanity.calibrate import calibrate_stats_only
+from edgeguard.packaging.calibrate import calibrate_stats_only
 from edgeguard.guard.sanity.check import SanityGuard
 calib = {"x": np.random.default_rng(0).random((16, 3, 8, 8)).astype(np.float32)}
 g = SanityGuard(calibrate_stats_only(calib))

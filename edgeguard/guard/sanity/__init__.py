@@ -9,13 +9,13 @@ Public API:
 * :func:`compute_stats` - the same statistics with a chosen implementation.
 * :class:`SanityGuard` - checks inputs and outputs against a signed
   :class:`~edgeguard.policy.sanity.SanityProfile` and returns a :class:`Verdict`.
-* :func:`calibrate` - derives a profile from calibration data
-  (:func:`calibrate_stats_only` without a model).
+
+Calibration, which derives the profile at build time, is packaging:
+:mod:`edgeguard.packaging.calibrate`.
 """
 
 from __future__ import annotations
 
-from edgeguard.guard.sanity.calibrate import calibrate, calibrate_stats_only
 from edgeguard.guard.sanity.check import SanityGuard, compute_stats
 from edgeguard.guard.sanity.reference import reference_stats
 from edgeguard.guard.sanity.spec import FrameStats, Verdict, Violation
@@ -25,8 +25,6 @@ __all__ = [
     "SanityGuard",
     "Verdict",
     "Violation",
-    "calibrate",
-    "calibrate_stats_only",
     "compute_stats",
     "reference_stats",
 ]

@@ -1,9 +1,9 @@
 """Calibration: derive a :class:`SanityProfile` from a model and calibration data.
 
-Layer: :mod:`edgeguard.guard`. Runs the model through a backend (ONNX Runtime
-by default, imported lazily) and the statistics implementation over the
-calibration frames; the data loaders at the end read ``.npz`` / ``.npy`` files
-or a folder of images (Pillow, imported lazily).
+Layer: packaging (build side: the profile is signed into the bundle). Runs the
+model through a backend (ONNX Runtime by default, imported lazily) and the
+statistics implementation over the calibration frames; the data loaders at the
+end read ``.npz`` / ``.npy`` files or a folder of images (Pillow, imported lazily).
 
 Envelope per statistic and channel (docs/sanity.md, "Calibration"): with
 ``k`` envelope checks per frame (statistics x channels), the WARN band is the
