@@ -62,7 +62,27 @@ def describe(prefix: Any) -> dict[str, Any]:
             "engine_recipe": m.engine_recipe is not None,
         },
         "runtime": _runtime_summary(m.policy),
+        **_typed_slots(m),
         "tool": m.tool,
+    }
+
+
+def _typed_slots(m: Any) -> dict[str, Any]:
+    """The I/O contracts and isolation requirements, or why the slots do not parse."""
+    from edgeguard.errors import MalformedError
+    from edgeguard.policy.slots import read_slots
+
+    try:
+        slots = read_slots(m)
+    except MalformedError as exc:
+        return {"slots_error": str(exc)}
+    return {
+        "io": {name: io.to_dict() for name, io in slots.io.items()},
+        "isolation": {
+            "required": list(slots.isolation.required_layers()),
+            "policy": slots.isolation.to_dict(),
+        },
+        "sanity_inputs": [p.name for p in slots.sanity.inputs] if slots.sanity else [],
     }
 
 
@@ -125,11 +145,34 @@ def run(args: argparse.Namespace) -> int:
     c.print(t)
     if rt:
         chain = rt["fallback_chain"]
+        voter = rt["voter"] if not rt["output"] else f"{rt['voter']} on {rt['output']}"
         c.print(
-            f"runtime policy: voter {rt['voter']} on {rt['output']}, quorum {rt['quorum']} "
-            f"of {len(where)}, deadline {rt['deadline_ms']} ms, chain "
+            f"runtime policy: voter {voter}, quorum {rt['quorum']} of {len(where)}, "
+            f"deadline {rt['deadline_ms']} ms, chain "
             + (" -> ".join(map(str, chain)) if isinstance(chain, list) else "?")
         )
+    if "slots_error" in d:
+        c.print(f"[red]signed slots do not parse[/]: {d['slots_error']}")
+    else:
+        io = Table(title="I/O contracts (signed; ? = dynamic axis)")
+        for col in ("member", "inputs", "outputs", "precisions"):
+            io.add_column(col)
+        for name, contract in d["io"].items():
+            io.add_row(
+                name,
+                "\n".join(_tensor(t) for t in contract["inputs"]),
+                "\n".join(_tensor(t) for t in contract["outputs"]),
+                ", ".join(contract["precisions"]) or "fp32",
+            )
+        if d["io"]:
+            c.print(io)
+        req = d["isolation"]["required"]
+        c.print(
+            "isolation: "
+            + (f"requires {', '.join(req)} (threads refused)" if req else "nothing required")
+        )
+        checked = d["sanity_inputs"]
+        c.print("sanity profile: " + (f"checks {', '.join(checked)}" if checked else "none"))
     c.print(
         f"{len(d['recipients'])} recipient(s): "
         + ", ".join(f"{r['kem']}:{r['key_id'][:12]}…" for r in d["recipients"][:8])
@@ -141,3 +184,8 @@ def run(args: argparse.Namespace) -> int:
     slots = [k for k, v in d["slots"].items() if v]
     c.print(f"signed slots: {', '.join(slots) or 'none'}")
     return 0
+
+
+def _tensor(t: dict[str, Any]) -> str:
+    dims = ", ".join("?" if x is None else str(x) for x in t["shape"])
+    return f"{t['name']} {t['dtype']}[{dims}]"

@@ -108,8 +108,11 @@ class TensorSpec:
         return all(not isinstance(d, int) or d == s for d, s in zip(self.shape, shape, strict=True))
 
     def describe(self) -> str:
-        """``name dtype[d0, d1, ...]`` with dynamic axes by name or ``?``."""
-        dims = ", ".join("?" if d is None else str(d) for d in self.shape)
+        """``name dtype[d0, d1, ...]``; a dynamic axis shows its name when short, else ``?``."""
+        dims = ", ".join(
+            str(d) if isinstance(d, int) or (d is not None and len(d) <= 8) else "?"
+            for d in self.shape
+        )
         return f"{self.name} {self.dtype}[{dims}]"
 
     def to_dict(self) -> dict[str, Any]:

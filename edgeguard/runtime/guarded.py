@@ -566,9 +566,15 @@ class GuardedRuntime:
     def _rejected_error(self, f: _Frame) -> InputRejectedError:
         assert f.rejection is not None
         why = describe_verdict(f.rejection)
+        checks = [
+            v.get("check", "") for v in f.rejection.get("violations", ()) if isinstance(v, dict)
+        ]
+        contract = bool(checks) and all(str(c).startswith("input.") for c in checks)
         return InputRejectedError(
             f"frame {f.seq}: input rejected" + (f": {why}" if why else ""),
-            hint="inspect the input source (camera, preprocessing) or recalibrate",
+            hint="feed what the model takes (edgeguard inspect shows its inputs)"
+            if contract
+            else "inspect the input source (camera, preprocessing) or recalibrate",
             verdict=f.rejection,
         )
 
