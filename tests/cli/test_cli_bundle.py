@@ -1,4 +1,4 @@
-"""The CLI contract of issue 2: names, files, exit codes, one-line errors."""
+"""The CLI contract: names, files, exit codes, one-line errors."""
 
 from __future__ import annotations
 
