@@ -1,4 +1,4 @@
-"""CLI contract of ensembles: members and runtime policy in the bundle, guarded `run`, log verify."""
+"""CLI contract of ensembles: members and policy in the bundle, guarded `run`, log verify."""
 
 from __future__ import annotations
 
