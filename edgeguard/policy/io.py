@@ -107,6 +107,10 @@ class TensorSpec:
             return False
         return all(not isinstance(d, int) or d == s for d, s in zip(self.shape, shape, strict=True))
 
+    def zeros(self) -> np.ndarray:
+        """An all-zero array this tensor takes (every dynamic axis of size 1): a warm-up feed."""
+        return np.zeros(tuple(d if isinstance(d, int) else 1 for d in self.shape), self.dtype)
+
     def describe(self) -> str:
         """``name dtype[d0, d1, ...]``; a dynamic axis shows its name when short, else ``?``."""
         dims = ", ".join(

@@ -65,7 +65,6 @@ __all__ = [
 ISOLATIONS = ("sandbox", "threads")
 #: Wraps the session's member executor (fault injection for field tests).
 ExecutorWrapper = Callable[[MemberExecutor], MemberExecutor]
-_MIN_IO_BYTES = 32 * 1024 * 1024
 _ALIGN = 64
 
 
@@ -514,27 +513,22 @@ def _precisions(slots: SignedSlots, name: str) -> tuple[str, ...]:
 
 
 def _io_bytes(slots: SignedSlots) -> int:
-    """Shared memory per sandboxed call: 32 MiB, more when a fixed-size tensor needs it."""
+    """Shared memory per sandboxed call: the default, more when a fixed-size tensor needs it."""
     biggest = 0
     for io in slots.io.values():
         for spec in (*io.inputs, *io.outputs):
             if all(isinstance(d, int) for d in spec.shape):
                 n = int(np.prod([d for d in spec.shape if isinstance(d, int)], dtype=np.int64))
                 biggest = max(biggest, n * np.dtype(spec.dtype).itemsize)
-    return max(_MIN_IO_BYTES, 4 * biggest)
+    from edgeguard.runtime.sandbox.executor import DEFAULT_IO_BYTES
 
-
-def _example_feeds(specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
-    return {
-        s.name: np.zeros(tuple(d if isinstance(d, int) else 1 for d in s.shape), dtype=s.dtype)
-        for s in specs
-    }
+    return max(DEFAULT_IO_BYTES, 4 * biggest)
 
 
 def _warm_up(backend: Any) -> None:
     """Run a member once: its first call allocates arenas (not inside a frame's deadline)."""
     try:
-        backend.run(_example_feeds(backend.inputs()))
+        backend.run({s.name: s.zeros() for s in backend.inputs()})
     except Exception as exc:  # a model that cannot run zeros of its own shape
         raise BackendError(f"member failed its warm-up run: {type(exc).__name__}: {exc}") from exc
 

@@ -390,3 +390,37 @@ def test_sigterm_ends_the_event_log_cleanly_and_sigkill_does_not(world, tmp_path
     p.communicate(timeout=60)
     r = eg("log", "verify", tmp_path / "kill" / "events.log", "--device-pub", pub)
     assert r.returncode == 13 and "writer stopped without closing" in r.stderr, r.stderr
+
+
+def test_only_the_session_builds_the_guard_and_the_runtime() -> None:
+    """No other module of the package can build a guarded road of its own from a bundle."""
+    import ast
+
+    import edgeguard
+
+    root = Path(edgeguard.__file__).parent
+    builders = {
+        "GuardedRuntime",
+        "SanityGuard",
+        "FrameChecks",
+        "ProcessMemberExecutor",
+        "ThreadMemberExecutor",
+        "load_backend",
+    }
+    allowed = {
+        "runtime/session.py",  # the one road
+        "runtime/guarded.py",  # its default executor
+        "runtime/sandbox/worker.py",  # a worker loads its own member
+        "packaging/calibrate.py",  # build side: runs the model to calibrate
+        "packaging/variants.py",  # build side: compares variants
+    }
+    found = []
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root).as_posix()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                f = node.func
+                name = f.id if isinstance(f, ast.Name) else getattr(f, "attr", None)
+                if name in builders and rel not in allowed:
+                    found.append(f"{rel}:{node.lineno} {name}")
+    assert found == []

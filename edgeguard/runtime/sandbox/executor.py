@@ -7,7 +7,8 @@ library lives in the workers). Implements the
     ex = ProcessMemberExecutor(specs, policy=SandboxPolicy(), event_log=log)
     rt = GuardedRuntime(ex.members(), fallback=ex.fallback(), policy=pol, executor=ex)
 
-runs every member (and the fallback model) in its own locked-down worker
+(the device session, :mod:`edgeguard.runtime.session`, does this from a bundle's signed
+slots) runs every member (and the fallback model) in its own locked-down worker
 (:mod:`edgeguard.runtime.sandbox.worker`).
 
 Per worker the supervisor holds three things created before the worker starts: a
@@ -55,6 +56,7 @@ from edgeguard.runtime.sandbox.probe import HostCapabilities, check_policy, prob
 from edgeguard.runtime.sandbox.worker import MAX_MESSAGE, pack_arrays, unpack_arrays
 
 __all__ = [
+    "DEFAULT_IO_BYTES",
     "FALLBACK_NAME",
     "EventSink",
     "ProcessMemberExecutor",
@@ -63,6 +65,8 @@ __all__ = [
     "seal_model",
 ]
 
+#: Bytes of each worker's input half and output half of shared memory (sparse).
+DEFAULT_IO_BYTES = 32 * 1024 * 1024
 _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
 _ENV_PASS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "LANG", "LC_ALL")
 # The worker's whole environment. Single-threaded BLAS/OpenMP so the process stays
@@ -356,7 +360,7 @@ class ProcessMemberExecutor:
         policy: SandboxPolicy,
         event_log: EventSink | None = None,
         caps: HostCapabilities | None = None,
-        io_bytes: int = 32 * 1024 * 1024,
+        io_bytes: int = DEFAULT_IO_BYTES,
         start_timeout_s: float = 60.0,
         restart_backoff_s: float = 0.05,
         max_backoff_s: float = 5.0,

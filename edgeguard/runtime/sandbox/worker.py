@@ -200,10 +200,7 @@ class _Server:
 
     def warm_up(self, rounds: int) -> None:
         specs = self.target.inputs() if hasattr(self.target, "inputs") else ()
-        feeds = {
-            s.name: np.zeros(tuple(d if isinstance(d, int) else 1 for d in s.shape), s.dtype)
-            for s in specs
-        }
+        feeds = {s.name: s.zeros() for s in specs}
         desc = pack_arrays(feeds, self.inp)
         for _ in range(rounds):
             json.dumps(self.handle({"feeds": desc}))
