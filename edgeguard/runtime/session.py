@@ -29,6 +29,7 @@ Nothing here imports ``onnx`` or the packaging code.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ from edgeguard.guard.checks import FrameChecks
 from edgeguard.guard.eventlog import EventLog
 from edgeguard.guard.health import HealthState, TransitionCallback
 from edgeguard.guard.metrics import Metrics
+from edgeguard.guard.sanity.check import Impl
 from edgeguard.policy.io import TensorSpec
 from edgeguard.policy.runtime import FALLBACK_NAME, RuntimePolicy
 from edgeguard.policy.slots import SignedSlots
@@ -72,12 +74,24 @@ _ALIGN = 64
 class _Parts:
     """What a started session holds (built by :func:`open_session`)."""
 
-    runtime: GuardedRuntime
     executor: Any
-    backends: tuple[Any, ...]
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    io_bytes: int | None
+    runtime: GuardedRuntime | None = None
+    backends: tuple[Any, ...] = ()
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+    io_bytes: int | None = None
+
+    def close(self) -> None:
+        """Stop the runtime (or the executor, before a runtime exists) and the backends."""
+        try:
+            if self.runtime is not None:
+                self.runtime.close()
+            else:
+                self.executor.close()
+        finally:
+            for b in self.backends:
+                with contextlib.suppress(Exception):
+                    b.close()
 
 
 class DeviceSession:
@@ -109,7 +123,10 @@ class DeviceSession:
         self.manifest_digest = verified.manifest_digest
         self.isolation = isolation
         self.unsafe_in_process = unsafe_in_process
+        if parts.runtime is None:
+            raise UsageError("a session needs a started runtime")
         self._parts = parts
+        self._runtime: GuardedRuntime = parts.runtime
         self._log = event_log
         self.log_path: Path | None = event_log.path if event_log is not None else None
         self._closed = False
@@ -134,21 +151,21 @@ class DeviceSession:
     @property
     def runtime(self) -> GuardedRuntime:
         """The guarded runtime (for health transitions and metrics)."""
-        return self._parts.runtime
+        return self._runtime
 
     @property
     def metrics(self) -> Metrics:
         """The session's metrics."""
-        return self._parts.runtime.metrics
+        return self._runtime.metrics
 
     @property
     def health(self) -> HealthState:
         """The health state after the last request."""
-        return self._parts.runtime.health
+        return self._runtime.health
 
     def on_transition(self, callback: TransitionCallback) -> None:
         """Call ``callback(transition)`` after every health state change."""
-        self._parts.runtime.on_transition(callback)
+        self._runtime.on_transition(callback)
 
     def worker_status(self, name: str) -> Any:
         """The sandboxed worker of member ``name`` (None when members run in threads)."""
@@ -173,7 +190,7 @@ class DeviceSession:
         if self._closed:
             raise UsageError("the session is closed")
         self._check_size(feeds)
-        return self._parts.runtime.infer(feeds, client_id=client_id)
+        return self._runtime.infer(feeds, client_id=client_id)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The outputs for one request (see :meth:`infer` for the errors)."""
@@ -199,11 +216,8 @@ class DeviceSession:
             return
         self._closed = True
         try:
-            self._parts.runtime.close()
+            self._parts.close()
         finally:
-            for b in self._parts.backends:
-                with contextlib.suppress(Exception):
-                    b.close()
             if self._log is not None:
                 with contextlib.suppress(Exception):
                     self._log.append("session_close", {"bundle": self.manifest.name})
@@ -293,7 +307,7 @@ def open_session(
     event_log: bool = True,
     executor_wrapper: ExecutorWrapper | None = None,
     unsafe_in_process: bool = False,
-    sanity_impl: str = "auto",
+    sanity_impl: Impl = "auto",
     now: int | None = None,
 ) -> DeviceSession:
     """Open a bundle as this device and start serving it under its signed slots.
@@ -361,7 +375,7 @@ def open_session(
         record_opened(opened, state)
     except BaseException as exc:
         if parts is not None:
-            parts.runtime.close()
+            parts.close()
         if log is not None:
             with contextlib.suppress(Exception):
                 log.append(
@@ -386,125 +400,119 @@ def _start(
     isolation: str,
     log: EventLog | None,
     wrapper: ExecutorWrapper | None,
-    sanity_impl: str,
+    sanity_impl: Impl,
 ) -> _Parts:
     """Checks, members and the guarded runtime for an opened bundle."""
-    from edgeguard.runtime.placement import cpu_member_count, fallback_options, loader_options
-
     slots = opened.slots
-    policy = slots.runtime
-    first = policy.members[0].name
-    contract = slots.member_io(first)
+    contract = slots.member_io(slots.runtime.members[0].name)
     sanity = None
     if slots.sanity is not None:
         from edgeguard.guard.sanity.check import SanityGuard
 
         # threads=1: the members' ONNX Runtime pools hold the other cores
-        sanity = SanityGuard(slots.sanity, impl=sanity_impl, threads=1)  # type: ignore[arg-type]
+        sanity = SanityGuard(slots.sanity, impl=sanity_impl, threads=1)
     checks = FrameChecks(contract.inputs if contract is not None else None, sanity)
-    manifest = opened.manifest
-    n_cpu = cpu_member_count(policy)
-    backends: list[Any] = []
-    executor: Any
-    io_bytes: int | None = None
-    inputs: tuple[TensorSpec, ...] | None = contract.inputs if contract is not None else None
+    start = _start_sandbox if isolation == "sandbox" else _start_threads
+    members, parts = start(opened, log)
     try:
-        if isolation == "sandbox":
-            from edgeguard.runtime.sandbox.executor import ProcessMemberExecutor, WorkerSpec
-
-            specs: dict[str, WorkerSpec] = {}
-            for s in policy.members:
-                fmt = manifest.member(s.name).format
-                cpus = s.where.cpus
-                specs[s.name] = WorkerSpec(
-                    opened.member_bytes(s.name),
-                    fmt=fmt,
-                    options=loader_options(
-                        s,
-                        fmt,
-                        cpu_members=n_cpu,
-                        sandboxed=True,
-                        precisions=_precisions(slots, s.name),
-                    ),
-                    cpus=None if cpus is None else tuple(sorted(cpus)),
-                )
-            if slots.fallback is not None:
-                specs[FALLBACK_NAME] = WorkerSpec(
-                    opened.member_bytes(slots.fallback),
-                    fmt=manifest.member(slots.fallback).format,
-                )
-            io_bytes = _io_bytes(slots)
-            executor = ProcessMemberExecutor(
-                specs, policy=slots.isolation, event_log=log, io_bytes=io_bytes
-            )
-            members: Mapping[str, Any] = executor.members()
-            fallback = executor.fallback()
-            if inputs is None:
-                inputs = executor.reported_inputs(first)
-        else:
-            from edgeguard.backends import load_backend
-            from edgeguard.runtime.placement import member_cpus
-            from edgeguard.runtime.threads import ThreadMemberExecutor
-
-            loaded: dict[str, Any] = {}
-            for s in policy.members:
-                fmt = manifest.member(s.name).format
-                opts = loader_options(
-                    s,
-                    fmt,
-                    cpu_members=n_cpu,
-                    sandboxed=False,
-                    precisions=_precisions(slots, s.name),
-                )
-                loaded[s.name] = load_backend(fmt, opened.member_bytes(s.name), **opts)
-                backends.append(loaded[s.name])
-            fallback = None
-            if slots.fallback is not None:
-                fmt = manifest.member(slots.fallback).format
-                fallback = load_backend(
-                    fmt,
-                    opened.member_bytes(slots.fallback),
-                    **fallback_options(fmt, cpu_members=n_cpu),
-                )
-                backends.append(fallback)
-            for b in backends:
-                _warm_up(b)
-            if inputs is None:
-                inputs = loaded[first].inputs()
-            members = loaded
-            runnables = dict(loaded)
-            if fallback is not None:
-                runnables[FALLBACK_NAME] = fallback
-            executor = ThreadMemberExecutor(
-                runnables,
-                max_abandoned=policy.quarantine.max_abandoned_workers,
-                cpus=member_cpus(policy),
-            )
-        wrapped: MemberExecutor = executor if wrapper is None else wrapper(executor)
         runtime = GuardedRuntime(
             members,
-            policy=policy,
-            fallback=fallback,
+            policy=slots.runtime,
+            fallback=members.pop(FALLBACK_NAME, None),
             sanity=checks,
             event_log=log,
-            executor=wrapped,
+            executor=parts.executor if wrapper is None else wrapper(parts.executor),
         )
     except BaseException:
-        if isolation == "sandbox" and "executor" in locals():
-            executor.close()
-        for b in backends:
+        parts.close()
+        raise
+    return dataclasses.replace(
+        parts,
+        runtime=runtime,
+        outputs=contract.outputs if contract is not None else (),
+        inputs=contract.inputs if contract is not None else parts.inputs,
+    )
+
+
+def _start_sandbox(opened: OpenedBundle, log: EventLog | None) -> tuple[dict[str, Any], _Parts]:
+    """Members (and the fallback, under FALLBACK_NAME) in sandboxed worker processes."""
+    from edgeguard.runtime.placement import cpu_member_count, loader_options
+    from edgeguard.runtime.sandbox.executor import ProcessMemberExecutor, WorkerSpec
+
+    slots, manifest = opened.slots, opened.manifest
+    n_cpu = cpu_member_count(slots.runtime)
+    specs: dict[str, WorkerSpec] = {}
+    for s in slots.runtime.members:
+        fmt = manifest.member(s.name).format
+        cpus = s.where.cpus
+        specs[s.name] = WorkerSpec(
+            opened.member_bytes(s.name),
+            fmt=fmt,
+            options=loader_options(
+                s, fmt, cpu_members=n_cpu, sandboxed=True, precisions=_precisions(slots, s.name)
+            ),
+            cpus=None if cpus is None else tuple(sorted(cpus)),
+        )
+    if slots.fallback is not None:
+        specs[FALLBACK_NAME] = WorkerSpec(
+            opened.member_bytes(slots.fallback), fmt=manifest.member(slots.fallback).format
+        )
+    io_bytes = _io_bytes(slots)
+    executor = ProcessMemberExecutor(
+        specs, policy=slots.isolation, event_log=log, io_bytes=io_bytes
+    )
+    members: dict[str, Any] = dict(executor.members())
+    fallback = executor.fallback()
+    if fallback is not None:
+        members[FALLBACK_NAME] = fallback
+    reported = executor.reported_inputs(slots.runtime.members[0].name)
+    return members, _Parts(executor=executor, inputs=reported or (), io_bytes=io_bytes)
+
+
+def _start_threads(opened: OpenedBundle, log: EventLog | None) -> tuple[dict[str, Any], _Parts]:
+    """Members (and the fallback, under FALLBACK_NAME) loaded in this process, warmed up."""
+    from edgeguard.backends import load_backend
+    from edgeguard.runtime.placement import (
+        cpu_member_count,
+        fallback_options,
+        loader_options,
+        member_cpus,
+    )
+    from edgeguard.runtime.threads import ThreadMemberExecutor
+
+    slots, manifest = opened.slots, opened.manifest
+    policy = slots.runtime
+    n_cpu = cpu_member_count(policy)
+    loaded: dict[str, Any] = {}
+    try:
+        for s in policy.members:
+            fmt = manifest.member(s.name).format
+            opts = loader_options(
+                s, fmt, cpu_members=n_cpu, sandboxed=False, precisions=_precisions(slots, s.name)
+            )
+            loaded[s.name] = load_backend(fmt, opened.member_bytes(s.name), **opts)
+        if slots.fallback is not None:
+            fmt = manifest.member(slots.fallback).format
+            loaded[FALLBACK_NAME] = load_backend(
+                fmt,
+                opened.member_bytes(slots.fallback),
+                **fallback_options(fmt, cpu_members=n_cpu),
+            )
+        for b in loaded.values():
+            _warm_up(b)
+        executor = ThreadMemberExecutor(
+            loaded,
+            max_abandoned=policy.quarantine.max_abandoned_workers,
+            cpus=member_cpus(policy),
+        )
+    except BaseException:
+        for b in loaded.values():
             with contextlib.suppress(Exception):
                 b.close()
         raise
-    outputs = contract.outputs if contract is not None else ()
-    return _Parts(
-        runtime=runtime,
-        executor=executor,
-        backends=tuple(backends),
-        inputs=tuple(inputs or ()),
-        outputs=tuple(outputs),
-        io_bytes=io_bytes,
-    )
+    inputs = loaded[policy.members[0].name].inputs()
+    parts = _Parts(executor=executor, backends=tuple(loaded.values()), inputs=inputs)
+    return dict(loaded), parts
 
 
 def _precisions(slots: SignedSlots, name: str) -> tuple[str, ...]:
