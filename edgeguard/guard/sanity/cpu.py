@@ -20,7 +20,7 @@ into an L1-resident ``[C, W]`` buffer) and keeps per-channel partials:
   moments at the end.
 
 The whole computation, partials and merge, is one compiled call. float16 input
-is widened to float32 first (exact). The kernels are in ``_cpu_kernels.py``.
+is widened to float32 first (exact). The kernels are in the ``_cpu`` package.
 """
 
 from __future__ import annotations
@@ -80,9 +80,9 @@ def _kmod() -> Any:
     global _KMOD
     if _KMOD is None:
         require("numba", extra="numba", purpose="The Numba CPU sanity kernel")
-        from edgeguard.guard.sanity import _cpu_kernels
+        from edgeguard.guard.sanity import _cpu
 
-        _KMOD = _cpu_kernels
+        _KMOD = _cpu
     return _KMOD
 
 
