@@ -22,7 +22,13 @@ from edgeguard.guard.sanity._cpu.f32 import item_f32
 from edgeguard.guard.sanity._cpu.f64 import item_float
 from edgeguard.guard.sanity._cpu.merge import merge_float, merge_u8
 from edgeguard.guard.sanity._cpu.u8 import item_u8
-from edgeguard.guard.sanity._kernel_layout import NACC, NUACC
+from edgeguard.guard.sanity._kernel_layout import (
+    NACC,
+    NFC,
+    NKEY,
+    NOUT,
+    NUACC,
+)
 
 __all__ = [
     "stats_f32_par",
@@ -40,17 +46,17 @@ def _float_setup(x, nhwc, nb):
     channels = x.shape[3] if nhwc else x.shape[1]
     items = n_frames * nb
     part = np.zeros((items, channels, NACC))
-    mm = np.empty((items, channels, 2))
-    fcnt = np.zeros((items, 3), dtype=np.int64)
-    fo = np.empty((8, n_frames, channels))
+    mm = np.empty((items, channels, NKEY))
+    fcnt = np.zeros((items, NFC), dtype=np.int64)
+    fo = np.empty((NOUT, n_frames, channels))
     count = np.empty((n_frames, channels), dtype=np.int64)
-    ff = np.empty((3, n_frames), dtype=np.int64)
+    ff = np.empty((NFC, n_frames), dtype=np.int64)
     return part, mm, fcnt, fo, count, ff
 
 
 @njit(parallel=True, fastmath=fm, cache=True, nogil=True)
 def stats_float_par(x, px, nhwc, has_prev, lo, hi, lo_t, hi_t, one, nb, rows, eps, blk_len, pf):
-    """Float statistics, work items in parallel: returns (fo [8,N,C], count, ff [3,N])."""
+    """Float statistics, work items in parallel: returns (fo [NOUT,N,C], count, ff [NFC,N])."""
     height = x.shape[1] if nhwc else x.shape[2]
     part, mm, fcnt, fo, count, ff = _float_setup(x, nhwc, nb)
     for it in prange(x.shape[0] * nb):
@@ -114,15 +120,15 @@ def _u8_setup(x, nhwc, nb):
     n_frames = x.shape[0]
     channels = x.shape[3] if nhwc else x.shape[1]
     part = np.zeros((n_frames * nb, channels, NUACC), dtype=np.int64)
-    fo = np.empty((8, n_frames, channels))
+    fo = np.empty((NOUT, n_frames, channels))
     count = np.empty((n_frames, channels), dtype=np.int64)
-    ff = np.empty((3, n_frames), dtype=np.int64)
+    ff = np.empty((NFC, n_frames), dtype=np.int64)
     return part, fo, count, ff
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def stats_u8_par(x, px, nhwc, has_prev, lo_i, hi_i, nb, rows, eps, blk_len, pf, simd):
-    """uint8 statistics, work items in parallel: returns (fo [8,N,C], count, ff [3,N])."""
+    """uint8 statistics, work items in parallel: returns (fo [NOUT,N,C], count, ff [NFC,N])."""
     height, width = (x.shape[1], x.shape[2]) if nhwc else (x.shape[2], x.shape[3])
     part, fo, count, ff = _u8_setup(x, nhwc, nb)
     for it in prange(x.shape[0] * nb):
@@ -147,7 +153,7 @@ def stats_u8_ser(x, px, nhwc, has_prev, lo_i, hi_i, eps, blk_len, pf, simd):
 
 @njit(parallel=True, fastmath=fm, cache=True, nogil=True)
 def stats_f32_par(x, px, nhwc, has_prev, lo, hi, lo_t, hi_t, nb, rows, eps, blk_len):
-    """float32 statistics, work items in parallel: returns (fo [8,N,C], count, ff [3,N]).
+    """float32 statistics, work items in parallel: returns (fo [NOUT,N,C], count, ff [NFC,N]).
 
     Items: (frame, row block) for NHWC; (frame, channel, row block) for NCHW, so that
     every item reads one contiguous stream.

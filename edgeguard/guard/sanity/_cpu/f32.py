@@ -4,8 +4,8 @@ Layer: :mod:`edgeguard.guard`. Private to :mod:`edgeguard.guard.sanity._cpu`:
 ``item_f32`` computes one work item's float partials (``A_*`` slots of
 :mod:`edgeguard.guard.sanity._kernel_layout`, in the merged form: count, mean,
 0, M2) with the float32 segment loops of :mod:`.f32_ir`, keeping a running
-state per channel; a block holding a NaN or inf goes to the careful float64
-loops of :mod:`.f64`.
+state per channel (``ST_*`` slots); a block holding a NaN or inf goes to the
+careful float64 loops of :mod:`.f64`.
 """
 
 # numba compiles these functions from their unannotated source.
@@ -30,9 +30,32 @@ from edgeguard.guard.sanity._kernel_layout import (
     A_SLO,
     A_TC,
     A_TS,
+    F32_HS,
+    F32_MAX,
+    F32_MIN,
+    F32_S1,
+    F32_S2,
+    F32_SHI,
+    F32_SLO,
+    F32_TS,
+    K_MAX,
+    K_MIN,
+    NF32,
+    NST,
+    NST_RUN,
     PF32,
     SEG32,
     SEG_C3,
+    ST_CNT,
+    ST_HS,
+    ST_M2,
+    ST_MAX,
+    ST_MEAN,
+    ST_MIN,
+    ST_SHI,
+    ST_SLO,
+    ST_TS,
+    ST_TSOK,
     TINY32,
 )
 
@@ -77,9 +100,9 @@ def run_into(cnt, mean, m2, rn, sh, r1, r2):
 @njit(fastmath=fm, nogil=True)
 def block_f32(blk, pblk, has_prev, shift, lo_t, hi_t, st, width, rows):
     # Fast statistics of one channel's block of `rows` image rows (blk contiguous,
-    # rows * width elements; pblk the previous frame's, read when has_prev). st [10]:
-    # running cnt, mean, m2, slo, shi, hs, min, max, then this block's ts and ts-ok
-    # (0.0 when a segment's ts was not finite), updated only when the block's values
+    # rows * width elements; pblk the previous frame's, read when has_prev). st [NST]
+    # (ST_* slots): running cnt, mean, m2, slo, shi, hs, min, max, then this block's ts
+    # and ts-ok (0.0 when a segment's ts was not finite), updated only when the block's values
     # are all finite (returns True). shift is the float32 shift to start with; returns
     # (ok, next shift). Segments sum deviations from one shift into a float64 run;
     # a run goes into the Chan state only when a segment's mean is more than two of
@@ -87,9 +110,9 @@ def block_f32(blk, pblk, has_prev, shift, lo_t, hi_t, st, width, rows):
     # own mean, which starts the next run). Segments are SEG32 values of the one-channel
     # loop f32_c1_seg, which also prefetches ahead.
     m = blk.size
-    cnt = st[0]
-    mean = st[1]
-    m2 = st[2]
+    cnt = st[ST_CNT]
+    mean = st[ST_MEAN]
+    m2 = st[ST_M2]
     sh = np.float64(shift)
     rn = 0.0  # the current run: count, sums of deviations from sh and of their squares
     r1 = 0.0
@@ -99,23 +122,23 @@ def block_f32(blk, pblk, has_prev, shift, lo_t, hi_t, st, width, rows):
     hs = 0.0
     ts = 0.0
     ts_ok = 1.0
-    mn = st[6]
-    mx = st[7]
+    mn = st[ST_MIN]
+    mx = st[ST_MAX]
     hh = np.empty(1, dtype=np.float32)
-    out = np.empty((1, 8), dtype=np.float32)
-    out2 = np.empty((1, 8), dtype=np.float32)
+    out = np.empty((1, NF32), dtype=np.float32)
+    out2 = np.empty((1, NF32), dtype=np.float32)
     for a in range(0, m, SEG32):
         b = min(m, a + SEG32)
         hh[0] = shift
         f32_c1_seg(blk, pblk, a, b - a, has_prev, a == 0, hh, lo_t, hi_t, out)
         r = out[0]
-        if not (abs(r[1]) < np.inf and abs(r[0]) < np.inf and abs(r[2]) < np.inf):
+        if not (abs(r[F32_S2]) < np.inf and abs(r[F32_S1]) < np.inf and abs(r[F32_HS]) < np.inf):
             return False, shift
         n = np.float64(b - a)
-        s1 = np.float64(r[0])
-        s2 = np.float64(r[1])
-        smn = np.float64(r[5])
-        smx = np.float64(r[6])
+        s1 = np.float64(r[F32_S1])
+        s2 = np.float64(r[F32_S2])
+        smn = np.float64(r[F32_MIN])
+        smx = np.float64(r[F32_MAX])
         if smn == smx:  # constant segment: exact (a new run at the value unless it is sh)
             if smn != sh:
                 cnt, mean, m2 = run_into(cnt, mean, m2, rn, sh, r1, r2)
@@ -137,23 +160,23 @@ def block_f32(blk, pblk, has_prev, shift, lo_t, hi_t, st, width, rows):
                 sh = np.float64(shift)
                 redo = True
             if max(smx - sh, sh - smn) < TINY32:  # float32 squares would underflow
-                q = seg_fast(blk[a:b], 0, b - a, sh, lo_t, hi_t, np.float32(1.0))
-                s1 = q[0]
-                s2 = q[1]
+                s1, s2, _, _, _, _, _ = seg_fast(
+                    blk[a:b], 0, b - a, sh, lo_t, hi_t, np.float32(1.0)
+                )
             elif redo:
                 hh[0] = shift  # into out2: r (a view of out) is read below
                 f32_c1_seg(blk, blk, a, b - a, False, a == 0, hh, lo_t, hi_t, out2)
-                s1 = np.float64(out2[0, 0])
-                s2 = np.float64(out2[0, 1])
+                s1 = np.float64(out2[0, F32_S1])
+                s2 = np.float64(out2[0, F32_S2])
         rn += n
         r1 += s1
         r2 += s2
-        slo += np.float64(r[3])
-        shi += np.float64(r[4])
-        hs += np.float64(r[2])
+        slo += np.float64(r[F32_SLO])
+        shi += np.float64(r[F32_SHI])
+        hs += np.float64(r[F32_HS])
         if has_prev:
-            if abs(r[7]) < np.inf:
-                ts += np.float64(r[7])
+            if abs(r[F32_TS]) < np.inf:
+                ts += np.float64(r[F32_TS])
             else:
                 ts_ok = 0.0
         mn = min(mn, smn)
@@ -161,16 +184,16 @@ def block_f32(blk, pblk, has_prev, shift, lo_t, hi_t, st, width, rows):
     cnt, mean, m2 = run_into(cnt, mean, m2, rn, sh, r1, r2)
     for j in range(1, rows):  # take out the pairs that cross a row start
         hs -= abs(np.float64(blk[j * width]) - np.float64(blk[j * width - 1]))
-    st[0] = cnt
-    st[1] = mean
-    st[2] = m2
-    st[3] += slo
-    st[4] += shi
-    st[5] += max(hs, 0.0)
-    st[6] = mn
-    st[7] = mx
-    st[8] = ts
-    st[9] = ts_ok
+    st[ST_CNT] = cnt
+    st[ST_MEAN] = mean
+    st[ST_M2] = m2
+    st[ST_SLO] += slo
+    st[ST_SHI] += shi
+    st[ST_HS] += max(hs, 0.0)
+    st[ST_MIN] = mn
+    st[ST_MAX] = mx
+    st[ST_TS] = ts
+    st[ST_TSOK] = ts_ok
     return True, shift
 
 
@@ -178,46 +201,50 @@ def block_f32(blk, pblk, has_prev, shift, lo_t, hi_t, st, width, rows):
 def block_f32_c3(flat, pflat, has_prev, start, npix, width, rows, shifts, st, lo_t, hi_t):
     # block_f32 for a block of `rows` rows of a 3-channel NHWC frame read in place:
     # flat[start : start + 3 * npix] (pflat the previous frame, read when has_prev).
-    # shifts [3] float32 (updated), st [3, 10] as block_f32's st for each channel.
+    # shifts [3] float32 (updated), st [3, NST] as block_f32's st for each channel.
     # Returns False (st untouched) when a segment's float32 sums are not finite.
-    loc = np.empty((3, 8))
-    r = np.empty((3, 8), dtype=np.float32)
+    loc = np.empty((3, NST_RUN))
+    r = np.empty((3, NF32), dtype=np.float32)
     ts = np.zeros(3)
     ts_ok = True
     for c in range(3):
-        for j in range(8):
+        for j in range(NST_RUN):
             loc[c, j] = st[c, j]
-        loc[c, 3] = 0.0
-        loc[c, 4] = 0.0
-        loc[c, 5] = 0.0
+        loc[c, ST_SLO] = 0.0
+        loc[c, ST_SHI] = 0.0
+        loc[c, ST_HS] = 0.0
     step = SEG_C3
     for w0 in range(0, npix, step):
         w1 = min(npix, w0 + step)
         base = start + 3 * w0
         f32_c3_seg(flat, pflat, base, w1 - w0, has_prev, w0 == 0, shifts, lo_t, hi_t, r)
         for c in range(3):
-            if not (abs(r[c, 0]) < np.inf and abs(r[c, 1]) < np.inf and abs(r[c, 2]) < np.inf):
+            if not (
+                abs(r[c, F32_S1]) < np.inf
+                and abs(r[c, F32_S2]) < np.inf
+                and abs(r[c, F32_HS]) < np.inf
+            ):
                 return False
         n = np.float64(w1 - w0)
         redo = False
         for c in range(3):
-            s1 = np.float64(r[c, 0])
-            s2 = np.float64(r[c, 1])
-            if r[c, 5] != r[c, 6] and s1 * s1 > 4.0 * n * max(s2 - s1 * s1 / n, 0.0):
+            s1 = np.float64(r[c, F32_S1])
+            s2 = np.float64(r[c, F32_S2])
+            if r[c, F32_MIN] != r[c, F32_MAX] and s1 * s1 > 4.0 * n * max(s2 - s1 * s1 / n, 0.0):
                 shifts[c] = np.float32(np.float64(shifts[c]) + s1 / n)
                 redo = True
         if redo:  # mean far from the shift relative to the spread: redo around the mean
             f32_c3_seg(flat, pflat, base, w1 - w0, has_prev, w0 == 0, shifts, lo_t, hi_t, r)
         for c in range(3):
             if has_prev:
-                if not abs(r[c, 7]) < np.inf:  # a NaN or inf in the previous frame
+                if not abs(r[c, F32_TS]) < np.inf:  # a NaN or inf in the previous frame
                     ts_ok = False
-                ts[c] += np.float64(r[c, 7])
+                ts[c] += np.float64(r[c, F32_TS])
             sh = np.float64(shifts[c])
-            s1 = np.float64(r[c, 0])
-            s2 = np.float64(r[c, 1])
-            smn = np.float64(r[c, 5])
-            smx = np.float64(r[c, 6])
+            s1 = np.float64(r[c, F32_S1])
+            s2 = np.float64(r[c, F32_S2])
+            smn = np.float64(r[c, F32_MIN])
+            smx = np.float64(r[c, F32_MAX])
             dmax = max(smx - sh, sh - smn)
             if smn == smx:  # constant segment: exact
                 sh = smn
@@ -232,28 +259,30 @@ def block_f32_c3(flat, pflat, has_prev, start, npix, width, rows, shifts, st, lo
                     s2 += d * d
             mb = sh + s1 / n
             m2b = max(s2 - s1 * (s1 / n), 0.0)
-            loc[c, 0], loc[c, 1], loc[c, 2] = chan_add(loc[c, 0], loc[c, 1], loc[c, 2], n, mb, m2b)
-            loc[c, 3] += np.float64(r[c, 3])
-            loc[c, 4] += np.float64(r[c, 4])
-            loc[c, 5] += np.float64(r[c, 2])
-            loc[c, 6] = min(loc[c, 6], smn)
-            loc[c, 7] = max(loc[c, 7], smx)
+            loc[c, ST_CNT], loc[c, ST_MEAN], loc[c, ST_M2] = chan_add(
+                loc[c, ST_CNT], loc[c, ST_MEAN], loc[c, ST_M2], n, mb, m2b
+            )
+            loc[c, ST_SLO] += np.float64(r[c, F32_SLO])
+            loc[c, ST_SHI] += np.float64(r[c, F32_SHI])
+            loc[c, ST_HS] += np.float64(r[c, F32_HS])
+            loc[c, ST_MIN] = min(loc[c, ST_MIN], smn)
+            loc[c, ST_MAX] = max(loc[c, ST_MAX], smx)
             shifts[c] = np.float32(mb)
     for c in range(3):
-        hs = loc[c, 5]
+        hs = loc[c, ST_HS]
         for j in range(1, rows):  # take out the pairs that cross a row start
             i = start + 3 * j * width + c
             hs -= abs(np.float64(flat[i]) - np.float64(flat[i - 3]))
-        st[c, 0] = loc[c, 0]
-        st[c, 1] = loc[c, 1]
-        st[c, 2] = loc[c, 2]
-        st[c, 3] += loc[c, 3]
-        st[c, 4] += loc[c, 4]
-        st[c, 5] += max(hs, 0.0)
-        st[c, 6] = loc[c, 6]
-        st[c, 7] = loc[c, 7]
-        st[c, 8] = ts[c]
-        st[c, 9] = 1.0 if ts_ok else 0.0
+        st[c, ST_CNT] = loc[c, ST_CNT]
+        st[c, ST_MEAN] = loc[c, ST_MEAN]
+        st[c, ST_M2] = loc[c, ST_M2]
+        st[c, ST_SLO] += loc[c, ST_SLO]
+        st[c, ST_SHI] += loc[c, ST_SHI]
+        st[c, ST_HS] += max(hs, 0.0)
+        st[c, ST_MIN] = loc[c, ST_MIN]
+        st[c, ST_MAX] = loc[c, ST_MAX]
+        st[c, ST_TS] = ts[c]
+        st[c, ST_TSOK] = 1.0 if ts_ok else 0.0
     return True
 
 
@@ -293,8 +322,8 @@ def item_f32(x, px, nhwc, has_prev, lo, hi, lo_t, hi_t, n, c_only, r0, r1, acc, 
     else:
         channels, height, width = x.shape[1], x.shape[2], x.shape[3]
     for c in range(channels):
-        mm[c, 0] = np.inf
-        mm[c, 1] = -np.inf
+        mm[c, K_MIN] = np.inf
+        mm[c, K_MAX] = -np.inf
     if width == 0 or r1 <= r0:
         return
     flat = x.reshape(-1)
@@ -310,10 +339,10 @@ def item_f32(x, px, nhwc, has_prev, lo, hi, lo_t, hi_t, n, c_only, r0, r1, acc, 
     pbuf = np.empty((channels, bw if has_prev else 0), dtype=x.dtype)
     have = np.zeros(channels, dtype=np.bool_)
     shifts = np.zeros(channels, dtype=np.float32)
-    st = np.zeros((channels, 10))
+    st = np.zeros((channels, NST))
     for c in range(channels):
-        st[c, 6] = np.inf
-        st[c, 7] = -np.inf
+        st[c, ST_MIN] = np.inf
+        st[c, ST_MAX] = -np.inf
     if nhwc:
         prefetch_block(flat, fbase + r0 * width * channels, fbase + r0 * width * channels + PF32)
     else:
@@ -356,9 +385,9 @@ def item_f32(x, px, nhwc, has_prev, lo, hi, lo_t, hi_t, n, c_only, r0, r1, acc, 
                             fc,
                         )
             if has_prev:
-                if ok and st[0, 9] != 0.0:
+                if ok and st[0, ST_TSOK] != 0.0:
                     for c in range(3):
-                        acc[c, A_TS] += st[c, 8]
+                        acc[c, A_TS] += st[c, ST_TS]
                         acc[c, A_TC] += m
                 else:  # a NaN or inf in either frame: only pairs of finite values count
                     buf = np.empty((channels, m), dtype=x.dtype)
@@ -366,9 +395,9 @@ def item_f32(x, px, nhwc, has_prev, lo, hi, lo_t, hi_t, n, c_only, r0, r1, acc, 
                     deinterleave_pf(flat, src0, m, channels, buf)
                     deinterleave_pf(pflat, src0, m, channels, pbuf)
                     for c in range(3):
-                        t2 = tdiff_careful(buf[c, :m], pbuf[c, :m], 0, m)
-                        acc[c, A_TS] += t2[0]
-                        acc[c, A_TC] += t2[1]
+                        tsum, tcnt = tdiff_careful(buf[c, :m], pbuf[c, :m], 0, m)
+                        acc[c, A_TS] += tsum
+                        acc[c, A_TC] += tcnt
             continue
         if nhwc:
             deinterleave_pf(flat, src0, m, channels, buf)
@@ -409,25 +438,27 @@ def item_f32(x, px, nhwc, has_prev, lo, hi, lo_t, hi_t, n, c_only, r0, r1, acc, 
                         fc,
                     )
             if has_prev:
-                if ok and st[c, 9] != 0.0:
-                    ac[A_TS] += st[c, 8]
+                if ok and st[c, ST_TSOK] != 0.0:
+                    ac[A_TS] += st[c, ST_TS]
                     ac[A_TC] += m
                 else:  # a NaN or inf in either frame
-                    t2 = tdiff_careful(blk, pblk, 0, m)
-                    ac[A_TS] += t2[0]
-                    ac[A_TC] += t2[1]
+                    tsum, tcnt = tdiff_careful(blk, pblk, 0, m)
+                    ac[A_TS] += tsum
+                    ac[A_TC] += tcnt
     # fold the fast blocks' Chan state into acc (shifted sums of the careful blocks)
     for c in range(c0, c1):
         ac = acc[c]
         s = st[c]
         # the careful blocks' shifted sums are a run around A_SHIFT
-        cnt, mean, m2 = run_into(s[0], s[1], s[2], ac[A_CNT], ac[A_SHIFT], ac[A_S1], ac[A_S2])
+        cnt, mean, m2 = run_into(
+            s[ST_CNT], s[ST_MEAN], s[ST_M2], ac[A_CNT], ac[A_SHIFT], ac[A_S1], ac[A_S2]
+        )
         ac[A_CNT] = cnt
         ac[A_SHIFT] = mean
         ac[A_S1] = 0.0
         ac[A_S2] = m2
-        ac[A_SLO] += s[3]
-        ac[A_SHI] += s[4]
-        ac[A_HS] += s[5]
-        mm[c, 0] = min(mm[c, 0], s[6])
-        mm[c, 1] = max(mm[c, 1], s[7])
+        ac[A_SLO] += s[ST_SLO]
+        ac[A_SHI] += s[ST_SHI]
+        ac[A_HS] += s[ST_HS]
+        mm[c, K_MIN] = min(mm[c, K_MIN], s[ST_MIN])
+        mm[c, K_MAX] = max(mm[c, K_MAX], s[ST_MAX])

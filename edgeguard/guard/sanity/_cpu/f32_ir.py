@@ -2,7 +2,9 @@
 
 Layer: :mod:`edgeguard.guard`. Private to :mod:`edgeguard.guard.sanity._cpu`:
 the numba intrinsics ``f32_c1_seg`` and ``f32_c3_seg`` that the float32
-datapath (:mod:`.f32`) calls once per segment. Plain vector IR, no target
+datapath (:mod:`.f32`) calls once per segment. Each call writes one float32
+record of ``NF32`` values per channel, in the order of the ``F32_*`` slots of
+:mod:`edgeguard.guard.sanity._kernel_layout`. Plain vector IR, no target
 intrinsic.
 """
 
@@ -19,7 +21,18 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from edgeguard.guard.sanity._cpu.ir import I8, I32, I64, decl, emit_run, with_and_without
-from edgeguard.guard.sanity._kernel_layout import PF32
+from edgeguard.guard.sanity._kernel_layout import (
+    F32_HS,
+    F32_MAX,
+    F32_MIN,
+    F32_S1,
+    F32_S2,
+    F32_SHI,
+    F32_SLO,
+    F32_TS,
+    NF32,
+    PF32,
+)
 
 __all__ = ["f32_c1_seg", "f32_c3_seg"]
 
@@ -34,10 +47,11 @@ def _f32_seg_intrinsic(C):
     The intrinsic ``f32_seg(arr, parr, off, npix, has_prev, head, h, lo_t, hi_t, out)``
     reads pixels ``arr.flat[off + C w + c]``, w < npix; ``head``: the first pixel starts
     a row (it is its own left neighbour; otherwise the pixel before it is read);
-    ``h[c]``: the shifts. It fills ``out[c, :]`` (float32) with s1 = sum(x - h), s2 =
-    sum((x - h)^2), hs = sum |x - left|, #(x <= lo_t), #(x >= hi_t), min, max and ts =
-    sum |x - prev| (0 without ``has_prev``). The sums are only meaningful when they
-    come back finite (min/max assume no NaN): the caller then takes the careful path.
+    ``h[c]``: the shifts. It fills ``out[c, :]`` (float32, ``F32_*`` slots) with s1 =
+    sum(x - h), s2 = sum((x - h)^2), hs = sum |x - left|, #(x <= lo_t), #(x >= hi_t),
+    min, max and ts = sum |x - prev| (0 without ``has_prev``). The sums are only
+    meaningful when they come back finite (min/max assume no NaN): the caller then
+    takes the careful path.
 
     A step is 48 values in three 16-float vectors (three independent chains). No
     de-interleaving: every statistic is element-wise, so each vector position keeps
@@ -191,17 +205,17 @@ def _f32_seg_codegen(C, step_px, context, builder, signature, args):
         mn = pick("mn", inf, lambda v, w: b.call(vmin, [v, w], fastmath=nn))
         mx = pick("mx", ninf, lambda v, w: b.call(vmax, [v, w], fastmath=nn))
         vals = (
-            tot("s1"),
-            tot("s2"),
-            tot("hs"),
-            count("lo"),
-            count("hi"),
-            b.call(rmin, [mn], fastmath=nn),
-            b.call(rmax, [mx], fastmath=nn),
-            tot("ts"),
+            (F32_S1, tot("s1")),
+            (F32_S2, tot("s2")),
+            (F32_HS, tot("hs")),
+            (F32_SLO, count("lo")),
+            (F32_SHI, count("hi")),
+            (F32_MIN, b.call(rmin, [mn], fastmath=nn)),
+            (F32_MAX, b.call(rmax, [mx], fastmath=nn)),
+            (F32_TS, tot("ts")),
         )
-        for i, v in enumerate(vals):
-            b.store(v, b.gep(ob, [I64(8 * c + i)]))
+        for slot, v in vals:
+            b.store(v, b.gep(ob, [I64(NF32 * c + slot)]))
     return context.get_dummy_value()
 
 

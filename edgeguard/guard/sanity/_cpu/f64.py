@@ -29,6 +29,11 @@ from edgeguard.guard.sanity._kernel_layout import (
     A_SLO,
     A_TC,
     A_TS,
+    FC_NAN,
+    FC_NEGINF,
+    FC_POSINF,
+    K_MAX,
+    K_MIN,
     SEG_F,
 )
 
@@ -99,8 +104,8 @@ def seg_careful(row, a, b, shift, lo, hi, acc, mm, fc):
     shi = 0.0
     hs = 0.0
     hc = 0.0
-    mn = mm[0]
-    mx = mm[1]
+    mn = mm[K_MIN]
+    mx = mm[K_MAX]
     for w in range(a, b):
         f = np.float64(row[w])
         if abs(f) < np.inf:
@@ -122,11 +127,11 @@ def seg_careful(row, a, b, shift, lo, hi, acc, mm, fc):
                     hs += abs(f - u)
                     hc += 1.0
         elif f != f:
-            fc[0] += 1
+            fc[FC_NAN] += 1
         elif f > 0.0:
-            fc[1] += 1
+            fc[FC_POSINF] += 1
         else:
-            fc[2] += 1
+            fc[FC_NEGINF] += 1
     acc[A_CNT] += cnt
     acc[A_S1] += s1
     acc[A_S2] += s2
@@ -134,8 +139,8 @@ def seg_careful(row, a, b, shift, lo, hi, acc, mm, fc):
     acc[A_SHI] += shi
     acc[A_HS] += hs
     acc[A_HC] += hc
-    mm[0] = mn
-    mm[1] = mx
+    mm[K_MIN] = mn
+    mm[K_MAX] = mx
 
 
 @njit(fastmath=fm, nogil=True)
@@ -183,7 +188,7 @@ def deinterleave(src, dst):
 @njit(fastmath=fm, nogil=True)
 def item_float(x, px, nhwc, has_prev, lo, hi, lo_t, hi_t, one, n, r0, r1, acc, mm, fc, blk_len, pf):
     # One work item: rows [r0, r1) of frame n, every channel. acc [C, NACC] zeroed,
-    # mm [C, 2], fc [3] zeroed by the caller. Rows are taken in blocks of R rows
+    # mm [C, NKEY], fc [NFC] zeroed by the caller. Rows are taken in blocks of R rows
     # (R * W ~ blk_len elements per channel, at least one row): NCHW blocks are
     # contiguous in x, NHWC blocks are de-interleaved into buf first. The block pf
     # blocks ahead is prefetched. A block whose fast pass meets a non-finite value is
@@ -193,8 +198,8 @@ def item_float(x, px, nhwc, has_prev, lo, hi, lo_t, hi_t, one, n, r0, r1, acc, m
     else:
         channels, height, width = x.shape[1], x.shape[2], x.shape[3]
     for c in range(channels):
-        mm[c, 0] = np.inf
-        mm[c, 1] = -np.inf
+        mm[c, K_MIN] = np.inf
+        mm[c, K_MAX] = -np.inf
     if width == 0 or r1 <= r0:
         return
     rb = block_rows(width, blk_len)
@@ -268,14 +273,16 @@ def item_float(x, px, nhwc, has_prev, lo, hi, lo_t, hi_t, one, n, r0, r1, acc, m
             mx = -np.inf
             hs = 0.0
             for a in range(0, m, SEG_F):
-                r = seg_fast(blk, a, min(m, a + SEG_F), shift, lo_t, hi_t, one)
-                s1 += r[0]
-                s2 += r[1]
-                slo += r[2]
-                shi += r[3]
-                mn = min(mn, r[4])
-                mx = max(mx, r[5])
-                hs += r[6]
+                q1, q2, qlo, qhi, qmn, qmx, qhs = seg_fast(
+                    blk, a, min(m, a + SEG_F), shift, lo_t, hi_t, one
+                )
+                s1 += q1
+                s2 += q2
+                slo += qlo
+                shi += qhi
+                mn = min(mn, qmn)
+                mx = max(mx, qmx)
+                hs += qhs
             if s2 < np.inf:  # every value of the block is finite
                 if h1 - h0 > 1:  # several rows: the recurrence crossed row starts
                     hs = 0.0
@@ -288,8 +295,8 @@ def item_float(x, px, nhwc, has_prev, lo, hi, lo_t, hi_t, one, n, r0, r1, acc, m
                 ac[A_SHI] += shi
                 ac[A_HS] += hs
                 ac[A_HC] += (h1 - h0) * (width - 1)
-                mm[c, 0] = min(mm[c, 0], mn)
-                mm[c, 1] = max(mm[c, 1], mx)
+                mm[c, K_MIN] = min(mm[c, K_MIN], mn)
+                mm[c, K_MAX] = max(mm[c, K_MAX], mx)
             else:  # rare: classify every value of the block's rows
                 for j in range(h1 - h0):
                     seg_careful(
@@ -301,6 +308,6 @@ def item_float(x, px, nhwc, has_prev, lo, hi, lo_t, hi_t, one, n, r0, r1, acc, m
                     ac[A_TS] += ts
                     ac[A_TC] += m
                 else:
-                    t = tdiff_careful(blk, pblk, 0, m)
-                    ac[A_TS] += t[0]
-                    ac[A_TC] += t[1]
+                    tsum, tcnt = tdiff_careful(blk, pblk, 0, m)
+                    ac[A_TS] += tsum
+                    ac[A_TC] += tcnt

@@ -2,10 +2,11 @@
 
 Layer: :mod:`edgeguard.guard`. Private to :mod:`edgeguard.guard.sanity._cpu`.
 ``merge_float`` (float partials, Chan's formula) and ``merge_u8`` (exact
-integer moments) write the drivers' result rows (``O_*`` slots of
-:mod:`edgeguard.guard.sanity._kernel_layout`); ``merge`` merges partials whose
-min/max are order-preserving integer keys and is shared with the Numba CUDA
-implementation (``cpu.merge_partials``).
+integer moments) write the drivers' result rows (``O_*``); ``merge`` merges
+partials whose min/max are order-preserving integer keys into records
+(``R_*``) and is shared with the Numba CUDA implementation
+(``cpu.merge_partials``). Every slot is named in
+:mod:`edgeguard.guard.sanity._kernel_layout`.
 """
 
 # numba compiles these functions from their unannotated source.
@@ -29,6 +30,13 @@ from edgeguard.guard.sanity._kernel_layout import (
     A_SLO,
     A_TC,
     A_TS,
+    FC_NAN,
+    FC_NEGINF,
+    FC_POSINF,
+    K_MAX,
+    K_MIN,
+    KIND_F32,
+    KIND_U8,
     O_HF,
     O_MAX,
     O_MEAN,
@@ -37,6 +45,15 @@ from edgeguard.guard.sanity._kernel_layout import (
     O_SLO,
     O_STD,
     O_TD,
+    R_CNT,
+    R_HF,
+    R_MAX,
+    R_MEAN,
+    R_MIN,
+    R_SHI,
+    R_SLO,
+    R_STD,
+    R_TD,
     U_HS,
     U_MAX,
     U_MIN,
@@ -52,17 +69,17 @@ __all__ = ["merge", "merge_float", "merge_u8"]
 
 @njit(nogil=True)
 def merge_float(part, mm, fcnt, nb, eps, fo, count, ff):
-    # Chan merge of the items of each frame. fo [8, N, C], count [N, C], ff [3, N].
+    # Chan merge of the items of each frame. fo [NOUT, N, C], count [N, C], ff [NFC, N].
     n_frames = count.shape[0]
     channels = count.shape[1]
     for n in range(n_frames):
-        ff[0, n] = 0
-        ff[1, n] = 0
-        ff[2, n] = 0
+        ff[FC_NAN, n] = 0
+        ff[FC_POSINF, n] = 0
+        ff[FC_NEGINF, n] = 0
         for b in range(nb):
-            ff[0, n] += fcnt[n * nb + b, 0]
-            ff[1, n] += fcnt[n * nb + b, 1]
-            ff[2, n] += fcnt[n * nb + b, 2]
+            ff[FC_NAN, n] += fcnt[n * nb + b, FC_NAN]
+            ff[FC_POSINF, n] += fcnt[n * nb + b, FC_POSINF]
+            ff[FC_NEGINF, n] += fcnt[n * nb + b, FC_NEGINF]
         for c in range(channels):
             cnt = 0.0
             mean = 0.0
@@ -86,8 +103,8 @@ def merge_float(part, mm, fcnt, nb, eps, fo, count, ff):
                     mean = mean + delta * (k / tot)
                     m2 = m2 + m2b + delta * delta * (cnt * k / tot)
                     cnt = tot
-                    mn = min(mn, mm[n * nb + b, c, 0])
-                    mx = max(mx, mm[n * nb + b, c, 1])
+                    mn = min(mn, mm[n * nb + b, c, K_MIN])
+                    mx = max(mx, mm[n * nb + b, c, K_MAX])
                 slo += acc[A_SLO]
                 shi += acc[A_SHI]
                 hs += acc[A_HS]
@@ -124,9 +141,9 @@ def merge_u8(part, nb, height, width, has_prev, eps, fo, count, ff):
     pairs = np.int64(height) * np.int64(max(width - 1, 0))
     kf = np.float64(k)
     for n in range(n_frames):
-        ff[0, n] = 0
-        ff[1, n] = 0
-        ff[2, n] = 0
+        ff[FC_NAN, n] = 0
+        ff[FC_POSINF, n] = 0
+        ff[FC_NEGINF, n] = 0
         for c in range(channels):
             s1 = np.int64(0)
             s2 = np.int64(0)
@@ -179,7 +196,8 @@ def merge_u8(part, nb, height, width, has_prev, eps, fo, count, ff):
 
 @njit(cache=True, nogil=True)
 def merge(part, kpart, nb, kind, eps, out):
-    # out[n, c, :] = count, min, max, mean, std, sat_lo, sat_hi, hf, tdiff
+    # out[n, c, :] = count, min, max, mean, std, sat_lo, sat_hi, hf, tdiff (R_* slots);
+    # kind: KIND_U8, KIND_F32, or KIND_F64 (how the min/max keys map back to values)
     n_frames = out.shape[0]
     channels = out.shape[1]
     t32 = np.empty(1, dtype=np.int32)
@@ -201,55 +219,55 @@ def merge(part, kpart, nb, kind, eps, out):
             tc = 0.0
             for b in range(nb):
                 acc = part[n * nb + b, c]
-                k = acc[0]
+                k = acc[A_CNT]
                 if k > 0.0:
-                    mb = acc[1] + acc[2] / k
-                    m2b = max(acc[3] - acc[2] * acc[2] / k, 0.0)
+                    mb = acc[A_SHIFT] + acc[A_S1] / k
+                    m2b = max(acc[A_S2] - acc[A_S1] * acc[A_S1] / k, 0.0)
                     tot = cnt + k
                     delta = mb - mean
                     mean = mean + delta * (k / tot)
                     m2 = m2 + m2b + delta * delta * (cnt * k / tot)
                     if cnt == 0.0:
-                        kmn = kpart[n * nb + b, c, 0]
-                        kmx = kpart[n * nb + b, c, 1]
+                        kmn = kpart[n * nb + b, c, K_MIN]
+                        kmx = kpart[n * nb + b, c, K_MAX]
                     else:
-                        kmn = min(kmn, kpart[n * nb + b, c, 0])
-                        kmx = max(kmx, kpart[n * nb + b, c, 1])
+                        kmn = min(kmn, kpart[n * nb + b, c, K_MIN])
+                        kmx = max(kmx, kpart[n * nb + b, c, K_MAX])
                     cnt = tot
-                slo += acc[4]
-                shi += acc[5]
-                hs += acc[6]
-                hc += acc[7]
-                ts += acc[8]
-                tc += acc[9]
+                slo += acc[A_SLO]
+                shi += acc[A_SHI]
+                hs += acc[A_HS]
+                hc += acc[A_HC]
+                ts += acc[A_TS]
+                tc += acc[A_TC]
             o = out[n, c]
-            o[0] = cnt
+            o[R_CNT] = cnt
             if cnt > 0.0:
-                if kind == 0:
-                    o[1] = np.float64(kmn)
-                    o[2] = np.float64(kmx)
-                elif kind == 1:
+                if kind == KIND_U8:
+                    o[R_MIN] = np.float64(kmn)
+                    o[R_MAX] = np.float64(kmx)
+                elif kind == KIND_F32:
                     t32[0] = np.int32(kmn ^ ((kmn >> 31) & 0x7FFFFFFF))
-                    o[1] = np.float64(f32[0])
+                    o[R_MIN] = np.float64(f32[0])
                     t32[0] = np.int32(kmx ^ ((kmx >> 31) & 0x7FFFFFFF))
-                    o[2] = np.float64(f32[0])
+                    o[R_MAX] = np.float64(f32[0])
                 else:
                     t64[0] = kmn ^ ((kmn >> 63) & 0x7FFFFFFFFFFFFFFF)
-                    o[1] = f64[0]
+                    o[R_MIN] = f64[0]
                     t64[0] = kmx ^ ((kmx >> 63) & 0x7FFFFFFFFFFFFFFF)
-                    o[2] = f64[0]
+                    o[R_MAX] = f64[0]
                 std = math.sqrt(m2 / cnt)
-                o[3] = mean
-                o[4] = std
-                o[5] = slo / cnt
-                o[6] = shi / cnt
-                o[7] = (hs / hc) / (std + eps) if hc > 0.0 else 0.0
+                o[R_MEAN] = mean
+                o[R_STD] = std
+                o[R_SLO] = slo / cnt
+                o[R_SHI] = shi / cnt
+                o[R_HF] = (hs / hc) / (std + eps) if hc > 0.0 else 0.0
             else:
-                o[1] = np.inf
-                o[2] = -np.inf
-                o[3] = np.nan
-                o[4] = np.nan
-                o[5] = 0.0
-                o[6] = 0.0
-                o[7] = 0.0
-            o[8] = ts / tc if tc > 0.0 else np.nan
+                o[R_MIN] = np.inf
+                o[R_MAX] = -np.inf
+                o[R_MEAN] = np.nan
+                o[R_STD] = np.nan
+                o[R_SLO] = 0.0
+                o[R_SHI] = 0.0
+                o[R_HF] = 0.0
+            o[R_TD] = ts / tc if tc > 0.0 else np.nan

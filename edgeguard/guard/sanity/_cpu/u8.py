@@ -24,6 +24,7 @@ from edgeguard.guard.sanity._cpu.u8_ir import (
     u8_simd_stats_c3,
 )
 from edgeguard.guard.sanity._kernel_layout import (
+    NUACC,
     SEG_U8GEN,
     SEG_U8SIMD,
     U_HS,
@@ -62,17 +63,17 @@ def drop_row_pairs(ac, c, flat, start, row, step, rows):
 
 @njit(nogil=True, inline="always")
 def add_sv(ac, c, sv, at, lo_i, hi_i):
-    # ac[c] += the SIMD loop's results sv[at:at+8]
-    ac[c, U_S1] += sv[at]
-    ac[c, U_S2] += sv[at + 1]
+    # ac[c] += the uint8 loop's record sv[at:at+NUACC] (same U_* slots)
+    ac[c, U_S1] += sv[at + U_S1]
+    ac[c, U_S2] += sv[at + U_S2]
     if lo_i >= 0:  # lo_i = -1: nothing is <= lo (the loop's lo8 was clamped)
-        ac[c, U_SLO] += sv[at + 2]
+        ac[c, U_SLO] += sv[at + U_SLO]
     if hi_i <= 255:  # hi_i = 256: nothing is >= hi
-        ac[c, U_SHI] += sv[at + 3]
-    ac[c, U_HS] += sv[at + 4]
-    ac[c, U_TS] += sv[at + 5]
-    ac[c, U_MIN] = min(ac[c, U_MIN], sv[at + 6])
-    ac[c, U_MAX] = max(ac[c, U_MAX], sv[at + 7])
+        ac[c, U_SHI] += sv[at + U_SHI]
+    ac[c, U_HS] += sv[at + U_HS]
+    ac[c, U_TS] += sv[at + U_TS]
+    ac[c, U_MIN] = min(ac[c, U_MIN], sv[at + U_MIN])
+    ac[c, U_MAX] = max(ac[c, U_MAX], sv[at + U_MAX])
 
 
 @njit(nogil=True, inline="always")
@@ -118,7 +119,7 @@ def item_u8(x, px, nhwc, has_prev, lo_i, hi_i, n, r0, r1, acc, blk_len, pf, simd
     flat = x.reshape(-1)
     plane = height * width
     fbase = n * channels * plane
-    sv = np.zeros(24, dtype=np.int64)
+    sv = np.zeros(3 * NUACC, dtype=np.int64)  # one record per channel, 3 channels at most
     if not nhwc:
         m = (r1 - r0) * width
         for c in range(channels):
@@ -140,7 +141,7 @@ def item_u8(x, px, nhwc, has_prev, lo_i, hi_i, n, r0, r1, acc, blk_len, pf, simd
             else:
                 u8_gen_stats_c3(x, px, e0 + 3 * s, k, s == 0, lo8, hi8, has_prev, sv)
             for c in range(3):
-                add_sv(acc, c, sv, 8 * c, lo_i, hi_i)
+                add_sv(acc, c, sv, NUACC * c, lo_i, hi_i)
         for c in range(3):
             drop_row_pairs(acc, c, flat, e0 + c, row, 3, r1 - r0)
         return

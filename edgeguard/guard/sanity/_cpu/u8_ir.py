@@ -24,6 +24,17 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from edgeguard.guard.sanity._cpu.ir import I8, I32, I64, decl, emit_run, with_and_without
+from edgeguard.guard.sanity._kernel_layout import (
+    NUACC,
+    U_HS,
+    U_MAX,
+    U_MIN,
+    U_S1,
+    U_S2,
+    U_SHI,
+    U_SLO,
+    U_TS,
+)
 
 __all__ = [
     "U8_SIMD",
@@ -58,6 +69,24 @@ _VQ = ir.VectorType(I64, 8)
 _VD = ir.VectorType(I32, 16)
 _V1 = ir.VectorType(ir.IntType(1), 64)
 _V16 = ir.VectorType(ir.IntType(16), 64)
+
+#: The record slot of each vector accumulator of a channel (_U8Acc, _U8AccGen).
+_SLOT = {
+    "s1": U_S1,
+    "s2": U_S2,
+    "slo": U_SLO,
+    "shi": U_SHI,
+    "hs": U_HS,
+    "ts": U_TS,
+    "mn": U_MIN,
+    "mx": U_MAX,
+}
+
+
+def _store_record(b, out, at, vals):
+    # out[at + slot] = vals[slot] (i64) for each slot of a channel's record, in slot order
+    for slot in sorted(vals):
+        b.store(vals[slot], b.gep(out, [I64(at + slot)]))
 
 
 def _target_features() -> frozenset[str]:
@@ -170,7 +199,7 @@ class _U8Acc:
 
     @staticmethod
     def store(parts, out, at):
-        # out[at:at+8] = the totals of the accumulator sets `parts` (one channel).
+        # out[at:at+NUACC] = the totals of the accumulator sets `parts` (one channel).
         e = parts[0].e
         b = e.b
         v16 = ir.VectorType(I64, 16)
@@ -185,16 +214,13 @@ class _U8Acc:
             return b.call(decl(b, name, I64, [v16 if width == 16 else _VQ]), [s])
 
         s1 = tot("s1", _VD, 16)
-        vals = (
-            s1,
-            b.add(tot("s2", _VD, 16), b.mul(s1, I64(128))),
-            *(functools.reduce(b.add, [b.load(acc.v[k]) for acc in parts]) for k in ("slo", "shi")),
-            tot("hs", _VQ, 8),
-            tot("ts", _VQ, 8),
-            *_U8Acc.minmax(parts),
-        )
-        for i, v in enumerate(vals):
-            b.store(v, b.gep(out, [I64(at + i)]))
+        vals = {U_S1: s1, U_S2: b.add(tot("s2", _VD, 16), b.mul(s1, I64(128)))}
+        for k in ("slo", "shi"):
+            vals[_SLOT[k]] = functools.reduce(b.add, [b.load(acc.v[k]) for acc in parts])
+        vals[U_HS] = tot("hs", _VQ, 8)
+        vals[U_TS] = tot("ts", _VQ, 8)
+        vals[U_MIN], vals[U_MAX] = _U8Acc.minmax(parts)
+        _store_record(b, out, at, vals)
 
     @staticmethod
     def minmax(parts):
@@ -277,9 +303,9 @@ class _U8AccGen(_U8Acc):
                 s = v if s is None else b.add(s, v)
             return s
 
-        vals = (*(tot(k) for k in ("s1", "s2", "slo", "shi", "hs", "ts")), *_U8Acc.minmax(parts))
-        for i, v in enumerate(vals):
-            b.store(v, b.gep(out, [I64(at + i)]))
+        vals = {_SLOT[k]: tot(k) for k in ("s1", "s2", "slo", "shi", "hs", "ts")}
+        vals[U_MIN], vals[U_MAX] = _U8Acc.minmax(parts)
+        _store_record(b, out, at, vals)
 
 
 def _shuffle(builder, v, w, idx):
@@ -339,7 +365,8 @@ def _u8_intrinsics(x86):
     """The uint8 loops as numba intrinsics: ``(planar, c3)``.
 
     ``planar(blk, pblk, a, b, head, lo8, hi8, has_prev, out)``: integer statistics of
-    ``v = blk.flat[a:b]`` into ``out[0:8]``: s1, s2, #(v <= lo8), #(v >= hi8), the sum
+    ``v = blk.flat[a:b]`` into ``out[0:NUACC]`` (``U_*`` slots): s1, s2, #(v <= lo8),
+    #(v >= hi8), the sum
     of |blk.flat[w] - blk.flat[w-1]| for w in [a + head, b), the sum of |v -
     pblk.flat[a:b]| (0 without ``has_prev``), min and max. ``head``: blk.flat[a]
     starts a block (has no left neighbour). Full 64-value vectors run unmasked, two
@@ -348,7 +375,7 @@ def _u8_intrinsics(x86):
 
     ``c3(blk, pblk, a, npix, head, lo8, hi8, has_prev, out)``: the same for each
     channel of ``npix`` interleaved 3-channel pixels ``blk.flat[a + 3 w + c]``, into
-    ``out[8 c : 8 c + 8]``; a value's left neighbour is the same channel of the pixel
+    ``out[NUACC c : NUACC (c + 1)]``; a value's left neighbour is the same channel of the pixel
     before (none for the first pixel when ``head``; ``a >= 3`` otherwise). 64 pixels
     per step: three loads, de-interleaved in registers by byte shuffles
     (``vpermt2b`` on AVX-512 VBMI), each neighbour vector shifted in from the
@@ -472,7 +499,7 @@ def _u8_intrinsics(x86):
 
         with_and_without(builder, has_prev_, body)
         for c in range(3):
-            acc_cls.store([accs[c]], ob, 8 * c)
+            acc_cls.store([accs[c]], ob, NUACC * c)
 
     return make(planar), make(c3)
 
