@@ -24,7 +24,7 @@ SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[Healt
 
 
 def _u8_simd() -> bool:
-    from edgeguard.guard.sanity import _cpu_kernels as k
+    from edgeguard.guard.sanity import _cpu as k
 
     return bool(k.U8_SIMD)
 
@@ -90,7 +90,7 @@ def test_uint8_vector_edges_and_long_runs(simd: bool, layout: str, channels: int
     """Widths around the 64-value vectors and the 128-value loop step; runs longer
     than one call of either loop (SEG_U8GEN, SEG_U8SIMD), with a neighbour pair
     across each call boundary."""
-    from edgeguard.guard.sanity import _cpu_kernels as k
+    from edgeguard.guard.sanity import _cpu as k
 
     rng = np.random.default_rng(channels)
     for w in (1, 2, 63, 64, 65, 127, 128, 129, 191, 192, 193, 640):
@@ -113,7 +113,7 @@ def test_uint8_vector_edges_and_long_runs(simd: bool, layout: str, channels: int
 
 def test_uint8_loop_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     """simd=None takes the SIMD loop exactly where the target has it; False never."""
-    from edgeguard.guard.sanity import _cpu_kernels as k
+    from edgeguard.guard.sanity import _cpu as k
 
     seen: list[bool] = []
     real = k.stats_u8_ser
@@ -138,19 +138,20 @@ def test_uint8_simd_needs_the_target_features(monkeypatch: pytest.MonkeyPatch) -
     from llvmlite import binding as llvm_binding
     from numba.core import config
 
-    from edgeguard.guard.sanity import _cpu_kernels as k
+    from edgeguard.guard.sanity import _cpu as k
+    from edgeguard.guard.sanity._cpu.u8_ir import _target_features
 
     # as numba decides: NUMBA_CPU_FEATURES when set (portable caches), else the host's
     # features, whatever NUMBA_CPU_NAME says
     monkeypatch.setattr(config, "CPU_NAME", "generic")
     monkeypatch.setattr(config, "CPU_FEATURES", "+avx2,-avx512bw,+avx512vnni")
-    assert k._target_features() == frozenset({"avx2", "avx512vnni"})
+    assert _target_features() == frozenset({"avx2", "avx512vnni"})
     monkeypatch.setattr(config, "CPU_FEATURES", "")
-    assert k._target_features() == frozenset()
+    assert _target_features() == frozenset()
     monkeypatch.setattr(config, "CPU_NAME", "haswell")
     monkeypatch.setattr(config, "CPU_FEATURES", None)
     host = llvm_binding.get_host_cpu_features()
-    assert k._target_features() == frozenset(f for f, on in host.items() if on)
+    assert _target_features() == frozenset(f for f, on in host.items() if on)
     monkeypatch.setattr(k, "U8_SIMD", False)
     x = np.zeros((1, 1, 4, 4), np.uint8)
     with pytest.raises(UsageError, match="AVX-512"):
@@ -215,7 +216,7 @@ def test_tiny_frames_use_the_serial_path(dtype: str) -> None:
 
 
 def test_nonfinite_at_segment_and_row_boundaries() -> None:
-    from edgeguard.guard.sanity import _cpu_kernels as k
+    from edgeguard.guard.sanity import _cpu as k
 
     w = k.SEG_F + 7  # two fast segments per row
     x = np.full((1, 1, 3, w), 0.25, dtype=np.float32)
@@ -233,7 +234,7 @@ def test_nonfinite_at_segment_and_row_boundaries() -> None:
 def test_float32_values_at_segment_edges(layout: str) -> None:
     """float32 loops: NaN / inf / outliers at the edges of SEG32 / SEG_C3 segments and of
     the 48-value vector steps, widths that leave partial steps, with and without prev."""
-    from edgeguard.guard.sanity import _cpu_kernels as k
+    from edgeguard.guard.sanity import _cpu as k
 
     seg = k.SEG32 if layout == "NCHW" else k.SEG_C3
     rng = np.random.default_rng(11)
@@ -260,7 +261,7 @@ def test_float32_values_at_segment_edges(layout: str) -> None:
 
 @pytest.mark.parametrize("simd", U8_LOOPS)
 def test_uint8_rows_longer_than_a_segment_and_near_constant(simd: bool) -> None:
-    from edgeguard.guard.sanity import _cpu_kernels as k
+    from edgeguard.guard.sanity import _cpu as k
 
     x = np.full((1, 2, 2, 2 * k.SEG_U8GEN + 5), 255, dtype=np.uint8)
     x[0, 0, 1, k.SEG_U8GEN] = 254  # one value off: M2 = 1 - 1/n, no cancellation allowed
@@ -318,7 +319,7 @@ def test_non_contiguous_input_is_read_correctly() -> None:
 @st.composite
 def multi_block_cases(draw: st.DrawFn) -> tuple[Any, str]:
     """Frames taller than one block of rows (several blocks per work item)."""
-    from edgeguard.guard.sanity import _cpu_kernels as k
+    from edgeguard.guard.sanity import _cpu as k
 
     dtype = draw(st.sampled_from(["float32", "uint8", "float64"]))
     layout = draw(st.sampled_from(["NCHW", "NHWC"]))
@@ -346,7 +347,7 @@ def test_blocks_of_rows_agree(case: tuple[Any, str]) -> None:
 
 
 def test_nonfinite_in_a_middle_block_is_classified() -> None:
-    from edgeguard.guard.sanity import _cpu_kernels as k
+    from edgeguard.guard.sanity import _cpu as k
 
     w = 64
     h = 3 * k.block_rows(w, k.BLOCK)
@@ -457,7 +458,7 @@ def test_kernels_compile_and_agree_for_a_cpu_without_avx512(tmp_path: Any) -> No
 
     code = """
 import numpy as np
-from edgeguard.guard.sanity import _cpu_kernels as k
+from edgeguard.guard.sanity import _cpu as k
 from edgeguard.guard.sanity.cpu import numba_stats
 from edgeguard.guard.sanity.reference import reference_stats
 from edgeguard.guard.sanity.vectors import stats_mismatches

@@ -220,7 +220,7 @@ def test_warm_up_compiles_every_kernel_before_the_first_frame() -> None:
 
     code = """
 import numpy as np
-from edgeguard.guard.sanity import _cpu_kernels as k
+from edgeguard.guard.sanity import _cpu as k
 from edgeguard.packaging.calibrate import calibrate_stats_only
 from edgeguard.guard.sanity.check import SanityGuard
 calib = {"x": np.random.default_rng(0).random((16, 3, 8, 8)).astype(np.float32)}

@@ -20,7 +20,7 @@ into an L1-resident ``[C, W]`` buffer) and keeps per-channel partials:
   moments at the end.
 
 The whole computation, partials and merge, is one compiled call. float16 input
-is widened to float32 first (exact). The kernels are in ``_cpu_kernels.py``.
+is widened to float32 first (exact). The kernels are in the ``_cpu`` package.
 """
 
 from __future__ import annotations
@@ -34,10 +34,42 @@ import numpy.typing as npt
 
 from edgeguard._optional import require
 from edgeguard.errors import UsageError
+from edgeguard.guard.sanity._kernel_layout import (
+    FC_NAN,
+    FC_NEGINF,
+    FC_POSINF,
+    KIND_F32,
+    KIND_F64,
+    KIND_U8,
+    NACC,
+    NFC,
+    NKEY,
+    NREC,
+    O_HF,
+    O_MAX,
+    O_MEAN,
+    O_MIN,
+    O_SHI,
+    O_SLO,
+    O_STD,
+    O_TD,
+    R_CNT,
+    R_HF,
+    R_MAX,
+    R_MEAN,
+    R_MIN,
+    R_SHI,
+    R_SLO,
+    R_STD,
+    R_TD,
+)
 from edgeguard.guard.sanity.layout import hf_eps, resolve_stats_args
 from edgeguard.guard.sanity.spec import FrameStats
 
 __all__ = [
+    "KIND_F32",
+    "KIND_F64",
+    "KIND_U8",
     "NACC",
     "NKEY",
     "SERIAL_MAX_ELEMENTS",
@@ -51,15 +83,6 @@ __all__ = [
 #: Tensors with at most this many elements run serially in the calling thread: below
 #: it the parallel launch costs more than it saves (measured, see docs/sanity.md).
 SERIAL_MAX_ELEMENTS = 8192
-
-#: Float64 accumulators per (item, channel): count, shift, s1, s2, sat_lo, sat_hi,
-#: hf sum, hf pairs, tdiff sum, tdiff pairs.
-NACC = 10
-#: Integer accumulators per (item, channel): min key, max key (order-preserving bit keys).
-NKEY = 2
-A_CNT, A_SHIFT, A_S1, A_S2, A_SLO, A_SHI, A_HS, A_HC, A_TS, A_TC = range(NACC)
-#: Kinds of input the kernels distinguish (how min/max keys map back to values).
-KIND_U8, KIND_F32, KIND_F64 = 0, 1, 2
 
 
 def plan_blocks(n_frames: int, height: int, workers: int) -> int:
@@ -80,9 +103,9 @@ def _kmod() -> Any:
     global _KMOD
     if _KMOD is None:
         require("numba", extra="numba", purpose="The Numba CPU sanity kernel")
-        from edgeguard.guard.sanity import _cpu_kernels
+        from edgeguard.guard.sanity import _cpu
 
-        _KMOD = _cpu_kernels
+        _KMOD = _cpu
     return _KMOD
 
 
@@ -149,7 +172,7 @@ def merge_partials(
     Args:
         part: Float accumulators ``[N * nb, C, NACC]``.
         kpart: Min/max keys ``[N * nb, C, NKEY]``.
-        fcnt: NaN, +inf, -inf counts ``[N * nb, 3]``.
+        fcnt: NaN, +inf, -inf counts ``[N * nb, NFC]``.
         nb: Items (row blocks) per frame.
         n_frames: N.
         kind: KIND_U8, KIND_F32 or KIND_F64 (how keys map back to values).
@@ -162,25 +185,25 @@ def merge_partials(
     """
     merge = _kmod().merge
     channels = part.shape[1]
-    out = np.empty((n_frames, channels, 9), dtype=np.float64)
+    out = np.empty((n_frames, channels, NREC), dtype=np.float64)
     merge(part, kpart, nb, kind, hf_eps(lo, hi), out)
-    nff = fcnt.reshape(n_frames, nb, 3).sum(axis=1)
+    nff = fcnt.reshape(n_frames, nb, NFC).sum(axis=1)
     return FrameStats(
         layout=layout,
         sat_lo_level=lo,
         sat_hi_level=hi,
-        nan=nff[:, 0].copy(),
-        posinf=nff[:, 1].copy(),
-        neginf=nff[:, 2].copy(),
-        count=out[..., 0].astype(np.int64),
-        min=out[..., 1].copy(),
-        max=out[..., 2].copy(),
-        mean=out[..., 3].copy(),
-        std=out[..., 4].copy(),
-        sat_lo=out[..., 5].copy(),
-        sat_hi=out[..., 6].copy(),
-        hf=out[..., 7].copy(),
-        tdiff=out[..., 8].copy() if has_prev else None,
+        nan=nff[:, FC_NAN].copy(),
+        posinf=nff[:, FC_POSINF].copy(),
+        neginf=nff[:, FC_NEGINF].copy(),
+        count=out[..., R_CNT].astype(np.int64),
+        min=out[..., R_MIN].copy(),
+        max=out[..., R_MAX].copy(),
+        mean=out[..., R_MEAN].copy(),
+        std=out[..., R_STD].copy(),
+        sat_lo=out[..., R_SLO].copy(),
+        sat_hi=out[..., R_SHI].copy(),
+        hf=out[..., R_HF].copy(),
+        tdiff=out[..., R_TD].copy() if has_prev else None,
     )
 
 
@@ -300,18 +323,18 @@ def numba_stats(
         layout=layout,
         sat_lo_level=lo,
         sat_hi_level=hi,
-        nan=ff[0],
-        posinf=ff[1],
-        neginf=ff[2],
+        nan=ff[FC_NAN],
+        posinf=ff[FC_POSINF],
+        neginf=ff[FC_NEGINF],
         count=count,
-        min=fo[0],
-        max=fo[1],
-        mean=fo[2],
-        std=fo[3],
-        sat_lo=fo[4],
-        sat_hi=fo[5],
-        hf=fo[6],
-        tdiff=fo[7] if has_prev else None,
+        min=fo[O_MIN],
+        max=fo[O_MAX],
+        mean=fo[O_MEAN],
+        std=fo[O_STD],
+        sat_lo=fo[O_SLO],
+        sat_hi=fo[O_SHI],
+        hf=fo[O_HF],
+        tdiff=fo[O_TD] if has_prev else None,
     )
 
 

@@ -28,14 +28,30 @@ import numpy as np
 import numpy.typing as npt
 
 from edgeguard._optional import require
-from edgeguard.guard.sanity.cpu import (
+from edgeguard.guard.sanity._kernel_layout import (
+    A_CNT,
+    A_HC,
+    A_HS,
+    A_S1,
+    A_S2,
+    A_SHI,
+    A_SHIFT,
+    A_SLO,
+    A_TC,
+    A_TS,
+    FC_NAN,
+    FC_NEGINF,
+    FC_POSINF,
+    K_MAX,
+    K_MIN,
     KIND_F32,
+    KIND_F64,
     KIND_U8,
     NACC,
+    NFC,
     NKEY,
-    as_kernel_input,
-    merge_partials,
 )
+from edgeguard.guard.sanity.cpu import as_kernel_input, merge_partials
 from edgeguard.guard.sanity.layout import resolve_stats_args
 from edgeguard.guard.sanity.spec import FrameStats
 
@@ -93,10 +109,10 @@ def _kernel(tpb: int) -> Callable[..., Any]:
         b = nb_idx % nb
         r0 = b * rows
         r1 = min(height, r0 + rows)
-        if kind == 1:
+        if kind == KIND_F32:
             maxkey = np.int64(2147483647)
             minkey = np.int64(-2147483648)
-        elif kind == 2:
+        elif kind == KIND_F64:
             maxkey = np.int64(9223372036854775807)
             minkey = np.int64(-9223372036854775807 - 1)
         else:
@@ -139,9 +155,9 @@ def _kernel(tpb: int) -> Callable[..., Any]:
                     slo += 1.0
                 if v >= hi:
                     shi += 1.0
-                if kind == 1:
+                if kind == KIND_F32:
                     key = k ^ ((k >> 31) & 2147483647)
-                elif kind == 2:
+                elif kind == KIND_F64:
                     key = k ^ ((k >> 63) & 9223372036854775807)
                 else:
                     key = k
@@ -206,17 +222,21 @@ def _kernel(tpb: int) -> Callable[..., Any]:
             stride //= 2
         if tid == 0:
             it = n * nb + b
-            part[it, c, 0] = s_cnt[0]
-            part[it, c, 1] = s_mean[0]  # shift = mean, s1 = 0, s2 = M2
-            part[it, c, 2] = 0.0
-            part[it, c, 3] = s_m2[0]
-            for j in range(6):
-                part[it, c, 4 + j] = s_f[j, 0]
-            kpart[it, c, 0] = s_k[0, 0]
-            kpart[it, c, 1] = s_k[1, 0]
-            fcnt[it, c, 0] = s_k[2, 0]
-            fcnt[it, c, 1] = s_k[3, 0]
-            fcnt[it, c, 2] = s_k[4, 0]
+            part[it, c, A_CNT] = s_cnt[0]
+            part[it, c, A_SHIFT] = s_mean[0]  # shift = mean, s1 = 0, s2 = M2
+            part[it, c, A_S1] = 0.0
+            part[it, c, A_S2] = s_m2[0]
+            part[it, c, A_SLO] = s_f[0, 0]
+            part[it, c, A_SHI] = s_f[1, 0]
+            part[it, c, A_HS] = s_f[2, 0]
+            part[it, c, A_HC] = s_f[3, 0]
+            part[it, c, A_TS] = s_f[4, 0]
+            part[it, c, A_TC] = s_f[5, 0]
+            kpart[it, c, K_MIN] = s_k[0, 0]
+            kpart[it, c, K_MAX] = s_k[1, 0]
+            fcnt[it, c, FC_NAN] = s_k[2, 0]
+            fcnt[it, c, FC_POSINF] = s_k[3, 0]
+            fcnt[it, c, FC_NEGINF] = s_k[4, 0]
 
     return stats_kernel  # type: ignore[no-any-return]
 
@@ -266,11 +286,11 @@ def numba_cuda_stats(
     nb = max(1, math.ceil(height / rows_per_block)) if height > 0 else 1
     rows = rows_per_block
     items = n_frames * nb
-    kind = KIND_U8 if kx.dtype == np.uint8 else (KIND_F32 if kx.dtype == np.float32 else 2)
+    kind = KIND_U8 if kx.dtype == np.uint8 else (KIND_F32 if kx.dtype == np.float32 else KIND_F64)
     xk = kx if kind == KIND_U8 else kx.view(np.int32 if kind == KIND_F32 else np.int64)
     part = np.zeros((items, channels, NACC), dtype=np.float64)
     kpart = np.zeros((items, channels, NKEY), dtype=np.int64)
-    fcnt = np.zeros((items, channels, 3), dtype=np.int64)
+    fcnt = np.zeros((items, channels, NFC), dtype=np.int64)
     if items and channels and width > 0:
         d_part = cuda.to_device(part)
         d_kpart = cuda.to_device(kpart)
