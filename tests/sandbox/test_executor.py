@@ -4,7 +4,9 @@ sealed model memfd, killing hung workers, restart with backoff, refusal paths.""
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 
@@ -120,20 +122,34 @@ def test_abandon_kills_a_hung_worker_and_it_restarts(
     ) as ex:
         pid = ex.status("h").pid
         assert pid is not None
+        proc = ex._slots["h"].proc  # type: ignore[attr-defined]
+        waited_in: list[str] = []
+        real_wait = proc.wait
+
+        def spy_wait(*a, **k):  # type: ignore[no-untyped-def]
+            waited_in.append(threading.current_thread().name)
+            return real_wait(*a, **k)
+
+        proc.wait = spy_wait
         call = ex.submit("h", {"x": np.ones(2, np.float32)})
         assert not call.wait(0.2)
         ex.abandon("h")
-        assert call.wait(0)
-        with pytest.raises(BackendError, match="SIGKILL"):
+        assert call.wait(0)  # failed at once: the frame never waits for the teardown
+        with pytest.raises(BackendError, match="worker killed"):
             call.result()
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)  # really gone (reaped), unlike an abandoned thread
         assert ex.submit("h", {"x": np.ones(2, np.float32)}).wait(0)  # restarting: fails fast
         assert ex.wait_ready("h", 30)
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # really gone (reaped), unlike an abandoned thread
+        # the supervisor, not the caller of abandon(), waited for the killed process
+        assert waited_in and set(waited_in) == {"edgeguard-sandbox-supervisor"}
         st = ex.status("h")
         assert st.restarts == 1 and st.pid != pid and st.last_restart_ms is not None
-    kinds = [r["kind"] for r in records(elog)]
+    recs = records(elog)
+    kinds = [r["kind"] for r in recs]
     assert "sandbox_worker_killed" in kinds and "sandbox_worker_restarted" in kinds
+    killed = next(r["data"] for r in recs if r["kind"] == "sandbox_worker_killed")
+    assert "SIGKILL" in json.dumps(killed)
 
 
 def test_backoff_grows_and_member_retires(caps: HostCapabilities, elog: EventLog) -> None:

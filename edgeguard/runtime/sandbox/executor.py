@@ -494,14 +494,25 @@ class ProcessMemberExecutor:
             return call
 
     def abandon(self, name: str) -> None:
-        """Kill member ``name``'s worker (it missed its deadline); it is restarted later."""
-        with self._lock:
+        """Kill member ``name``'s worker (it missed its deadline); it is restarted later.
+
+        The caller (a frame's deadline path) only sends SIGKILL and fails the call; the
+        supervisor thread waits for the process, records it and schedules the restart, so
+        a process's teardown never delays an answer.
+        """
+        with self._wake:
             s = self._slot(name)
             if s.proc is None or s.state not in ("ready", "busy"):
                 return
             with contextlib.suppress(OSError):
                 s.proc.kill()
-            self._reap(s, during="abandoned")
+            if s.busy is not None:
+                s.busy._finish(
+                    None, BackendError(f"sandboxed member {s.name!r}: worker killed (late)")
+                )
+                s.busy = None
+            s.state = "dying"
+            self._wake.notify_all()
 
     def close(self) -> None:
         """Stop every worker (politely, then SIGKILL) and release the memfds."""
@@ -680,6 +691,19 @@ class ProcessMemberExecutor:
             self._event(kind, {**data, "restart_in_ms": round(delay * 1e3, 1)})
         self._wake.notify_all()
 
+    def _bury(self, s: _Slot) -> None:
+        """Wait (outside the lock) for a killed worker to exit, then record and reschedule it."""
+        proc = s.proc
+        if proc is not None:
+            try:
+                proc.wait(timeout=5.0)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        with self._wake:
+            if s.state == "dying" and s.proc is proc:
+                self._reap(s, during="abandoned")
+
     def _complete(self, call: _ProcCall) -> None:
         """Read the reply of ``call`` (its socket is readable) and finish it."""
         with self._lock:
@@ -725,15 +749,20 @@ class ProcessMemberExecutor:
             with self._wake:
                 if self._closed:
                     return
-                now = time.monotonic()
-                due = [s for s in self._slots.values() if s.state == "dead"]
-                ready = [s for s in due if s.next_start <= now]
-                if not ready:
-                    wait = min((s.next_start - now for s in due), default=None)
-                    self._wake.wait(wait)
-                    continue
-                s = ready[0]
-                s.state = "starting"
+                dying = next((x for x in self._slots.values() if x.state == "dying"), None)
+                if dying is None:
+                    now = time.monotonic()
+                    due = [x for x in self._slots.values() if x.state == "dead"]
+                    ready = [x for x in due if x.next_start <= now]
+                    if not ready:
+                        wait = min((x.next_start - now for x in due), default=None)
+                        self._wake.wait(wait)
+                        continue
+                    s = ready[0]
+                    s.state = "starting"
+            if dying is not None:
+                self._bury(dying)
+                continue
             try:
                 if self._is_closed():
                     return
