@@ -16,6 +16,7 @@ __all__ = [
     "add_passphrase_arg",
     "emit_json",
     "iso_time",
+    "load_keys",
     "open_device_session",
     "parse_time",
     "passphrase",
@@ -43,17 +44,24 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
     add_passphrase_arg(p)
 
 
+def load_keys(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The trust store of ``--trust`` and the device key of ``--device-key``."""
+    from edgeguard.keystore import load_device_key, load_trust_store
+
+    trust = load_trust_store(args.trust or [])
+    device = load_device_key(args.device_key, passphrase=passphrase(args))
+    return trust, device
+
+
 def open_device_session(args: argparse.Namespace, **options: Any) -> Any:
     """Load the keys named by :func:`add_device_args` and open the bundle's session.
 
     Returns:
         The :class:`~edgeguard.runtime.session.DeviceSession`.
     """
-    from edgeguard.keystore import load_device_key, load_trust_store
     from edgeguard.runtime.session import open_session
 
-    trust = load_trust_store(args.trust)
-    device = load_device_key(args.device_key, passphrase=passphrase(args))
+    trust, device = load_keys(args)
     session = open_session(
         args.bundle,
         trust=trust,

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edgeguard.cli._common import add_passphrase_arg, emit_json, passphrase
+from edgeguard.cli._common import add_passphrase_arg, emit_json, load_keys, passphrase
 
 _EXIT_NOT_AFFIRMED = 4  # IntegrityError's code: the evidence did not authenticate
 
@@ -162,10 +162,8 @@ def run_quote(args: argparse.Namespace) -> int:
     from edgeguard.attest.attester import quote_bundle
     from edgeguard.attest.nonce import Challenge
     from edgeguard.fsutil import atomic_write
-    from edgeguard.keystore import load_device_key, load_trust_store
 
-    device = load_device_key(args.device_key, passphrase=passphrase(args))
-    trust = load_trust_store(args.trust)
+    trust, device = load_keys(args)
     ch = Challenge.load(args.nonce)
     evidence = quote_bundle(
         args.bundle,

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from edgeguard.cli._common import add_passphrase_arg, emit_json, passphrase
+from edgeguard.cli._common import add_passphrase_arg, emit_json, load_keys
 
 
 def register(sub: Any) -> None:
@@ -40,16 +40,15 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Verify and report."""
-    from edgeguard.keystore import load_device_key, load_trust_store
+    from edgeguard.keystore import load_trust_store
     from edgeguard.runtime.opener import verify_bundle
     from edgeguard.runtime.session import check_on_device
 
-    trust = load_trust_store(args.trust or [])
     if args.device_key is None:
-        vb = verify_bundle(args.bundle, trust=trust)
+        vb = verify_bundle(args.bundle, trust=load_trust_store(args.trust or []))
         level = "signature, length, payload digest and signed slots"
     else:
-        device = load_device_key(args.device_key, passphrase=passphrase(args))
+        trust, device = load_keys(args)
         vb = check_on_device(
             args.bundle,
             trust=trust,

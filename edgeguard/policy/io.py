@@ -23,7 +23,7 @@ import numpy as np
 from edgeguard._strict import Table, as_int, as_list, as_map, as_str, fail
 from edgeguard.errors import UsageError
 
-__all__ = ["Dim", "MemberIo", "TensorSpec", "normalize_dim", "read_io"]
+__all__ = ["DTYPES", "PRECISIONS", "Dim", "MemberIo", "TensorSpec", "normalize_dim", "read_io"]
 
 Dim = int | str | None
 #: Reduced precisions a contract may name.
@@ -32,7 +32,7 @@ _DIM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:+-]{0,63}")
 _MAX_TENSORS = 256
 _MAX_RANK = 16
 _MAX_DIM = 1 << 31
-#: Element types a signed I/O contract may name (NumPy spelling).
+#: Element types a signed I/O contract may name and a sandboxed call may carry (NumPy spelling).
 DTYPES = frozenset(
     {
         "bool",

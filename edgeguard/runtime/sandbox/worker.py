@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeguard.policy.io import DTYPES
 from edgeguard.runtime.sandbox import _linux
 
 __all__ = ["ALIGN", "MAX_MESSAGE", "main", "pack_arrays", "unpack_arrays"]
@@ -49,23 +50,6 @@ ALIGN = 64
 #: Largest control message, either direction.
 MAX_MESSAGE = 1 << 16
 _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
-_DTYPES = frozenset(
-    (
-        "float16",
-        "float32",
-        "float64",
-        "int8",
-        "int16",
-        "int32",
-        "int64",
-        "uint8",
-        "uint16",
-        "uint32",
-        "uint64",
-        "bool",
-    )
-)
-
 Loader = Callable[[memoryview, str, Mapping[str, Any]], Any]
 
 
@@ -82,7 +66,7 @@ def pack_arrays(arrays: Mapping[str, np.ndarray], region: memoryview) -> list[li
     off = 0
     for name, arr in arrays.items():
         a = np.asarray(arr)
-        if a.dtype.name not in _DTYPES:
+        if a.dtype.name not in DTYPES:
             raise ValueError(f"array {name!r} has unsupported dtype {a.dtype}")
         n = a.nbytes
         if off + n > len(region):
@@ -114,7 +98,7 @@ def unpack_arrays(desc: Any, region: memoryview, *, copy: bool) -> dict[str, np.
         name, dtype, shape, off, n = d
         if not isinstance(name, str) or not name or name in out:
             raise ValueError("bad or duplicate array name")
-        if not isinstance(dtype, str) or dtype not in _DTYPES:
+        if not isinstance(dtype, str) or dtype not in DTYPES:
             raise ValueError(f"array {name!r}: bad dtype")
         if (
             not isinstance(shape, list)
