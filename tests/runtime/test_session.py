@@ -374,7 +374,7 @@ def _wait_for_frames(state: Path, timeout: float = 60.0) -> None:
 
 
 @needs_isolation
-def test_sigterm_ends_the_event_log_cleanly_and_sigkill_does_not(world, tmp_path) -> None:
+def test_sigterm_and_ctrl_c_end_the_event_log_cleanly_and_sigkill_does_not(world, tmp_path) -> None:
     pub = world["d"] / "dev" / "device.pub"
     p = _serve(world, tmp_path / "term")
     _wait_for_frames(tmp_path / "term")
@@ -384,6 +384,13 @@ def test_sigterm_ends_the_event_log_cleanly_and_sigkill_does_not(world, tmp_path
     r = eg("log", "verify", tmp_path / "term" / "events.log", "--device-pub", pub)
     assert r.returncode == 0, r.stderr
     assert "session_close" in (tmp_path / "term" / "events.log").read_text()
+    p = _serve(world, tmp_path / "int")
+    _wait_for_frames(tmp_path / "int")
+    p.send_signal(signal.SIGINT)  # Ctrl-C
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "interrupted" in err, err
+    r = eg("log", "verify", tmp_path / "int" / "events.log", "--device-pub", pub)
+    assert r.returncode == 0, r.stderr
     p = _serve(world, tmp_path / "kill")
     _wait_for_frames(tmp_path / "kill")
     os.kill(p.pid, signal.SIGKILL)
