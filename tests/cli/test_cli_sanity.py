@@ -96,3 +96,13 @@ def test_wrong_dtype_is_rejected(world, tmp_path) -> None:
     r = _run(world, tmp_path, images[:2].astype(np.float64))
     assert r.returncode == 8, r.stderr
     assert "input.dtype image: dtype float64; the model takes float32" in r.stderr
+
+
+def test_a_frozen_repeat_between_frames_is_rejected(world, tmp_path) -> None:
+    """Frames are checked one by one, so a frozen camera repeat is seen (tdiff 0)."""
+    images, _ = data.load_split("test")
+    x = images[:4].copy()
+    x[2] = x[1]
+    r = _run(world, tmp_path, x)
+    assert r.returncode == 8, r.stderr
+    assert "frame 2: input rejected: stat.tdiff image" in r.stderr
