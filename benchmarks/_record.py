@@ -241,9 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--params", default="{}", help="the run's parameters, as a JSON object")
     w.add_argument("--libs", default="onnxruntime,numba,numpy", help="versions to record")
     w.add_argument("--out", type=Path, help="record path (default: benchmarks/results/)")
-    w.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
-    args = ap.parse_args(argv)
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args, command = ap.parse_args(argv[:cut]), argv[cut + 1 :]
     if not command:
         ap.error("give the command after --")
     run = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
