@@ -32,7 +32,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet --no-deps rapidocr-onnxruntime==1.4.4
+	$(BIN)/python -m pip install --quiet --no-deps rapidocr-onnxruntime==1.4.4 skl2onnx==1.20.0
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 kernels:

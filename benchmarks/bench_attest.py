@@ -9,7 +9,7 @@ Builds a small bundle, then times (median of N runs, milliseconds):
 
 The swtpm rows need ``swtpm`` and ``tpm2-pytss``; the benchmark starts its own
 swtpm on a unix socket in a temporary directory and says so when it cannot.
-Run: ``.venv/bin/python benchmarks/bench_attest.py [--runs N]``.
+Run: ``.venv/bin/python benchmarks/bench_attest.py [--runs N] [--json-out PATH]``.
 """
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ import argparse
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from edgeguard import data
 from edgeguard.api import build_bundle
@@ -33,6 +35,9 @@ from edgeguard.attest.verifier import appraise, verify_evidence
 from edgeguard.bundle.verify import TrustStore
 from edgeguard.crypto.keys import DeviceKey, SignerKey
 from edgeguard.runtime.opener import verify_bundle
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import add_json_out, make_record, write_record
 
 
 def _median_ms(fn: Callable[[], object], runs: int) -> float:
@@ -74,6 +79,7 @@ def _start_swtpm(d: Path) -> tuple[subprocess.Popen[bytes] | None, str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=30)
+    add_json_out(ap)
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="eg-bench-attest-"))
     proc = None
@@ -103,13 +109,18 @@ def main() -> int:
 
         log = measure()
         rows: list[tuple[str, str]] = []
-        rows.append(("measure (verify bundle + log)", f"{_median_ms(measure, args.runs):8.2f}"))
+        figures: dict[str, Any] = {}
+
+        def add(key: str, label: str, ms: float) -> None:
+            figures[key] = ms
+            rows.append((label, f"{ms:8.2f}"))
+
+        add("measure_ms", "measure (verify bundle + log)", _median_ms(measure, args.runs))
         nonce = b"\x5a" * 32
-        rows.append(
-            (
-                "quote (software)",
-                f"{_median_ms(lambda: make_evidence(log, device_key=device, nonce=nonce), args.runs):8.2f}",  # noqa: E501
-            )
+        add(
+            "quote_software_ms",
+            "quote (software)",
+            _median_ms(lambda: make_evidence(log, device_key=device, nonce=nonce), args.runs),
         )
 
         def verify_once(make: Callable[[bytes], bytes], ak: AkBinding | None) -> Callable[[], None]:
@@ -129,8 +140,10 @@ def main() -> int:
         sw = verify_once(lambda n: make_evidence(log, device_key=device, nonce=n), None)
         for _ in range(args.runs):
             sw()
-        rows.append(
-            ("verify (software, incl. nonce store)", f"{statistics.median(verify_times):8.2f}")
+        add(
+            "verify_software_ms",
+            "verify (software, incl. nonce store)",
+            statistics.median(verify_times),
         )
         fresh = NonceVerdict("fresh", 0, "bench")
         ev_sw = make_evidence(log, device_key=device, nonce=nonce)
@@ -140,10 +153,11 @@ def main() -> int:
                 ev_sw, nonce=nonce, nonce_verdict=fresh, device=device.public, reference=ref
             )
 
-        rows.append(("appraise only (software)", f"{_median_ms(appraise_sw, args.runs):8.2f}"))
+        add("appraise_software_ms", "appraise only (software)", _median_ms(appraise_sw, args.runs))
 
         (root / "tpm").mkdir()
         proc, tcti = _start_swtpm(root / "tpm")
+        figures["swtpm"] = "used" if proc is not None else f"skipped: {tcti}"
         if proc is None:
             rows.append(("quote (swtpm)", f"skipped: {tcti}"))
             rows.append(("verify (swtpm)", f"skipped: {tcti}"))
@@ -152,11 +166,13 @@ def main() -> int:
             with TpmAttester(tcti) as tpm:
                 area = tpm.ak_public(device_key_id=kid)
                 ak = AkBinding.create(area, device_key_id=kid, attest_key=device.attest)
-                rows.append(
-                    (
-                        "quote (swtpm: AK + PCR 23 + Quote)",
-                        f"{_median_ms(lambda: make_evidence(log, device_key=device, nonce=nonce, tpm=tpm), args.runs):8.2f}",  # noqa: E501
-                    )
+                add(
+                    "quote_swtpm_ms",
+                    "quote (swtpm: AK + PCR 23 + Quote)",
+                    _median_ms(
+                        lambda: make_evidence(log, device_key=device, nonce=nonce, tpm=tpm),
+                        args.runs,
+                    ),
                 )
                 verify_times = []
                 tp = verify_once(
@@ -164,8 +180,10 @@ def main() -> int:
                 )
                 for _ in range(args.runs):
                     tp()
-                rows.append(
-                    ("verify (swtpm, incl. nonce store)", f"{statistics.median(verify_times):8.2f}")
+                add(
+                    "verify_swtpm_ms",
+                    "verify (swtpm, incl. nonce store)",
+                    statistics.median(verify_times),
                 )
                 ev_tpm = make_evidence(log, device_key=device, nonce=nonce, tpm=tpm)
 
@@ -179,9 +197,21 @@ def main() -> int:
                         ak=ak,
                     )
 
-                rows.append(
-                    ("appraise only (swtpm)", f"{_median_ms(appraise_tpm, args.runs):8.2f}")
+                add(
+                    "appraise_swtpm_ms",
+                    "appraise only (swtpm)",
+                    _median_ms(appraise_tpm, args.runs),
                 )
+        figures["log_entries"] = len(log.entries)
+        write_record(
+            make_record(
+                "attest",
+                params={"runs": args.runs},
+                results=figures,
+                libs=("cryptography", "tpm2-pytss"),
+            ),
+            args.json_out,
+        )
         print(f"attestation benchmark: {len(log.entries)} log entries, median of {args.runs} runs")
         for name, value in rows:
             unit = "" if value.startswith("skipped") else " ms"

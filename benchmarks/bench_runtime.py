@@ -1,4 +1,4 @@
-"""Benchmark of the guarded runtime (issue #4 performance figures), side by side in one run.
+"""Benchmark of the guarded runtime's overhead, concurrency and failover, side by side in one run.
 
 1. Overhead: a single-member GuardedRuntime with input sanity checks versus plain
    ``onnxruntime`` ``session.run`` on the same session, interleaved call by call;
@@ -15,7 +15,13 @@ scikit-learn inside this benchmark, converted with skl2onnx and given the same
 ``image`` [N,1,8,8] input. Every ONNX Runtime session uses one intra-op thread so
 two members can really run side by side on a 2-core machine.
 
-Run: ``.venv/bin/python benchmarks/bench_runtime.py [--frames 1000] [--json out.json]``.
+The models come as bytes, not bundles: this measures the runtime itself
+(:class:`~edgeguard.runtime.guarded.GuardedRuntime` on bare sessions); the device
+session's cost on a real bundle is measured by ``benchmarks/bench_guarded_real.py``.
+
+Run: ``.venv/bin/python benchmarks/bench_runtime.py [--frames 1000] [--json out.json]
+[--json-out PATH]`` (``--json`` writes the bare figures; every run also writes its record,
+by default to ``benchmarks/results/``).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import argparse
 import json
 import statistics
+import sys
 import threading
 import time
 import warnings
@@ -49,6 +56,9 @@ from edgeguard.policy.runtime import (
     VoterSpec,
 )
 from edgeguard.runtime.guarded import GuardedRuntime, ResultSource
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import add_json_out, make_record, write_record
 
 DATA = Path(__file__).resolve().parents[1] / "edgeguard" / "data"
 RELEASE = threading.Event()
@@ -301,6 +311,7 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=1000, help="frames per measurement")
     ap.add_argument("--deadline-ms", type=float, default=10.0)
     ap.add_argument("--json", type=Path, help="also write the figures as JSON")
+    add_json_out(ap)
     args = ap.parse_args()
     threading.stack_size(1 << 20)  # thousands of hung workers in the failover runs
 
@@ -395,6 +406,15 @@ def main() -> int:
             "yes" if r["p99_over_deadline_ms"] <= 2 else "NO",
         )
     Console(width=170).print(tab)
+    write_record(
+        make_record(
+            "runtime",
+            params={"frames": n, "deadline_ms": args.deadline_ms},
+            results={"sanity": getattr(sanity, "name", type(sanity).__name__), **results},
+            libs=("onnxruntime", "numba", "scikit-learn", "skl2onnx"),
+        ),
+        args.json_out,
+    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, sort_keys=True))
     return 0

@@ -1,4 +1,4 @@
-"""Benchmark of sandboxed member workers (issue 5 performance figures).
+"""Benchmark of sandboxed member workers: per-frame overhead, transport cost, restart time.
 
 1. Per-frame overhead of running a member in a locked-down worker process
    (:class:`~edgeguard.runtime.sandbox.executor.ProcessMemberExecutor`) instead of
@@ -18,7 +18,12 @@ Flatten, Gemm 32->10; input ``image`` [1,3,640,640] float32 (640x640x3 in NCHW);
 "conv640x4" is the same graph with 4x the channels (closer to a small detector's cost).
 Both sides use ONNX Runtime's CPU provider with one intra-op thread.
 
-Run: ``.venv/bin/python benchmarks/bench_sandbox.py [--frames 200] [--json out.json]``.
+The members are model bytes handed to the executor directly, not bundles: this measures
+the executor and its transport; the device session's cost on a real bundle, sandboxed
+and in threads, is measured by ``benchmarks/bench_guarded_real.py``.
+
+Run: ``.venv/bin/python benchmarks/bench_sandbox.py [--frames 200] [--json out.json]
+[--json-out PATH]``.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +43,10 @@ from onnx import TensorProto, helper, numpy_helper
 from edgeguard.backends import load_backend
 from edgeguard.runtime.sandbox import SandboxPolicy, probe_host
 from edgeguard.runtime.sandbox.executor import ProcessMemberExecutor, WorkerSpec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _real_models import det_model, photo_frames
+from _record import add_json_out, make_record, write_record
 
 SHAPE = (1, 3, 640, 640)
 
@@ -166,14 +176,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=200)
     ap.add_argument("--restarts", type=int, default=5)
-    ap.add_argument("--json", type=Path)
+    ap.add_argument("--json", type=Path, help="also write the figures as JSON")
+    add_json_out(ap)
     args = ap.parse_args()
     caps = probe_host()
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _real_models import det_model, photo_frames
-
     det = det_model()
     photos = [photo_frames(1, seed=10 + i) for i in range(8)]
     specs = {
@@ -221,6 +227,15 @@ def main() -> None:
     r = res["transport_only"]
     print(f"identity640 (transport only): overhead {r['overhead_ms_median']:.3f} ms")
     print(f"restart to serving: median {res['restart']['restart_ms']['median']:.0f} ms")
+    write_record(
+        make_record(
+            "sandbox",
+            params={"frames": args.frames, "restarts": args.restarts},
+            results=res,
+            libs=("onnxruntime",),
+        ),
+        args.json_out,
+    )
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))
 

@@ -30,7 +30,8 @@ bandwidth the kernel reaches (target >= 0.6). Never asserts: timing belongs in
 a benchmark, not in a test. The machine may be shared: every number is the
 best of several interleaved calls.
 
-Run: ``.venv/bin/python benchmarks/bench_sanity.py [--rounds 3] [--json out.json]``.
+Run: ``.venv/bin/python benchmarks/bench_sanity.py [--rounds 3] [--json out.json]
+[--json-out PATH]``.
 """
 
 from __future__ import annotations
@@ -38,11 +39,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import add_json_out, make_record, write_record
 
 
 def _floor_kernels() -> tuple[Callable[..., float], Callable[..., int]]:
@@ -108,7 +114,8 @@ def main() -> int:
     ap.add_argument("--pool-mb", type=int, default=128, help="size of the cold frame pool")
     ap.add_argument("--numpy-rounds", type=int, default=2, help="rounds of the slow oracle")
     ap.add_argument("--batch-mb", type=int, default=96, help="minimum size of the batch call")
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--json", default=None, help="also write the figures as JSON")
+    add_json_out(ap)
     args = ap.parse_args()
     sum_float, sum_int = _floor_kernels()
     rng = np.random.default_rng(0)
@@ -242,6 +249,27 @@ def main() -> int:
     for t in tiny:
         small.add_row(t["frame"], t["dtype"], f"{t['numba_us']:.1f}", f"{t['numpy_us']:.1f}")
     console.print(small)
+    speed = [r["speedup_vs_numpy"] for r in rows]
+    summary = {"speedup_vs_numpy_min": min(speed), "speedup_vs_numpy_max": max(speed)}
+    for dtype in ("float32", "uint8"):  # the target is judged on the batch fraction
+        batch = [r["bw_fraction_batch"] for r in rows if r["dtype"] == dtype]
+        summary[f"bw_fraction_batch_{dtype}_min"] = min(batch)
+        summary[f"bw_fraction_batch_{dtype}_max"] = max(batch)
+    write_record(
+        make_record(
+            "sanity",
+            params={
+                "rounds": args.rounds,
+                "pool_mb": args.pool_mb,
+                "numpy_rounds": args.numpy_rounds,
+                "batch_mb": args.batch_mb,
+                "numba_threads": numba.get_num_threads(),
+            },
+            results={"summary": summary, "frames": rows, "tiny": tiny},
+            libs=("numba", "llvmlite", "numpy"),
+        ),
+        args.json_out,
+    )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump({"frames": rows, "tiny": tiny}, fh, indent=1)

@@ -287,9 +287,8 @@ class SanityGuard:
             threads: ``1`` computes the Numba CPU statistics in the calling thread.
                 Use it next to inference runtimes whose thread pools hold the other
                 cores (ONNX Runtime keeps its pool spinning after each run): a
-                parallel check then waits for a time slice on a busy core (measured
-                here: 0.68-0.77 ms median, 4.9 ms in a bad round, against
-                0.55-0.86 ms and no bad round in one thread; docs/failsafe.md).
+                parallel check then waits for a time slice on a busy core
+                (``benchmarks/RESULTS.md``, side measurements).
                 ``None``: parallel for large tensors.
 
         Raises:
