@@ -17,7 +17,7 @@ isolation floor) for every bundle, one model or an ensemble.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +26,20 @@ import numpy as np
 from edgeguard.bundle.model import Header
 from edgeguard.crypto.keys import DevicePublicKey, SignerKey
 from edgeguard.errors import UsageError
+from edgeguard.packaging.calibrate import (
+    CalibrationOptions,
+    CalibrationReport,
+    is_profile_file,
+    load_profile_for,
+)
 from edgeguard.packaging.ensemble import EnsembleOptions
 from edgeguard.packaging.packager import DEFAULT_CHUNK, MemberSource, write_bundle
+from edgeguard.policy.sanity import SanityProfile
 from edgeguard.runtime.opener import verify_bundle
 from edgeguard.runtime.session import DeviceSession, check_on_device, open_session
 
 __all__ = [
+    "CalibrationOptions",
     "DeviceSession",
     "EnsembleOptions",
     "build_bundle",
@@ -58,7 +66,8 @@ def build_bundle(
     chunk_size: int = DEFAULT_CHUNK,
     sanity: dict[str, Any] | None = None,
     calibration: Path | None = None,
-    target_false_alarm: float = 0.005,
+    calibration_options: CalibrationOptions | None = None,
+    on_calibration: Callable[[CalibrationReport], None] | None = None,
     ensemble: EnsembleOptions | None = None,
 ) -> Header:
     """Check ONNX models and package them into a bundle at ``out``.
@@ -68,7 +77,9 @@ def build_bundle(
     ``ensemble.fallback`` becomes the ``fallback`` member, and the runtime policy
     (voter, quorum, deadline, fallback chain, safe default) is signed into the
     manifest. With ``calibration`` (an .npz/.npy file or a folder of images) the
-    input-sanity profile is calibrated on the primary model and signed too.
+    input-sanity profile is calibrated on the primary model (``calibration_options``;
+    ``on_calibration`` receives the report) and signed too; ``calibration`` may also be
+    a profile written by ``edgeguard calibrate`` for the same model.
     """
     from edgeguard.devices import load_profile
     from edgeguard.packaging.ensemble import member_io, plan_ensemble
@@ -94,10 +105,15 @@ def build_bundle(
     if calibration is not None:
         if sanity is not None:
             raise UsageError("give either a sanity profile or calibration data, not both")
-        cal_arrays = load_calibration_arrays(given[0][1], calibration)
-        sanity = calibrate_profile(
-            given[0][1], calibration, target_false_alarm=target_false_alarm, arrays=cal_arrays
-        )
+        if is_profile_file(Path(calibration)):
+            sanity = load_profile_for(given[0][1], Path(calibration)).to_dict()
+        else:
+            options = calibration_options or CalibrationOptions()
+            cal_arrays = load_calibration_arrays(given[0][1], calibration, limit=options.limit)
+            profile, report = calibrate_profile(given[0][1], cal_arrays, options)
+            if on_calibration is not None:
+                on_calibration(report)
+            sanity = profile.to_dict()
     target = device_profiles[0]
     plans, runtime, isolation = plan_ensemble(
         given,
@@ -128,34 +144,32 @@ def build_bundle(
     )
 
 
-def load_calibration_arrays(model: bytes, data_path: Path) -> dict[str, np.ndarray]:
+def load_calibration_arrays(
+    model: bytes, data_path: Path, *, limit: int | None = None
+) -> dict[str, np.ndarray]:
     """Calibration inputs for ``model`` from an .npz/.npy file or a folder of images."""
     from edgeguard.backends.onnxruntime import OnnxRuntimeBackend
     from edgeguard.packaging.calibrate import load_calibration_data
 
     with OnnxRuntimeBackend.from_bytes(model) as backend:
         specs = backend.inputs()
-    return dict(load_calibration_data(Path(data_path), specs, limit=None))
+    return dict(load_calibration_data(Path(data_path), specs, limit=limit))
 
 
 def calibrate_profile(
     model: bytes,
-    data_path: Path,
-    *,
-    target_false_alarm: float = 0.005,
-    arrays: Mapping[str, np.ndarray] | None = None,
-) -> dict[str, Any]:
-    """Calibrate the input-sanity profile of ``model`` on the data at ``data_path``.
-
-    Returns:
-        The profile's dict form, ready for the manifest's ``sanity`` slot.
-    """
+    data: Mapping[str, np.ndarray],
+    options: CalibrationOptions | None = None,
+) -> tuple[SanityProfile, CalibrationReport]:
+    """Calibrate the input-sanity profile of ``model`` on ``data``; with the report."""
     import sys
 
-    from edgeguard.packaging.calibrate import calibrate
+    from edgeguard.backends.onnxruntime import OnnxRuntimeBackend
+    from edgeguard.packaging.calibrate import calibrate_with_report
 
-    data = arrays if arrays is not None else load_calibration_arrays(model, data_path)
-    profile = calibrate(
-        model, data, target_false_alarm=target_false_alarm, progress=sys.stderr.isatty()
+    options = options or CalibrationOptions()
+    with OnnxRuntimeBackend.from_bytes(model) as backend:
+        specs = backend.inputs()
+    return calibrate_with_report(
+        model, data, **options.arguments(specs), progress=sys.stderr.isatty()
     )
-    return profile.to_dict()

@@ -12,14 +12,17 @@ from typing import Any
 from edgeguard.errors import UsageError
 
 __all__ = [
+    "add_calibration_args",
     "add_device_args",
     "add_passphrase_arg",
+    "calibration_options",
     "emit_json",
     "iso_time",
     "load_keys",
     "open_device_session",
     "parse_time",
     "passphrase",
+    "print_calibration_report",
 ]
 
 
@@ -120,3 +123,103 @@ def emit_json(obj: Any) -> None:
     """Print ``obj`` as JSON on stdout."""
     json.dump(obj, sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
+
+
+def add_calibration_args(p: argparse.ArgumentParser) -> None:
+    """The calibration options ``calibrate`` and ``build --calibration`` share."""
+    g = p.add_argument_group("calibration")
+    g.add_argument(
+        "--target-far",
+        type=float,
+        default=0.005,
+        metavar="RATE",
+        help="target per-frame WARN rate on clean frames (default 0.005)",
+    )
+    g.add_argument(
+        "--margin",
+        type=float,
+        default=0.5,
+        help="REJECT limits lie this many WARN-band widths beyond the band (default 0.5)",
+    )
+    g.add_argument(
+        "--layout",
+        choices=["NCHW", "NHWC"],
+        help="layout of every image input (default: guessed from the model's shape)",
+    )
+    g.add_argument(
+        "--sat-levels",
+        metavar="LO,HI",
+        help="saturation levels of the checked inputs (default: the calibration data's "
+        "range; 0,255 for uint8)",
+    )
+    g.add_argument(
+        "--check-input",
+        action="append",
+        metavar="NAME",
+        help="check this input (repeatable; default: every image- or signal-like input)",
+    )
+    g.add_argument(
+        "--sequence",
+        action="store_true",
+        help="the calibration frames are consecutive frames of one stream (frame-to-frame "
+        "statistics from neighbours; default: from copies moved by 1-8 pixels, and scene cuts)",
+    )
+
+
+def calibration_options(args: argparse.Namespace, *, limit: int | None = None) -> Any:
+    """The :class:`~edgeguard.packaging.calibrate.CalibrationOptions` of the arguments."""
+    from edgeguard.packaging.calibrate import CalibrationOptions
+
+    sat = None
+    if args.sat_levels:
+        try:
+            lo_s, hi_s = args.sat_levels.split(",")
+            sat = (float(lo_s), float(hi_s))
+        except ValueError as exc:
+            raise UsageError(f"--sat-levels {args.sat_levels!r} is not LO,HI") from exc
+    if not 0.0 < args.target_far < 0.5:
+        raise UsageError("--target-far must lie in (0, 0.5)")
+    if not args.margin >= 0:
+        raise UsageError("--margin must be a number >= 0")
+    return CalibrationOptions(
+        target_false_alarm=args.target_far,
+        margin=args.margin,
+        layout=args.layout,
+        sat_levels=sat,
+        check_inputs=tuple(args.check_input) if args.check_input else None,
+        sequence=args.sequence,
+        limit=limit,
+    )
+
+
+def print_calibration_report(report: Any, *, file: Any = None) -> None:
+    """The calibration report as a short table and its warnings (on stderr by default)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=file or sys.stderr, highlight=False)
+    k, n = report.false_reject
+    lo, hi = report.interval
+    console.print(
+        f"calibrated on {report.frames} frames ({report.temporal}); cross-validated clean "
+        f"false rejects {k}/{n} = {100 * report.rate:.1f} % (95 % interval "
+        f"{100 * lo:.1f}-{100 * hi:.1f} %, {report.folds} folds)"
+    )
+    t = Table(title="checked inputs")
+    for col in ("input", "layout", "saturation levels", "resolution", "widened to the floor"):
+        t.add_column(col)
+    for i in report.inputs:
+        lo_s, hi_s, source = i.sat_levels
+        floored = ", ".join(f"{s} (c{','.join(map(str, cs))})" for s, cs in i.floored.items())
+        t.add_row(
+            i.name,
+            i.layout,
+            f"{lo_s:.4g} .. {hi_s:.4g} ({source})",
+            ", ".join(f"{r:.3g}" for r in i.resolution),
+            floored or "-",
+        )
+    console.print(t)
+    for name, why in report.unchecked:
+        console.print(f"not checked: {name} ({why})")
+    for w in report.warnings:
+        console.print(f"[yellow]warning:[/] {w}")

@@ -6,7 +6,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from edgeguard.cli._common import add_passphrase_arg, parse_time, passphrase
+from edgeguard.cli._common import (
+    add_calibration_args,
+    add_passphrase_arg,
+    calibration_options,
+    parse_time,
+    passphrase,
+    print_calibration_report,
+)
 
 
 def register(sub: Any) -> None:
@@ -67,16 +74,11 @@ def register(sub: Any) -> None:
         metavar="DATA",
         help=(
             "calibrate the input-sanity profile on this data (.npz keyed by input name, .npy, "
-            "or a folder of images) and embed it in the signed manifest"
+            "or a folder of images) and embed it in the signed manifest; or give a profile "
+            ".json written by edgeguard calibrate for this model"
         ),
     )
-    p.add_argument(
-        "--target-far",
-        type=float,
-        default=0.005,
-        metavar="RATE",
-        help="target per-frame false-alarm rate of the calibrated envelope (default 0.005)",
-    )
+    add_calibration_args(p)
     g = p.add_argument_group(
         "ensemble and runtime policy (signed into the manifest)",
         "Giving any of these, or more than one model, makes the bundle an ensemble that "
@@ -176,7 +178,8 @@ def run(args: argparse.Namespace) -> int:
         expires=None if args.expires is None else parse_time(args.expires),
         chunk_size=args.chunk_size,
         calibration=args.calibration,
-        target_false_alarm=args.target_far,
+        calibration_options=calibration_options(args),
+        on_calibration=print_calibration_report,
         ensemble=ensemble,
     )
     from edgeguard.attest.reference import write_reference_values

@@ -14,6 +14,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edgeguard.cli._common import (
+    add_calibration_args,
+    calibration_options,
+    print_calibration_report,
+)
+
 __all__ = ["register", "run"]
 
 
@@ -44,33 +50,19 @@ def register(subparsers: Any) -> None:
         help="where to write the profile (atomically)",
     )
     p.add_argument(
-        "--target-far",
-        type=float,
-        default=0.005,
-        metavar="RATE",
-        help="target per-frame false-alarm rate (default 0.005)",
-    )
-    p.add_argument(
-        "--margin",
-        type=float,
-        default=None,
-        help="REJECT widening factor of the quantile range (default 0.5)",
-    )
-    p.add_argument(
         "--impl",
         default="auto",
         choices=["auto", "numpy", "numba", "numba-cuda", "cuda-cpp"],
         help="statistics implementation (default: auto = numba CPU)",
     )
-    p.add_argument(
-        "--layout",
-        choices=["NCHW", "NHWC"],
-        default=None,
-        help="layout of every image input (default: guessed from the model)",
-    )
+    add_calibration_args(p)
     p.add_argument("--limit", type=int, default=None, help="use at most this many frames")
     p.add_argument("--json", action="store_true", help="print a JSON summary instead of a table")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.epilog = (
+        "example: edgeguard calibrate det.onnx --data frames.npz -o profile.json; then "
+        "edgeguard build det.onnx --calibration profile.json ... (or give the data to build)"
+    )
     p.set_defaults(func=run)
 
 
@@ -79,11 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from edgeguard.backends.onnxruntime import OnnxRuntimeBackend
     from edgeguard.errors import UsageError
     from edgeguard.fsutil import atomic_write
-    from edgeguard.packaging.calibrate import (
-        DEFAULT_MARGIN,
-        calibrate,
-        load_calibration_data,
-    )
+    from edgeguard.packaging.calibrate import calibrate_with_report, load_calibration_data
 
     model_path: Path = args.model
     if not model_path.is_file():
@@ -93,18 +81,16 @@ def run(args: argparse.Namespace) -> int:
     out_dir = args.output.parent if str(args.output.parent) else Path(".")
     if not out_dir.is_dir():
         raise UsageError(f"output directory {str(out_dir)!r} does not exist")
+    options = calibration_options(args, limit=args.limit)
     model = model_path.read_bytes()
     with OnnxRuntimeBackend.from_bytes(model) as backend:
         specs = backend.inputs()
     data = load_calibration_data(args.data, specs, limit=args.limit)
-    layouts = {s.name: args.layout for s in specs} if args.layout else None
-    profile = calibrate(
+    profile, report = calibrate_with_report(
         model,
         data,
-        target_false_alarm=args.target_far,
-        margin=DEFAULT_MARGIN if args.margin is None else args.margin,
+        **options.arguments(specs),
         impl=args.impl,
-        layouts=layouts,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
     doc = profile.to_dict()
@@ -116,8 +102,11 @@ def run(args: argparse.Namespace) -> int:
                     "profile": str(args.output),
                     "samples": profile.calibration.samples,
                     "inputs": [i.name for i in profile.inputs],
+                    "unchecked": list(profile.unchecked),
                     "ood": [o.to_dict() for o in profile.ood],
-                }
+                    "report": report.to_dict(),
+                },
+                allow_nan=False,
             )
         )
         return 0
@@ -140,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
                 )
     console = Console()
     console.print(table)
+    print_calibration_report(report, file=sys.stdout)
     for o in profile.ood:
         console.print(
             f"OOD {o.output}: MSP >= {o.msp_min:.4g}, energy <= {o.energy_max:.4g} "

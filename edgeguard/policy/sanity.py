@@ -36,6 +36,7 @@ __all__ = [
     "PROFILE_FORMAT",
     "PROFILE_VERSION",
     "SUPPORTED_DTYPES",
+    "TEMPORAL_SOURCES",
     "CalibrationInfo",
     "InputProfile",
     "OodThresholds",
@@ -52,6 +53,8 @@ SUPPORTED_DTYPES: tuple[str, ...] = ("float32", "float16", "uint8", "float64")
 #: Statistics that calibration derives an acceptance envelope for.
 ENVELOPE_STATS: tuple[str, ...] = ("min", "max", "mean", "std", "sat_lo", "sat_hi", "hf", "tdiff")
 
+#: Where a profile's ``tdiff`` envelope may come from.
+TEMPORAL_SOURCES = ("sequence", "synthetic-motion")
 PROFILE_FORMAT = "edgeguard.sanity-profile"
 PROFILE_VERSION = 1
 _W = "sanity profile"
@@ -252,13 +255,20 @@ class CalibrationInfo:
         samples: Number of calibration frames.
         model_sha256: Hex SHA-256 of the ONNX model bytes calibrated against.
         impl: Statistics implementation used ("numpy", "numba", ...).
-        margin: Margin factor applied to the inter-quantile range.
+        margin: REJECT widening factor.
+        temporal: Where the ``tdiff`` envelope came from: ``"sequence"`` (consecutive
+            calibration frames) or ``"synthetic-motion"`` (each frame against a copy
+            moved by a few pixels, and against the next, unrelated frame).
+        false_reject: ``(rejected, frames)`` of the cross-validated clean false-reject
+            estimate, or None when it was not measured.
     """
 
     samples: int
     model_sha256: str
     impl: str
     margin: float
+    temporal: str = "sequence"
+    false_reject: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.samples < 0:
@@ -269,6 +279,12 @@ class CalibrationInfo:
             raise MalformedError("calibration model_sha256 must be 64 lowercase hex digits")
         if not (math.isfinite(self.margin) and self.margin >= 0):
             raise MalformedError("calibration margin must be a finite number >= 0")
+        if self.temporal not in TEMPORAL_SOURCES:
+            raise MalformedError(f"calibration temporal must be one of {TEMPORAL_SOURCES}")
+        if self.false_reject is not None:
+            k, n = self.false_reject
+            if not 0 <= k <= n:
+                raise MalformedError("calibration false_reject must be [rejected, frames]")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible dict."""
@@ -277,6 +293,8 @@ class CalibrationInfo:
             "model_sha256": self.model_sha256,
             "impl": self.impl,
             "margin": self.margin,
+            "temporal": self.temporal,
+            "false_reject": None if self.false_reject is None else list(self.false_reject),
         }
 
 
@@ -285,7 +303,9 @@ class SanityProfile:
     """Calibrated sanity profile of a model (embedded in the signed bundle manifest).
 
     Attributes:
-        inputs: One profile per model input.
+        inputs: One profile per checked model input.
+        unchecked: Model inputs deliberately not checked (not image- or signal-like:
+            scalars, integer codes, state tensors); the I/O contract still checks them.
         ood: OOD thresholds per logits output (may be empty).
         target_false_alarm: Target per-frame false-alarm rate the envelope was derived for.
         calibration: Calibration metadata.
@@ -296,6 +316,7 @@ class SanityProfile:
     target_false_alarm: float
     calibration: CalibrationInfo
     version: int = field(default=PROFILE_VERSION)
+    unchecked: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.version != PROFILE_VERSION:
@@ -305,6 +326,8 @@ class SanityProfile:
         names = [i.name for i in self.inputs]
         if len(set(names)) != len(names):
             raise MalformedError("sanity profile has duplicate input names")
+        if set(self.unchecked) & set(names) or len(set(self.unchecked)) != len(self.unchecked):
+            raise MalformedError("sanity profile: an unchecked input is named twice")
         if not (0.0 < self.target_false_alarm < 0.5):
             raise MalformedError("target_false_alarm must lie in (0, 0.5)")
 
@@ -323,6 +346,7 @@ class SanityProfile:
             "target_false_alarm": self.target_false_alarm,
             "calibration": self.calibration.to_dict(),
             "inputs": [i.to_dict() for i in self.inputs],
+            "unchecked": list(self.unchecked),
             "ood": [o.to_dict() for o in self.ood],
         }
 
@@ -408,11 +432,19 @@ def _parse_profile(data: Any) -> SanityProfile:
     if fmt != PROFILE_FORMAT:
         raise fail(t.at("format"), f"not a sanity profile (format {fmt!r})")
     cal = Table(t.required("calibration"), t.at("calibration"))
+    fr = cal.optional("false_reject")
+    if fr is not None:
+        k, n = as_list(fr, cal.at("false_reject"), min_len=2, max_len=2)
+        fr = (as_int(k, cal.at("false_reject"), lo=0), as_int(n, cal.at("false_reject"), lo=0))
     calibration = CalibrationInfo(
         samples=as_int(cal.required("samples"), cal.at("samples"), lo=0),
         model_sha256=as_str(cal.required("model_sha256"), cal.at("model_sha256"), max_len=64),
         impl=as_str(cal.required("impl"), cal.at("impl"), max_len=64),
         margin=as_float(cal.required("margin"), cal.at("margin")),
+        temporal=as_str(
+            cal.optional("temporal", "sequence"), cal.at("temporal"), choices=TEMPORAL_SOURCES
+        ),
+        false_reject=fr,
     )
     cal.done()
     inputs = tuple(
@@ -425,6 +457,10 @@ def _parse_profile(data: Any) -> SanityProfile:
     )
     profile = SanityProfile(
         inputs=inputs,
+        unchecked=tuple(
+            as_str(u, t.at("unchecked"), max_len=256)
+            for u in as_list(t.optional("unchecked", []), t.at("unchecked"), max_len=256)
+        ),
         ood=ood,
         target_false_alarm=as_float(t.required("target_false_alarm"), t.at("target_false_alarm")),
         calibration=calibration,

@@ -72,7 +72,7 @@ def test_calibrate_from_npy_with_table(tmp_path: Path, capsys: pytest.CaptureFix
         ("missing_data", 2, "does not exist"),
         ("wrong_dtype", 2, "dtype"),
         ("wrong_keys", 2, "expected arrays named"),
-        ("bad_far", 2, "target_false_alarm"),
+        ("bad_far", 2, "--target-far"),
         ("bad_suffix", 2, "unsupported calibration data"),
     ],
 )

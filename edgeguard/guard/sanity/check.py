@@ -385,10 +385,11 @@ class SanityGuard:
                 an entry of another shape or dtype is ignored.
 
         Returns:
-            The verdict; a missing or unexpected input is a REJECT violation.
+            The verdict; a missing or unexpected input is a REJECT violation (an input
+            the profile lists as unchecked is expected, and not checked).
         """
         violations: list[Violation] = []
-        names = {p.name for p in self._profile.inputs}
+        names = {p.name for p in self._profile.inputs} | set(self._profile.unchecked)
         for extra in sorted(set(feeds) - names):
             violations.append(
                 Violation(
