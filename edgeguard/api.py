@@ -32,7 +32,7 @@ from edgeguard.packaging.calibrate import (
     is_profile_file,
     load_profile_for,
 )
-from edgeguard.packaging.ensemble import EnsembleOptions
+from edgeguard.packaging.ensemble import EnsembleOptions, EnsemblePlan
 from edgeguard.packaging.packager import DEFAULT_CHUNK, MemberSource, write_bundle
 from edgeguard.policy.sanity import SanityProfile
 from edgeguard.runtime.opener import verify_bundle
@@ -69,6 +69,8 @@ def build_bundle(
     calibration_options: CalibrationOptions | None = None,
     on_calibration: Callable[[CalibrationReport], None] | None = None,
     ensemble: EnsembleOptions | None = None,
+    on_plan: Callable[[EnsemblePlan], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> Header:
     """Check ONNX models and package them into a bundle at ``out``.
 
@@ -79,10 +81,12 @@ def build_bundle(
     manifest. With ``calibration`` (an .npz/.npy file or a folder of images) the
     input-sanity profile is calibrated on the primary model (``calibration_options``;
     ``on_calibration`` receives the report) and signed too; ``calibration`` may also be
-    a profile written by ``edgeguard calibrate`` for the same model.
+    a profile written by ``edgeguard calibrate`` for the same model. ``on_plan``
+    receives the members, policy and I/O contracts before they are signed;
+    ``progress(step, done, total)`` is called during the long steps.
     """
     from edgeguard.devices import load_profile
-    from edgeguard.packaging.ensemble import member_io, plan_ensemble
+    from edgeguard.packaging.ensemble import plan_ensemble
     from edgeguard.packaging.onnx_checks import check_onnx_model
     from edgeguard.policy.slots import policy_slot
 
@@ -115,18 +119,19 @@ def build_bundle(
                 on_calibration(report)
             sanity = profile.to_dict()
     target = device_profiles[0]
-    plans, runtime, isolation = plan_ensemble(
+    plan = plan_ensemble(
         given,
         ensemble,
         calibration=cal_arrays,
         output_name=infos[0].outputs[0][0],
         dla_cores=target.dla_cores,
         has_gpu=target.gpu is not None,
+        progress=progress,
     )
-    policy = policy_slot(
-        runtime=runtime, isolation=isolation, io={m.name: member_io(m) for m in plans}
-    )
-    sources = [MemberSource(name=m.name, data=m.data, role=m.role) for m in plans]
+    if on_plan is not None:
+        on_plan(plan)
+    policy = policy_slot(runtime=plan.runtime, isolation=plan.isolation, io=plan.io)
+    sources = [MemberSource(name=m.name, data=m.data, role=m.role) for m in plan.members]
     return write_bundle(
         Path(out),
         sources,

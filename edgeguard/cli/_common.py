@@ -74,6 +74,13 @@ def open_device_session(args: argparse.Namespace, **options: Any) -> Any:
         unsafe_in_process=args.unsafe_in_process,
         **options,
     )
+    check = session.deadline_check
+    if check is not None and check.slow:
+        print(
+            f"edgeguard: warning: this device may be too slow for the signed deadline: "
+            f"{check.describe()} (rebuild with a measured or larger --deadline-ms)",
+            file=sys.stderr,
+        )
     if session.unsafe_in_process:
         print(
             "edgeguard: warning: the bundle requires isolation "

@@ -96,7 +96,20 @@ def register(sub: Any) -> None:
         help="how member outputs are combined (default plurality)",
     )
     g.add_argument("--quorum", type=int, metavar="K", help="members needed (default majority)")
-    g.add_argument("--deadline-ms", type=float, metavar="D", help="per-frame deadline (default 50)")
+    g.add_argument(
+        "--deadline-ms",
+        default="auto",
+        metavar="D|auto",
+        help="per-frame deadline in ms; auto (default) measures every member on this host "
+        "(one frame of the calibration data, one thread) and takes 4x the slowest; the "
+        "device re-measures at start and warns when it is slower",
+    )
+    g.add_argument(
+        "--last-good-max-age-ms",
+        type=float,
+        metavar="MS",
+        help="oldest last-known-good answer the fallback chain may serve (default 200)",
+    )
     g.add_argument(
         "--safe-default",
         type=Path,
@@ -157,7 +170,8 @@ def run(args: argparse.Namespace) -> int:
         fallback=args.fallback,
         voter=args.voter,
         quorum=args.quorum,
-        deadline_ms=args.deadline_ms,
+        deadline_ms=_deadline(args.deadline_ms),
+        last_good_max_age_ms=args.last_good_max_age_ms,
         safe_default=args.safe_default,
         require_isolation=tuple(args.require_isolation),
         model_switching=args.model_switching,
@@ -166,22 +180,26 @@ def run(args: argparse.Namespace) -> int:
         rate_limit=_rate(args.rate_limit),
         placements=tuple(_placement(t) for t in args.placement),
     )
-    header = build_bundle(
-        args.models,
-        out=args.output,
-        signer=signer,
-        recipients=recipients,
-        profiles=args.device_profile,
-        device_ids=args.device_id,
-        version=args.version,
-        name=args.name,
-        expires=None if args.expires is None else parse_time(args.expires),
-        chunk_size=args.chunk_size,
-        calibration=args.calibration,
-        calibration_options=calibration_options(args),
-        on_calibration=print_calibration_report,
-        ensemble=ensemble,
-    )
+    notes: list[str] = []
+    with _Progress() as progress:
+        header = build_bundle(
+            args.models,
+            out=args.output,
+            signer=signer,
+            recipients=recipients,
+            profiles=args.device_profile,
+            device_ids=args.device_id,
+            version=args.version,
+            name=args.name,
+            expires=None if args.expires is None else parse_time(args.expires),
+            chunk_size=args.chunk_size,
+            calibration=args.calibration,
+            calibration_options=calibration_options(args),
+            on_calibration=print_calibration_report,
+            ensemble=ensemble,
+            on_plan=lambda plan: notes.append(plan.deadline_note),
+            progress=progress.update,
+        )
     from edgeguard.attest.reference import write_reference_values
 
     rv = write_reference_values(args.output, signer=signer)
@@ -194,8 +212,49 @@ def run(args: argparse.Namespace) -> int:
     )
     for member in m.members:
         print(f"  {member.role:8} {member.name} ({member.size} bytes)")
+    for note in notes:
+        print(note)
     print(f"reference values for attestation: {rv}")
     return 0
+
+
+class _Progress:
+    """A rich progress bar on stderr for the long steps of a build (quiet when piped)."""
+
+    def __init__(self) -> None:
+        import sys
+
+        from rich.progress import Progress
+
+        self._bar = Progress(transient=True, disable=not sys.stderr.isatty())
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> _Progress:
+        self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.stop()
+
+    def update(self, step: str, done: int, total: int) -> None:
+        if step not in self._tasks:
+            self._tasks[step] = self._bar.add_task(step, total=total)
+        self._bar.update(self._tasks[step], completed=done, total=total)
+
+
+def _deadline(text: str) -> float | None:
+    """``auto`` (None: measured) or a positive number of milliseconds."""
+    from edgeguard.errors import UsageError
+
+    if text == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise UsageError(f"--deadline-ms {text!r}: give milliseconds or auto") from exc
+    if not value > 0:
+        raise UsageError("--deadline-ms must be positive")
+    return value
 
 
 def _rate(text: str | None) -> tuple[float, int] | None:

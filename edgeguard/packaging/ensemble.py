@@ -18,7 +18,7 @@ placement. The fallback model always runs on the CPU.
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,10 @@ from edgeguard.errors import MalformedError, UsageError
 from edgeguard.policy.io import MemberIo, TensorSpec, normalize_dim
 from edgeguard.policy.isolation import LAYERS, REQUIRED, SandboxPolicy
 from edgeguard.policy.runtime import (
+    FALLBACK_NAME,
     SINGLE_MODEL_DEADLINE_MS,
     ChainStep,
+    DeadlineBasis,
     HardeningPolicy,
     MemberSpec,
     RateLimitPolicy,
@@ -39,7 +41,21 @@ from edgeguard.policy.runtime import (
     VoterSpec,
 )
 
-__all__ = ["VOTERS", "EnsembleOptions", "MemberPlan", "member_io", "plan_ensemble"]
+__all__ = [
+    "UNMEASURED_DEADLINE_MS",
+    "VOTERS",
+    "EnsembleOptions",
+    "EnsemblePlan",
+    "MemberPlan",
+    "member_io",
+    "plan_ensemble",
+]
+
+#: An ensemble's deadline when it cannot be measured (no calibration frames and
+#: dynamic height and width): generous, and ``build`` says so.
+UNMEASURED_DEADLINE_MS = 1000.0
+#: A single model's deadline is a hang guard: never tighter than this.
+SINGLE_MODEL_MIN_DEADLINE_MS = 1000.0
 
 #: CLI voter names; ``boxes`` is object-detection fusion.
 VOTERS = ("plurality", "majority", "soft", "median", "mid_value", "boxes")
@@ -54,6 +70,8 @@ class EnsembleOptions:
     voter: str | None = None
     quorum: int | None = None
     deadline_ms: float | None = None
+    """The per-frame deadline; None measures it on this host (``--deadline-ms auto``)."""
+    last_good_max_age_ms: float | None = None
     safe_default: Path | None = None
     require_isolation: tuple[str, ...] = ()
     model_switching: bool = False
@@ -62,6 +80,25 @@ class EnsembleOptions:
     rate_limit: tuple[float, int] | None = None
     placements: tuple[tuple[str, str], ...] = ()
     """``(member name, placement)`` overrides, for example ``("m-fp32", "cpu:0-3")``."""
+
+
+@dataclass(frozen=True)
+class EnsemblePlan:
+    """What ``build`` packages and signs.
+
+    Attributes:
+        members: The members in payload order (the fallback last).
+        runtime: The runtime policy.
+        isolation: The isolation requirements.
+        io: Each member's I/O contract.
+        deadline_note: How the deadline was chosen, for the build's output.
+    """
+
+    members: tuple[MemberPlan, ...]
+    runtime: RuntimePolicy
+    isolation: SandboxPolicy
+    io: Mapping[str, MemberIo]
+    deadline_note: str
 
 
 @dataclass(frozen=True)
@@ -141,8 +178,9 @@ def plan_ensemble(
     output_name: str,
     dla_cores: int = 0,
     has_gpu: bool = False,
-) -> tuple[list[MemberPlan], RuntimePolicy, SandboxPolicy]:
-    """Members, runtime policy and isolation requirements for the given models and options.
+    progress: Callable[[str, int, int], None] | None = None,
+) -> EnsemblePlan:
+    """Members, runtime policy, I/O contracts and isolation for the given models and options.
 
     One model without ``--voter`` is a single-model policy: its answer, every output
     unchanged (passthrough), with a chain of the model, the fallback model and the
@@ -155,13 +193,19 @@ def plan_ensemble(
         output_name: The output the voter decides on (the primary's first output).
         dla_cores: DLA cores of the target device profile.
         has_gpu: Whether the target device profile has a GPU.
+        progress: Called with ``(step, done, total)`` during the long steps.
 
     Returns:
-        The members in payload order (the fallback last), the runtime policy and the
-        isolation requirements.
+        The plan.
     """
     from edgeguard.packaging.variants import make_variants
 
+    unknown = [x for x in opts.require_isolation if x not in LAYERS]
+    if unknown:
+        raise UsageError(
+            f"unknown isolation layer {', '.join(unknown)}",
+            hint=f"layers: {', '.join(LAYERS)}",
+        )
     members: list[MemberPlan] = []
     for name, data in models:
         if opts.variants:
@@ -222,8 +266,10 @@ def plan_ensemble(
         output="" if single else output_name,
         min_confirmations=min(2, n) if kind is VoterKind.DETECTION else 2,
     )
-    default_deadline = SINGLE_MODEL_DEADLINE_MS if single else 50.0
-    deadline = default_deadline if opts.deadline_ms is None else float(opts.deadline_ms)
+    io = {m.name: member_io(m) for m in members}
+    if fallback is not None:
+        io[fallback.name] = member_io(fallback)
+    deadline, basis, note = _deadline(opts, members, fallback, io, calibration, single, progress)
     try:
         policy = RuntimePolicy(
             members=tuple(MemberSpec(m.name, m.placement) for m in members),
@@ -242,19 +288,72 @@ def plan_ensemble(
             if opts.rate_limit is not None
             else None,
             reject_action="raise" if single and safe is None else "fallback",
+            last_known_good_max_age_ms=200.0
+            if opts.last_good_max_age_ms is None
+            else float(opts.last_good_max_age_ms),
+            deadline_basis=basis,
         )
     except MalformedError as exc:  # option values the policy refuses: the user's mistake
         raise UsageError(str(exc).removeprefix("runtime policy: ")) from exc
     if fallback is not None:
         members.append(fallback)
-    unknown = [x for x in opts.require_isolation if x not in LAYERS]
-    if unknown:
-        raise UsageError(
-            f"unknown isolation layer {', '.join(unknown)}",
-            hint=f"layers: {', '.join(LAYERS)}",
-        )
     isolation = SandboxPolicy.from_dict({layer: REQUIRED for layer in opts.require_isolation})
-    return members, policy, isolation
+    return EnsemblePlan(
+        members=tuple(members), runtime=policy, isolation=isolation, io=io, deadline_note=note
+    )
+
+
+def _deadline(
+    opts: EnsembleOptions,
+    members: Sequence[MemberPlan],
+    fallback: MemberPlan | None,
+    io: Mapping[str, MemberIo],
+    calibration: Mapping[str, np.ndarray] | None,
+    single: bool,
+    progress: Callable[[str, int, int], None] | None,
+) -> tuple[float, DeadlineBasis | None, str]:
+    """The deadline, how it was measured, and a line that says so."""
+    if opts.deadline_ms is not None:
+        return float(opts.deadline_ms), None, f"deadline {opts.deadline_ms:g} ms (given)"
+    from edgeguard.packaging.deadline import AUTO_FACTOR, MIN_AUTO_DEADLINE_MS, measure_deadline
+
+    runs = [(m.name, m.data, io[m.name]) for m in members]
+    if fallback is not None:
+        runs.append((FALLBACK_NAME, fallback.data, io[fallback.name]))
+    measured = measure_deadline(
+        runs,
+        calibration,
+        progress=None if progress is None else lambda d, t: progress("timing members", d, t),
+    )
+    if measured is None:
+        value = SINGLE_MODEL_DEADLINE_MS if single else UNMEASURED_DEADLINE_MS
+        return (
+            value,
+            None,
+            (
+                f"deadline {value:g} ms: not measured (the inputs have dynamic axes and no "
+                "calibration frames shape them); give --calibration or --deadline-ms"
+            ),
+        )
+    value, basis = measured
+    slowest = max(basis.measured_ms, key=lambda k: basis.measured_ms[k])
+    if single:
+        value = max(value, SINGLE_MODEL_MIN_DEADLINE_MS)
+    return (
+        value,
+        basis,
+        (
+            f"deadline {value:g} ms: measured here, {AUTO_FACTOR:g}x the slowest member (at "
+            f"least {MIN_AUTO_DEADLINE_MS:g} ms) "
+            f"({slowest.replace(FALLBACK_NAME, 'fallback')}: {basis.measured_ms[slowest]:.1f} ms "
+            f"for one frame on one thread, {basis.host})"
+            + (
+                f"; a single model's deadline is at least {SINGLE_MODEL_MIN_DEADLINE_MS:g} ms"
+                if single
+                else ""
+            )
+        ),
+    )
 
 
 def member_io(plan: MemberPlan) -> MemberIo:

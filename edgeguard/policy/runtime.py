@@ -24,13 +24,23 @@ from typing import Any
 
 import numpy as np
 
-from edgeguard._strict import as_bool, as_float, as_int, as_str, check_fields, fail
+from edgeguard._strict import (
+    as_bool,
+    as_float,
+    as_int,
+    as_list,
+    as_map,
+    as_str,
+    check_fields,
+    fail,
+)
 
 __all__ = [
     "FALLBACK_NAME",
     "FORMAT",
     "SINGLE_MODEL_DEADLINE_MS",
     "ChainStep",
+    "DeadlineBasis",
     "HardeningPolicy",
     "HealthPolicy",
     "MemberSpec",
@@ -460,6 +470,60 @@ class HardeningPolicy:
 
 
 @dataclass(frozen=True)
+class DeadlineBasis:
+    """How ``build`` measured the deadline it signed (``--deadline-ms auto``).
+
+    The device session runs the members on frames of the same shapes at start and
+    warns when it is much slower than the build host was.
+
+    Attributes:
+        measured_ms: Member (and ``__fallback__``) -> its slowest of several timed
+            runs on the build host, one frame, one intra-op thread.
+        shapes: Input -> the shape of the frames it was measured on.
+        factor: The deadline is this many times the slowest member.
+        host: What measured it (for example ``"x86_64, 2 cores"``).
+    """
+
+    measured_ms: Mapping[str, float]
+    shapes: Mapping[str, tuple[int, ...]]
+    factor: float
+    host: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form."""
+        return {
+            "measured_ms": dict(sorted(self.measured_ms.items())),
+            "shapes": {k: list(v) for k, v in sorted(self.shapes.items())},
+            "factor": self.factor,
+            "host": self.host,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], path: str = "deadline_basis") -> DeadlineBasis:
+        """Parse and validate."""
+        check_fields(d, _P + path, {"measured_ms", "shapes", "factor"}, {"host"})
+        measured = as_map(d["measured_ms"], _P + f"{path}.measured_ms")
+        shapes = as_map(d["shapes"], _P + f"{path}.shapes")
+        return cls(
+            measured_ms={
+                as_str(k, _P + f"{path}.measured_ms", max_len=128): as_float(
+                    v, _P + f"{path}.measured_ms.{k}", lo=0.0
+                )
+                for k, v in measured.items()
+            },
+            shapes={
+                as_str(k, _P + f"{path}.shapes", max_len=1024): tuple(
+                    as_int(x, _P + f"{path}.shapes.{k}", lo=1, hi=1 << 31)
+                    for x in as_list(v, _P + f"{path}.shapes.{k}", max_len=16)
+                )
+                for k, v in shapes.items()
+            },
+            factor=as_float(d["factor"], _P + f"{path}.factor", lo=1.0, hi=1000.0),
+            host=as_str(d.get("host", ""), _P + f"{path}.host", nonempty=False, max_len=200),
+        )
+
+
+@dataclass(frozen=True)
 class RateLimitPolicy:
     """Per-client token bucket.
 
@@ -528,6 +592,8 @@ class RuntimePolicy:
         speculative: Start the members while the input checks run, hiding the
             checks' latency; a rejected input's member answers are discarded
             (but the models did see that input).
+        deadline_basis: How the deadline was measured at build, or None when it was
+            given.
     """
 
     members: tuple[MemberSpec, ...]
@@ -546,6 +612,7 @@ class RuntimePolicy:
     reject_action: str = "fallback"
     output_shapes: Mapping[str, tuple[int, ...]] | None = None
     speculative: bool = False
+    deadline_basis: DeadlineBasis | None = None
 
     def __post_init__(self) -> None:
         self._validate()
@@ -584,6 +651,10 @@ class RuntimePolicy:
             self.members
         ):
             raise fail(_P + "voter.min_confirmations", "exceeds the member count")
+        if self.deadline_basis is not None:
+            stray = set(self.deadline_basis.measured_ms) - {*self.member_names, FALLBACK_NAME}
+            if stray:
+                raise fail(_P + "deadline_basis.measured_ms", f"names no member: {sorted(stray)}")
         if self.voter.kind is VoterKind.PASSTHROUGH and len(self.members) != 1:
             raise fail(_P + "voter.kind", "passthrough needs exactly one member")
 
@@ -646,6 +717,9 @@ class RuntimePolicy:
             if self.output_shapes is None
             else {k: list(v) for k, v in sorted(self.output_shapes.items())},
             "speculative": self.speculative,
+            "deadline_basis": None
+            if self.deadline_basis is None
+            else self.deadline_basis.to_dict(),
         }
 
     @classmethod
@@ -670,6 +744,7 @@ class RuntimePolicy:
             "reject_action",
             "output_shapes",
             "speculative",
+            "deadline_basis",
         }
         check_fields(d, "runtime policy", {"format", "members", "voter"}, opt)
         if d["format"] != FORMAT:
@@ -736,6 +811,9 @@ class RuntimePolicy:
             reject_action=as_str(ra, _P + "reject_action"),
             output_shapes=output_shapes,
             speculative=as_bool(d.get("speculative", False), _P + "speculative"),
+            deadline_basis=None
+            if d.get("deadline_basis") is None
+            else DeadlineBasis.from_dict(d["deadline_basis"]),
         )
 
     def __eq__(self, other: object) -> bool:

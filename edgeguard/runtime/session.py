@@ -56,6 +56,7 @@ from edgeguard.runtime.state import default_state_dir, ensure_state_dir
 
 __all__ = [
     "ISOLATIONS",
+    "DeadlineCheck",
     "DeviceSession",
     "ExecutorWrapper",
     "check_on_device",
@@ -65,9 +66,48 @@ __all__ = [
 
 #: Where members may run: sandboxed worker processes, or threads of this process.
 ISOLATIONS = ("sandbox", "threads")
+#: Timed runs per member when the session checks the signed deadline at start.
+_DEADLINE_CHECK_RUNS = 3
 #: Wraps the session's member executor (fault injection for field tests).
 ExecutorWrapper = Callable[[MemberExecutor], MemberExecutor]
 _ALIGN = 64
+
+
+@dataclass(frozen=True)
+class DeadlineCheck:
+    """The members timed on this device at start, against what ``build`` measured.
+
+    Attributes:
+        deadline_ms: The signed deadline.
+        build_ms: Member -> its slowest run on the build host (the signed basis).
+        device_ms: Member -> its slowest run here, on frames of the same shapes.
+        slow: Whether this device is too slow for the deadline: a member takes more
+            than half of it on one frame (the rest is for the checks, the vote, the
+            fallback model and a busy moment).
+    """
+
+    deadline_ms: float
+    build_ms: Mapping[str, float]
+    device_ms: Mapping[str, float]
+    slow: bool
+
+    def describe(self) -> str:
+        """One line for people."""
+        parts = ", ".join(
+            f"{n.replace(FALLBACK_NAME, 'fallback')} {self.device_ms[n]:.1f} ms here "
+            f"({self.build_ms[n]:.1f} ms at build)"
+            for n in sorted(self.device_ms)
+        )
+        return f"deadline {self.deadline_ms:g} ms; {parts}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible form (the event log's ``deadline_check`` record)."""
+        return {
+            "deadline_ms": self.deadline_ms,
+            "build_ms": dict(self.build_ms),
+            "device_ms": dict(self.device_ms),
+            "slow": self.slow,
+        }
 
 
 @dataclass(frozen=True)
@@ -80,6 +120,7 @@ class _Parts:
     inputs: tuple[TensorSpec, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()
     io_bytes: int | None = None
+    deadline_check: DeadlineCheck | None = None
 
     def close(self) -> None:
         """Stop the runtime (or the executor, before a runtime exists) and the backends."""
@@ -107,6 +148,8 @@ class DeviceSession:
         isolation: ``"sandbox"`` or ``"threads"``, as the members run.
         unsafe_in_process: True when the isolation floor was bypassed (logged).
         log_path: The event log, or None without one.
+        deadline_check: The members timed at start against the build host's
+            measurement, when the deadline was measured at build (else None).
     """
 
     def __init__(
@@ -129,6 +172,7 @@ class DeviceSession:
         self._runtime: GuardedRuntime = parts.runtime
         self._log = event_log
         self.log_path: Path | None = event_log.path if event_log is not None else None
+        self.deadline_check = parts.deadline_check
         self._closed = False
 
     # -- what runs ------------------------------------------------------------------------
@@ -426,11 +470,60 @@ def _start(
     except BaseException:
         parts.close()
         raise
+    inputs = contract.inputs if contract is not None else parts.inputs
+    try:
+        check = _check_deadline(parts.executor, slots.runtime, inputs)
+    except BaseException:
+        runtime.close()
+        parts.close()
+        raise
+    if check is not None and log is not None:
+        log.append("deadline_check", check.to_dict())
     return dataclasses.replace(
         parts,
         runtime=runtime,
         outputs=contract.outputs if contract is not None else (),
-        inputs=contract.inputs if contract is not None else parts.inputs,
+        inputs=inputs,
+        deadline_check=check,
+    )
+
+
+def _check_deadline(
+    executor: Any, policy: RuntimePolicy, inputs: Sequence[TensorSpec]
+) -> DeadlineCheck | None:
+    """Time each member on frames of the build's shapes (the raw executor, no faults)."""
+    basis = policy.deadline_basis
+    if basis is None:
+        return None
+    dtypes = {s.name: s.dtype for s in inputs}
+    if set(basis.shapes) - set(dtypes):
+        return None  # the contract and the basis disagree: nothing comparable to time
+    feeds = {n: np.zeros(shape, dtype=dtypes[n]) for n, shape in basis.shapes.items()}
+    timeout = max(5.0, 10 * policy.deadline_ms / 1e3)
+    device: dict[str, float] = {}
+    for name in basis.measured_ms:
+        runs = []
+        for _ in range(_DEADLINE_CHECK_RUNS):
+            call = executor.submit(name, feeds)
+            if not call.wait(timeout):
+                executor.abandon(name)
+                break
+            try:
+                call.result()
+            except Exception:
+                break
+            if call.run_ns is not None:
+                runs.append(call.run_ns / 1e6)
+        if runs:
+            device[name] = round(max(runs), 3)
+    if not device:
+        return None
+    slow = max(device.values()) > 0.5 * policy.deadline_ms
+    return DeadlineCheck(
+        deadline_ms=policy.deadline_ms,
+        build_ms={n: basis.measured_ms[n] for n in device},
+        device_ms=device,
+        slow=slow,
     )
 
 

@@ -152,7 +152,7 @@ def test_variant_placement_uses_dla_on_orin(tmp_path) -> None:
     from edgeguard.packaging.ensemble import EnsembleOptions, plan_ensemble
 
     x, _ = data.load_split("calib")
-    _, policy, _ = plan_ensemble(
+    policy = plan_ensemble(
         [("m", data.model_bytes("digits_mlp"))],
         EnsembleOptions(variants=("fp32", "fp16", "int8")),
         calibration={"image": x},
@@ -160,7 +160,7 @@ def test_variant_placement_uses_dla_on_orin(tmp_path) -> None:
         dla_cores=2,
         has_gpu=True,
     )
-    places = {m.name: m.placement for m in policy.members}
+    places = {m.name: m.placement for m in policy.runtime.members}
     assert places == {"m-fp32": "gpu", "m-fp16": "dla0", "m-int8": "dla1"}
 
 

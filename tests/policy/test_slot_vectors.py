@@ -52,6 +52,8 @@ def test_valid_vector_reads_as_expected() -> None:
         io = s.member_io(name)
         assert io is not None and list(io.precisions) == precisions
     assert s.engines is not None and sorted(s.engines.members) == want["engine_members"]
+    assert s.runtime.deadline_basis is not None
+    assert dict(s.runtime.deadline_basis.measured_ms) == want["deadline_measured"]
     # the typed slots write back exactly what was read
     assert s.runtime.to_dict() == VALID["policy"]["runtime"]
     assert s.engines.to_dict() == VALID["engine_recipe"]

@@ -435,7 +435,7 @@ def test_plan_refuses_placements_the_profile_cannot_hold() -> None:
     model = [("m", data.model_bytes("digits_mlp"))]
 
     def plan(*placements: tuple[str, str], dla_cores: int = 2) -> dict[str, str]:
-        _, policy, _ = plan_ensemble(
+        policy = plan_ensemble(
             model,
             EnsembleOptions(variants=("fp32", "fp16"), placements=placements),
             calibration=None,
@@ -443,7 +443,7 @@ def test_plan_refuses_placements_the_profile_cannot_hold() -> None:
             dla_cores=dla_cores,
             has_gpu=True,
         )
-        return {m.name: m.placement for m in policy.members}
+        return {m.name: m.placement for m in policy.runtime.members}
 
     assert plan(("m-fp16", "gpu"), ("m-fp32", "cpu:0")) == {"m-fp32": "cpu:0", "m-fp16": "gpu0"}
     with pytest.raises(UsageError, match="1 DLA core"):
