@@ -29,6 +29,7 @@ import functools
 import hashlib
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -526,7 +527,9 @@ def _pip_error_line(output: str) -> str:
         if "connection" in ln.lower() or "could not fetch url" in ln.lower() or "ssl" in ln.lower()
     ]
     if network and network[-1] != gist:
-        gist = f"{gist}; {network[-1][:200]}"
+        broken = re.search(r"connection broken by '(\w+)", network[-1])
+        why = f"connection broken by {broken.group(1)}" if broken else network[-1][:160]
+        gist = f"{gist}; {why}"
     return gist
 
 
