@@ -495,3 +495,15 @@ def test_real_outputs_make_sense_on_text_and_faces() -> None:
     scores = o[0, 4:].max(axis=1)
     assert zoo.info("yolov8n").labels[int(scores.argmax())] == "FACE_FEMALE"
     assert scores.max() > 0.5
+
+
+def test_docs_name_the_pins_and_the_images() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "models.md").read_text()
+    for name in PYPI:
+        e = zoo.info(name)
+        row = next(ln for ln in doc.splitlines() if ln.startswith(f"| `{name}` | `{e.package}"))
+        assert f"`{e.package}=={e.version}`" in row and f"`{e.member}`" in row, name
+        assert f"`{e.sha256}`" in row and f"{e.size:,}" in row, name
+    for img in zoo.CALIB_IMAGES + zoo.HELD_OUT_IMAGES:
+        assert img in doc, img
+    assert "python -m edgeguard.data.zoo fetch" in doc and "EDGEGUARD_ZOO_DIR" in doc
