@@ -13,6 +13,9 @@ benchmarks need neither scikit-learn nor a network:
 
 Files are located with :mod:`importlib.resources`, so the helpers work from an
 installed wheel as well as from a source checkout.
+
+Real third-party models (pinned ONNX files from PyPI wheels, cached on first use) and
+real frames preprocessed for each of them are in :mod:`edgeguard.data.zoo`.
 """
 
 from __future__ import annotations
