@@ -16,8 +16,9 @@ calibration values and a two-sided tail ``a = target / (2k)`` for ``k`` checks p
   where the value range decides: a frame whose ``min`` lies below the range (or
   ``max`` above it) by more than a small tolerance holds values the input never takes
   (noise, a wrong offset or scale), while a frame without black or white pixels is
-  normal; a never-negative statistic keeps its lower REJECT limit above zero when the
-  calibration values are (constant and frozen frames stay outside), and ``tdiff``'s
+  normal; a never-negative statistic of contrast or texture (``std``, ``hf``) is
+  rejected only below a quarter of its smallest calibration value, so a dead, constant
+  or scaled-down frame is caught and a foggy or dark one is not, and ``tdiff``'s
   lower REJECT limit is a hair above zero: only an (almost) exact repeat is a frozen
   frame, a slow pan or a static scene is not.
 
@@ -60,7 +61,11 @@ _POSITIVE_STATS = frozenset({"std", "hf"})
 #: that are fractions or ratios.
 _FLOOR_SPAN = {"min": 0.10, "max": 0.10, "mean": 0.02, "std": 0.02, "tdiff": 0.02}
 _FLOOR_STEPS = 2.0
-_FLOOR_ABS = {"sat_lo": 0.02, "sat_hi": 0.02, "hf": 0.02}
+_FLOOR_ABS = {"sat_lo": 0.20, "sat_hi": 0.20, "hf": 0.02}
+#: A positive statistic (contrast, texture) is a fault only far below anything the
+#: calibration saw: a dead or constant frame, a signal scaled down by orders of
+#: magnitude; fog, night and plain walls have a fraction of the usual contrast.
+_POSITIVE_FLOOR = 0.25
 #: tdiff below this fraction of the span (times the resolution floor) is a repeated frame.
 _FROZEN = 1e-6
 
@@ -169,13 +174,15 @@ def derive_limits(stat: str, values: F64, params: EnvelopeParams) -> tuple[StatL
         low, high = lo - pad, hi + pad
         data_lo = float(v.min())
         if stat in _POSITIVE_STATS and data_lo > 0:
-            low = max(low, data_lo / (1.0 + params.margin) if params.margin > 0 else data_lo)
+            floor_low = _POSITIVE_FLOOR * data_lo
+            low = low if 0.0 < low < floor_low else floor_low
             lo = max(lo, low)
+        tol = params.range_tolerance(c)
         if stat == "min":  # below the range is a fault; a crop without black is not
-            low = params.value_range[0] - params.range_tolerance(c)
+            low, high = params.value_range[0] - tol, max(high, params.value_range[1] + tol)
             lo = max(lo, low)
-        elif stat == "max":
-            high = params.value_range[1] + params.range_tolerance(c)
+        elif stat == "max":  # above the range is a fault; a crop without white is not
+            low, high = min(low, params.value_range[0] - tol), params.value_range[1] + tol
             hi = min(hi, high)
         if stat == "tdiff":
             # only an (almost) exact repeat is a frozen frame, unless the calibration

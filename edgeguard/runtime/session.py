@@ -47,6 +47,7 @@ from edgeguard.guard.eventlog import EventLog
 from edgeguard.guard.health import HealthState, TransitionCallback
 from edgeguard.guard.metrics import Metrics
 from edgeguard.guard.sanity.check import Impl
+from edgeguard.guard.sanity.spec import Verdict
 from edgeguard.policy.io import TensorSpec
 from edgeguard.policy.runtime import FALLBACK_NAME, RuntimePolicy
 from edgeguard.policy.slots import SignedSlots
@@ -121,6 +122,7 @@ class _Parts:
     outputs: tuple[TensorSpec, ...] = ()
     io_bytes: int | None = None
     deadline_check: DeadlineCheck | None = None
+    checks: FrameChecks | None = None
 
     def close(self) -> None:
         """Stop the runtime (or the executor, before a runtime exists) and the backends."""
@@ -239,6 +241,20 @@ class DeviceSession:
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The outputs for one request (see :meth:`infer` for the errors)."""
         return self.infer(feeds).outputs
+
+    def check_inputs(
+        self, feeds: Mapping[str, np.ndarray], prev: Mapping[str, np.ndarray] | None = None
+    ) -> Verdict:
+        """The verdict of the signed checks on a request, without running any model.
+
+        The same checks :meth:`infer` applies first (the I/O contract, then the sanity
+        profile); ``prev`` is the previous frame for the frame-to-frame statistics. For
+        dry runs and for measuring the guard (:mod:`edgeguard.fieldtest.quality`).
+        """
+        if self._closed:
+            raise UsageError("the session is closed")
+        assert self._parts.checks is not None
+        return self._parts.checks.check_inputs(feeds, prev)
 
     def _check_size(self, feeds: Mapping[str, np.ndarray]) -> None:
         limit = self._parts.io_bytes
@@ -485,6 +501,7 @@ def _start(
         outputs=contract.outputs if contract is not None else (),
         inputs=inputs,
         deadline_check=check,
+        checks=checks,
     )
 
 
