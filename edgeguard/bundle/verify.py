@@ -13,6 +13,7 @@ Layer: bundle. The order is fixed and matches ``docs/bundle-format.md``:
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -32,6 +33,13 @@ from edgeguard.errors import (
 )
 
 __all__ = ["CLOCK_SKEW_S", "TrustStore", "check_policy", "verify_signature"]
+
+def _iso(ts: int) -> str:
+    """Unix seconds as ISO 8601 UTC (``2027-01-01T00:00:00Z``)."""
+    return datetime.datetime.fromtimestamp(ts, tz=datetime.timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%SZ"
+    )
+
 
 #: How far in the future ``created`` may lie before the bundle is refused.
 CLOCK_SKEW_S = 300
@@ -122,13 +130,14 @@ def check_policy(
     """
     if manifest.expires is not None and now >= manifest.expires:
         raise BundleExpiredError(
-            f"bundle {manifest.name!r} v{manifest.version} expired at {manifest.expires} "
-            f"(now {now})",
+            f"bundle {manifest.name!r} v{manifest.version} expired at "
+            f"{_iso(manifest.expires)} (now {_iso(now)})",
             hint="ask the publisher for a current release",
         )
     if manifest.created > now + CLOCK_SKEW_S:
         raise BundleExpiredError(
-            f"bundle {manifest.name!r} claims to be created in the future ({manifest.created})",
+            f"bundle {manifest.name!r} claims to be created in the future "
+            f"({_iso(manifest.created)}; now {_iso(now)})",
             hint="check the device clock",
         )
     if device.profile not in manifest.devices.profiles:

@@ -30,7 +30,10 @@ def register(sub: Any) -> None:
     p.add_argument("--fps", type=float, default=30.0, help="frame rate (default 30)")
     p.add_argument("--limit", type=int, help="serve at most this many frames")
     p.add_argument(
-        "--inject", metavar="SPEC", help="fault schedule, e.g. hang@60-90,freeze@120-140"
+        "--inject",
+        metavar="SPEC",
+        help="fault schedule: kind[:member]@A[-B],... with half-open frame windows (@60-90 "
+        "is frames 60 to 89, @5 is frame 5 alone), e.g. hang@60-90,freeze@120-140,nan@5",
     )
     p.add_argument(
         "--metrics",

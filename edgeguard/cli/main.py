@@ -41,6 +41,46 @@ _COMMANDS: tuple[str, ...] = (
 )
 
 
+#: One example per command, shown at the end of its --help.
+_EXAMPLES: dict[str, str] = {
+    "keygen": "edgeguard keygen signer -o keys/ && edgeguard keygen device -o keys/cam01 "
+    "--id cam-01 --profile jetson-orin-nx",
+    "build": "edgeguard build det.onnx -o det.egb --sign-key keys/signer.key --recipient "
+    "keys/cam01/device.pub --device-profile generic-cpu --version 1 --calibration frames.npz",
+    "inspect": "edgeguard inspect det.egb --json",
+    "verify": "edgeguard verify det.egb --trust keys/signer.pub --device-key keys/cam01/device.key",
+    "serve": "edgeguard serve det.egb --trust keys/signer.pub --device-key "
+    "keys/cam01/device.key --frames frames.npz --fps 15 --inject hang@60-90,freeze@120",
+    "devices": "edgeguard devices list; edgeguard devices show jetson-agx-orin --json",
+    "devices list": "edgeguard devices list --json",
+    "devices show": "edgeguard devices show jetson-orin-nx",
+    "log": "edgeguard log verify state/events.log --device-pub keys/cam01/device.pub",
+    "log verify": "edgeguard log verify state/events.log --device-pub keys/cam01/device.pub --json",
+    "attest": "edgeguard attest challenge -o nonce.bin; edgeguard attest quote det.egb ...",
+    "attest challenge": "edgeguard attest challenge -o nonce.bin",
+    "attest quote": "edgeguard attest quote det.egb --device-key keys/cam01/device.key "
+    "--trust keys/signer.pub --nonce nonce.bin -o evidence.cbor",
+    "attest verify": "edgeguard attest verify evidence.cbor --nonce nonce.bin --reference "
+    "det.egb.rv.json --trust keys/signer.pub --device-pub keys/cam01/device.pub",
+    "attest enroll-tpm": "edgeguard attest enroll-tpm --device-key keys/cam01/device.key "
+    "--tpm swtpm:path=/run/swtpm.sock -o tpm.pub",
+    "attest reference": "edgeguard attest reference det.egb --sign-key keys/signer.key",
+    "sandbox-check": "edgeguard sandbox-check --bundle det.egb --trust keys/signer.pub",
+    "demo": "edgeguard demo --keep --workdir /tmp/eg-demo",
+}
+
+
+def _add_examples(parser: argparse.ArgumentParser, path: str = "") -> None:
+    """Give every (sub)command without an example the one from :data:`_EXAMPLES`."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                key = f"{path} {name}".strip()
+                if not sub.epilog and key in _EXAMPLES:
+                    sub.epilog = f"example: {_EXAMPLES[key]}"
+                _add_examples(sub, key)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser with every available subcommand."""
     parser = argparse.ArgumentParser(
@@ -58,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # command not built yet
             raise
         module.register(sub)
+    _add_examples(parser)
     return parser
 
 

@@ -70,7 +70,10 @@ class Fault:
 
 
 def parse_faults(spec: str | None, *, members: Sequence[str] = ()) -> list[Fault]:
-    """Parse ``kind[:member]@start[-end],...``; member faults default to the first member."""
+    """Parse ``kind[:member]@start[-end],...``; member faults default to the first member.
+
+    Windows are half-open: ``@60-90`` is frames 60 to 89, ``@5`` is frame 5 alone.
+    """
     if not spec:
         return []
     out = []
@@ -84,7 +87,11 @@ def parse_faults(spec: str | None, *, members: Sequence[str] = ()) -> list[Fault
         start = int(m["a"])
         end = int(m["b"]) if m["b"] else start + 1
         if end <= start:
-            raise UsageError(f"fault {part!r}: the end frame must come after the start")
+            raise UsageError(
+                f"fault {part!r}: the window is empty",
+                hint=f"ranges are half-open: {kind}@{start}-{start + 1} or {kind}@{start} is "
+                f"frame {start} alone, {kind}@{start}-{start + 10} frames {start} to {start + 9}",
+            )
         member_kind = kind in MEMBER_FAULTS and (target is not None or kind != "nan")
         if not member_kind and kind not in INPUT_FAULTS:
             raise UsageError(

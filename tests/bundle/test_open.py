@@ -183,7 +183,7 @@ def test_high_s_ecdsa_signature_is_refused(make_bundle, trust, device, state_dir
 
 
 def test_expired_and_future_bundles(make_bundle, trust, device, state_dir) -> None:
-    with pytest.raises(BundleExpiredError, match="expired"):
+    with pytest.raises(BundleExpiredError, match=r"expired at 20\d\d-\d\d-\d\dT[0-9:]{8}Z \(now"):
         _open(make_bundle(expires=NOW - 1, created=NOW - 100), trust, device, state_dir)
     with pytest.raises(BundleExpiredError, match="future"):
         _open(make_bundle(created=NOW + 3600, expires=None), trust, device, state_dir)

@@ -310,3 +310,23 @@ def test_missing_optional_dependency_names_the_extra() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert r.stdout.startswith("7 ") and "edgeguard[trt]" in r.stdout
+
+
+def test_every_command_has_an_example_in_its_help() -> None:
+    import argparse
+
+    from edgeguard.cli.main import build_parser
+
+    missing = []
+
+    def walk(parser: argparse.ArgumentParser, path: str = "") -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    key = f"{path} {name}".strip()
+                    if "example: edgeguard" not in (sub.epilog or ""):
+                        missing.append(key)
+                    walk(sub, key)
+
+    walk(build_parser())
+    assert missing == []

@@ -287,3 +287,13 @@ def test_serve_runs_a_plain_bundle_and_goes_on_past_unanswered_frames(tmp_path) 
     assert rep["sources"] == {"single_member": 18, "unanswered": 2}
     rc, rep = _serve_plain(tmp_path, bundle, "--inject", "nan@5-7", "--max-unanswered", "0")
     assert rc == 10 and "stopped after 1 unanswered frame" in rep["stderr"]
+
+
+def test_fault_windows_are_half_open_and_an_empty_one_says_how_to_write_it() -> None:
+    (one,) = parse_faults("nan@5")
+    assert (one.start, one.end) == (5, 6) and one.active(5) and not one.active(6)
+    (win,) = parse_faults("freeze@60-90")
+    assert win.active(60) and win.active(89) and not win.active(90)
+    with pytest.raises(UsageError, match="empty") as info:
+        parse_faults("nan@5-5")
+    assert "half-open" in (info.value.hint or "") and "nan@5" in (info.value.hint or "")
