@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint typecheck kernels bench clean
+.PHONY: demo test test-slow test-fast lint typecheck kernels bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,12 @@ demo: $(STAMP)
 	$(BIN)/edgeguard demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m 'not slow'
+
+# Real third-party models end to end (fetched once from PyPI wheels), cross-compiles: CI runs these.
+test-slow: $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-deps rapidocr-onnxruntime==1.4.4
+	$(BIN)/python -m pytest -m slow
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m 'not slow' -x -q
