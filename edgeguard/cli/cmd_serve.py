@@ -18,9 +18,13 @@ def register(sub: Any) -> None:
             "Open a bundle as this device, then feed the frames of FRAMES.npz (first "
             "axis) at --fps through the guarded runtime, showing the health state live. "
             "--inject schedules faults: member faults hang, crash, nan, slow (kind[:member]@a-b) "
-            "and input faults freeze, nan, scale255, dead, noise (kind@a-b). Ends with a table "
-            "of answer sources, accuracy per source (with --labels-key), deadline misses, "
-            "latency percentiles and health transitions."
+            "and input faults freeze, nan, scale255, div255, black, dead, noise, swap "
+            "(kind@a-b), applied to the frames as the model takes them. A frame whose input "
+            "is rejected with no answer by policy is recorded as rejected, one no step of "
+            "the fallback chain answers as unanswered; the loop goes on after both. Ends "
+            "with a table of answer sources, accuracy per source (with --labels-key), "
+            "inputs rejected (per failing check and per fault), deadline misses, latency "
+            "percentiles and health transitions."
         ),
     )
     p.add_argument("bundle", type=Path, metavar="BUNDLE.egb")
@@ -42,11 +46,18 @@ def register(sub: Any) -> None:
         help="write the metrics here (Prometheus text; JSON lines if FILE ends in .jsonl)",
     )
     p.add_argument(
+        "--records",
+        type=Path,
+        metavar="FILE.jsonl",
+        help="write one JSON line per frame: source, health, latency, faults, reasons and "
+        "the checks that rejected its input",
+    )
+    p.add_argument(
         "--max-unanswered",
         type=int,
         metavar="N",
         help="stop after more than N frames no step of the fallback chain answered "
-        "(default: record them and go on); exit 10 then",
+        "(rejected inputs do not count; default: record them and go on); exit 10 then",
     )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_device_args(p)
@@ -94,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         if labels is not None:
             labels = labels[: len(frames)]
         console = Console(stderr=args.json)
+        records: list[Any] = []
         try:
             report = run_frame_loop(
                 session,
@@ -106,8 +118,14 @@ def run(args: argparse.Namespace) -> int:
                 console=console,
                 live=not args.json,
                 max_unanswered=args.max_unanswered,
+                on_frame=records.append if args.records is not None else None,
             )
         finally:
+            if args.records is not None:
+                import json
+
+                lines = "".join(json.dumps(r.to_dict(), sort_keys=True) + "\n" for r in records)
+                atomic_write(args.records, lines.encode())
             if args.metrics is not None:
                 metrics = session.metrics
                 text = (

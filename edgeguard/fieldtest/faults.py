@@ -8,10 +8,15 @@ spec such as ``"hang:digits_mlp-fp16@60-100,freeze@120-140,nan@160-170"``:
   :class:`FaultyExecutor` wrapped around the session's executor, sandboxed or
   not: ``hang`` (never answers), ``crash`` (fails), ``nan`` (NaN outputs),
   ``slow`` (``slow_ms`` late);
-* input faults corrupt the camera frame before it reaches the runtime:
-  ``freeze`` (the previous frame again), ``nan`` (one NaN pixel), ``scale255``
-  (0..255 instead of 0..1), ``dead`` (all zeros), ``noise`` (Gaussian,
-  sigma 0.3).
+* input faults corrupt the camera frame before it reaches the runtime, the
+  corruption classes of :mod:`edgeguard.fieldtest.quality` acting on the frames as
+  the model takes them: ``freeze`` (the previous frame again), ``nan`` (one NaN
+  pixel), ``scale255`` (x255: 0..255 delivered where the model expects its
+  normalised range), ``div255`` (/255: normalised twice), ``black`` (each
+  channel's lowest value in the sequence, what a black pixel becomes after
+  preprocessing), ``dead`` (all zeros, whatever the preprocessing), ``noise``
+  (Gaussian noise of a quarter of the sequence's value range) and ``swap``
+  (channels reversed: BGR for RGB).
 
 Member faults without a target hit the first member.
 """
@@ -27,9 +32,11 @@ from typing import Any
 import numpy as np
 
 from edgeguard.errors import BackendError, UsageError
+from edgeguard.fieldtest.quality import FrameRange, corrupt, frame_range
 from edgeguard.policy.runtime import FALLBACK_NAME
 
 __all__ = [
+    "FAULT_CLASS",
     "INPUT_FAULTS",
     "MEMBER_FAULTS",
     "Fault",
@@ -40,7 +47,18 @@ __all__ = [
 ]
 
 MEMBER_FAULTS = ("hang", "crash", "nan", "slow")
-INPUT_FAULTS = ("freeze", "nan", "scale255", "dead", "noise")
+INPUT_FAULTS = ("freeze", "nan", "scale255", "div255", "black", "dead", "noise", "swap")
+#: The quality module's corruption class of each input fault.
+FAULT_CLASS = {
+    "freeze": "frozen",
+    "nan": "nan",
+    "scale255": "scale_x255",
+    "div255": "scale_div255",
+    "black": "black",
+    "dead": "dead",
+    "noise": "noise",
+    "swap": "channel_swap",
+}
 _SPEC = re.compile(
     r"^(?P<kind>[a-z0-9]+)(?::(?P<target>[A-Za-z0-9._:+-]+))?@(?P<a>\d+)(?:-(?P<b>\d+))?$"
 )
@@ -214,24 +232,42 @@ def corrupt_frame(
     faults: Sequence[Fault],
     index: int,
     rng: np.random.Generator,
+    *,
+    basis: FrameRange | None = None,
 ) -> tuple[np.ndarray, list[str]]:
-    """Apply the input faults active at ``index``; returns the frame and their names."""
+    """Apply the input faults active at ``index``; returns the frame and their names.
+
+    Args:
+        frame: The clean frame (a batch of one).
+        previous: The frame sent before it (``freeze`` repeats it), or None.
+        faults: The schedule.
+        index: The frame's index.
+        rng: Random source (``nan`` position, ``noise``).
+        basis: What black and the value range are for this sequence (default: this
+            frame's own, with the layout guessed from its shape).
+    """
     applied = []
     out = frame
     for f in faults:
         if f.on_member or not f.active(index):
             continue
         applied.append(f.kind)
-        if f.kind == "freeze" and previous is not None:
-            out = previous.copy()
-        elif f.kind == "nan":
-            out = out.copy()
-            flat = out.reshape(-1)
-            flat[rng.integers(flat.size)] = np.nan
-        elif f.kind == "scale255":
-            out = out * 255.0
+        if f.kind == "freeze":
+            if previous is not None:
+                out = previous.copy()
         elif f.kind == "dead":
             out = np.zeros_like(out)
-        elif f.kind == "noise":
-            out = (out + rng.normal(0.0, 0.3, out.shape)).astype(out.dtype)
+        else:
+            if basis is None:
+                basis = frame_range(frame)
+            if f.kind == "swap" and basis.channels < 2:
+                continue  # nothing to swap: the fault is recorded, the frame unchanged
+            out = corrupt(
+                FAULT_CLASS[f.kind],
+                out,
+                layout=basis.layout,
+                black=basis.black,
+                span=basis.span,
+                rng=rng,
+            )
     return out, applied

@@ -6,27 +6,41 @@ runtime by its deadline, the health state is shown live, scheduled faults
 (:mod:`edgeguard.fieldtest.faults`) are injected into the inputs and the
 members, and the loop ends with a table of where the answers came from,
 deadline misses, latency percentiles and accuracy per source when labels are
-known. A frame no step of the chain answers is recorded as ``unanswered`` (with
-the reason) and the loop goes on, unless ``max_unanswered`` says to stop.
+known. A frame whose input the checks rejected and the policy has no answer for
+is recorded as ``rejected`` (a deliberate refusal: a single model's bundle with no
+fallback); a frame no step of the chain answers is recorded as ``unanswered``
+(with the reason). The loop goes on after both, unless ``max_unanswered`` says to
+stop. Every frame whose input the checks rejected, answered or not, counts in the
+summary's ``input_rejections`` with the failing checks, and per input fault.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from edgeguard.errors import BackendError, InputRejectedError
-from edgeguard.fieldtest.faults import Fault, FaultClock, corrupt_frame
+from edgeguard.fieldtest.faults import INPUT_FAULTS, Fault, FaultClock, corrupt_frame
+from edgeguard.fieldtest.quality import frame_range
 
-__all__ = ["UNANSWERED", "FrameRecord", "LoopReport", "print_report", "run_frame_loop"]
+__all__ = [
+    "REJECTED",
+    "UNANSWERED",
+    "FrameRecord",
+    "LoopReport",
+    "print_report",
+    "run_frame_loop",
+]
 
 #: The source recorded for a frame no step of the fallback chain answered.
 UNANSWERED = "unanswered"
+#: The source recorded for a frame whose input was rejected with no answer by policy.
+REJECTED = "rejected"
 
 
 @dataclass(frozen=True)
@@ -40,6 +54,40 @@ class FrameRecord:
     faults: tuple[str, ...]
     reasons: tuple[str, ...]
     correct: bool | None
+    rejected_by: tuple[str, ...] = ()
+    """The checks that rejected the frame's input (empty when it passed)."""
+
+    @property
+    def rejected(self) -> bool:
+        """Whether the input checks rejected the frame (answered by a later step or not)."""
+        return bool(self.rejected_by)
+
+    def to_dict(self) -> dict[str, Any]:
+        """One JSON line of ``serve --records``."""
+        return {
+            "frame": self.index,
+            "source": self.source,
+            "health": self.health,
+            "total_ms": round(self.total_ms, 4),
+            "faults": list(self.faults),
+            "reasons": list(self.reasons),
+            "correct": self.correct,
+            "rejected_by": list(self.rejected_by),
+        }
+
+
+def _failing_checks(verdict: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """The rejecting checks of a verdict's dict form, each once, in order."""
+    if verdict is None:
+        return ()
+    names = [
+        str(v.get("check", "?"))
+        for v in verdict.get("violations", ())
+        if isinstance(v, dict) and v.get("severity") != "WARN"
+    ]
+    if not names:
+        names = ["checker_error" if verdict.get("error") else "rejected"]
+    return tuple(dict.fromkeys(names))
 
 
 @dataclass
@@ -57,6 +105,29 @@ class LoopReport:
     def unanswered(self) -> int:
         """Frames no step of the fallback chain answered."""
         return sum(1 for f in self.frames if f.source == UNANSWERED)
+
+    @property
+    def rejected(self) -> int:
+        """Frames whose input the checks rejected (answered by a later step or not)."""
+        return sum(1 for f in self.frames if f.rejected)
+
+    def input_rejections(self) -> dict[str, Any]:
+        """Rejected inputs: in all, by failing check, and per input fault and clean frame."""
+        by_check: Counter[str] = Counter()
+        for f in self.frames:
+            by_check.update(f.rejected_by)
+        per: dict[str, list[int]] = {}
+        for f in self.frames:
+            kinds = [k for k in f.faults if k in INPUT_FAULTS] or ["none"]
+            for k in dict.fromkeys(kinds):
+                seen = per.setdefault(k, [0, 0])
+                seen[0] += f.rejected
+                seen[1] += 1
+        return {
+            "total": self.rejected,
+            "by_check": dict(by_check),
+            "by_fault": {k: {"rejected": r, "frames": n} for k, (r, n) in per.items()},
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible summary."""
@@ -81,9 +152,19 @@ class LoopReport:
             },
             "loop_overruns": self.overruns,
             "unanswered": self.unanswered,
+            "input_rejections": self.input_rejections(),
             "stopped_early": self.stopped_early,
             "transitions": self.transitions,
         }
+
+
+def _profile_layout(session: Any, input_name: str) -> str | None:
+    """The layout the bundle's sanity profile calibrated ``input_name`` with, if any."""
+    profile = getattr(getattr(session, "slots", None), "sanity", None)
+    for p in getattr(profile, "inputs", ()):
+        if p.name == input_name:
+            return str(p.layout)
+    return None
 
 
 def _status_line(rec: FrameRecord, n: int) -> str:
@@ -109,6 +190,8 @@ def run_frame_loop(
     live: bool = True,
     seed: int = 0,
     max_unanswered: int | None = None,
+    layout: str | None = None,
+    on_frame: Callable[[FrameRecord], None] | None = None,
 ) -> LoopReport:
     """Serve ``frames`` (first axis) at ``fps`` through ``session.infer``.
 
@@ -123,7 +206,11 @@ def run_frame_loop(
         console: A rich Console for the live view (None: quiet).
         live: Show the live status line.
         seed: Seed of the input-fault randomness.
-        max_unanswered: Stop after more than this many unanswered frames (None: never).
+        max_unanswered: Stop after more than this many unanswered frames (None: never;
+            rejected frames do not count).
+        layout: The frames' layout, for the input faults (default: the layout the
+            bundle's sanity profile calibrated the input with, else guessed).
+        on_frame: Called with each frame's record as it is made.
     """
     from edgeguard.guard.health import Transition
 
@@ -135,6 +222,9 @@ def run_frame_loop(
     session.on_transition(on_transition)
     rng = np.random.default_rng(seed)
     period = 1.0 / fps
+    basis = None
+    if any(not f.on_member for f in faults):
+        basis = frame_range(frames, layout=layout or _profile_layout(session, input_name))
     previous: np.ndarray | None = None
     view = None
     if console is not None and live:
@@ -153,23 +243,29 @@ def run_frame_loop(
                 report.overruns += 1
             if clock is not None:
                 clock.frame = i
-            frame, applied = corrupt_frame(frames[i : i + 1], previous, faults, i, rng)
+            frame, applied = corrupt_frame(frames[i : i + 1], previous, faults, i, rng, basis=basis)
             member_faults = [f.kind for f in faults if f.on_member and f.active(i)]
             t0 = time.perf_counter()
             try:
                 res = session.infer({input_name: np.ascontiguousarray(frame)})
             except (InputRejectedError, BackendError) as exc:
                 previous = frame
+                refused = isinstance(exc, InputRejectedError)
                 rec = FrameRecord(
                     index=i,
-                    source=UNANSWERED,
+                    source=REJECTED if refused else UNANSWERED,
                     health=session.health.name,
                     total_ms=(time.perf_counter() - t0) * 1e3,
                     faults=tuple(applied + member_faults),
                     reasons=(f"{type(exc).__name__}: {exc}",),
                     correct=None,
+                    rejected_by=_failing_checks(getattr(exc, "verdict", None)) or ("rejected",)
+                    if refused
+                    else (),
                 )
                 report.frames.append(rec)
+                if on_frame is not None:
+                    on_frame(rec)
                 if view is not None:
                     view.update(_status_line(rec, len(frames)))
                 if max_unanswered is not None and report.unanswered > max_unanswered:
@@ -188,8 +284,11 @@ def run_frame_loop(
                 faults=tuple(applied + member_faults),
                 reasons=tuple(res.reasons),
                 correct=correct,
+                rejected_by=_failing_checks(res.rejection),
             )
             report.frames.append(rec)
+            if on_frame is not None:
+                on_frame(rec)
             if view is not None:
                 view.update(_status_line(rec, len(frames)))
     finally:
@@ -216,5 +315,12 @@ def print_report(console: Any, report: LoopReport) -> None:
         f"latency p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms, max {lat['max']:.2f} ms; "
         f"deadline misses {d['deadline_misses']}; loop overruns {d['loop_overruns']}"
     )
+    rej = d["input_rejections"]
+    if rej["total"] or any(k != "none" for k in rej["by_fault"]):
+        checks = ", ".join(f"{k} {v}" for k, v in sorted(rej["by_check"].items()))
+        console.print(f"inputs rejected: {rej['total']}" + (f" ({checks})" if checks else ""))
+        for kind, c in sorted(rej["by_fault"].items()):
+            what = "clean frames" if kind == "none" else f"fault {kind}"
+            console.print(f"  {what}: {c['rejected']}/{c['frames']} rejected")
     for line in d["transitions"]:
         console.print(f"  health: {line}")

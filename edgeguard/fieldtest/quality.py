@@ -26,7 +26,16 @@ import numpy.typing as npt
 
 from edgeguard.packaging.envelope import wilson_interval
 
-__all__ = ["CORRUPTIONS", "GATED", "Rate", "corrupt", "guard_quality"]
+__all__ = [
+    "CORRUPTIONS",
+    "GATED",
+    "FrameRange",
+    "Rate",
+    "corrupt",
+    "frame_range",
+    "guard_quality",
+    "guess_layout",
+]
 
 #: The corruption classes, in report order.
 CORRUPTIONS = ("nan", "scale_x255", "scale_div255", "black", "noise", "frozen", "channel_swap")
@@ -69,6 +78,54 @@ def _channel_axis(layout: str, ndim: int) -> int | None:
     if ndim != 4:
         return None
     return 1 if layout == "NCHW" else 3
+
+
+def guess_layout(shape: tuple[int, ...]) -> str:
+    """ "NHWC" when only the last axis of a rank-4 shape looks like channels, else "NCHW"."""
+    if len(shape) == 4 and shape[3] in (1, 3, 4) and shape[1] not in (1, 3, 4):
+        return "NHWC"
+    return "NCHW"
+
+
+@dataclass(frozen=True, eq=False)
+class FrameRange:
+    """What "black" and "heavy" mean for a frame sequence, for its corruptions.
+
+    Attributes:
+        layout: "NCHW" or "NHWC".
+        black: Per-channel value of a black pixel: each channel's lowest value in the
+            clean frames (shape broadcastable to one frame).
+        span: The width of the clean frames' value range.
+    """
+
+    layout: str
+    black: Array
+    span: float
+
+    @property
+    def channels(self) -> int:
+        """Channels of the frames (1 when they have no channel axis)."""
+        return int(self.black.size)
+
+
+def frame_range(frames: Array, *, layout: str | None = None) -> FrameRange:
+    """The :class:`FrameRange` of clean ``frames`` (``[N, ...]``; NaNs ignored).
+
+    Args:
+        frames: Clean frames.
+        layout: Their layout (default: guessed from the shape).
+    """
+    layout = layout or guess_layout(tuple(frames.shape))
+    axis = _channel_axis(layout, frames.ndim)
+    if axis is None:
+        black = np.asarray(np.nanmin(frames)).reshape(1)
+    else:
+        moved = np.moveaxis(frames, axis, 0).reshape(frames.shape[axis], -1)
+        shape = [1] * frames.ndim
+        shape[axis] = frames.shape[axis]
+        black = np.nanmin(moved, axis=1).reshape(shape)
+    span = float(np.nanmax(frames) - np.nanmin(frames)) or 1.0
+    return FrameRange(layout, black, span)
 
 
 def corrupt(
@@ -137,20 +194,9 @@ def guard_quality(
     """
     rng = np.random.default_rng(seed)
     extra = dict(extra or {})
-    axis = _channel_axis(layout, frames.ndim)
-    if axis is None:
-        black = np.asarray(np.nanmin(frames))
-    else:
-        moved = np.moveaxis(frames, axis, 0).reshape(frames.shape[axis], -1)
-        shape = [1] * frames.ndim
-        shape[axis] = frames.shape[axis]
-        black = np.nanmin(moved, axis=1).reshape(shape)
-    span = float(np.nanmax(frames) - np.nanmin(frames)) or 1.0
-    kinds = [
-        k
-        for k in CORRUPTIONS
-        if k != "channel_swap" or (axis is not None and frames.shape[axis] > 1)
-    ]
+    basis = frame_range(frames, layout=layout)
+    black, span = basis.black, basis.span
+    kinds = [k for k in CORRUPTIONS if k != "channel_swap" or basis.channels > 1]
     counts = {k: 0 for k in ("clean", *kinds)}
     n = len(frames)
 

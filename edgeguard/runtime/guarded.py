@@ -180,6 +180,8 @@ class GuardedResult:
             ``admission``, ``input_checks``, ``members``, ``member:<name>``,
             ``vote``, ``fallback_model``, ``output``).
         members: Members whose answers formed the result.
+        rejection: The verdict of the input checks when they rejected this frame's
+            input and a later step of the chain answered anyway (None otherwise).
     """
 
     seq: int
@@ -189,6 +191,7 @@ class GuardedResult:
     reasons: tuple[str, ...] = ()
     latency_ms: Mapping[str, float] = field(default_factory=dict)
     members: tuple[str, ...] = ()
+    rejection: Mapping[str, Any] | None = None
 
 
 @dataclass
@@ -734,6 +737,7 @@ class GuardedRuntime:
             reasons=tuple(f.reasons),
             latency_ms=f.lat,
             members=a.backers,
+            rejection=f.rejection,
         )
 
     # -- member calls: one path for members and the fallback model ----------------------------

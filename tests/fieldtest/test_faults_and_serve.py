@@ -20,6 +20,7 @@ from edgeguard.fieldtest.faults import (
     corrupt_frame,
     parse_faults,
 )
+from edgeguard.fieldtest.quality import frame_range
 from edgeguard.policy.runtime import FALLBACK_NAME
 from edgeguard.runtime.threads import ThreadMemberExecutor
 
@@ -97,6 +98,33 @@ def test_corrupt_frame_kinds() -> None:
     assert corrupt_frame(f, prev, faults, 4, rng)[0].std() > 0.05
     out, applied = corrupt_frame(f, prev, faults, 9, rng)
     assert out is f and applied == []
+
+
+def test_input_faults_act_on_the_frames_as_the_model_takes_them() -> None:
+    """Black is each channel's lowest value in the sequence (not 0), noise scales with the
+    value range, swap reverses the channels, in the layout given."""
+    rng = np.random.default_rng(0)
+    seq = rng.uniform(-2.0, 2.0, (8, 3, 6, 6)).astype(np.float32)
+    seq[:, 1] += 10.0  # channel 1 lives in 8..12
+    basis = frame_range(seq)
+    assert basis.layout == "NCHW" and basis.channels == 3
+    faults = parse_faults("black@0,div255@1,swap@2,noise@3")
+    f = seq[:1]
+    black, _ = corrupt_frame(f, None, faults, 0, rng, basis=basis)
+    assert black[0, 1].min() == black[0, 1].max() == pytest.approx(seq[:, 1].min())
+    assert black[0, 0].max() == pytest.approx(seq[:, 0].min())
+    assert np.allclose(corrupt_frame(f, None, faults, 1, rng, basis=basis)[0], f / 255.0)
+    assert np.array_equal(corrupt_frame(f, None, faults, 2, rng, basis=basis)[0], f[:, ::-1])
+    noisy = corrupt_frame(f, None, faults, 3, rng, basis=basis)[0]
+    assert 0.15 * basis.span < float(np.std(noisy - f)) < 0.35 * basis.span
+    nhwc = np.ascontiguousarray(seq.transpose(0, 2, 3, 1))
+    assert frame_range(nhwc).layout == "NHWC"
+    swapped = corrupt_frame(nhwc[:1], None, faults, 2, rng, basis=frame_range(nhwc))[0]
+    assert np.array_equal(swapped, nhwc[:1, ..., ::-1])
+    # a frame without channels to swap: the fault is recorded, the frame unchanged
+    gray = rng.uniform(0, 1, (1, 1, 4, 4)).astype(np.float32)
+    out, applied = corrupt_frame(gray, None, faults, 2, rng)
+    assert applied == ["swap"] and np.array_equal(out, gray)
 
 
 @pytest.fixture(scope="module")
@@ -278,14 +306,33 @@ def _serve_plain(tmp_path: Path, bundle: Path, *extra: str) -> tuple[int, dict]:
     return r.returncode, (json.loads(r.stdout) if r.returncode == 0 else {"stderr": r.stderr})
 
 
-def test_serve_runs_a_plain_bundle_and_goes_on_past_unanswered_frames(tmp_path) -> None:
+def test_serve_runs_a_plain_bundle_and_goes_on_past_rejected_and_unanswered_frames(
+    tmp_path,
+) -> None:
     bundle = _plain_bundle(tmp_path)
-    rc, rep = _serve_plain(tmp_path, bundle, "--inject", "nan@5-7")
+    records = tmp_path / "records.jsonl"
+    rc, rep = _serve_plain(
+        tmp_path, bundle, "--inject", "nan@5-7,crash@10-12", "--records", str(records)
+    )
     assert rc == 0, rep
-    # one model, no fallback chain: the two broken frames have no answer, the rest do
-    assert rep["frames"] == 20 and rep["unanswered"] == 2 and not rep["stopped_early"]
-    assert rep["sources"] == {"single_member": 18, "unanswered": 2}
+    # one model, no fallback chain: the two broken inputs are refused (rejected), the two
+    # frames the crashed member could not answer are unanswered, the rest are answered
+    assert rep["frames"] == 20 and not rep["stopped_early"]
+    assert rep["sources"] == {"single_member": 16, "rejected": 2, "unanswered": 2}
+    assert rep["unanswered"] == 2
+    rej = rep["input_rejections"]
+    assert rej["total"] == 2 and rej["by_check"] == {"nonfinite": 2}
+    assert rej["by_fault"]["nan"] == {"rejected": 2, "frames": 2}
+    assert rej["by_fault"]["none"] == {"rejected": 0, "frames": 18}  # no input fault
+    lines = [json.loads(x) for x in records.read_text().splitlines()]
+    assert [x["frame"] for x in lines] == list(range(20))
+    assert lines[5]["source"] == "rejected" and lines[5]["rejected_by"] == ["nonfinite"]
+    assert lines[10]["source"] == "unanswered" and lines[10]["faults"] == ["crash"]
+    assert lines[0]["source"] == "single_member" and lines[0]["rejected_by"] == []
+    # rejected inputs are refusals by policy, not failures: they do not count as unanswered
     rc, rep = _serve_plain(tmp_path, bundle, "--inject", "nan@5-7", "--max-unanswered", "0")
+    assert rc == 0 and rep["sources"]["rejected"] == 2
+    rc, rep = _serve_plain(tmp_path, bundle, "--inject", "crash@5-7", "--max-unanswered", "0")
     assert rc == 10 and "stopped after 1 unanswered frame" in rep["stderr"]
 
 
