@@ -34,6 +34,7 @@ from edgeguard.errors import (
 
 __all__ = ["CLOCK_SKEW_S", "TrustStore", "check_policy", "verify_signature"]
 
+
 def _iso(ts: int) -> str:
     """Unix seconds as ISO 8601 UTC (``2027-01-01T00:00:00Z``)."""
     return datetime.datetime.fromtimestamp(ts, tz=datetime.timezone.utc).strftime(

@@ -332,16 +332,71 @@ def vote_detection(members: Mapping[str, Outputs], spec: VoterSpec) -> Vote:
 
 
 def vote(members: Mapping[str, Outputs], spec: VoterSpec, *, quorum: int = 1) -> Vote:
-    """Dispatch to the voter named by ``spec.kind``; fail when fewer than ``quorum`` answered."""
+    """Dispatch to the voter named by ``spec.kind``; fail when fewer than ``quorum`` answered.
+
+    A member's other outputs (a multi-output model) are not dropped: the median and
+    mid-value voters fuse every float output the backers share the same way as the voted
+    one; the other voters take them from the backer whose voted output is closest to the
+    result (ties broken by value, never by name).
+    """
     if len(members) < quorum:
         return Vote(ok=False, reason=f"{len(members)} member(s) answered, quorum is {quorum}")
     if spec.kind in (VoterKind.PLURALITY, VoterKind.MAJORITY, VoterKind.SOFT):
-        return vote_classification(members, spec)
+        return _complete(vote_classification(members, spec), members, spec)
     if spec.kind in (VoterKind.MEDIAN, VoterKind.MID_VALUE):
-        return vote_regression(members, spec, quorum=quorum)
+        return _complete(vote_regression(members, spec, quorum=quorum), members, spec)
     if spec.kind is VoterKind.PASSTHROUGH:
         return vote_passthrough(members)
-    return vote_detection(members, spec)
+    return _complete(vote_detection(members, spec), members, spec)
+
+
+def _closeness(outputs: Outputs, result: Outputs, voted: str) -> tuple[float, bytes]:
+    """Sort key of a backer: how close its voted output is to the result, then its values
+    (never its name, so the choice is invariant under permutation of the members)."""
+    mine, theirs = outputs.get(voted), result.get(voted)
+    dist = 0.0
+    if mine is not None and theirs is not None and np.shape(mine) == np.shape(theirs):
+        with np.errstate(invalid="ignore"):
+            diff = np.abs(np.asarray(mine, np.float64) - np.asarray(theirs, np.float64))
+        dist = float(np.nansum(diff))
+    return dist, b"".join(np.ascontiguousarray(outputs[k]).tobytes() for k in sorted(outputs))
+
+
+def _complete(v: Vote, members: Mapping[str, Outputs], spec: VoterSpec) -> Vote:
+    """``v`` with the outputs the voter did not decide on, from its backers."""
+    if not v.ok or not members:
+        return v
+    # no member backs every row (each row had its own majority): any answering member
+    backers = sorted(v.backers) or sorted(members)
+    first = members[min(backers, key=lambda b: _closeness(members[b], v.outputs, spec.output))]
+    extra: dict[str, np.ndarray] = {}
+    fuse = spec.kind in (VoterKind.MEDIAN, VoterKind.MID_VALUE)
+    for name, value in first.items():
+        if name in v.outputs:
+            continue
+        arrays = [np.asarray(members[b].get(name)) for b in backers if name in members[b]]
+        if (
+            fuse
+            and len(arrays) == len(backers)
+            and np.issubdtype(arrays[0].dtype, np.floating)
+            and all(a.shape == arrays[0].shape for a in arrays)
+        ):
+            fused = _mid_value(arrays) if spec.kind is VoterKind.MID_VALUE else _median(arrays)
+            extra[name] = np.asarray(fused, dtype=arrays[0].dtype)
+        else:
+            extra[name] = np.asarray(value)
+    if not extra:
+        return v
+    ordered = {n: v.outputs[n] if n in v.outputs else extra[n] for n in first}
+    ordered.update((n, a) for n, a in v.outputs.items() if n not in ordered)
+    return Vote(
+        ok=v.ok,
+        outputs=ordered,
+        backers=v.backers,
+        dissenters=v.dissenters,
+        agreement=v.agreement,
+        reason=v.reason,
+    )
 
 
 def vote_passthrough(members: Mapping[str, Outputs]) -> Vote:

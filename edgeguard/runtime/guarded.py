@@ -236,6 +236,9 @@ class _Frame:
     round: _Round | None = None
 
 
+_CLASSIFIERS = (VoterKind.PLURALITY, VoterKind.MAJORITY, VoterKind.SOFT)
+
+
 def _status_name(verdict: object) -> str:
     s = getattr(verdict, "status", verdict)
     name = s.name if isinstance(s, Enum) else str(s)
@@ -656,6 +659,12 @@ class GuardedRuntime:
         if self._overran(f):
             f.reasons.append("fallback answer arrived after the frame deadline")
             return None
+        voter = self._policy.voter
+        if voter.kind in _CLASSIFIERS and voter.output in out and "label" not in out:
+            # the same outputs as a voted answer, "label" included, whoever answers
+            alone = vote({FALLBACK_NAME: out}, voter)
+            if alone.ok:
+                out = alone.outputs
         return _Answer(out, ResultSource.FALLBACK_MODEL, (FALLBACK_NAME,), HealthState.FAILSAFE)
 
     def _step_last_known_good(self, f: _Frame, step: ChainStep) -> _Answer | None:

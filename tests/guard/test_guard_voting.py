@@ -32,6 +32,30 @@ def test_plurality_outvotes_a_dissenter() -> None:
     assert int(np.argmax(v.outputs["logits"][0])) == 1
 
 
+def test_a_multi_output_models_other_outputs_are_kept() -> None:
+    """The voted output decides; the other outputs come from the backers (fused by the
+    median voters, otherwise from the backer closest to the result), in the model's order."""
+    members = {
+        n: {
+            "boxes": np.full((1, 3), v, np.float32),
+            "logits": onehot([lab]),
+            "count": np.array([i], np.int64),
+        }
+        for i, (n, v, lab) in enumerate([("a", 1.0, 1), ("b", 2.0, 1), ("c", 9.0, 3)])
+    }
+    v = vote(members, CLS)
+    assert v.ok and list(v.outputs)[:3] == ["boxes", "logits", "count"]
+    assert v.outputs["label"].tolist() == [1]
+    # both from the same backer ("a" or "b"), never from the outvoted "c"
+    pair = (v.outputs["boxes"].tolist(), v.outputs["count"].tolist())
+    assert pair in (([[1.0] * 3], [0]), ([[2.0] * 3], [1]))
+    med = vote(members, VoterSpec(kind=VoterKind.MEDIAN, output="boxes"))
+    assert med.ok and med.outputs["boxes"].tolist() == [[2.0, 2.0, 2.0]]
+    # other float outputs are fused the same way; other dtypes come from the first backer
+    assert np.allclose(med.outputs["logits"], np.median([m["logits"] for m in members.values()], 0))
+    assert med.outputs["count"].tolist() in ([0], [1])
+
+
 def test_agreement_threshold_and_majority() -> None:
     members = {
         "a": {"logits": onehot([0])},
@@ -136,12 +160,23 @@ def test_classification_permutation_invariant(ms, rnd, kind) -> None:
     perm = names[:]
     rnd.shuffle(perm)
     # permuted: the same values under shuffled names (and dict order)
-    a = vote(dict(zip(names, ({"logits": x} for x in arrays), strict=True)), spec)
-    b = vote({p: {"logits": arrays[names.index(p)]} for p in reversed(perm)}, spec)
+    # a second output, not voted on, differs per member: the one kept must not depend on names
+    extra = [np.array([i % 2], np.int64) for i in range(len(ms))]
+    a = vote(
+        {n: {"logits": x, "extra": e} for n, x, e in zip(names, arrays, extra, strict=True)}, spec
+    )
+    b = vote(
+        {
+            p: {"logits": arrays[names.index(p)], "extra": extra[names.index(p)]}
+            for p in reversed(perm)
+        },
+        spec,
+    )
     assert a.ok == b.ok and a.reason == b.reason
     if a.ok:
         assert a.outputs["label"].tolist() == b.outputs["label"].tolist()
         assert np.allclose(a.outputs["logits"], b.outputs["logits"])
+        assert a.outputs["extra"].tolist() == b.outputs["extra"].tolist()
 
 
 @settings(max_examples=60, deadline=None)

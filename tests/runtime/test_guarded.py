@@ -260,6 +260,8 @@ def test_disagreement_is_a_fault(elog, key) -> None:
     )
     r = rt.infer(X)
     assert r.source is ResultSource.FALLBACK_MODEL and r.outputs["logits"][0, 7] == 4.0
+    # the fallback's answer has the voted answer's outputs: "label" too
+    assert r.outputs["label"].tolist() == [7]
     assert r.health is F and any("no majority" in x for x in r.reasons)
     assert any(x["kind"] == "disagreement" for x in kinds(elog, key))
     rt.close()
