@@ -106,6 +106,7 @@ def build_bundle(
         given.append((Path(path).stem, data))
     ensemble = ensemble or EnsembleOptions()
     cal_arrays = None
+    shape_hints = None
     if calibration is not None:
         if sanity is not None:
             raise UsageError("give either a sanity profile or calibration data, not both")
@@ -118,6 +119,10 @@ def build_bundle(
             if on_calibration is not None:
                 on_calibration(report)
             sanity = profile.to_dict()
+    if sanity is not None and cal_arrays is None:
+        from edgeguard.packaging.deadline import profile_frame_shapes
+
+        shape_hints = profile_frame_shapes(sanity)
     target = device_profiles[0]
     plan = plan_ensemble(
         given,
@@ -127,6 +132,7 @@ def build_bundle(
         dla_cores=target.dla_cores,
         has_gpu=target.gpu is not None,
         progress=progress,
+        shape_hints=shape_hints,
     )
     if on_plan is not None:
         on_plan(plan)

@@ -26,7 +26,14 @@ import numpy as np
 from edgeguard.policy.io import MemberIo
 from edgeguard.policy.runtime import DeadlineBasis
 
-__all__ = ["AUTO_FACTOR", "MIN_AUTO_DEADLINE_MS", "REPEATS", "frame_shapes", "measure_deadline"]
+__all__ = [
+    "AUTO_FACTOR",
+    "MIN_AUTO_DEADLINE_MS",
+    "REPEATS",
+    "frame_shapes",
+    "measure_deadline",
+    "profile_frame_shapes",
+]
 
 #: The deadline is this many times the slowest member's slowest run.
 AUTO_FACTOR = 4.0
@@ -38,15 +45,21 @@ MIN_AUTO_DEADLINE_MS = 25.0
 
 
 def frame_shapes(
-    io: MemberIo, calibration: Mapping[str, np.ndarray] | None
+    io: MemberIo,
+    calibration: Mapping[str, np.ndarray] | None,
+    hints: Mapping[str, tuple[int, ...]] | None = None,
 ) -> dict[str, tuple[int, ...]] | None:
-    """The shape of one frame per input: from the calibration data, else from the
-    contract when every axis but the first is fixed; None when neither says."""
+    """The shape of one frame per input: from the calibration data, else from ``hints``
+    (the frame shapes a sanity profile was calibrated on), else from the contract when
+    every axis but the first is fixed; None when none says."""
     shapes: dict[str, tuple[int, ...]] = {}
     for spec in io.inputs:
         if calibration is not None and spec.name in calibration:
             arr = np.asarray(calibration[spec.name])
             shapes[spec.name] = (1, *arr.shape[1:]) if arr.ndim else ()
+            continue
+        if hints is not None and spec.name in hints:
+            shapes[spec.name] = tuple(hints[spec.name])
             continue
         dims = [d if isinstance(d, int) else None for d in spec.shape]
         if any(d is None for d in dims[1:]):
@@ -76,6 +89,7 @@ def measure_deadline(
     *,
     factor: float = AUTO_FACTOR,
     progress: Any = None,
+    shape_hints: Mapping[str, tuple[int, ...]] | None = None,
 ) -> tuple[float, DeadlineBasis] | None:
     """Measure every member; returns ``(deadline_ms, basis)``, or None when unmeasurable.
 
@@ -84,10 +98,12 @@ def measure_deadline(
         calibration: Calibration frames keyed by input name, or None.
         factor: Deadline over the slowest member.
         progress: Called with ``(done, total)`` after each member (a progress bar).
+        shape_hints: Frame shapes for inputs the calibration frames do not hold (from a
+            sanity profile); such inputs are timed on zeros of that shape.
     """
     from edgeguard.backends.onnxruntime import OnnxRuntimeBackend
 
-    shapes = frame_shapes(members[0][2], calibration)
+    shapes = frame_shapes(members[0][2], calibration, shape_hints)
     if shapes is None:
         return None
     measured: dict[str, float] = {}
@@ -114,3 +130,17 @@ def measure_deadline(
         host=f"{platform.machine()}, {cores} cores",
     )
     return deadline, basis
+
+
+def profile_frame_shapes(sanity: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """One frame's shape per input a sanity profile (its dict form) was calibrated on:
+    the smallest size of every axis it accepts, a batch of one."""
+    out: dict[str, tuple[int, ...]] = {}
+    for inp in sanity.get("inputs", ()):
+        try:
+            dims = [int(lo) for lo, _hi in inp["shape"]]
+        except (KeyError, TypeError, ValueError):
+            continue
+        if dims:
+            out[str(inp["name"])] = (1, *dims[1:])
+    return out

@@ -179,6 +179,7 @@ def plan_ensemble(
     dla_cores: int = 0,
     has_gpu: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
+    shape_hints: Mapping[str, tuple[int, ...]] | None = None,
 ) -> EnsemblePlan:
     """Members, runtime policy, I/O contracts and isolation for the given models and options.
 
@@ -194,6 +195,8 @@ def plan_ensemble(
         dla_cores: DLA cores of the target device profile.
         has_gpu: Whether the target device profile has a GPU.
         progress: Called with ``(step, done, total)`` during the long steps.
+        shape_hints: One frame's shape per input, for timing the members when no
+            calibration frames are given (from the sanity profile).
 
     Returns:
         The plan.
@@ -269,7 +272,9 @@ def plan_ensemble(
     io = {m.name: member_io(m) for m in members}
     if fallback is not None:
         io[fallback.name] = member_io(fallback)
-    deadline, basis, note = _deadline(opts, members, fallback, io, calibration, single, progress)
+    deadline, basis, note = _deadline(
+        opts, members, fallback, io, calibration, single, progress, shape_hints
+    )
     try:
         policy = RuntimePolicy(
             members=tuple(MemberSpec(m.name, m.placement) for m in members),
@@ -311,6 +316,7 @@ def _deadline(
     calibration: Mapping[str, np.ndarray] | None,
     single: bool,
     progress: Callable[[str, int, int], None] | None,
+    shape_hints: Mapping[str, tuple[int, ...]] | None = None,
 ) -> tuple[float, DeadlineBasis | None, str]:
     """The deadline, how it was measured, and a line that says so."""
     if opts.deadline_ms is not None:
@@ -324,6 +330,7 @@ def _deadline(
         runs,
         calibration,
         progress=None if progress is None else lambda d, t: progress("timing members", d, t),
+        shape_hints=shape_hints,
     )
     if measured is None:
         value = SINGLE_MODEL_DEADLINE_MS if single else UNMEASURED_DEADLINE_MS
@@ -331,8 +338,9 @@ def _deadline(
             value,
             None,
             (
-                f"deadline {value:g} ms: not measured (the inputs have dynamic axes and no "
-                "calibration frames shape them); give --calibration or --deadline-ms"
+                f"deadline {value:g} ms: not measured (the inputs have dynamic axes and neither "
+                "calibration frames nor a sanity profile shape them); give --calibration or "
+                "--deadline-ms"
             ),
         )
     value, basis = measured

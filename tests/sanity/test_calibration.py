@@ -160,3 +160,13 @@ def test_the_cli_report_and_a_profile_given_to_build(tmp_path: Path, capsys) -> 
     other.write_bytes(AUDIO)
     assert main(["build", str(other), *build[1:]]) == 2
     assert "calibrated for another model" in capsys.readouterr().err
+
+
+def test_the_wilson_interval_has_exact_ends_and_covers_the_rate() -> None:
+    from edgeguard.packaging.envelope import wilson_interval
+
+    assert wilson_interval(0, 40)[0] == 0.0 and 0.05 < wilson_interval(0, 40)[1] < 0.1
+    assert wilson_interval(40, 40)[1] == 1.0
+    lo, hi = wilson_interval(3, 100)
+    assert lo < 0.03 < hi and (round(lo, 4), round(hi, 4)) == (0.0103, 0.0845)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
