@@ -171,6 +171,20 @@ def span(digits: int, unit: str = "") -> Formatter:
     return fmt
 
 
+def pct0(v: Any) -> str:
+    """``97 %`` from a fraction."""
+    return f"{100 * float(v):.0f} %"
+
+
+def rate_ci(v: Any) -> str:
+    """``1.0 % [0.2, 5.4]`` from (fraction, (lo, hi)) fractions."""
+    value, ci = v
+    text = f"{100 * float(value):.1f} %"
+    if isinstance(ci, Sequence) and len(ci) == 2 and None not in ci:
+        text += f" [{100 * float(ci[0]):.1f}, {100 * float(ci[1]):.1f}]"
+    return text
+
+
 def text(v: Any) -> str:
     return str(v)
 
@@ -207,6 +221,8 @@ class Table:
     title: str
     target: str
     cols: tuple[Col, ...]
+    each: str | None = None
+    """A dotted path to a mapping in the results: one row per entry (its key first)."""
 
 
 @dataclass(frozen=True)
@@ -453,6 +469,40 @@ BENCHES: dict[str, Bench] = {
             ),
         ),
     ),
+    "zoo": Bench(
+        "Zoo models with default settings (calibrate, build, guard, latency; generic-cpu)",
+        "python benchmarks/bench_zoo.py",
+        (
+            Table(
+                "Per model: calibration, the guard on held-out frames, latency",
+                "calibration of 200 frames of 640x640 (ppocr_det) < 30 s; held-out clean "
+                "false rejects <= 2 %; gated corruptions >= 95 %",
+                (
+                    Col("calibrate s", at("calibration.seconds"), num(1)),
+                    Col("cal frames", at("calibration.frames"), text),
+                    Col(
+                        "CV false rejects",
+                        both(
+                            at("calibration.false_reject_cv.rejected"),
+                            at("calibration.false_reject_cv.frames"),
+                        ),
+                        lambda v: f"{v[0]}/{v[1]}",
+                    ),
+                    Col(
+                        "held-out false rejects [95 %]",
+                        both(at("clean_false_reject.rate"), at("clean_false_reject.ci95")),
+                        rate_ci,
+                    ),
+                    Col("gated corruptions (min)", at("min_gated_detection"), pct0),
+                    Col("channel swap", at("detection.channel_swap.rate"), pct0),
+                    _ms("latency_ms.p50", "p50 ms"),
+                    _ms("latency_ms.p99", "p99 ms"),
+                    Col("deadline ms", at("deadline_ms"), num(0)),
+                ),
+                each="models",
+            ),
+        ),
+    ),
     "side_measurements": Bench(
         "Side measurements quoted by the docs (one-off scripts, no benchmark of their own)",
         "(none: the scripts were not kept; the note says what was measured)",
@@ -482,6 +532,21 @@ def _scope(rec: Mapping[str, Any]) -> dict[str, Any]:
     scope = dict(results) if isinstance(results, Mapping) else {}
     scope.setdefault("params", rec.get("params") or {})
     return scope
+
+
+def _scopes(rec: Mapping[str, Any], table: Table) -> list[tuple[str | None, Mapping[str, Any]]]:
+    """The scopes of a record's rows: the record's, or one per entry of ``table.each``."""
+    scope = _scope(rec)
+    if table.each is None:
+        return [(None, scope)]
+    entries = at(table.each)(scope)
+    if not isinstance(entries, Mapping):
+        return []
+    return [
+        (str(k), {**v, "params": scope.get("params", {})})
+        for k, v in entries.items()
+        if isinstance(v, Mapping)
+    ]
 
 
 def _cell(col: Col, scope: Mapping[str, Any]) -> str | None:
@@ -553,20 +618,21 @@ def render(records: Sequence[Mapping[str, Any]]) -> str:
         for table in tables:
             rows = []
             for rec in recs:
-                scope = _scope(rec)
-                cells = [_cell(c, scope) for c in table.cols]
-                if all(c is None for c in cells):
-                    continue  # this record has none of this table's figures
-                rows.append(
-                    [
-                        _date(rec),
-                        str(rec.get("commit") or MISSING),
-                        str(rec.get("source") or "run"),
-                        _others(rec),
-                        *[MISSING if c is None else c for c in cells],
-                        str(rec.get("note") or ""),
-                    ]
-                )
+                for key, scope in _scopes(rec, table):
+                    cells = [_cell(c, scope) for c in table.cols]
+                    if all(c is None for c in cells):
+                        continue  # this record has none of this table's figures
+                    rows.append(
+                        [
+                            _date(rec),
+                            str(rec.get("commit") or MISSING),
+                            str(rec.get("source") or "run"),
+                            _others(rec),
+                            *([] if key is None else [key]),
+                            *[MISSING if c is None else c for c in cells],
+                            str(rec.get("note") or ""),
+                        ]
+                    )
             if not rows:
                 continue
             target = f" (target: {table.target})" if table.target else ""
@@ -576,6 +642,7 @@ def render(records: Sequence[Mapping[str, Any]]) -> str:
                 "commit",
                 "source",
                 "others busy",
+                *([] if table.each is None else [table.each.rsplit(".", 1)[-1].rstrip("s")]),
                 *[c.header for c in table.cols],
             ]
             lines.append(_md_row([*header, "note"]))

@@ -87,6 +87,30 @@ def test_runs_sorted_by_date_missing_figures_shown_as_dash(
     assert f"`{results.COMMAND}`" in text.splitlines()[2]
 
 
+def test_a_table_with_a_row_per_model(results: ModuleType, tmp_path: Path) -> None:
+    rec = {
+        **_record("2026-12-02T10:00:00Z", "ccccccc", {}),
+        "benchmark": "zoo",
+        "results": {
+            "models": {
+                "yolov8n": {
+                    "calibration": {"seconds": 4.24, "frames": 200},
+                    "clean_false_reject": {"rate": 0.01, "ci95": [0.002, 0.054]},
+                    "min_gated_detection": 1.0,
+                },
+                "layout": {"calibration": {"seconds": 20.0, "frames": 200}},
+            }
+        },
+    }
+    _write(tmp_path, "z.json", rec)
+    text = results.render(results.load_records(tmp_path))
+    assert "| date (UTC) | commit | source | others busy | model | calibrate s |" in text
+    rows = _table_rows(text)
+    assert [r[4] for r in rows] == ["yolov8n", "layout"]  # the record's order
+    assert rows[0][5:10] == ["4.2", "200", "-", "1.0 % [0.2, 5.4]", "100 %"]
+    assert rows[1][5:7] == ["20.0", "200"]
+
+
 def test_output_is_deterministic(results: ModuleType, tmp_path: Path) -> None:
     recs = [
         _record("2026-11-23T01:00:00Z", "aaaaaaa", {"open_gb_per_s": 1.25}),

@@ -567,7 +567,8 @@ class _Calibration:
         msp: dict[str, list[Any]] = {o: [] for o in names}
         energy: dict[str, list[Any]] = {o: [] for o in names}
         if not names:
-            starts = range(1)  # one call: the data fits the model
+            starts = range(1)  # one call on one frame (or fixed batch): the data fits the model
+            step = int(fixed[0]) if fixed else 1
         elif fixed:
             starts = range(0, self.frames - step + 1, step)  # whole fixed batches only
         else:

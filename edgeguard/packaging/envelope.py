@@ -17,7 +17,7 @@ calibration values and a two-sided tail ``a = target / (2k)`` for ``k`` checks p
   ``max`` above it) by more than a small tolerance holds values the input never takes
   (noise, a wrong offset or scale), while a frame without black or white pixels is
   normal; a never-negative statistic of contrast or texture (``std``, ``hf``) is
-  rejected only below a quarter of its smallest calibration value, so a dead, constant
+  rejected only below 0.15 times its smallest calibration value, so a dead, constant
   or scaled-down frame is caught and a foggy or dark one is not, and ``tdiff``'s
   lower REJECT limit is a hair above zero: only an (almost) exact repeat is a frozen
   frame, a slow pan or a static scene is not.
@@ -65,7 +65,7 @@ _FLOOR_ABS = {"sat_lo": 0.20, "sat_hi": 0.20, "hf": 0.02}
 #: A positive statistic (contrast, texture) is a fault only far below anything the
 #: calibration saw: a dead or constant frame, a signal scaled down by orders of
 #: magnitude; fog, night and plain walls have a fraction of the usual contrast.
-_POSITIVE_FLOOR = 0.25
+_POSITIVE_FLOOR = 0.15
 #: tdiff below this fraction of the span (times the resolution floor) is a repeated frame.
 _FROZEN = 1e-6
 
