@@ -83,6 +83,7 @@ def _typed_slots(m: Any) -> dict[str, Any]:
             "policy": slots.isolation.to_dict(),
         },
         "sanity_inputs": [p.name for p in slots.sanity.inputs] if slots.sanity else [],
+        "sanity_unchecked": list(slots.sanity.unchecked) if slots.sanity else [],
     }
 
 
@@ -123,43 +124,59 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(d)
         return 0
+    import time
+
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     c = Console()
-    c.print(f"[bold]{d['name']}[/] v{d['version']}  (format 1, [yellow]signature not verified[/])")
-    c.print(f"created {d['created']}  expires {d['expires'] or 'never'}")
+    title = f"[bold]{escape(d['name'])}[/] v{d['version']}"
+    c.print(f"{title}  (format 1, [yellow]signature not verified[/])")
+    expired = prefix.header.manifest.expires is not None and (
+        prefix.header.manifest.expires <= time.time()
+    )
+    c.print(
+        f"created {d['created']}  expires {d['expires'] or 'never'}"
+        + ("  [red](expired)[/]" if expired else "")
+    )
     c.print(f"signer  {d['signer_key_id']}  ({d['signature_alg']})")
     ids = d["devices"]["ids"]
     c.print(f"devices profiles={', '.join(d['devices']['profiles'])} ids={ids or 'any recipient'}")
     rt = d["runtime"]
     where = rt["placement"] if rt else {}
-    t = Table(title="members")
+    t = Table(title="members (sha256 prefix; --json for the full digests)")
     for col in ("name", "role", "format", "size", "sha256", *(("placement",) if rt else ())):
-        t.add_column(col)
+        t.add_column(col, overflow="fold")
     for x in d["members"]:
-        row = [x["name"], x["role"], x["format"], str(x["size"]), x["sha256"][:16] + "…"]
+        row = [escape(x["name"]), x["role"], x["format"], str(x["size"]), x["sha256"][:16] + "…"]
         if rt:
             row.append(where.get(x["name"], "cpu, unpinned" if x["role"] == "fallback" else "-"))
         t.add_row(*row)
     c.print(t)
     if rt:
         chain = rt["fallback_chain"]
-        voter = rt["voter"] if not rt["output"] else f"{rt['voter']} on {rt['output']}"
-        c.print(
-            f"runtime policy: voter {voter}, quorum {rt['quorum']} of {len(where)}, "
-            f"deadline {rt['deadline_ms']} ms, chain "
-            + (" -> ".join(map(str, chain)) if isinstance(chain, list) else "?")
-        )
+        steps = " -> ".join(map(str, chain)) if isinstance(chain, list) else "?"
+        if rt["voter"] == "passthrough":
+            c.print(
+                f"runtime policy: one model, its answer as is; deadline {rt['deadline_ms']:g} ms"
+                + ("" if chain == ["ensemble"] else f"; chain {steps}")
+            )
+        else:
+            voter = rt["voter"] if not rt["output"] else f"{rt['voter']} on {rt['output']}"
+            c.print(
+                f"runtime policy: voter {escape(str(voter))}, quorum {rt['quorum']} of "
+                f"{len(where)}, deadline {rt['deadline_ms']:g} ms, chain {steps}"
+            )
     if "slots_error" in d:
         c.print(f"[red]signed slots do not parse[/]: {d['slots_error']}")
     else:
         io = Table(title="I/O contracts (signed; ? = dynamic axis)")
         for col in ("member", "inputs", "outputs", "precisions"):
-            io.add_column(col)
+            io.add_column(col, overflow="fold")
         for name, contract in d["io"].items():
             io.add_row(
-                name,
+                escape(name),
                 "\n".join(_tensor(t) for t in contract["inputs"]),
                 "\n".join(_tensor(t) for t in contract["outputs"]),
                 ", ".join(contract["precisions"]) or "fp32",
@@ -171,8 +188,12 @@ def run(args: argparse.Namespace) -> int:
             "isolation: "
             + (f"requires {', '.join(req)} (threads refused)" if req else "nothing required")
         )
-        checked = d["sanity_inputs"]
-        c.print("sanity profile: " + (f"checks {', '.join(checked)}" if checked else "none"))
+        checked, unchecked = d["sanity_inputs"], d["sanity_unchecked"]
+        c.print(
+            "sanity profile: "
+            + (f"checks {escape(', '.join(checked))}" if checked else "none")
+            + (f"; passes unchecked: {escape(', '.join(unchecked))}" if unchecked else "")
+        )
     c.print(
         f"{len(d['recipients'])} recipient(s): "
         + ", ".join(f"{r['kem']}:{r['key_id'][:12]}…" for r in d["recipients"][:8])
@@ -187,5 +208,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _tensor(t: dict[str, Any]) -> str:
-    dims = ", ".join("?" if x is None else str(x) for x in t["shape"])
-    return f"{t['name']} {t['dtype']}[{dims}]"
+    """``name dtype[dims]``, escaped for rich (``[batch, 3]`` is not markup)."""
+    from rich.markup import escape
+
+    dims = ", ".join(str(x) if isinstance(x, int) and x >= 0 else "?" for x in t["shape"])
+    return escape(f"{t['name']} {t['dtype']}[{dims}]")

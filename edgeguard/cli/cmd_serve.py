@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,12 @@ def register(sub: Any) -> None:
         type=Path,
         metavar="FILE",
         help="write the metrics here (Prometheus text; JSON lines if FILE ends in .jsonl)",
+    )
+    p.add_argument(
+        "--no-drop",
+        action="store_true",
+        help="send every frame, late if the loop fell behind (default: drop a frame whose "
+        "time has passed, as a camera does after a stall, and count it)",
     )
     p.add_argument(
         "--records",
@@ -102,6 +109,14 @@ def run(args: argparse.Namespace) -> int:
                 hint=f"it holds {sorted(arrays)}; the model wants {[s.name for s in specs]}",
             )
         frames = arrays[name][: args.limit] if args.limit else arrays[name]
+        late = [f for f in faults if f.start >= len(frames)]
+        if late:
+            print(
+                "edgeguard: warning: fault(s) "
+                + ", ".join(f"{f.kind}@{f.start}" for f in late)
+                + f" start after the last of the {len(frames)} frames: never injected",
+                file=sys.stderr,
+            )
         if labels is not None:
             labels = labels[: len(frames)]
         console = Console(stderr=args.json)
@@ -116,8 +131,9 @@ def run(args: argparse.Namespace) -> int:
                 faults=faults,
                 clock=clock,
                 console=console,
-                live=not args.json,
+                live=not args.json and console.is_terminal,
                 max_unanswered=args.max_unanswered,
+                drop=not args.no_drop,
                 on_frame=records.append if args.records is not None else None,
             )
         finally:

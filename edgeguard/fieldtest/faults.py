@@ -111,6 +111,11 @@ def parse_faults(spec: str | None, *, members: Sequence[str] = ()) -> list[Fault
                 f"frame {start} alone, {kind}@{start}-{start + 10} frames {start} to {start + 9}",
             )
         member_kind = kind in MEMBER_FAULTS and (target is not None or kind != "nan")
+        if target is not None and not member_kind:
+            raise UsageError(
+                f"fault {part!r}: {kind} is an input fault; it acts on the frame, not on a member",
+                hint=f"write {kind}@{m['a']}" + (f"-{m['b']}" if m["b"] else ""),
+            )
         if not member_kind and kind not in INPUT_FAULTS:
             raise UsageError(
                 f"unknown fault {kind!r}",

@@ -25,10 +25,11 @@ from typing import Any
 import numpy as np
 
 from edgeguard.errors import BackendError, InputRejectedError
-from edgeguard.fieldtest.faults import INPUT_FAULTS, Fault, FaultClock, corrupt_frame
+from edgeguard.fieldtest.faults import Fault, FaultClock, corrupt_frame
 from edgeguard.fieldtest.quality import frame_range
 
 __all__ = [
+    "DROPPED",
     "REJECTED",
     "UNANSWERED",
     "FrameRecord",
@@ -41,6 +42,9 @@ __all__ = [
 UNANSWERED = "unanswered"
 #: The source recorded for a frame whose input was rejected with no answer by policy.
 REJECTED = "rejected"
+#: The source recorded for a frame the loop skipped because its time had passed (a camera
+#: does not queue frames behind a stall).
+DROPPED = "dropped"
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,7 @@ class FrameRecord:
             "frame": self.index,
             "source": self.source,
             "health": self.health,
-            "total_ms": round(self.total_ms, 4),
+            "total_ms": _ms(self.total_ms),
             "faults": list(self.faults),
             "reasons": list(self.reasons),
             "correct": self.correct,
@@ -111,14 +115,22 @@ class LoopReport:
         """Frames whose input the checks rejected (answered by a later step or not)."""
         return sum(1 for f in self.frames if f.rejected)
 
+    @property
+    def dropped(self) -> int:
+        """Frames skipped because the loop fell behind (never sent to the runtime)."""
+        return sum(1 for f in self.frames if f.source == DROPPED)
+
+    def _served(self) -> list[FrameRecord]:
+        return [f for f in self.frames if f.source != DROPPED]
+
     def input_rejections(self) -> dict[str, Any]:
-        """Rejected inputs: in all, by failing check, and per input fault and clean frame."""
+        """Rejected inputs: in all, by failing check, and per input fault ("clean": frames
+        without one); frames the loop dropped are not counted."""
         by_check: Counter[str] = Counter()
-        for f in self.frames:
+        per: dict[str, list[int]] = {"clean": [0, 0]}
+        for f in self._served():
             by_check.update(f.rejected_by)
-        per: dict[str, list[int]] = {}
-        for f in self.frames:
-            kinds = [k for k in f.faults if k in INPUT_FAULTS] or ["none"]
+            kinds = [k for k in f.faults if ":" not in k] or ["clean"]
             for k in dict.fromkeys(kinds):
                 seen = per.setdefault(k, [0, 0])
                 seen[0] += f.rejected
@@ -126,12 +138,24 @@ class LoopReport:
         return {
             "total": self.rejected,
             "by_check": dict(by_check),
-            "by_fault": {k: {"rejected": r, "frames": n} for k, (r, n) in per.items()},
+            "by_fault": {k: {"rejected": r, "frames": n} for k, (r, n) in per.items() if n},
         }
+
+    def member_faults(self) -> dict[str, dict[str, Any]]:
+        """Per injected member fault (``kind:member``): its frames and where their answers
+        came from."""
+        out: dict[str, dict[str, Any]] = {}
+        for f in self._served():
+            for k in dict.fromkeys(x for x in f.faults if ":" in x):
+                entry = out.setdefault(k, {"frames": 0, "sources": Counter()})
+                entry["frames"] += 1
+                entry["sources"][f.source] += 1
+        return {k: {"frames": v["frames"], "sources": dict(v["sources"])} for k, v in out.items()}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible summary."""
-        totals = np.array([f.total_ms for f in self.frames]) if self.frames else np.zeros(1)
+        served = self._served()
+        totals = np.array([f.total_ms for f in served]) if served else np.zeros(1)
         by_source = Counter(f.source for f in self.frames)
         acc: dict[str, float] = {}
         for src in by_source:
@@ -146,16 +170,23 @@ class LoopReport:
             "accuracy_by_source": acc,
             "deadline_misses": int(np.sum(totals > self.deadline_ms)),
             "latency_ms": {
-                "p50": float(np.percentile(totals, 50)),
-                "p99": float(np.percentile(totals, 99)),
-                "max": float(np.max(totals)),
+                "p50": _ms(float(np.percentile(totals, 50))),
+                "p99": _ms(float(np.percentile(totals, 99))),
+                "max": _ms(float(np.max(totals))),
             },
             "loop_overruns": self.overruns,
+            "dropped": self.dropped,
             "unanswered": self.unanswered,
             "input_rejections": self.input_rejections(),
+            "member_faults": self.member_faults(),
             "stopped_early": self.stopped_early,
             "transitions": self.transitions,
         }
+
+
+def _ms(v: float) -> float:
+    """A latency for people and JSON: 4 significant digits."""
+    return float(f"{v:.4g}")
 
 
 def _profile_layout(session: Any, input_name: str) -> str | None:
@@ -192,6 +223,7 @@ def run_frame_loop(
     max_unanswered: int | None = None,
     layout: str | None = None,
     on_frame: Callable[[FrameRecord], None] | None = None,
+    drop: bool = True,
 ) -> LoopReport:
     """Serve ``frames`` (first axis) at ``fps`` through ``session.infer``.
 
@@ -211,6 +243,9 @@ def run_frame_loop(
         layout: The frames' layout, for the input faults (default: the layout the
             bundle's sanity profile calibrated the input with, else guessed).
         on_frame: Called with each frame's record as it is made.
+        drop: Skip a frame whose slot has passed by more than one period, as a camera
+            does after a stall (recorded as ``dropped``); False sends every frame, late
+            if need be (a field test that must see each frame answered).
     """
     from edgeguard.guard.health import Transition
 
@@ -241,10 +276,24 @@ def run_frame_loop(
                 time.sleep(delay)
             elif delay < -period:
                 report.overruns += 1
+                if drop:
+                    rec = FrameRecord(
+                        index=i,
+                        source=DROPPED,
+                        health=session.health.name,
+                        total_ms=0.0,
+                        faults=(),
+                        reasons=(f"{-delay * 1e3:.0f} ms late: the loop fell behind",),
+                        correct=None,
+                    )
+                    report.frames.append(rec)
+                    if on_frame is not None:
+                        on_frame(rec)
+                    continue
             if clock is not None:
                 clock.frame = i
             frame, applied = corrupt_frame(frames[i : i + 1], previous, faults, i, rng, basis=basis)
-            member_faults = [f.kind for f in faults if f.on_member and f.active(i)]
+            member_faults = [f"{f.kind}:{f.target}" for f in faults if f.on_member and f.active(i)]
             t0 = time.perf_counter()
             try:
                 res = session.infer({input_name: np.ascontiguousarray(frame)})
@@ -315,12 +364,28 @@ def print_report(console: Any, report: LoopReport) -> None:
         f"latency p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms, max {lat['max']:.2f} ms; "
         f"deadline misses {d['deadline_misses']}; loop overruns {d['loop_overruns']}"
     )
+    if d["dropped"]:
+        console.print(
+            f"[yellow]the loop fell behind {d['fps']:g} fps (p50 {lat['p50']:.4g} ms a frame, "
+            f"{1e3 / d['fps']:.4g} ms between frames): {d['dropped']} frame(s) dropped[/] "
+            "(--no-drop sends every frame, late)"
+        )
+    elif lat["p50"] > 1e3 / d["fps"]:
+        console.print(
+            f"[yellow]frames take longer (p50 {lat['p50']:.4g} ms) than the "
+            f"{1e3 / d['fps']:.4g} ms between them at {d['fps']:g} fps: they were served late[/]"
+        )
     rej = d["input_rejections"]
-    if rej["total"] or any(k != "none" for k in rej["by_fault"]):
+    if rej["total"] or any(k != "clean" for k in rej["by_fault"]):
         checks = ", ".join(f"{k} {v}" for k, v in sorted(rej["by_check"].items()))
         console.print(f"inputs rejected: {rej['total']}" + (f" ({checks})" if checks else ""))
-        for kind, c in sorted(rej["by_fault"].items()):
-            what = "clean frames" if kind == "none" else f"fault {kind}"
+        order = sorted(rej["by_fault"], key=lambda k: (k != "clean", k))
+        for kind in order:
+            c = rej["by_fault"][kind]
+            what = "clean frames" if kind == "clean" else f"input fault {kind}"
             console.print(f"  {what}: {c['rejected']}/{c['frames']} rejected")
+    for kind, c in sorted(d["member_faults"].items()):
+        srcs = ", ".join(f"{k} {v}" for k, v in sorted(c["sources"].items()))
+        console.print(f"  member fault {kind}: {c['frames']} frame(s) answered by: {srcs}")
     for line in d["transitions"]:
         console.print(f"  health: {line}")

@@ -83,11 +83,29 @@ DEFAULT_MARGIN = 0.5
 #: Below this many frames the calibration report warns (the envelope is wide and the
 #: false-reject estimate uncertain).
 MIN_FRAMES = 100
+#: A dynamic axis of the model accepts sizes from 1/2 to 2x the calibrated size.
+DYNAMIC_AXIS_SPAN = 2
 #: ``model_sha256`` of a statistics-only profile (SHA-256 of the empty string: no model).
 NO_MODEL_SHA256 = hashlib.sha256(b"").hexdigest()
 #: Largest shift of the synthetic motion, in pixels (samples for signals).
 MAX_SHIFT = 8
 _FOLDS = 5
+
+
+def _check_layout(spec: TensorSpec, layout: str, *, given: bool) -> None:
+    """Refuse a layout that makes a fixed non-channel-like axis the channels of a rank-4
+    input (``--layout NHWC`` for ``[N, 3, 224, 224]``)."""
+    if spec.rank != 4 or not given:
+        return
+    axis = 1 if layout == "NCHW" else 3
+    other, other_axis = ("NHWC", 3) if layout == "NCHW" else ("NCHW", 1)
+    dim, alt = spec.shape[axis], spec.shape[other_axis]
+    if isinstance(dim, int) and dim not in (1, 2, 3, 4) and alt in (1, 3, 4):
+        raise UsageError(
+            f"--layout {layout} makes {dim} the channel count of input {spec.name!r} "
+            f"{list(spec.shape)}",
+            hint=f"its channels are axis {other_axis}: --layout {other} (or leave --layout out)",
+        )
 
 
 def guess_layout(shape: Sequence[Any]) -> str:
@@ -242,7 +260,10 @@ def _shape_ranges(
         elif axis == 0:
             out.append((1, None))
         else:
-            out.append((observed[axis], observed[axis]))
+            # a dynamic axis (an image's height or width): sizes from half to twice the
+            # calibrated one, where the statistics' envelope still describes the scenes
+            size = observed[axis]
+            out.append((max(1, size // DYNAMIC_AXIS_SPAN), size * DYNAMIC_AXIS_SPAN))
     return tuple(out)
 
 
@@ -396,6 +417,8 @@ class _Calibration:
         self.frames = self._validate()
         self.checked, self.unchecked = self._select(check_inputs)
         self.layout = {s.name: layouts.get(s.name, guess_layout(s.shape)) for s in self.checked}
+        for s in self.checked:
+            _check_layout(s, self.layout[s.name], given=s.name in layouts)
         self.sat = {s.name: self._sat(s, sat_levels.get(s.name)) for s in self.checked}
 
     # -- setup --------------------------------------------------------------------------

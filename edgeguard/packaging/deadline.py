@@ -133,14 +133,19 @@ def measure_deadline(
 
 
 def profile_frame_shapes(sanity: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
-    """One frame's shape per input a sanity profile (its dict form) was calibrated on:
-    the smallest size of every axis it accepts, a batch of one."""
+    """One frame's shape per input a sanity profile (its dict form) was calibrated on, a
+    batch of one: a fixed axis's size, and for a dynamic axis (accepted from half to twice
+    the calibrated size) the calibrated size."""
+    from edgeguard.packaging.calibrate import DYNAMIC_AXIS_SPAN
+
     out: dict[str, tuple[int, ...]] = {}
     for inp in sanity.get("inputs", ()):
         try:
-            dims = [int(lo) for lo, _hi in inp["shape"]]
+            ranges = [(int(lo), None if hi is None else int(hi)) for lo, hi in inp["shape"]]
         except (KeyError, TypeError, ValueError):
             continue
-        if dims:
-            out[str(inp["name"])] = (1, *dims[1:])
+        if not ranges:
+            continue
+        dims = [lo if hi is None or hi == lo else hi // DYNAMIC_AXIS_SPAN for lo, hi in ranges]
+        out[str(inp["name"])] = (1, *dims[1:])
     return out

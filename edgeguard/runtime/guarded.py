@@ -707,12 +707,20 @@ class GuardedRuntime:
             for k, v in sorted(f.lat.items())
             if k.startswith("member:") and v == v
         )
+        missed = any(k.startswith("member:") and v != v for k, v in f.lat.items())
+        why = "; ".join(f.reasons) or "no step applies"
+        if missed:
+            raise BackendError(
+                f"frame {f.seq}: no step of the fallback chain answered within the "
+                f"{pol.deadline_ms:g} ms deadline{budget}: {why}"
+                + (f" (member run times: {took})" if took else ""),
+                hint="see the event log for every step; a deadline too short for this device "
+                "is set with build --deadline-ms",
+            )
         raise BackendError(
-            f"frame {f.seq}: no step of the fallback chain answered within the "
-            f"{pol.deadline_ms:g} ms deadline{budget}: {'; '.join(f.reasons) or 'no step applies'}"
+            f"frame {f.seq}: no step of the fallback chain could answer: {why}"
             + (f" (member run times: {took})" if took else ""),
-            hint="see the event log for every step; a deadline too short for this device "
-            "is set with build --deadline-ms",
+            hint="see the event log for every step",
         )
 
     def _finish(self, f: _Frame, a: _Answer) -> GuardedResult:
@@ -755,12 +763,23 @@ class GuardedRuntime:
         """Members to ask this frame: not quarantined (or due a retry); one with switching."""
         now = self._clock()
         eligible: list[str] = []
+        waiting: list[str] = []
         for n in self._names:
             st = self._states[n]
             if st.retired or (st.quarantined and now < st.retry_at_ns):
-                f.reasons.append(f"{n}: quarantined")
+                if not st.retired:
+                    waiting.append(n)
                 continue
             eligible.append(n)
+        if not eligible and waiting and self._fallback is None:
+            # Every member is quarantined and no fallback model could answer instead:
+            # skipping them all is a certain miss, so ask the one due back first (the
+            # half-open state of a circuit breaker) and give it the frame's budget.
+            probe = min(waiting, key=lambda n: (self._states[n].retry_at_ns, n))
+            waiting.remove(probe)
+            eligible.append(probe)
+            f.reasons.append(f"{probe}: quarantined, asked anyway (no other member answers)")
+        f.reasons.extend(f"{n}: quarantined" for n in waiting)
         if self._policy.model_switching and eligible:
             healthy = [n for n in eligible if not self._states[n].quarantined] or eligible
             eligible = [self._rng.choice(sorted(healthy))]

@@ -189,6 +189,7 @@ def _serve(ensemble, tmp_path, inject: str, limit: int = 60, fps: int = 200) -> 
             str(tmp_path / "state"),
             "--metrics",
             str(tmp_path / "m.prom"),
+            "--no-drop",
             "--json",
         ],
         capture_output=True,
@@ -291,6 +292,7 @@ def _serve_plain(tmp_path: Path, bundle: Path, *extra: str) -> tuple[int, dict]:
             "image",
             "--fps",
             "500",
+            "--no-drop",
             "--limit",
             "20",
             "--state-dir",
@@ -323,11 +325,12 @@ def test_serve_runs_a_plain_bundle_and_goes_on_past_rejected_and_unanswered_fram
     rej = rep["input_rejections"]
     assert rej["total"] == 2 and rej["by_check"] == {"nonfinite": 2}
     assert rej["by_fault"]["nan"] == {"rejected": 2, "frames": 2}
-    assert rej["by_fault"]["none"] == {"rejected": 0, "frames": 18}  # no input fault
+    assert rej["by_fault"]["clean"] == {"rejected": 0, "frames": 18}  # no input fault
     lines = [json.loads(x) for x in records.read_text().splitlines()]
     assert [x["frame"] for x in lines] == list(range(20))
     assert lines[5]["source"] == "rejected" and lines[5]["rejected_by"] == ["nonfinite"]
-    assert lines[10]["source"] == "unanswered" and lines[10]["faults"] == ["crash"]
+    assert lines[10]["source"] == "unanswered" and lines[10]["faults"] == ["crash:digits_mlp"]
+    assert rep["member_faults"] == {"crash:digits_mlp": {"frames": 2, "sources": {"unanswered": 2}}}
     assert lines[0]["source"] == "single_member" and lines[0]["rejected_by"] == []
     # rejected inputs are refusals by policy, not failures: they do not count as unanswered
     rc, rep = _serve_plain(tmp_path, bundle, "--inject", "nan@5-7", "--max-unanswered", "0")
@@ -344,3 +347,48 @@ def test_fault_windows_are_half_open_and_an_empty_one_says_how_to_write_it() -> 
     with pytest.raises(UsageError, match="empty") as info:
         parse_faults("nan@5-5")
     assert "half-open" in (info.value.hint or "") and "nan@5" in (info.value.hint or "")
+
+
+def test_serve_drops_frames_after_a_stall_like_a_camera(tmp_path) -> None:
+    """A member that takes 150 ms at 50 fps: the frames whose time passed meanwhile are
+    dropped (counted, never sent), not queued and sent back to back."""
+    bundle = _plain_bundle(tmp_path)
+    records = tmp_path / "r.jsonl"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgeguard.cli.main",
+            "serve",
+            str(bundle),
+            "--trust",
+            str(tmp_path / "signer.pub"),
+            "--device-key",
+            str(tmp_path / "dev" / "device.key"),
+            "--frames",
+            str(data.split_path("test")),
+            "--input-name",
+            "image",
+            "--fps",
+            "50",
+            "--limit",
+            "30",
+            "--inject",
+            "slow@5",
+            "--records",
+            str(records),
+            "--state-dir",
+            str(tmp_path / "s"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in records.read_text().splitlines()]
+    dropped = [x["frame"] for x in lines if x["source"] == "dropped"]
+    # frame 5 stalls for the slow fault; about the next 150 ms / 20 ms of frames are dropped
+    assert dropped and min(dropped) == 6 and len(dropped) >= 5, dropped
+    assert "frame(s) dropped" in r.stdout and "--no-drop" in r.stdout
+    assert all(x["source"] != "unanswered" for x in lines)

@@ -201,3 +201,26 @@ def test_a_model_without_logits_runs_on_one_frame_only() -> None:
             backend, {"x": _photos(80)}, model_sha256="0" * 64, progress=False
         )
     assert batches == [1] and profile.ood == ()
+
+
+def test_a_dynamic_image_size_is_accepted_from_half_to_twice_the_calibrated_one() -> None:
+    dyn = _model(
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_node("Sigmoid", ["x"], ["y"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+    )
+    profile, _ = calibrate_with_report(dyn, {"x": _photos(120, size=32)}, progress=False)
+    assert profile.inputs[0].shape == ((1, None), (3, 3), (16, 64), (16, 64))
+    guard = SanityGuard(profile, threads=1)
+    for size, ok in ((16, True), (48, True), (64, True), (15, False), (80, False)):
+        frame = _photos(1, size=size, seed=5)
+        verdict = guard.check_inputs({"x": frame})
+        assert verdict.rejected is not ok, (size, verdict)
+
+
+def test_a_layout_that_makes_an_image_axis_the_channels_is_refused() -> None:
+    with pytest.raises(UsageError, match="makes 48 the channel count") as info:
+        calibrate_with_report(
+            FIXED, {"images": _photos(20)}, layouts={"images": "NHWC"}, progress=False
+        )
+    assert "--layout NCHW" in (info.value.hint or "")
