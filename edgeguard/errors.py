@@ -47,6 +47,8 @@ class EdgeguardError(Exception):
     Attributes:
         exit_code: Process exit code the CLI uses for this class.
         hint: One short sentence telling the user what to do next.
+        reported_as_json: Set by a command that already wrote this error into its
+            ``--json`` output (the CLI then adds no separate JSON error line).
     """
 
     exit_code: int = 1
@@ -54,6 +56,7 @@ class EdgeguardError(Exception):
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
         self.hint = hint
+        self.reported_as_json = False
 
     def one_line(self) -> str:
         """The message and hint as the single line the CLI prints."""

@@ -101,6 +101,7 @@ def _load_verify_key(args: argparse.Namespace) -> ec.EllipticCurvePublicKey:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``edgeguard log verify``."""
+    from edgeguard.errors import EdgeguardError
     from edgeguard.guard.eventlog import verify
 
     key = _load_verify_key(args)
@@ -109,7 +110,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_dict(), sort_keys=True))
         if not args.allow_unclean:
-            report.raise_if_unclean()
+            try:
+                report.raise_if_unclean()
+            except EdgeguardError as exc:
+                exc.reported_as_json = True  # the report says it
+                raise
         return 0
     if not args.allow_unclean:
         report.raise_if_unclean()

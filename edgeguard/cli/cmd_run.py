@@ -115,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
                     if isinstance(exc, InputRejectedError) and exc.verdict is not None:
                         line["verdict"] = exc.verdict
                     sys.stdout.write(json.dumps(line, sort_keys=True) + "\n")
+                    exc.reported_as_json = True
                 raise
             n += 1
             for k, v in res.outputs.items():

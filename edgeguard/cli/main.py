@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import signal
 import sys
@@ -110,6 +111,24 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise _Terminated
 
 
+def _json_error(args: argparse.Namespace, exc: EdgeguardError) -> None:
+    """With ``--json``, the error also goes to stdout as one JSON line, for the program
+    that reads it (the one-line message stays on stderr for people)."""
+    if not getattr(args, "json", False) or exc.reported_as_json:
+        return
+    err = {
+        "type": type(exc).__name__,
+        "exit_code": exc.exit_code,
+        "message": str(exc),
+        "hint": exc.hint,
+    }
+    try:
+        sys.stdout.write(json.dumps({"error": err}, sort_keys=True) + "\n")
+        sys.stdout.flush()
+    except OSError:
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``edgeguard`` console script.
 
@@ -128,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 143
     except EdgeguardError as exc:
         print(f"edgeguard: error: {exc.one_line()}", file=sys.stderr)
+        _json_error(args, exc)
         return exc.exit_code
     except KeyboardInterrupt:
         print("edgeguard: interrupted", file=sys.stderr)
@@ -142,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
         )
         print(f"edgeguard: error: {err.one_line()}", file=sys.stderr)
+        _json_error(args, err)
         return err.exit_code
     except Exception as exc:
         if os.environ.get("EDGEGUARD_DEBUG"):

@@ -253,12 +253,13 @@ def _verdict_dict(verdict: object) -> dict[str, Any]:
         return {"status": _status_name(verdict)}
 
 
-def describe_verdict(detail: Mapping[str, Any], limit: int = 3) -> str:
-    """The first rejecting violations of a verdict's dict form, as one line."""
+def describe_verdict(detail: Mapping[str, Any], limit: int = 3, severity: str = "REJECT") -> str:
+    """The first violations of a verdict's dict form of ``severity`` ("REJECT": every
+    violation that is not a warning), as one line."""
     bad = [
         v
         for v in detail.get("violations", ())
-        if isinstance(v, dict) and v.get("severity") != "WARN"
+        if isinstance(v, dict) and ((v.get("severity") == "WARN") == (severity == "WARN"))
     ]
     if not bad:
         return str(detail.get("error", ""))
@@ -565,7 +566,8 @@ class GuardedRuntime:
                 raise self._rejected_error(f)
         else:
             if status == "WARN":
-                f.reasons.append("input sanity warning")
+                why = describe_verdict(_verdict_dict(verdict), limit=2, severity="WARN")
+                f.reasons.append(f"input sanity warning: {why}" if why else "input sanity warning")
             self._prev_feeds = f.feeds
         f.lat["input_checks"] = (time.perf_counter_ns() - s) / 1e6
 

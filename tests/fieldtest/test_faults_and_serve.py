@@ -392,3 +392,11 @@ def test_serve_drops_frames_after_a_stall_like_a_camera(tmp_path) -> None:
     assert dropped and min(dropped) == 6 and len(dropped) >= 5, dropped
     assert "frame(s) dropped" in r.stdout and "--no-drop" in r.stdout
     assert all(x["source"] != "unanswered" for x in lines)
+
+
+def test_an_input_fault_aimed_at_a_member_is_refused() -> None:
+    with pytest.raises(UsageError, match="input fault") as info:
+        parse_faults("swap:m0@2", members=["m0"])
+    assert info.value.hint == "write swap@2"
+    (member_nan,) = parse_faults("nan:m0@2", members=["m0"])  # nan exists in both families
+    assert member_nan.on_member and member_nan.target == "m0"

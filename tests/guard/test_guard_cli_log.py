@@ -126,7 +126,11 @@ def test_edit_in_killed_writers_log_is_tampering_not_unclean(killed, capsys) -> 
         for extra in ([], ["--allow-unclean"], ["--json"]):
             assert main(["log", "verify", str(log), "--pubkey-pem", str(pub), *extra]) == 4
             cap = capsys.readouterr()
-            assert cap.out == ""
+            if extra == ["--json"]:  # the error, for the program reading stdout
+                err = json.loads(cap.out)["error"]
+                assert (err["type"], err["exit_code"]) == ("IntegrityError", 4)
+            else:
+                assert cap.out == ""
             assert cap.err.startswith(f"edgeguard: error: event log: record {victim}:")
             assert "writer stopped" not in cap.err
 

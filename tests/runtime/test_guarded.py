@@ -105,7 +105,10 @@ class FakeVerdict:
     status: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status}
+        if self.status != "WARN":
+            return {"status": self.status}
+        warning = {"check": "stat.mean", "tensor": "image", "severity": "WARN", "value": 1.0}
+        return {"status": self.status, "violations": [{**warning, "low": 0.2, "high": 0.6}]}
 
 
 class RangeSanity:
@@ -332,7 +335,9 @@ def test_input_rejected_by_sanity(elog, key) -> None:
     assert rt.metrics.rejects.value(reason="input_sanity") == 1
     assert [x["kind"] for x in kinds(elog, key)][:1] == ["input_rejected"]
     warn = rt.infer({"image": np.ones((1, 1, 8, 8), np.float32)})
-    assert "input sanity warning" in warn.reasons and warn.source is ResultSource.ENSEMBLE
+    # the warning names the check, like a rejection does
+    assert "input sanity warning: stat.mean image: 1 outside [0.2, 0.6]" in warn.reasons
+    assert warn.source is ResultSource.ENSEMBLE
     rt.close()
     rt = make(dict(members), policy(3, reject_action="raise"), sanity=RangeSanity())
     with pytest.raises(InputRejectedError):
