@@ -414,7 +414,7 @@ def make_variants(
         keep: list[str] = _fp16_unsafe(base) if kind == "fp16" else []
         best: tuple[bytes, Agreement, tuple[str, ...]] | None = None
         last = b""
-        for rnd, upto in enumerate(_SEARCH):
+        for rnd, upto in enumerate(_SEARCH if kind == "fp16" else _SEARCH[:1]):
             try:
                 if rnd:
                     total += 2
