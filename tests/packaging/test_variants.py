@@ -294,14 +294,23 @@ def test_ppocr_detector_variants_agree_or_are_refused(zoo_dir: None) -> None:
 
 
 @pytest.mark.slow
-def test_orientation_classifier_variants_pass_top1(zoo_dir: None) -> None:
+def test_orientation_classifier_variants_ship_or_are_refused_by_top1(zoo_dir: None) -> None:
     from edgeguard.data import zoo
 
     model = zoo.model_bytes("orientation")
-    out = make_variants(
-        model, ["fp32", "fp16", "int8"], calibration=zoo.frames("orientation", 40), name="o"
+    frames = zoo.frames("orientation", 40)
+    _, fp16 = make_variants(model, ["fp32", "fp16"], calibration=frames, name="o")
+    assert fp16.agreement is not None and fp16.agreement.task == "classifier"
+    assert fp16.agreement.metric.name == "top1" and fp16.agreement.metric.value >= 0.98
+    assert len(fp16.model) < 0.6 * len(model)
+    # int8 (static QDQ on these 40 frames) measured whatever its value, then gated
+    _, int8 = make_variants(
+        model, ["fp32", "int8"], calibration=frames, checks=VariantChecks(min_agreement=0.0)
     )
-    for v in out[1:]:
-        assert v.agreement is not None and v.agreement.task == "classifier"
-        assert v.agreement.metric.value >= 0.98
-        assert len(v.model) < len(model)
+    assert int8.agreement is not None and len(int8.model) < 0.4 * len(model)
+    value = int8.agreement.metric.value
+    if value >= 0.98:
+        make_variants(model, ["fp32", "int8"], calibration=frames)
+    else:
+        with pytest.raises(UsageError, match=f"at top1 {value:.4f} on 40 calibration"):
+            make_variants(model, ["fp32", "int8"], calibration=frames, name="o")
