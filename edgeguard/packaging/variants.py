@@ -21,10 +21,10 @@ How the variants are made (docs/variants.md has the measurements):
 * **int8**: static QDQ quantisation, signed 8-bit activations and per-channel
   weights, MinMax ranges on the calibration frames, ``reduce_range`` (7-bit
   weights, no overflow in the u8s8 kernels of CPUs without VNNI).
-* When a variant misses its threshold, a search keeps the nodes where the
-  reduced-precision error starts (largest error added by the node compared with
-  its inputs, on two calibration frames) in float32: 1, then 4, then 16, then 64
-  more nodes, measuring after each round; the first variant that passes ships.
+* When the fp16 variant misses its threshold, a search keeps the nodes where the
+  float16 error starts (the largest error a node adds to its inputs' error, on two
+  calibration frames) in float32: 1, then 4, 16 and 64 nodes in all, measuring after
+  each round; the first variant that passes ships. int8 is one recipe, no search.
 """
 
 from __future__ import annotations
