@@ -20,7 +20,8 @@ How the variants are made (docs/variants.md has the measurements):
   nodes that read a constant beyond the float16 range stay in float32.
 * **int8**: static QDQ quantisation, signed 8-bit activations and per-channel
   weights, MinMax ranges on the calibration frames, ``reduce_range`` (7-bit
-  weights, no overflow in the u8s8 kernels of CPUs without VNNI).
+  weights, no overflow in the u8s8 kernels of CPUs without VNNI); the nodes that
+  produce the graph's outputs stay in float.
 * When the fp16 variant misses its threshold, a search keeps the nodes where the
   float16 error starts (the largest error a node adds to its inputs' error, on two
   calibration frames) in float32: 1, then 4, 16 and 64 nodes in all, measuring after
@@ -101,7 +102,8 @@ class Variant:
         model: The ONNX model.
         agreement: Its measured agreement with fp32 (None for fp32 itself).
         threshold: The threshold the agreement met (None for fp32).
-        kept_fp32: Names of the nodes the search kept in float32.
+        kept_fp32: Names of the nodes kept in float: for fp16 those reading a constant
+            beyond float16 and those the search kept; for int8 the output producers.
         seconds: How long deriving and measuring it took.
     """
 
@@ -218,6 +220,14 @@ def _fp16_unsafe(proto: Any) -> list[str]:
         if v.dtype.kind == "f" and v.size and float(np.max(np.abs(v))) > _FP16_MAX
     }
     return [n.name for n in proto.graph.node if n.op_type != "Constant" and unsafe & set(n.input)]
+
+
+def _output_producers(proto: Any) -> list[str]:
+    """Nodes that produce a graph output: int8 keeps them in float, since one output
+    tensor may concatenate values of very different ranges (YOLOv8: box coordinates up
+    to the input size next to class scores in [0, 1]) that one int8 scale cannot hold."""
+    outputs = {o.name for o in proto.graph.output}
+    return [n.name for n in proto.graph.node if outputs & set(n.output)]
 
 
 def _to_fp16(proto: Any, keep_fp32: Sequence[str]) -> bytes:
@@ -411,7 +421,7 @@ def make_variants(
             continue
         start = time.perf_counter()
         base = proto if kind == "fp16" else _opset13(proto)
-        keep: list[str] = _fp16_unsafe(base) if kind == "fp16" else []
+        keep: list[str] = _fp16_unsafe(base) if kind == "fp16" else _output_producers(base)
         best: tuple[bytes, Agreement, tuple[str, ...]] | None = None
         last = b""
         for rnd, upto in enumerate(_SEARCH if kind == "fp16" else _SEARCH[:1]):

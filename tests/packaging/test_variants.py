@@ -54,20 +54,64 @@ def test_variants_are_measured_with_the_tasks_metric() -> None:
     assert {s[0] for s in seen} == {"variants of m"}
 
 
+def _outlier_model() -> bytes:
+    """y = relu(x @ I) @ I: an int8 scale set by one outlier frame erases every other frame."""
+    from onnx import TensorProto, helper
+
+    eye = np.eye(4, dtype=np.float32).ravel().tolist()
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["t"], name="first"),
+            helper.make_node("Relu", ["t"], ["r"], name="relu"),
+            helper.make_node("MatMul", ["r", "w2"], ["y"], name="second"),
+        ],
+        "outlier",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [
+            helper.make_tensor("w1", TensorProto.FLOAT, [4, 4], eye),
+            helper.make_tensor("w2", TensorProto.FLOAT, [4, 4], eye),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def _outlier_frames() -> np.ndarray:
+    x = np.random.default_rng(0).uniform(0, 1, (40, 4)).astype(np.float32)
+    x[0] = [1000, 0, 0, 0]  # one frame sets the int8 range: 1000/127 per step
+    return x
+
+
 def test_a_variant_below_the_threshold_is_refused_naming_it() -> None:
+    model, x = _outlier_model(), _outlier_frames()
     with pytest.raises(UsageError) as info:
-        make_variants(
-            data.model_bytes("digits_mlp"),
-            ["fp32", "int8"],
-            calibration=_calib(),
-            # thresholding logits at 0.5 as a map: int8 agrees on ~98 % of the "pixels"
-            checks=VariantChecks(task="map", min_agreement=0.995),
-            name="m",
-        )
+        make_variants(model, ["fp32", "fp16", "int8"], calibration={"x": x}, name="m")
     msg = str(info.value)
-    assert "m-int8" in msg and "pixel_iou" in msg and "below the threshold 0.995" in msg
-    assert "64 calibration frame" in msg
-    assert "drop int8 from --variants" in (info.value.hint or "")
+    assert "variant m-int8 agrees with m-fp32 at top1 0.1750 on 40 calibration frame" in msg
+    assert "below the threshold 0.98" in msg
+    assert "drop int8 from --variants, or lower --min-agreement" in (info.value.hint or "")
+    # measured whatever the value, it is what the refusal said; fp16 is exact here
+    _, fp16, int8 = make_variants(
+        model, ["fp32", "fp16", "int8"], calibration={"x": x}, checks=VariantChecks(min_agreement=0)
+    )
+    assert fp16.agreement is not None and fp16.agreement.metric.value == 1.0
+    assert int8.agreement is not None and int8.agreement.metric.value == pytest.approx(0.175)
+    assert int8.kept_fp32 == ("second",)  # the output's producer stays in float
+
+
+@pytest.mark.parametrize(("threshold", "refused"), [(0.17, False), (0.18, True), (1.0, True)])
+def test_min_agreement_replaces_the_default(threshold: float, refused: bool) -> None:
+    checks = VariantChecks(min_agreement=threshold)
+    args = (_outlier_model(), ["fp32", "int8"])
+    if refused:
+        with pytest.raises(UsageError, match=f"below the threshold {threshold:g}"):
+            make_variants(*args, calibration={"x": _outlier_frames()}, checks=checks)
+    else:
+        _, int8 = make_variants(*args, calibration={"x": _outlier_frames()}, checks=checks)
+        assert int8.threshold == threshold
+        assert int8.check("m-fp32").threshold == threshold
 
 
 @pytest.mark.parametrize("calibration", [None, {}])
@@ -192,20 +236,18 @@ def test_inspect_shows_the_signed_agreement(built: dict[str, Any]) -> None:
     assert "top1" in r.stdout and ">= 0.98" in r.stdout
 
 
-def test_cli_refuses_a_variant_below_min_agreement(built: dict[str, Any], tmp_path: Path) -> None:
+def test_cli_refuses_a_variant_below_the_threshold(built: dict[str, Any], tmp_path: Path) -> None:
+    (tmp_path / "outlier.onnx").write_bytes(_outlier_model())
+    np.savez(tmp_path / "cal.npz", x=_outlier_frames())
     r = build(
         built["d"],
         tmp_path / "x.egb",
-        data.model_path("digits_mlp"),
+        tmp_path / "outlier.onnx",
         extra=(
             "--calibration",
-            data.split_path("calib"),
+            tmp_path / "cal.npz",
             "--variants",
-            "fp32,int8",
-            "--task",
-            "map",
-            "--min-agreement",
-            "0.995",
+            "fp32,fp16,int8",
             "--deadline-ms",
             "200",
         ),
@@ -214,9 +256,30 @@ def test_cli_refuses_a_variant_below_min_agreement(built: dict[str, Any], tmp_pa
     assert "Traceback" not in r.stderr
     # the calibration report comes first; the refusal is one line
     (line,) = [ln for ln in r.stderr.splitlines() if ln.startswith("edgeguard: error")]
-    assert "digits_mlp-int8" in line and "pixel_iou" in line and "threshold 0.995" in line
+    assert "variant outlier-int8 agrees with outlier-fp32 at top1 0.1750" in line
+    assert "below the threshold 0.98" in line
     assert "--min-agreement" in line and "drop int8 from --variants" in line
     assert not (tmp_path / "x.egb").exists()
+    r = build(  # lowering the threshold knowingly ships it, and signs what it measured
+        built["d"],
+        tmp_path / "x.egb",
+        tmp_path / "outlier.onnx",
+        extra=(
+            "--calibration",
+            tmp_path / "cal.npz",
+            "--variants",
+            "fp32,int8",
+            "--min-agreement",
+            "0.1",
+            "--deadline-ms",
+            "200",
+        ),
+    )
+    assert r.returncode == 0, r.stderr
+    with open(tmp_path / "x.egb", "rb") as f:
+        prefix, _ = read_prefix(f)
+    check = read_slots(prefix.header.manifest).variants["outlier-int8"]
+    assert (check.value, check.threshold) == (pytest.approx(0.175), 0.1)
 
 
 @pytest.mark.parametrize(
