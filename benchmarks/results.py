@@ -459,8 +459,8 @@ BENCHES: dict[str, Bench] = {
         tuple(
             Table(
                 f"{model}: --variants fp32,fp16,int8",
-                "the whole step < 60 s for ppocr_det on 20-60 frames; each variant at or above "
-                "its metric's default threshold, or refused",
+                ("the whole step < 60 s on 20-60 frames; " if model == "ppocr_det" else "")
+                + "each variant at or above its metric's default threshold, or refused",
                 (
                     Col("frames", at(f"{model}.frames"), text),
                     Col("step s", at(f"{model}.seconds"), num(1)),
