@@ -503,6 +503,33 @@ BENCHES: dict[str, Bench] = {
             ),
         ),
     ),
+    "variants": Bench(
+        "Precision variants: agreement with fp32 on the calibration frames, size, time",
+        "python benchmarks/bench_variants.py --models ppocr_det,orientation,yolov8n --baseline",
+        tuple(
+            Table(
+                f"{model}: --variants fp32,fp16,int8",
+                ("the whole step < 60 s on 20-60 frames; " if model == "ppocr_det" else "")
+                + "each variant at or above its metric's default threshold, or refused",
+                (
+                    Col("frames", at(f"{model}.frames"), text),
+                    Col("step s", at(f"{model}.seconds"), num(1)),
+                    Col("fp16 " + metric, at(f"{model}.variants.fp16.value"), num(4)),
+                    Col("fp16 size", at(f"{model}.variants.fp16.size_vs_fp32"), num(2, "x")),
+                    Col("int8 " + metric, at(f"{model}.variants.int8.value"), num(4)),
+                    Col("int8 size", at(f"{model}.variants.int8.size_vs_fp32"), num(2, "x")),
+                    Col("fp16 before", at(f"{model}.baseline.fp16.value"), num(4)),
+                    Col("int8 before", at(f"{model}.baseline.int8.value"), num(4)),
+                    Col("int8 size before", at(f"{model}.baseline.int8.size_vs_fp32"), num(2, "x")),
+                ),
+            )
+            for model, metric in (
+                ("ppocr_det", "pixel_iou"),
+                ("orientation", "top1"),
+                ("yolov8n", "box_f1"),
+            )
+        ),
+    ),
     "side_measurements": Bench(
         "Side measurements quoted by the docs (one-off scripts, no benchmark of their own)",
         "(none: the scripts were not kept; the note says what was measured)",

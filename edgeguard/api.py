@@ -34,6 +34,7 @@ from edgeguard.packaging.calibrate import (
 )
 from edgeguard.packaging.ensemble import EnsembleOptions, EnsemblePlan
 from edgeguard.packaging.packager import DEFAULT_CHUNK, MemberSource, write_bundle
+from edgeguard.packaging.variants import VariantChecks
 from edgeguard.policy.sanity import SanityProfile
 from edgeguard.runtime.opener import verify_bundle
 from edgeguard.runtime.session import DeviceSession, check_on_device, open_session
@@ -42,6 +43,7 @@ __all__ = [
     "CalibrationOptions",
     "DeviceSession",
     "EnsembleOptions",
+    "VariantChecks",
     "build_bundle",
     "calibrate_profile",
     "check_on_device",
@@ -71,6 +73,7 @@ def build_bundle(
     ensemble: EnsembleOptions | None = None,
     on_plan: Callable[[EnsemblePlan], None] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    variant_checks: VariantChecks | None = None,
 ) -> Header:
     """Check ONNX models and package them into a bundle at ``out``.
 
@@ -84,6 +87,12 @@ def build_bundle(
     a profile written by ``edgeguard calibrate`` for the same model. ``on_plan``
     receives the members, policy and I/O contracts before they are signed;
     ``progress(step, done, total)`` is called during the long steps.
+
+    Every derived precision variant (``ensemble.variants`` fp16, int8) is measured
+    against its fp32 original on the calibration data with ``variant_checks`` (the task,
+    the threshold, a detector's box decoder: a callable from the first output batch to
+    per-frame ``(M, 6)`` boxes ``x1, y1, x2, y2, score, class``) and refused below the
+    threshold; the measurements are signed into the policy slot (``variants``).
     """
     from edgeguard.devices import load_profile
     from edgeguard.packaging.ensemble import plan_ensemble
@@ -133,10 +142,14 @@ def build_bundle(
         has_gpu=target.gpu is not None,
         progress=progress,
         shape_hints=shape_hints,
+        checks=variant_checks,
     )
     if on_plan is not None:
         on_plan(plan)
-    policy = policy_slot(runtime=plan.runtime, isolation=plan.isolation, io=plan.io)
+    checks = {m.name: m.note["check"] for m in plan.members if m.note.get("check") is not None}
+    policy = policy_slot(
+        runtime=plan.runtime, isolation=plan.isolation, io=plan.io, variants=checks
+    )
     sources = [MemberSource(name=m.name, data=m.data, role=m.role) for m in plan.members]
     return write_bundle(
         Path(out),

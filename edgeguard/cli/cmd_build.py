@@ -87,7 +87,31 @@ def register(sub: Any) -> None:
     g.add_argument(
         "--variants",
         metavar="fp32,fp16,int8",
-        help="derive precision-diverse variants of each model (int8 needs --calibration)",
+        help=(
+            "derive precision-diverse variants of each model; fp16 and int8 are measured "
+            "against fp32 on the --calibration data and refused below --min-agreement"
+        ),
+    )
+    g.add_argument(
+        "--task",
+        choices=["auto", "classifier", "detector", "map", "regression"],
+        default="auto",
+        help=(
+            "what the model computes, which decides how a variant's agreement is measured: "
+            "top-1 (classifier), box F1 at IoU 0.5 of YOLOv8-style [N, 4+classes, anchors] "
+            "outputs (detector), pixel IoU at 0.5 (map), share of values within 1%% of the "
+            "output's range (regression); auto (default) reads the fp32 outputs: [N, C] -> "
+            "classifier, [N, 4+k, A] -> detector, [N, C, H, W] in [0, 1] -> map, else regression"
+        ),
+    )
+    g.add_argument(
+        "--min-agreement",
+        type=float,
+        metavar="VALUE",
+        help=(
+            "refuse a variant whose agreement with fp32 is below VALUE (0..1; default per "
+            "metric: top1 0.98, box_f1 0.9, pixel_iou 0.9, within_1pct 0.99)"
+        ),
     )
     g.add_argument("--fallback", type=Path, metavar="SMALL.onnx", help="a smaller fallback model")
     g.add_argument(
@@ -160,7 +184,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the bundle."""
-    from edgeguard.api import EnsembleOptions, build_bundle
+    from edgeguard.api import EnsembleOptions, VariantChecks, build_bundle
     from edgeguard.keystore import load_device_public, load_signer_key
 
     signer = load_signer_key(args.sign_key, passphrase=passphrase(args))
@@ -180,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
         rate_limit=_rate(args.rate_limit),
         placements=tuple(_placement(t) for t in args.placement),
     )
+    checks = VariantChecks(task=args.task, min_agreement=args.min_agreement)
     notes: list[str] = []
     with _Progress() as progress:
         header = build_bundle(
@@ -199,6 +224,7 @@ def run(args: argparse.Namespace) -> int:
             ensemble=ensemble,
             on_plan=lambda plan: notes.append(plan.deadline_note),
             progress=progress.update,
+            variant_checks=checks,
         )
     from edgeguard.attest.reference import write_reference_values
 
@@ -214,8 +240,48 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {member.role:8} {member.name} ({member.size} bytes)")
     for note in notes:
         print(note)
+    print_variants(m)
     print(f"reference values for attestation: {rv}")
     return 0
+
+
+def print_variants(manifest: Any) -> None:
+    """The signed agreement of every precision variant, as a table (nothing without any)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgeguard.policy.slots import read_slots
+
+    checks = read_slots(manifest).variants
+    if not checks:
+        return
+    sizes = {x.name: x.size for x in manifest.members}
+    t = Table(title="precision variants (signed agreement with the fp32 member)")
+    for col in ("member", "kind", "size", "metric", "value", "threshold", "frames", "error"):
+        t.add_column(col, justify="right" if col in ("size", "value", "frames") else "left")
+    refs = sorted({c.reference for c in checks.values()})
+    for ref in refs:
+        t.add_row(ref, "fp32", _size(sizes.get(ref, 0)), "reference", "", "", "", "")
+        for name, c in sorted(checks.items()):
+            if c.reference != ref:
+                continue
+            size = sizes.get(name, 0)
+            share = f" ({size / sizes[ref]:.0%})" if sizes.get(ref) else ""
+            t.add_row(
+                name,
+                c.kind,
+                _size(size) + share,
+                c.metric,
+                f"{c.value:.4f}",
+                f">= {c.threshold:g}",
+                str(c.frames),
+                ", ".join(f"{k} {v:.3g}" for k, v in c.extra),
+            )
+    Console(width=120).print(t)
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
 
 
 class _Progress:

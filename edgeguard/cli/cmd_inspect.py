@@ -84,6 +84,7 @@ def _typed_slots(m: Any) -> dict[str, Any]:
         },
         "sanity_inputs": [p.name for p in slots.sanity.inputs] if slots.sanity else [],
         "sanity_unchecked": list(slots.sanity.unchecked) if slots.sanity else [],
+        "variants": {name: c.to_dict() for name, c in sorted(slots.variants.items())},
     }
 
 
@@ -183,6 +184,27 @@ def run(args: argparse.Namespace) -> int:
             )
         if d["io"]:
             c.print(io)
+        if d["variants"]:
+            sizes = {x["name"]: x["size"] for x in d["members"]}
+            refs = sorted({v["reference"] for v in d["variants"].values()})
+            vt = Table(title="precision variants (signed agreement; --json has the error bounds)")
+            for col in ("member", "kind", "size", "metric", "value", "threshold", "frames"):
+                vt.add_column(col)
+            for name, v in d["variants"].items():
+                ref_size = sizes.get(v["reference"])
+                share = f" ({sizes.get(name, 0) / ref_size:.0%})" if ref_size else ""
+                vt.add_row(
+                    name,
+                    v["kind"],
+                    f"{sizes.get(name, 0)}{share}",
+                    v["metric"],
+                    f"{v['value']:.4f}",
+                    f">= {v['threshold']:g}",
+                    str(v["frames"]),
+                )
+            c.print(vt)
+            tasks = sorted({v["task"] for v in d["variants"].values()})
+            c.print(f"variants measured against {', '.join(refs)} (task {', '.join(tasks)})")
         req = d["isolation"]["required"]
         c.print(
             "isolation: "

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -40,6 +40,9 @@ from edgeguard.policy.runtime import (
     VoterKind,
     VoterSpec,
 )
+
+if TYPE_CHECKING:
+    from edgeguard.packaging.variants import VariantChecks
 
 __all__ = [
     "UNMEASURED_DEADLINE_MS",
@@ -180,6 +183,7 @@ def plan_ensemble(
     has_gpu: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
     shape_hints: Mapping[str, tuple[int, ...]] | None = None,
+    checks: VariantChecks | None = None,
 ) -> EnsemblePlan:
     """Members, runtime policy, I/O contracts and isolation for the given models and options.
 
@@ -197,11 +201,13 @@ def plan_ensemble(
         progress: Called with ``(step, done, total)`` during the long steps.
         shape_hints: One frame's shape per input, for timing the members when no
             calibration frames are given (from the sanity profile).
+        checks: How derived variants are measured and refused (task, threshold,
+            decoder); each variant member's ``note["check"]`` holds its measurement.
 
     Returns:
         The plan.
     """
-    from edgeguard.packaging.variants import make_variants
+    from edgeguard.packaging.variants import VariantChecks, make_variants
 
     unknown = [x for x in opts.require_isolation if x not in LAYERS]
     if unknown:
@@ -209,19 +215,31 @@ def plan_ensemble(
             f"unknown isolation layer {', '.join(unknown)}",
             hint=f"layers: {', '.join(LAYERS)}",
         )
+    checks = checks or VariantChecks()
+    if checks.progress is None and progress is not None:
+        checks = replace(checks, progress=progress)
     members: list[MemberPlan] = []
     for name, data in models:
         if opts.variants:
-            variants = make_variants(data, opts.variants, calibration=calibration)
+            if "fp32" not in opts.variants and set(opts.variants) & {"fp16", "int8"}:
+                raise UsageError(
+                    "--variants needs fp32 too: each variant's agreement is measured against, "
+                    "and signed relative to, the fp32 member",
+                    hint="for example --variants fp32," + ",".join(opts.variants),
+                )
+            variants = make_variants(
+                data, opts.variants, calibration=calibration, checks=checks, name=name
+            )
             places = _placements([v.kind for v in variants], dla_cores, has_gpu)
             for v, place in zip(variants, places, strict=True):
+                check = None if v.kind == "fp32" else v.check(f"{name}-fp32")
                 members.append(
                     MemberPlan(
                         f"{name}-{v.kind}",
                         v.model,
                         "member",
                         place,
-                        {"variant": v.kind, "agreement_with_fp32": v.agreement},
+                        {"variant": v.kind, "check": check},
                     )
                 )
         else:

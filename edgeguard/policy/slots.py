@@ -9,7 +9,9 @@ runs. The ``policy`` slot holds three parts:
 
 * ``runtime``: the :class:`~edgeguard.policy.runtime.RuntimePolicy`;
 * ``sandbox``: the :class:`~edgeguard.policy.isolation.SandboxPolicy` (isolation floor);
-* ``io``: each model member's :class:`~edgeguard.policy.io.MemberIo` contract.
+* ``io``: each model member's :class:`~edgeguard.policy.io.MemberIo` contract;
+* ``variants``: each precision variant's measured agreement with its reference member
+  (:class:`~edgeguard.policy.variants.VariantCheck`).
 
 A bundle without a runtime policy is one model: it runs under
 :meth:`RuntimePolicy.single` (``runtime_signed`` is then False).
@@ -28,6 +30,7 @@ from edgeguard.policy.io import MemberIo, read_io
 from edgeguard.policy.isolation import SandboxPolicy
 from edgeguard.policy.runtime import RuntimePolicy
 from edgeguard.policy.sanity import SanityProfile
+from edgeguard.policy.variants import VariantCheck, read_variants, variants_dict
 
 __all__ = ["MODEL_FORMATS", "SignedSlots", "policy_slot", "read_slots"]
 
@@ -49,6 +52,7 @@ class SignedSlots:
         io: Each model member's I/O contract (empty for bundles built without one).
         engines: The TensorRT engine recipe, or None.
         fallback: The name of the ``fallback`` member, or None.
+        variants: Each precision variant's signed agreement with its reference.
     """
 
     runtime: RuntimePolicy
@@ -58,6 +62,7 @@ class SignedSlots:
     io: Mapping[str, MemberIo] = field(default_factory=dict)
     engines: EngineRecipe | None = None
     fallback: str | None = None
+    variants: Mapping[str, VariantCheck] = field(default_factory=dict)
 
     def member_io(self, name: str) -> MemberIo | None:
         """The signed contract of member ``name``, if the bundle has one."""
@@ -69,13 +74,18 @@ def policy_slot(
     runtime: RuntimePolicy,
     isolation: SandboxPolicy,
     io: Mapping[str, MemberIo],
+    variants: Mapping[str, VariantCheck] | None = None,
 ) -> dict[str, Any]:
-    """The manifest's ``policy`` slot for these parts (what ``build`` signs)."""
-    return {
+    """The manifest's ``policy`` slot for these parts (what ``build`` signs); ``variants``
+    only when there are any."""
+    slot: dict[str, Any] = {
         "runtime": runtime.to_dict(),
         "sandbox": isolation.to_dict(),
         "io": {k: v.to_dict() for k, v in sorted(io.items())},
     }
+    if variants:
+        slot["variants"] = variants_dict(variants)
+    return slot
 
 
 def read_slots(manifest: Manifest) -> SignedSlots:
@@ -84,7 +94,8 @@ def read_slots(manifest: Manifest) -> SignedSlots:
     Checks beyond each slot's own reader: the runtime policy names exactly the
     ``primary``/``member`` entries of the manifest, in any order, and the manifest has
     at most one ``fallback``; every I/O contract belongs to a model member; members and
-    the fallback model accept the same inputs.
+    the fallback model accept the same inputs; every variant check and its reference
+    are model members.
 
     Raises:
         MalformedError: A slot does not follow its format or contradicts the manifest.
@@ -100,6 +111,7 @@ def read_slots(manifest: Manifest) -> SignedSlots:
     )
     raw = manifest.policy
     io: dict[str, MemberIo] = {}
+    variants: dict[str, VariantCheck] = {}
     isolation = SandboxPolicy()
     runtime: RuntimePolicy | None = None
     if raw is not None:
@@ -110,6 +122,8 @@ def read_slots(manifest: Manifest) -> SignedSlots:
             isolation = SandboxPolicy.from_dict(t.optional("sandbox"))
         if t.optional("io") is not None:
             io = read_io(t.optional("io"), t.at("io"))
+        if t.optional("variants") is not None:
+            variants = read_variants(t.optional("variants"), t.at("variants"))
         t.done()
     signed = runtime is not None
     if runtime is None:
@@ -128,6 +142,15 @@ def read_slots(manifest: Manifest) -> SignedSlots:
     stray = sorted(set(io) - model_names)
     if stray:
         raise fail(f"{_W}.io", f"contracts for members the manifest lacks: {stray}")
+    stray = sorted(set(variants) - model_names)
+    if stray:
+        raise fail(f"{_W}.variants", f"checks for members the manifest lacks: {stray}")
+    for name, check in variants.items():
+        if check.reference not in model_names:
+            raise fail(
+                f"{_W}.variants.{name}.reference",
+                f"{check.reference!r} is not a model member of the manifest",
+            )
     _check_same_inputs(io, (*runtime.member_names, *([fallback] if fallback else [])))
     if engines is not None:
         stray = sorted(set(engines.members) - model_names)
@@ -141,6 +164,7 @@ def read_slots(manifest: Manifest) -> SignedSlots:
         io=io,
         engines=engines,
         fallback=fallback,
+        variants=variants,
     )
 
 

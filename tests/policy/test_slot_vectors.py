@@ -54,9 +54,16 @@ def test_valid_vector_reads_as_expected() -> None:
     assert s.engines is not None and sorted(s.engines.members) == want["engine_members"]
     assert s.runtime.deadline_basis is not None
     assert dict(s.runtime.deadline_basis.measured_ms) == want["deadline_measured"]
+    got = {
+        name: [c.kind, c.reference, c.task, c.metric, c.value, c.threshold, c.frames]
+        for name, c in s.variants.items()
+    }
+    assert got == want["variants"]
+    assert dict(s.variants["det-fp16"].extra) == {"max_abs_error": 0.175}
     # the typed slots write back exactly what was read
     assert s.runtime.to_dict() == VALID["policy"]["runtime"]
     assert s.engines.to_dict() == VALID["engine_recipe"]
+    assert {k: v.to_dict() for k, v in s.variants.items()} == VALID["policy"]["variants"]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[".".join(map(str, c["path"])) for c in CASES])

@@ -365,7 +365,14 @@ def test_run_refuses_cores_the_device_does_not_have(tmp_path) -> None:
         tmp_path,
         b,
         data.model_path("digits_mlp"),
-        extra=("--variants", "fp32,fp16", "--placement", f"digits_mlp-fp16=cpu:{BEYOND}"),
+        extra=(
+            "--calibration",
+            data.split_path("calib"),
+            "--variants",
+            "fp32,fp16",
+            "--placement",
+            f"digits_mlp-fp16=cpu:{BEYOND}",
+        ),
     )
     assert r.returncode == 0, r.stderr
     x, _ = data.load_split("test")
@@ -407,7 +414,14 @@ def test_build_refuses_bad_placements(tmp_path, placement: str, match: str) -> N
         tmp_path,
         tmp_path / "x.egb",
         data.model_path("digits_mlp"),
-        extra=("--variants", "fp32,fp16", "--placement", placement),
+        extra=(
+            "--calibration",
+            data.split_path("calib"),
+            "--variants",
+            "fp32,fp16",
+            "--placement",
+            placement,
+        ),
     )
     assert r.returncode == 2, r.stderr
     assert match in r.stderr and "Traceback" not in r.stderr
@@ -438,7 +452,7 @@ def test_plan_refuses_placements_the_profile_cannot_hold() -> None:
         policy = plan_ensemble(
             model,
             EnsembleOptions(variants=("fp32", "fp16"), placements=placements),
-            calibration=None,
+            calibration={"image": data.load_split("calib")[0][:32]},
             output_name="logits",
             dla_cores=dla_cores,
             has_gpu=True,
