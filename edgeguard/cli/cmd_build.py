@@ -117,7 +117,8 @@ def register(sub: Any) -> None:
     g.add_argument(
         "--voter",
         choices=["plurality", "majority", "soft", "median", "mid_value", "boxes"],
-        help="how member outputs are combined (default plurality)",
+        help="how member outputs are combined (default: plurality for a classifier, else "
+        "median, element by element, on every output)",
     )
     g.add_argument("--quorum", type=int, metavar="K", help="members needed (default majority)")
     g.add_argument(

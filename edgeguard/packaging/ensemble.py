@@ -266,7 +266,7 @@ def plan_ensemble(
     safe = _load_npz(opts.safe_default) if opts.safe_default else None
     n = len(members)
     single = n == 1 and opts.voter is None
-    voter_name = opts.voter or ("passthrough" if single else "plurality")
+    voter_name = opts.voter or ("passthrough" if single else _default_voter(members))
     if voter_name not in (*VOTERS, "passthrough"):
         raise UsageError(f"--voter must be one of {', '.join(VOTERS)}")
     kind = VoterKind.DETECTION if voter_name == "boxes" else VoterKind(voter_name)
@@ -379,6 +379,22 @@ def _deadline(
         f"(at least {MIN_AUTO_DEADLINE_MS:g} ms): {timing}"
     )
     return value, basis, note
+
+
+def _default_voter(members: Sequence[MemberPlan]) -> str:
+    """The voter when ``--voter`` is not given: ``plurality`` for classifiers, ``median``
+    (element-wise, every output) for anything else, a detector's raw heads and dense
+    maps included. The task is the one the variants were measured with, else read from
+    the primary's first output (``[N, C]``: a classifier)."""
+    for m in members:
+        check = m.note.get("check")
+        task = getattr(check, "task", None)
+        if task is not None:
+            return "plurality" if task == "classifier" else "median"
+    outputs = member_io(members[0]).outputs
+    if outputs and outputs[0].rank == 2:
+        return "plurality"
+    return "median"
 
 
 def member_io(plan: MemberPlan) -> MemberIo:
