@@ -13,6 +13,8 @@ Frames are crops of the sample images bundled inside the scikit-image wheel
 (``skimage.data``; only files shipped in the wheel, never the ones it downloads on
 demand), preprocessed with NumPy the way each model's own package does (see
 :func:`info` and ``docs/models.md`` for each model's steps and where they differ).
+The text detector's frames also get a few lines of words drawn on them with Pillow
+(scikit-image's own dependency), since its map is empty on most of the photographs.
 ``frames`` and ``held_out`` draw from two disjoint sets of images, so no held-out
 frame shares a pixel with a calibration frame, whatever the seeds.
 
@@ -111,6 +113,8 @@ _SKIMAGE_FILES: dict[str, tuple[str, str]] = {
     "moon": ("moon", "moon.png"),
     "gravel": ("gravel", "gravel.png"),
 }
+
+_SKIMAGE_FILES_ORDER: tuple[str, ...] = tuple(_SKIMAGE_FILES)
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -335,8 +339,10 @@ _PYPI_ENTRIES: tuple[ZooEntry, ...] = (
         outputs=(("sigmoid_0.tmp_0", ("N", 1, "H", "W")),),
         labels=(),
         preprocessing=(
-            "crop at the input's aspect (square by default), resize to 640x640, channels BGR, "
-            "(x/255 - 0.5)/0.5 with the package's mean = std = (0.5, 0.5, 0.5)"
+            "crop at the input's aspect (square by default), resize to 640x640, draw 2 to 5 "
+            "lines of words on it (Pillow's default font, 3% to 9% of the height, fixed by the "
+            "crop) so the map has text to find, channels BGR, (x/255 - 0.5)/0.5 with the "
+            "package's mean = std = (0.5, 0.5, 0.5)"
         ),
         differences=(
             "a fixed 640x640 input where the package scales the short side up to 736 and "
@@ -982,6 +988,59 @@ def crops(
     return _image_crops(name, n, seed, images, 1 if held_out else 0, _frame_size(entry, size))
 
 
+_WORDS: tuple[str, ...] = (
+    "EXIT",
+    "OPEN 24 HOURS",
+    "edgeguard",
+    "No Parking",
+    "Platform 3",
+    "SALE -50%",
+    "Jetson",
+    "Keep clear",
+    "Bundle v1",
+    "STOP",
+    "Coffee & Tea",
+    "Gate B12",
+    "caution: wet floor",
+    "1234 5678",
+    "Main Street",
+    "signed and sealed",
+)
+
+
+def _draw_words(
+    rgb: npt.NDArray[np.uint8], c: Crop, size: tuple[int, int]
+) -> npt.NDArray[np.uint8]:
+    """The crop resized to ``size`` with 2 to 5 lines of words drawn on it (text detector).
+
+    The words, their size (3% to 9% of the height), colour (dark on light or light on
+    dark, picked against the pixels underneath) and place follow from the crop alone, so
+    the same crop always gives the same frame. The detector's sample images are mostly
+    photographs without text, on which its probability map is empty; the words give it
+    something to find.
+    """
+    pil = require("PIL.Image", extra="zoo", purpose="The text detector's sample frames")
+    draw_mod = require("PIL.ImageDraw", extra="zoo", purpose="The text detector's sample frames")
+    font_mod = require("PIL.ImageFont", extra="zoo", purpose="The text detector's sample frames")
+    h, w = size
+    key = [_SKIMAGE_FILES_ORDER.index(c.image), c.top, c.left, c.height, c.width]
+    rng = np.random.default_rng(key)
+    img = pil.fromarray(_resize(rgb, h, w))
+    draw = draw_mod.Draw(img)
+    for _ in range(int(rng.integers(2, 6))):
+        text = _WORDS[int(rng.integers(len(_WORDS)))]
+        font = font_mod.load_default(size=max(10, round(h * rng.uniform(0.03, 0.09))))
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        tw, th = right - left, bottom - top
+        x = int(rng.integers(0, max(1, w - tw)))
+        y = int(rng.integers(0, max(1, h - th)))
+        under = np.asarray(img)[y : y + th + 1, x : x + tw + 1]
+        dark = under.size == 0 or float(under.mean()) > 110.0
+        ink = tuple(int(v) for v in rng.integers(0, 50, 3)) if dark else (245, 245, 240)
+        draw.text((x - left, y - top), text, fill=ink, font=font)
+    return np.asarray(img, dtype=np.uint8)
+
+
 def _frames_from(entry: ZooEntry, cuts: list[Crop], size: tuple[int, int]) -> dict[str, np.ndarray]:
     if entry.shipped:
         from edgeguard import data
@@ -993,8 +1052,12 @@ def _frames_from(entry: ZooEntry, cuts: list[Crop], size: tuple[int, int]) -> di
     first = prep(np.zeros((size[0], size[1], 3), np.uint8), size)  # shape probe, cheap
     batch = np.empty((len(cuts), *first.shape), np.float32)
     for i, c in enumerate(cuts):
-        src = image(c.image)[c.top : c.top + c.height, c.left : c.left + c.width]
-        batch[i] = prep(np.ascontiguousarray(src), size)
+        src = np.ascontiguousarray(
+            image(c.image)[c.top : c.top + c.height, c.left : c.left + c.width]
+        )
+        if entry.name == "ppocr_det":
+            src = _draw_words(src, c, size)
+        batch[i] = prep(src, size)
     return {entry.input_name: batch}
 
 
