@@ -81,11 +81,26 @@ def write_keypair(
     atomic_write(public_path, armor(_PUBLIC, private.public.encode()).encode(), mode=0o644)
 
 
+def _refuse_other_kind(raw: bytes, path: Path, expected: str) -> None:
+    """A key file of the other kind (a public key given for a private one, or the
+    reverse) is the wrong key type: a KeyFileError, not a malformed file."""
+    other = _PUBLIC if expected == _PRIVATE else _PRIVATE
+    if raw.lstrip().startswith(f"-----BEGIN EDGEGUARD {other}-----".encode()):
+        raise KeyFileError(
+            f"{path} is a {other.lower()}, expected a {expected.lower()}",
+            hint="give the .key file"
+            if expected == _PRIVATE
+            else "give the .pub file (a private key never leaves its owner)",
+        )
+
+
 def _load_private(
     path: Path, passphrase: bytes | None, unsafe_allow_open_permissions: bool
 ) -> SignerKey | DeviceKey:
     path = Path(path)
-    data = unarmor(_read(path, "key file"), kind=_PRIVATE, source=str(path))
+    raw = _read(path, "key file")
+    _refuse_other_kind(raw, path, _PRIVATE)
+    data = unarmor(raw, kind=_PRIVATE, source=str(path))
     if not unsafe_allow_open_permissions:
         mode = os.stat(path).st_mode
         if stat.S_IMODE(mode) & 0o077:
@@ -118,6 +133,7 @@ def load_device_key(
 
 def _load_public(path: Path) -> SignerPublicKey | DevicePublicKey:
     data = _read(Path(path), "public key file")
+    _refuse_other_kind(data, Path(path), _PUBLIC)
     return decode_public(unarmor(data, kind=_PUBLIC, source=str(path)), source=str(path))
 
 

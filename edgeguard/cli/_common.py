@@ -199,6 +199,18 @@ def calibration_options(args: argparse.Namespace, *, limit: int | None = None) -
     )
 
 
+def warn_image_folder(data: Path | None) -> None:
+    """Say, on stderr, what a folder of images becomes: edgeguard cannot know the model's
+    own preprocessing, and frames that differ from the device's make a useless profile."""
+    if data is not None and Path(data).is_dir():
+        print(
+            f"edgeguard: warning: the images in {data} are resized to the model's input and "
+            "scaled to 0..1 as RGB; if the model expects other preprocessing (mean/std, BGR, "
+            "0..255, letterboxing), give the frames as the device will feed them, in an .npz",
+            file=sys.stderr,
+        )
+
+
 def print_calibration_report(report: Any, *, file: Any = None) -> None:
     """The calibration report as a short table and its warnings (on stderr by default)."""
     from rich.console import Console

@@ -13,6 +13,7 @@ from edgeguard.cli._common import (
     parse_time,
     passphrase,
     print_calibration_report,
+    warn_image_folder,
 )
 
 
@@ -206,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
         placements=tuple(_placement(t) for t in args.placement),
     )
     checks = VariantChecks(task=args.task, min_agreement=args.min_agreement)
+    warn_image_folder(args.calibration)
     notes: list[str] = []
     with _Progress() as progress:
         header = build_bundle(

@@ -18,6 +18,7 @@ from edgeguard.cli._common import (
     add_calibration_args,
     calibration_options,
     print_calibration_report,
+    warn_image_folder,
 )
 
 __all__ = ["register", "run"]
@@ -83,8 +84,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"output directory {str(out_dir)!r} does not exist")
     options = calibration_options(args, limit=args.limit)
     model = model_path.read_bytes()
+    from edgeguard.packaging.onnx_checks import check_onnx_model
+
+    check_onnx_model(model, source=str(model_path))  # not a model: exit 3, as for build
     with OnnxRuntimeBackend.from_bytes(model) as backend:
         specs = backend.inputs()
+    warn_image_folder(args.data)
     data = load_calibration_data(args.data, specs, limit=args.limit)
     profile, report = calibrate_with_report(
         model,

@@ -70,10 +70,21 @@ def load_inputs(path: Path) -> dict[str, Any]:
 
 
 def name_inputs(arrays: dict[str, Any], specs: Any, path: Path) -> dict[str, Any]:
-    """Give an .npy file's array the model's only input name."""
+    """Give an .npy file's array the model's only input name; refuse an .npz that holds
+    arrays the model does not take (a missing input is the I/O contract's to refuse)."""
     from edgeguard.errors import UsageError
 
     if "" not in arrays:
+        wanted = {s.name for s in specs}
+        extra, missing = sorted(set(arrays) - wanted), sorted(wanted - set(arrays))
+        if extra:
+            raise UsageError(
+                f"{path} holds array(s) the model does not take: {', '.join(extra)}",
+                hint="the model takes "
+                + ", ".join(s.name for s in specs)
+                + (f"; {path} lacks {', '.join(missing)}" if missing else "")
+                + " (rename the arrays or drop the others)",
+            )
         return arrays
     if len(specs) != 1:
         raise UsageError(

@@ -13,7 +13,12 @@ calibration never saw:
   each gated corruption rejected in at least 95 % of its frames, channel swap measured
   and printed, and no frame unanswered;
 * ``edgeguard run`` over clean frames the guard accepted: the answers are the model's
-  own (ONNX Runtime, same frames), every output.
+  own (ONNX Runtime, same frames), every output;
+* ``edgeguard build --variants fp32,fp16,int8`` on the calibration frames: a variant
+  below its task's threshold is refused with a one-line error (exit 2) naming it, the
+  metric and the value, and the build is repeated without it; every shipped variant's
+  signed agreement is at or above its signed threshold, and the ensemble serves 30
+  held-out frames with the default voter and deadline, none unanswered.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import pytest
 
 from edgeguard.data import zoo
 from edgeguard.packaging.envelope import wilson_interval
+from edgeguard.policy.slots import read_slots
+from edgeguard.runtime.opener import read_prefix
 from tests.helpers import build, eg, make_keys, run_bundle
 
 pytestmark = pytest.mark.slow
@@ -154,3 +161,79 @@ def test_a_zoo_model_works_end_to_end_with_default_settings(
         assert sorted(got.files) == sorted(want)
         for k, v in want.items():
             np.testing.assert_allclose(got[k], v, rtol=1e-5, atol=1e-5, err_msg=k)
+
+
+def _serve_clean(tmp: Path, bundle: Path, frames: Path, input_name: str) -> dict:
+    r = eg(
+        "serve",
+        bundle,
+        "--trust",
+        tmp / "signer.pub",
+        "--device-key",
+        tmp / "dev" / "device.key",
+        "--state-dir",
+        tmp / "state-variants",
+        "--frames",
+        frames,
+        "--input-name",
+        input_name,
+        "--no-drop",
+        "--json",
+        timeout=1200,
+    )
+    assert r.returncode == 0, r.stderr
+    summary: dict = json.loads(r.stdout)
+    return summary
+
+
+@pytest.mark.parametrize("name", zoo.NAMES)
+def test_a_zoo_models_variants_ship_within_their_signed_agreement_or_are_refused(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    entry = zoo.info(name)
+    model = zoo.model_path(name)
+    make_keys(tmp_path)
+    cal = tmp_path / "cal.npz"
+    np.savez(cal, **zoo.frames(name, N_CAL))
+    bundle = tmp_path / f"{name}-variants.egb"
+    kinds = ["fp32", "fp16", "int8"]
+    refused: list[str] = []
+    while True:
+        r = build(
+            tmp_path, bundle, model, extra=("--calibration", cal, "--variants", ",".join(kinds))
+        )
+        if r.returncode == 0:
+            break
+        # a refusal: one line, exit 2, naming the variant, its metric and value
+        assert r.returncode == 2, r.stderr
+        line = r.stderr.strip()
+        assert line.count("\n") == 0 and line.startswith("edgeguard: error: "), line
+        bad = next((k for k in ("int8", "fp16") if f"-{k}" in line and k in kinds), None)
+        assert bad is not None, line
+        assert "threshold" in line, line
+        refused.append(line)
+        kinds.remove(bad)
+        assert len(kinds) > 1, refused
+    with open(bundle, "rb") as f:
+        prefix, _ = read_prefix(f)
+    slots = read_slots(prefix.header.manifest)
+    shipped = {f"{model.stem}-{k}" for k in kinds if k != "fp32"}
+    assert set(slots.variants) == shipped
+    for member, check in slots.variants.items():
+        assert check.value >= check.threshold, (member, check)
+    held = tmp_path / "held.npz"
+    np.savez(held, **zoo.held_out(name, 30))
+    summary = _serve_clean(tmp_path, bundle, held, entry.input_name)
+    with capsys.disabled():
+        print(
+            f"\n{name}: shipped {', '.join(kinds)} ("
+            + ", ".join(
+                f"{m.rsplit('-', 1)[1]} {c.metric} {c.value:.3f} >= {c.threshold:g}"
+                for m, c in sorted(slots.variants.items())
+            )
+            + f"); refused: {len(refused)}"
+            + "".join(f"\n    {x}" for x in refused)
+            + f"\n    served 30 held-out frames: {summary['sources']}, "
+            f"p50 {summary['latency_ms']['p50']:.4g} ms, deadline {summary['deadline_ms']:g} ms"
+        )
+    assert summary["frames"] == 30 and summary["unanswered"] == 0, summary

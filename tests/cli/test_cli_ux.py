@@ -1,4 +1,4 @@
-"""``edgeguard inspect`` as people read it: every tensor's name and shape, full names."""
+"""The CLI as people read it: inspect shows every name and shape; mistakes are one line."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.helpers import build, eg, make_keys
+from tests.helpers import build, eg, make_keys, run_bundle
 
 
 def _model(path: Path) -> None:
@@ -80,3 +80,61 @@ def test_json_commands_report_an_error_on_stdout_too(tmp_path: Path) -> None:
     assert r.stderr.startswith("edgeguard: error: ")  # people still get the one line
     # without --json, stdout stays empty
     assert eg("verify", out, "--trust", tmp_path / "signer.pub").stdout == ""
+
+
+def test_a_key_of_the_wrong_kind_is_a_key_error_whichever_way_round(tmp_path: Path) -> None:
+    """exit 9 (KeyFileError) with a hint, for a .pub given as a private key, a .key given
+    as a trusted public key, and a signer key given as a device key (and the reverse)."""
+    make_keys(tmp_path)
+    model = tmp_path / "m.onnx"
+    _model(model)
+    out = tmp_path / "b.egb"
+    assert build(tmp_path, out, model).returncode == 0
+    pub, key = tmp_path / "signer.pub", tmp_path / "signer.key"
+    dev_pub, dev_key = tmp_path / "dev" / "device.pub", tmp_path / "dev" / "device.key"
+    cases = [
+        (("--trust", pub, "--device-key", dev_pub), "is a public key, expected a private key"),
+        (("--trust", key, "--device-key", dev_key), "is a private key, expected a public key"),
+        (("--trust", pub, "--device-key", key), "is a signer key, expected a device key"),
+        (("--trust", dev_pub, "--device-key", dev_key), "expected a signer public key"),
+    ]
+    for args, message in cases:
+        r = eg("verify", out, *args)
+        assert r.returncode == 9, (args, r.stderr)
+        assert message in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_input_file_and_model_file_mistakes_are_one_line_with_their_exit_code(
+    tmp_path: Path,
+) -> None:
+    make_keys(tmp_path)
+    model = tmp_path / "m.onnx"
+    _model(model)
+    out = tmp_path / "b.egb"
+    assert build(tmp_path, out, model).returncode == 0
+    frames = np.zeros((2, 3, 8, 8), np.float32)
+    np.savez(tmp_path / "extra.npz", images=frames, label=np.zeros(2))
+    r = run_bundle(tmp_path, out, tmp_path / "extra.npz", tmp_path / "o.npz", tmp_path / "s")
+    assert r.returncode == 2 and "does not take: label" in r.stderr, r.stderr
+    np.savez(tmp_path / "wrong.npz", image=frames)
+    r = run_bundle(tmp_path, out, tmp_path / "wrong.npz", tmp_path / "o.npz", tmp_path / "s")
+    assert r.returncode == 2 and "the model takes images; " in r.stderr, r.stderr
+    script = tmp_path / "mk.py"
+    script.write_text("print('not a model')\n")
+    np.savez(tmp_path / "cal.npz", images=frames)
+    r = eg("calibrate", script, "--data", tmp_path / "cal.npz", "-o", tmp_path / "p.json")
+    assert r.returncode == 3 and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_a_folder_of_images_says_what_it_becomes(tmp_path: Path) -> None:
+    from PIL import Image
+
+    model = tmp_path / "m.onnx"
+    _model(model)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), np.uint8)).save(folder / f"{i}.png")
+    r = eg("calibrate", model, "--data", folder, "-o", tmp_path / "p.json")
+    assert "scaled to 0..1 as RGB" in r.stderr and "preprocessing" in r.stderr, r.stderr
