@@ -102,11 +102,16 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from edgeguard.errors import EdgeguardError, InputRejectedError
+    from edgeguard.errors import EdgeguardError, InputRejectedError, UsageError
     from edgeguard.fsutil import atomic_write
     from edgeguard.runtime.session import split_frames
 
+    out_dir = args.output.parent if str(args.output.parent) else Path(".")
+    if not out_dir.is_dir():  # before any frame runs
+        raise UsageError(f"output directory {out_dir} does not exist")
     raw = load_inputs(args.input)
+    if any(getattr(v, "ndim", 0) and len(v) == 0 for v in raw.values()):
+        raise UsageError(f"{args.input} holds no frames (an array with a first axis of 0)")
     with open_device_session(args) as session:
         feeds = name_inputs(raw, session.inputs, args.input)
         answers: dict[str, list[Any]] = {}

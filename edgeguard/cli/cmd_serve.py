@@ -109,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
                 hint=f"it holds {sorted(arrays)}; the model wants {[s.name for s in specs]}",
             )
         frames = arrays[name][: args.limit] if args.limit else arrays[name]
+        if len(frames) == 0:
+            raise UsageError(f"{args.frames} holds no frames for {name!r}")
         late = [f for f in faults if f.start >= len(frames)]
         if late:
             print(

@@ -152,7 +152,14 @@ def write_bundle(
     check_chunk_size(chunk_size)
     created = int(time.time()) if created is None else created
     if expires is not None and expires <= created:
-        raise UsageError("the expiry time must lie after the creation time")
+
+        def iso(t: int) -> str:
+            return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+        raise UsageError(
+            f"the expiry time {iso(expires)} must lie after the creation time {iso(created)}",
+            hint="give a later --expires",
+        )
 
     data_key, salt = os.urandom(32), os.urandom(32)
     sizes = [_member_size(m) for m in members]

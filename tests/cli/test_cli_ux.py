@@ -138,3 +138,19 @@ def test_a_folder_of_images_says_what_it_becomes(tmp_path: Path) -> None:
         Image.fromarray(rng.integers(0, 255, (20, 24, 3), np.uint8)).save(folder / f"{i}.png")
     r = eg("calibrate", model, "--data", folder, "-o", tmp_path / "p.json")
     assert "scaled to 0..1 as RGB" in r.stderr and "preprocessing" in r.stderr, r.stderr
+
+
+def test_run_refuses_what_would_fail_after_the_frames_ran(tmp_path: Path) -> None:
+    make_keys(tmp_path)
+    model = tmp_path / "m.onnx"
+    _model(model)
+    out = tmp_path / "b.egb"
+    assert build(tmp_path, out, model).returncode == 0
+    np.savez(tmp_path / "in.npz", images=np.zeros((2, 3, 8, 8), np.float32))
+    r = run_bundle(tmp_path, out, tmp_path / "in.npz", tmp_path / "nodir" / "o.npz", tmp_path / "s")
+    assert r.returncode == 2 and "output directory" in r.stderr and ".tmp" not in r.stderr
+    np.savez(tmp_path / "empty.npz", images=np.zeros((0, 3, 8, 8), np.float32))
+    r = run_bundle(tmp_path, out, tmp_path / "empty.npz", tmp_path / "o.npz", tmp_path / "s")
+    assert r.returncode == 2 and "holds no frames" in r.stderr
+    r = build(tmp_path, tmp_path / "x.egb", model, extra=("--expires", "2020-01-01T00:00:00Z"))
+    assert r.returncode == 2 and "2020-01-01T00:00:00Z must lie after" in r.stderr
