@@ -137,7 +137,11 @@ def main() -> int:
     for name in args.models.split(","):
         r = bench(name, args.frames, args.baseline)
         results[name] = r
-        print(f"{name}: --variants fp32,fp16,int8 in {r['seconds']} s on {r['frames']} frames")
+        measured = next((v["frames"] for v in r["variants"].values() if "frames" in v), r["frames"])
+        print(
+            f"{name}: --variants fp32,fp16,int8 in {r['seconds']} s from {r['frames']} "
+            f"calibration frames (measured on {measured})"
+        )
         print(f"  fp32  size {r['variants']['fp32']['size']:>9}")
         for kind in ("fp16", "int8"):
             v = r["variants"][kind]

@@ -198,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(record, indent=1))
     else:
-        Console().print(_table(results))
+        console_out = Console()
+        console_out.width = max(console_out.width, 140)  # a table people read whole
+        console_out.print(_table(results))
         if det is not None:
             print(
                 f"calibration of {args.cal} frames of {det['frame_shape']} (ppocr_det): "

@@ -143,6 +143,7 @@ def build_bundle(
         progress=progress,
         shape_hints=shape_hints,
         checks=variant_checks,
+        profiles=device_profiles,
     )
     if on_plan is not None:
         on_plan(plan)

@@ -225,7 +225,9 @@ def run(args: argparse.Namespace) -> int:
             calibration_options=calibration_options(args),
             on_calibration=print_calibration_report,
             ensemble=ensemble,
-            on_plan=lambda plan: notes.append(plan.deadline_note),
+            on_plan=lambda plan: notes.extend(
+                [plan.deadline_note, *(f"warning: {w}" for w in plan.warnings)]
+            ),
             progress=progress.update,
             variant_checks=checks,
         )

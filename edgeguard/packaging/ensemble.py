@@ -39,9 +39,11 @@ from edgeguard.policy.runtime import (
     RuntimePolicy,
     VoterKind,
     VoterSpec,
+    parse_placement,
 )
 
 if TYPE_CHECKING:
+    from edgeguard.devices import DeviceProfile
     from edgeguard.packaging.variants import VariantChecks
 
 __all__ = [
@@ -95,6 +97,8 @@ class EnsemblePlan:
         isolation: The isolation requirements.
         io: Each member's I/O contract.
         deadline_note: How the deadline was chosen, for the build's output.
+        warnings: What the build should warn about (a precision an allowed device
+            profile does not run natively).
     """
 
     members: tuple[MemberPlan, ...]
@@ -102,6 +106,7 @@ class EnsemblePlan:
     isolation: SandboxPolicy
     io: Mapping[str, MemberIo]
     deadline_note: str
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -184,6 +189,7 @@ def plan_ensemble(
     progress: Callable[[str, int, int], None] | None = None,
     shape_hints: Mapping[str, tuple[int, ...]] | None = None,
     checks: VariantChecks | None = None,
+    profiles: Sequence[DeviceProfile] = (),
 ) -> EnsemblePlan:
     """Members, runtime policy, I/O contracts and isolation for the given models and options.
 
@@ -203,6 +209,8 @@ def plan_ensemble(
             calibration frames are given (from the sanity profile).
         checks: How derived variants are measured and refused (task, threshold,
             decoder); each variant member's ``note["check"]`` holds its measurement.
+        profiles: The allowed device profiles: a reduced-precision variant placed on a
+            unit of one that does not run it is refused, on its CPU warned about.
 
     Returns:
         The plan.
@@ -322,8 +330,52 @@ def plan_ensemble(
         members.append(fallback)
     isolation = SandboxPolicy.from_dict({layer: REQUIRED for layer in opts.require_isolation})
     return EnsemblePlan(
-        members=tuple(members), runtime=policy, isolation=isolation, io=io, deadline_note=note
+        members=tuple(members),
+        runtime=policy,
+        isolation=isolation,
+        io=io,
+        deadline_note=note,
+        warnings=tuple(dict.fromkeys(_precision_checks(members, profiles))),
     )
+
+
+def _precision_checks(
+    members: Sequence[MemberPlan], profiles: Sequence[DeviceProfile]
+) -> list[str]:
+    """Warnings for reduced precisions a profile does not run natively; refusals where
+    a member is placed on a unit that cannot run its precision.
+
+    A variant on the GPU or a DLA core of an allowed profile whose unit does not run its
+    precision is refused: TensorRT cannot build it there. A variant on the CPU of a
+    profile that does not list its precision is a warning: ONNX Runtime runs the graph
+    as it is, without the speed the precision is for.
+    """
+    out: list[str] = []
+    for m in members:
+        kind = m.note.get("variant")
+        if kind not in ("fp16", "int8"):
+            continue
+        unit = parse_placement(m.placement).unit
+        for p in profiles:
+            if (unit == "dla" and p.dla_cores == 0) or (unit == "gpu" and p.gpu is None):
+                continue  # the runtime refuses a placement the device lacks
+            native = p.dla_precisions if unit == "dla" else p.precisions
+            if kind in native:
+                continue
+            if unit != "cpu":
+                raise UsageError(
+                    f"{m.name} is an {kind} variant placed on {m.placement}, and the "
+                    f"{unit.upper()} of {p.id} does not run {kind} (it runs "
+                    f"{', '.join(native) or 'nothing'})",
+                    hint=f"leave {kind} out of --variants, or place it elsewhere with "
+                    f"--placement {m.name}=cpu",
+                )
+            out.append(
+                f"{m.name}: {p.id} does not list {kind} among the precisions it runs "
+                f"natively ({', '.join(native)}); on the CPU, ONNX Runtime runs the graph as "
+                f"it is, without the speed {kind} is for"
+            )
+    return out
 
 
 def _deadline(

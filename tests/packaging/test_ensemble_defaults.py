@@ -89,3 +89,43 @@ def test_a_classifier_ensemble_votes_by_plurality(tmp_path, keys) -> None:
         tmp_path, [data.model_path("digits_mlp"), data.model_path("digits_logreg")], keys
     )
     assert _voter(bundle)["kind"] == "plurality"
+
+
+def test_a_variant_a_device_profile_cannot_run_is_refused_or_warned(tmp_path, keys) -> None:
+    from edgeguard.errors import UsageError
+    from edgeguard.packaging.ensemble import EnsembleOptions
+    from edgeguard.packaging.variants import VariantChecks
+
+    signer, dev = keys
+    cal = tmp_path / "cal.npz"
+    np.savez(cal, image=data.load_split("calib")[0][:80])
+    common: dict[str, Any] = dict(
+        signer=signer, recipients=[dev.public], version=1, calibration=cal
+    )
+    notes: list[Any] = []
+    api.build_bundle(
+        [data.model_path("digits_mlp")],
+        out=tmp_path / "cpu.egb",
+        profiles=["generic-cpu"],
+        ensemble=EnsembleOptions(variants=("fp32", "fp16")),
+        on_plan=notes.append,
+        **common,
+    )
+    (plan,) = notes
+    assert plan.warnings == (
+        "digits_mlp-fp16: generic-cpu does not list fp16 among the precisions it runs "
+        "natively (fp32); on the CPU, ONNX Runtime runs the graph as it is, without the "
+        "speed fp16 is for",
+    )
+    with pytest.raises(UsageError, match="GPU of jetson-nano does not run int8") as info:
+        api.build_bundle(
+            [data.model_path("digits_mlp")],
+            out=tmp_path / "nano.egb",
+            profiles=["jetson-nano"],
+            ensemble=EnsembleOptions(
+                variants=("fp32", "int8"), placements=(("digits_mlp-int8", "gpu0"),)
+            ),
+            variant_checks=VariantChecks(),
+            **common,
+        )
+    assert "--placement digits_mlp-int8=cpu" in (info.value.hint or "")
