@@ -128,7 +128,7 @@ def test_key_files_permissions_and_types(tmp_path, signer: SignerKey) -> None:
         load_device_key(tmp_path / "signer.key")
     with pytest.raises(KeyFileError):
         load_device_public(tmp_path / "signer.pub")
-    with pytest.raises(MalformedError, match="PRIVATE KEY"):
+    with pytest.raises(KeyFileError, match="is a public key, expected a private key"):
         load_signer_key(tmp_path / "signer.pub")
     # Group/world-readable private keys are refused unless explicitly unsafe.
     os.chmod(tmp_path / "signer.key", 0o644)

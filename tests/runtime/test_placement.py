@@ -325,7 +325,7 @@ def test_inspect_shows_the_placements_and_the_policy(pinned_bundle) -> None:
     r = eg("inspect", pinned_bundle["bundle"])
     assert r.returncode == 0, r.stderr
     assert "placement" in r.stdout and f"cpu:{LAST}" in r.stdout
-    assert "quorum 2 of 2, deadline 2000.0 ms" in r.stdout
+    assert "quorum 2 of 2, deadline 2000 ms" in r.stdout
 
 
 def test_threads_isolation_pins_the_member_and_its_pool(pinned_bundle, tmp_path) -> None:
