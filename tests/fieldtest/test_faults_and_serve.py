@@ -274,8 +274,9 @@ def _plain_bundle(tmp_path: Path) -> Path:
     return tmp_path / "p.egb"
 
 
-def _serve_plain(tmp_path: Path, bundle: Path, *extra: str) -> tuple[int, dict]:
-    r = subprocess.run(
+def _serve_cli(tmp_path: Path, bundle: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``edgeguard serve`` of the digits test split as the device of ``_plain_bundle``."""
+    return subprocess.run(
         [
             sys.executable,
             "-m",
@@ -290,21 +291,19 @@ def _serve_plain(tmp_path: Path, bundle: Path, *extra: str) -> tuple[int, dict]:
             str(data.split_path("test")),
             "--input-name",
             "image",
-            "--fps",
-            "500",
-            "--no-drop",
-            "--limit",
-            "20",
             "--state-dir",
             str(tmp_path / "s"),
-            "--json",
-            *extra,
+            *args,
         ],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
+
+
+def _serve_plain(tmp_path: Path, bundle: Path, *extra: str) -> tuple[int, dict]:
+    r = _serve_cli(tmp_path, bundle, "--fps", "500", "--no-drop", "--limit", "20", "--json", *extra)
     return r.returncode, (json.loads(r.stdout) if r.returncode == 0 else {"stderr": r.stderr})
 
 
@@ -354,36 +353,17 @@ def test_serve_drops_frames_after_a_stall_like_a_camera(tmp_path) -> None:
     dropped (counted, never sent), not queued and sent back to back."""
     bundle = _plain_bundle(tmp_path)
     records = tmp_path / "r.jsonl"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "edgeguard.cli.main",
-            "serve",
-            str(bundle),
-            "--trust",
-            str(tmp_path / "signer.pub"),
-            "--device-key",
-            str(tmp_path / "dev" / "device.key"),
-            "--frames",
-            str(data.split_path("test")),
-            "--input-name",
-            "image",
-            "--fps",
-            "50",
-            "--limit",
-            "30",
-            "--inject",
-            "slow@5",
-            "--records",
-            str(records),
-            "--state-dir",
-            str(tmp_path / "s"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    r = _serve_cli(
+        tmp_path,
+        bundle,
+        "--fps",
+        "50",
+        "--limit",
+        "30",
+        "--inject",
+        "slow@5",
+        "--records",
+        str(records),
     )
     assert r.returncode == 0, r.stderr
     lines = [json.loads(x) for x in records.read_text().splitlines()]
