@@ -9,7 +9,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeguard.guard.voting import iou, softmax, vote, vote_classification, vote_detection
+from edgeguard.guard.voting import (
+    iou,
+    required_outputs,
+    softmax,
+    vote,
+    vote_classification,
+    vote_detection,
+    vote_passthrough,
+    vote_regression,
+)
 from edgeguard.policy.runtime import VoterKind, VoterSpec
 
 
@@ -199,3 +208,175 @@ def test_detection_refuses_ragged_members() -> None:
     bad = {"a": {"boxes": np.zeros((2, 4)), "scores": np.zeros(1), "classes": np.zeros(2)}}
     v = vote_detection(bad, DET)
     assert not v.ok and v.reason == "member a: boxes/scores/classes lengths differ"
+
+
+# ----------------------------------------------------------------------------- exact outcomes
+
+
+def assert_refused(v, reason: str, backers=(), dissenters=(), agreement: float = 0.0) -> None:
+    assert v.ok is False and v.reason == reason and v.outputs == {}
+    assert (v.backers, v.dissenters, v.agreement) == (backers, dissenters, agreement)
+
+
+def test_every_voter_refuses_an_empty_vote_the_same_way() -> None:
+    spec = VoterSpec(kind=VoterKind.MEDIAN, output="y")
+    assert_refused(vote_classification({}, CLS3), "no member answered")
+    assert_refused(vote_regression({}, spec), "no member answered")
+    assert_refused(vote_detection({}, DET), "no member answered")
+    assert_refused(vote({}, CLS3), "0 member(s) answered, quorum is 1")
+    assert_refused(vote({}, CLS3, quorum=0), "no member answered")
+
+
+CLS3 = VoterSpec(kind=VoterKind.PLURALITY, output="s", agreement=0.5)
+
+
+def test_refusals_carry_who_backed_and_who_dissented() -> None:
+    shapes = {"a": {"s": rows(0)}, "b": {"s": rows(0, 1)}}
+    assert_refused(vote_classification(shapes, CLS3), "members disagree on output shape")
+    split = {"a": {"s": rows(0)}, "b": {"s": rows(1)}, "c": {"s": rows(2)}}
+    assert_refused(
+        vote(split, CLS3), "agreement 0.33 below 0.50", ("a",), ("b", "c"), pytest.approx(1 / 3)
+    )
+    major = VoterSpec(kind=VoterKind.MAJORITY, output="s", agreement=0.0)
+    assert_refused(
+        vote(split, major), "no majority: 1 of 3 members agree", ("a",), ("b", "c"), 1 / 3
+    )
+    reg = VoterSpec(kind=VoterKind.MEDIAN, output="y", max_deviation=0.1)
+    far = {"a": {"y": np.array([0.0])}, "b": {"y": np.array([5.0])}}
+    assert_refused(
+        vote_regression(far, reg, quorum=1),
+        "only 0 of 2 members within max_deviation",
+        (),
+        ("a", "b"),
+    )
+    ragged = {"a": det([[0, 0, 1, 1]], [0.5, 0.4], [0])}
+    assert_refused(vote(ragged, DET), "member a: boxes/scores/classes lengths differ")
+    pas = VoterSpec(kind=VoterKind.PASSTHROUGH, output="y")
+    assert_refused(vote({"a": {}, "b": {}}, pas), "passthrough needs one answer, got 2")
+    assert_refused(vote_passthrough({}), "passthrough needs one answer, got 0")
+
+
+def test_passthrough_returns_every_output_unchanged() -> None:
+    outs = {"y": np.arange(3, dtype=np.float16), "n": np.array([7], np.int64)}
+    v = vote({"only": outs}, VoterSpec(kind=VoterKind.PASSTHROUGH, output="y"))
+    assert v.ok is True and v.backers == ("only",) and v.agreement == 1.0 and v.reason == ""
+    assert list(v.outputs) == ["y", "n"] and v.outputs is not outs
+    assert v.outputs["y"] is outs["y"] and v.outputs["n"] is outs["n"]
+    assert required_outputs(VoterSpec(kind=VoterKind.PASSTHROUGH, output="y")) == ()
+    assert tuple(required_outputs(DET)) == ("boxes", "scores", "classes")
+    assert tuple(required_outputs(CLS3)) == ("s",)
+
+
+def test_a_lone_member_decides_with_full_agreement() -> None:
+    v = vote({"a": {"s": np.array([0.1, 0.7, 0.2], np.float32)}}, CLS3)
+    assert v.ok is True and v.agreement == 1.0 and v.backers == ("a",)
+    assert v.outputs["label"].dtype == np.int64 and v.outputs["label"].tolist() == [1]
+    assert v.outputs["s"].shape == (3,)
+
+
+def test_score_rows_of_any_rank() -> None:
+    one_d = {n: {"s": np.array([0.0, 2.0, 1.0], np.float32)} for n in "ab"}
+    v = vote(one_d, CLS3)
+    assert v.outputs["label"].tolist() == [1] and v.outputs["s"].shape == (3,)
+    three_d = np.zeros((2, 2, 3), np.float32)
+    three_d[0, 0, 2] = three_d[0, 1, 0] = three_d[1, 0, 1] = three_d[1, 1, 2] = 3.0
+    v = vote({"a": {"s": three_d}, "b": {"s": three_d.copy()}}, CLS3)
+    assert v.outputs["label"].tolist() == [2, 0, 1, 2]
+    assert v.outputs["s"].shape == (2, 2, 3) and v.outputs["s"].dtype == np.float32
+    soft = VoterSpec(kind=VoterKind.SOFT, output="s", agreement=0.0)
+    v = vote({"a": {"s": three_d}, "b": {"s": three_d.copy()}}, soft)
+    assert v.outputs["probabilities"].shape == (2, 2, 3)
+    assert v.outputs["label"].tolist() == [2, 0, 1, 2]
+    lone = vote({"a": {"s": three_d}}, CLS3)
+    assert lone.outputs["label"].tolist() == [2, 0, 1, 2]
+
+
+def test_softmax_is_stable_and_per_row() -> None:
+    p = softmax(np.array([[1000.0, 0.0], [0.0, 0.0]], np.float32))
+    assert p.dtype == np.float64 and np.isfinite(p).all()
+    np.testing.assert_allclose(p, [[1.0, 0.0], [0.5, 0.5]])
+    q = softmax(np.array([[0.0, 1.0], [0.0, 3.0]]), axis=0)
+    np.testing.assert_allclose(q.sum(axis=0), [1.0, 1.0])
+    np.testing.assert_allclose(q[:, 1], [1 / (1 + np.e**2), np.e**2 / (1 + np.e**2)])
+
+
+def test_one_backer_row_keeps_its_raw_scores() -> None:
+    # every member picks another label: the lowest label wins with one backer
+    a = np.array([[6.0, 0.0, 0.0]], np.float32)
+    b = np.array([[0.0, 5.0, 0.0]], np.float32)
+    c = np.array([[0.0, 0.0, 4.0]], np.float32)
+    spec = VoterSpec(kind=VoterKind.PLURALITY, output="s", agreement=0.0)
+    v = vote({"a": {"s": a}, "b": {"s": b}, "c": {"s": c}}, spec)
+    np.testing.assert_array_equal(v.outputs["s"], a)
+    assert v.outputs["label"].tolist() == [0] and v.backers == ("a",)
+
+
+def test_unvoted_outputs_come_from_the_backer_closest_to_the_result() -> None:
+    # three backers of label 1; the fused score row is their mean, nearest to "c"
+    members = {
+        "a": {"s": np.array([[0.0, 2.0]], np.float32), "box": np.array([1.0], np.float32)},
+        "b": {"s": np.array([[0.0, 9.0]], np.float32), "box": np.array([2.0], np.float32)},
+        "c": {"s": np.array([[0.0, 5.0]], np.float32), "box": np.array([3.0], np.float32)},
+    }
+    v = vote(members, CLS3)
+    assert v.outputs["box"].tolist() == [3.0]
+    assert list(v.outputs) == ["s", "box", "label"]
+    assert (v.backers, v.dissenters, v.agreement, v.reason) == (("a", "b", "c"), (), 1.0, "")
+    # the fused extra of a mid-value vote is a member's value, in the members' dtype
+    mid = VoterSpec(kind=VoterKind.MID_VALUE, output="y")
+    pair = {
+        "a": {"y": np.array([1.0]), "z": np.array([4.0, 1.0], np.float16)},
+        "b": {"y": np.array([3.0]), "z": np.array([2.0, 3.0], np.float16)},
+    }
+    v = vote(pair, mid)
+    assert v.outputs["y"].tolist() == [1.0]
+    assert v.outputs["z"].dtype == np.float16 and v.outputs["z"].tolist() == [2.0, 1.0]
+    med = vote(pair, VoterSpec(kind=VoterKind.MEDIAN, output="y"))
+    assert med.outputs["z"].tolist() == [3.0, 2.0] and med.outputs["z"].dtype == np.float16
+    # an extra output that not every backer has is taken whole from the closest backer
+    pair["b"] = {"y": np.array([3.0])}
+    v = vote(pair, mid)
+    assert v.outputs["z"].tolist() == [4.0, 1.0]
+
+
+def test_detection_through_vote_keeps_extra_outputs_from_a_confirming_member() -> None:
+    a = {**det([[0, 0, 10, 10]], [0.9], [1]), "mask": np.array([1.0], np.float32)}
+    b = {**det([[1, 1, 11, 11]], [0.8], [1]), "mask": np.array([2.0], np.float32)}
+    c = {**det([[50, 50, 60, 60]], [0.7], [1]), "mask": np.array([3.0], np.float32)}
+    v = vote({"a": a, "b": b, "c": c}, DET)
+    assert v.ok is True and v.backers == ("a", "b") and v.dissenters == ()
+    assert v.outputs["mask"].tolist() in ([1.0], [2.0])
+    assert v.outputs["boxes"].dtype == np.float32 and v.outputs["scores"].dtype == np.float32
+    assert v.outputs["classes"].dtype == np.int64
+    assert v.outputs["confirmations"].dtype == np.int64
+    assert v.agreement == 0.5
+
+
+def test_detection_seeds_clusters_from_the_highest_score() -> None:
+    # seeded by b's box, a's joins (IoU 0.54) and c's (IoU 0.25 with b's) starts its own;
+    # seeded from the lowest score the pairs would be c+a instead
+    members = {
+        "a": det([[3, 0, 13, 10]], [0.9], [0]),
+        "b": det([[0, 0, 10, 10]], [0.95], [0]),
+        "c": det([[6, 0, 16, 10]], [0.5], [0]),
+    }
+    v = vote_detection(members, DET)
+    assert v.outputs["confirmations"].tolist() == [2]
+    x1 = (0 * 0.95 + 3 * 0.9) / 1.85
+    np.testing.assert_allclose(v.outputs["boxes"][0], [x1, 0, x1 + 10, 10], rtol=1e-6)
+    assert v.backers == ("a", "b")
+    # output ordered by fused score, highest first
+    two = {
+        "a": det([[0, 0, 10, 10], [50, 50, 60, 60]], [0.3, 0.9], [0, 0]),
+        "b": det([[0, 0, 10, 10], [50, 50, 60, 60]], [0.3, 0.9], [0, 0]),
+    }
+    assert vote_detection(two, DET).outputs["boxes"][:, 0].tolist() == [50.0, 0.0]
+
+
+def test_detection_weights_scores_below_one_and_agrees_fully_on_nothing() -> None:
+    low = {"a": det([[0, 0, 2, 2]], [0.6], [0]), "b": det([[0, 0, 2, 4]], [0.2], [0])}
+    np.testing.assert_allclose(vote_detection(low, DET).outputs["boxes"][0], [0, 0, 2, 2.5])
+    empty = vote_detection({"a": det([], [], []), "b": det([], [], [])}, DET)
+    assert empty.ok is True and empty.agreement == 1.0 and empty.backers == ()
+    assert empty.outputs["boxes"].shape == (0, 4) and empty.outputs["boxes"].dtype == np.float32
+    assert empty.outputs["classes"].dtype == np.int64

@@ -366,7 +366,10 @@ def _wait_for_frames(state: Path, timeout: float = 60.0) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         log = state / "events.log"
-        if log.exists() and log.read_bytes().count(b"sandbox_worker_started") == 3:
+        # the release is recorded once the session has started (members up, deadline
+        # checked): from then on a signal interrupts serving, not the start
+        if (state / "versions.json").exists() and log.exists():
+            assert log.read_bytes().count(b"sandbox_worker_started") == 3
             time.sleep(1.0)  # serving: a few frames in
             return
         time.sleep(0.05)
