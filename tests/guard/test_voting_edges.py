@@ -380,3 +380,78 @@ def test_detection_weights_scores_below_one_and_agrees_fully_on_nothing() -> Non
     assert empty.ok is True and empty.agreement == 1.0 and empty.backers == ()
     assert empty.outputs["boxes"].shape == (0, 4) and empty.outputs["boxes"].dtype == np.float32
     assert empty.outputs["classes"].dtype == np.int64
+
+
+def test_fused_extras_come_from_the_kept_members_only() -> None:
+    spec = VoterSpec(kind=VoterKind.MEDIAN, output="y", max_deviation=1.0)
+    members = {
+        "a": {"y": np.array([0.0], np.float32), "z": np.array([0.0], np.float32), "n": np.int64(4)},
+        "b": {"y": np.array([1.0], np.float32), "z": np.array([1.0], np.float32), "n": np.int64(5)},
+        "e": {
+            "y": np.array([9.0], np.float32),
+            "z": np.array([100.0], np.float32),
+            "n": np.int64(6),
+        },
+    }
+    v = vote(members, spec)
+    assert v.dissenters == ("e",) and v.backers == ("a", "b") and v.agreement == 2 / 3
+    assert v.outputs["y"].dtype == np.float32 and v.outputs["y"].tolist() == [0.5]
+    assert v.outputs["z"].tolist() == [0.5]  # the median of a and b, not of all three
+    assert v.outputs["n"].dtype == np.int64 and int(v.outputs["n"]) in (4, 5)
+    refused = vote(members, spec, quorum=3)
+    assert_refused(refused, "only 2 of 3 members within max_deviation", ("a", "b"), ("e",), 2 / 3)
+    # direct calls default to a quorum of one
+    assert vote_regression({"a": members["a"]}, spec).ok is True
+    half = {"a": {"y": np.array([1.0], np.float16)}, "b": {"y": np.array([2.0], np.float16)}}
+    assert vote_regression(half, spec).outputs["y"].dtype == np.float16
+
+
+def test_classification_keeps_integer_extras_whole_and_reports_dissent() -> None:
+    members = {
+        "a": {"s": rows(1), "count": np.array([3], np.int64)},
+        "b": {"s": rows(1), "count": np.array([3], np.int64)},
+        "c": {"s": rows(2), "count": np.array([8], np.int64)},
+    }
+    v = vote(members, CLS3)
+    assert v.outputs["count"].dtype == np.int64 and v.outputs["count"].tolist() == [3]
+    assert (v.backers, v.dissenters) == (("a", "b"), ("c",))
+    med = vote(members, VoterSpec(kind=VoterKind.MEDIAN, output="s"))
+    assert med.outputs["count"].dtype == np.int64
+    lone = vote_classification(
+        {"a": {"s": np.array([2.0, 0.0], np.float32)}},
+        VoterSpec(kind=VoterKind.SOFT, output="s", agreement=0.0),
+    )
+    assert lone.outputs["probabilities"].dtype == np.float32
+
+
+def test_detection_orders_within_a_class_by_score_not_coordinates() -> None:
+    # the highest score sits at the largest x: a coordinate order would seed from "c"
+    members = {
+        "a": det([[3, 0, 13, 10]], [0.9], [0]),
+        "b": det([[6, 0, 16, 10]], [0.95], [0]),
+        "c": det([[0, 0, 10, 10]], [0.5], [0]),
+    }
+    v = vote_detection(members, DET)
+    x1 = (6 * 0.95 + 3 * 0.9) / 1.85
+    np.testing.assert_allclose(v.outputs["boxes"][0], [x1, 0, x1 + 10, 10], rtol=1e-6)
+    assert v.backers == ("a", "b")
+
+
+def test_detection_keeps_confirmed_clusters_after_an_unconfirmed_one() -> None:
+    members = {
+        "a": det([[0, 0, 1, 1], [5, 5, 6, 6]], [0.9, 0.8], [0, 0]),
+        "b": det([[5, 5, 6, 6]], [0.8], [0]),
+    }
+    v = vote_detection(members, DET)
+    assert v.outputs["boxes"].tolist() == [[5, 5, 6, 6]] and v.agreement == 0.5
+
+
+def test_detection_output_is_sorted_by_fused_score() -> None:
+    # the first cluster is seeded by the single highest score but fuses to less
+    members = {
+        "a": det([[0, 0, 1, 1], [5, 5, 6, 6]], [0.9, 0.8], [0, 0]),
+        "b": det([[0, 0, 1, 1], [5, 5, 6, 6]], [0.1, 0.8], [0, 0]),
+    }
+    v = vote_detection(members, DET)
+    assert v.outputs["boxes"][:, 0].tolist() == [5.0, 0.0]
+    assert v.outputs["scores"].tolist() == pytest.approx([0.8, 0.5])
