@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow test-fast lint typecheck kernels bench clean
+.PHONY: demo test test-slow test-fast lint typecheck kernels bench mutation clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,13 @@ typecheck: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet --no-deps rapidocr-onnxruntime==1.4.4 skl2onnx==1.20.0
-	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	for b in benchmarks/bench_*.py; do case $$b in *mutation*) continue;; esac; echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# Mutation score of the security modules ([tool.mutmut] in pyproject.toml); slow (about
+# an hour on two cores). Writes a benchmark record; RESULTS.md shows the score.
+mutation: $(STAMP)
+	$(BIN)/python -m pip install --quiet 'mutmut>=3.3,<4'
+	$(BIN)/python benchmarks/bench_mutation.py
 
 kernels:
 	cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
@@ -46,4 +52,4 @@ kernels:
 	ctest --test-dir build --output-on-failure
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache mutants
