@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 _PTRACE_ATTACH = 16
+_MADV_HWPOISON = 100
 
 
 class Hostile:
@@ -30,6 +31,9 @@ class Hostile:
         self.libc = ctypes.CDLL(None, use_errno=True)
         self.family = socket.AF_INET
         self.ctl = int(sys.argv[1])  # the worker's control socket
+        hole = mmap.mmap(-1, 4096)  # a page address that is certainly unmapped afterwards
+        self.hole = ctypes.addressof(ctypes.c_char.from_buffer(hole))
+        hole.close()
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if "x" not in feeds:  # the warm-up call: behave
@@ -64,6 +68,10 @@ class Hostile:
             ctypes.string_at(0)
         elif a == "write_stdout":  # an fd it holds, but not one it may write to
             os.write(1, b"leak")
+        elif a == "madvise_hwpoison":  # on an unmapped page: harmless even where allowed
+            if self.libc.madvise(ctypes.c_void_p(self.hole), 4096, _MADV_HWPOISON) != 0:
+                e = ctypes.get_errno()
+                raise OSError(e, os.strerror(e))
         elif a == "mmap_exec":  # new executable memory (shellcode staging)
             mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
         elif a == "forge":  # a reply pointing far outside the shared region

@@ -102,7 +102,7 @@ def assert_fallback_answered(results: list[Any]) -> None:
         np.testing.assert_array_equal(res.outputs["y"], X["x"] * 2)
 
 
-@pytest.mark.parametrize("action", [*ATTACKS, "write_stdout", "mmap_exec"])
+@pytest.mark.parametrize("action", [*ATTACKS, "write_stdout", "mmap_exec", "madvise_hwpoison"])
 def test_seccomp_kills_the_hostile_worker(
     action: str, caps: HostCapabilities, elog: EventLog, tmp_path: Path, listener: int
 ) -> None:

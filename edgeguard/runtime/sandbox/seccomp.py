@@ -10,12 +10,15 @@ and every thread warmed up before the filter goes on, so nothing on the list exi
 for loading). The set was found by running a locked-down ONNX Runtime worker under
 ``strace -f -c`` and is documented, syscall by syscall, in ``docs/isolation.md``.
 
-Two entries carry argument conditions:
+Entries in :data:`CONDITIONAL` carry argument conditions, for example:
 
 * ``clone`` is allowed only with ``CLONE_THREAD`` set (a new thread, never a new
   process: fork, vfork and ``posix_spawn`` all clone without it);
 * ``clone3`` takes its flags in memory, which seccomp cannot inspect, so it fails with
-  ``ENOSYS``; glibc then falls back to ``clone``, which the rule above checks.
+  ``ENOSYS``; glibc then falls back to ``clone``, which the rule above checks;
+* ``madvise`` is allowed only with the advice values in :data:`MADVISE_ADVICE` (hints
+  about the caller's own pages); ``MADV_HWPOISON``, ``MADV_SOFT_OFFLINE``,
+  ``MADV_REMOVE``, ``MADV_MERGEABLE``, ``MADV_PAGEOUT`` and the rest kill the worker.
 
 The filter is loaded with ``SECCOMP_FILTER_FLAG_TSYNC`` so every existing thread of
 the worker (ONNX Runtime's pool included) is covered, not just the calling one.
@@ -30,7 +33,7 @@ from typing import Any
 
 from edgeguard._optional import require
 
-__all__ = ["ALLOWLIST", "CONDITIONAL", "ENOSYS_LIST", "load_filter"]
+__all__ = ["ALLOWLIST", "CONDITIONAL", "ENOSYS_LIST", "MADVISE_ADVICE", "load_filter"]
 
 #: Syscalls allowed unconditionally after lockdown, with the reason.
 ALLOWLIST: dict[str, str] = {
@@ -38,7 +41,6 @@ ALLOWLIST: dict[str, str] = {
     "munmap": "free large blocks (glibc malloc, ONNX Runtime's arena, NumPy)",
     "mremap": "realloc of large blocks",
     "brk": "glibc malloc's main heap",
-    "madvise": "malloc trims freed memory (MADV_DONTNEED)",
     "futex": "locks and condition variables (GIL, ONNX Runtime's thread pool)",
     "sched_yield": "spin-then-yield loops of ONNX Runtime's thread pool",
     "rt_sigreturn": "return from a signal handler",
@@ -61,12 +63,30 @@ CONDITIONAL: dict[str, str] = {
     "mmap": "only without PROT_EXEC: malloc and NumPy allocate; no new code after lockdown",
     "mprotect": "only without PROT_EXEC: glibc grows malloc arenas; no new code (W^X)",
     "clone": "only with CLONE_THREAD: threads yes, processes never (fork, vfork, spawn)",
+    "madvise": "only with an advice in MADVISE_ADVICE: hints about the caller's own pages",
     "tgkill": "only to the worker's own thread group: abort() and raise() signal themselves",
 }
 
 #: Syscalls that fail with ENOSYS instead of killing (so libc falls back to a checked one).
 ENOSYS_LIST: dict[str, str] = {
     "clone3": "flags live in memory seccomp cannot read; glibc falls back to clone",
+}
+
+#: The ``madvise`` advice values the worker may give, with their value and reason. Any
+#: other advice kills it: ``MADV_HWPOISON`` / ``MADV_SOFT_OFFLINE`` take pages out of
+#: service (shared memory included), ``MADV_REMOVE`` punches holes in shared memory,
+#: ``MADV_MERGEABLE`` opts pages into KSM deduplication (a cross-process side channel),
+#: ``MADV_PAGEOUT`` / ``MADV_COLD`` push pages towards swap, ``MADV_DODUMP`` undoes
+#: ``MADV_DONTDUMP``.
+MADVISE_ADVICE: dict[str, tuple[int, str]] = {
+    "MADV_NORMAL": (0, "reset an access hint on the caller's pages"),
+    "MADV_RANDOM": (1, "access hint on the caller's pages"),
+    "MADV_SEQUENTIAL": (2, "access hint on the caller's pages"),
+    "MADV_WILLNEED": (3, "read-ahead hint on the caller's pages"),
+    "MADV_DONTNEED": (4, "glibc returns freed memory and thread stacks; observed"),
+    "MADV_FREE": (8, "lazy free of the caller's private pages (allocators other than glibc)"),
+    "MADV_HUGEPAGE": (14, "NumPy asks for transparent huge pages on large arrays"),
+    "MADV_NOHUGEPAGE": (15, "opt out of transparent huge pages"),
 }
 
 _CLONE_THREAD = 0x00010000
@@ -120,6 +140,8 @@ def build_filter(*, ctl_fd: int, pid: int, kill_action: str = "kill_process") ->
     flt.add_rule(sc.ALLOW, "mprotect", sc.Arg(2, sc.MASKED_EQ, _PROT_EXEC, 0))
     flt.add_rule(sc.ALLOW, "clone", sc.Arg(0, sc.MASKED_EQ, _CLONE_THREAD, _CLONE_THREAD))
     flt.add_rule(sc.ALLOW, "tgkill", sc.Arg(0, sc.EQ, pid))
+    for advice, _reason in MADVISE_ADVICE.values():  # rules on one syscall are OR-ed
+        flt.add_rule(sc.ALLOW, "madvise", sc.Arg(2, sc.EQ, advice))
     for name in ENOSYS_LIST:
         if _resolvable(sc, name):
             flt.add_rule(sc.ERRNO(errno.ENOSYS), name)
