@@ -1,9 +1,11 @@
 """Test-only worker payloads: a member that misbehaves after lockdown.
 
 Loaded inside a sandbox worker through ``WorkerSpec(loader="tests.sandbox.hostile:make")``.
-Everything the hostile actions need (modules, libc handle, parent pid, paths) is
-prepared in :func:`make`, i.e. before lockdown, so that the *action itself* is what
-the sandbox sees - not an import or a ``getppid`` on the way to it.
+Everything the hostile actions need is prepared before they run, so that the *action
+itself* is what the sandbox sees - not an import or a ``getppid`` on the way to it: what
+needs a system call the load-time seccomp filter forbids (the parent pid, the libc
+handle) when this module is imported, before the worker locks down; the rest in
+:func:`make`, which the worker calls as its model loader, already locked down.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import numpy as np
 
 _PTRACE_ATTACH = 16
 _MADV_HWPOISON = 100
+_PPID = os.getppid()  # at import: the worker imports its loader before it locks down
+_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 class Hostile:
@@ -27,8 +31,8 @@ class Hostile:
         self.action = action
         self.path = str(options.get("path", "/tmp/edgeguard-hostile-never"))
         self.port = int(options.get("port", 9))
-        self.ppid = os.getppid()
-        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.ppid = _PPID
+        self.libc = _LIBC
         self.family = socket.AF_INET
         self.ctl = int(sys.argv[1])  # the worker's control socket
         hole = mmap.mmap(-1, 4096)  # a page address that is certainly unmapped afterwards

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgeguard.runtime.sandbox.seccomp import ALLOWLIST, CONDITIONAL, ENOSYS_LIST, MADVISE_ADVICE
+from edgeguard.runtime.sandbox.seccomp import (
+    ALLOWLIST,
+    CONDITIONAL,
+    ENOSYS_LIST,
+    LOAD_EXTRAS,
+    MADVISE_ADVICE,
+)
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "isolation.md"
 
 
 def test_every_allowed_syscall_has_a_documented_reason() -> None:
     text = DOC.read_text()
-    for name in (*ALLOWLIST, *CONDITIONAL, *ENOSYS_LIST):
+    for name in (*ALLOWLIST, *CONDITIONAL, *ENOSYS_LIST, *LOAD_EXTRAS):
         assert f"| `{name}` |" in text, f"{name} is not documented in {DOC.name}"
     for advice in MADVISE_ADVICE:
         assert f"`{advice}`" in text, f"madvise {advice} is not documented in {DOC.name}"

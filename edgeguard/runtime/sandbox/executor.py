@@ -172,6 +172,35 @@ def seal_model(model: bytes | bytearray | memoryview, *, name: str = "edgeguard-
     return fd
 
 
+def _unprivileged_ids() -> tuple[int, int]:
+    """The uid and gid a worker started by root switches to: ``nobody``'s, else 65534."""
+    import pwd
+
+    try:
+        entry = pwd.getpwnam("nobody")
+    except KeyError:
+        return 65534, 65534
+    return entry.pw_uid, entry.pw_gid
+
+
+def _lockdown_point(spec: WorkerSpec) -> str:
+    """When a worker applies Landlock and seccomp: before parsing its model, if it can.
+
+    An accelerator member (a TensorRT engine, or ONNX Runtime's TensorRT provider) opens
+    device nodes and loads provider libraries while it loads the model, so its file and
+    syscall layers wait until after the warm-up (``docs/isolation.md``).
+    """
+    opts = spec.options
+    if spec.fmt == "trt-engine" or opts.get("gpu") is not None or opts.get("dla_core") is not None:
+        return "after_load"
+    return "before_load"
+
+
+def _worker_command(ctl_fd: int) -> list[str]:
+    """The worker's command line (tests put a fake worker here to check the supervisor)."""
+    return [sys.executable, "-I", "-m", "edgeguard.runtime.sandbox.worker", str(ctl_fd)]
+
+
 def _describe_exit(code: int | None) -> tuple[str, dict[str, Any]]:
     if code is None:
         return "still running", {}
@@ -385,6 +414,7 @@ class ProcessMemberExecutor:
         self._max_restarts = max_restarts
         self.call_timeout_s = call_timeout_s
         self._stderr = None if worker_stderr else subprocess.DEVNULL
+        self._user = _unprivileged_ids()
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
         self._closed = False
@@ -579,13 +609,7 @@ class ProcessMemberExecutor:
         env.update({k: os.environ[k] for k in _ENV_PASS if k in os.environ})
         try:
             proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-I",
-                    "-m",
-                    "edgeguard.runtime.sandbox.worker",
-                    str(child.fileno()),
-                ],
+                _worker_command(child.fileno()),
                 pass_fds=(child.fileno(), s.model_fd, s.io_fd),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -620,6 +644,8 @@ class ProcessMemberExecutor:
             "netns_mode": self._caps.netns,
             "max_open_files": self._policy.max_open_files,
             "cgroup": cg,
+            "user": list(self._user),
+            "lockdown": _lockdown_point(s.spec),
         }
         parent.send(json.dumps(init).encode())
 

@@ -5,10 +5,17 @@ filter through the optional ``pyseccomp`` binding, imported lazily).
 
 The filter is an **allowlist**: the default action is ``SCMP_ACT_KILL_PROCESS`` (the
 whole worker dies with SIGSYS), and only the syscalls listed in :data:`ALLOWLIST` are
-let through, each with the reason it is needed *after* lockdown (the model is loaded
-and every thread warmed up before the filter goes on, so nothing on the list exists
-for loading). The set was found by running a locked-down ONNX Runtime worker under
-``strace -f -c`` and is documented, syscall by syscall, in ``docs/isolation.md``.
+let through, each with the reason it is needed while the worker serves. The set was
+found by running a locked-down ONNX Runtime worker under ``strace -f -c`` and is
+documented, syscall by syscall, in ``docs/isolation.md``.
+
+Two filters are stacked (the kernel runs every filter a process has installed and
+applies the strictest answer). The **load-time** filter goes on before the untrusted
+model is parsed: the run-time rules plus the few calls in :data:`LOAD_EXTRAS` the worker
+makes between loading and serving (ONNX Runtime itself parses a model with nothing but
+memory management and thread calls: ``strace`` of the load shows ``brk``, ``mmap``,
+``futex`` and, with a thread pool, the thread-creation calls). The **run-time** filter,
+installed after the warm-up, has only the run-time rules, so the extras end there.
 
 Entries in :data:`CONDITIONAL` carry argument conditions, for example:
 
@@ -33,7 +40,15 @@ from typing import Any
 
 from edgeguard._optional import require
 
-__all__ = ["ALLOWLIST", "CONDITIONAL", "ENOSYS_LIST", "MADVISE_ADVICE", "load_filter"]
+__all__ = [
+    "ALLOWLIST",
+    "CONDITIONAL",
+    "ENOSYS_LIST",
+    "LOAD_EXTRAS",
+    "MADVISE_ADVICE",
+    "build_filter",
+    "load_filter",
+]
 
 #: Syscalls allowed unconditionally after lockdown, with the reason.
 ALLOWLIST: dict[str, str] = {
@@ -72,6 +87,15 @@ ENOSYS_LIST: dict[str, str] = {
     "clone3": "flags live in memory seccomp cannot read; glibc falls back to clone",
 }
 
+#: Allowed by the load-time filter only (between parsing the model and serving), with
+#: the condition and reason; the run-time filter stacked on top ends them.
+LOAD_EXTRAS: dict[str, str] = {
+    "seccomp": "only SECCOMP_SET_MODE_FILTER, flags TSYNC/SPEC_ALLOW/TSYNC_ESRCH: "
+    "install the run-time filter (a filter can only add restrictions)",
+    "prlimit64": "only on the worker itself and RLIMIT_NPROC: NPROC goes to 0 once the "
+    "warm-up created ONNX Runtime's threads",
+}
+
 #: The ``madvise`` advice values the worker may give, with their value and reason. Any
 #: other advice kills it: ``MADV_HWPOISON`` / ``MADV_SOFT_OFFLINE`` take pages out of
 #: service (shared memory included), ``MADV_REMOVE`` punches holes in shared memory,
@@ -91,6 +115,9 @@ MADVISE_ADVICE: dict[str, tuple[int, str]] = {
 
 _CLONE_THREAD = 0x00010000
 _PROT_EXEC = 0x4
+_SECCOMP_SET_MODE_FILTER = 1
+_SECCOMP_FLAGS_ALLOWED = 0x1 | 0x4 | 0x10  # TSYNC | SPEC_ALLOW | TSYNC_ESRCH
+_RLIMIT_NPROC = 6
 
 
 def _resolvable(sc: Any, name: str) -> bool:
@@ -101,7 +128,9 @@ def _resolvable(sc: Any, name: str) -> bool:
     return True
 
 
-def build_filter(*, ctl_fd: int, pid: int, kill_action: str = "kill_process") -> Any:
+def build_filter(
+    *, ctl_fd: int, pid: int, kill_action: str = "kill_process", phase: str = "run"
+) -> Any:
     """Build (without loading) the allowlist filter for the native architecture.
 
     Args:
@@ -110,6 +139,8 @@ def build_filter(*, ctl_fd: int, pid: int, kill_action: str = "kill_process") ->
         pid: The worker's pid (the only thread group ``tgkill`` may target).
         kill_action: ``"kill_process"`` (production) or ``"log"`` (allow and log
             every unlisted syscall; for discovering the allowlist only).
+        phase: ``"run"`` (the run-time rules) or ``"load"`` (those plus
+            :data:`LOAD_EXTRAS`, for parsing the model and warming up).
 
     Returns:
         A ``pyseccomp.SyscallFilter``.
@@ -117,10 +148,15 @@ def build_filter(*, ctl_fd: int, pid: int, kill_action: str = "kill_process") ->
     Raises:
         MissingDependencyError: pyseccomp (or libseccomp.so.2) is not installed.
     """
+    if phase not in ("run", "load"):
+        raise ValueError(f"phase must be 'run' or 'load', got {phase!r}")
     sc = require("pyseccomp", extra="sandbox", purpose="The seccomp layer of the sandbox")
     default = sc.KILL_PROCESS if kill_action == "kill_process" else sc.LOG
     flt = sc.SyscallFilter(default)
     flt.set_attr(sc.Attr.CTL_TSYNC, 1)
+    # The worker sets no_new_privs itself, before the first filter; libseccomp would
+    # otherwise prctl() again, which the load-time filter does not allow.
+    flt.set_attr(sc.Attr.CTL_NNP, 0)
     # Installing a filter makes Linux force the Speculative Store Bypass mitigation
     # (SSBD) on the task by default, which slowed model inference in the worker by
     # 10-20 % here. The worker holds nothing it may not read (its model, its I/O
@@ -145,6 +181,14 @@ def build_filter(*, ctl_fd: int, pid: int, kill_action: str = "kill_process") ->
     for name in ENOSYS_LIST:
         if _resolvable(sc, name):
             flt.add_rule(sc.ERRNO(errno.ENOSYS), name)
+    if phase == "load":
+        flt.add_rule(
+            sc.ALLOW,
+            "seccomp",
+            sc.Arg(0, sc.EQ, _SECCOMP_SET_MODE_FILTER),
+            sc.Arg(1, sc.MASKED_EQ, 0xFFFFFFFF & ~_SECCOMP_FLAGS_ALLOWED, 0),
+        )
+        flt.add_rule(sc.ALLOW, "prlimit64", sc.Arg(0, sc.EQ, 0), sc.Arg(1, sc.EQ, _RLIMIT_NPROC))
     return flt
 
 

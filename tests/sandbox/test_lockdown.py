@@ -1,0 +1,80 @@
+"""A worker gives up everything before it parses its model, as the kernel reports it.
+
+Read from outside (``/proc/<pid>/status`` and ``/proc/<pid>/limits`` of a running worker)
+and from inside at the moment the model loader runs (``tests/sandbox/loadprobe.py``):
+no uid 0, no capability, ``no_new_privs``, not dumpable, no core dumps, no file access
+and the load-time seccomp filter - all before a byte of the model is parsed. These tests
+run as root here, which is the case that matters: a worker started by root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edgeguard.errors import BackendError
+from edgeguard.runtime.sandbox import OFF, REQUIRED, HostCapabilities, SandboxPolicy
+from edgeguard.runtime.sandbox._linux import proc_limits, proc_status
+from edgeguard.runtime.sandbox.executor import ProcessMemberExecutor, WorkerSpec
+from tests.sandbox.conftest import ROOT, need
+from tests.sandbox.test_executor import conv_model
+
+PROBE = "tests.sandbox.loadprobe:make"
+
+
+def probe(**opts: Any) -> WorkerSpec:
+    return WorkerSpec(b"m" * 100, fmt="test", loader=PROBE, python_path=(str(ROOT),), options=opts)
+
+
+def no_privileges(status: dict[str, Any]) -> None:
+    for field in ("CapEff", "CapPrm", "CapInh", "CapAmb"):
+        assert int(status[field], 16) == 0, (field, status[field])
+    assert "0" not in status["Uid"].split(), status["Uid"]
+    if os.geteuid() == 0:  # started by root: switched to nobody, no groups
+        assert "0" not in status["Gid"].split() and status["Groups"] == "", status
+    assert status["NoNewPrivs"] == "1"
+
+
+def test_a_running_worker_has_no_privileges_and_its_filter(caps: HostCapabilities) -> None:
+    need(caps, "seccomp", "landlock")
+    with ProcessMemberExecutor(
+        {"a": WorkerSpec(conv_model())}, policy=SandboxPolicy(seccomp=REQUIRED), caps=caps
+    ) as ex:
+        pid = ex.status("a").pid
+        assert pid is not None
+        status = proc_status(pid)
+        no_privileges(status)
+        assert status["Seccomp"] == "2"
+        assert int(status.get("Seccomp_filters", "2")) == 2  # load-time + run-time
+        assert proc_limits(pid)["Max core file size"] == ("0", "0")
+        # a non-dumpable process's /proc files belong to root, not to its own uid
+        assert Path(f"/proc/{pid}/status").stat().st_uid == 0
+        call = ex.submit("a", {"image": np.ones((1, 3, 32, 32), np.float32)})
+        assert call.wait(30) and call.result()["logits"].shape == (1, 8)
+
+
+def test_the_loader_runs_without_privileges_files_or_core_dumps(caps: HostCapabilities) -> None:
+    need(caps, "landlock")
+    policy = SandboxPolicy(seccomp=OFF, landlock=REQUIRED)  # so the probe may read /proc
+    with ProcessMemberExecutor({"p": probe()}, policy=policy, caps=caps) as ex:
+        call = ex.submit("p", {"x": np.zeros(1, np.float32)})
+        assert call.wait(30)
+        at_load = json.loads(call.result()["state"].tobytes())
+    assert at_load["model_bytes"] == 100
+    no_privileges(at_load)
+    assert at_load["dumpable"] == 0 and at_load["core"] == [0, 0]
+    assert at_load["files"] == "denied"  # Landlock before the model is parsed
+    assert at_load["Threads"] == "1"  # so Landlock covers every thread created later
+
+
+def test_the_load_time_filter_is_on_while_the_model_is_parsed(caps: HostCapabilities) -> None:
+    need(caps, "seccomp")
+    with pytest.raises(BackendError, match="SIGSYS"):
+        ProcessMemberExecutor(
+            {"p": probe(forbidden_syscall=True)}, policy=SandboxPolicy(seccomp=REQUIRED), caps=caps
+        )
