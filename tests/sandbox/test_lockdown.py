@@ -1,4 +1,5 @@
-"""A worker gives up everything before it parses its model, as the kernel reports it.
+"""A worker gives up everything before it parses its model, as the kernel reports it; the
+supervisor refuses a worker whose /proc files say otherwise.
 
 Read from outside (``/proc/<pid>/status`` and ``/proc/<pid>/limits`` of a running worker)
 and from inside at the moment the model loader runs (``tests/sandbox/loadprobe.py``):
@@ -11,18 +12,21 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from edgeguard.errors import BackendError
+from edgeguard.errors import BackendError, PolicyError
+from edgeguard.guard.eventlog import EventLog
 from edgeguard.runtime.sandbox import OFF, REQUIRED, HostCapabilities, SandboxPolicy
+from edgeguard.runtime.sandbox import executor as executor_mod
 from edgeguard.runtime.sandbox._linux import proc_limits, proc_status
 from edgeguard.runtime.sandbox.executor import ProcessMemberExecutor, WorkerSpec
-from tests.sandbox.conftest import ROOT, need
-from tests.sandbox.test_executor import conv_model
+from tests.sandbox.conftest import ROOT, need, records
+from tests.sandbox.test_executor import conv_model, hostile
 
 PROBE = "tests.sandbox.loadprobe:make"
 
@@ -78,3 +82,68 @@ def test_the_load_time_filter_is_on_while_the_model_is_parsed(caps: HostCapabili
         ProcessMemberExecutor(
             {"p": probe(forbidden_syscall=True)}, policy=SandboxPolicy(seccomp=REQUIRED), caps=caps
         )
+
+
+LIAR = str(ROOT / "tests" / "sandbox" / "liar.py")
+
+
+def fake_worker(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    monkeypatch.setattr(
+        executor_mod, "_worker_command", lambda fd: [sys.executable, "-I", LIAR, mode, str(fd)]
+    )
+
+
+def test_a_worker_that_claims_layers_it_never_applied_is_refused(
+    caps: HostCapabilities, elog: EventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    need(caps, "seccomp")
+    fake_worker(monkeypatch, "nothing")
+    with pytest.raises(PolicyError, match="not locked down") as err:
+        ProcessMemberExecutor(
+            {"a": WorkerSpec(b"m")}, policy=SandboxPolicy(), caps=caps, event_log=elog
+        )
+    text = str(err.value)
+    assert "NoNewPrivs 0" in text and "Seccomp 0" in text and "core file size" in text
+    if os.geteuid() == 0:
+        assert "CapEff 000001" in text and "Uid 0" in text
+    (refused,) = [r["data"] for r in records(elog) if r["kind"] == "sandbox_worker_refused"]
+    assert refused["member"] == "a" and refused["problems"]
+    with pytest.raises(ProcessLookupError):
+        os.kill(refused["pid"], 0)  # killed and reaped
+
+
+def test_one_lie_is_enough(
+    caps: HostCapabilities, elog: EventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker with every layer but the seccomp filter it claims: refused, best-effort or not."""
+    need(caps, "seccomp")
+    fake_worker(monkeypatch, "all-but-seccomp")
+    with pytest.raises(PolicyError) as err:
+        ProcessMemberExecutor({"a": WorkerSpec(b"m")}, policy=SandboxPolicy(), caps=caps)
+    assert str(err.value).split("requires: ")[1] == "Seccomp 0, the policy asks for a filter"
+
+
+def test_a_restarted_worker_is_checked_too(
+    caps: HostCapabilities, elog: EventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real worker starts; its restarts are fakes: refused each time, then retired."""
+    need(caps, "seccomp")
+    with ProcessMemberExecutor(
+        {"h": hostile("crash")},
+        policy=SandboxPolicy(),
+        caps=caps,
+        event_log=elog,
+        restart_backoff_s=0.01,
+        max_restarts=2,
+    ) as ex:
+        started = [r["data"] for r in records(elog) if r["kind"] == "sandbox_worker_started"]
+        assert started[0]["verified"]["seccomp"].startswith("mode 2")
+        fake_worker(monkeypatch, "all-but-seccomp")
+        call = ex.submit("h", {"x": np.ones(2, np.float32)})
+        assert call.wait(30)
+        with pytest.raises(BackendError):
+            call.result()
+        assert not ex.wait_ready("h", 10)
+        assert ex.status("h").state == "retired"
+    kinds = [r["kind"] for r in records(elog)]
+    assert kinds.count("sandbox_worker_refused") == 2 and "sandbox_worker_restarted" not in kinds

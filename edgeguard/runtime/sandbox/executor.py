@@ -52,6 +52,7 @@ from edgeguard.policy.io import TensorSpec, normalize_dim
 from edgeguard.policy.isolation import SandboxPolicy
 from edgeguard.policy.runtime import FALLBACK_NAME
 from edgeguard.runtime.sandbox import _cgroup
+from edgeguard.runtime.sandbox._verify import check_worker
 from edgeguard.runtime.sandbox.probe import HostCapabilities, check_policy, probe_host
 from edgeguard.runtime.sandbox.worker import MAX_MESSAGE, pack_arrays, unpack_arrays
 
@@ -285,6 +286,7 @@ class _Slot:
         self.last_exit: str | None = None
         self.last_restart_ms: float | None = None
         self.leaf: Path | None = None
+        self.verified: dict[str, str] = {}  # what the supervisor read in /proc
 
     def close(self) -> None:
         with contextlib.suppress(BufferError, ValueError):
@@ -601,7 +603,8 @@ class ProcessMemberExecutor:
             self.log_errors += 1
 
     def _started_data(self, s: _Slot) -> dict[str, Any]:
-        return {"member": s.name, "pid": s.proc.pid if s.proc else None, "layers": s.layers}
+        pid = s.proc.pid if s.proc else None
+        return {"member": s.name, "pid": pid, "layers": s.layers, "verified": s.verified}
 
     def _launch(self, s: _Slot) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -664,6 +667,7 @@ class ProcessMemberExecutor:
         ):
             s.layers = {str(k): str(v)[:200] for k, v in msg["layers"].items()}
             s.inputs = _reported_inputs(msg.get("inputs"))
+            self._refuse_unless_locked_down(s)
             with self._wake:
                 s.state = "ready"
                 self._wake.notify_all()
@@ -678,6 +682,43 @@ class ProcessMemberExecutor:
         if isinstance(msg, dict) and "required layer" in why:
             raise PolicyError(f"sandboxed worker {s.name!r}: {why}")
         raise BackendError(f"sandboxed worker {s.name!r} failed to start: {why}")
+
+    def _refuse_unless_locked_down(self, s: _Slot) -> None:
+        """Check the ready worker's ``/proc`` files against the policy; kill it on a mismatch.
+
+        The worker's own report of its layers is not taken on trust
+        (:func:`~edgeguard.runtime.sandbox._verify.check_worker`).
+
+        Raises:
+            PolicyError: The worker is not locked down as the policy requires (it is
+                killed; a restart goes the worker-fault way: backoff, then retirement).
+        """
+        assert s.proc is not None and s.sock is not None
+        check = check_worker(
+            s.proc.pid,
+            plan=self._plan,
+            required=self._policy.required_layers(),
+            reported=s.layers,
+            max_open_files=self._policy.max_open_files,
+            started_by_root=os.geteuid() == 0,
+        )
+        s.verified = dict(check.facts)
+        if not check.problems:
+            return
+        self._event(
+            "sandbox_worker_refused",
+            {"member": s.name, "pid": s.proc.pid, "problems": list(check.problems)},
+        )
+        s.proc.kill()
+        s.proc.wait()
+        s.sock.close()
+        s.sock = None
+        raise PolicyError(
+            f"sandboxed worker {s.name!r} is not locked down as the policy requires: "
+            + "; ".join(check.problems),
+            hint="the kernel's view of the worker (/proc/<pid>/status and limits) is checked, "
+            "not its own report; see docs/isolation.md",
+        )
 
     def _reap(self, s: _Slot, *, during: str) -> None:
         """The current worker is dead or being killed: record it and schedule a restart."""
