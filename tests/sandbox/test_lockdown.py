@@ -5,7 +5,9 @@ Read from outside (``/proc/<pid>/status`` and ``/proc/<pid>/limits`` of a runnin
 and from inside at the moment the model loader runs (``tests/sandbox/loadprobe.py``):
 no uid 0, no capability, ``no_new_privs``, not dumpable, no core dumps, no file access
 and the load-time seccomp filter - all before a byte of the model is parsed. These tests
-run as root here, which is the case that matters: a worker started by root.
+run as root here, which is the case that matters: a worker started by root. Also: the
+worker's memory and the supervisor's sealed model memfd are locked in RAM, and memory
+that cannot be locked is recorded, not fatal.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edgeguard import data
 from edgeguard.errors import BackendError, PolicyError
 from edgeguard.guard.eventlog import EventLog
 from edgeguard.runtime.sandbox import OFF, REQUIRED, HostCapabilities, SandboxPolicy
+from edgeguard.runtime.sandbox import _linux as linux_mod
 from edgeguard.runtime.sandbox import executor as executor_mod
 from edgeguard.runtime.sandbox._linux import proc_limits, proc_status
 from edgeguard.runtime.sandbox.executor import ProcessMemberExecutor, WorkerSpec
@@ -147,3 +151,60 @@ def test_a_restarted_worker_is_checked_too(
         assert ex.status("h").state == "retired"
     kinds = [r["kind"] for r in records(elog)]
     assert kinds.count("sandbox_worker_refused") == 2 and "sandbox_worker_restarted" not in kinds
+
+
+def _vmlck_kb(pid: int | str = "self") -> int:
+    return int(proc_status(pid)["VmLck"].split()[0])
+
+
+def test_the_worker_and_the_sealed_model_memfd_are_locked_in_ram(
+    caps: HostCapabilities, elog: EventLog
+) -> None:
+    model = data.model_bytes("digits_mlp")
+    before = _vmlck_kb()
+    with ProcessMemberExecutor(
+        {"a": WorkerSpec(model)}, policy=SandboxPolicy(), caps=caps, event_log=elog
+    ) as ex:
+        pid = ex.status("a").pid
+        assert pid is not None
+        # the supervisor's mapping of the memfd (root here: CAP_IPC_LOCK)
+        assert _vmlck_kb() - before >= len(model) // 1024
+        # the worker: its mappings, on fault (at least the model and what it touched)
+        assert _vmlck_kb(pid) >= 10 * 1024
+        (started,) = [r["data"] for r in records(elog) if r["kind"] == "sandbox_worker_started"]
+        assert started["memlock"]["model_memfd"] == "active"
+        # all of it where root may raise RLIMIT_MEMLOCK (CAP_SYS_RESOURCE), else what was
+        # mapped before the privilege drop; the log says which
+        assert started["memlock"]["worker"].startswith(("active", "partial"))
+        assert started["verified"]["locked_memory"].endswith(" kB")
+    assert _vmlck_kb() <= before + 4  # unlocked and unmapped with the executor
+
+
+def test_memory_that_cannot_be_locked_is_recorded_not_fatal(
+    caps: HostCapabilities, elog: EventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A memory cap below what the worker maps: its mlockall fails, it serves, the log says so."""
+    real = linux_mod.map_locked
+
+    def no_memlock(fd: int, size: int) -> tuple[int, str | None]:
+        addr, _ = real(fd, size)
+        return addr, "mlock: Cannot allocate memory (RLIMIT_MEMLOCK 8 MiB, as a user would have)"
+
+    monkeypatch.setattr(linux_mod, "map_locked", no_memlock)
+    # where root may raise RLIMIT_MEMLOCK, it raises it to the memory cap: 16 MiB is less
+    # than any worker maps, so its second mlockall fails everywhere
+    policy = SandboxPolicy(cgroup=OFF, memory_max_bytes=16 * 2**20)
+    with ProcessMemberExecutor(
+        {"a": WorkerSpec(conv_model())}, policy=policy, caps=caps, event_log=elog
+    ) as ex:
+        call = ex.submit("a", {"image": np.ones((1, 3, 32, 32), np.float32)})
+        assert call.wait(30) and call.result()["logits"].shape == (1, 8)
+    unlocked = {
+        r["data"]["where"]: r["data"]["detail"]
+        for r in records(elog)
+        if r["kind"] == "sandbox_memory_unlocked"
+    }
+    # root keeps what it locked before the privilege drop (CAP_IPC_LOCK); a user gets none
+    assert unlocked["worker"].startswith("partial" if os.geteuid() == 0 else "failed")
+    assert "Cannot allocate memory (RLIMIT_MEMLOCK" in unlocked["worker"]
+    assert "RLIMIT_MEMLOCK" in unlocked["supervisor (sealed model memfd)"]

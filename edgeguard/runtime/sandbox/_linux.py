@@ -31,6 +31,7 @@ __all__ = [
     "get_no_new_privs",
     "landlock_abi",
     "landlock_restrict_self",
+    "map_locked",
     "mlockall",
     "proc_limits",
     "proc_status",
@@ -38,6 +39,7 @@ __all__ = [
     "set_dumpable",
     "set_no_new_privs",
     "thread_count",
+    "unmap",
     "unshare",
 ]
 
@@ -210,6 +212,52 @@ def drop_privileges(uid: int, gid: int) -> str:
         )
     done.append("no capabilities")
     return ", ".join(done)
+
+
+_PROT_READ = 0x1
+_MAP_SHARED = 0x01
+_MADV_DONTDUMP = 16
+
+
+def map_locked(fd: int, size: int) -> tuple[int, str | None]:
+    """Map ``size`` bytes of ``fd`` read-only and shared, out of core dumps, locked in RAM.
+
+    For a sealed memfd (no writable mapping is possible): its pages are shared memory
+    that the kernel may swap out while nobody has them locked.
+
+    Returns:
+        The mapping's address (release it with :func:`unmap`) and None when the pages
+        are locked, or why they are not (the mapping exists either way).
+
+    Raises:
+        OSError: The mapping itself failed.
+    """
+    libc = _libc()
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = (
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_long,
+    )
+    addr = libc.mmap(None, size, _PROT_READ, _MAP_SHARED, fd, 0)
+    if addr is None or addr == ctypes.c_void_p(-1).value:
+        e = ctypes.get_errno()
+        raise OSError(e, f"mmap: {os.strerror(e)}")
+    libc.madvise(ctypes.c_void_p(addr), ctypes.c_size_t(size), ctypes.c_int(_MADV_DONTDUMP))
+    if libc.mlock(ctypes.c_void_p(addr), ctypes.c_size_t(size)) != 0:
+        e = ctypes.get_errno()
+        soft, _hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+        limit = "unlimited" if soft == resource.RLIM_INFINITY else f"{soft / 2**20:g} MiB"
+        return addr, f"mlock: {os.strerror(e)} (RLIMIT_MEMLOCK {limit}, {size / 2**20:.1f} MiB)"
+    return addr, None
+
+
+def unmap(addr: int, size: int) -> None:
+    """Unmap a mapping made by :func:`map_locked` (this unlocks it too)."""
+    _libc().munmap(ctypes.c_void_p(addr), ctypes.c_size_t(size))
 
 
 def mlockall(flags: int) -> None:

@@ -150,6 +150,7 @@ def check_worker(
             else:
                 facts["netns"] = f"own ({theirs})"
 
+    facts["locked_memory"] = status.get("VmLck", "?")
     if plan.get("landlock") == "apply":
         facts["landlock"] = "self-reported (the kernel shows no process's Landlock domain)"
     return WorkerCheck(facts=facts, problems=tuple(problems))

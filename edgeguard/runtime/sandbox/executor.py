@@ -51,7 +51,7 @@ from edgeguard.errors import BackendError, EdgeguardError, PolicyError, UsageErr
 from edgeguard.policy.io import TensorSpec, normalize_dim
 from edgeguard.policy.isolation import SandboxPolicy
 from edgeguard.policy.runtime import FALLBACK_NAME
-from edgeguard.runtime.sandbox import _cgroup
+from edgeguard.runtime.sandbox import _cgroup, _linux
 from edgeguard.runtime.sandbox._verify import check_worker
 from edgeguard.runtime.sandbox.probe import HostCapabilities, check_policy, probe_host
 from edgeguard.runtime.sandbox.worker import MAX_MESSAGE, pack_arrays, unpack_arrays
@@ -264,6 +264,12 @@ class _Slot:
         self.spec = spec
         self.model_size = len(memoryview(spec.model).cast("B"))
         self.model_fd = seal_model(spec.model, name=f"edgeguard-model-{name}")
+        # The memfd outlives every worker (restarts): keep its pages out of swap here.
+        try:
+            self.model_map, self.model_lock = _linux.map_locked(self.model_fd, self.model_size)
+        except OSError as exc:
+            os.close(self.model_fd)
+            raise BackendError(f"cannot map the sealed model memfd: {exc.strerror}") from exc
         self.io_bytes = io_bytes
         self.io_fd = os.memfd_create(f"edgeguard-io-{name}", os.MFD_CLOEXEC)
         os.ftruncate(self.io_fd, 2 * io_bytes)  # sparse: pages appear when touched
@@ -287,12 +293,16 @@ class _Slot:
         self.last_restart_ms: float | None = None
         self.leaf: Path | None = None
         self.verified: dict[str, str] = {}  # what the supervisor read in /proc
+        self.memlock = "not reported"  # the worker's mlockall, as it reported it
 
     def close(self) -> None:
         with contextlib.suppress(BufferError, ValueError):
             self.inp.release()
             self.out.release()
             self.io.close()
+        if self.model_map:
+            _linux.unmap(self.model_map, self.model_size)
+            self.model_map = 0
         for fd in (self.model_fd, self.io_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -428,6 +438,15 @@ class ProcessMemberExecutor:
         try:
             for name, spec in specs.items():
                 self._slots[name] = _Slot(name, spec, io_bytes)
+                if self._slots[name].model_lock is not None:
+                    self._event(
+                        "sandbox_memory_unlocked",
+                        {
+                            "member": name,
+                            "where": "supervisor (sealed model memfd)",
+                            "detail": self._slots[name].model_lock,
+                        },
+                    )
             for slot in self._slots.values():
                 self._launch(slot)
             for slot in self._slots.values():
@@ -604,7 +623,14 @@ class ProcessMemberExecutor:
 
     def _started_data(self, s: _Slot) -> dict[str, Any]:
         pid = s.proc.pid if s.proc else None
-        return {"member": s.name, "pid": pid, "layers": s.layers, "verified": s.verified}
+        memlock = {"worker": s.memlock, "model_memfd": s.model_lock or "active"}
+        return {
+            "member": s.name,
+            "pid": pid,
+            "layers": s.layers,
+            "verified": s.verified,
+            "memlock": memlock,
+        }
 
     def _launch(self, s: _Slot) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -649,6 +675,7 @@ class ProcessMemberExecutor:
             "cgroup": cg,
             "user": list(self._user),
             "lockdown": _lockdown_point(s.spec),
+            "memlock_bytes": self._policy.memory_max_bytes,
         }
         parent.send(json.dumps(init).encode())
 
@@ -668,6 +695,12 @@ class ProcessMemberExecutor:
             s.layers = {str(k): str(v)[:200] for k, v in msg["layers"].items()}
             s.inputs = _reported_inputs(msg.get("inputs"))
             self._refuse_unless_locked_down(s)
+            s.memlock = str(msg.get("memlock", "not reported"))[:200]
+            if not s.memlock.startswith("active"):
+                self._event(
+                    "sandbox_memory_unlocked",
+                    {"member": s.name, "where": "worker", "detail": s.memlock},
+                )
             with self._wake:
                 s.state = "ready"
                 self._wake.notify_all()

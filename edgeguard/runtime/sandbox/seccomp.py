@@ -94,6 +94,7 @@ LOAD_EXTRAS: dict[str, str] = {
     "install the run-time filter (a filter can only add restrictions)",
     "prlimit64": "only on the worker itself and RLIMIT_NPROC: NPROC goes to 0 once the "
     "warm-up created ONNX Runtime's threads",
+    "mlockall": "only MCL_CURRENT|MCL_ONFAULT: lock what ONNX Runtime allocated while loading",
 }
 
 #: The ``madvise`` advice values the worker may give, with their value and reason. Any
@@ -118,6 +119,7 @@ _PROT_EXEC = 0x4
 _SECCOMP_SET_MODE_FILTER = 1
 _SECCOMP_FLAGS_ALLOWED = 0x1 | 0x4 | 0x10  # TSYNC | SPEC_ALLOW | TSYNC_ESRCH
 _RLIMIT_NPROC = 6
+_MCL_CURRENT_ONFAULT = 0x1 | 0x4
 
 
 def _resolvable(sc: Any, name: str) -> bool:
@@ -189,6 +191,7 @@ def build_filter(
             sc.Arg(1, sc.MASKED_EQ, 0xFFFFFFFF & ~_SECCOMP_FLAGS_ALLOWED, 0),
         )
         flt.add_rule(sc.ALLOW, "prlimit64", sc.Arg(0, sc.EQ, 0), sc.Arg(1, sc.EQ, _RLIMIT_NPROC))
+        flt.add_rule(sc.ALLOW, "mlockall", sc.Arg(0, sc.EQ, _MCL_CURRENT_ONFAULT))
     return flt
 
 

@@ -14,9 +14,11 @@ Life of a worker:
 3. while files can still be read: check the **sealed memfd**'s seals and map it, map the
    shared I/O memfd, import the loader and the inference library, build both seccomp
    filters, ask for Landlock's ABI;
-4. give up privileges for good: a worker started by root switches to ``nobody`` (no
-   supplementary groups); every worker empties its capability sets (and the bounding
-   set where it may), sets ``no_new_privs``;
+4. lock its pages in RAM as they are touched (``mlockall``, again after the warm-up; a
+   failure is reported, not fatal: :class:`_MemLock`), then give up privileges for good:
+   a worker started by root switches to ``nobody`` (no supplementary groups); every
+   worker empties its capability sets (and the bounding set where it may) and sets
+   ``no_new_privs``;
 5. lock down before the model is parsed: ``RLIMIT_NOFILE`` and ``RLIMIT_FSIZE``, Landlock
    (no filesystem; the worker is still one thread, so every thread ONNX Runtime creates
    later is covered) and the **load-time** seccomp filter;
@@ -42,6 +44,7 @@ cannot be loaded.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import importlib
 import json
@@ -300,6 +303,61 @@ class _Lockdown:
         self.state["seccomp"] = f"active (allowlist, kill process, all threads; {when})"
 
 
+def _memlock_limit() -> str:
+    soft, _hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    return "unlimited" if soft == resource.RLIM_INFINITY else f"{soft / 2**20:g} MiB"
+
+
+def _lock_memory() -> str | None:
+    """Lock every page the worker has mapped, as it is touched (``MCL_ONFAULT``).
+
+    No ``MCL_FUTURE``: under a finite ``RLIMIT_MEMLOCK`` it would turn ordinary
+    allocations into failures. Returns None when locked, else why not.
+    """
+    try:
+        _linux.mlockall(_linux.MCL_CURRENT | _linux.MCL_ONFAULT)
+    except OSError as exc:
+        return str(exc.strerror)
+    return None
+
+
+class _MemLock:
+    """The worker's memory locking, in two steps, and what it achieved.
+
+    Before the privilege drop (root still has ``CAP_IPC_LOCK``): every mapping that exists
+    then, the sealed model's included, so the model's pages lock as the parser reads
+    them. After the warm-up: again, for what ONNX Runtime allocated while loading (its
+    initializers, its arena, the copies its load left in freed heap). A worker started
+    by root first raises ``RLIMIT_MEMLOCK`` to the policy's memory cap, which takes
+    ``CAP_SYS_RESOURCE``; without it the second step is refused once the worker is
+    ``nobody``, and the report says ``partial``. The limit is read as text up front: the
+    load-time seccomp filter allows no ``getrlimit`` of it.
+    """
+
+    def __init__(self, cap: int | None) -> None:
+        if os.geteuid() == 0:
+            value = resource.RLIM_INFINITY if cap is None else cap
+            with contextlib.suppress(OSError, ValueError):  # needs CAP_SYS_RESOURCE
+                resource.setrlimit(resource.RLIMIT_MEMLOCK, (value, value))
+        self.limit = _memlock_limit()
+        self.first = _lock_memory()
+        self.second: str | None = "not attempted"
+
+    def after_warm_up(self) -> None:
+        if self.first is None:
+            self.second = _lock_memory()
+
+    def report(self) -> str:
+        if self.first is not None:
+            return f"failed: {self.first} (RLIMIT_MEMLOCK {self.limit})"
+        if self.second is not None:
+            return (
+                "partial: what was mapped before the model load (the model, the I/O region), "
+                f"not ONNX Runtime's allocations: {self.second} (RLIMIT_MEMLOCK {self.limit})"
+            )
+        return "active (all mappings, on fault)"
+
+
 def _prepare(loader: Loader, fmt: str) -> None:
     """Import what loading ``fmt`` needs, while the worker can still read files."""
     if loader is _default_loader:
@@ -375,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
             _send(ctl, {"op": "error", "error": "model load failed: " + _error_text(exc)})
             return 5
         lock.prepare(early=early)
+        cap = init.get("memlock_bytes")
+        memlock = _MemLock(None if cap is None else int(cap))
         # 4. privileges, for good: no root, no capability, no way to gain either
         try:
             privileges = _linux.drop_privileges(uid, gid)
@@ -402,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
             _send(ctl, {"op": "error", "error": "warm-up failed: " + _error_text(exc)})
             return 5
         # 7. the rest of the lockdown
+        memlock.after_warm_up()
         lock.limits(nproc=True)
         if not early:
             lock.landlock(when="after the model load")
@@ -422,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
             "pid": os.getpid(),
             "layers": lock.state,
             "privileges": privileges,
+            "memlock": memlock.report(),
             "lockdown": "before the model load" if early else "after the model load",
             "threads": lock.threads,
             "inputs": ins,
