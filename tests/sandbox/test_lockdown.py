@@ -208,3 +208,22 @@ def test_memory_that_cannot_be_locked_is_recorded_not_fatal(
     assert unlocked["worker"].startswith("partial" if os.geteuid() == 0 else "failed")
     assert "Cannot allocate memory (RLIMIT_MEMLOCK" in unlocked["worker"]
     assert "RLIMIT_MEMLOCK" in unlocked["supervisor (sealed model memfd)"]
+
+
+def test_an_accelerator_member_gives_up_privileges_first_and_files_after_its_load(
+    caps: HostCapabilities,
+) -> None:
+    """GPU/DLA members open device nodes while loading: Landlock and seccomp come after it."""
+    need(caps, "seccomp", "landlock")
+    with ProcessMemberExecutor({"g": probe(gpu=0)}, policy=SandboxPolicy(), caps=caps) as ex:
+        call = ex.submit("g", {"x": np.zeros(1, np.float32)})
+        assert call.wait(30)
+        at_load = json.loads(call.result()["state"].tobytes())
+        status = proc_status(ex.status("g").pid)
+        layers = ex.status("g").layers
+    no_privileges(at_load)  # the same as any worker
+    assert at_load["dumpable"] == 0 and at_load["core"] == [0, 0]
+    assert at_load["files"] == "readable" and at_load["Seccomp"] == "0"  # not yet
+    assert status["Seccomp"] == "2" and status.get("Seccomp_filters", "1") == "1"
+    assert "after the model load" in layers["landlock"]
+    assert "after the model load" in layers["seccomp"]
