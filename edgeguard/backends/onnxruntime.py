@@ -5,6 +5,18 @@ bytes in memory** and never written to a file (an ``InferenceSession`` accepts
 the serialised model directly; ``optimized_model_filepath`` is left unset so ORT
 does not write the optimised graph either). All graph optimisations are on.
 
+Copies of the plaintext: ONNX Runtime's Python API takes a model only as a path or
+as a ``bytes`` object (``InferenceSession.__init__`` checks ``isinstance(..., bytes)``;
+a ``memoryview`` or ``bytearray`` is refused), so a model given as a ``bytearray`` or
+``memoryview`` (edgeguard's locked, wiped buffers and sealed memfd mappings are) is
+copied once into a ``bytes`` object this module owns. That copy is zeroed in place as
+soon as the session exists (or failed to), and the wrapper's reference to it is
+dropped; the session is created with ``enable_fallback=0`` so ONNX Runtime never
+re-reads it. A model passed as ``bytes`` is the caller's object and is left alone.
+What ONNX Runtime copies internally (a ``std::string`` of the whole model, the parsed
+protobuf, the initializers it computes with) is out of our reach: see
+``docs/threat-model.md``, "Plaintext inside ONNX Runtime".
+
 Where it runs:
 
 * by default, the CPU execution provider, with ``intra_op_threads`` threads;
@@ -26,6 +38,7 @@ Errors raised by ONNX Runtime while loading or running are mapped to
 
 from __future__ import annotations
 
+import ctypes
 import os
 from collections.abc import Collection
 from typing import Any
@@ -36,7 +49,7 @@ from edgeguard._optional import require
 from edgeguard.backends.base import Backend, Dim, TensorSpec
 from edgeguard.errors import BackendError, UsageError
 
-__all__ = ["OnnxRuntimeBackend", "trt_providers"]
+__all__ = ["OnnxRuntimeBackend", "preload", "trt_providers"]
 
 PROVIDER = "CPUExecutionProvider"
 TRT_PROVIDER = "TensorrtExecutionProvider"
@@ -61,6 +74,29 @@ _ORT_TYPES: dict[str, str] = {
 
 def _ort() -> Any:
     return require("onnxruntime", extra="ort", purpose="The ONNX Runtime backend")
+
+
+def preload() -> None:
+    """Import ONNX Runtime now, not at the first load.
+
+    A sandboxed worker calls this while it may still read files: it loses all file
+    access (Landlock) before it parses a model.
+
+    Raises:
+        MissingDependencyError: onnxruntime is not installed.
+    """
+    _ort()
+
+
+def _scrub(data: bytes) -> None:
+    """Zero, in place, a ``bytes`` object that this module created and alone refers to.
+
+    ``bytes`` are immutable to Python code; this writes through the object's buffer
+    (``c_char_p`` points into it, no copy). Never call it on an object anyone else
+    may hold: small ``bytes`` are shared singletons, and a caller's object is theirs.
+    """
+    if data:
+        ctypes.memset(ctypes.c_char_p(data), 0, len(data))
 
 
 def _threads(value: int | None, what: str) -> int:
@@ -154,8 +190,7 @@ class OnnxRuntimeBackend(Backend):
             )
         intra = _threads(intra_op_threads, "intra_op_threads")
         inter = _threads(inter_op_threads, "inter_op_threads")
-        data = bytes(model)
-        if not data:
+        if memoryview(model).nbytes == 0:
             raise BackendError("the ONNX model is empty")
         pinned = _cpu_set(cpus)
         accel = gpu is not None or dla_core is not None
@@ -185,11 +220,24 @@ class OnnxRuntimeBackend(Backend):
                 os.sched_setaffinity(0, pinned)  # the pool threads inherit it
             except OSError as exc:
                 raise UsageError(f"cannot pin to CPUs {sorted(pinned)}: {exc.strerror}") from exc
+        # ONNX Runtime takes bytes only: a model in a buffer we do not own as bytes is
+        # copied once, and that copy is zeroed as soon as ONNX Runtime has parsed it.
+        data: bytes = model if isinstance(model, bytes) else bytes(model)
+        owned = data is not model
         try:
-            session = ort.InferenceSession(data, sess_options=opts, providers=providers)
+            session = ort.InferenceSession(
+                data, sess_options=opts, providers=providers, enable_fallback=0
+            )
+            # the wrapper keeps the bytes to re-create the session on a provider
+            # fallback (off here); do not keep a zeroed model-sized buffer alive
+            if hasattr(session, "_model_bytes"):
+                session._model_bytes = None
         except Exception as exc:
             raise BackendError(f"ONNX Runtime cannot load the model: {_short(exc)}") from exc
         finally:
+            if owned:
+                _scrub(data)
+            del data
             if saved is not None:
                 os.sched_setaffinity(0, saved)
         chosen = list(session.get_providers())

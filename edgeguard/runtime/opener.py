@@ -17,7 +17,9 @@ Layer: runtime (file I/O). The order is fixed (``docs/bundle-format.md``,
    return the plaintext. Nothing is written to disk except the state store.
 
 Plaintext is never written to any file. On any failure the partially
-decrypted buffers are zeroed before the error propagates.
+decrypted buffers are zeroed before the error propagates. Before the data key is
+unwrapped, the process gives up core dumps for good
+(:func:`~edgeguard.runtime.secmem.forbid_core_dumps`).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from edgeguard.crypto.stream import TAG_LEN, StreamDecryptor, derive_stream_key
 from edgeguard.crypto.wrap import unwrap_data_key
 from edgeguard.errors import IntegrityError, UsageError
 from edgeguard.policy.slots import SignedSlots, read_slots
-from edgeguard.runtime.secmem import SecretBuffer
+from edgeguard.runtime.secmem import SecretBuffer, forbid_core_dumps
 from edgeguard.runtime.state import VersionStore, default_state_dir
 
 __all__ = [
@@ -282,6 +284,7 @@ def open_bundle(
             now=now,
             stored_version=stored,
         )
+        forbid_core_dumps()  # before any secret of the bundle exists in this process
         data_key = unwrap_data_key(recipient.wrapped, device_key, salt=header.payload.salt)
         f.seek(vb.prefix.payload_offset)
         ct_hash = hashlib.sha256()

@@ -105,8 +105,9 @@ def loader_options(
         cpu_members: How many members of the policy run on the CPU concurrently
             (their ONNX Runtime thread pools share the usable cores).
         sandboxed: The member runs in a sandboxed worker process. An unpinned
-            member there gets one thread: pool threads created before the
-            worker's Landlock step are not covered by it (``docs/isolation.md``).
+            member there gets one thread (the worker process is its own; a pinned
+            member gets one per core, all inside the worker's Landlock domain,
+            ``docs/isolation.md``).
         precisions: The member's reduced precisions from its signed I/O contract
             (accelerator placements set TensorRT's precision flags from them).
 

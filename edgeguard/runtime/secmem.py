@@ -9,6 +9,12 @@ cost of faulting them in is spread over the decryption (which overlaps with
 hashing on another thread) instead of being paid up front. Whether the lock
 succeeded is reported in :attr:`SecretBuffer.locked`: an unprivileged process
 with a small ``RLIMIT_MEMLOCK`` gets an unlocked buffer, not an error.
+
+:func:`forbid_core_dumps` is the process-wide half: a process that is about to hold
+plaintext sets ``RLIMIT_CORE`` to 0 and makes itself non-dumpable, so neither a crash
+nor a peer with the same uid (``ptrace``, ``/proc/<pid>/mem``) gets at copies that are
+not in a :class:`SecretBuffer` (the inference library's own, see
+``docs/threat-model.md``).
 """
 
 from __future__ import annotations
@@ -17,10 +23,14 @@ import contextlib
 import ctypes
 import ctypes.util
 import mmap
+import os
+import resource
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["SecretBuffer"]
+from edgeguard.errors import PolicyError
+
+__all__ = ["SecretBuffer", "forbid_core_dumps"]
 
 
 @lru_cache(maxsize=1)
@@ -30,6 +40,36 @@ def _libc() -> Any:
 
 
 _MLOCK_ONFAULT = 1
+_PR_SET_DUMPABLE = 4
+
+
+def forbid_core_dumps() -> None:
+    """No core dump of this process, ever: ``RLIMIT_CORE`` 0 (soft and hard), not dumpable.
+
+    Called before a bundle's data key is unwrapped, so no plaintext exists yet. Both
+    settings are process-wide and meant to stay: freed heap memory may keep copies of
+    model bytes after a session closes, so the process must not dump core later either
+    (lowering the hard limit cannot be undone without ``CAP_SYS_RESOURCE``). A
+    non-dumpable process also refuses ``ptrace`` attach and ``/proc/<pid>/mem`` to
+    peers with the same uid; child processes start dumpable again after ``execve``
+    (sandboxed workers make themselves non-dumpable first thing).
+
+    Raises:
+        PolicyError: The kernel refused either setting; nothing may be decrypted then.
+    """
+    try:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except (OSError, ValueError) as exc:
+        raise PolicyError(f"cannot disable core dumps (RLIMIT_CORE): {exc}") from exc
+    libc = _libc()
+    zero = ctypes.c_ulong(0)
+    res = -1 if libc is None else libc.prctl(ctypes.c_int(_PR_SET_DUMPABLE), zero, zero, zero, zero)
+    if res != 0:
+        err = ctypes.get_errno() if libc is not None else 0
+        raise PolicyError(
+            f"cannot make this process non-dumpable (PR_SET_DUMPABLE): {os.strerror(err)}",
+            hint="edgeguard decrypts models only in a process that cannot dump core",
+        )
 
 
 class SecretBuffer:

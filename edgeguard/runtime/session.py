@@ -6,7 +6,8 @@ every CLI command, the examples and the benchmarks go through it, so a program c
 reach a model's outputs with fewer checks than its signer decided. In order:
 
 1. open the bundle (:mod:`edgeguard.runtime.opener`): signature, length and payload
-   digest, the typed signed slots, expiry, device, anti-rollback, HPKE unwrap,
+   digest, the typed signed slots, expiry, device, anti-rollback, then - once this
+   process can no longer dump core (``RLIMIT_CORE`` 0, not dumpable) - HPKE unwrap and
    decryption into locked memory;
 2. the **isolation floor**: the signed requirements decide the least isolation the
    members may run with; asking for less (``isolation="threads"`` when a layer is

@@ -174,3 +174,66 @@ def test_runtime_failure_maps_to_backend_error() -> None:
     with pytest.raises(BackendError, match="failed to run"):
         backend.run({"x": np.zeros((3, 4), np.float32)})
     backend.close()
+
+
+@pytest.mark.parametrize("kind", ["bytearray", "memoryview"])
+def test_the_plaintext_copy_for_onnxruntime_is_zeroed(kind: str, monkeypatch) -> None:
+    """ONNX Runtime takes only bytes: the copy made for it is zeroed once it has parsed it."""
+    import onnxruntime as ort
+
+    model = data.model_bytes("digits_mlp")
+    given: list[bytes] = []
+    sessions: list[object] = []
+    real = ort.InferenceSession
+
+    def spy(path_or_bytes, *a, **k):  # type: ignore[no-untyped-def]
+        given.append(path_or_bytes)
+        sessions.append(real(path_or_bytes, *a, **k))
+        return sessions[-1]
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    src = bytearray(model) if kind == "bytearray" else memoryview(bytearray(model)).toreadonly()
+    backend = OnnxRuntimeBackend.from_bytes(src, intra_op_threads=1)
+    (copy,) = given
+    assert isinstance(copy, bytes) and len(copy) == len(model)
+    assert copy.count(0) == len(copy)  # zeroed in place
+    assert getattr(sessions[0], "_model_bytes", None) is None  # and not kept alive
+    assert bytes(src) == model  # the caller's buffer is the caller's to wipe
+    ref = OnnxRuntimeBackend.from_bytes(model, intra_op_threads=1)
+    x, _ = data.load_split("test")
+    np.testing.assert_array_equal(
+        backend.run({"image": x[:5]})["logits"], ref.run({"image": x[:5]})["logits"]
+    )
+
+
+def test_a_model_given_as_bytes_is_not_copied_or_touched(monkeypatch) -> None:
+    import onnxruntime as ort
+
+    model = data.model_bytes("digits_mlp")
+    before = bytes(bytearray(model))
+    given: list[bytes] = []
+    real = ort.InferenceSession
+
+    def spy(path_or_bytes, *a, **k):  # type: ignore[no-untyped-def]
+        given.append(path_or_bytes)
+        return real(path_or_bytes, *a, **k)
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    OnnxRuntimeBackend.from_bytes(model, intra_op_threads=1)
+    assert given[0] is model and model == before
+
+
+def test_the_copy_is_zeroed_when_the_load_fails(monkeypatch) -> None:
+    import onnxruntime as ort
+
+    given: list[bytes] = []
+    real = ort.InferenceSession
+
+    def spy(path_or_bytes, *a, **k):  # type: ignore[no-untyped-def]
+        given.append(path_or_bytes)
+        return real(path_or_bytes, *a, **k)
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    with pytest.raises(BackendError, match="cannot load"):
+        OnnxRuntimeBackend.from_bytes(bytearray(b"\x08\x07not a model" * 100))
+    assert len(given) == 1 and given[0].count(0) == len(given[0])  # parsed once, no fallback

@@ -89,3 +89,61 @@ def test_open_and_load_write_no_file_but_the_state_store(
     # the state store and event log; /dev/null is the sandboxed worker's stdio
     outside = [w for w in writes if not w.startswith(str(state)) and w != os.devnull]
     assert outside == [], outside
+
+
+_CORE_PROBE = r"""
+import ctypes, json, resource, sys
+from pathlib import Path
+from edgeguard import api, data
+from edgeguard.bundle.verify import TrustStore
+from edgeguard.crypto.keys import DeviceKey, SignerKey
+from edgeguard.runtime import opener
+
+libc = ctypes.CDLL(None, use_errno=True)
+def state():
+    return {
+        "dumpable": libc.prctl(3, 0, 0, 0, 0),  # PR_GET_DUMPABLE
+        "core": list(resource.getrlimit(resource.RLIMIT_CORE)),
+    }
+
+tmp = Path(sys.argv[1])
+signer, device = SignerKey.generate(), DeviceKey.generate("cam-01")
+bundle = tmp / "b.egb"
+api.build_bundle([data.model_path("digits_mlp")], out=bundle, signer=signer,
+                 recipients=[device.public], profiles=["generic-cpu"], version=1)
+_soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+resource.setrlimit(resource.RLIMIT_CORE, (hard, hard))  # as a shell with ulimit -c would
+seen = {"before": state()}
+real_unwrap = opener.unwrap_data_key
+def spy_unwrap(*a, **k):
+    seen["at_unwrap"] = state()
+    return real_unwrap(*a, **k)
+opener.unwrap_data_key = spy_unwrap
+opened = opener.open_bundle(bundle, trust=TrustStore.of([signer.public]), device_key=device,
+                            state_dir=tmp / "state")
+seen["after"] = state()
+opened.wipe()
+print(json.dumps(seen))
+"""
+
+
+def test_a_process_that_decrypts_a_bundle_cannot_dump_core(tmp_path: Path) -> None:
+    """Core dumps are off and the process is non-dumpable before the data key is unwrapped."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run(
+        [sys.executable, "-c", _CORE_PROBE, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=120,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    seen = json.loads(r.stdout.splitlines()[-1])
+    assert seen["before"]["dumpable"] == 1  # a fresh interpreter: the probe can fail
+    for when in ("at_unwrap", "after"):
+        assert seen[when] == {"dumpable": 0, "core": [0, 0]}, (when, seen)

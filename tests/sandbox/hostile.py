@@ -1,9 +1,11 @@
 """Test-only worker payloads: a member that misbehaves after lockdown.
 
 Loaded inside a sandbox worker through ``WorkerSpec(loader="tests.sandbox.hostile:make")``.
-Everything the hostile actions need (modules, libc handle, parent pid, paths) is
-prepared in :func:`make`, i.e. before lockdown, so that the *action itself* is what
-the sandbox sees - not an import or a ``getppid`` on the way to it.
+Everything the hostile actions need is prepared before they run, so that the *action
+itself* is what the sandbox sees - not an import or a ``getppid`` on the way to it: what
+needs a system call the load-time seccomp filter forbids (the parent pid, the libc
+handle) when this module is imported, before the worker locks down; the rest in
+:func:`make`, which the worker calls as its model loader, already locked down.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from typing import Any
 import numpy as np
 
 _PTRACE_ATTACH = 16
+_MADV_HWPOISON = 100
+_PPID = os.getppid()  # at import: the worker imports its loader before it locks down
+_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 class Hostile:
@@ -26,10 +31,13 @@ class Hostile:
         self.action = action
         self.path = str(options.get("path", "/tmp/edgeguard-hostile-never"))
         self.port = int(options.get("port", 9))
-        self.ppid = os.getppid()
-        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.ppid = _PPID
+        self.libc = _LIBC
         self.family = socket.AF_INET
         self.ctl = int(sys.argv[1])  # the worker's control socket
+        hole = mmap.mmap(-1, 4096)  # a page address that is certainly unmapped afterwards
+        self.hole = ctypes.addressof(ctypes.c_char.from_buffer(hole))
+        hole.close()
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if "x" not in feeds:  # the warm-up call: behave
@@ -64,6 +72,10 @@ class Hostile:
             ctypes.string_at(0)
         elif a == "write_stdout":  # an fd it holds, but not one it may write to
             os.write(1, b"leak")
+        elif a == "madvise_hwpoison":  # on an unmapped page: harmless even where allowed
+            if self.libc.madvise(ctypes.c_void_p(self.hole), 4096, _MADV_HWPOISON) != 0:
+                e = ctypes.get_errno()
+                raise OSError(e, os.strerror(e))
         elif a == "mmap_exec":  # new executable memory (shellcode staging)
             mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
         elif a == "forge":  # a reply pointing far outside the shared region

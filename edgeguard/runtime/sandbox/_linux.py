@@ -1,4 +1,4 @@
-"""Raw Linux primitives of the sandbox: prctl, Landlock, unshare, rlimits (ctypes, stdlib only).
+"""Raw Linux primitives of the sandbox: prctl, capabilities, Landlock, unshare, rlimits, mlock.
 
 Layer: :mod:`edgeguard.runtime.sandbox` (private). Used by the host probe (read-only
 questions) and by the worker's lockdown (irreversible changes to the *calling* process).
@@ -6,7 +6,7 @@ Nothing here imports numpy or an inference library.
 
 Landlock is driven through its three system calls, which glibc does not wrap; the
 syscall numbers are the same on x86_64 and aarch64 (the unified numbering of syscalls
-added after 5.x).
+added after 5.x). ctypes and the stdlib only.
 """
 
 from __future__ import annotations
@@ -22,24 +22,44 @@ from typing import Any
 __all__ = [
     "CLONE_NEWNET",
     "CLONE_NEWUSER",
+    "MCL_CURRENT",
+    "MCL_FUTURE",
+    "MCL_ONFAULT",
     "LandlockResult",
+    "drop_privileges",
+    "get_dumpable",
     "get_no_new_privs",
     "landlock_abi",
     "landlock_restrict_self",
+    "map_locked",
+    "mlockall",
+    "proc_limits",
+    "proc_status",
     "seccomp_mode",
     "set_dumpable",
     "set_no_new_privs",
     "thread_count",
+    "unmap",
     "unshare",
 ]
 
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
 
+MCL_CURRENT = 1
+MCL_FUTURE = 2
+MCL_ONFAULT = 4
+
+_PR_GET_DUMPABLE = 3
 _PR_SET_DUMPABLE = 4
 _PR_GET_SECCOMP = 21
+_PR_CAPBSET_DROP = 24
 _PR_SET_NO_NEW_PRIVS = 38
 _PR_GET_NO_NEW_PRIVS = 39
+_PR_CAP_AMBIENT = 47
+_PR_CAP_AMBIENT_CLEAR_ALL = 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+_CAP_FIELDS = ("CapInh", "CapPrm", "CapEff", "CapAmb")
 
 _SYS_LANDLOCK_CREATE_RULESET = 444
 _SYS_LANDLOCK_RESTRICT_SELF = 446
@@ -59,12 +79,12 @@ def _libc() -> Any:
     return ctypes.CDLL(None, use_errno=True)
 
 
-def _prctl(option: int, arg2: int = 0) -> int:
+def _prctl(option: int, arg2: int = 0, arg3: int = 0) -> int:
     libc = _libc()
     res: int = libc.prctl(
         ctypes.c_int(option),
         ctypes.c_ulong(arg2),
-        ctypes.c_ulong(0),
+        ctypes.c_ulong(arg3),
         ctypes.c_ulong(0),
         ctypes.c_ulong(0),
     )
@@ -85,8 +105,170 @@ def get_no_new_privs() -> bool:
 
 
 def set_dumpable(on: bool) -> None:
-    """PR_SET_DUMPABLE: non-dumpable processes cannot be ptrace-attached by peers."""
+    """PR_SET_DUMPABLE: non-dumpable processes dump no core and cannot be traced by peers."""
     _prctl(_PR_SET_DUMPABLE, 1 if on else 0)
+
+
+def get_dumpable() -> bool:
+    """Whether the calling process is dumpable."""
+    return _prctl(_PR_GET_DUMPABLE) == 1
+
+
+def proc_status(pid: int | str = "self") -> dict[str, str]:
+    """The fields of ``/proc/<pid>/status`` (``Uid``, ``CapEff``, ``Seccomp`` ...), as text.
+
+    Raises:
+        OSError: The process is gone or the file cannot be read.
+    """
+    out: dict[str, str] = {}
+    with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            out[k.strip()] = v.strip()
+    return out
+
+
+def proc_limits(pid: int | str = "self") -> dict[str, tuple[str, str]]:
+    """``/proc/<pid>/limits``: limit name (``Max core file size``) -> (soft, hard) as text.
+
+    Raises:
+        OSError: The process is gone or the file cannot be read.
+    """
+    out: dict[str, tuple[str, str]] = {}
+    with open(f"/proc/{pid}/limits", encoding="ascii", errors="replace") as f:
+        next(f, None)  # the header line
+        for line in f:
+            name, fields = line[:26].strip(), line[26:].split()
+            if name and len(fields) >= 2:
+                out[name] = (fields[0], fields[1])
+    return out
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = (
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    )
+
+
+def _capset_none() -> None:
+    """Empty the effective, permitted and inheritable capability sets (always allowed)."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    if _libc().capset(ctypes.byref(header), data) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"capset: {os.strerror(e)}")
+
+
+def _drop_bounding_set() -> None:
+    """Drop every capability from the bounding set (needs CAP_SETPCAP; else left as is)."""
+    for cap in range(64):
+        try:
+            _prctl(_PR_CAPBSET_DROP, cap)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:  # past the kernel's last capability
+                return
+            if exc.errno == errno.EPERM:  # no CAP_SETPCAP: nothing to gain with no_new_privs
+                return
+            raise
+
+
+def drop_privileges(uid: int, gid: int) -> str:
+    """Give up root and every capability, for good; returns what was done.
+
+    A process running as root (any of its uids 0) switches all its uids to ``uid`` and
+    all its gids to ``gid``, with no supplementary groups. Any process then empties its
+    capability sets (effective, permitted, inheritable, ambient) and, where it may,
+    the bounding set; a process in a user namespace of its own loses the capabilities
+    it has there. Call it while single-threaded: the credentials of the calling thread
+    change (glibc's set*id wrappers do broadcast them to every thread).
+
+    Raises:
+        OSError: A step failed, or ``/proc/self/status`` still shows a uid 0 or a
+            capability afterwards.
+    """
+    before = proc_status()
+    root = "0" in before.get("Uid", "").split()
+    done = []
+    if any(int(before.get(k, "0"), 16) for k in _CAP_FIELDS) or root:
+        _drop_bounding_set()
+    if root:
+        os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+        done.append(f"uid {uid}, gid {gid}")
+    _prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL)
+    _capset_none()
+    after = proc_status()
+    left = [k for k in _CAP_FIELDS if int(after.get(k, "0"), 16)]
+    if left or "0" in after.get("Uid", "").split():
+        raise OSError(
+            errno.EPERM, f"still privileged: Uid {after.get('Uid')}, capabilities in {left}"
+        )
+    done.append("no capabilities")
+    return ", ".join(done)
+
+
+_PROT_READ = 0x1
+_MAP_SHARED = 0x01
+_MADV_DONTDUMP = 16
+
+
+def map_locked(fd: int, size: int) -> tuple[int, str | None]:
+    """Map ``size`` bytes of ``fd`` read-only and shared, out of core dumps, locked in RAM.
+
+    For a sealed memfd (no writable mapping is possible): its pages are shared memory
+    that the kernel may swap out while nobody has them locked.
+
+    Returns:
+        The mapping's address (release it with :func:`unmap`) and None when the pages
+        are locked, or why they are not (the mapping exists either way).
+
+    Raises:
+        OSError: The mapping itself failed.
+    """
+    libc = _libc()
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = (
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_long,
+    )
+    addr = libc.mmap(None, size, _PROT_READ, _MAP_SHARED, fd, 0)
+    if addr is None or addr == ctypes.c_void_p(-1).value:
+        e = ctypes.get_errno()
+        raise OSError(e, f"mmap: {os.strerror(e)}")
+    libc.madvise(ctypes.c_void_p(addr), ctypes.c_size_t(size), ctypes.c_int(_MADV_DONTDUMP))
+    if libc.mlock(ctypes.c_void_p(addr), ctypes.c_size_t(size)) != 0:
+        e = ctypes.get_errno()
+        soft, _hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+        limit = "unlimited" if soft == resource.RLIM_INFINITY else f"{soft / 2**20:g} MiB"
+        return addr, f"mlock: {os.strerror(e)} (RLIMIT_MEMLOCK {limit}, {size / 2**20:.1f} MiB)"
+    return addr, None
+
+
+def unmap(addr: int, size: int) -> None:
+    """Unmap a mapping made by :func:`map_locked` (this unlocks it too)."""
+    _libc().munmap(ctypes.c_void_p(addr), ctypes.c_size_t(size))
+
+
+def mlockall(flags: int) -> None:
+    """``mlockall(2)``: lock the process's pages (``MCL_*`` flags).
+
+    Raises:
+        OSError: ``RLIMIT_MEMLOCK`` is too small (ENOMEM), or EPERM.
+    """
+    if _libc().mlockall(ctypes.c_int(flags)) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"mlockall: {os.strerror(e)}")
 
 
 def seccomp_mode() -> int | None:

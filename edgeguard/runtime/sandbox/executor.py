@@ -51,7 +51,8 @@ from edgeguard.errors import BackendError, EdgeguardError, PolicyError, UsageErr
 from edgeguard.policy.io import TensorSpec, normalize_dim
 from edgeguard.policy.isolation import SandboxPolicy
 from edgeguard.policy.runtime import FALLBACK_NAME
-from edgeguard.runtime.sandbox import _cgroup
+from edgeguard.runtime.sandbox import _cgroup, _linux
+from edgeguard.runtime.sandbox._verify import check_worker
 from edgeguard.runtime.sandbox.probe import HostCapabilities, check_policy, probe_host
 from edgeguard.runtime.sandbox.worker import MAX_MESSAGE, pack_arrays, unpack_arrays
 
@@ -172,6 +173,35 @@ def seal_model(model: bytes | bytearray | memoryview, *, name: str = "edgeguard-
     return fd
 
 
+def _unprivileged_ids() -> tuple[int, int]:
+    """The uid and gid a worker started by root switches to: ``nobody``'s, else 65534."""
+    import pwd
+
+    try:
+        entry = pwd.getpwnam("nobody")
+    except KeyError:
+        return 65534, 65534
+    return entry.pw_uid, entry.pw_gid
+
+
+def _lockdown_point(spec: WorkerSpec) -> str:
+    """When a worker applies Landlock and seccomp: before parsing its model, if it can.
+
+    An accelerator member (a TensorRT engine, or ONNX Runtime's TensorRT provider) opens
+    device nodes and loads provider libraries while it loads the model, so its file and
+    syscall layers wait until after the warm-up (``docs/isolation.md``).
+    """
+    opts = spec.options
+    if spec.fmt == "trt-engine" or opts.get("gpu") is not None or opts.get("dla_core") is not None:
+        return "after_load"
+    return "before_load"
+
+
+def _worker_command(ctl_fd: int) -> list[str]:
+    """The worker's command line (tests put a fake worker here to check the supervisor)."""
+    return [sys.executable, "-I", "-m", "edgeguard.runtime.sandbox.worker", str(ctl_fd)]
+
+
 def _describe_exit(code: int | None) -> tuple[str, dict[str, Any]]:
     if code is None:
         return "still running", {}
@@ -234,6 +264,12 @@ class _Slot:
         self.spec = spec
         self.model_size = len(memoryview(spec.model).cast("B"))
         self.model_fd = seal_model(spec.model, name=f"edgeguard-model-{name}")
+        # The memfd outlives every worker (restarts): keep its pages out of swap here.
+        try:
+            self.model_map, self.model_lock = _linux.map_locked(self.model_fd, self.model_size)
+        except OSError as exc:
+            os.close(self.model_fd)
+            raise BackendError(f"cannot map the sealed model memfd: {exc.strerror}") from exc
         self.io_bytes = io_bytes
         self.io_fd = os.memfd_create(f"edgeguard-io-{name}", os.MFD_CLOEXEC)
         os.ftruncate(self.io_fd, 2 * io_bytes)  # sparse: pages appear when touched
@@ -256,12 +292,17 @@ class _Slot:
         self.last_exit: str | None = None
         self.last_restart_ms: float | None = None
         self.leaf: Path | None = None
+        self.verified: dict[str, str] = {}  # what the supervisor read in /proc
+        self.memlock = "not reported"  # the worker's mlockall, as it reported it
 
     def close(self) -> None:
         with contextlib.suppress(BufferError, ValueError):
             self.inp.release()
             self.out.release()
             self.io.close()
+        if self.model_map:
+            _linux.unmap(self.model_map, self.model_size)
+            self.model_map = 0
         for fd in (self.model_fd, self.io_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -385,6 +426,7 @@ class ProcessMemberExecutor:
         self._max_restarts = max_restarts
         self.call_timeout_s = call_timeout_s
         self._stderr = None if worker_stderr else subprocess.DEVNULL
+        self._user = _unprivileged_ids()
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
         self._closed = False
@@ -396,6 +438,15 @@ class ProcessMemberExecutor:
         try:
             for name, spec in specs.items():
                 self._slots[name] = _Slot(name, spec, io_bytes)
+                if self._slots[name].model_lock is not None:
+                    self._event(
+                        "sandbox_memory_unlocked",
+                        {
+                            "member": name,
+                            "where": "supervisor (sealed model memfd)",
+                            "detail": self._slots[name].model_lock,
+                        },
+                    )
             for slot in self._slots.values():
                 self._launch(slot)
             for slot in self._slots.values():
@@ -571,7 +622,15 @@ class ProcessMemberExecutor:
             self.log_errors += 1
 
     def _started_data(self, s: _Slot) -> dict[str, Any]:
-        return {"member": s.name, "pid": s.proc.pid if s.proc else None, "layers": s.layers}
+        pid = s.proc.pid if s.proc else None
+        memlock = {"worker": s.memlock, "model_memfd": s.model_lock or "active"}
+        return {
+            "member": s.name,
+            "pid": pid,
+            "layers": s.layers,
+            "verified": s.verified,
+            "memlock": memlock,
+        }
 
     def _launch(self, s: _Slot) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -579,13 +638,7 @@ class ProcessMemberExecutor:
         env.update({k: os.environ[k] for k in _ENV_PASS if k in os.environ})
         try:
             proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-I",
-                    "-m",
-                    "edgeguard.runtime.sandbox.worker",
-                    str(child.fileno()),
-                ],
+                _worker_command(child.fileno()),
                 pass_fds=(child.fileno(), s.model_fd, s.io_fd),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -620,6 +673,9 @@ class ProcessMemberExecutor:
             "netns_mode": self._caps.netns,
             "max_open_files": self._policy.max_open_files,
             "cgroup": cg,
+            "user": list(self._user),
+            "lockdown": _lockdown_point(s.spec),
+            "memlock_bytes": self._policy.memory_max_bytes,
         }
         parent.send(json.dumps(init).encode())
 
@@ -638,6 +694,13 @@ class ProcessMemberExecutor:
         ):
             s.layers = {str(k): str(v)[:200] for k, v in msg["layers"].items()}
             s.inputs = _reported_inputs(msg.get("inputs"))
+            self._refuse_unless_locked_down(s)
+            s.memlock = str(msg.get("memlock", "not reported"))[:200]
+            if not s.memlock.startswith("active"):
+                self._event(
+                    "sandbox_memory_unlocked",
+                    {"member": s.name, "where": "worker", "detail": s.memlock},
+                )
             with self._wake:
                 s.state = "ready"
                 self._wake.notify_all()
@@ -652,6 +715,43 @@ class ProcessMemberExecutor:
         if isinstance(msg, dict) and "required layer" in why:
             raise PolicyError(f"sandboxed worker {s.name!r}: {why}")
         raise BackendError(f"sandboxed worker {s.name!r} failed to start: {why}")
+
+    def _refuse_unless_locked_down(self, s: _Slot) -> None:
+        """Check the ready worker's ``/proc`` files against the policy; kill it on a mismatch.
+
+        The worker's own report of its layers is not taken on trust
+        (:func:`~edgeguard.runtime.sandbox._verify.check_worker`).
+
+        Raises:
+            PolicyError: The worker is not locked down as the policy requires (it is
+                killed; a restart goes the worker-fault way: backoff, then retirement).
+        """
+        assert s.proc is not None and s.sock is not None
+        check = check_worker(
+            s.proc.pid,
+            plan=self._plan,
+            required=self._policy.required_layers(),
+            reported=s.layers,
+            max_open_files=self._policy.max_open_files,
+            started_by_root=os.geteuid() == 0,
+        )
+        s.verified = dict(check.facts)
+        if not check.problems:
+            return
+        self._event(
+            "sandbox_worker_refused",
+            {"member": s.name, "pid": s.proc.pid, "problems": list(check.problems)},
+        )
+        s.proc.kill()
+        s.proc.wait()
+        s.sock.close()
+        s.sock = None
+        raise PolicyError(
+            f"sandboxed worker {s.name!r} is not locked down as the policy requires: "
+            + "; ".join(check.problems),
+            hint="the kernel's view of the worker (/proc/<pid>/status and limits) is checked, "
+            "not its own report; see docs/isolation.md",
+        )
 
     def _reap(self, s: _Slot, *, during: str) -> None:
         """The current worker is dead or being killed: record it and schedule a restart."""

@@ -69,7 +69,9 @@ class HostCapabilities:
         cgroup_memory: Leaves with ``memory.max`` can be created under it.
         cgroup_detail: Why (not).
         no_new_privs: ``PR_SET_NO_NEW_PRIVS`` is supported.
-        nproc_enforced: RLIMIT_NPROC binds us (it does not for root or CAP_SYS_RESOURCE).
+        nproc_enforced: RLIMIT_NPROC binds the probing process (not for root or
+            CAP_SYS_RESOURCE). Workers are bound either way: they give up root and
+            every capability before they load a model.
     """
 
     kernel: str
@@ -112,11 +114,7 @@ class HostCapabilities:
         if layer == "netns":
             return f"{self.netns or 'unavailable'} ({self.netns_detail})"
         if layer == "rlimits":
-            return (
-                "RLIMIT_NOFILE, RLIMIT_NPROC"
-                + ("" if self.nproc_enforced else " (not enforced for root/CAP_SYS_RESOURCE)")
-                + ", RLIMIT_FSIZE=0, RLIMIT_CORE=0"
-            )
+            return "RLIMIT_NOFILE, RLIMIT_NPROC=0, RLIMIT_FSIZE=0 (workers run without root)"
         if layer == "cgroup":
             return self.cgroup_detail
         raise PolicyError(f"unknown sandbox layer {layer!r}")

@@ -5,17 +5,27 @@ filter through the optional ``pyseccomp`` binding, imported lazily).
 
 The filter is an **allowlist**: the default action is ``SCMP_ACT_KILL_PROCESS`` (the
 whole worker dies with SIGSYS), and only the syscalls listed in :data:`ALLOWLIST` are
-let through, each with the reason it is needed *after* lockdown (the model is loaded
-and every thread warmed up before the filter goes on, so nothing on the list exists
-for loading). The set was found by running a locked-down ONNX Runtime worker under
-``strace -f -c`` and is documented, syscall by syscall, in ``docs/isolation.md``.
+let through, each with the reason it is needed while the worker serves. The set was
+found by running a locked-down ONNX Runtime worker under ``strace -f -c`` and is
+documented, syscall by syscall, in ``docs/isolation.md``.
 
-Two entries carry argument conditions:
+Two filters are stacked (the kernel runs every filter a process has installed and
+applies the strictest answer). The **load-time** filter goes on before the untrusted
+model is parsed: the run-time rules plus the few calls in :data:`LOAD_EXTRAS` the worker
+makes between loading and serving (ONNX Runtime itself parses a model with nothing but
+memory management and thread calls: ``strace`` of the load shows ``brk``, ``mmap``,
+``futex`` and, with a thread pool, the thread-creation calls). The **run-time** filter,
+installed after the warm-up, has only the run-time rules, so the extras end there.
+
+Entries in :data:`CONDITIONAL` carry argument conditions, for example:
 
 * ``clone`` is allowed only with ``CLONE_THREAD`` set (a new thread, never a new
   process: fork, vfork and ``posix_spawn`` all clone without it);
 * ``clone3`` takes its flags in memory, which seccomp cannot inspect, so it fails with
-  ``ENOSYS``; glibc then falls back to ``clone``, which the rule above checks.
+  ``ENOSYS``; glibc then falls back to ``clone``, which the rule above checks;
+* ``madvise`` is allowed only with the advice values in :data:`MADVISE_ADVICE` (hints
+  about the caller's own pages); ``MADV_HWPOISON``, ``MADV_SOFT_OFFLINE``,
+  ``MADV_REMOVE``, ``MADV_MERGEABLE``, ``MADV_PAGEOUT`` and the rest kill the worker.
 
 The filter is loaded with ``SECCOMP_FILTER_FLAG_TSYNC`` so every existing thread of
 the worker (ONNX Runtime's pool included) is covered, not just the calling one.
@@ -30,7 +40,15 @@ from typing import Any
 
 from edgeguard._optional import require
 
-__all__ = ["ALLOWLIST", "CONDITIONAL", "ENOSYS_LIST", "load_filter"]
+__all__ = [
+    "ALLOWLIST",
+    "CONDITIONAL",
+    "ENOSYS_LIST",
+    "LOAD_EXTRAS",
+    "MADVISE_ADVICE",
+    "build_filter",
+    "load_filter",
+]
 
 #: Syscalls allowed unconditionally after lockdown, with the reason.
 ALLOWLIST: dict[str, str] = {
@@ -38,7 +56,6 @@ ALLOWLIST: dict[str, str] = {
     "munmap": "free large blocks (glibc malloc, ONNX Runtime's arena, NumPy)",
     "mremap": "realloc of large blocks",
     "brk": "glibc malloc's main heap",
-    "madvise": "malloc trims freed memory (MADV_DONTNEED)",
     "futex": "locks and condition variables (GIL, ONNX Runtime's thread pool)",
     "sched_yield": "spin-then-yield loops of ONNX Runtime's thread pool",
     "rt_sigreturn": "return from a signal handler",
@@ -61,6 +78,7 @@ CONDITIONAL: dict[str, str] = {
     "mmap": "only without PROT_EXEC: malloc and NumPy allocate; no new code after lockdown",
     "mprotect": "only without PROT_EXEC: glibc grows malloc arenas; no new code (W^X)",
     "clone": "only with CLONE_THREAD: threads yes, processes never (fork, vfork, spawn)",
+    "madvise": "only with an advice in MADVISE_ADVICE: hints about the caller's own pages",
     "tgkill": "only to the worker's own thread group: abort() and raise() signal themselves",
 }
 
@@ -69,8 +87,39 @@ ENOSYS_LIST: dict[str, str] = {
     "clone3": "flags live in memory seccomp cannot read; glibc falls back to clone",
 }
 
+#: Allowed by the load-time filter only (between parsing the model and serving), with
+#: the condition and reason; the run-time filter stacked on top ends them.
+LOAD_EXTRAS: dict[str, str] = {
+    "seccomp": "only SECCOMP_SET_MODE_FILTER, flags TSYNC/SPEC_ALLOW/TSYNC_ESRCH: "
+    "install the run-time filter (a filter can only add restrictions)",
+    "prlimit64": "only on the worker itself and RLIMIT_NPROC: NPROC goes to 0 once the "
+    "warm-up created ONNX Runtime's threads",
+    "mlockall": "only MCL_CURRENT|MCL_ONFAULT: lock what ONNX Runtime allocated while loading",
+}
+
+#: The ``madvise`` advice values the worker may give, with their value and reason. Any
+#: other advice kills it: ``MADV_HWPOISON`` / ``MADV_SOFT_OFFLINE`` take pages out of
+#: service (shared memory included), ``MADV_REMOVE`` punches holes in shared memory,
+#: ``MADV_MERGEABLE`` opts pages into KSM deduplication (a cross-process side channel),
+#: ``MADV_PAGEOUT`` / ``MADV_COLD`` push pages towards swap, ``MADV_DODUMP`` undoes
+#: ``MADV_DONTDUMP``.
+MADVISE_ADVICE: dict[str, tuple[int, str]] = {
+    "MADV_NORMAL": (0, "reset an access hint on the caller's pages"),
+    "MADV_RANDOM": (1, "access hint on the caller's pages"),
+    "MADV_SEQUENTIAL": (2, "access hint on the caller's pages"),
+    "MADV_WILLNEED": (3, "read-ahead hint on the caller's pages"),
+    "MADV_DONTNEED": (4, "glibc returns freed memory and thread stacks; observed"),
+    "MADV_FREE": (8, "lazy free of the caller's private pages (allocators other than glibc)"),
+    "MADV_HUGEPAGE": (14, "NumPy asks for transparent huge pages on large arrays"),
+    "MADV_NOHUGEPAGE": (15, "opt out of transparent huge pages"),
+}
+
 _CLONE_THREAD = 0x00010000
 _PROT_EXEC = 0x4
+_SECCOMP_SET_MODE_FILTER = 1
+_SECCOMP_FLAGS_ALLOWED = 0x1 | 0x4 | 0x10  # TSYNC | SPEC_ALLOW | TSYNC_ESRCH
+_RLIMIT_NPROC = 6
+_MCL_CURRENT_ONFAULT = 0x1 | 0x4
 
 
 def _resolvable(sc: Any, name: str) -> bool:
@@ -81,7 +130,9 @@ def _resolvable(sc: Any, name: str) -> bool:
     return True
 
 
-def build_filter(*, ctl_fd: int, pid: int, kill_action: str = "kill_process") -> Any:
+def build_filter(
+    *, ctl_fd: int, pid: int, kill_action: str = "kill_process", phase: str = "run"
+) -> Any:
     """Build (without loading) the allowlist filter for the native architecture.
 
     Args:
@@ -90,6 +141,8 @@ def build_filter(*, ctl_fd: int, pid: int, kill_action: str = "kill_process") ->
         pid: The worker's pid (the only thread group ``tgkill`` may target).
         kill_action: ``"kill_process"`` (production) or ``"log"`` (allow and log
             every unlisted syscall; for discovering the allowlist only).
+        phase: ``"run"`` (the run-time rules) or ``"load"`` (those plus
+            :data:`LOAD_EXTRAS`, for parsing the model and warming up).
 
     Returns:
         A ``pyseccomp.SyscallFilter``.
@@ -97,10 +150,15 @@ def build_filter(*, ctl_fd: int, pid: int, kill_action: str = "kill_process") ->
     Raises:
         MissingDependencyError: pyseccomp (or libseccomp.so.2) is not installed.
     """
+    if phase not in ("run", "load"):
+        raise ValueError(f"phase must be 'run' or 'load', got {phase!r}")
     sc = require("pyseccomp", extra="sandbox", purpose="The seccomp layer of the sandbox")
     default = sc.KILL_PROCESS if kill_action == "kill_process" else sc.LOG
     flt = sc.SyscallFilter(default)
     flt.set_attr(sc.Attr.CTL_TSYNC, 1)
+    # The worker sets no_new_privs itself, before the first filter; libseccomp would
+    # otherwise prctl() again, which the load-time filter does not allow.
+    flt.set_attr(sc.Attr.CTL_NNP, 0)
     # Installing a filter makes Linux force the Speculative Store Bypass mitigation
     # (SSBD) on the task by default, which slowed model inference in the worker by
     # 10-20 % here. The worker holds nothing it may not read (its model, its I/O
@@ -120,9 +178,20 @@ def build_filter(*, ctl_fd: int, pid: int, kill_action: str = "kill_process") ->
     flt.add_rule(sc.ALLOW, "mprotect", sc.Arg(2, sc.MASKED_EQ, _PROT_EXEC, 0))
     flt.add_rule(sc.ALLOW, "clone", sc.Arg(0, sc.MASKED_EQ, _CLONE_THREAD, _CLONE_THREAD))
     flt.add_rule(sc.ALLOW, "tgkill", sc.Arg(0, sc.EQ, pid))
+    for advice, _reason in MADVISE_ADVICE.values():  # rules on one syscall are OR-ed
+        flt.add_rule(sc.ALLOW, "madvise", sc.Arg(2, sc.EQ, advice))
     for name in ENOSYS_LIST:
         if _resolvable(sc, name):
             flt.add_rule(sc.ERRNO(errno.ENOSYS), name)
+    if phase == "load":
+        flt.add_rule(
+            sc.ALLOW,
+            "seccomp",
+            sc.Arg(0, sc.EQ, _SECCOMP_SET_MODE_FILTER),
+            sc.Arg(1, sc.MASKED_EQ, 0xFFFFFFFF & ~_SECCOMP_FLAGS_ALLOWED, 0),
+        )
+        flt.add_rule(sc.ALLOW, "prlimit64", sc.Arg(0, sc.EQ, 0), sc.Arg(1, sc.EQ, _RLIMIT_NPROC))
+        flt.add_rule(sc.ALLOW, "mlockall", sc.Arg(0, sc.EQ, _MCL_CURRENT_ONFAULT))
     return flt
 
 

@@ -5,28 +5,46 @@ through the model loader, the inference library).
 
 Life of a worker:
 
+0. before anything else: ``RLIMIT_CORE`` 0 and not dumpable (no core file, no ``ptrace``
+   or ``/proc/<pid>/mem`` by a peer), since the sealed model memfd is already open;
 1. read the ``init`` message from the control socket ``FD`` (a SOCK_SEQPACKET socket
    the supervisor created before spawning us);
-2. while still single-threaded: pin to the placement's CPU cores (if any), enter a new
-   network namespace (policy permitting);
-3. map the **sealed memfd** holding the decrypted model (never a file on disk), check
-   its seals, load the model from memory and close the memfd;
-4. map the shared I/O memfd, run warm-up inferences through the exact serving code
-   path, so ONNX Runtime's threads exist and every lazy import has happened;
-5. lock down: not dumpable, ``no_new_privs``, rlimits, Landlock (no filesystem), seccomp
-   allowlist (kill on anything else) - in that order, seccomp last;
-6. report ``ready`` with the layers actually active, then serve ``run`` requests: the
-   inputs are read in place from shared memory, the outputs written back there, and
-   only a small JSON message crosses the socket.
+2. while still single-threaded and privileged: pin to the placement's CPU cores (if
+   any), enter a new network namespace (policy permitting);
+3. while files can still be read: check the **sealed memfd**'s seals and map it, map the
+   shared I/O memfd, import the loader and the inference library, build both seccomp
+   filters, ask for Landlock's ABI;
+4. lock its pages in RAM as they are touched (``mlockall``, again after the warm-up; a
+   failure is reported, not fatal: :class:`_MemLock`), then give up privileges for good:
+   a worker started by root switches to ``nobody`` (no supplementary groups); every
+   worker empties its capability sets (and the bounding set where it may) and sets
+   ``no_new_privs``;
+5. lock down before the model is parsed: ``RLIMIT_NOFILE`` and ``RLIMIT_FSIZE``, Landlock
+   (no filesystem; the worker is still one thread, so every thread ONNX Runtime creates
+   later is covered) and the **load-time** seccomp filter;
+6. load the model from the mapping (untrusted input from here on), close the memfd, run
+   warm-up inferences through the exact serving path, so ONNX Runtime's threads exist
+   and every lazy import has happened;
+7. ``RLIMIT_NPROC`` 0 and the **run-time** seccomp filter stacked on the load-time one;
+8. report ``ready`` with the layers it applied, then serve ``run`` requests: the inputs
+   are read in place from shared memory, the outputs written back there, and only a
+   small JSON message crosses the socket. The supervisor does not take the report on
+   trust: it reads the worker's ``/proc`` files before the first request.
 
-After step 5 the worker can read and write the descriptors it holds, allocate memory
+A member placed on an accelerator (``init["lockdown"] == "after_load"``) opens device
+nodes and provider libraries while loading, so its Landlock and seccomp steps move from
+5 to 7 (one filter); steps 0-4 are the same.
+
+After step 7 the worker can read and write the descriptors it holds, allocate memory
 and compute; it cannot open a file, create a socket, run a program, create a process
 or trace one. Exit codes: 0 on ``exit`` or EOF, 3 when the init is malformed, 4 when a
-layer the policy requires cannot be applied, 5 when the model cannot be loaded.
+layer the policy requires (or the privilege drop) cannot be applied, 5 when the model
+cannot be loaded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import importlib
 import json
@@ -202,66 +220,164 @@ class _Server:
             _send(self.ctl, self.handle(msg))
 
 
-def _lockdown(init: Mapping[str, Any], plan: Mapping[str, str], threads: int) -> dict[str, str]:
-    """Apply the planned layers; returns each layer's state. Raises on a required failure.
-
-    Everything that may touch the filesystem (importing the seccomp module and libseccomp,
-    building the BPF program) happens before the first restriction.
-    """
-    required = set(init["required"])
-    state: dict[str, str] = {}
-
-    def failed(layer: str, why: str) -> None:
-        if layer in required:
-            raise _RequiredLayerError(f"{layer}: {why}")
-        state[layer] = f"failed: {why}"
-
-    flt: Any = None
-    if plan.get("seccomp") == "apply":
-        try:
-            from edgeguard.runtime.sandbox.seccomp import build_filter
-
-            flt = build_filter(ctl_fd=int(init["ctl_fd"]), pid=os.getpid())
-        except Exception as exc:
-            failed("seccomp", _error_text(exc))
-    abi = _linux.landlock_abi() if plan.get("landlock") == "apply" else 0
-
-    _linux.set_dumpable(False)
-    _linux.set_no_new_privs()
-    if plan.get("rlimits") == "apply":
-        try:
-            _linux.set_rlimit(resource.RLIMIT_NOFILE, int(init["max_open_files"]))
-            _linux.set_rlimit(resource.RLIMIT_NPROC, 0)
-            _linux.set_rlimit(resource.RLIMIT_FSIZE, 0)
-            _linux.set_rlimit(resource.RLIMIT_CORE, 0)
-            state["rlimits"] = "active"
-        except (OSError, ValueError) as exc:
-            failed("rlimits", str(exc))
-    if plan.get("landlock") == "apply":
-        try:
-            res = _linux.landlock_restrict_self(abi)
-            state["landlock"] = f"active (ABI {res.abi}" + (
-                f"; {threads - 1} earlier thread(s) not covered, seccomp covers them)"
-                if threads > 1
-                else ")"
-            )
-        except OSError as exc:
-            failed("landlock", str(exc))
-    if flt is not None:
-        try:
-            flt.load()
-            state["seccomp"] = "active (allowlist, kill process, all threads)"
-        except Exception as exc:
-            failed("seccomp", _error_text(exc))
-    return state
-
-
 class _RequiredLayerError(Exception):
     pass
 
 
+class _Lockdown:
+    """The planned layers of one worker, applied in steps, and each one's state."""
+
+    def __init__(self, init: Mapping[str, Any], plan: Mapping[str, str]) -> None:
+        self.init = init
+        self.plan = plan
+        self.required = set(init.get("required", ()))
+        self.state = {k: "off" if v == "off" else "skipped" for k, v in plan.items()}
+        self.load_filter: Any = None
+        self.run_filter: Any = None
+        self.abi = 0
+        self.threads = 1
+
+    def failed(self, layer: str, why: str) -> None:
+        if layer in self.required:
+            raise _RequiredLayerError(f"{layer}: {why}")
+        self.state[layer] = f"failed: {why}"
+
+    def prepare(self, *, early: bool) -> None:
+        """Everything that needs files: libseccomp, both BPF programs, Landlock's ABI."""
+        if self.plan.get("seccomp") == "apply":
+            try:
+                from edgeguard.runtime.sandbox.seccomp import build_filter
+
+                ctl, pid = int(self.init["ctl_fd"]), os.getpid()
+                if early:
+                    self.load_filter = build_filter(ctl_fd=ctl, pid=pid, phase="load")
+                self.run_filter = build_filter(ctl_fd=ctl, pid=pid)
+            except Exception as exc:
+                self.load_filter = self.run_filter = None
+                self.failed("seccomp", _error_text(exc))
+        if self.plan.get("landlock") == "apply":
+            self.abi = _linux.landlock_abi()
+
+    def limits(self, *, nproc: bool) -> None:
+        """Open files and file size (``nproc`` False), or no new processes (True).
+
+        RLIMIT_NPROC waits until the warm-up has created ONNX Runtime's threads: the
+        worker runs without root, so the limit binds its threads too.
+        """
+        if self.plan.get("rlimits") != "apply" or self.state["rlimits"].startswith("failed"):
+            return
+        try:
+            if nproc:
+                _linux.set_rlimit(resource.RLIMIT_NPROC, 0)
+                self.state["rlimits"] = "active"
+            else:
+                _linux.set_rlimit(resource.RLIMIT_NOFILE, int(self.init["max_open_files"]))
+                _linux.set_rlimit(resource.RLIMIT_FSIZE, 0)
+        except (OSError, ValueError) as exc:
+            self.failed("rlimits", str(exc))
+
+    def landlock(self, *, when: str) -> None:
+        if self.plan.get("landlock") != "apply":
+            return
+        self.threads = _linux.thread_count()
+        try:
+            res = _linux.landlock_restrict_self(self.abi)
+        except OSError as exc:
+            self.failed("landlock", str(exc))
+            return
+        note = (
+            f"; {self.threads - 1} earlier thread(s) not covered, seccomp covers them"
+            if self.threads > 1
+            else ""
+        )
+        self.state["landlock"] = f"active (ABI {res.abi}, {when}{note})"
+
+    def seccomp(self, flt: Any, when: str) -> None:
+        if flt is None:
+            return
+        try:
+            flt.load()
+        except Exception as exc:
+            self.failed("seccomp", _error_text(exc))
+            return
+        self.state["seccomp"] = f"active (allowlist, kill process, all threads; {when})"
+
+
+def _memlock_limit() -> str:
+    soft, _hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    return "unlimited" if soft == resource.RLIM_INFINITY else f"{soft / 2**20:g} MiB"
+
+
+def _lock_memory() -> str | None:
+    """Lock every page the worker has mapped, as it is touched (``MCL_ONFAULT``).
+
+    No ``MCL_FUTURE``: under a finite ``RLIMIT_MEMLOCK`` it would turn ordinary
+    allocations into failures. Returns None when locked, else why not.
+    """
+    try:
+        _linux.mlockall(_linux.MCL_CURRENT | _linux.MCL_ONFAULT)
+    except OSError as exc:
+        return str(exc.strerror)
+    return None
+
+
+class _MemLock:
+    """The worker's memory locking, in two steps, and what it achieved.
+
+    Before the privilege drop (root still has ``CAP_IPC_LOCK``): every mapping that exists
+    then, the sealed model's included, so the model's pages lock as the parser reads
+    them. After the warm-up: again, for what ONNX Runtime allocated while loading (its
+    initializers, its arena, the copies its load left in freed heap). A worker started
+    by root first raises ``RLIMIT_MEMLOCK`` to the policy's memory cap, which takes
+    ``CAP_SYS_RESOURCE``; without it the second step is refused once the worker is
+    ``nobody``, and the report says ``partial``. The limit is read as text up front: the
+    load-time seccomp filter allows no ``getrlimit`` of it.
+    """
+
+    def __init__(self, cap: int | None) -> None:
+        if os.geteuid() == 0:
+            value = resource.RLIM_INFINITY if cap is None else cap
+            with contextlib.suppress(OSError, ValueError):  # needs CAP_SYS_RESOURCE
+                resource.setrlimit(resource.RLIMIT_MEMLOCK, (value, value))
+        self.limit = _memlock_limit()
+        self.first = _lock_memory()
+        self.second: str | None = "not attempted"
+
+    def after_warm_up(self) -> None:
+        if self.first is None:
+            self.second = _lock_memory()
+
+    def report(self) -> str:
+        if self.first is not None:
+            return f"failed: {self.first} (RLIMIT_MEMLOCK {self.limit})"
+        if self.second is not None:
+            return (
+                "partial: what was mapped before the model load (the model, the I/O region), "
+                f"not ONNX Runtime's allocations: {self.second} (RLIMIT_MEMLOCK {self.limit})"
+            )
+        return "active (all mappings, on fault)"
+
+
+def _prepare(loader: Loader, fmt: str) -> None:
+    """Import what loading ``fmt`` needs, while the worker can still read files."""
+    if loader is _default_loader:
+        import edgeguard.backends  # noqa: F401  (load_backend's own import)
+
+        if fmt == "onnx":
+            from edgeguard.backends.onnxruntime import preload
+
+            preload()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the worker on the control socket given as the only argument."""
+    # First of all: no core file and no peer (ptrace, /proc/<pid>/mem) ever gets at this
+    # process's memory, before it so much as reads its instructions.
+    try:
+        _linux.set_rlimit(resource.RLIMIT_CORE, 0)
+        _linux.set_dumpable(False)
+    except (OSError, ValueError):
+        return 4
     args = sys.argv[1:] if argv is None else argv
     try:
         ctl = int(args[0])
@@ -271,63 +387,107 @@ def main(argv: list[str] | None = None) -> int:
         init["ctl_fd"] = ctl
         plan: dict[str, str] = dict(init["plan"])
         model_fd, io_fd, io_bytes = int(init["model_fd"]), int(init["io_fd"]), int(init["io_bytes"])
+        model_size, fmt = int(init["model_size"]), str(init["fmt"])
+        uid, gid = (int(v) for v in init.get("user") or (65534, 65534))
     except (IndexError, ValueError, KeyError, TypeError, OSError):
         return 3
-    state: dict[str, str] = {k: "off" if v == "off" else "skipped" for k, v in plan.items()}
-    required = set(init.get("required", ()))
+    lock = _Lockdown(init, plan)
+    # Accelerator members open device nodes and load provider libraries while they load
+    # the model, so their Landlock and seccomp layers wait until after the warm-up.
+    early = init.get("lockdown", "before_load") == "before_load"
     try:
-        # 2a. CPU placement while single-threaded, so every later thread inherits it
+        # 1. CPU placement while single-threaded, so every later thread inherits it
         if init.get("cpus") is not None:
             try:
                 os.sched_setaffinity(0, {int(c) for c in init["cpus"]})
             except (OSError, TypeError, ValueError) as exc:
                 _send(ctl, {"op": "error", "error": f"cannot pin to CPUs {init['cpus']}: {exc}"})
                 return 4
-        # 2b. network namespace while single-threaded (unshare refuses otherwise for userns)
+        # 2. network namespace while single-threaded (unshare refuses otherwise for userns)
+        #    and while still privileged (a new network namespace needs CAP_SYS_ADMIN)
         if plan.get("netns") == "apply":
             try:
                 flags = _linux.CLONE_NEWNET
                 if init.get("netns_mode") == "userns":
                     flags |= _linux.CLONE_NEWUSER
                 _linux.unshare(flags)
-                state["netns"] = "active (" + str(init.get("netns_mode")) + ")"
+                lock.state["netns"] = "active (" + str(init.get("netns_mode")) + ")"
             except OSError as exc:
-                if "netns" in required:
-                    raise _RequiredLayerError(f"netns: {exc}") from exc
-                state["netns"] = f"failed: {exc}"
+                lock.failed("netns", str(exc))
         if init.get("cgroup"):
-            state["cgroup"] = "active (" + str(init["cgroup"]) + ")"
-        # 3. the model, from the sealed memfd
+            lock.state["cgroup"] = "active (" + str(init["cgroup"]) + ")"
+        # 3. map the shared memory and the sealed model (mmap needs fstat and dup), import
+        #    the loader and the inference library, build the filters: all of it needs
+        #    calls or files the model parser will not have
         try:
             seals = fcntl.fcntl(model_fd, fcntl.F_GET_SEALS)
             if seals & _SEALS != _SEALS:
                 raise ValueError("the model memfd is not sealed")
-            with mmap.mmap(model_fd, int(init["model_size"]), prot=mmap.PROT_READ) as mm:
-                sys.path[:0] = [str(p) for p in init.get("python_path", ())]
-                loader = _resolve_loader(init.get("loader"))
-                target = loader(memoryview(mm), str(init["fmt"]), dict(init.get("options", {})))
+            model = mmap.mmap(model_fd, model_size, prot=mmap.PROT_READ)
+            io = mmap.mmap(io_fd, 2 * io_bytes)
+            os.close(io_fd)
+            sys.path[:0] = [str(p) for p in init.get("python_path", ())]
+            loader = _resolve_loader(init.get("loader"))
+            _prepare(loader, fmt)
+        except Exception as exc:
+            _send(ctl, {"op": "error", "error": "model load failed: " + _error_text(exc)})
+            return 5
+        lock.prepare(early=early)
+        cap = init.get("memlock_bytes")
+        memlock = _MemLock(None if cap is None else int(cap))
+        # 4. privileges, for good: no root, no capability, no way to gain either
+        try:
+            privileges = _linux.drop_privileges(uid, gid)
+            _linux.set_dumpable(False)  # a change of uid resets it to fs.suid_dumpable
+            _linux.set_no_new_privs()
+        except OSError as exc:
+            raise _RequiredLayerError(f"privileges: {exc}") from exc
+        lock.limits(nproc=False)
+        if early:
+            lock.landlock(when="before the model load")
+            lock.seccomp(lock.load_filter, "load-time filter before the model load")
+        # 5. the model: untrusted input from here on
+        try:
+            with model:
+                target = loader(memoryview(model), fmt, dict(init.get("options", {})))
             os.close(model_fd)
         except Exception as exc:
             _send(ctl, {"op": "error", "error": "model load failed: " + _error_text(exc)})
             return 5
-        io = mmap.mmap(io_fd, 2 * io_bytes)
-        os.close(io_fd)
         server = _Server(ctl, target, io, io_bytes)
-        # 4. warm-up through the serving path
+        # 6. warm-up through the serving path: ONNX Runtime's threads and lazy imports
         try:
             server.warm_up(int(init.get("warmup_rounds", 2)))
         except Exception as exc:
             _send(ctl, {"op": "error", "error": "warm-up failed: " + _error_text(exc)})
             return 5
-        threads = _linux.thread_count()
-        # 5. lockdown
-        state.update(_lockdown(init, plan, threads))
+        # 7. the rest of the lockdown
+        memlock.after_warm_up()
+        lock.limits(nproc=True)
+        if not early:
+            lock.landlock(when="after the model load")
+        lock.seccomp(
+            lock.run_filter,
+            "load-time filter before the model load, run-time filter after the warm-up"
+            if early and lock.load_filter is not None
+            else "after the model load",
+        )
     except _RequiredLayerError as exc:
         _send(ctl, {"op": "error", "error": f"required layer unavailable: {exc}"})
         return 4
     ins = [s.to_dict() for s in target.inputs()] if hasattr(target, "inputs") else []
     _send(
-        ctl, {"op": "ready", "pid": os.getpid(), "layers": state, "threads": threads, "inputs": ins}
+        ctl,
+        {
+            "op": "ready",
+            "pid": os.getpid(),
+            "layers": lock.state,
+            "privileges": privileges,
+            "memlock": memlock.report(),
+            "lockdown": "before the model load" if early else "after the model load",
+            "threads": lock.threads,
+            "inputs": ins,
+        },
     )
     return server.serve()
 
