@@ -176,6 +176,11 @@ def pct0(v: Any) -> str:
     return f"{100 * float(v):.0f} %"
 
 
+def pct1(v: Any) -> str:
+    """``92.7 %`` from a fraction."""
+    return f"{100 * float(v):.1f} %"
+
+
 def rate_ci(v: Any) -> str:
     """``1.0 % [0.2, 5.4]`` from (fraction, (lo, hi)) fractions."""
     value, ci = v
@@ -528,6 +533,35 @@ BENCHES: dict[str, Bench] = {
                 ("orientation", "top1"),
                 ("yolov8n", "box_f1"),
             )
+        ),
+    ),
+    "mutation": Bench(
+        "Mutation score of the security modules (mutmut; killed / all mutants)",
+        "make mutation",
+        (
+            Table(
+                "All modules",
+                ">= 90 % of non-equivalent mutants killed (the survivors listed in the record)",
+                (
+                    Col("mutants", at("overall.mutants"), text),
+                    Col("killed", at("overall.killed"), text),
+                    Col("survived", at("overall.survived"), text),
+                    Col("no tests", at("overall.no_tests"), text),
+                    Col("score", at("overall.score"), pct1),
+                    Col("minutes", at("seconds"), lambda v: f"{float(v) / 60:.0f}"),
+                ),
+            ),
+            Table(
+                "Per module",
+                "",
+                (
+                    Col("mutants", at("mutants"), text),
+                    Col("killed", at("killed"), text),
+                    Col("survived", at("survived"), text),
+                    Col("score", at("score"), pct1),
+                ),
+                each="modules",
+            ),
         ),
     ),
     "side_measurements": Bench(
