@@ -296,7 +296,12 @@ def test_fallback_also_fails_last_known_good_then_safe_default(elog, key) -> Non
         last_known_good_max_age_ms=150.0,
         quarantine=QuarantinePolicy(after_failures=1, backoff_ms=0.0),
     )
-    rt = make({"m0": flaky}, pol, fallback=Hang(), event_log=elog, async_log=False)
+    # ages read an injected clock that stands still unless the test moves it (deadlines
+    # still run on real time): a loaded machine cannot age the answer by itself
+    now = [time.monotonic_ns()]
+    rt = make(
+        {"m0": flaky}, pol, fallback=Hang(), event_log=elog, async_log=False, clock=lambda: now[0]
+    )
     first = rt.infer(X)
     assert first.source is ResultSource.SINGLE_MEMBER
     flaky.broken = True
@@ -304,7 +309,7 @@ def test_fallback_also_fails_last_known_good_then_safe_default(elog, key) -> Non
     assert r.source is ResultSource.LAST_KNOWN_GOOD and ms < 60.0 + MARGIN_MS
     assert np.array_equal(r.outputs["logits"], first.outputs["logits"])
     assert "fallback model: timeout" in r.reasons and r.health is F
-    time.sleep(0.16)  # last-known-good now too old
+    now[0] += 160_000_000  # last-known-good now too old
     r, ms = timed(rt)
     assert r.source is ResultSource.SAFE_DEFAULT and np.array_equal(
         r.outputs["logits"], SAFE["logits"]
