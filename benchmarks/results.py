@@ -460,6 +460,11 @@ BENCHES: dict[str, Bench] = {
                     ),
                     Col("GB/s", at("verify.gb_per_s"), num(2)),
                     Col("peak RSS MiB", at("verify.peak_rss_mib"), num(0)),
+                    Col(
+                        "floor on two idle cores",
+                        at("verify.floor_ratio_vs_read_sha256"),
+                        num(2, "x"),
+                    ),
                     Col("load 1 min", at("load_avg_1m_start"), num(2)),
                 ),
             ),
