@@ -465,6 +465,11 @@ BENCHES: dict[str, Bench] = {
                         at("verify.floor_ratio_vs_read_sha256"),
                         num(2, "x"),
                     ),
+                    Col(
+                        "floor on this run's parallelism",
+                        at("verify.floor_this_run_ratio_vs_read_sha256"),
+                        num(2, "x"),
+                    ),
                     Col("load 1 min", at("load_avg_1m_start"), num(2)),
                 ),
             ),
