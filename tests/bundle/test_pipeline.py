@@ -368,3 +368,28 @@ def test_blocks_tile_the_payload() -> None:
         mine = [bl for bl in blocks if bl.member == i]
         assert sum(bl.nbytes for bl in mine) == m.size + TAG_LEN * max(1, -(-m.size // CHUNK))
         assert [bl.first for bl in mine] == list(range(0, len(mine) * per_block, per_block))
+
+
+def test_verify_and_open_take_the_same_road(
+    tmp_path: Path, signer, device, trust: TrustStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """check_on_device (edgeguard verify --device-key) and open_bundle (open_session's
+    first step) both decrypt through decrypt_payload, the former with the re-hash."""
+    from edgeguard.runtime import opener
+    from edgeguard.runtime.session import check_on_device
+
+    b = tmp_path / "b.egb"
+    _build(b, signer, device, (2 * CHUNK + 1,))
+    calls: list[bool] = []
+    real = opener.decrypt_payload
+
+    def spy(*a: Any, **k: Any) -> dict[str, SecretBuffer]:
+        calls.append(k["check_plaintext"])
+        return real(*a, **k)
+
+    monkeypatch.setattr(opener, "decrypt_payload", spy)
+    check_on_device(
+        b, trust=trust, device_key=device, state_dir=tmp_path / "s", isolation="threads", now=NOW
+    )
+    open_bundle(b, trust=trust, device_key=device, state_dir=tmp_path / "s", now=NOW).wipe()
+    assert calls == [True, False]
