@@ -11,7 +11,9 @@ through a two-stage pipeline:
 
 * the **reading thread** reads a block into one of :data:`SLOTS` ring buffers, hands it
   to the decrypting thread and feeds it to the payload's SHA-256 (the ciphertext
-  digest) while the other thread decrypts it;
+  digest) while the other thread decrypts it; whenever no buffer is free it faults in
+  the members' destination pages ahead of the decryption (:class:`_Prefault`), so the
+  first-touch cost of a payload-sized buffer is shared by both threads;
 * the **calling thread** opens every chunk of the block with
   :meth:`~edgeguard.crypto.stream.StreamDecryptor.decrypt_into` straight into the
   member's :class:`~edgeguard.runtime.secmem.SecretBuffer` (every chunk tag is
@@ -24,10 +26,11 @@ with each other and with the decryption. Security does not depend on the overlap
 member digests are compared when a member's last chunk is open, the payload digest once
 the reading thread is done, and the plaintext is returned only when every comparison
 held. On any failure (a chunk tag, a digest, a short read, an interrupt) the reading
-thread is stopped and joined and every member buffer decrypted so far is wiped before
-the error propagates; the error is the one the sequential order of checks would give,
-because the calling thread consumes blocks, and the reading thread's errors, in payload
-order.
+thread is stopped and joined and every member buffer is wiped before the error
+propagates; the error is the one the sequential order of checks would give, because the
+calling thread consumes blocks, and the reading thread's errors, in payload order.
+Memory: the members' buffers (allocated up front, each the member's size) and
+:data:`SLOTS` read buffers of at most :data:`BLOCK_BYTES`; no other copy of the payload.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from io import BufferedReader
 from pathlib import Path
-from queue import SimpleQueue
+from queue import Empty, SimpleQueue
 
 from edgeguard.bundle.model import Member
 from edgeguard.crypto.stream import (
@@ -52,7 +55,7 @@ from edgeguard.crypto.stream import (
 from edgeguard.errors import IntegrityError
 from edgeguard.runtime.secmem import SecretBuffer
 
-__all__ = ["BLOCK_BYTES", "SLOTS", "decrypt_payload"]
+__all__ = ["BLOCK_BYTES", "PREFAULT_BYTES", "SLOTS", "decrypt_payload"]
 
 #: Sealed bytes handed from the reading thread to the decrypting one at a time (at
 #: least one chunk): small enough to stay in a core's L2 cache while it is hashed and
@@ -60,6 +63,9 @@ __all__ = ["BLOCK_BYTES", "SLOTS", "decrypt_payload"]
 BLOCK_BYTES = 1 << 20
 #: Read buffers in flight: one being read and hashed, one being decrypted, one spare.
 SLOTS = 3
+#: Destination bytes the reading thread faults in per step while it waits for a buffer
+#: (one huge page).
+PREFAULT_BYTES = 2 << 20
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,49 @@ def _plan(members: Sequence[Member], chunk_size: int) -> Iterator[_Block]:
 _DONE = object()  # the reading thread hashed the whole payload
 
 
+class _Prefault:
+    """Faults in the members' destination ahead of the decryption, in steps.
+
+    The first write to a fresh page costs a page fault (the kernel zeroes the page; on a
+    VM the host may have to back it first), and for a large payload that costs as much
+    as a hash pass. Left to the decrypting thread it lengthens the pipeline's slower
+    stage; the reading thread takes steps of it whenever it would otherwise wait for a
+    free buffer. :meth:`SecretBuffer.populate` only maps pages, it never writes them,
+    so it may run on a range the other thread is writing.
+    """
+
+    def __init__(self, secrets: Sequence[SecretBuffer]) -> None:
+        self._secrets = secrets
+        self._at = (0, 0)  # (member, offset) faulted in up to here
+        #: (member, offset) decrypted up to here; set by the decrypting thread.
+        self.decrypted = (0, 0)
+
+    def step(self) -> bool:
+        """Fault in the next :data:`PREFAULT_BYTES` ahead; False when none are left."""
+        member, offset = max(self._at, self.decrypted)
+        while member < len(self._secrets) and offset >= self._secrets[member].size:
+            member, offset = member + 1, 0
+        if member >= len(self._secrets):
+            self._at = (member, 0)
+            return False
+        n = min(PREFAULT_BYTES, self._secrets[member].size - offset)
+        if not self._secrets[member].populate(offset, n):
+            self._at = (len(self._secrets), 0)  # the kernel cannot; writes fault as usual
+            return False
+        self._at = (member, offset + n)
+        return True
+
+
+def _take_slot(free: SimpleQueue[int | None], ahead: _Prefault) -> int | None:
+    """A free read buffer; while there is none, fault in the destination ahead."""
+    while True:
+        try:
+            return free.get_nowait()
+        except Empty:
+            if not ahead.step():
+                return free.get()
+
+
 def _read_exact(f: BufferedReader, view: memoryview) -> None:
     got = 0
     while got < len(view):
@@ -105,11 +154,13 @@ def _read_and_hash(
     ready: SimpleQueue[object],
     digest: hashlib._Hash,
     stop: threading.Event,
+    ahead: _Prefault,
 ) -> None:
-    """The reading thread: read each block, hand it over, then hash it."""
+    """The reading thread: read each block, hand it over, then hash it; fault in the
+    destination ahead of the decryption while it waits for a buffer."""
     try:
         for block in plan:
-            slot = free.get()
+            slot = _take_slot(free, ahead)
             if slot is None or stop.is_set():
                 return
             view = buffers[slot][: block.nbytes]
@@ -155,6 +206,7 @@ def decrypt_payload(
         IntegrityError: A chunk does not authenticate, the payload or a member digest
             differs, or the file ends early. Every member buffer is wiped first.
         OSError: Reading the file failed (the buffers are wiped likewise).
+        MemoryError: A member buffer cannot be mapped.
     """
     sealed = chunk_size + TAG_LEN
     slot_bytes = max(1, BLOCK_BYTES // sealed) * sealed
@@ -165,18 +217,22 @@ def decrypt_payload(
     ready: SimpleQueue[object] = SimpleQueue()
     ct_hash = hashlib.sha256()
     stop = threading.Event()
-    reader = threading.Thread(
-        target=_read_and_hash,
-        args=(f, _plan(members, chunk_size), buffers, free, ready, ct_hash, stop),
-        name="eg-read-hash",
-        daemon=True,
-    )
     out: dict[str, SecretBuffer] = {}
     out_view: memoryview | None = None
-    dec: StreamDecryptor | None = None
-    pt_hash = hashlib.sha256()
-    reader.start()
+    reader: threading.Thread | None = None
     try:
+        for member in members:
+            out[member.name] = SecretBuffer(member.size)
+        ahead = _Prefault(list(out.values()))
+        reader = threading.Thread(
+            target=_read_and_hash,
+            args=(f, _plan(members, chunk_size), buffers, free, ready, ct_hash, stop, ahead),
+            name="eg-read-hash",
+            daemon=True,
+        )
+        reader.start()
+        dec: StreamDecryptor | None = None
+        pt_hash = hashlib.sha256()
         for block in _plan(members, chunk_size):
             item = ready.get()
             if isinstance(item, BaseException):
@@ -189,8 +245,7 @@ def decrypt_payload(
                     plaintext_size=member.size,
                     chunk_size=chunk_size,
                 )
-                out[member.name] = buf = SecretBuffer(member.size)
-                out_view = buf.view()
+                out_view = out[member.name].view()
                 pt_hash = hashlib.sha256()
             assert dec is not None and out_view is not None
             src = buffers[item]
@@ -204,6 +259,7 @@ def decrypt_payload(
                 if check_plaintext:
                     pt_hash.update(plain)  # still in cache
             free.put(item)
+            ahead.decrypted = (block.member, end)
             if block.first + block.count == dec.chunks:
                 out_view.release()
                 out_view = None
@@ -220,13 +276,21 @@ def decrypt_payload(
         if not hmac.compare_digest(ct_hash.digest(), payload_digest):
             raise IntegrityError(f"bundle {path} is not authentic (payload digest mismatch)")
     except BaseException:
-        stop.set()
-        free.put(None)
-        reader.join()
+        _stop(reader, stop, free)
         if out_view is not None:
             out_view.release()
         for secret in out.values():
             secret.wipe()
         raise
-    reader.join()
+    _stop(reader, stop, free)
     return out
+
+
+def _stop(
+    reader: threading.Thread | None, stop: threading.Event, free: SimpleQueue[int | None]
+) -> None:
+    """Tell the reading thread to stop and wait for it."""
+    stop.set()
+    free.put(None)
+    if reader is not None and reader.ident is not None:
+        reader.join()

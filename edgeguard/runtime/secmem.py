@@ -30,6 +30,7 @@ def _libc() -> Any:
 
 
 _MLOCK_ONFAULT = 1
+_MADV_POPULATE_WRITE = 23  # Linux 5.14 and later
 
 
 class SecretBuffer:
@@ -66,6 +67,34 @@ class SecretBuffer:
                     return True
             libc.mlock.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
             return bool(libc.mlock(addr, self.size) == 0)
+        finally:
+            del anchor
+
+    def populate(self, offset: int, length: int) -> bool:
+        """Fault in the pages of ``[offset, offset + length)`` writable, without writing them.
+
+        ``madvise(MADV_POPULATE_WRITE)`` leaves the bytes as they are, so another thread
+        may call it on a range that is being written, ahead of the writer. It takes the
+        first-touch cost (the kernel zeroing pages; on a VM, the host backing them) off
+        the writing thread. The GIL is released meanwhile.
+
+        Returns:
+            False when the kernel cannot (before Linux 5.14) or the buffer was wiped;
+            the pages then fault in when first written, as without this call.
+        """
+        libc = _libc()
+        mm = self._mm
+        if libc is None or mm is None or length <= 0 or offset < 0:
+            return False
+        length = min(length, self.size - offset)
+        if length <= 0:
+            return False
+        anchor = ctypes.c_char.from_buffer(mm)
+        try:
+            first = ctypes.addressof(anchor) + offset
+            start = first - first % mmap.PAGESIZE
+            libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+            return bool(libc.madvise(start, first + length - start, _MADV_POPULATE_WRITE) == 0)
         finally:
             del anchor
 
