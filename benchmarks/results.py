@@ -459,6 +459,11 @@ BENCHES: dict[str, Bench] = {
                         "verify / (read + SHA-256)", at("verify.ratio_vs_read_sha256"), num(2, "x")
                     ),
                     Col("GB/s", at("verify.gb_per_s"), num(2)),
+                    Col(
+                        "CPU time / read + SHA-256's",
+                        at("verify.cpu_ratio_vs_read_sha256"),
+                        num(2, "x"),
+                    ),
                     Col("peak RSS MiB", at("verify.peak_rss_mib"), num(0)),
                     Col(
                         "floor on two idle cores",
