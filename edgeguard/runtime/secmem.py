@@ -4,11 +4,13 @@ Layer: runtime. A :class:`SecretBuffer` is an anonymous private mapping (never
 backed by a file), with transparent huge pages requested (fewer page faults
 for large models), excluded from core dumps (``MADV_DONTDUMP``) and, when the
 process may, locked in RAM so it is never written to swap. The lock uses
-``mlock2(MLOCK_ONFAULT)``: pages are locked as they are first written, so the
-cost of faulting them in is spread over the decryption (which overlaps with
-hashing on another thread) instead of being paid up front. Whether the lock
-succeeded is reported in :attr:`SecretBuffer.locked`: an unprivileged process
-with a small ``RLIMIT_MEMLOCK`` gets an unlocked buffer, not an error.
+``mlock2(MLOCK_ONFAULT)``: pages are locked as they are first written (or
+populated with :meth:`SecretBuffer.populate`, which the payload's reading thread
+does ahead of the decryption while it would otherwise wait), so the cost of
+faulting them in is spread over the decryption instead of being paid up front.
+Whether the lock succeeded is reported in :attr:`SecretBuffer.locked`: an
+unprivileged process with a small ``RLIMIT_MEMLOCK`` gets an unlocked buffer, not
+an error.
 """
 
 from __future__ import annotations
