@@ -9,7 +9,10 @@ The second row is the command a device operator runs, ``edgeguard verify --devic
 process per repeat: its time is taken inside the child around the command, so interpreter
 start-up and imports stay out; its peak RSS is the child's own (``os.wait4``, the same
 accounting as ``getrusage(RUSAGE_CHILDREN)``). Target: <= 1.6x read + SHA-256, >= 1 GB/s,
-peak RSS no higher than before the pipelined open.
+peak RSS no higher than before the pipelined open. ``--verify-baseline DIR`` runs the
+same child on another source tree's ``edgeguard`` package (for example the commit before
+a change: ``git archive COMMIT edgeguard | tar -x -C DIR``), interleaved with this one,
+so a before/after comparison is made side by side in one run.
 
 This benchmark calls ``edgeguard.runtime.opener.open_bundle`` directly, not
 ``open_session``: what it measures is the open path itself (signature, payload digest,
@@ -17,7 +20,8 @@ unwrap, decryption into locked memory) on a 256 MiB payload of random bytes, whi
 model, so no member could start from it. ``open_session`` runs this same function first;
 a model's answer is reached only through ``open_session``.
 
-    python benchmarks/bench_open.py [--size-mib 256] [--repeats 5] [--json] [--json-out PATH]
+    python benchmarks/bench_open.py [--size-mib 256] [--repeats 5] [--verify-baseline DIR]
+                                    [--json] [--json-out PATH]
 """
 
 from __future__ import annotations
@@ -117,10 +121,18 @@ print(json.dumps({"first_touch_s": touch, "wipe_s": wipe, "sha256_s": sha_s,
 """
 
 
-def run_child(args: list[str]) -> tuple[dict[str, float], int]:
-    """Run a child that prints one JSON line; its figures and its own peak RSS in bytes."""
+def run_child(
+    args: list[str], *, cwd: Path | None = None, pythonpath: Path | None = None
+) -> tuple[dict[str, float], int]:
+    """Run a child that prints one JSON line; its figures and its own peak RSS in bytes.
+
+    ``pythonpath`` goes first on the child's module path (another source tree);
+    ``cwd`` keeps a checkout in the working directory from shadowing it."""
+    env = dict(os.environ)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err)
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, cwd=cwd, env=env)
         assert proc.stdout is not None
         out = proc.stdout.read()
         proc.stdout.close()
@@ -150,6 +162,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--size-mib", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument(
+        "--verify-baseline",
+        type=Path,
+        metavar="DIR",
+        help="also run the verify row on the edgeguard package in DIR, interleaved",
+    )
     ap.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
     add_json_out(ap)
     args = ap.parse_args()
@@ -206,7 +224,8 @@ def main() -> int:
         base, fast, full, verify, verify_rss = [], [], [], [], []
         base_cpu: list[float] = []
         verify_cpu: list[float] = []
-        for _ in range(args.repeats):
+        other: list[tuple[dict[str, float], int]] = []
+        for repeat in range(args.repeats):
             base.append(read_and_hash(d / "big.egb", base_cpu))
             t = time.perf_counter()
             ob = open_bundle(d / "big.egb", trust=trust, device_key=dev, state_dir=d / "s")
@@ -222,7 +241,11 @@ def main() -> int:
             )
             full.append(time.perf_counter() - t)
             del ob
-            figures, rss = run_child(verify_args)
+            if args.verify_baseline is not None and repeat % 2 == 0:
+                other.append(run_child(verify_args, cwd=d, pythonpath=args.verify_baseline))
+            figures, rss = run_child(verify_args, cwd=d)
+            if args.verify_baseline is not None and repeat % 2 == 1:
+                other.append(run_child(verify_args, cwd=d, pythonpath=args.verify_baseline))
             verify.append(figures["seconds"])
             verify_cpu.append(figures["cpu_s"])
             verify_rss.append(rss)
@@ -248,6 +271,36 @@ def main() -> int:
     # the same work on the parallelism this run had: two SHA-256 threads ran
     # sha256_two_threads_speedup times as fast as one (2 on two idle cores)
     floor_run = work / min(2.0, max(1.0, comp["sha256_two_threads_speedup"]))
+    verify_row: dict[str, object] = {
+        "command": "edgeguard verify BUNDLE --trust .. --device-key .. --state-dir ..",
+        "seconds": mv,
+        "read_sha256_s": mb,
+        "seconds_all": verify,
+        "read_sha256_s_all": base,
+        "ratio_vs_read_sha256": mv / mb,
+        # CPU seconds (every thread): the work, whatever the machine's load
+        "cpu_s": statistics.median(verify_cpu),
+        "read_sha256_cpu_s": statistics.median(base_cpu),
+        "cpu_ratio_vs_read_sha256": statistics.median(verify_cpu) / statistics.median(base_cpu),
+        "gb_per_s": size / mv / 1e9,
+        "peak_rss_mib": vpeak / 2**20,
+        "peak_rss_over_payload_mib": (vpeak - size) / 2**20,
+        "components": comp,
+        "floor_two_idle_cores_s": floor,
+        "floor_ratio_vs_read_sha256": floor / mb,
+        "floor_this_run_s": floor_run,
+        "floor_this_run_ratio_vs_read_sha256": floor_run / mb,
+    }
+    if other:
+        ms = statistics.median(f["seconds"] for f, _ in other)
+        verify_row["baseline_tree"] = {
+            "path": str(args.verify_baseline),
+            "seconds": ms,
+            "seconds_all": [f["seconds"] for f, _ in other],
+            "ratio_vs_read_sha256": ms / mb,
+            "cpu_s": statistics.median(f["cpu_s"] for f, _ in other),
+            "peak_rss_mib": max(r for _, r in other) / 2**20,
+        }
     peak = mem["rss_peak_kib"] * 1024
     result = {
         "payload_mib": args.size_mib,
@@ -262,32 +315,19 @@ def main() -> int:
         "peak_rss_mib": peak / 2**20,
         "peak_rss_over_payload_mib": (peak - size) / 2**20,
         "rss_before_open_mib": mem["rss_before_kib"] / 1024,
-        "verify": {
-            "command": "edgeguard verify BUNDLE --trust .. --device-key .. --state-dir ..",
-            "seconds": mv,
-            "read_sha256_s": mb,
-            "seconds_all": verify,
-            "read_sha256_s_all": base,
-            "ratio_vs_read_sha256": mv / mb,
-            # CPU seconds (every thread): the work, whatever the machine's load
-            "cpu_s": statistics.median(verify_cpu),
-            "read_sha256_cpu_s": statistics.median(base_cpu),
-            "cpu_ratio_vs_read_sha256": statistics.median(verify_cpu) / statistics.median(base_cpu),
-            "gb_per_s": size / mv / 1e9,
-            "peak_rss_mib": vpeak / 2**20,
-            "peak_rss_over_payload_mib": (vpeak - size) / 2**20,
-            "components": comp,
-            "floor_two_idle_cores_s": floor,
-            "floor_ratio_vs_read_sha256": floor / mb,
-            "floor_this_run_s": floor_run,
-            "floor_this_run_ratio_vs_read_sha256": floor_run / mb,
-        },
+        "verify": verify_row,
         "load_avg_1m_start": round(load_start, 2),
     }
     write_record(
         make_record(
             "open",
-            params={"size_mib": args.size_mib, "repeats": args.repeats},
+            params={
+                "size_mib": args.size_mib,
+                "repeats": args.repeats,
+                "verify_baseline": None
+                if args.verify_baseline is None
+                else str(args.verify_baseline),
+            },
             results=result,
             libs=("cryptography",),
         ),
@@ -311,6 +351,14 @@ def main() -> int:
         "<= 1.6x, >= 1 GB/s",
     )
     t.add_row("  its peak RSS", f"{vpeak / 2**20:.0f} MiB", "")
+    if other:
+        ms = statistics.median(f["seconds"] for f, _ in other)
+        t.add_row(
+            f"  the same on {args.verify_baseline}, interleaved",
+            f"{ms * 1e3:.0f} ms ({ms / mb:.2f}x), peak RSS "
+            f"{max(r for _, r in other) / 2**20:.0f} MiB",
+            "",
+        )
     vcpu, bcpu = statistics.median(verify_cpu), statistics.median(base_cpu)
     t.add_row(
         "  its CPU time (all threads) / read + SHA-256's",

@@ -466,6 +466,16 @@ BENCHES: dict[str, Bench] = {
                     ),
                     Col("peak RSS MiB", at("verify.peak_rss_mib"), num(0)),
                     Col(
+                        "baseline tree's verify / (read + SHA-256), same run",
+                        at("verify.baseline_tree.ratio_vs_read_sha256"),
+                        num(2, "x"),
+                    ),
+                    Col(
+                        "baseline tree's peak RSS MiB",
+                        at("verify.baseline_tree.peak_rss_mib"),
+                        num(0),
+                    ),
+                    Col(
                         "floor on two idle cores",
                         at("verify.floor_ratio_vs_read_sha256"),
                         num(2, "x"),
