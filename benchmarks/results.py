@@ -453,6 +453,46 @@ BENCHES: dict[str, Bench] = {
                     Col("peak RSS over payload MiB", at("peak_rss_over_payload_mib"), num(0)),
                 ),
             ),
+            Table(
+                "edgeguard verify --device-key of a 256 MiB bundle (child process, start-up "
+                "excluded) vs read + SHA-256 of the file, medians of one run",
+                "<= 1.6x read + SHA-256, >= 1 GB/s, peak RSS unchanged",
+                (
+                    Col("read + SHA-256 s", at("verify.read_sha256_s"), num(3)),
+                    Col("verify s", at("verify.seconds"), num(3)),
+                    Col(
+                        "verify / (read + SHA-256)", at("verify.ratio_vs_read_sha256"), num(2, "x")
+                    ),
+                    Col("GB/s", at("verify.gb_per_s"), num(2)),
+                    Col(
+                        "CPU time / read + SHA-256's",
+                        at("verify.cpu_ratio_vs_read_sha256"),
+                        num(2, "x"),
+                    ),
+                    Col("peak RSS MiB", at("verify.peak_rss_mib"), num(0)),
+                    Col(
+                        "baseline tree's verify / (read + SHA-256), same run",
+                        at("verify.baseline_tree.ratio_vs_read_sha256"),
+                        num(2, "x"),
+                    ),
+                    Col(
+                        "baseline tree's peak RSS MiB",
+                        at("verify.baseline_tree.peak_rss_mib"),
+                        num(0),
+                    ),
+                    Col(
+                        "floor on two idle cores",
+                        at("verify.floor_ratio_vs_read_sha256"),
+                        num(2, "x"),
+                    ),
+                    Col(
+                        "floor on this run's parallelism",
+                        at("verify.floor_this_run_ratio_vs_read_sha256"),
+                        num(2, "x"),
+                    ),
+                    Col("load 1 min", at("load_avg_1m_start"), num(2)),
+                ),
+            ),
         ),
     ),
     "attest": Bench(

@@ -12,7 +12,8 @@ Layer: runtime (file I/O). The order is fixed (``docs/bundle-format.md``,
    :class:`~edgeguard.runtime.state.VersionStore`, recipient (``PolicyError``);
 4. unwrap the data key with HPKE;
 5. stream-decrypt every member into memory, hashing the ciphertext (signed
-   payload digest) and each plaintext (signed member digest) on the way;
+   payload digest) and, when asked, each plaintext (signed member digest) on the
+   way, in one pass on two threads (:func:`~edgeguard.runtime.payload.decrypt_payload`);
 6. only when every check passed: record the version in the state store and
    return the plaintext. Nothing is written to disk except the state store.
 
@@ -28,21 +29,20 @@ import hashlib
 import hmac
 import os
 import time
-from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from io import BufferedReader
 from pathlib import Path
 from types import MappingProxyType
 
 from edgeguard.bundle.codec import ParsedPrefix, parse_prefix
-from edgeguard.bundle.model import DEFAULT_LIMITS, Limits, Manifest, Member
+from edgeguard.bundle.model import DEFAULT_LIMITS, Limits, Manifest
 from edgeguard.bundle.verify import TrustStore, check_policy, verify_signature
 from edgeguard.crypto.keys import DeviceKey, SignerPublicKey
-from edgeguard.crypto.stream import TAG_LEN, StreamDecryptor, derive_stream_key
 from edgeguard.crypto.wrap import unwrap_data_key
 from edgeguard.errors import IntegrityError, UsageError
 from edgeguard.policy.slots import SignedSlots, read_slots
+from edgeguard.runtime.payload import decrypt_payload
 from edgeguard.runtime.secmem import SecretBuffer, forbid_core_dumps
 from edgeguard.runtime.state import VersionStore, default_state_dir
 
@@ -54,8 +54,6 @@ __all__ = [
     "record_opened",
     "verify_bundle",
 ]
-
-_BLOCK_CHUNKS = 8  # sealed chunks read per I/O call
 
 
 @dataclass(frozen=True)
@@ -173,67 +171,6 @@ def verify_bundle(
     return vb
 
 
-def _decrypt_member(
-    f: BufferedReader,
-    member: Member,
-    index: int,
-    *,
-    data_key: bytes,
-    salt: bytes,
-    chunk_size: int,
-    buffers: tuple[bytearray, bytearray],
-    pool: ThreadPoolExecutor,
-    ct_update: Callable[[memoryview], None],
-    pending: list[Future[None]],
-    check_plaintext: bool,
-) -> SecretBuffer:
-    dec = StreamDecryptor(
-        derive_stream_key(data_key, salt=salt, index=index),
-        plaintext_size=member.size,
-        chunk_size=chunk_size,
-    )
-    out = SecretBuffer(member.size)
-    out_view = out.view()
-    pt_hash = hashlib.sha256()
-    sealed_len = chunk_size + TAG_LEN
-    chunk = 0
-    which = 0
-    try:
-        while chunk < dec.chunks:
-            n_chunks = min(_BLOCK_CHUNKS, dec.chunks - chunk)
-            start, _ = dec.chunk_span(chunk)
-            end_off, end_len = dec.chunk_span(chunk + n_chunks - 1)
-            nbytes = end_off + end_len - start
-            # Reuse a read buffer only once the hashing thread is done with it.
-            if pending[which] is not None:
-                pending[which].result()
-            buf = memoryview(buffers[which])[:nbytes]
-            if f.readinto(buf) != nbytes:
-                raise IntegrityError("bundle is truncated")
-            pending[which] = pool.submit(ct_update, buf)
-            for k in range(n_chunks):
-                i = chunk + k
-                pstart = i * chunk_size
-                plen = min(chunk_size, member.size - pstart)
-                off = k * sealed_len
-                dec.decrypt_into(
-                    i, buf[off : off + plen + TAG_LEN], out_view[pstart : pstart + plen]
-                )
-            if check_plaintext:
-                first = chunk * chunk_size
-                pt_hash.update(out_view[first : min(first + n_chunks * chunk_size, member.size)])
-            chunk += n_chunks
-            which ^= 1
-        if check_plaintext and not hmac.compare_digest(pt_hash.digest(), member.digest.value):
-            raise IntegrityError(f"member {member.name!r} is not authentic (digest mismatch)")
-    except BaseException:
-        out_view.release()
-        out.wipe()
-        raise
-    out_view.release()
-    return out
-
-
 def open_bundle(
     path: Path | str,
     *,
@@ -287,40 +224,28 @@ def open_bundle(
         forbid_core_dumps()  # before any secret of the bundle exists in this process
         data_key = unwrap_data_key(recipient.wrapped, device_key, salt=header.payload.salt)
         f.seek(vb.prefix.payload_offset)
-        ct_hash = hashlib.sha256()
-        block = _BLOCK_CHUNKS * (header.payload.chunk_size + TAG_LEN)
-        buffers = (bytearray(block), bytearray(block))
-        pending: list[Future[None]] = [None, None]  # type: ignore[list-item]
-        members: dict[str, SecretBuffer] = {}
+        members = decrypt_payload(
+            f,
+            manifest.members,
+            path=path,
+            data_key=data_key,
+            salt=header.payload.salt,
+            chunk_size=header.payload.chunk_size,
+            payload_digest=header.payload.digest.value,
+            check_plaintext=check_plaintext_digests,
+        )
+    if record_version:
         try:
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eg-hash") as pool:
-                for index, member in enumerate(manifest.members):
-                    members[member.name] = _decrypt_member(
-                        f,
-                        member,
-                        index,
-                        data_key=data_key,
-                        salt=header.payload.salt,
-                        chunk_size=header.payload.chunk_size,
-                        buffers=buffers,
-                        pool=pool,
-                        ct_update=ct_hash.update,
-                        pending=pending,
-                        check_plaintext=check_plaintext_digests,
-                    )
-                for fut in pending:
-                    if fut is not None:
-                        fut.result()
-            if not hmac.compare_digest(ct_hash.digest(), header.payload.digest.value):
-                raise IntegrityError(f"bundle {path} is not authentic (payload digest mismatch)")
+            store.record(
+                vb.signer.key_id,
+                manifest.name,
+                manifest.version,
+                manifest_digest=vb.manifest_digest,
+            )
         except BaseException:
             for buf in members.values():
                 buf.wipe()
             raise
-    if record_version:
-        store.record(
-            vb.signer.key_id, manifest.name, manifest.version, manifest_digest=vb.manifest_digest
-        )
     return OpenedBundle(
         path=path,
         prefix=vb.prefix,

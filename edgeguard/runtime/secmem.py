@@ -4,11 +4,13 @@ Layer: runtime. A :class:`SecretBuffer` is an anonymous private mapping (never
 backed by a file), with transparent huge pages requested (fewer page faults
 for large models), excluded from core dumps (``MADV_DONTDUMP``) and, when the
 process may, locked in RAM so it is never written to swap. The lock uses
-``mlock2(MLOCK_ONFAULT)``: pages are locked as they are first written, so the
-cost of faulting them in is spread over the decryption (which overlaps with
-hashing on another thread) instead of being paid up front. Whether the lock
-succeeded is reported in :attr:`SecretBuffer.locked`: an unprivileged process
-with a small ``RLIMIT_MEMLOCK`` gets an unlocked buffer, not an error.
+``mlock2(MLOCK_ONFAULT)``: pages are locked as they are first written (or
+populated with :meth:`SecretBuffer.populate`, which the payload's reading thread
+does ahead of the decryption while it would otherwise wait), so the cost of
+faulting them in is spread over the decryption instead of being paid up front.
+Whether the lock succeeded is reported in :attr:`SecretBuffer.locked`: an
+unprivileged process with a small ``RLIMIT_MEMLOCK`` gets an unlocked buffer, not
+an error.
 
 :func:`forbid_core_dumps` is the process-wide half: a process that is about to hold
 plaintext sets ``RLIMIT_CORE`` to 0 and makes itself non-dumpable, so neither a crash
@@ -40,6 +42,7 @@ def _libc() -> Any:
 
 
 _MLOCK_ONFAULT = 1
+_MADV_POPULATE_WRITE = 23  # Linux 5.14 and later
 _PR_SET_DUMPABLE = 4
 
 
@@ -106,6 +109,34 @@ class SecretBuffer:
                     return True
             libc.mlock.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
             return bool(libc.mlock(addr, self.size) == 0)
+        finally:
+            del anchor
+
+    def populate(self, offset: int, length: int) -> bool:
+        """Fault in the pages of ``[offset, offset + length)`` writable, without writing them.
+
+        ``madvise(MADV_POPULATE_WRITE)`` leaves the bytes as they are, so another thread
+        may call it on a range that is being written, ahead of the writer. It takes the
+        first-touch cost (the kernel zeroing pages; on a VM, the host backing them) off
+        the writing thread. The GIL is released meanwhile.
+
+        Returns:
+            False when the kernel cannot (before Linux 5.14) or the buffer was wiped;
+            the pages then fault in when first written, as without this call.
+        """
+        libc = _libc()
+        mm = self._mm
+        if libc is None or mm is None or length <= 0 or offset < 0:
+            return False
+        length = min(length, self.size - offset)
+        if length <= 0:
+            return False
+        anchor = ctypes.c_char.from_buffer(mm)
+        try:
+            first = ctypes.addressof(anchor) + offset
+            start = first - first % mmap.PAGESIZE
+            libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+            return bool(libc.madvise(start, first + length - start, _MADV_POPULATE_WRITE) == 0)
         finally:
             del anchor
 

@@ -29,6 +29,23 @@ def test_secret_buffer_zeroed_writable_and_wiped() -> None:
     buf.wipe()  # idempotent
 
 
+def test_populate_maps_pages_without_changing_bytes() -> None:
+    size = (4 << 20) + 123
+    buf = SecretBuffer(size)
+    view = buf.view()
+    view[4096:4101] = b"hello"
+    view[-3:] = b"end"
+    supported = buf.populate(0, size)
+    assert buf.populate(4097, 10) == supported  # unaligned start
+    assert buf.populate(size - 5, 1 << 20) == supported  # clipped to the buffer
+    assert not buf.populate(size, 10) and not buf.populate(0, 0)
+    assert bytes(view[4096:4101]) == b"hello" and bytes(view[-3:]) == b"end"
+    assert not any(view[:4096]) and not any(view[4101 : size - 3])
+    view.release()
+    buf.wipe()
+    assert not buf.populate(0, 10)
+
+
 def test_secret_buffer_empty_and_negative() -> None:
     assert bytes(SecretBuffer(0)) == b""
     with pytest.raises(ValueError):
