@@ -809,7 +809,15 @@ class GuardedRuntime:
         """Wait for each call within the budget; a late, failed or bad answer abstains."""
         valid: dict[str, Outputs] = {}
         for n, call in calls.items():
-            if not call.wait(self._remaining(f, budget_ms)):
+            try:
+                finished = call.wait(self._remaining(f, budget_ms))
+            except Exception as exc:  # an executor's fault is the member's, never the frame's
+                self._executor.abandon(n)
+                self._member_failed(
+                    f.seq, n, "error", f"waiting raised {type(exc).__name__}: {exc}", reasons
+                )
+                continue
+            if not finished:
                 self._executor.abandon(n)
                 f.lat[f"member:{n}"] = float("nan")
                 self.metrics.deadline_misses.inc(member=n)

@@ -774,3 +774,57 @@ def test_a_sole_quarantined_member_is_asked_anyway_when_nothing_else_could_answe
         flaky.broken = False
         r = rt.infer(X)  # the fallback answers; the member waits out its backoff
         assert r.source is ResultSource.FALLBACK_MODEL and "m0: quarantined" in r.reasons
+
+
+class _RaisingWait:
+    """A call whose wait raises, as a broken or hostile executor's might."""
+
+    def wait(self, timeout_s: float) -> bool:
+        raise RecursionError("maximum recursion depth exceeded while decoding a JSON array")
+
+    def result(self) -> dict[str, np.ndarray]:
+        raise AssertionError("never asked")
+
+    @property
+    def run_ns(self) -> int | None:
+        return None
+
+
+class _OneBrokenMember:
+    """Threads for every call but member m0's, whose call raises when waited on."""
+
+    def __init__(self, runnables: dict[str, Any]) -> None:
+        from edgeguard.runtime.threads import ThreadMemberExecutor
+
+        self.inner = ThreadMemberExecutor(runnables)
+        self.abandoned: list[str] = []
+
+    def submit(self, name: str, feeds: Mapping[str, np.ndarray]) -> Any:
+        return _RaisingWait() if name == "m0" else self.inner.submit(name, feeds)
+
+    def abandon(self, name: str) -> None:
+        self.abandoned.append(name)
+        self.inner.abandon(name)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_call_that_raises_while_waited_on_is_the_members_fault(elog, key) -> None:
+    members = {"m0": Good(), "m1": Good()}
+    ex = _OneBrokenMember({**members, FALLBACK_NAME: Good(5)})
+    rt = make(
+        members,
+        policy(2, quorum=1),
+        fallback=Good(5),
+        executor=ex,
+        event_log=elog,
+        async_log=False,
+    )
+    r = rt.infer(X)
+    assert r.source is ResultSource.SINGLE_MEMBER and r.members == ("m1",)
+    assert r.health is D and "m0: error" in r.reasons and ex.abandoned == ["m0"]
+    failed = [x["data"] for x in kinds(elog, key) if x["kind"] == "member_failed"]
+    assert [(f["member"], f["kind"]) for f in failed] == [("m0", "error")]
+    assert "RecursionError" in failed[0]["detail"]
+    rt.close()

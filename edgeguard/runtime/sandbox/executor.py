@@ -16,8 +16,9 @@ Per worker the supervisor holds three things created before the worker starts: a
 never a file on disk), a shared I/O memfd (inputs in the first half, outputs in the
 second) and a SOCK_SEQPACKET control socket. A call copies the feeds into shared
 memory and sends a ~100-byte JSON request; the reply names the outputs' places in
-shared memory and is validated strictly (the worker is untrusted) before the outputs
-are copied out.
+shared memory and is read within bounds and validated strictly
+(:mod:`~edgeguard.runtime.sandbox.replies`; the worker is untrusted) before the outputs
+are copied out. A malformed reply is the worker's fault, never an exception here.
 
 Faults: a worker that dies (SIGSYS from seccomp, a crash, the OOM killer) fails its
 call, so the guarded runtime's fallback chain answers; the death is recorded in the
@@ -53,7 +54,13 @@ from edgeguard.policy.isolation import SandboxPolicy
 from edgeguard.policy.runtime import FALLBACK_NAME
 from edgeguard.runtime.sandbox import _cgroup
 from edgeguard.runtime.sandbox.probe import HostCapabilities, check_policy, probe_host
-from edgeguard.runtime.sandbox.worker import MAX_MESSAGE, pack_arrays, unpack_arrays
+from edgeguard.runtime.sandbox.replies import (
+    DEFAULT_LIMITS,
+    BadReplyError,
+    read_message,
+    read_run_reply,
+)
+from edgeguard.runtime.sandbox.worker import pack_arrays, unpack_arrays
 
 __all__ = [
     "DEFAULT_IO_BYTES",
@@ -628,9 +635,9 @@ class ProcessMemberExecutor:
         ready, _, _ = select.select([s.sock], [], [], self._start_timeout)
         msg: Any = None
         if ready:
-            data = s.sock.recv(MAX_MESSAGE)
-            with contextlib.suppress(ValueError):
-                msg = json.loads(data) if data else None
+            data = s.sock.recv(DEFAULT_LIMITS.max_bytes + 1)  # one more: a cut message shows
+            with contextlib.suppress(BadReplyError):
+                msg = read_message(data) if data else None
         if (
             isinstance(msg, dict)
             and msg.get("op") == "ready"
@@ -714,7 +721,8 @@ class ProcessMemberExecutor:
                 call._finish(None, BackendError(f"sandboxed member {s.name!r}: worker gone"))
                 return
             try:
-                data = s.sock.recv(MAX_MESSAGE)
+                # one byte more than a message may hold: a longer (cut) message shows
+                data = s.sock.recv(DEFAULT_LIMITS.max_bytes + 1)
             except OSError:
                 data = b""
             if not data:
@@ -722,22 +730,25 @@ class ProcessMemberExecutor:
                 return
             s.busy, s.state = None, "ready"
             try:
-                msg = json.loads(data)
-                if not isinstance(msg, dict):
-                    raise ValueError("reply is not an object")
-                rn = msg.get("run_ns")
-                call._run_ns = rn if isinstance(rn, int) and rn >= 0 else None
-                if msg.get("ok") is True:
-                    out = unpack_arrays(msg.get("outputs"), s.out, copy=True)
+                reply = read_run_reply(data)
+                call._run_ns = reply.run_ns
+                if reply.ok:
+                    out = unpack_arrays(reply.outputs, s.out, copy=True)
                     s.consecutive = 0
                     call._finish(out, None)
                 else:
-                    err = str(msg.get("error", "unknown error"))[:1000]
+                    err = reply.error or "unknown error"
                     self._event("sandbox_call_failed", {"member": s.name, "error": err})
                     call._finish(None, BackendError(f"sandboxed member {s.name!r}: {err}"))
-            except ValueError as exc:  # a malformed reply: the worker is not trustworthy
-                self._event("sandbox_bad_reply", {"member": s.name, "detail": str(exc)[:300]})
-                call._finish(None, BackendError(f"sandboxed member {s.name!r}: bad reply"))
+            except Exception as exc:  # any malformed reply: the worker is not trustworthy
+                if isinstance(exc, BadReplyError):
+                    detail = str(exc)
+                elif isinstance(exc, ValueError):
+                    detail = f"bad reply: {exc}"
+                else:  # never raised to the caller: a reply is data, whatever it provokes
+                    detail = f"bad reply: reading it raised {type(exc).__name__}"
+                self._event("sandbox_bad_reply", {"member": s.name, "detail": detail[:300]})
+                call._finish(None, BackendError(f"sandboxed member {s.name!r}: {detail[:300]}"))
                 if s.proc is not None:
                     with contextlib.suppress(OSError):
                         s.proc.kill()

@@ -1,0 +1,212 @@
+"""The supervisor's reader of worker messages: bounded, strict, and never raising anything else.
+
+Layer: :mod:`edgeguard.runtime.sandbox` (parent side; the stdlib only). A worker
+is untrusted: a model that took over its process may send any bytes. Everything a worker
+sends the supervisor passes through here before it is believed:
+
+1. **size**: a message longer than :attr:`ReplyLimits.max_bytes` is refused (the caller
+   receives one byte more than the limit, so a SOCK_SEQPACKET message that the kernel
+   truncated is seen, not parsed as its prefix);
+2. **encoding**: strict UTF-8;
+3. **depth**: the nesting of arrays and objects is counted by a linear scan *before*
+   ``json.loads`` runs, and more than :attr:`ReplyLimits.max_depth` levels are refused, so
+   a reply of ``[[[[...`` cannot exhaust the parser's recursion (``RecursionError``, or a
+   C stack overflow when an application raised the recursion limit);
+4. **JSON**: no floats, no ``NaN``/``Infinity``, integers of at most
+   :attr:`ReplyLimits.max_int_digits` digits, no duplicate keys;
+5. **schema**: a run reply is exactly ``{"ok": true, "outputs": [...], "run_ns": N}`` or
+   ``{"ok": false, "error": "...", "run_ns": N}`` (``run_ns`` optional);
+
+Every refusal is a :class:`BadReplyError` (a :class:`~edgeguard.errors.BackendError`):
+the executor fails the call, records ``sandbox_bad_reply`` and kills the worker.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from edgeguard.errors import BackendError
+from edgeguard.runtime.sandbox.worker import MAX_MESSAGE
+
+__all__ = [
+    "BadReplyError",
+    "ReplyLimits",
+    "RunReply",
+    "read_message",
+    "read_run_reply",
+]
+
+# Characters that matter for nesting: brackets, and the quote and backslash of strings.
+_SPECIAL = re.compile(r'[\[\]{}"\\]')
+_RUN_KEYS = frozenset({"ok", "outputs", "error", "run_ns"})
+
+
+class BadReplyError(BackendError):
+    """A worker's message breaks the protocol: the worker is no longer trusted."""
+
+
+@dataclass(frozen=True)
+class ReplyLimits:
+    """Bounds on what a worker may send the supervisor.
+
+    Attributes:
+        max_bytes: Longest message, in bytes (the protocol's :data:`MAX_MESSAGE`).
+        max_depth: Deepest nesting of arrays and objects. The deepest message of the
+            protocol is 4: the ready message's ``inputs`` (list, spec object, shape
+            list) and a run reply's ``outputs`` (list, descriptor, shape).
+        max_int_digits: Longest integer literal (sign included); 20 holds any int64.
+        max_error: Characters of a worker's error text kept (the rest is cut).
+    """
+
+    max_bytes: int = MAX_MESSAGE
+    max_depth: int = 4
+    max_int_digits: int = 20
+    max_error: int = 1000
+
+
+#: The limits the executor uses.
+DEFAULT_LIMITS = ReplyLimits()
+
+
+@dataclass(frozen=True)
+class RunReply:
+    """A run reply whose shape has been checked (its descriptors not yet).
+
+    Attributes:
+        ok: Whether the worker says the model answered.
+        outputs: The raw output descriptors (``ok`` only).
+        error: The worker's error text, cut to :attr:`ReplyLimits.max_error` (not ``ok``).
+        run_ns: The time the worker says the call took, or None.
+    """
+
+    ok: bool
+    outputs: list[Any] | None
+    error: str | None
+    run_ns: int | None
+
+
+def _bad(why: str) -> NoReturn:
+    raise BadReplyError(f"bad reply: {why}")
+
+
+def _too_deep(text: str, limit: int) -> bool:
+    """Whether arrays and objects nest deeper than ``limit`` (strings skipped); linear time."""
+    depth = 0
+    in_string = False
+    escaped_at = -1
+    for m in _SPECIAL.finditer(text):
+        i = m.start()
+        if i == escaped_at:
+            continue
+        c = text[i]
+        if in_string:
+            if c == "\\":
+                escaped_at = i + 1
+            elif c == '"':
+                in_string = False
+        elif c == '"':
+            in_string = True
+        elif c in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif c in "]}":
+            depth -= 1
+        # a backslash outside a string is not JSON: json.loads refuses it below
+    return False
+
+
+def _no_float(text: str) -> NoReturn:
+    _bad("a number with a fraction or an exponent")
+
+
+def _no_constant(text: str) -> NoReturn:
+    _bad(f"{text} is not a number the protocol uses")
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        _bad("an object names a key twice")
+    return out
+
+
+def read_message(data: bytes, limits: ReplyLimits = DEFAULT_LIMITS) -> dict[str, Any]:
+    """One message from a worker as a JSON object, read within ``limits``.
+
+    Args:
+        data: The bytes received; pass up to ``limits.max_bytes + 1`` so that an
+            over-long (truncated) message is recognised.
+        limits: The bounds.
+
+    Returns:
+        The object (its fields are not checked here).
+
+    Raises:
+        BadReplyError: Too long, not UTF-8, nested too deeply, not JSON within the
+            protocol's subset (no floats, bounded integers, unique keys), or not an object.
+    """
+    if len(data) > limits.max_bytes:
+        _bad(f"longer than {limits.max_bytes} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        _bad("not UTF-8")
+    if _too_deep(text, limits.max_depth):
+        _bad(f"nested deeper than {limits.max_depth} levels")
+
+    def bounded_int(s: str) -> int:
+        if len(s) > limits.max_int_digits:
+            _bad(f"an integer of more than {limits.max_int_digits} digits")
+        return int(s)
+
+    try:
+        msg = json.loads(
+            text,
+            parse_float=_no_float,
+            parse_int=bounded_int,
+            parse_constant=_no_constant,
+            object_pairs_hook=_pairs,
+        )
+    except BadReplyError:
+        raise
+    except (ValueError, RecursionError) as exc:  # RecursionError: belt and braces
+        _bad(f"not JSON ({type(exc).__name__})")
+    if not isinstance(msg, dict):
+        _bad(f"a {type(msg).__name__}, not an object")
+    return msg
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def read_run_reply(data: bytes, limits: ReplyLimits = DEFAULT_LIMITS) -> RunReply:
+    """A worker's answer to a ``run`` request, its fields checked.
+
+    Raises:
+        BadReplyError: See :func:`read_message`; also unknown or missing fields, or
+            fields of the wrong type.
+    """
+    msg = read_message(data, limits)
+    unknown = set(msg) - _RUN_KEYS
+    if unknown:
+        _bad(f"unknown field(s) {sorted(unknown)[:4]}")
+    ok = msg.get("ok")
+    if not isinstance(ok, bool):
+        _bad("'ok' is not true or false")
+    run_ns = msg.get("run_ns")
+    if run_ns is not None and not (_int(run_ns) and run_ns >= 0):
+        _bad("'run_ns' is not a non-negative integer")
+    if ok:
+        outputs = msg.get("outputs")
+        if "error" in msg or not isinstance(outputs, list):
+            _bad("an answer needs 'outputs' (a list) and no 'error'")
+        return RunReply(ok=True, outputs=outputs, error=None, run_ns=run_ns)
+    error = msg.get("error")
+    if "outputs" in msg or not isinstance(error, str):
+        _bad("a failure needs 'error' (a string) and no 'outputs'")
+    return RunReply(ok=False, outputs=None, error=error[: limits.max_error], run_ns=run_ns)
