@@ -562,10 +562,13 @@ def _start_sandbox(opened: OpenedBundle, log: EventLog | None) -> tuple[dict[str
                 s, fmt, cpu_members=n_cpu, sandboxed=True, precisions=_precisions(slots, s.name)
             ),
             cpus=None if cpus is None else tuple(sorted(cpus)),
+            outputs=_signed_outputs(slots, s.name),
         )
     if slots.fallback is not None:
         specs[FALLBACK_NAME] = WorkerSpec(
-            opened.member_bytes(slots.fallback), fmt=manifest.member(slots.fallback).format
+            opened.member_bytes(slots.fallback),
+            fmt=manifest.member(slots.fallback).format,
+            outputs=_signed_outputs(slots, slots.fallback),
         )
     io_bytes = _io_bytes(slots)
     executor = ProcessMemberExecutor(
@@ -623,6 +626,12 @@ def _start_threads(opened: OpenedBundle, log: EventLog | None) -> tuple[dict[str
     inputs = loaded[policy.members[0].name].inputs()
     parts = _Parts(executor=executor, backends=tuple(loaded.values()), inputs=inputs)
     return dict(loaded), parts
+
+
+def _signed_outputs(slots: SignedSlots, name: str) -> tuple[TensorSpec, ...] | None:
+    """What a sandboxed member's replies must describe: its signed outputs (None: no contract)."""
+    io = slots.member_io(name)
+    return io.outputs if io is not None else None
 
 
 def _precisions(slots: SignedSlots, name: str) -> tuple[str, ...]:

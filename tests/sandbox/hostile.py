@@ -9,6 +9,7 @@ the sandbox sees - not an import or a ``getppid`` on the way to it.
 from __future__ import annotations
 
 import ctypes
+import json
 import mmap
 import os
 import socket
@@ -51,6 +52,10 @@ class Hostile:
         self.family = socket.AF_INET
         self.ctl = int(sys.argv[1])  # the worker's control socket
         self.replies = list(REPLIES.values())
+        area = int(options.get("area", 1 << 20))  # the worker's output region, in bytes
+        self.amplify = json.dumps(  # ~10 KB: 256 outputs, each the whole output region
+            {"ok": True, "outputs": [[f"o{i}", "uint8", [area], 0, area] for i in range(256)]}
+        ).encode()
         if action == "ready_deep":  # taken for the ready message: sent before the real one
             os.write(self.ctl, REPLIES["deep_in_limit"])
 
@@ -93,6 +98,8 @@ class Hostile:
             os.write(self.ctl, b'{"ok":true,"outputs":[["y","float32",[1000000],0,4000000]]}')
         elif a == "reply":  # a forged reply chosen by the call, then the real one
             os.write(self.ctl, self.replies[int(x.reshape(-1)[0])])
+        elif a == "amplify":
+            os.write(self.ctl, self.amplify)
         elif a == "garbage":
             return {"y": np.zeros(1, np.complex64)}  # not a plain numeric dtype
         else:

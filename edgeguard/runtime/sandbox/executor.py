@@ -58,9 +58,10 @@ from edgeguard.runtime.sandbox.replies import (
     DEFAULT_LIMITS,
     BadReplyError,
     read_message,
+    read_outputs,
     read_run_reply,
 )
-from edgeguard.runtime.sandbox.worker import pack_arrays, unpack_arrays
+from edgeguard.runtime.sandbox.worker import pack_arrays
 
 __all__ = [
     "DEFAULT_IO_BYTES",
@@ -114,6 +115,10 @@ class WorkerSpec:
         cpus: Cores the worker process is pinned to, set while it is still one
             thread so every thread it creates inherits them (a member's
             ``cpu:LIST`` placement); None leaves the affinity as inherited.
+        outputs: The member's signed outputs (its I/O contract): every reply must
+            describe exactly these, with their element types, ranks and fixed
+            dimensions. None (a bundle signed before I/O contracts) still bounds a
+            reply's outputs by the shared region, never overlapping.
     """
 
     model: bytes | bytearray | memoryview = field(repr=False)
@@ -124,6 +129,7 @@ class WorkerSpec:
     loader: str | None = None
     python_path: tuple[str, ...] = ()
     cpus: tuple[int, ...] | None = None
+    outputs: tuple[TensorSpec, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -733,7 +739,7 @@ class ProcessMemberExecutor:
                 reply = read_run_reply(data)
                 call._run_ns = reply.run_ns
                 if reply.ok:
-                    out = unpack_arrays(reply.outputs, s.out, copy=True)
+                    out = read_outputs(reply.outputs, s.out, specs=s.spec.outputs)
                     s.consecutive = 0
                     call._finish(out, None)
                 else:

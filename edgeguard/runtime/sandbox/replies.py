@@ -1,6 +1,6 @@
 """The supervisor's reader of worker messages: bounded, strict, and never raising anything else.
 
-Layer: :mod:`edgeguard.runtime.sandbox` (parent side; the stdlib only). A worker
+Layer: :mod:`edgeguard.runtime.sandbox` (parent side; the stdlib and numpy only). A worker
 is untrusted: a model that took over its process may send any bytes. Everything a worker
 sends the supervisor passes through here before it is believed:
 
@@ -16,6 +16,10 @@ sends the supervisor passes through here before it is believed:
    :attr:`ReplyLimits.max_int_digits` digits, no duplicate keys;
 5. **schema**: a run reply is exactly ``{"ok": true, "outputs": [...], "run_ns": N}`` or
    ``{"ok": false, "error": "...", "run_ns": N}`` (``run_ns`` optional);
+6. **output descriptors** (:func:`read_outputs`): checked against the member's signed
+   output specs (count, names, element types, ranks, fixed dimensions), inside the
+   shared output region, aligned, and **non-overlapping**, so a reply can make the
+   supervisor copy at most the region once - never one region per descriptor.
 
 Every refusal is a :class:`BadReplyError` (a :class:`~edgeguard.errors.BackendError`):
 the executor fails the call, records ``sandbox_bad_reply`` and kills the worker.
@@ -23,19 +27,25 @@ the executor fails the call, records ``sandbox_bad_reply`` and kills the worker.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+import numpy as np
+
 from edgeguard.errors import BackendError
-from edgeguard.runtime.sandbox.worker import MAX_MESSAGE
+from edgeguard.policy.io import DTYPES, TensorSpec
+from edgeguard.runtime.sandbox.worker import ALIGN, MAX_MESSAGE
 
 __all__ = [
     "BadReplyError",
     "ReplyLimits",
     "RunReply",
     "read_message",
+    "read_outputs",
     "read_run_reply",
 ]
 
@@ -58,12 +68,21 @@ class ReplyLimits:
             protocol is 4: the ready message's ``inputs`` (list, spec object, shape
             list) and a run reply's ``outputs`` (list, descriptor, shape).
         max_int_digits: Longest integer literal (sign included); 20 holds any int64.
+        max_outputs: Most output descriptors in one reply (without a signed contract;
+            with one, exactly its outputs).
+        max_rank: Most axes of one output.
+        max_dim: Largest size of one axis.
+        max_name: Longest output name.
         max_error: Characters of a worker's error text kept (the rest is cut).
     """
 
     max_bytes: int = MAX_MESSAGE
     max_depth: int = 4
     max_int_digits: int = 20
+    max_outputs: int = 256
+    max_rank: int = 16
+    max_dim: int = 1 << 40
+    max_name: int = 1024
     max_error: int = 1000
 
 
@@ -77,7 +96,7 @@ class RunReply:
 
     Attributes:
         ok: Whether the worker says the model answered.
-        outputs: The raw output descriptors (``ok`` only).
+        outputs: The raw output descriptors (``ok`` only); see :func:`read_outputs`.
         error: The worker's error text, cut to :attr:`ReplyLimits.max_error` (not ``ok``).
         run_ns: The time the worker says the call took, or None.
     """
@@ -210,3 +229,84 @@ def read_run_reply(data: bytes, limits: ReplyLimits = DEFAULT_LIMITS) -> RunRepl
     if "outputs" in msg or not isinstance(error, str):
         _bad("a failure needs 'error' (a string) and no 'outputs'")
     return RunReply(ok=False, outputs=None, error=error[: limits.max_error], run_ns=run_ns)
+
+
+def read_outputs(
+    desc: Any,
+    region: memoryview,
+    *,
+    specs: Sequence[TensorSpec] | None,
+    limits: ReplyLimits = DEFAULT_LIMITS,
+) -> dict[str, np.ndarray]:
+    """The outputs a reply describes, copied out of the shared ``region``.
+
+    Each descriptor is ``[name, dtype, shape, offset, nbytes]``. With ``specs`` (the
+    member's signed outputs) the descriptors must name exactly those outputs, each with
+    its element type, rank and fixed dimensions; a dynamic dimension is bounded by the
+    region. Without ``specs`` (a bundle signed before I/O contracts) any plain numeric
+    output is taken. Either way every output lies inside ``region``, 64-byte aligned, and
+    no two overlap: the copies together are never larger than the region.
+
+    Raises:
+        BadReplyError: A descriptor breaks any of the above.
+    """
+    if not isinstance(desc, list):
+        _bad("'outputs' is not a list")
+    if len(desc) > limits.max_outputs:
+        _bad(f"more than {limits.max_outputs} outputs")
+    by_name = None if specs is None else {s.name: s for s in specs}
+    if by_name is not None and len(desc) != len(by_name):
+        _bad(f"{len(desc)} outputs; the signed contract declares {len(by_name)}")
+    size = len(region)
+    seen: dict[str, tuple[np.dtype[Any], tuple[int, ...], int]] = {}
+    spans: list[tuple[int, int, str]] = []
+    for d in desc:
+        if not (isinstance(d, list) and len(d) == 5):
+            _bad("an output descriptor is not [name, dtype, shape, offset, nbytes]")
+        name, dtype, shape, off, n = d
+        if not isinstance(name, str) or not 0 < len(name) <= limits.max_name or name in seen:
+            _bad("an output name is empty, too long or repeated")
+        if not isinstance(dtype, str) or dtype not in DTYPES:
+            _bad(f"output {name!r}: element type is not a plain numeric one")
+        if not (
+            isinstance(shape, list)
+            and len(shape) <= limits.max_rank
+            and all(_int(x) and 0 <= x <= limits.max_dim for x in shape)
+        ):
+            _bad(f"output {name!r}: bad shape")
+        if not (_int(off) and _int(n) and off >= 0 and n >= 0):
+            _bad(f"output {name!r}: bad offset or size")
+        dims = tuple(shape)
+        if by_name is not None:
+            spec = by_name.get(name)
+            if spec is None:
+                _bad(f"output {name!r} is not one the signed contract declares")
+            if dtype != spec.dtype or not spec.matches_shape(dims):
+                _bad(
+                    f"output {name!r} is {dtype}{list(dims)}; the signed contract declares "
+                    f"{spec.describe()}"
+                )
+        dt = np.dtype(dtype)
+        count = footprint = 1
+        for x in dims:
+            count *= x
+            footprint *= max(x, 1)  # an empty output's other axes are bounded too
+        if (
+            count * dt.itemsize != n
+            or footprint * dt.itemsize > max(size, dt.itemsize)
+            or off % ALIGN
+            or off + n > size
+        ):
+            _bad(f"output {name!r}: size or offset does not fit the {size}-byte region")
+        seen[name] = (dt, dims, off)
+        if n:
+            spans.append((off, n, name))
+    spans.sort()
+    for (a_off, a_n, a), (b_off, _, b) in itertools.pairwise(spans):
+        if a_off + a_n > b_off:
+            _bad(f"outputs {a!r} and {b!r} overlap")
+    out: dict[str, np.ndarray] = {}
+    for name, (dt, dims, off) in seen.items():
+        view: np.ndarray = np.ndarray(dims, dtype=dt, buffer=region, offset=off)
+        out[name] = view.copy()
+    return out
