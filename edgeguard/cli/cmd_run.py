@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from edgeguard.cli._common import add_device_args, open_device_session
+from edgeguard.cli._common import add_device_args, add_sandbox_io_arg, open_device_session
 
 
 def register(sub: Any) -> None:
@@ -40,6 +40,7 @@ def register(sub: Any) -> None:
         "--json", action="store_true", help="one JSON line per frame, then a summary line"
     )
     add_device_args(p)
+    add_sandbox_io_arg(p)
     p.set_defaults(func=run)
 
 

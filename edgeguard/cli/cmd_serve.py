@@ -7,7 +7,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edgeguard.cli._common import add_device_args, emit_json, open_device_session
+from edgeguard.cli._common import (
+    add_device_args,
+    add_sandbox_io_arg,
+    emit_json,
+    open_device_session,
+)
 
 
 def register(sub: Any) -> None:
@@ -68,6 +73,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_device_args(p)
+    add_sandbox_io_arg(p)
     p.set_defaults(func=run)
 
 

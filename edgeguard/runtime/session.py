@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -54,6 +54,9 @@ from edgeguard.policy.slots import SignedSlots
 from edgeguard.runtime.guarded import GuardedResult, GuardedRuntime, MemberExecutor
 from edgeguard.runtime.opener import OpenedBundle, VerifiedBundle, open_bundle, record_opened
 from edgeguard.runtime.state import default_state_dir, ensure_state_dir
+
+if TYPE_CHECKING:
+    from edgeguard.runtime.sandbox.area import IoArea
 
 __all__ = [
     "ISOLATIONS",
@@ -120,7 +123,7 @@ class _Parts:
     backends: tuple[Any, ...] = ()
     inputs: tuple[TensorSpec, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()
-    io_bytes: int | None = None
+    io_area: IoArea | None = None  # the sandbox's shared memory (None in threads)
     deadline_check: DeadlineCheck | None = None
     checks: FrameChecks | None = None
 
@@ -230,7 +233,8 @@ class DeviceSession:
                 profile and the policy has no answer for a rejected input.
             BackendError: No step of the fallback chain answered.
             RateLimitedError: ``client_id`` exceeded the signed rate limit.
-            UsageError: The request does not fit the sandbox's shared memory, or the
+            UsageError: The request does not fit the sandbox's shared memory (the
+                message says how it was sized and names ``sandbox_io_bytes``), or the
                 session is closed.
         """
         if self._closed:
@@ -257,15 +261,17 @@ class DeviceSession:
         return self._parts.checks.check_inputs(feeds, prev)
 
     def _check_size(self, feeds: Mapping[str, np.ndarray]) -> None:
-        limit = self._parts.io_bytes
-        if limit is None:
+        area = self._parts.io_area
+        if area is None:
             return
         need = sum(-(-int(getattr(v, "nbytes", 0)) // _ALIGN) * _ALIGN for v in feeds.values())
-        if need > limit:
+        if need > area.half_bytes:
             raise UsageError(
-                f"the request holds {need / 2**20:.1f} MiB, more than the "
-                f"{limit / 2**20:.0f} MiB a sandboxed member takes per call",
-                hint="send fewer frames per request",
+                f"the request holds {need / 2**20:.1f} MiB, more than the shared memory a "
+                f"sandboxed member takes per call: {area.describe()}",
+                hint="send fewer frames per request, or give the sandbox more with "
+                "--sandbox-io-mb MB (open_session(sandbox_io_bytes=...)), within half the "
+                "signed memory limit of a worker",
             )
 
     # -- end ------------------------------------------------------------------------------
@@ -369,6 +375,7 @@ def open_session(
     unsafe_in_process: bool = False,
     sanity_impl: Impl = "auto",
     now: int | None = None,
+    sandbox_io_bytes: int | None = None,
 ) -> DeviceSession:
     """Open a bundle as this device and start serving it under its signed slots.
 
@@ -389,6 +396,11 @@ def open_session(
             isolation. For development only; recorded in the event log.
         sanity_impl: Statistics implementation of the sanity checks (``"auto"``).
         now: Current time in Unix seconds (tests).
+        sandbox_io_bytes: Shared memory per call and direction that a sandboxed
+            member gets for the inputs and outputs whose size nothing signed bounds
+            (a dynamic dimension without a calibrated or engine maximum); None: 32 MiB.
+            The area is otherwise sized from the signed I/O contract, and always within
+            the signed memory limit of a worker (``docs/isolation.md``).
 
     Returns:
         The started session.
@@ -397,8 +409,8 @@ def open_session(
         MalformedError, IntegrityError, UntrustedSignerError: The bundle is not
             well-formed, authentic or trusted.
         PolicyError: Expired, rolled back, another device, not a recipient, an
-            isolation floor the request or the host cannot meet, or a placement
-            that cannot be honoured.
+            isolation floor the request or the host cannot meet, a placement that
+            cannot be honoured, or a sandbox I/O area beyond the signed memory limit.
         BackendError: A member could not be loaded or started.
         StateStoreError: The anti-rollback state cannot be read.
     """
@@ -431,7 +443,7 @@ def open_session(
                 )
             if executor_wrapper is not None:
                 log.append("fault_injection", {"wrapper": _describe(executor_wrapper)})
-        parts = _start(opened, isolation, log, executor_wrapper, sanity_impl)
+        parts = _start(opened, isolation, log, executor_wrapper, sanity_impl, sandbox_io_bytes)
         record_opened(opened, state)
     except BaseException as exc:
         if parts is not None:
@@ -461,6 +473,7 @@ def _start(
     log: EventLog | None,
     wrapper: ExecutorWrapper | None,
     sanity_impl: Impl,
+    sandbox_io_bytes: int | None,
 ) -> _Parts:
     """Checks, members and the guarded runtime for an opened bundle."""
     slots = opened.slots
@@ -472,8 +485,10 @@ def _start(
         # threads=1: the members' ONNX Runtime pools hold the other cores
         sanity = SanityGuard(slots.sanity, impl=sanity_impl, threads=1)
     checks = FrameChecks(contract.inputs if contract is not None else None, sanity)
-    start = _start_sandbox if isolation == "sandbox" else _start_threads
-    members, parts = start(opened, log)
+    if isolation == "sandbox":
+        members, parts = _start_sandbox(opened, log, sandbox_io_bytes)
+    else:
+        members, parts = _start_threads(opened, log)
     try:
         runtime = GuardedRuntime(
             members,
@@ -544,9 +559,12 @@ def _check_deadline(
     )
 
 
-def _start_sandbox(opened: OpenedBundle, log: EventLog | None) -> tuple[dict[str, Any], _Parts]:
+def _start_sandbox(
+    opened: OpenedBundle, log: EventLog | None, sandbox_io_bytes: int | None
+) -> tuple[dict[str, Any], _Parts]:
     """Members (and the fallback, under FALLBACK_NAME) in sandboxed worker processes."""
     from edgeguard.runtime.placement import cpu_member_count, loader_options
+    from edgeguard.runtime.sandbox.area import io_area
     from edgeguard.runtime.sandbox.executor import ProcessMemberExecutor, WorkerSpec
 
     slots, manifest = opened.slots, opened.manifest
@@ -570,16 +588,26 @@ def _start_sandbox(opened: OpenedBundle, log: EventLog | None) -> tuple[dict[str
             fmt=manifest.member(slots.fallback).format,
             outputs=_signed_outputs(slots, slots.fallback),
         )
-    io_bytes = _io_bytes(slots)
+    area = io_area(slots, names=specs, floor_bytes=sandbox_io_bytes)  # PolicyError
+    if log is not None:
+        log.append(
+            "sandbox_io_area",
+            {
+                "half_bytes": area.half_bytes,
+                "contract_bytes": area.contract_bytes,
+                "floor_bytes": area.floor_bytes,
+                "unbounded": list(area.unbounded),
+            },
+        )
     executor = ProcessMemberExecutor(
-        specs, policy=slots.isolation, event_log=log, io_bytes=io_bytes
+        specs, policy=slots.isolation, event_log=log, io_bytes=area.half_bytes
     )
     members: dict[str, Any] = dict(executor.members())
     fallback = executor.fallback()
     if fallback is not None:
         members[FALLBACK_NAME] = fallback
     reported = executor.reported_inputs(slots.runtime.members[0].name)
-    return members, _Parts(executor=executor, inputs=reported or (), io_bytes=io_bytes)
+    return members, _Parts(executor=executor, inputs=reported or (), io_area=area)
 
 
 def _start_threads(opened: OpenedBundle, log: EventLog | None) -> tuple[dict[str, Any], _Parts]:
@@ -637,19 +665,6 @@ def _signed_outputs(slots: SignedSlots, name: str) -> tuple[TensorSpec, ...] | N
 def _precisions(slots: SignedSlots, name: str) -> tuple[str, ...]:
     io = slots.member_io(name)
     return io.precisions if io is not None else ()
-
-
-def _io_bytes(slots: SignedSlots) -> int:
-    """Shared memory per sandboxed call: the default, more when a fixed-size tensor needs it."""
-    biggest = 0
-    for io in slots.io.values():
-        for spec in (*io.inputs, *io.outputs):
-            if all(isinstance(d, int) for d in spec.shape):
-                n = int(np.prod([d for d in spec.shape if isinstance(d, int)], dtype=np.int64))
-                biggest = max(biggest, n * np.dtype(spec.dtype).itemsize)
-    from edgeguard.runtime.sandbox.executor import DEFAULT_IO_BYTES
-
-    return max(DEFAULT_IO_BYTES, 4 * biggest)
 
 
 def _warm_up(backend: Any) -> None:

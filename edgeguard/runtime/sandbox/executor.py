@@ -53,6 +53,7 @@ from edgeguard.policy.io import TensorSpec, normalize_dim
 from edgeguard.policy.isolation import SandboxPolicy
 from edgeguard.policy.runtime import FALLBACK_NAME
 from edgeguard.runtime.sandbox import _cgroup
+from edgeguard.runtime.sandbox.area import DEFAULT_IO_BYTES, MIN_IO_BYTES
 from edgeguard.runtime.sandbox.probe import HostCapabilities, check_policy, probe_host
 from edgeguard.runtime.sandbox.replies import (
     DEFAULT_LIMITS,
@@ -73,8 +74,6 @@ __all__ = [
     "seal_model",
 ]
 
-#: Bytes of each worker's input half and output half of shared memory (sparse).
-DEFAULT_IO_BYTES = 32 * 1024 * 1024
 _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
 _ENV_PASS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "LANG", "LC_ALL")
 # The worker's whole environment. Single-threaded BLAS/OpenMP so the process stays
@@ -351,7 +350,8 @@ class ProcessMemberExecutor:
         event_log: Receives ``sandbox_worker_*`` records, or None.
         caps: Host capabilities (probed when None).
         io_bytes: Size of each of the input and output halves of a worker's shared
-            memory (sparse; only touched pages cost memory).
+            memory (sparse; only touched pages cost memory). The device session sizes
+            it from the signed I/O contract (:func:`~edgeguard.runtime.sandbox.area.io_area`).
         start_timeout_s: Time a worker may take to load, warm up and lock down.
         restart_backoff_s: First restart delay; doubles per consecutive death.
         max_backoff_s: Upper bound of the restart delay.
@@ -383,8 +383,10 @@ class ProcessMemberExecutor:
     ) -> None:
         if not specs or not all(isinstance(s, WorkerSpec) for s in specs.values()):
             raise UsageError("specs must map member names to WorkerSpec objects")
-        if io_bytes < 4096 or restart_backoff_s < 0 or max_backoff_s < restart_backoff_s:
-            raise UsageError("io_bytes >= 4096 and 0 <= restart_backoff_s <= max_backoff_s")
+        if io_bytes < MIN_IO_BYTES or restart_backoff_s < 0 or max_backoff_s < restart_backoff_s:
+            raise UsageError(
+                f"io_bytes >= {MIN_IO_BYTES} and 0 <= restart_backoff_s <= max_backoff_s"
+            )
         if max_restarts < 0:
             raise UsageError("max_restarts must be >= 0")
         self._policy = policy
