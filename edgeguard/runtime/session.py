@@ -74,6 +74,8 @@ ISOLATIONS = ("sandbox", "threads")
 _DEADLINE_CHECK_RUNS = 3
 #: Wraps the session's member executor (fault injection for field tests).
 ExecutorWrapper = Callable[[MemberExecutor], MemberExecutor]
+#: At close, how long to wait for in-process member calls still running (threads).
+DRAIN_S = 5.0
 _ALIGN = 64
 
 
@@ -127,17 +129,31 @@ class _Parts:
     deadline_check: DeadlineCheck | None = None
     checks: FrameChecks | None = None
 
-    def close(self) -> None:
-        """Stop the runtime (or the executor, before a runtime exists) and the backends."""
+    def close(self) -> int:
+        """Stop the runtime (or the executor, before a runtime exists) and the backends.
+
+        In-process members: wait up to :data:`DRAIN_S` for calls still running (a late
+        call that was abandoned keeps running in native code), so that no backend is
+        closed, and no interpreter shuts down, under a running inference.
+
+        Returns:
+            The in-process member calls still running afterwards (0 with sandboxed
+            members: those are killed).
+        """
+        stranded = 0
         try:
             if self.runtime is not None:
                 self.runtime.close()
             else:
                 self.executor.close()
         finally:
+            drain = getattr(self.executor, "drain", None)
+            if drain is not None:
+                stranded = int(drain(DRAIN_S))
             for b in self.backends:
                 with contextlib.suppress(Exception):
                     b.close()
+        return stranded
 
 
 class DeviceSession:
@@ -277,16 +293,25 @@ class DeviceSession:
     # -- end ------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop the members, close the event log (final checkpoint). Idempotent."""
+        """Stop the members, close the event log (final checkpoint). Idempotent.
+
+        With members in threads, waits up to :data:`DRAIN_S` for member calls still
+        running; if one still is (``edgeguard.runtime.threads.running_calls()``), end the
+        process with ``os._exit`` after flushing (see ``docs/failsafe.md``).
+        """
         if self._closed:
             return
         self._closed = True
+        stranded = 0
         try:
-            self._parts.close()
+            stranded = self._parts.close()
         finally:
             if self._log is not None:
+                data: dict[str, Any] = {"bundle": self.manifest.name}
+                if stranded:
+                    data["member_calls_running"] = stranded
                 with contextlib.suppress(Exception):
-                    self._log.append("session_close", {"bundle": self.manifest.name})
+                    self._log.append("session_close", data)
                 self._log.close()
 
     def __enter__(self) -> DeviceSession:
