@@ -26,7 +26,9 @@ def register(sub: Any) -> None:
             "default state directory is used ($EDGEGUARD_STATE_DIR, else "
             "$XDG_STATE_HOME/edgeguard, else ~/.local/state/edgeguard), so rollback "
             "protection is never off by accident. Exit 8 when a frame is rejected and the "
-            "policy has no answer for it, 10 when no step of the fallback chain answers."
+            "policy has no answer for it, 14 when the models refuse a frame the checks "
+            "passed (e.g. larger than --sandbox-io-mb allows) and nothing else answers, 10 "
+            "when no step of the fallback chain answers."
         ),
         epilog=(
             "example: edgeguard run model.egb --trust keys/signer.pub "

@@ -76,7 +76,6 @@ _DEADLINE_CHECK_RUNS = 3
 ExecutorWrapper = Callable[[MemberExecutor], MemberExecutor]
 #: At close, how long to wait for in-process member calls still running (threads).
 DRAIN_S = 5.0
-_ALIGN = 64
 
 
 @dataclass(frozen=True)
@@ -247,15 +246,15 @@ class DeviceSession:
         Raises:
             InputRejectedError: The input breaks the I/O contract or the sanity
                 profile and the policy has no answer for a rejected input.
+            InputRefusedError: The input passed those checks but every model refused
+                it (for example, larger than a sandboxed member's shared memory: the
+                hint names ``sandbox_io_bytes``), and no later step answered.
             BackendError: No step of the fallback chain answered.
             RateLimitedError: ``client_id`` exceeded the signed rate limit.
-            UsageError: The request does not fit the sandbox's shared memory (the
-                message says how it was sized and names ``sandbox_io_bytes``), or the
-                session is closed.
+            UsageError: The session is closed.
         """
         if self._closed:
             raise UsageError("the session is closed")
-        self._check_size(feeds)
         return self._runtime.infer(feeds, client_id=client_id)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -275,20 +274,6 @@ class DeviceSession:
             raise UsageError("the session is closed")
         assert self._parts.checks is not None
         return self._parts.checks.check_inputs(feeds, prev)
-
-    def _check_size(self, feeds: Mapping[str, np.ndarray]) -> None:
-        area = self._parts.io_area
-        if area is None:
-            return
-        need = sum(-(-int(getattr(v, "nbytes", 0)) // _ALIGN) * _ALIGN for v in feeds.values())
-        if need > area.half_bytes:
-            raise UsageError(
-                f"the request holds {need / 2**20:.1f} MiB, more than the shared memory a "
-                f"sandboxed member takes per call: {area.describe()}",
-                hint="send fewer frames per request, or give the sandbox more with "
-                "--sandbox-io-mb MB (open_session(sandbox_io_bytes=...)), within half the "
-                "signed memory limit of a worker",
-            )
 
     # -- end ------------------------------------------------------------------------------
 

@@ -4,21 +4,34 @@ bounds (the device's knob), all within the signed memory limit; a 4K frame runs 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from edgeguard.errors import PolicyError, UsageError
+from edgeguard.errors import InputRefusedError, PolicyError, UsageError
+from edgeguard.guard.eventlog import EventLog
 from edgeguard.policy.engine import EngineRecipe, MemberRecipe, ShapeRange
 from edgeguard.policy.io import MemberIo, TensorSpec
 from edgeguard.policy.isolation import SandboxPolicy
-from edgeguard.policy.runtime import RuntimePolicy
+from edgeguard.policy.runtime import (
+    ChainStep,
+    MemberSpec,
+    QuarantinePolicy,
+    RuntimePolicy,
+    VoterKind,
+    VoterSpec,
+)
 from edgeguard.policy.sanity import CalibrationInfo, InputProfile, SanityProfile
 from edgeguard.policy.slots import SignedSlots
+from edgeguard.runtime.guarded import GuardedRuntime, ResultSource
+from edgeguard.runtime.sandbox import HostCapabilities
 from edgeguard.runtime.sandbox.area import DEFAULT_IO_BYTES, MIN_IO_BYTES, io_area
-from tests.helpers import build, make_keys, run_bundle
+from edgeguard.runtime.sandbox.executor import FALLBACK_NAME, ProcessMemberExecutor, WorkerSpec
+from tests.helpers import build, eg, make_keys, run_bundle
+from tests.sandbox.conftest import HOSTILE, ROOT
 
 MiB = 2**20
 FRAME_4K = (1, 3, 2160, 3840)  # float32: 99.5 MB
@@ -156,7 +169,8 @@ def _dynamic_model(path: Path) -> None:
 
 
 def test_a_4k_frame_runs_sandboxed(tmp_path: Path) -> None:
-    """Dynamic axes nothing bounds: the default refuses, naming the knob; the knob runs it."""
+    """Dynamic axes nothing bounds: the model refuses the frame (exit 14), naming the knob;
+    the knob runs it."""
     make_keys(tmp_path)
     _dynamic_model(tmp_path / "dyn.onnx")
     bundle = tmp_path / "dyn.egb"
@@ -165,9 +179,12 @@ def test_a_4k_frame_runs_sandboxed(tmp_path: Path) -> None:
     frame[0, 1] = 0.5
     np.save(tmp_path / "frame.npy", frame)
     out = tmp_path / "out.npz"
-    r = run_bundle(tmp_path, bundle, tmp_path / "frame.npy", out, tmp_path / "s")
-    assert r.returncode == 2 and "--sandbox-io-mb" in r.stderr and "dyn.image" in r.stderr
-    assert r.stderr.count("\n") == 1, r.stderr
+    r = run_bundle(tmp_path, bundle, tmp_path / "frame.npy", out, tmp_path / "s", "--json")
+    assert r.returncode == 14 and "--sandbox-io-mb" in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1 and "the models refused it" in r.stderr, r.stderr
+    line = json.loads(r.stdout)
+    assert (line["error"], line["exit_code"]) == ("InputRefusedError", 14)
+    assert [v["check"] for v in line["verdict"]["violations"]] == ["model.refused"]
     r = run_bundle(
         tmp_path, bundle, tmp_path / "frame.npy", out, tmp_path / "s", "--sandbox-io-mb", "100"
     )
@@ -176,3 +193,52 @@ def test_a_4k_frame_runs_sandboxed(tmp_path: Path) -> None:
         np.testing.assert_allclose(answers["mean"], [[0.25, 0.5, 0.25]])
     log = (tmp_path / "s" / "events.log").read_text()
     assert '"sandbox_io_area"' in log and '"half_bytes":104857600' in log
+
+
+def test_a_request_larger_than_the_area_is_refused_as_the_inputs_fault(
+    caps: HostCapabilities, elog: EventLog
+) -> None:
+    """Every worker refuses it before running: InputRefusedError, and nobody is quarantined."""
+    benign = WorkerSpec(b"benign", fmt="test", loader=HOSTILE, python_path=(str(ROOT),))
+    ex = ProcessMemberExecutor(
+        {"m": benign, FALLBACK_NAME: benign},
+        policy=SandboxPolicy(),
+        caps=caps,
+        event_log=elog,
+        io_bytes=MIN_IO_BYTES,
+    )
+    pol = RuntimePolicy(
+        members=(MemberSpec("m"),),
+        voter=VoterSpec(kind=VoterKind.MEDIAN, output="y"),
+        deadline_ms=5000.0,
+        fallback_chain=(ChainStep.ENSEMBLE, ChainStep.FALLBACK_MODEL, ChainStep.LAST_KNOWN_GOOD),
+        quarantine=QuarantinePolicy(after_failures=1, backoff_ms=60_000.0),
+    )
+    with GuardedRuntime(
+        ex.members(), fallback=ex.fallback(), policy=pol, executor=ex, event_log=elog
+    ) as rt:
+        big = {"x": np.ones(MIN_IO_BYTES // 4 + 1, np.float32)}
+        with pytest.raises(InputRefusedError, match="cannot take the request") as info:
+            rt.infer(big)
+        assert "--sandbox-io-mb" in info.value.one_line()
+        assert rt.quarantined() == ()
+        small = rt.infer({"x": np.ones(4, np.float32)})
+        assert small.source is ResultSource.SINGLE_MEMBER  # asked again at once
+        assert ex.status("m").deaths == 0  # the worker never saw the request
+
+
+def test_serve_records_a_refused_frame_as_a_rejected_input(tmp_path: Path) -> None:
+    make_keys(tmp_path)
+    _dynamic_model(tmp_path / "dyn.onnx")
+    bundle = tmp_path / "dyn.egb"
+    assert build(tmp_path, bundle, tmp_path / "dyn.onnx").returncode == 0
+    np.savez(tmp_path / "frames.npz", image=np.full((3, 3, 64, 64), 0.5, np.float32))
+    r = eg(
+        "serve", bundle, "--trust", tmp_path / "signer.pub", "--device-key",
+        tmp_path / "dev" / "device.key", "--frames", tmp_path / "frames.npz", "--fps", "50",
+        "--state-dir", tmp_path / "s", "--sandbox-io-mb", "0.01", "--json",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["input_rejections"]["by_check"] == {"model.refused": 3}
+    assert report["unanswered"] == 0 and report["sources"] == {"rejected": 3}

@@ -48,7 +48,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from edgeguard.errors import BackendError, EdgeguardError, PolicyError, UsageError
+from edgeguard.errors import (
+    BackendError,
+    EdgeguardError,
+    InputRefusedError,
+    PolicyError,
+    UsageError,
+)
 from edgeguard.policy.io import TensorSpec, normalize_dim
 from edgeguard.policy.isolation import SandboxPolicy
 from edgeguard.policy.runtime import FALLBACK_NAME
@@ -479,7 +485,9 @@ class ProcessMemberExecutor:
         """Send one call to member ``name``'s worker.
 
         A worker that is restarting gives an already-failed call (the runtime's chain
-        answers meanwhile).
+        answers meanwhile), and so does a request the worker cannot take: larger than its
+        shared memory, or of an element type it cannot carry (the call then raises
+        :class:`~edgeguard.errors.InputRefusedError`).
 
         Raises:
             UsageError: Unknown member, or the executor is closed.
@@ -497,8 +505,15 @@ class ProcessMemberExecutor:
                 return _Failed(BackendError(f"sandboxed member {name!r} is {s.state}"))
             try:
                 desc = pack_arrays(feeds, s.inp)
-            except (ValueError, TypeError) as exc:
-                return _Failed(BackendError(f"feeds for {name!r}: {exc}"))
+            except (ValueError, TypeError) as exc:  # the request's fault, not the worker's
+                return _Failed(
+                    InputRefusedError(
+                        f"sandboxed member {name!r} cannot take the request: {exc}",
+                        hint="a sandboxed member's shared memory per call is sized from the "
+                        "bundle's signed I/O contract; what it does not bound gets "
+                        "--sandbox-io-mb MB (open_session(sandbox_io_bytes=...); default 32)",
+                    )
+                )
             call = _ProcCall(self, s, s.sock)
             try:
                 s.sock.send(json.dumps({"op": "run", "feeds": desc}).encode())
