@@ -61,6 +61,26 @@ def test_brackets_inside_a_string_are_not_nesting() -> None:
     assert read_run_reply(escaped).error == 'a\\"[[[[[[\\'
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"[" * 65536,
+        b"[" + b"[]," * 21800 + b"[]]",
+        b'"' + b'\\"' * 32767,  # a string that never ends, full of escaped quotes
+        b'"' * 65536,
+        b'"' + b'\\"' * 32766 + b"\\",  # ... ending in a backslash
+        b"{" + b'"a":{},' * 9000 + b'"b":1}',
+    ],
+    ids=["deep", "flat", "unterminated", "quotes", "backslash", "many_keys"],
+)
+def test_reading_a_hostile_message_takes_linear_time(data: bytes) -> None:
+    """A message of the largest size costs milliseconds, not seconds (no quadratic scan)."""
+    t = time.perf_counter()
+    with pytest.raises(BadReplyError):
+        read_run_reply(data)
+    assert time.perf_counter() - t < 0.5
+
+
 def test_the_protocols_deepest_message_is_read() -> None:
     ready = b'{"op":"ready","layers":{},"inputs":[{"name":"x","dtype":"float32","shape":[1]}]}'
     assert read_message(ready)["inputs"][0]["shape"] == [1]
