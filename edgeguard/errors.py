@@ -5,8 +5,9 @@ Errors are grouped by *who is at fault*, after python-tuf's
 ``tuf/api/exceptions.py``: the user (usage), the file (malformed), an attacker
 or a corrupted medium (integrity), the trust configuration (untrusted signer),
 the deployment policy (expired, rolled back, wrong device), the host (missing
-optional dependency), the input data (rejected by the sanity guard), the
-model/backend, and a writer that stopped without closing its event log.
+optional dependency), the input data (rejected by the signed checks, or refused
+by the models), the model/backend, and a writer that stopped without closing its
+event log.
 
 Each class carries an ``exit_code``: the CLI maps the class to that code and
 prints one line. The codes are part of the public contract (README, "Exit
@@ -25,6 +26,7 @@ __all__ = [
     "DeviceNotAllowedError",
     "EdgeguardError",
     "FileSystemError",
+    "InputRefusedError",
     "InputRejectedError",
     "IntegrityError",
     "InternalError",
@@ -152,6 +154,24 @@ class InputRejectedError(EdgeguardError):
     ) -> None:
         super().__init__(message, hint=hint)
         self.verdict = verdict
+
+
+class InputRefusedError(InputRejectedError):
+    """The input passed the signed checks, but the models refused it: every model the
+    frame asked failed on the input itself, before running (it does not fit a sandboxed
+    member's shared memory, or an in-process model's own input validation refused it),
+    and no later step of the fallback chain answered.
+
+    Like :class:`InputRejectedError` it means the input, not the device, is at fault (so
+    ``except InputRejectedError`` catches it), with its own exit code: the signed checks
+    did not catch this input, the models did.
+
+    Attributes:
+        verdict: ``{"status": "REJECT", "violations": [...]}`` with one
+            ``model.refused`` violation per model, naming why it refused.
+    """
+
+    exit_code = 14
 
 
 class KeyFileError(EdgeguardError):

@@ -30,3 +30,18 @@ def test_quickstart_is_two_commands() -> None:
     commands = [ln for ln in block.group(1).splitlines() if ln.strip()]
     assert len(commands) == 2
     assert commands[0].startswith("make demo") and commands[1].startswith("make test")
+
+
+def test_every_exit_code_is_in_the_readme_table() -> None:
+    """Each error class with an exit code of its own is a row of "Exit codes"."""
+    from edgeguard import errors
+
+    section = README.read_text().split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    rows = dict(re.findall(r"^\| (\d+) \| `(\w+)` \|", section, flags=re.M))
+    own = {
+        str(cls.exit_code): name
+        for name in errors.__all__
+        if (cls := getattr(errors, name)) is not errors.EdgeguardError
+        and (cls.__base__ is errors.EdgeguardError or cls.exit_code != cls.__base__.exit_code)
+    }
+    assert own == rows

@@ -15,6 +15,7 @@ __all__ = [
     "add_calibration_args",
     "add_device_args",
     "add_passphrase_arg",
+    "add_sandbox_io_arg",
     "calibration_options",
     "emit_json",
     "iso_time",
@@ -47,6 +48,18 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
     add_passphrase_arg(p)
 
 
+def add_sandbox_io_arg(p: argparse.ArgumentParser) -> None:
+    """``--sandbox-io-mb`` for the commands that serve frames (run, serve)."""
+    p.add_argument(
+        "--sandbox-io-mb",
+        type=float,
+        metavar="MB",
+        help="shared memory per sandboxed call, in MiB, for inputs and outputs whose size "
+        "the bundle does not bound (dynamic axes without a calibrated maximum; default 32); "
+        "at most half the bundle's signed memory limit of a worker",
+    )
+
+
 def load_keys(args: argparse.Namespace) -> tuple[Any, Any]:
     """The trust store of ``--trust`` and the device key of ``--device-key``."""
     from edgeguard.keystore import load_device_key, load_trust_store
@@ -64,6 +77,9 @@ def open_device_session(args: argparse.Namespace, **options: Any) -> Any:
     """
     from edgeguard.runtime.session import open_session
 
+    io_mb = getattr(args, "sandbox_io_mb", None)
+    if io_mb is not None and not 0 < io_mb < 2**28:
+        raise UsageError(f"--sandbox-io-mb must be a positive number of MiB, got {io_mb:g}")
     trust, device = load_keys(args)
     session = open_session(
         args.bundle,
@@ -72,6 +88,7 @@ def open_device_session(args: argparse.Namespace, **options: Any) -> Any:
         state_dir=args.state_dir,
         isolation=args.isolation,
         unsafe_in_process=args.unsafe_in_process,
+        sandbox_io_bytes=None if io_mb is None else int(io_mb * 2**20),
         **options,
     )
     check = session.deadline_check

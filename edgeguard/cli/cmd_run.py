@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from edgeguard.cli._common import add_device_args, open_device_session
+from edgeguard.cli._common import add_device_args, add_sandbox_io_arg, open_device_session
 
 
 def register(sub: Any) -> None:
@@ -26,7 +26,9 @@ def register(sub: Any) -> None:
             "default state directory is used ($EDGEGUARD_STATE_DIR, else "
             "$XDG_STATE_HOME/edgeguard, else ~/.local/state/edgeguard), so rollback "
             "protection is never off by accident. Exit 8 when a frame is rejected and the "
-            "policy has no answer for it, 10 when no step of the fallback chain answers."
+            "policy has no answer for it, 14 when the models refuse a frame the checks "
+            "passed (e.g. larger than --sandbox-io-mb allows) and nothing else answers, 10 "
+            "when no step of the fallback chain answers."
         ),
         epilog=(
             "example: edgeguard run model.egb --trust keys/signer.pub "
@@ -40,6 +42,7 @@ def register(sub: Any) -> None:
         "--json", action="store_true", help="one JSON line per frame, then a summary line"
     )
     add_device_args(p)
+    add_sandbox_io_arg(p)
     p.set_defaults(func=run)
 
 

@@ -7,7 +7,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edgeguard.cli._common import add_device_args, emit_json, open_device_session
+from edgeguard.cli._common import (
+    add_device_args,
+    add_sandbox_io_arg,
+    emit_json,
+    open_device_session,
+)
 
 
 def register(sub: Any) -> None:
@@ -21,7 +26,8 @@ def register(sub: Any) -> None:
             "--inject schedules faults: member faults hang, crash, nan, slow (kind[:member]@a-b) "
             "and input faults freeze, nan, scale255, div255, black, dead, noise, swap "
             "(kind@a-b), applied to the frames as the model takes them. A frame whose input "
-            "is rejected with no answer by policy is recorded as rejected, one no step of "
+            "is rejected (by the signed checks, or refused by the models: check "
+            "model.refused) with no answer by policy is recorded as rejected, one no step of "
             "the fallback chain answers as unanswered; the loop goes on after both. Ends "
             "with a table of answer sources, accuracy per source (with --labels-key), "
             "inputs rejected (per failing check and per fault), deadline misses, latency "
@@ -68,6 +74,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_device_args(p)
+    add_sandbox_io_arg(p)
     p.set_defaults(func=run)
 
 

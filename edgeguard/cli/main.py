@@ -9,11 +9,16 @@ when optional dependencies are missing.
 Expected errors (subclasses of :class:`~edgeguard.errors.EdgeguardError`) are
 printed as one line on stderr, ``edgeguard: error: <what> (<what to do>)``,
 and mapped to the class's documented exit code; no traceback.
+
+The console script runs :func:`console_main`: :func:`main`, then the process exit,
+which skips the interpreter's shutdown when an in-process member call is still running
+(see :func:`exit_process`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -21,6 +26,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from typing import NoReturn
 
 from edgeguard import __version__
 from edgeguard.errors import EdgeguardError, FileSystemError, InternalError
@@ -179,5 +185,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+def exit_process(code: int) -> NoReturn:
+    """End the ``edgeguard`` process with ``code``.
+
+    A member that ran in a thread of this process (``--isolation threads``) and missed its
+    deadline was abandoned, not stopped: its call may still be inside ONNX Runtime when
+    the command is done (the session waited for it, with a bound, when it closed). An
+    interpreter shutting down under such a call destroys the library's static objects
+    while the call uses them and the process aborts (SIGABRT, exit 134) after its answer
+    was given. So when a call is still running, the output is flushed (the session and its
+    event log are already closed) and the process ends with ``os._exit``, skipping the
+    interpreter's shutdown; the exit code is the command's.
+    """
+    threads = sys.modules.get("edgeguard.runtime.threads")
+    running = threads.running_calls() if threads is not None else 0
+    if running:
+        print(
+            f"edgeguard: warning: {running} in-process model call(s) still running after "
+            "the deadline; exiting without waiting for them",
+            file=sys.stderr,
+        )
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+def console_main() -> NoReturn:
+    """Entry point of the ``edgeguard`` console script: :func:`main`, then :func:`exit_process`."""
+    exit_process(main())
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    console_main()

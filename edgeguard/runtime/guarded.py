@@ -24,8 +24,9 @@ model are called through the same submit/collect path. A late call is
 abandoned, never waited for, and the member quarantined; when the backoff has
 elapsed it is retried (a killed and restarted worker process, or a fresh
 thread). A frame no step answers raises: :class:`~edgeguard.errors.InputRejectedError`
-when its input was rejected, else :class:`~edgeguard.errors.BackendError` naming
-the deadline and every step's failure. See ``docs/failsafe.md``.
+when its input was rejected, :class:`~edgeguard.errors.InputRefusedError` when every
+model asked refused the input itself, else :class:`~edgeguard.errors.BackendError`
+naming the deadline and every step's failure. See ``docs/failsafe.md``.
 """
 
 from __future__ import annotations
@@ -41,7 +42,13 @@ from typing import Any, NoReturn, Protocol, runtime_checkable
 
 import numpy as np
 
-from edgeguard.errors import BackendError, InputRejectedError, UsageError
+from edgeguard.errors import (
+    BackendError,
+    EdgeguardError,
+    InputRefusedError,
+    InputRejectedError,
+    UsageError,
+)
 from edgeguard.guard.abuse import QueryMonitor, RateLimitedError, RateLimiter, harden_outputs
 from edgeguard.guard.eventlog import EventLog
 from edgeguard.guard.health import HealthMonitor, HealthState, Transition, TransitionCallback
@@ -234,6 +241,8 @@ class _Frame:
     pending: dict[str, MemberCall] | None = None  # member calls started, not yet collected
     single: bool = False  # model switching: one member asked
     round: _Round | None = None
+    refused: dict[str, EdgeguardError] = field(default_factory=dict)  # model -> its refusal
+    other: bool = False  # a model call ended otherwise: answered, late, failed, retired
 
 
 _CLASSIFIERS = (VoterKind.PLURALITY, VoterKind.MAJORITY, VoterKind.SOFT)
@@ -448,6 +457,10 @@ class GuardedRuntime:
             InputRejectedError: The input was rejected (I/O contract or sanity
                 profile) and either the policy says ``raise`` or no step of the
                 chain has an answer for a rejected input.
+            InputRefusedError: The input passed the checks, but every model asked
+                refused it before running (it does not fit a sandboxed member's
+                shared memory; an in-process model's input validation), and no
+                later step answered.
             BackendError: No step of the chain answered an accepted input; the
                 message names the deadline and why each step failed.
             UsageError: The runtime is closed.
@@ -586,6 +599,24 @@ class GuardedRuntime:
             verdict=f.rejection,
         )
 
+    def _refused_error(self, f: _Frame) -> InputRefusedError:
+        """Every model the frame asked refused its input, and no later step answered."""
+        name, first = next(iter(f.refused.items()))
+        more = f" (+{len(f.refused) - 1} more)" if len(f.refused) > 1 else ""
+        verdict: dict[str, object] = {
+            "status": "REJECT",
+            "violations": [
+                {"check": "model.refused", "tensor": self._label(n), "detail": str(e)[:300]}
+                for n, e in f.refused.items()
+            ],
+        }
+        return InputRefusedError(
+            f"frame {f.seq}: the input passed the signed checks, but the models refused it: "
+            f"{self._label(name)}: {first}{more}",
+            hint=first.hint or "feed what the models take (edgeguard inspect shows it)",
+            verdict=verdict,
+        )
+
     # -- the chain: one handler per step ------------------------------------------------------
 
     def _step_vote(self, f: _Frame, step: ChainStep) -> _Answer | None:
@@ -697,6 +728,9 @@ class GuardedRuntime:
         if f.rejection is not None:
             self._grade(HealthState.DEGRADED, f.seq, "input rejected; no answer for it")
             raise self._rejected_error(f)
+        if f.refused and not f.other:  # every model asked refused the input itself
+            self._grade(HealthState.DEGRADED, f.seq, "input refused by the models; no answer")
+            raise self._refused_error(f)
         self._grade(HealthState.FAILSAFE, f.seq, "; ".join(f.reasons) or "chain exhausted")
         pol = self._policy
         budget = (
@@ -799,6 +833,7 @@ class GuardedRuntime:
             try:
                 calls[n] = self._executor.submit(n, f.feeds)
             except BackendError as exc:
+                f.other = True
                 self._retire(f.seq, n, str(exc))
                 f.reasons.append(f"{self._label(n)}: retired")
         return calls
@@ -806,10 +841,26 @@ class GuardedRuntime:
     def _collect(
         self, f: _Frame, calls: Mapping[str, MemberCall], budget_ms: float, reasons: list[str]
     ) -> dict[str, Outputs]:
-        """Wait for each call within the budget; a late, failed or bad answer abstains."""
+        """Wait for each call within the budget; a late, failed or bad answer abstains.
+
+        A call that refused the input before the model ran (``InputRefusedError``, or an
+        in-process model's input validation: ``UsageError``) abstains too, but as the
+        input's fault: it is noted in ``f.refused`` and does not count towards quarantine.
+        Every other outcome sets ``f.other``.
+        """
         valid: dict[str, Outputs] = {}
         for n, call in calls.items():
-            if not call.wait(self._remaining(f, budget_ms)):
+            try:
+                finished = call.wait(self._remaining(f, budget_ms))
+            except Exception as exc:  # an executor's fault is the member's, never the frame's
+                f.other = True
+                self._executor.abandon(n)
+                self._member_failed(
+                    f.seq, n, "error", f"waiting raised {type(exc).__name__}: {exc}", reasons
+                )
+                continue
+            if not finished:
+                f.other = True
                 self._executor.abandon(n)
                 f.lat[f"member:{n}"] = float("nan")
                 self.metrics.deadline_misses.inc(member=n)
@@ -823,9 +874,15 @@ class GuardedRuntime:
                 self.metrics.member_latency.observe(run_ns / 1e9, member=n)
             try:
                 out = call.result()
+            except (InputRefusedError, UsageError) as exc:  # refused before it ran: the input
+                f.refused[n] = exc
+                self._member_failed(f.seq, n, "input_refused", str(exc), reasons)
+                continue
             except Exception as exc:
+                f.other = True
                 self._member_failed(f.seq, n, "error", f"{type(exc).__name__}: {exc}", reasons)
                 continue
+            f.other = True
             problem = self._check_outputs(out)
             if problem is not None:
                 self._member_failed(f.seq, n, problem[0], problem[1], reasons)
@@ -893,12 +950,14 @@ class GuardedRuntime:
     ) -> None:
         q = self._policy.quarantine
         st = self._states[name]
-        st.failures += 1
         reasons.append(f"{self._label(name)}: {kind}")
         self.metrics.member_failures.inc(member=name, kind=kind)
         self._event(
             "member_failed", {"frame": seq, "member": name, "kind": kind, "detail": detail[:500]}
         )
+        if kind == "input_refused":  # the input's fault: the member stays as healthy as it was
+            return
+        st.failures += 1
         now = self._clock()
         if st.quarantined:  # a retry failed: back off further
             st.backoff_ms = min(q.max_backoff_ms, max(st.backoff_ms * 2, q.backoff_ms))

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -56,6 +56,9 @@ from edgeguard.runtime.guarded import GuardedResult, GuardedRuntime, MemberExecu
 from edgeguard.runtime.opener import OpenedBundle, VerifiedBundle, open_bundle, record_opened
 from edgeguard.runtime.state import default_state_dir, ensure_state_dir
 
+if TYPE_CHECKING:
+    from edgeguard.runtime.sandbox.area import IoArea
+
 __all__ = [
     "ISOLATIONS",
     "DeadlineCheck",
@@ -72,7 +75,8 @@ ISOLATIONS = ("sandbox", "threads")
 _DEADLINE_CHECK_RUNS = 3
 #: Wraps the session's member executor (fault injection for field tests).
 ExecutorWrapper = Callable[[MemberExecutor], MemberExecutor]
-_ALIGN = 64
+#: At close, how long to wait for in-process member calls still running (threads).
+DRAIN_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -121,21 +125,35 @@ class _Parts:
     backends: tuple[Any, ...] = ()
     inputs: tuple[TensorSpec, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()
-    io_bytes: int | None = None
+    io_area: IoArea | None = None  # the sandbox's shared memory (None in threads)
     deadline_check: DeadlineCheck | None = None
     checks: FrameChecks | None = None
 
-    def close(self) -> None:
-        """Stop the runtime (or the executor, before a runtime exists) and the backends."""
+    def close(self) -> int:
+        """Stop the runtime (or the executor, before a runtime exists) and the backends.
+
+        In-process members: wait up to :data:`DRAIN_S` for calls still running (a late
+        call that was abandoned keeps running in native code), so that no backend is
+        closed, and no interpreter shuts down, under a running inference.
+
+        Returns:
+            The in-process member calls still running afterwards (0 with sandboxed
+            members: those are killed).
+        """
+        stranded = 0
         try:
             if self.runtime is not None:
                 self.runtime.close()
             else:
                 self.executor.close()
         finally:
+            drain = getattr(self.executor, "drain", None)
+            if drain is not None:
+                stranded = int(drain(DRAIN_S))
             for b in self.backends:
                 with contextlib.suppress(Exception):
                     b.close()
+        return stranded
 
 
 class DeviceSession:
@@ -229,14 +247,15 @@ class DeviceSession:
         Raises:
             InputRejectedError: The input breaks the I/O contract or the sanity
                 profile and the policy has no answer for a rejected input.
+            InputRefusedError: The input passed those checks but every model refused
+                it (for example, larger than a sandboxed member's shared memory: the
+                hint names ``sandbox_io_bytes``), and no later step answered.
             BackendError: No step of the fallback chain answered.
             RateLimitedError: ``client_id`` exceeded the signed rate limit.
-            UsageError: The request does not fit the sandbox's shared memory, or the
-                session is closed.
+            UsageError: The session is closed.
         """
         if self._closed:
             raise UsageError("the session is closed")
-        self._check_size(feeds)
         return self._runtime.infer(feeds, client_id=client_id)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -257,31 +276,28 @@ class DeviceSession:
         assert self._parts.checks is not None
         return self._parts.checks.check_inputs(feeds, prev)
 
-    def _check_size(self, feeds: Mapping[str, np.ndarray]) -> None:
-        limit = self._parts.io_bytes
-        if limit is None:
-            return
-        need = sum(-(-int(getattr(v, "nbytes", 0)) // _ALIGN) * _ALIGN for v in feeds.values())
-        if need > limit:
-            raise UsageError(
-                f"the request holds {need / 2**20:.1f} MiB, more than the "
-                f"{limit / 2**20:.0f} MiB a sandboxed member takes per call",
-                hint="send fewer frames per request",
-            )
-
     # -- end ------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop the members, close the event log (final checkpoint). Idempotent."""
+        """Stop the members, close the event log (final checkpoint). Idempotent.
+
+        With members in threads, waits up to :data:`DRAIN_S` for member calls still
+        running; if one still is (``edgeguard.runtime.threads.running_calls()``), end the
+        process with ``os._exit`` after flushing (see ``docs/failsafe.md``).
+        """
         if self._closed:
             return
         self._closed = True
+        stranded = 0
         try:
-            self._parts.close()
+            stranded = self._parts.close()
         finally:
             if self._log is not None:
+                data: dict[str, Any] = {"bundle": self.manifest.name}
+                if stranded:
+                    data["member_calls_running"] = stranded
                 with contextlib.suppress(Exception):
-                    self._log.append("session_close", {"bundle": self.manifest.name})
+                    self._log.append("session_close", data)
                 self._log.close()
 
     def __enter__(self) -> DeviceSession:
@@ -370,6 +386,7 @@ def open_session(
     unsafe_in_process: bool = False,
     sanity_impl: Impl = "auto",
     now: int | None = None,
+    sandbox_io_bytes: int | None = None,
 ) -> DeviceSession:
     """Open a bundle as this device and start serving it under its signed slots.
 
@@ -390,6 +407,11 @@ def open_session(
             isolation. For development only; recorded in the event log.
         sanity_impl: Statistics implementation of the sanity checks (``"auto"``).
         now: Current time in Unix seconds (tests).
+        sandbox_io_bytes: Shared memory per call and direction that a sandboxed
+            member gets for the inputs and outputs whose size nothing signed bounds
+            (a dynamic dimension without a calibrated or engine maximum); None: 32 MiB.
+            The area is otherwise sized from the signed I/O contract, and always within
+            the signed memory limit of a worker (``docs/isolation.md``).
 
     Returns:
         The started session.
@@ -398,8 +420,8 @@ def open_session(
         MalformedError, IntegrityError, UntrustedSignerError: The bundle is not
             well-formed, authentic or trusted.
         PolicyError: Expired, rolled back, another device, not a recipient, an
-            isolation floor the request or the host cannot meet, or a placement
-            that cannot be honoured.
+            isolation floor the request or the host cannot meet, a placement that
+            cannot be honoured, or a sandbox I/O area beyond the signed memory limit.
         BackendError: A member could not be loaded or started.
         StateStoreError: The anti-rollback state cannot be read.
     """
@@ -432,7 +454,7 @@ def open_session(
                 )
             if executor_wrapper is not None:
                 log.append("fault_injection", {"wrapper": _describe(executor_wrapper)})
-        parts = _start(opened, isolation, log, executor_wrapper, sanity_impl)
+        parts = _start(opened, isolation, log, executor_wrapper, sanity_impl, sandbox_io_bytes)
         record_opened(opened, state)
     except BaseException as exc:
         if parts is not None:
@@ -462,6 +484,7 @@ def _start(
     log: EventLog | None,
     wrapper: ExecutorWrapper | None,
     sanity_impl: Impl,
+    sandbox_io_bytes: int | None,
 ) -> _Parts:
     """Checks, members and the guarded runtime for an opened bundle."""
     slots = opened.slots
@@ -473,8 +496,10 @@ def _start(
         # threads=1: the members' ONNX Runtime pools hold the other cores
         sanity = SanityGuard(slots.sanity, impl=sanity_impl, threads=1)
     checks = FrameChecks(contract.inputs if contract is not None else None, sanity)
-    start = _start_sandbox if isolation == "sandbox" else _start_threads
-    members, parts = start(opened, log)
+    if isolation == "sandbox":
+        members, parts = _start_sandbox(opened, log, sandbox_io_bytes)
+    else:
+        members, parts = _start_threads(opened, log)
     try:
         runtime = GuardedRuntime(
             members,
@@ -545,9 +570,12 @@ def _check_deadline(
     )
 
 
-def _start_sandbox(opened: OpenedBundle, log: EventLog | None) -> tuple[dict[str, Any], _Parts]:
+def _start_sandbox(
+    opened: OpenedBundle, log: EventLog | None, sandbox_io_bytes: int | None
+) -> tuple[dict[str, Any], _Parts]:
     """Members (and the fallback, under FALLBACK_NAME) in sandboxed worker processes."""
     from edgeguard.runtime.placement import cpu_member_count, loader_options
+    from edgeguard.runtime.sandbox.area import io_area
     from edgeguard.runtime.sandbox.executor import ProcessMemberExecutor, WorkerSpec
 
     slots, manifest = opened.slots, opened.manifest
@@ -563,21 +591,34 @@ def _start_sandbox(opened: OpenedBundle, log: EventLog | None) -> tuple[dict[str
                 s, fmt, cpu_members=n_cpu, sandboxed=True, precisions=_precisions(slots, s.name)
             ),
             cpus=None if cpus is None else tuple(sorted(cpus)),
+            outputs=_signed_outputs(slots, s.name),
         )
     if slots.fallback is not None:
         specs[FALLBACK_NAME] = WorkerSpec(
-            opened.member_bytes(slots.fallback), fmt=manifest.member(slots.fallback).format
+            opened.member_bytes(slots.fallback),
+            fmt=manifest.member(slots.fallback).format,
+            outputs=_signed_outputs(slots, slots.fallback),
         )
-    io_bytes = _io_bytes(slots)
+    area = io_area(slots, names=specs, floor_bytes=sandbox_io_bytes)  # PolicyError
+    if log is not None:
+        log.append(
+            "sandbox_io_area",
+            {
+                "half_bytes": area.half_bytes,
+                "contract_bytes": area.contract_bytes,
+                "floor_bytes": area.floor_bytes,
+                "unbounded": list(area.unbounded),
+            },
+        )
     executor = ProcessMemberExecutor(
-        specs, policy=slots.isolation, event_log=log, io_bytes=io_bytes
+        specs, policy=slots.isolation, event_log=log, io_bytes=area.half_bytes
     )
     members: dict[str, Any] = dict(executor.members())
     fallback = executor.fallback()
     if fallback is not None:
         members[FALLBACK_NAME] = fallback
     reported = executor.reported_inputs(slots.runtime.members[0].name)
-    return members, _Parts(executor=executor, inputs=reported or (), io_bytes=io_bytes)
+    return members, _Parts(executor=executor, inputs=reported or (), io_area=area)
 
 
 def _start_threads(opened: OpenedBundle, log: EventLog | None) -> tuple[dict[str, Any], _Parts]:
@@ -626,22 +667,15 @@ def _start_threads(opened: OpenedBundle, log: EventLog | None) -> tuple[dict[str
     return dict(loaded), parts
 
 
+def _signed_outputs(slots: SignedSlots, name: str) -> tuple[TensorSpec, ...] | None:
+    """What a sandboxed member's replies must describe: its signed outputs (None: no contract)."""
+    io = slots.member_io(name)
+    return io.outputs if io is not None else None
+
+
 def _precisions(slots: SignedSlots, name: str) -> tuple[str, ...]:
     io = slots.member_io(name)
     return io.precisions if io is not None else ()
-
-
-def _io_bytes(slots: SignedSlots) -> int:
-    """Shared memory per sandboxed call: the default, more when a fixed-size tensor needs it."""
-    biggest = 0
-    for io in slots.io.values():
-        for spec in (*io.inputs, *io.outputs):
-            if all(isinstance(d, int) for d in spec.shape):
-                n = int(np.prod([d for d in spec.shape if isinstance(d, int)], dtype=np.int64))
-                biggest = max(biggest, n * np.dtype(spec.dtype).itemsize)
-    from edgeguard.runtime.sandbox.executor import DEFAULT_IO_BYTES
-
-    return max(DEFAULT_IO_BYTES, 4 * biggest)
 
 
 def _warm_up(backend: Any) -> None:

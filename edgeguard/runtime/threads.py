@@ -5,6 +5,15 @@ is abandoned (a Python thread cannot be killed), its thread written off and the 
 call gets a fresh one. The device session uses it only when the signed isolation
 requirements allow in-process members (``isolation="threads"``); the default is
 :class:`~edgeguard.runtime.sandbox.executor.ProcessMemberExecutor`.
+
+An abandoned call keeps running in native code (ONNX Runtime, a driver). If the
+interpreter shuts down meanwhile, the inference library's static objects are destroyed
+under it and the process aborts (``terminate called without an active exception``,
+SIGABRT). So :meth:`ThreadMemberExecutor.drain` waits, with a bound, for the calls still
+running (the device session does when it closes), and :func:`running_calls` tells a
+program whether any call is still running anywhere: then it must end the process with
+``os._exit`` after flushing its output, as the ``edgeguard`` command does, because
+nothing can stop that call.
 """
 
 from __future__ import annotations
@@ -20,7 +29,26 @@ import numpy as np
 from edgeguard.errors import BackendError, PolicyError, UsageError
 from edgeguard.runtime.placement import pin_current_thread
 
-__all__ = ["ThreadMemberExecutor"]
+__all__ = ["ThreadMemberExecutor", "running_calls"]
+
+_running = 0  # member calls inside a member's run, in every executor of this process
+_running_lock = threading.Lock()
+
+
+def running_calls() -> int:
+    """Member calls still running in threads of this process (abandoned ones included).
+
+    Non-zero at exit means a call is inside native code that nothing can stop: end the
+    process with ``os._exit`` after flushing, or the interpreter's shutdown may abort it.
+    """
+    with _running_lock:
+        return _running
+
+
+def _count(delta: int) -> None:
+    global _running
+    with _running_lock:
+        _running += delta
 
 
 class _Job:
@@ -87,6 +115,7 @@ class _Worker:
             if job is None:
                 return
             job.start_ns = time.perf_counter_ns()
+            _count(+1)
             try:
                 if pin_error is not None:
                     raise pin_error
@@ -94,6 +123,8 @@ class _Worker:
                 job._out = out if isinstance(out, dict) else dict(out)
             except BaseException as exc:  # the member's failure is reported, not raised here
                 job._exc = exc
+            finally:
+                _count(-1)
             job.end_ns = time.perf_counter_ns()
             job._finish()
 
@@ -123,6 +154,7 @@ class ThreadMemberExecutor:
             raise UsageError(f"cpus given for unknown members {unknown}")
         self._max_abandoned = max_abandoned
         self._workers: dict[str, _Worker | None] = dict.fromkeys(self._targets)
+        self._threads: list[threading.Thread] = []  # every worker thread, abandoned ones too
         self._abandoned: dict[str, int] = dict.fromkeys(self._targets, 0)
         self._lock = threading.Lock()
         self._closed = False
@@ -144,6 +176,8 @@ class ThreadMemberExecutor:
                     raise BackendError(f"member {name!r} retired: too many hung calls")
                 w = _Worker(name, self._targets[name], self._abandoned[name], self._cpus.get(name))
                 self._workers[name] = w
+                self._threads = [t for t in self._threads if t.is_alive()]
+                self._threads.append(w.thread)
             job = _Job(feeds)
             w.q.put(job)
             return job
@@ -165,3 +199,18 @@ class ThreadMemberExecutor:
                 if w is not None:
                     w.q.put(None)
                     self._workers[name] = None
+
+    def drain(self, timeout_s: float) -> int:
+        """Close, then wait up to ``timeout_s`` for calls still running (abandoned ones too).
+
+        Returns:
+            The number of worker threads still running a call afterwards (0: none is left
+            inside a member, and the backends may be closed and the process may exit).
+        """
+        self.close()
+        end = time.monotonic() + max(0.0, timeout_s)
+        with self._lock:
+            threads = list(self._threads)
+        for t in threads:
+            t.join(max(0.0, end - time.monotonic()))
+        return sum(t.is_alive() for t in threads)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from edgeguard.errors import BackendError, InputRejectedError, UsageError
+from edgeguard.errors import BackendError, InputRefusedError, InputRejectedError, UsageError
 from edgeguard.guard.abuse import QueryMonitor, RateLimitedError
 from edgeguard.guard.eventlog import EventLog, verify
 from edgeguard.guard.health import HealthState, Transition
@@ -779,3 +779,113 @@ def test_a_sole_quarantined_member_is_asked_anyway_when_nothing_else_could_answe
         flaky.broken = False
         r = rt.infer(X)  # the fallback answers; the member waits out its backoff
         assert r.source is ResultSource.FALLBACK_MODEL and "m0: quarantined" in r.reasons
+
+
+class _RaisingWait:
+    """A call whose wait raises, as a broken or hostile executor's might."""
+
+    def wait(self, timeout_s: float) -> bool:
+        raise RecursionError("maximum recursion depth exceeded while decoding a JSON array")
+
+    def result(self) -> dict[str, np.ndarray]:
+        raise AssertionError("never asked")
+
+    @property
+    def run_ns(self) -> int | None:
+        return None
+
+
+class _OneBrokenMember:
+    """Threads for every call but member m0's, whose call raises when waited on."""
+
+    def __init__(self, runnables: dict[str, Any]) -> None:
+        from edgeguard.runtime.threads import ThreadMemberExecutor
+
+        self.inner = ThreadMemberExecutor(runnables)
+        self.abandoned: list[str] = []
+
+    def submit(self, name: str, feeds: Mapping[str, np.ndarray]) -> Any:
+        return _RaisingWait() if name == "m0" else self.inner.submit(name, feeds)
+
+    def abandon(self, name: str) -> None:
+        self.abandoned.append(name)
+        self.inner.abandon(name)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_call_that_raises_while_waited_on_is_the_members_fault(elog, key) -> None:
+    members = {"m0": Good(), "m1": Good()}
+    ex = _OneBrokenMember({**members, FALLBACK_NAME: Good(5)})
+    rt = make(
+        members,
+        policy(2, quorum=1),
+        fallback=Good(5),
+        executor=ex,
+        event_log=elog,
+        async_log=False,
+    )
+    r = rt.infer(X)
+    assert r.source is ResultSource.SINGLE_MEMBER and r.members == ("m1",)
+    assert r.health is D and "m0: error" in r.reasons and ex.abandoned == ["m0"]
+    failed = [x["data"] for x in kinds(elog, key) if x["kind"] == "member_failed"]
+    assert [(f["member"], f["kind"]) for f in failed] == [("m0", "error")]
+    assert "RecursionError" in failed[0]["detail"]
+    rt.close()
+
+
+class RefuseInput:
+    """An in-process model whose own input validation refuses the request."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.calls += 1
+        raise UsageError("input 'image' must have shape (1, 1, 8, 8), got (1, 1, 9, 9)")
+
+
+def test_an_input_every_model_refuses_is_the_inputs_fault(elog, key) -> None:
+    """Not a backend error: its own class and exit code, the members stay healthy."""
+    pol = policy(
+        2,
+        quorum=1,
+        quarantine=QuarantinePolicy(after_failures=1, backoff_ms=50.0),
+        fallback_chain=(ChainStep.ENSEMBLE, ChainStep.FALLBACK_MODEL, ChainStep.LAST_KNOWN_GOOD),
+    )
+    members = {"m0": RefuseInput(), "m1": RefuseInput()}
+    rt = make(members, pol, fallback=RefuseInput(), event_log=elog, async_log=False)
+    with pytest.raises(InputRefusedError, match=r"frame 0: .* the models refused it: m0: ") as info:
+        rt.infer(X)
+    assert info.value.exit_code == 14 and isinstance(info.value, InputRejectedError)
+    assert info.value.verdict is not None
+    assert [(v["check"], v["tensor"]) for v in info.value.verdict["violations"]] == [
+        ("model.refused", "m0"),
+        ("model.refused", "m1"),
+        ("model.refused", "fallback model"),
+    ]
+    assert rt.health is D and rt.quarantined() == ()  # the input was bad, not the models
+    assert rt.metrics.member_failures.value(member="m0", kind="input_refused") == 1
+    assert [x["kind"] for x in kinds(elog, key)][-2:] == ["chain_exhausted", "state_change"]
+    with pytest.raises(InputRefusedError):
+        rt.infer(X)
+    assert members["m0"].calls == 2  # asked again: a refusal is no quarantine
+    rt.close()
+
+
+def test_a_refusal_with_another_failure_is_a_backend_error_and_a_safe_default_answers() -> None:
+    pol = policy(
+        2,
+        quorum=1,
+        fallback_chain=(ChainStep.ENSEMBLE, ChainStep.QUORUM, ChainStep.LAST_KNOWN_GOOD),
+    )
+    rt = make({"m0": RefuseInput(), "m1": Raise()}, pol)
+    with pytest.raises(BackendError, match="no step of the fallback chain") as info:
+        rt.infer(X)
+    assert not isinstance(info.value, InputRejectedError)
+    rt.close()
+    rt = make({"m0": RefuseInput(), "m1": RefuseInput()}, policy(2, quorum=1))
+    r = rt.infer(X)
+    assert r.source is ResultSource.SAFE_DEFAULT and "m0: input_refused" in r.reasons
+    rt.close()

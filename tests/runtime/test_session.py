@@ -23,7 +23,13 @@ import pytest
 
 from edgeguard import api, data
 from edgeguard.bundle.verify import TrustStore
-from edgeguard.errors import EdgeguardError, InputRejectedError, PolicyError, UsageError
+from edgeguard.errors import (
+    EdgeguardError,
+    InputRefusedError,
+    InputRejectedError,
+    PolicyError,
+    UsageError,
+)
 from edgeguard.guard.eventlog import verify as verify_log
 from edgeguard.keystore import load_device_key, load_trust_store
 from edgeguard.runtime.opener import read_prefix
@@ -301,8 +307,10 @@ def test_a_single_model_bundle_runs_the_same_guarded_road(tmp_path) -> None:
         broken[1, 0, 3, 3] = np.nan  # a frozen or broken frame inside a batch is caught
         with pytest.raises(InputRejectedError, match="image\\[1"):
             s.run({"image": broken})
-        with pytest.raises(UsageError, match="MiB"):  # more than a sandboxed call takes
-            s.run({"image": np.zeros((200_000, 1, 8, 8), np.float32)})
+        with pytest.raises(InputRefusedError, match="I/O region") as info:  # too large
+            s.run({"image": np.resize(images, (200_000, *images.shape[1:]))})
+        assert "--sandbox-io-mb" in info.value.one_line()
+        assert s.run({"image": images[:1]})["logits"].shape == (1, 10)  # nobody quarantined
 
 
 def test_a_bundle_signed_before_policies_and_io_contracts_runs(tmp_path) -> None:

@@ -11,6 +11,7 @@ handle) when this module is imported, before the worker locks down; the rest in
 from __future__ import annotations
 
 import ctypes
+import json
 import mmap
 import os
 import socket
@@ -25,6 +26,26 @@ _MADV_HWPOISON = 100
 _PPID = os.getppid()  # at import: the worker imports its loader before it locks down
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
+#: Forged replies of the ``reply`` action, chosen per call by the first value of ``x``.
+REPLIES: dict[str, bytes] = {
+    "deep": b"[" * 100_000,  # longer than a message may be, and far too deep
+    "deep_in_limit": b'{"ok":true,"outputs":' + b"[" * 60_000,  # fits 64 KiB, too deep
+    "deep_in_string": b'{"ok":false,"error":"' + b"[" * 60_000 + b'"}',  # fine: a string
+    "not_utf8": b'{"ok":false,"error":"' + bytes([0xFF, 0xFE]) + b'"}',
+    "huge": b'{"ok":false,"error":"x"}' + b" " * 150_000,  # a valid 64 KiB prefix
+    "not_object": b"[1, 2, 3]",
+    "ok_not_bool": b'{"ok":"yes","error":"x"}',
+    "outputs_not_list": b'{"ok":true,"outputs":{"y":[1]}}',
+    "float_dim": b'{"ok":true,"outputs":[["y","float32",[4.0],0,16]]}',
+    "huge_int": b'{"ok":true,"outputs":[["y","float32",[4],0,16]],"run_ns":' + b"9" * 5000 + b"}",
+    "infinity": b'{"ok":true,"outputs":[["y","float32",[4],0,16]],"run_ns":Infinity}',
+    "negative_run_ns": b'{"ok":true,"outputs":[["y","float32",[4],0,16]],"run_ns":-5}',
+    "duplicate_key": b'{"ok":false,"error":"x","ok":true,"outputs":[]}',
+    "error_not_string": b'{"ok":false,"error":["x"]}',
+    "unknown_field": b'{"ok":false,"error":"x","exec":"sh"}',
+    "trailing": b'{"ok":false,"error":"x"} {}',
+}
+
 
 class Hostile:
     def __init__(self, action: str, options: Mapping[str, Any]) -> None:
@@ -38,6 +59,13 @@ class Hostile:
         hole = mmap.mmap(-1, 4096)  # a page address that is certainly unmapped afterwards
         self.hole = ctypes.addressof(ctypes.c_char.from_buffer(hole))
         hole.close()
+        self.replies = list(REPLIES.values())
+        area = int(options.get("area", 1 << 20))  # the worker's output region, in bytes
+        self.amplify = json.dumps(  # ~10 KB: 256 outputs, each the whole output region
+            {"ok": True, "outputs": [[f"o{i}", "uint8", [area], 0, area] for i in range(256)]}
+        ).encode()
+        if action == "ready_deep":  # taken for the ready message: sent before the real one
+            os.write(self.ctl, REPLIES["deep_in_limit"])
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if "x" not in feeds:  # the warm-up call: behave
@@ -80,6 +108,10 @@ class Hostile:
             mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
         elif a == "forge":  # a reply pointing far outside the shared region
             os.write(self.ctl, b'{"ok":true,"outputs":[["y","float32",[1000000],0,4000000]]}')
+        elif a == "reply":  # a forged reply chosen by the call, then the real one
+            os.write(self.ctl, self.replies[int(x.reshape(-1)[0])])
+        elif a == "amplify":
+            os.write(self.ctl, self.amplify)
         elif a == "garbage":
             return {"y": np.zeros(1, np.complex64)}  # not a plain numeric dtype
         else:

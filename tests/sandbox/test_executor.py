@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeguard.errors import BackendError, PolicyError, UsageError
+from edgeguard.errors import BackendError, InputRefusedError, PolicyError, UsageError
 from edgeguard.guard.eventlog import EventLog
 from edgeguard.runtime.sandbox import REQUIRED, HostCapabilities, SandboxPolicy
 from edgeguard.runtime.sandbox.executor import (
@@ -101,7 +101,7 @@ def test_refusals(onnx_ex: ProcessMemberExecutor) -> None:
         onnx_ex.submit("nope", {})
     big = onnx_ex.submit("a", {"image": np.zeros((1, 3, 512, 512), np.float32)})
     assert big.wait(0)
-    with pytest.raises(BackendError, match="I/O region"):
+    with pytest.raises(InputRefusedError, match="I/O region"):  # the request's fault
         big.result()
     with pytest.raises(UsageError):
         ProcessMemberExecutor({}, policy=SandboxPolicy())

@@ -11,7 +11,9 @@ side imports no inference library). Pieces:
   a sealed memfd, warm-up, lockdown, serve);
 * :mod:`~edgeguard.runtime.sandbox.executor` - :class:`ProcessMemberExecutor`, the
   :class:`~edgeguard.runtime.guarded.MemberExecutor` that runs members in workers,
-  kills hung ones and restarts dead ones with backoff.
+  kills hung ones and restarts dead ones with backoff;
+* :mod:`~edgeguard.runtime.sandbox.replies` - the supervisor's bounded, strict reader of
+  everything a worker sends.
 
 See ``docs/isolation.md`` for the policy and its reasoning. Importing this package does
 not import numpy's heavy friends, onnxruntime, numba or pyseccomp.

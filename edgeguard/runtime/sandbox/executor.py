@@ -16,8 +16,9 @@ Per worker the supervisor holds three things created before the worker starts: a
 never a file on disk), a shared I/O memfd (inputs in the first half, outputs in the
 second) and a SOCK_SEQPACKET control socket. A call copies the feeds into shared
 memory and sends a ~100-byte JSON request; the reply names the outputs' places in
-shared memory and is validated strictly (the worker is untrusted) before the outputs
-are copied out.
+shared memory and is read within bounds and validated strictly
+(:mod:`~edgeguard.runtime.sandbox.replies`; the worker is untrusted) before the outputs
+are copied out. A malformed reply is the worker's fault, never an exception here.
 
 Faults: a worker that dies (SIGSYS from seccomp, a crash, the OOM killer) fails its
 call, so the guarded runtime's fallback chain answers; the death is recorded in the
@@ -47,14 +48,28 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from edgeguard.errors import BackendError, EdgeguardError, PolicyError, UsageError
+from edgeguard.errors import (
+    BackendError,
+    EdgeguardError,
+    InputRefusedError,
+    PolicyError,
+    UsageError,
+)
 from edgeguard.policy.io import TensorSpec, normalize_dim
 from edgeguard.policy.isolation import SandboxPolicy
 from edgeguard.policy.runtime import FALLBACK_NAME
 from edgeguard.runtime.sandbox import _cgroup, _linux
 from edgeguard.runtime.sandbox._verify import check_worker
+from edgeguard.runtime.sandbox.area import DEFAULT_IO_BYTES, MIN_IO_BYTES
 from edgeguard.runtime.sandbox.probe import HostCapabilities, check_policy, probe_host
-from edgeguard.runtime.sandbox.worker import MAX_MESSAGE, pack_arrays, unpack_arrays
+from edgeguard.runtime.sandbox.replies import (
+    DEFAULT_LIMITS,
+    BadReplyError,
+    read_message,
+    read_outputs,
+    read_run_reply,
+)
+from edgeguard.runtime.sandbox.worker import pack_arrays
 
 __all__ = [
     "DEFAULT_IO_BYTES",
@@ -66,8 +81,6 @@ __all__ = [
     "seal_model",
 ]
 
-#: Bytes of each worker's input half and output half of shared memory (sparse).
-DEFAULT_IO_BYTES = 32 * 1024 * 1024
 _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
 _ENV_PASS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "LANG", "LC_ALL")
 # The worker's whole environment. Single-threaded BLAS/OpenMP so the process stays
@@ -108,6 +121,10 @@ class WorkerSpec:
         cpus: Cores the worker process is pinned to, set while it is still one
             thread so every thread it creates inherits them (a member's
             ``cpu:LIST`` placement); None leaves the affinity as inherited.
+        outputs: The member's signed outputs (its I/O contract): every reply must
+            describe exactly these, with their element types, ranks and fixed
+            dimensions. None (a bundle signed before I/O contracts) still bounds a
+            reply's outputs by the shared region, never overlapping.
     """
 
     model: bytes | bytearray | memoryview = field(repr=False)
@@ -118,6 +135,7 @@ class WorkerSpec:
     loader: str | None = None
     python_path: tuple[str, ...] = ()
     cpus: tuple[int, ...] | None = None
+    outputs: tuple[TensorSpec, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -379,7 +397,8 @@ class ProcessMemberExecutor:
         event_log: Receives ``sandbox_worker_*`` records, or None.
         caps: Host capabilities (probed when None).
         io_bytes: Size of each of the input and output halves of a worker's shared
-            memory (sparse; only touched pages cost memory).
+            memory (sparse; only touched pages cost memory). The device session sizes
+            it from the signed I/O contract (:func:`~edgeguard.runtime.sandbox.area.io_area`).
         start_timeout_s: Time a worker may take to load, warm up and lock down.
         restart_backoff_s: First restart delay; doubles per consecutive death.
         max_backoff_s: Upper bound of the restart delay.
@@ -411,8 +430,10 @@ class ProcessMemberExecutor:
     ) -> None:
         if not specs or not all(isinstance(s, WorkerSpec) for s in specs.values()):
             raise UsageError("specs must map member names to WorkerSpec objects")
-        if io_bytes < 4096 or restart_backoff_s < 0 or max_backoff_s < restart_backoff_s:
-            raise UsageError("io_bytes >= 4096 and 0 <= restart_backoff_s <= max_backoff_s")
+        if io_bytes < MIN_IO_BYTES or restart_backoff_s < 0 or max_backoff_s < restart_backoff_s:
+            raise UsageError(
+                f"io_bytes >= {MIN_IO_BYTES} and 0 <= restart_backoff_s <= max_backoff_s"
+            )
         if max_restarts < 0:
             raise UsageError("max_restarts must be >= 0")
         self._policy = policy
@@ -515,7 +536,9 @@ class ProcessMemberExecutor:
         """Send one call to member ``name``'s worker.
 
         A worker that is restarting gives an already-failed call (the runtime's chain
-        answers meanwhile).
+        answers meanwhile), and so does a request the worker cannot take: larger than its
+        shared memory, or of an element type it cannot carry (the call then raises
+        :class:`~edgeguard.errors.InputRefusedError`).
 
         Raises:
             UsageError: Unknown member, or the executor is closed.
@@ -533,8 +556,15 @@ class ProcessMemberExecutor:
                 return _Failed(BackendError(f"sandboxed member {name!r} is {s.state}"))
             try:
                 desc = pack_arrays(feeds, s.inp)
-            except (ValueError, TypeError) as exc:
-                return _Failed(BackendError(f"feeds for {name!r}: {exc}"))
+            except (ValueError, TypeError) as exc:  # the request's fault, not the worker's
+                return _Failed(
+                    InputRefusedError(
+                        f"sandboxed member {name!r} cannot take the request: {exc}",
+                        hint="a sandboxed member's shared memory per call is sized from the "
+                        "bundle's signed I/O contract; what it does not bound gets "
+                        "--sandbox-io-mb MB (open_session(sandbox_io_bytes=...); default 32)",
+                    )
+                )
             call = _ProcCall(self, s, s.sock)
             try:
                 s.sock.send(json.dumps({"op": "run", "feeds": desc}).encode())
@@ -684,9 +714,9 @@ class ProcessMemberExecutor:
         ready, _, _ = select.select([s.sock], [], [], self._start_timeout)
         msg: Any = None
         if ready:
-            data = s.sock.recv(MAX_MESSAGE)
-            with contextlib.suppress(ValueError):
-                msg = json.loads(data) if data else None
+            data = s.sock.recv(DEFAULT_LIMITS.max_bytes + 1)  # one more: a cut message shows
+            with contextlib.suppress(BadReplyError):
+                msg = read_message(data) if data else None
         if (
             isinstance(msg, dict)
             and msg.get("op") == "ready"
@@ -814,7 +844,8 @@ class ProcessMemberExecutor:
                 call._finish(None, BackendError(f"sandboxed member {s.name!r}: worker gone"))
                 return
             try:
-                data = s.sock.recv(MAX_MESSAGE)
+                # one byte more than a message may hold: a longer (cut) message shows
+                data = s.sock.recv(DEFAULT_LIMITS.max_bytes + 1)
             except OSError:
                 data = b""
             if not data:
@@ -822,22 +853,25 @@ class ProcessMemberExecutor:
                 return
             s.busy, s.state = None, "ready"
             try:
-                msg = json.loads(data)
-                if not isinstance(msg, dict):
-                    raise ValueError("reply is not an object")
-                rn = msg.get("run_ns")
-                call._run_ns = rn if isinstance(rn, int) and rn >= 0 else None
-                if msg.get("ok") is True:
-                    out = unpack_arrays(msg.get("outputs"), s.out, copy=True)
+                reply = read_run_reply(data)
+                call._run_ns = reply.run_ns
+                if reply.ok:
+                    out = read_outputs(reply.outputs, s.out, specs=s.spec.outputs)
                     s.consecutive = 0
                     call._finish(out, None)
                 else:
-                    err = str(msg.get("error", "unknown error"))[:1000]
+                    err = reply.error or "unknown error"
                     self._event("sandbox_call_failed", {"member": s.name, "error": err})
                     call._finish(None, BackendError(f"sandboxed member {s.name!r}: {err}"))
-            except ValueError as exc:  # a malformed reply: the worker is not trustworthy
-                self._event("sandbox_bad_reply", {"member": s.name, "detail": str(exc)[:300]})
-                call._finish(None, BackendError(f"sandboxed member {s.name!r}: bad reply"))
+            except Exception as exc:  # any malformed reply: the worker is not trustworthy
+                if isinstance(exc, BadReplyError):
+                    detail = str(exc)
+                elif isinstance(exc, ValueError):
+                    detail = f"bad reply: {exc}"
+                else:  # never raised to the caller: a reply is data, whatever it provokes
+                    detail = f"bad reply: reading it raised {type(exc).__name__}"
+                self._event("sandbox_bad_reply", {"member": s.name, "detail": detail[:300]})
+                call._finish(None, BackendError(f"sandboxed member {s.name!r}: {detail[:300]}"))
                 if s.proc is not None:
                     with contextlib.suppress(OSError):
                         s.proc.kill()
