@@ -7,6 +7,14 @@ file, fsync, rename, fsync of the directory) under an exclusive ``flock`` so
 two processes cannot interleave. The store fails closed: an unreadable or
 corrupt store is an error, never an empty one.
 
+The state directory must be private: it is created 0700, and an existing one
+that another user owns or that group or others may write is refused
+(:class:`~edgeguard.errors.StateStoreError`). Its files (``versions.json``,
+``versions.lock``) are opened relative to the checked directory with
+``O_NOFOLLOW``: a symbolic link in place of one is refused, never followed,
+so edgeguard running as root cannot be steered into creating or reading a
+file elsewhere (:mod:`edgeguard.fsutil`).
+
 Limitation (documented in ``docs/threat-model.md``): an attacker who can
 delete or replace this file can reset it. A TPM NV monotonic counter closes
 that gap on devices that have one (a later issue).
@@ -28,11 +36,13 @@ from pathlib import Path
 from typing import Any
 
 from edgeguard.errors import StateStoreError
-from edgeguard.fsutil import atomic_write
+from edgeguard.fsutil import UnsafePathError, atomic_write_at, open_nofollow, open_private_dir
 
 __all__ = ["VersionStore", "default_state_dir", "ensure_state_dir"]
 
 _SCHEMA = 1
+_VERSIONS = "versions.json"
+_LOCK = "versions.lock"
 
 
 def default_state_dir() -> Path:
@@ -45,16 +55,35 @@ def default_state_dir() -> Path:
     return base / "edgeguard"
 
 
+def _unsafe(exc: UnsafePathError) -> StateStoreError:
+    return StateStoreError(str(exc), hint=exc.hint)
+
+
+@contextlib.contextmanager
+def _state_dir_fd(directory: Path, *, create: bool) -> Iterator[int | None]:
+    """The checked state directory's descriptor (None: missing and ``create`` unset)."""
+    try:
+        fd = open_private_dir(directory, create=create)
+    except UnsafePathError as exc:
+        raise _unsafe(exc) from exc
+    except OSError as exc:
+        raise StateStoreError(f"cannot open state directory {directory}: {exc}") from exc
+    try:
+        yield fd
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 def ensure_state_dir(directory: Path) -> Path:
-    """Create the state directory (mode 0700) if it does not exist; returns it.
+    """Create the state directory (mode 0700) if missing and check it is private; returns it.
 
     Raises:
-        StateStoreError: It cannot be created.
+        StateStoreError: It cannot be created, or it exists but another user owns
+            it or group or others may write it.
     """
-    try:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError as exc:
-        raise StateStoreError(f"cannot create state directory {directory}: {exc}") from exc
+    with _state_dir_fd(Path(directory), create=True):
+        pass
     return directory
 
 
@@ -67,36 +96,58 @@ class VersionStore:
     @property
     def path(self) -> Path:
         """The JSON file holding the versions."""
-        return self.directory / "versions.json"
+        return self.directory / _VERSIONS
 
     @staticmethod
     def key(signer_key_id: bytes, name: str) -> str:
         """Entry key for a bundle name under a signer."""
         return f"{signer_key_id.hex()}/{name}"
 
-    def _ensure_dir(self) -> None:
-        ensure_state_dir(self.directory)
-
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self._ensure_dir()
-        try:
-            fd = os.open(self.directory / "versions.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise StateStoreError(f"cannot lock state store in {self.directory}: {exc}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+    def _locked(self) -> Iterator[int]:
+        """Hold the store's exclusive lock; yields the state directory's descriptor."""
+        with _state_dir_fd(self.directory, create=True) as dfd:
+            assert dfd is not None
+            try:
+                fd = open_nofollow(
+                    _LOCK, os.O_RDWR | os.O_CREAT, 0o600, dir_fd=dfd, where=self.directory
+                )
+            except UnsafePathError as exc:
+                raise _unsafe(exc) from exc
+            except OSError as exc:
+                raise StateStoreError(
+                    f"cannot lock state store in {self.directory}: {exc}"
+                ) from exc
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield dfd
+            finally:
+                os.close(fd)
 
-    def _load(self) -> dict[str, Any]:
+    def _read(self, dfd: int) -> bytes | None:
+        """The raw store, or None when there is none yet."""
         try:
-            raw = self.path.read_bytes()
+            fd = open_nofollow(_VERSIONS, os.O_RDONLY, dir_fd=dfd, where=self.directory)
         except FileNotFoundError:
-            return {}
+            return None
+        except UnsafePathError as exc:
+            raise _unsafe(exc) from exc
         except OSError as exc:
             raise StateStoreError(f"cannot read state store {self.path}: {exc}") from exc
+        try:
+            with os.fdopen(fd, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise StateStoreError(f"cannot read state store {self.path}: {exc}") from exc
+
+    def _load(self, dfd: int | None = None) -> dict[str, Any]:
+        if dfd is None:
+            with _state_dir_fd(self.directory, create=False) as fd:
+                raw = None if fd is None else self._read(fd)
+        else:
+            raw = self._read(dfd)
+        if raw is None:
+            return {}
         try:
             doc = json.loads(raw)
         except ValueError as exc:
@@ -125,8 +176,8 @@ class VersionStore:
         self, signer_key_id: bytes, name: str, version: int, *, manifest_digest: bytes
     ) -> None:
         """Raise the stored version to ``version`` (never lowers it)."""
-        with self._locked():
-            entries = self._load()
+        with self._locked() as dfd:
+            entries = self._load(dfd)
             k = self.key(signer_key_id, name)
             old = entries.get(k)
             if old is not None and int(old["version"]) >= version:
@@ -138,6 +189,6 @@ class VersionStore:
             }
             body = json.dumps({"schema": _SCHEMA, "entries": entries}, indent=1, sort_keys=True)
             try:
-                atomic_write(self.path, body.encode(), mode=0o600)
+                atomic_write_at(dfd, _VERSIONS, body.encode(), mode=0o600)
             except OSError as exc:
                 raise StateStoreError(f"cannot write state store {self.path}: {exc}") from exc

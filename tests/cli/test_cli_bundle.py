@@ -180,6 +180,25 @@ def test_exit_codes_for_each_error_class(world, tmp_path) -> None:
         _one_line_no_traceback(r)
 
 
+def test_an_unsafe_state_dir_is_one_line_with_exit_11(world, tmp_path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    state.chmod(0o777)
+    r = eg(
+        "verify",
+        world["bundle"],
+        "--trust",
+        world["k"] / "signer.pub",
+        "--device-key",
+        world["k"] / "cam" / "device.key",
+        "--state-dir",
+        state,
+    )
+    assert r.returncode == 11, r.stderr
+    _one_line_no_traceback(r)
+    assert "writable by group or others" in r.stderr and f"chmod 700 {state}" in r.stderr
+
+
 def test_rollback_and_expiry_exit_codes(world, tmp_path) -> None:
     k = world["k"]
     state = tmp_path / "state"

@@ -1,0 +1,171 @@
+"""The anti-rollback state store: a private directory, no links followed, fail closed."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from edgeguard.errors import StateStoreError
+from edgeguard.runtime.state import VersionStore, ensure_state_dir
+
+KID = bytes(range(32))
+DIGEST = b"\x11" * 32
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    d = tmp_path / "state"
+    d.mkdir(mode=0o700)
+    return d
+
+
+def _mode(p: Path) -> int:
+    return stat.S_IMODE(p.lstat().st_mode)
+
+
+# -- the state directory ----------------------------------------------------------------
+
+
+def test_a_new_state_dir_is_created_0700_whatever_the_umask(tmp_path: Path) -> None:
+    d = tmp_path / "a" / "b" / "state"
+    old = os.umask(0)
+    try:
+        VersionStore(d).record(KID, "m", 1, manifest_digest=DIGEST)
+        assert _mode(d) == 0o700
+        ensure_state_dir(tmp_path / "other")
+        assert _mode(tmp_path / "other") == 0o700
+    finally:
+        os.umask(old)
+    assert _mode(d / "versions.json") == 0o600
+    assert _mode(d / "versions.lock") == 0o600
+
+
+def test_files_are_created_0600_whatever_the_umask(state: Path) -> None:
+    old = os.umask(0)
+    try:
+        VersionStore(state).record(KID, "m", 1, manifest_digest=DIGEST)
+    finally:
+        os.umask(old)
+    assert _mode(state / "versions.json") == 0o600
+    assert _mode(state / "versions.lock") == 0o600
+    assert sorted(p.name for p in state.iterdir()) == ["versions.json", "versions.lock"]
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o720, 0o702, 0o1777], ids=oct)
+def test_a_state_dir_writable_by_group_or_others_is_refused(state: Path, mode: int) -> None:
+    VersionStore(state).record(KID, "m", 5, manifest_digest=DIGEST)
+    state.chmod(mode)
+    store = VersionStore(state)
+    for action in (
+        lambda: store.get(KID, "m"),
+        lambda: store.record(KID, "m", 6, manifest_digest=DIGEST),
+        lambda: ensure_state_dir(state),
+    ):
+        with pytest.raises(StateStoreError, match="writable by group or others") as ei:
+            action()
+        assert ei.value.hint == f"make it private: chmod 700 {state}"
+        assert "\n" not in ei.value.one_line()
+    state.chmod(0o700)
+    assert store.get(KID, "m") == 5  # nothing was written meanwhile
+
+
+@pytest.mark.parametrize("mode", [0o755, 0o750, 0o700, 0o500], ids=oct)
+def test_a_state_dir_only_its_owner_may_write_is_accepted(state: Path, mode: int) -> None:
+    VersionStore(state).record(KID, "m", 5, manifest_digest=DIGEST)
+    state.chmod(mode)
+    try:
+        assert VersionStore(state).get(KID, "m") == 5
+    finally:
+        state.chmod(0o700)
+
+
+def test_a_state_dir_of_another_user_is_refused(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    VersionStore(state).record(KID, "m", 5, manifest_digest=DIGEST)
+    other = os.geteuid() + 1000
+    if os.geteuid() == 0:
+        os.chown(state, other, -1)
+    else:
+        me = os.geteuid()
+        monkeypatch.setattr(os, "geteuid", lambda: me + 1000)
+    store = VersionStore(state)
+    for action in (
+        lambda: store.get(KID, "m"),
+        lambda: store.record(KID, "m", 6, manifest_digest=DIGEST),
+        lambda: ensure_state_dir(state),
+    ):
+        with pytest.raises(StateStoreError, match="not to this user") as ei:
+            action()
+        assert ei.value.hint is not None and "chown" in ei.value.hint
+
+
+def test_a_state_dir_that_is_a_file_is_an_error(tmp_path: Path) -> None:
+    f = tmp_path / "state"
+    f.write_text("")
+    with pytest.raises(StateStoreError, match="cannot open state directory"):
+        VersionStore(f).record(KID, "m", 1, manifest_digest=DIGEST)
+
+
+def test_reading_a_missing_state_dir_creates_nothing(tmp_path: Path) -> None:
+    assert VersionStore(tmp_path / "none").get(KID, "m") is None
+    assert not (tmp_path / "none").exists()
+
+
+# -- links and other things planted in place of a state file ------------------------------
+
+
+def test_a_symlinked_lock_is_refused_and_its_target_never_created(
+    state: Path, tmp_path: Path
+) -> None:
+    victim = tmp_path / "etc" / "victim"
+    victim.parent.mkdir()
+    (state / "versions.lock").symlink_to(victim)
+    with pytest.raises(StateStoreError, match=r"versions\.lock is a symbolic link") as ei:
+        VersionStore(state).record(KID, "m", 1, manifest_digest=DIGEST)
+    assert ei.value.hint is not None and "remove" in ei.value.hint
+    assert not victim.exists()
+    assert not (state / "versions.json").exists()
+
+
+def test_a_symlinked_versions_file_is_refused_for_reading_and_writing(
+    state: Path, tmp_path: Path
+) -> None:
+    target = tmp_path / "elsewhere.json"
+    target.write_text(json.dumps({"schema": 1, "entries": {}}))
+    (state / "versions.json").symlink_to(target)
+    store = VersionStore(state)
+    with pytest.raises(StateStoreError, match=r"versions\.json is a symbolic link"):
+        store.get(KID, "m")
+    with pytest.raises(StateStoreError, match=r"versions\.json is a symbolic link"):
+        store.record(KID, "m", 1, manifest_digest=DIGEST)
+    assert json.loads(target.read_text()) == {"schema": 1, "entries": {}}
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("name", ["versions.json", "versions.lock"])
+def test_a_fifo_in_place_of_a_state_file_is_refused_without_blocking(
+    state: Path, name: str
+) -> None:
+    os.mkfifo(state / name)
+    with pytest.raises(StateStoreError, match="not a regular file"):
+        VersionStore(state).record(KID, "m", 1, manifest_digest=DIGEST)
+
+
+def test_a_directory_in_place_of_the_lock_is_refused(state: Path) -> None:
+    (state / "versions.lock").mkdir()
+    with pytest.raises(StateStoreError, match="cannot lock state store"):
+        VersionStore(state).record(KID, "m", 1, manifest_digest=DIGEST)
+
+
+@pytest.mark.parametrize("name", ["versions.json", "versions.lock"])
+def test_a_state_file_writable_by_others_is_refused(state: Path, name: str) -> None:
+    VersionStore(state).record(KID, "m", 1, manifest_digest=DIGEST)
+    (state / name).chmod(0o666)
+    with pytest.raises(StateStoreError, match="writable by group or others") as ei:
+        VersionStore(state).record(KID, "m", 2, manifest_digest=DIGEST)
+    assert ei.value.hint == f"make it private: chmod 600 {state / name}"
