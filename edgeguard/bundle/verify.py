@@ -32,7 +32,7 @@ from edgeguard.errors import (
     UsageError,
 )
 
-__all__ = ["CLOCK_SKEW_S", "TrustStore", "check_policy", "verify_signature"]
+__all__ = ["CLOCK_SKEW_S", "TrustStore", "check_policy", "check_rollback", "verify_signature"]
 
 
 def _iso(ts: int) -> str:
@@ -102,6 +102,21 @@ def verify_signature(prefix: ParsedPrefix, *, trust: TrustStore) -> SignerPublic
     return signer
 
 
+def check_rollback(name: str, version: int, stored_version: int | None) -> None:
+    """Refuse release ``version`` of ``name`` when this device already opened a higher one.
+
+    The same version again is allowed (re-opening the current release).
+
+    Raises:
+        RollbackError: ``version`` is lower than ``stored_version``.
+    """
+    if stored_version is not None and version < stored_version:
+        raise RollbackError(
+            f"bundle {name!r} v{version} is older than v{stored_version}, "
+            "which this device already opened (rollback refused)",
+        )
+
+
 def check_policy(
     manifest: Manifest,
     recipients: tuple[Recipient, ...],
@@ -149,11 +164,7 @@ def check_policy(
     ids = manifest.devices.device_ids
     if ids is not None and device.device_id not in ids:
         raise DeviceNotAllowedError(f"device {device.device_id!r} is not among the bundle's ids")
-    if stored_version is not None and manifest.version < stored_version:
-        raise RollbackError(
-            f"bundle {manifest.name!r} v{manifest.version} is older than v{stored_version}, "
-            "which this device already opened (rollback refused)",
-        )
+    check_rollback(manifest.name, manifest.version, stored_version)
     for r in recipients:
         if r.key_id == device.key_id:
             return r

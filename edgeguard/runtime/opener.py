@@ -15,6 +15,9 @@ Layer: runtime (file I/O). The order is fixed (``docs/bundle-format.md``,
    payload digest) and each plaintext (signed member digest) on the way;
 6. only when every check passed: record the version in the state store and
    return the plaintext. Nothing is written to disk except the state store.
+   Recording checks the version again under the store's lock (one critical
+   section with the update), so a lower release whose open raced with a
+   higher one is refused if the higher one was recorded first.
 
 Plaintext is never written to any file. On any failure the partially
 decrypted buffers are zeroed before the error propagates.
@@ -315,9 +318,17 @@ def open_bundle(
                 buf.wipe()
             raise
     if record_version:
-        store.record(
-            vb.signer.key_id, manifest.name, manifest.version, manifest_digest=vb.manifest_digest
-        )
+        try:
+            store.record(
+                vb.signer.key_id,
+                manifest.name,
+                manifest.version,
+                manifest_digest=vb.manifest_digest,
+            )
+        except BaseException:
+            for buf in members.values():
+                buf.wipe()
+            raise
     return OpenedBundle(
         path=path,
         prefix=vb.prefix,
@@ -330,7 +341,11 @@ def open_bundle(
 def record_opened(vb: VerifiedBundle, state_dir: Path | str | None) -> None:
     """Record ``vb``'s release version in the anti-rollback store (after a successful start).
 
+    The version is checked again under the store's lock: the caller must not use
+    the bundle when this raises.
+
     Raises:
+        RollbackError: A higher version of the bundle was recorded since it was opened.
         StateStoreError: The store cannot be written.
     """
     store = VersionStore(Path(state_dir) if state_dir is not None else default_state_dir())

@@ -20,8 +20,10 @@ reach a model's outputs with fewer checks than its signer decided. In order:
    threads, placed as the policy says, warmed up;
 6. the guarded runtime (:class:`~edgeguard.runtime.guarded.GuardedRuntime`) with the
    signed runtime policy; a bundle with one model is a policy with one member;
-7. only then the release version is recorded in the anti-rollback store, and the
-   decrypted model bytes of this process are wiped (the workers hold their own).
+7. only then the release version is recorded in the anti-rollback store, checked again
+   under its lock (a higher release recorded meanwhile by a concurrent open refuses this
+   one, and the started parts are stopped), and the decrypted model bytes of this
+   process are wiped (the workers hold their own).
 
 Nothing here imports ``onnx`` or the packaging code.
 """

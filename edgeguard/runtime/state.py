@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgeguard.bundle.verify import check_rollback
 from edgeguard.errors import StateStoreError
 from edgeguard.fsutil import UnsafePathError, atomic_write_at, open_nofollow, open_private_dir
 
@@ -175,12 +176,24 @@ class VersionStore:
     def record(
         self, signer_key_id: bytes, name: str, version: int, *, manifest_digest: bytes
     ) -> None:
-        """Raise the stored version to ``version`` (never lowers it)."""
+        """Check ``version`` against the stored one and raise the stored one to it.
+
+        The check and the update are one critical section under the store's lock,
+        so of two opens that both passed the early check in
+        :func:`~edgeguard.bundle.verify.check_policy`, the one that records second
+        is refused if the first recorded a higher version. The stored version is
+        never lowered; the same version again changes nothing.
+
+        Raises:
+            RollbackError: A higher version was recorded meanwhile.
+            StateStoreError: The store cannot be read or written safely.
+        """
         with self._locked() as dfd:
             entries = self._load(dfd)
             k = self.key(signer_key_id, name)
             old = entries.get(k)
-            if old is not None and int(old["version"]) >= version:
+            check_rollback(name, version, None if old is None else int(old["version"]))
+            if old is not None and int(old["version"]) == version:
                 return
             entries[k] = {
                 "version": version,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import threading
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,8 @@ from edgeguard.errors import (
     UntrustedSignerError,
     UsageError,
 )
-from edgeguard.runtime.opener import open_bundle, read_prefix, verify_bundle
+from edgeguard.runtime.opener import open_bundle, read_prefix, record_opened, verify_bundle
+from edgeguard.runtime.state import VersionStore
 from tests.bundle.conftest import NOW, snapshot
 
 REFUSALS = (MalformedError, IntegrityError, UntrustedSignerError)
@@ -202,6 +204,91 @@ def test_rollback_is_refused_and_store_unchanged(make_bundle, trust, device, sta
     _open(new, trust, device, state_dir)
     # Another bundle name is tracked separately.
     _open(make_bundle(version=1, name="other"), trust, device, state_dir)
+
+
+def _race(paths: tuple[Path, Path], trust: TrustStore, device: DeviceKey, state: Path) -> list:
+    """Open both bundles at once; both pass the early check, then the first records first."""
+    barrier = threading.Barrier(2)
+    first_recorded = threading.Event()
+    results: list[object] = [None, None]
+
+    def run(i: int) -> None:
+        try:
+            ob = open_bundle(
+                paths[i], trust=trust, device_key=device, state_dir=state, now=NOW,
+                record_version=False,
+            )  # fmt: skip
+            barrier.wait(timeout=30)  # both passed the check against the store
+            if i == 1:
+                assert first_recorded.wait(timeout=30)
+            try:
+                record_opened(ob, state)
+                results[i] = "recorded"
+            finally:
+                ob.wipe()
+        except Exception as exc:
+            results[i] = exc
+        finally:
+            if i == 0:
+                first_recorded.set()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return results
+
+
+def test_a_lower_release_racing_a_higher_one_is_refused_when_the_higher_recorded_first(
+    make_bundle, trust, device, state_dir
+) -> None:
+    v3, v5 = make_bundle(version=3), make_bundle(version=5)
+    five, three = _race((v5, v3), trust, device, state_dir)
+    assert five == "recorded"
+    assert isinstance(three, RollbackError), three
+    assert "v3 is older than v5" in str(three)
+    assert VersionStore(state_dir).get(trust_kid(trust), "digits") == 5
+
+
+def test_a_lower_release_recorded_first_lets_the_higher_one_follow(
+    make_bundle, trust, device, state_dir
+) -> None:
+    v3, v5 = make_bundle(version=3), make_bundle(version=5)
+    assert _race((v3, v5), trust, device, state_dir) == ["recorded", "recorded"]
+    assert VersionStore(state_dir).get(trust_kid(trust), "digits") == 5
+
+
+def test_open_bundle_refuses_and_wipes_when_a_higher_release_was_recorded_meanwhile(
+    make_bundle, trust, device, state_dir, monkeypatch
+) -> None:
+    from edgeguard.runtime import secmem
+
+    wiped: list[int] = []
+    real_wipe = secmem.SecretBuffer.wipe
+
+    def wipe(self: secmem.SecretBuffer) -> None:
+        wiped.append(id(self))
+        real_wipe(self)
+
+    monkeypatch.setattr(secmem.SecretBuffer, "wipe", wipe)
+    store = VersionStore(state_dir)
+    real_get = VersionStore.get
+
+    def get_then_race(self: VersionStore, *a: object) -> int | None:
+        stored = real_get(self, *a)  # the open's early check sees nothing yet
+        store.record(trust_kid(trust), "digits", 7, manifest_digest=b"\0" * 32)
+        return stored
+
+    monkeypatch.setattr(VersionStore, "get", get_then_race)
+    with pytest.raises(RollbackError, match="v2 is older than v7"):
+        _open(make_bundle(version=2), trust, device, state_dir)
+    assert wiped  # the decrypted member was wiped before the error left open_bundle
+
+
+def trust_kid(trust: TrustStore) -> bytes:
+    (kid,) = trust.signers
+    return kid
 
 
 def test_rollback_check_is_per_signer(make_bundle, trust, device, state_dir, attacker) -> None:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from edgeguard.errors import StateStoreError
+from edgeguard.errors import RollbackError, StateStoreError
 from edgeguard.runtime.state import VersionStore, ensure_state_dir
 
 KID = bytes(range(32))
@@ -169,3 +171,62 @@ def test_a_state_file_writable_by_others_is_refused(state: Path, name: str) -> N
     with pytest.raises(StateStoreError, match="writable by group or others") as ei:
         VersionStore(state).record(KID, "m", 2, manifest_digest=DIGEST)
     assert ei.value.hint == f"make it private: chmod 600 {state / name}"
+
+
+# -- check and update: one critical section across processes ------------------------------
+
+
+def _record_in_process(
+    state: str, version: int, barrier: Any, after: Any, done: Any, out: Any
+) -> None:
+    """A separate process: wait at the barrier (and for ``after``), then record."""
+    barrier.wait(timeout=60)
+    if after is not None:
+        after.wait(timeout=60)
+    try:
+        VersionStore(Path(state)).record(KID, "m", version, manifest_digest=DIGEST)
+        out.put((version, "recorded"))
+    except RollbackError as exc:
+        out.put((version, f"rollback: {exc}"))
+    finally:
+        if done is not None:
+            done.set()
+
+
+def test_two_processes_the_lower_one_recording_second_is_refused(state: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    barrier, higher_done, out = ctx.Barrier(2), ctx.Event(), ctx.Queue()
+    higher = ctx.Process(
+        target=_record_in_process, args=(str(state), 5, barrier, None, higher_done, out)
+    )
+    lower = ctx.Process(
+        target=_record_in_process, args=(str(state), 3, barrier, higher_done, None, out)
+    )
+    for p in (higher, lower):
+        p.start()
+    results = dict(out.get(timeout=60) for _ in range(2))
+    for p in (higher, lower):
+        p.join(timeout=60)
+    assert results[5] == "recorded"
+    assert results[3].startswith("rollback: ") and "v3 is older than v5" in results[3]
+    assert VersionStore(state).get(KID, "m") == 5
+
+
+def _record_many(state: str, names: list[str], barrier: Any) -> None:
+    barrier.wait(timeout=60)
+    for n in names:
+        VersionStore(Path(state)).record(KID, n, 1, manifest_digest=DIGEST)
+
+
+def test_concurrent_processes_lose_no_update(state: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(3)
+    names = [[f"p{i}-{j}" for j in range(15)] for i in range(3)]
+    procs = [ctx.Process(target=_record_many, args=(str(state), n, barrier)) for n in names]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    store = VersionStore(state)
+    assert all(store.get(KID, n) == 1 for ns in names for n in ns)
