@@ -132,8 +132,8 @@ def check_policy(
         recipients: The verified recipient entries.
         device: The opening device's public identity (id, profile, key id).
         now: Current time, Unix seconds.
-        stored_version: Highest release version of this bundle name and signer
-            this device has opened before, or None.
+        stored_version: Highest release version of this bundle name this device
+            has opened before, under any trusted signer, or None.
 
     Returns:
         The recipient entry holding this device's wrapped data key.

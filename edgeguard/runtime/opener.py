@@ -277,7 +277,7 @@ def open_bundle(
         vb = _verify_prefix(f, path, trust, limits)
         header = vb.prefix.header
         manifest = header.manifest
-        stored = store.get(vb.signer.key_id, manifest.name)
+        stored = store.get(manifest.name)
         recipient = check_policy(
             manifest,
             header.recipients,
@@ -320,10 +320,10 @@ def open_bundle(
     if record_version:
         try:
             store.record(
-                vb.signer.key_id,
                 manifest.name,
                 manifest.version,
                 manifest_digest=vb.manifest_digest,
+                signer_key_id=vb.signer.key_id,
             )
         except BaseException:
             for buf in members.values():
@@ -350,4 +350,6 @@ def record_opened(vb: VerifiedBundle, state_dir: Path | str | None) -> None:
     """
     store = VersionStore(Path(state_dir) if state_dir is not None else default_state_dir())
     m = vb.manifest
-    store.record(vb.signer.key_id, m.name, m.version, manifest_digest=vb.manifest_digest)
+    store.record(
+        m.name, m.version, manifest_digest=vb.manifest_digest, signer_key_id=vb.signer.key_id
+    )

@@ -1,11 +1,24 @@
 """The device's local anti-rollback store: highest release version opened.
 
 Layer: runtime (file I/O). One JSON file, ``versions.json``, in the state
-directory maps ``<signer key id hex>/<bundle name>`` to the highest release
-version this device has opened. Writes are atomic and durable (temporary
-file, fsync, rename, fsync of the directory) under an exclusive ``flock`` so
-two processes cannot interleave. The store fails closed: an unreadable or
-corrupt store is an error, never an empty one.
+directory maps each bundle name to the highest release version this device
+has opened, whichever trusted signer signed it: a release signed by an older,
+still trusted key cannot take a name back below a version the device saw
+under another key. Writes are atomic and durable (temporary file, fsync,
+rename, fsync of the directory) under an exclusive ``flock``; checking a
+release against the stored version and raising it is one critical section
+under that lock (:meth:`VersionStore.record`). The store fails closed: an
+unreadable, corrupt or unknown store is an error, never an empty one.
+
+Layout (schema 2)::
+
+    {"schema": 2,
+     "entries": {"<bundle name>": {"version": 7, "manifest_sha256": "<hex>",
+                                   "signer": "<key id hex>", "recorded": <unix s>}}}
+
+A schema 1 store (entries keyed ``<signer key id hex>/<bundle name>``, written
+before anti-rollback was kept per name) is read as schema 2: each name gets
+the highest version any signer had, and the next write stores schema 2.
 
 The state directory must be private: it is created 0700, and an existing one
 that another user owns or that group or others may write is refused
@@ -29,21 +42,29 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgeguard.bundle.model import DEFAULT_LIMITS
 from edgeguard.bundle.verify import check_rollback
 from edgeguard.errors import StateStoreError
 from edgeguard.fsutil import UnsafePathError, atomic_write_at, open_nofollow, open_private_dir
 
 __all__ = ["VersionStore", "default_state_dir", "ensure_state_dir"]
 
-_SCHEMA = 1
+_SCHEMA = 2
+_LEGACY_SCHEMA = 1  # entries keyed "<signer key id hex>/<name>"
 _VERSIONS = "versions.json"
 _LOCK = "versions.lock"
+#: A bundle name as the manifest allows it (docs/bundle-format.md, ``name``).
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}")
+_LEGACY_KEY_RE = re.compile(r"([0-9a-f]{64})/(" + _NAME_RE.pattern + ")")
+_HEX32_RE = re.compile(r"[0-9a-f]{64}")
+_ENTRY_FIELDS = {"version", "manifest_sha256", "signer", "recorded"}
 
 
 def default_state_dir() -> Path:
@@ -88,9 +109,47 @@ def ensure_state_dir(directory: Path) -> Path:
     return directory
 
 
+def _is_int(v: object) -> bool:
+    """An integer that is not a bool (JSON ``true`` must not pass as 1)."""
+    return type(v) is int
+
+
+def _valid_entry(v: object, *, legacy: bool) -> bool:
+    if not isinstance(v, dict) or not set(v) <= _ENTRY_FIELDS or "version" not in v:
+        return False
+    version = v["version"]
+    if not _is_int(version) or not 0 <= version <= DEFAULT_LIMITS.max_version:
+        return False
+    if legacy and "signer" in v:
+        return False
+    digest = v.get("manifest_sha256")
+    signer = v.get("signer")
+    recorded = v.get("recorded")
+    return (
+        (digest is None or (isinstance(digest, str) and _HEX32_RE.fullmatch(digest) is not None))
+        and (
+            signer is None or (isinstance(signer, str) and _HEX32_RE.fullmatch(signer) is not None)
+        )
+        and (recorded is None or (_is_int(recorded) and recorded >= 0))
+    )
+
+
+def _migrate(entries: dict[str, Any]) -> dict[str, Any] | None:
+    """Schema 1 entries (per signer and name) as schema 2 entries (per name), or None."""
+    out: dict[str, Any] = {}
+    for key, entry in entries.items():
+        m = _LEGACY_KEY_RE.fullmatch(key)
+        if m is None:
+            return None
+        signer, name = m.groups()
+        if name not in out or entry["version"] > out[name]["version"]:
+            out[name] = {**entry, "signer": signer}
+    return out
+
+
 @dataclass(frozen=True)
 class VersionStore:
-    """Highest opened release version per (signer, bundle name)."""
+    """Highest opened release version per bundle name, across every trusted signer."""
 
     directory: Path
 
@@ -98,11 +157,6 @@ class VersionStore:
     def path(self) -> Path:
         """The JSON file holding the versions."""
         return self.directory / _VERSIONS
-
-    @staticmethod
-    def key(signer_key_id: bytes, name: str) -> str:
-        """Entry key for a bundle name under a signer."""
-        return f"{signer_key_id.hex()}/{name}"
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[int]:
@@ -156,25 +210,40 @@ class VersionStore:
                 f"state store {self.path} is corrupt; refusing to guess (fail closed)",
                 hint="restore it from backup; deleting it disables rollback protection",
             ) from exc
-        entries = doc.get("entries") if isinstance(doc, dict) else None
-        if (
-            not isinstance(doc, dict)
-            or doc.get("schema") != _SCHEMA
-            or not isinstance(entries, dict)
-            or not all(
-                isinstance(v, dict) and isinstance(v.get("version"), int) for v in entries.values()
+        entries = self._parse(doc)
+        if entries is None:
+            raise StateStoreError(
+                f"state store {self.path} has an unknown layout (fail closed)",
+                hint="restore it from backup, or use the edgeguard release that wrote it",
             )
-        ):
-            raise StateStoreError(f"state store {self.path} has an unknown layout (fail closed)")
         return entries
 
-    def get(self, signer_key_id: bytes, name: str) -> int | None:
-        """Highest version opened for this signer and name, or None."""
-        entry = self._load().get(self.key(signer_key_id, name))
+    @staticmethod
+    def _parse(doc: object) -> dict[str, Any] | None:
+        """The entries of a well-formed store document (schema 2, or 1 migrated), else None."""
+        if not isinstance(doc, dict) or set(doc) != {"schema", "entries"}:
+            return None
+        schema, entries = doc["schema"], doc["entries"]
+        if not _is_int(schema) or schema not in (_LEGACY_SCHEMA, _SCHEMA):
+            return None
+        legacy = schema == _LEGACY_SCHEMA
+        if not isinstance(entries, dict) or not all(
+            _valid_entry(v, legacy=legacy) for v in entries.values()
+        ):
+            return None
+        if legacy:
+            return _migrate(entries)
+        if not all(_NAME_RE.fullmatch(k) for k in entries):
+            return None
+        return entries
+
+    def get(self, name: str) -> int | None:
+        """Highest version of bundle ``name`` this device opened (any signer), or None."""
+        entry = self._load().get(name)
         return None if entry is None else int(entry["version"])
 
     def record(
-        self, signer_key_id: bytes, name: str, version: int, *, manifest_digest: bytes
+        self, name: str, version: int, *, manifest_digest: bytes, signer_key_id: bytes
     ) -> None:
         """Check ``version`` against the stored one and raise the stored one to it.
 
@@ -184,20 +253,27 @@ class VersionStore:
         is refused if the first recorded a higher version. The stored version is
         never lowered; the same version again changes nothing.
 
+        Args:
+            name: The bundle name (the anti-rollback counter's key).
+            version: Its release version.
+            manifest_digest: SHA-256 of the signed header (kept for reference).
+            signer_key_id: The key that signed it (kept for reference; not part of
+                the key: the counter is shared by every trusted signer).
+
         Raises:
-            RollbackError: A higher version was recorded meanwhile.
+            RollbackError: A higher version of ``name`` was recorded.
             StateStoreError: The store cannot be read or written safely.
         """
         with self._locked() as dfd:
             entries = self._load(dfd)
-            k = self.key(signer_key_id, name)
-            old = entries.get(k)
+            old = entries.get(name)
             check_rollback(name, version, None if old is None else int(old["version"]))
             if old is not None and int(old["version"]) == version:
                 return
-            entries[k] = {
+            entries[name] = {
                 "version": version,
                 "manifest_sha256": manifest_digest.hex(),
+                "signer": signer_key_id.hex(),
                 "recorded": int(time.time()),
             }
             body = json.dumps({"schema": _SCHEMA, "entries": entries}, indent=1, sort_keys=True)

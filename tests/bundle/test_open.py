@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 import threading
 from pathlib import Path
@@ -248,7 +249,7 @@ def test_a_lower_release_racing_a_higher_one_is_refused_when_the_higher_recorded
     assert five == "recorded"
     assert isinstance(three, RollbackError), three
     assert "v3 is older than v5" in str(three)
-    assert VersionStore(state_dir).get(trust_kid(trust), "digits") == 5
+    assert VersionStore(state_dir).get("digits") == 5
 
 
 def test_a_lower_release_recorded_first_lets_the_higher_one_follow(
@@ -256,7 +257,7 @@ def test_a_lower_release_recorded_first_lets_the_higher_one_follow(
 ) -> None:
     v3, v5 = make_bundle(version=3), make_bundle(version=5)
     assert _race((v3, v5), trust, device, state_dir) == ["recorded", "recorded"]
-    assert VersionStore(state_dir).get(trust_kid(trust), "digits") == 5
+    assert VersionStore(state_dir).get("digits") == 5
 
 
 def test_open_bundle_refuses_and_wipes_when_a_higher_release_was_recorded_meanwhile(
@@ -277,7 +278,7 @@ def test_open_bundle_refuses_and_wipes_when_a_higher_release_was_recorded_meanwh
 
     def get_then_race(self: VersionStore, *a: object) -> int | None:
         stored = real_get(self, *a)  # the open's early check sees nothing yet
-        store.record(trust_kid(trust), "digits", 7, manifest_digest=b"\0" * 32)
+        store.record("digits", 7, manifest_digest=b"\0" * 32, signer_key_id=b"\1" * 32)
         return stored
 
     monkeypatch.setattr(VersionStore, "get", get_then_race)
@@ -286,15 +287,42 @@ def test_open_bundle_refuses_and_wipes_when_a_higher_release_was_recorded_meanwh
     assert wiped  # the decrypted member was wiped before the error left open_bundle
 
 
-def trust_kid(trust: TrustStore) -> bytes:
-    (kid,) = trust.signers
-    return kid
-
-
-def test_rollback_check_is_per_signer(make_bundle, trust, device, state_dir, attacker) -> None:
+def test_rollback_is_per_name_across_every_trusted_signer(
+    make_bundle, trust, device, state_dir, attacker
+) -> None:
+    # A device that only ever saw releases of the new key ("signer") refuses an old
+    # release of the same name signed by a previous key it still trusts ("attacker").
     _open(make_bundle(version=5), trust, device, state_dir)
     both = TrustStore.of([next(iter(trust.signers.values())), attacker.public])
-    _open(make_bundle(version=1, by=attacker), both, device, state_dir)
+    before = snapshot(state_dir)
+    with pytest.raises(RollbackError, match="v1 is older than v5"):
+        _open(make_bundle(version=1, by=attacker), both, device, state_dir)
+    assert snapshot(state_dir) == before
+    # A higher release under the previous key moves the same counter on.
+    _open(make_bundle(version=6, by=attacker), both, device, state_dir)
+    with pytest.raises(RollbackError, match="v5 is older than v6"):
+        _open(make_bundle(version=5), trust, device, state_dir)
+    assert VersionStore(state_dir).get("digits") == 6
+
+
+def test_a_store_kept_per_signer_is_migrated_and_refuses_an_old_key_s_release(
+    make_bundle, trust, device, state_dir, attacker
+) -> None:
+    # Written by the release that kept a counter per signer: v5 of "digits" under
+    # the current key. The old key's v3 must not open, though that key never had v5.
+    (kid,) = trust.signers
+    legacy = {"schema": 1, "entries": {f"{kid.hex()}/digits": {"version": 5}}}
+    (state_dir / "versions.json").write_text(json.dumps(legacy))
+    (state_dir / "versions.json").chmod(0o600)
+    both = TrustStore.of([next(iter(trust.signers.values())), attacker.public])
+    with pytest.raises(RollbackError, match="v3 is older than v5"):
+        _open(make_bundle(version=3, by=attacker), both, device, state_dir)
+    _open(make_bundle(version=5, by=attacker), both, device, state_dir)
+    assert json.loads((state_dir / "versions.json").read_text()) == legacy  # same version
+    _open(make_bundle(version=9, by=attacker), both, device, state_dir)
+    doc = json.loads((state_dir / "versions.json").read_text())
+    assert doc["schema"] == 2 and doc["entries"]["digits"]["version"] == 9
+    assert doc["entries"]["digits"]["signer"] == attacker.public.key_id.hex()
 
 
 def test_device_not_a_recipient(make_bundle, trust, device, other_device, state_dir) -> None:

@@ -16,6 +16,9 @@ from edgeguard.runtime.state import VersionStore, ensure_state_dir
 
 KID = bytes(range(32))
 DIGEST = b"\x11" * 32
+#: A store written by the release that kept anti-rollback per signer and name (schema 1):
+#: "digits" v5 under key aa.., v7 under key bb.., "other" v2 under key aa...
+LEGACY = Path(__file__).resolve().parents[1] / "vectors" / "state" / "versions-schema1.json"
 
 
 @pytest.fixture
@@ -36,7 +39,7 @@ def test_a_new_state_dir_is_created_0700_whatever_the_umask(tmp_path: Path) -> N
     d = tmp_path / "a" / "b" / "state"
     old = os.umask(0)
     try:
-        VersionStore(d).record(KID, "m", 1, manifest_digest=DIGEST)
+        VersionStore(d).record("m", 1, manifest_digest=DIGEST, signer_key_id=KID)
         assert _mode(d) == 0o700
         ensure_state_dir(tmp_path / "other")
         assert _mode(tmp_path / "other") == 0o700
@@ -49,7 +52,7 @@ def test_a_new_state_dir_is_created_0700_whatever_the_umask(tmp_path: Path) -> N
 def test_files_are_created_0600_whatever_the_umask(state: Path) -> None:
     old = os.umask(0)
     try:
-        VersionStore(state).record(KID, "m", 1, manifest_digest=DIGEST)
+        VersionStore(state).record("m", 1, manifest_digest=DIGEST, signer_key_id=KID)
     finally:
         os.umask(old)
     assert _mode(state / "versions.json") == 0o600
@@ -59,12 +62,12 @@ def test_files_are_created_0600_whatever_the_umask(state: Path) -> None:
 
 @pytest.mark.parametrize("mode", [0o777, 0o770, 0o720, 0o702, 0o1777], ids=oct)
 def test_a_state_dir_writable_by_group_or_others_is_refused(state: Path, mode: int) -> None:
-    VersionStore(state).record(KID, "m", 5, manifest_digest=DIGEST)
+    VersionStore(state).record("m", 5, manifest_digest=DIGEST, signer_key_id=KID)
     state.chmod(mode)
     store = VersionStore(state)
     for action in (
-        lambda: store.get(KID, "m"),
-        lambda: store.record(KID, "m", 6, manifest_digest=DIGEST),
+        lambda: store.get("m"),
+        lambda: store.record("m", 6, manifest_digest=DIGEST, signer_key_id=KID),
         lambda: ensure_state_dir(state),
     ):
         with pytest.raises(StateStoreError, match="writable by group or others") as ei:
@@ -72,15 +75,15 @@ def test_a_state_dir_writable_by_group_or_others_is_refused(state: Path, mode: i
         assert ei.value.hint == f"make it private: chmod 700 {state}"
         assert "\n" not in ei.value.one_line()
     state.chmod(0o700)
-    assert store.get(KID, "m") == 5  # nothing was written meanwhile
+    assert store.get("m") == 5  # nothing was written meanwhile
 
 
 @pytest.mark.parametrize("mode", [0o755, 0o750, 0o700, 0o500], ids=oct)
 def test_a_state_dir_only_its_owner_may_write_is_accepted(state: Path, mode: int) -> None:
-    VersionStore(state).record(KID, "m", 5, manifest_digest=DIGEST)
+    VersionStore(state).record("m", 5, manifest_digest=DIGEST, signer_key_id=KID)
     state.chmod(mode)
     try:
-        assert VersionStore(state).get(KID, "m") == 5
+        assert VersionStore(state).get("m") == 5
     finally:
         state.chmod(0o700)
 
@@ -88,7 +91,7 @@ def test_a_state_dir_only_its_owner_may_write_is_accepted(state: Path, mode: int
 def test_a_state_dir_of_another_user_is_refused(
     state: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    VersionStore(state).record(KID, "m", 5, manifest_digest=DIGEST)
+    VersionStore(state).record("m", 5, manifest_digest=DIGEST, signer_key_id=KID)
     other = os.geteuid() + 1000
     if os.geteuid() == 0:
         os.chown(state, other, -1)
@@ -97,8 +100,8 @@ def test_a_state_dir_of_another_user_is_refused(
         monkeypatch.setattr(os, "geteuid", lambda: me + 1000)
     store = VersionStore(state)
     for action in (
-        lambda: store.get(KID, "m"),
-        lambda: store.record(KID, "m", 6, manifest_digest=DIGEST),
+        lambda: store.get("m"),
+        lambda: store.record("m", 6, manifest_digest=DIGEST, signer_key_id=KID),
         lambda: ensure_state_dir(state),
     ):
         with pytest.raises(StateStoreError, match="not to this user") as ei:
@@ -110,11 +113,11 @@ def test_a_state_dir_that_is_a_file_is_an_error(tmp_path: Path) -> None:
     f = tmp_path / "state"
     f.write_text("")
     with pytest.raises(StateStoreError, match="cannot open state directory"):
-        VersionStore(f).record(KID, "m", 1, manifest_digest=DIGEST)
+        VersionStore(f).record("m", 1, manifest_digest=DIGEST, signer_key_id=KID)
 
 
 def test_reading_a_missing_state_dir_creates_nothing(tmp_path: Path) -> None:
-    assert VersionStore(tmp_path / "none").get(KID, "m") is None
+    assert VersionStore(tmp_path / "none").get("m") is None
     assert not (tmp_path / "none").exists()
 
 
@@ -128,7 +131,7 @@ def test_a_symlinked_lock_is_refused_and_its_target_never_created(
     victim.parent.mkdir()
     (state / "versions.lock").symlink_to(victim)
     with pytest.raises(StateStoreError, match=r"versions\.lock is a symbolic link") as ei:
-        VersionStore(state).record(KID, "m", 1, manifest_digest=DIGEST)
+        VersionStore(state).record("m", 1, manifest_digest=DIGEST, signer_key_id=KID)
     assert ei.value.hint is not None and "remove" in ei.value.hint
     assert not victim.exists()
     assert not (state / "versions.json").exists()
@@ -142,9 +145,9 @@ def test_a_symlinked_versions_file_is_refused_for_reading_and_writing(
     (state / "versions.json").symlink_to(target)
     store = VersionStore(state)
     with pytest.raises(StateStoreError, match=r"versions\.json is a symbolic link"):
-        store.get(KID, "m")
+        store.get("m")
     with pytest.raises(StateStoreError, match=r"versions\.json is a symbolic link"):
-        store.record(KID, "m", 1, manifest_digest=DIGEST)
+        store.record("m", 1, manifest_digest=DIGEST, signer_key_id=KID)
     assert json.loads(target.read_text()) == {"schema": 1, "entries": {}}
 
 
@@ -155,22 +158,83 @@ def test_a_fifo_in_place_of_a_state_file_is_refused_without_blocking(
 ) -> None:
     os.mkfifo(state / name)
     with pytest.raises(StateStoreError, match="not a regular file"):
-        VersionStore(state).record(KID, "m", 1, manifest_digest=DIGEST)
+        VersionStore(state).record("m", 1, manifest_digest=DIGEST, signer_key_id=KID)
 
 
 def test_a_directory_in_place_of_the_lock_is_refused(state: Path) -> None:
     (state / "versions.lock").mkdir()
     with pytest.raises(StateStoreError, match="cannot lock state store"):
-        VersionStore(state).record(KID, "m", 1, manifest_digest=DIGEST)
+        VersionStore(state).record("m", 1, manifest_digest=DIGEST, signer_key_id=KID)
 
 
 @pytest.mark.parametrize("name", ["versions.json", "versions.lock"])
 def test_a_state_file_writable_by_others_is_refused(state: Path, name: str) -> None:
-    VersionStore(state).record(KID, "m", 1, manifest_digest=DIGEST)
+    VersionStore(state).record("m", 1, manifest_digest=DIGEST, signer_key_id=KID)
     (state / name).chmod(0o666)
     with pytest.raises(StateStoreError, match="writable by group or others") as ei:
-        VersionStore(state).record(KID, "m", 2, manifest_digest=DIGEST)
+        VersionStore(state).record("m", 2, manifest_digest=DIGEST, signer_key_id=KID)
     assert ei.value.hint == f"make it private: chmod 600 {state / name}"
+
+
+# -- one counter per name, and the schema 1 store migrated ---------------------------------
+
+
+def test_the_counter_is_per_name_whichever_key_signed(state: Path) -> None:
+    store = VersionStore(state)
+    store.record("m", 5, manifest_digest=DIGEST, signer_key_id=b"\xaa" * 32)
+    with pytest.raises(RollbackError, match="v4 is older than v5"):
+        store.record("m", 4, manifest_digest=DIGEST, signer_key_id=b"\xbb" * 32)
+    store.record("m", 5, manifest_digest=DIGEST, signer_key_id=b"\xbb" * 32)
+    doc = json.loads((state / "versions.json").read_text())
+    assert doc["schema"] == 2
+    assert doc["entries"]["m"]["signer"] == "aa" * 32  # the same version again changes nothing
+    store.record("m", 6, manifest_digest=b"\x06" * 32, signer_key_id=b"\xbb" * 32)
+    doc = json.loads((state / "versions.json").read_text())
+    assert set(doc) == {"schema", "entries"} and list(doc["entries"]) == ["m"]
+    entry = doc["entries"]["m"]
+    assert entry["version"] == 6 and entry["signer"] == "bb" * 32
+    assert entry["manifest_sha256"] == "06" * 32
+
+
+def test_a_schema_1_store_is_read_per_name_with_the_highest_version_of_any_signer(
+    state: Path,
+) -> None:
+    (state / "versions.json").write_bytes(LEGACY.read_bytes())
+    (state / "versions.json").chmod(0o600)
+    store = VersionStore(state)
+    assert store.get("digits") == 7 and store.get("other") == 2 and store.get("x") is None
+    # a release signed by aa.. (which had only seen v5) is refused below bb..'s v7
+    with pytest.raises(RollbackError, match="v6 is older than v7"):
+        store.record("digits", 6, manifest_digest=DIGEST, signer_key_id=b"\xaa" * 32)
+    assert (state / "versions.json").read_bytes() == LEGACY.read_bytes()  # reads never migrate
+    store.record("digits", 8, manifest_digest=DIGEST, signer_key_id=b"\xaa" * 32)
+    doc = json.loads((state / "versions.json").read_text())
+    assert doc["schema"] == 2
+    assert doc["entries"]["other"] == {
+        "version": 2,
+        "manifest_sha256": "02" * 32,
+        "recorded": 1790000000,
+        "signer": "aa" * 32,
+    }
+    assert doc["entries"]["digits"]["version"] == 8
+    assert set(doc["entries"]) == {"digits", "other"}
+    assert store.get("digits") == 8 and store.get("other") == 2
+
+
+def test_a_schema_1_store_with_equal_versions_keeps_the_first_signer(state: Path) -> None:
+    legacy = {
+        "schema": 1,
+        "entries": {
+            f"{'aa' * 32}/m": {"version": 3},
+            f"{'bb' * 32}/m": {"version": 3},
+            f"{'cc' * 32}/m": {"version": 1},
+        },
+    }
+    (state / "versions.json").write_text(json.dumps(legacy))
+    store = VersionStore(state)
+    store.record("n", 1, manifest_digest=DIGEST, signer_key_id=KID)  # rewrites as schema 2
+    entries = json.loads((state / "versions.json").read_text())["entries"]
+    assert entries["m"] == {"version": 3, "signer": "aa" * 32}
 
 
 # -- check and update: one critical section across processes ------------------------------
@@ -184,7 +248,7 @@ def _record_in_process(
     if after is not None:
         after.wait(timeout=60)
     try:
-        VersionStore(Path(state)).record(KID, "m", version, manifest_digest=DIGEST)
+        VersionStore(Path(state)).record("m", version, manifest_digest=DIGEST, signer_key_id=KID)
         out.put((version, "recorded"))
     except RollbackError as exc:
         out.put((version, f"rollback: {exc}"))
@@ -209,13 +273,13 @@ def test_two_processes_the_lower_one_recording_second_is_refused(state: Path) ->
         p.join(timeout=60)
     assert results[5] == "recorded"
     assert results[3].startswith("rollback: ") and "v3 is older than v5" in results[3]
-    assert VersionStore(state).get(KID, "m") == 5
+    assert VersionStore(state).get("m") == 5
 
 
 def _record_many(state: str, names: list[str], barrier: Any) -> None:
     barrier.wait(timeout=60)
     for n in names:
-        VersionStore(Path(state)).record(KID, n, 1, manifest_digest=DIGEST)
+        VersionStore(Path(state)).record(n, 1, manifest_digest=DIGEST, signer_key_id=KID)
 
 
 def test_concurrent_processes_lose_no_update(state: Path) -> None:
@@ -229,4 +293,4 @@ def test_concurrent_processes_lose_no_update(state: Path) -> None:
         p.join(timeout=120)
         assert p.exitcode == 0
     store = VersionStore(state)
-    assert all(store.get(KID, n) == 1 for ns in names for n in ns)
+    assert all(store.get(n) == 1 for ns in names for n in ns)
