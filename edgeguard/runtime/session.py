@@ -154,6 +154,9 @@ class DeviceSession:
         log_path: The event log, or None without one.
         deadline_check: The members timed at start against the build host's
             measurement, when the deadline was measured at build (else None).
+        clock: The time the bundle's expiry was checked at; ``clock.behind_floor``
+            warns that the clock lay too far behind the device's time floor (the
+            event log records it as ``clock_behind_floor``).
     """
 
     def __init__(
@@ -177,6 +180,7 @@ class DeviceSession:
         self._log = event_log
         self.log_path: Path | None = event_log.path if event_log is not None else None
         self.deadline_check = parts.deadline_check
+        self.clock = verified.clock
         self._closed = False
 
     # -- what runs ------------------------------------------------------------------------
@@ -426,6 +430,8 @@ def open_session(
                     "required_isolation": list(slots.isolation.required_layers()),
                 },
             )
+            if opened.clock is not None and opened.clock.behind_floor:
+                log.append("clock_behind_floor", opened.clock.to_dict())
             if bypass:
                 log.append(
                     "unsafe_isolation_bypass",

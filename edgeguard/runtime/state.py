@@ -10,9 +10,17 @@ release against the stored version and raising it is one critical section
 under that lock (:meth:`VersionStore.record`). The store fails closed: an
 unreadable, corrupt or unknown store is an error, never an empty one.
 
-Layout (schema 2)::
+The store also keeps the device's **time floor**: the latest wall-clock time
+at which a bundle was opened and recorded here. It only moves forward, and
+only with a successful open (a check-only open records nothing), so a clock
+set far ahead cannot move it unless a bundle actually opens at that time.
+:func:`~edgeguard.bundle.verify.clock_check` decides expiry at the floor when
+the clock lies too far behind it, so setting the clock back does not revive
+an expired bundle.
 
-    {"schema": 2,
+Layout (schema 2; ``time_floor`` is absent until the first record)::
+
+    {"schema": 2, "time_floor": <unix s>,
      "entries": {"<bundle name>": {"version": 7, "manifest_sha256": "<hex>",
                                    "signer": "<key id hex>", "recorded": <unix s>}}}
 
@@ -43,8 +51,7 @@ import fcntl
 import json
 import os
 import re
-import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +61,7 @@ from edgeguard.bundle.verify import check_rollback
 from edgeguard.errors import StateStoreError
 from edgeguard.fsutil import UnsafePathError, atomic_write_at, open_nofollow, open_private_dir
 
-__all__ = ["VersionStore", "default_state_dir", "ensure_state_dir"]
+__all__ = ["StoredState", "VersionStore", "default_state_dir", "ensure_state_dir"]
 
 _SCHEMA = 2
 _LEGACY_SCHEMA = 1  # entries keyed "<signer key id hex>/<name>"
@@ -65,6 +72,8 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}")
 _LEGACY_KEY_RE = re.compile(r"([0-9a-f]{64})/(" + _NAME_RE.pattern + ")")
 _HEX32_RE = re.compile(r"[0-9a-f]{64}")
 _ENTRY_FIELDS = {"version", "manifest_sha256", "signer", "recorded"}
+_REQUIRED_KEYS = {"schema", "entries"}
+_OPTIONAL_KEYS = {"time_floor"}  # schema 2 only
 
 
 def default_state_dir() -> Path:
@@ -148,6 +157,28 @@ def _migrate(entries: dict[str, Any]) -> dict[str, Any] | None:
 
 
 @dataclass(frozen=True)
+class StoredState:
+    """What the store holds: the entries per bundle name and the time floor.
+
+    Attributes:
+        entries: Bundle name -> its entry (``version``, ``manifest_sha256``,
+            ``signer``, ``recorded``).
+        time_floor: The latest wall-clock time of a recorded open, or None.
+    """
+
+    entries: Mapping[str, Mapping[str, Any]]
+    time_floor: int | None = None
+
+    def version(self, name: str) -> int | None:
+        """Highest version of bundle ``name`` opened (any signer), or None."""
+        entry = self.entries.get(name)
+        return None if entry is None else int(entry["version"])
+
+
+_EMPTY = StoredState(entries={})
+
+
+@dataclass(frozen=True)
 class VersionStore:
     """Highest opened release version per bundle name, across every trusted signer."""
 
@@ -195,14 +226,14 @@ class VersionStore:
         except OSError as exc:
             raise StateStoreError(f"cannot read state store {self.path}: {exc}") from exc
 
-    def _load(self, dfd: int | None = None) -> dict[str, Any]:
+    def _load(self, dfd: int | None = None) -> StoredState:
         if dfd is None:
             with _state_dir_fd(self.directory, create=False) as fd:
                 raw = None if fd is None else self._read(fd)
         else:
             raw = self._read(dfd)
         if raw is None:
-            return {}
+            return _EMPTY
         try:
             doc = json.loads(raw)
         except ValueError as exc:
@@ -210,40 +241,58 @@ class VersionStore:
                 f"state store {self.path} is corrupt; refusing to guess (fail closed)",
                 hint="restore it from backup; deleting it disables rollback protection",
             ) from exc
-        entries = self._parse(doc)
-        if entries is None:
+        state = self._parse(doc)
+        if state is None:
             raise StateStoreError(
                 f"state store {self.path} has an unknown layout (fail closed)",
                 hint="restore it from backup, or use the edgeguard release that wrote it",
             )
-        return entries
+        return state
 
     @staticmethod
-    def _parse(doc: object) -> dict[str, Any] | None:
-        """The entries of a well-formed store document (schema 2, or 1 migrated), else None."""
-        if not isinstance(doc, dict) or set(doc) != {"schema", "entries"}:
+    def _parse(doc: object) -> StoredState | None:
+        """A well-formed store document (schema 2, or 1 migrated), else None."""
+        if not isinstance(doc, dict) or not set(doc) >= _REQUIRED_KEYS:
             return None
         schema, entries = doc["schema"], doc["entries"]
         if not _is_int(schema) or schema not in (_LEGACY_SCHEMA, _SCHEMA):
             return None
         legacy = schema == _LEGACY_SCHEMA
+        if not set(doc) <= (_REQUIRED_KEYS if legacy else _REQUIRED_KEYS | _OPTIONAL_KEYS):
+            return None
+        floor = doc.get("time_floor")
+        if floor is not None and not (_is_int(floor) and floor >= 0):
+            return None
         if not isinstance(entries, dict) or not all(
             _valid_entry(v, legacy=legacy) for v in entries.values()
         ):
             return None
         if legacy:
-            return _migrate(entries)
+            migrated = _migrate(entries)
+            return None if migrated is None else StoredState(entries=migrated)
         if not all(_NAME_RE.fullmatch(k) for k in entries):
             return None
-        return entries
+        return StoredState(entries=entries, time_floor=floor)
+
+    def read(self) -> StoredState:
+        """The entries and the time floor, as one consistent read (no lock needed:
+        the file is only ever replaced whole).
+
+        Raises:
+            StateStoreError: The store cannot be read safely, or is corrupt.
+        """
+        return self._load()
 
     def get(self, name: str) -> int | None:
         """Highest version of bundle ``name`` this device opened (any signer), or None."""
-        entry = self._load().get(name)
-        return None if entry is None else int(entry["version"])
+        return self._load().version(name)
+
+    def time_floor(self) -> int | None:
+        """The latest wall-clock time of a recorded open, or None."""
+        return self._load().time_floor
 
     def record(
-        self, name: str, version: int, *, manifest_digest: bytes, signer_key_id: bytes
+        self, name: str, version: int, *, manifest_digest: bytes, signer_key_id: bytes, now: int
     ) -> None:
         """Check ``version`` against the stored one and raise the stored one to it.
 
@@ -251,7 +300,8 @@ class VersionStore:
         so of two opens that both passed the early check in
         :func:`~edgeguard.bundle.verify.check_policy`, the one that records second
         is refused if the first recorded a higher version. The stored version is
-        never lowered; the same version again changes nothing.
+        never lowered; the same version again leaves its entry as it is. The time
+        floor is raised to ``now`` (never lowered) in the same write.
 
         Args:
             name: The bundle name (the anti-rollback counter's key).
@@ -259,24 +309,29 @@ class VersionStore:
             manifest_digest: SHA-256 of the signed header (kept for reference).
             signer_key_id: The key that signed it (kept for reference; not part of
                 the key: the counter is shared by every trusted signer).
+            now: The wall clock when the bundle was opened (Unix seconds).
 
         Raises:
             RollbackError: A higher version of ``name`` was recorded.
             StateStoreError: The store cannot be read or written safely.
         """
         with self._locked() as dfd:
-            entries = self._load(dfd)
-            old = entries.get(name)
-            check_rollback(name, version, None if old is None else int(old["version"]))
-            if old is not None and int(old["version"]) == version:
+            state = self._load(dfd)
+            stored = state.version(name)
+            check_rollback(name, version, stored)
+            floor = now if state.time_floor is None else max(state.time_floor, now)
+            if stored == version and floor == state.time_floor:
                 return
-            entries[name] = {
-                "version": version,
-                "manifest_sha256": manifest_digest.hex(),
-                "signer": signer_key_id.hex(),
-                "recorded": int(time.time()),
-            }
-            body = json.dumps({"schema": _SCHEMA, "entries": entries}, indent=1, sort_keys=True)
+            entries = dict(state.entries)
+            if stored != version:
+                entries[name] = {
+                    "version": version,
+                    "manifest_sha256": manifest_digest.hex(),
+                    "signer": signer_key_id.hex(),
+                    "recorded": now,
+                }
+            doc = {"schema": _SCHEMA, "time_floor": floor, "entries": entries}
+            body = json.dumps(doc, indent=1, sort_keys=True)
             try:
                 atomic_write_at(dfd, _VERSIONS, body.encode(), mode=0o600)
             except OSError as exc:

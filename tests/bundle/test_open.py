@@ -11,7 +11,13 @@ import pytest
 
 from edgeguard.bundle.codec import SIGNATURE_CONTEXT, encode_prefix, signed_region
 from edgeguard.bundle.model import MAGIC, SignatureBlock
-from edgeguard.bundle.verify import TrustStore
+from edgeguard.bundle.verify import (
+    CLOCK_FLOOR_SKEW_S,
+    CLOCK_SKEW_S,
+    ClockCheck,
+    TrustStore,
+    clock_check,
+)
 from edgeguard.crypto.encoding import canonical_cbor, decode_canonical
 from edgeguard.crypto.keys import DeviceKey, SignerKey
 from edgeguard.crypto.sign import HybridSignature, hybrid_sign
@@ -27,8 +33,14 @@ from edgeguard.errors import (
     UntrustedSignerError,
     UsageError,
 )
-from edgeguard.runtime.opener import open_bundle, read_prefix, record_opened, verify_bundle
-from edgeguard.runtime.state import VersionStore
+from edgeguard.runtime.opener import (
+    OpenedBundle,
+    open_bundle,
+    read_prefix,
+    record_opened,
+    verify_bundle,
+)
+from edgeguard.runtime.state import StoredState, VersionStore
 from tests.bundle.conftest import NOW, snapshot
 
 REFUSALS = (MalformedError, IntegrityError, UntrustedSignerError)
@@ -193,6 +205,73 @@ def test_expired_and_future_bundles(make_bundle, trust, device, state_dir) -> No
     assert snapshot(state_dir) == {}
 
 
+def _open_at(path: Path, t: int, trust: TrustStore, device: DeviceKey, state: Path) -> OpenedBundle:
+    """Open with the wall clock reading ``t`` (a fake clock); returns the opened bundle."""
+    ob = open_bundle(path, trust=trust, device_key=device, state_dir=state, now=t)
+    ob.wipe()
+    return ob
+
+
+def test_expiry_and_creation_boundaries(make_bundle, trust, device, state_dir) -> None:
+    b = make_bundle(expires=NOW + 10, created=NOW - 100)
+    _open_at(b, NOW + 9, trust, device, state_dir)  # one second before expiry
+    with pytest.raises(BundleExpiredError, match="expired at"):
+        _open_at(b, NOW + 10, trust, device, state_dir)  # at expiry: expired
+    at_limit = make_bundle(created=NOW + CLOCK_SKEW_S, expires=None)
+    _open_at(at_limit, NOW, trust, device, state_dir)  # created exactly the skew ahead
+    over = make_bundle(created=NOW + CLOCK_SKEW_S + 1, expires=None)
+    with pytest.raises(BundleExpiredError, match="future"):
+        _open_at(over, NOW, trust, device, state_dir)
+
+
+def test_setting_the_clock_back_does_not_revive_an_expired_bundle(
+    make_bundle, trust, device, state_dir
+) -> None:
+    expiring = make_bundle(expires=NOW + 1000, created=NOW - 100)
+    lasting = make_bundle(name="other", expires=None, created=NOW - 100)
+    _open_at(expiring, NOW, trust, device, state_dir)
+    _open_at(lasting, NOW + 5000, trust, device, state_dir)  # time goes on
+    assert VersionStore(state_dir).time_floor() == NOW + 5000
+    before = snapshot(state_dir)
+    # The clock is set back 5000 s: the expiring bundle is judged at the floor.
+    with pytest.raises(BundleExpiredError, match=r"\(time floor .*; the clock says") as ei:
+        _open_at(expiring, NOW, trust, device, state_dir)
+    assert "\n" not in ei.value.one_line()
+    assert snapshot(state_dir) == before
+    # A bundle valid at the floor opens, with the warning, and the floor stays.
+    ob = _open_at(lasting, NOW, trust, device, state_dir)
+    assert ob.clock == ClockCheck(now=NOW, floor=NOW + 5000, effective=NOW + 5000)
+    assert ob.clock.behind_floor
+    assert "5000 s behind" in ob.clock.describe()
+    assert VersionStore(state_dir).time_floor() == NOW + 5000
+
+
+def test_the_clock_skew_allowed_behind_the_floor_ends_exactly_at_its_limit(
+    make_bundle, trust, device, state_dir
+) -> None:
+    floor = NOW + 5000
+    _open_at(make_bundle(name="other", expires=None), floor, trust, device, state_dir)
+    b = make_bundle(expires=floor - CLOCK_FLOOR_SKEW_S + 1, created=NOW - 100)
+    ob = _open_at(b, floor - CLOCK_FLOOR_SKEW_S, trust, device, state_dir)  # at the limit
+    assert not ob.clock.behind_floor
+    with pytest.raises(BundleExpiredError, match="time floor"):
+        _open_at(b, floor - CLOCK_FLOOR_SKEW_S - 1, trust, device, state_dir)  # one second over
+
+
+def test_clock_check_boundaries() -> None:
+    f = NOW
+    assert clock_check(f, None) == ClockCheck(now=f, floor=None, effective=f)
+    assert clock_check(0, None).effective == 0
+    assert clock_check(f + 1, f).effective == f + 1  # ahead of the floor
+    assert clock_check(f, f).effective == f
+    assert clock_check(f - CLOCK_FLOOR_SKEW_S, f).effective == f - CLOCK_FLOOR_SKEW_S
+    over = clock_check(f - CLOCK_FLOOR_SKEW_S - 1, f)
+    assert over == ClockCheck(now=f - CLOCK_FLOOR_SKEW_S - 1, floor=f, effective=f)
+    assert over.behind_floor and not clock_check(f, f).behind_floor
+    assert over.to_dict() == {"now": f - CLOCK_FLOOR_SKEW_S - 1, "floor": f, "effective": f}
+    assert CLOCK_FLOOR_SKEW_S == 300
+
+
 def test_rollback_is_refused_and_store_unchanged(make_bundle, trust, device, state_dir) -> None:
     old, new = make_bundle(version=1), make_bundle(version=5)
     _open(old, trust, device, state_dir)
@@ -274,14 +353,14 @@ def test_open_bundle_refuses_and_wipes_when_a_higher_release_was_recorded_meanwh
 
     monkeypatch.setattr(secmem.SecretBuffer, "wipe", wipe)
     store = VersionStore(state_dir)
-    real_get = VersionStore.get
+    real_read = VersionStore.read
 
-    def get_then_race(self: VersionStore, *a: object) -> int | None:
-        stored = real_get(self, *a)  # the open's early check sees nothing yet
-        store.record("digits", 7, manifest_digest=b"\0" * 32, signer_key_id=b"\1" * 32)
+    def read_then_race(self: VersionStore) -> StoredState:
+        stored = real_read(self)  # the open's early check sees nothing yet
+        store.record("digits", 7, manifest_digest=b"\0" * 32, signer_key_id=b"\1" * 32, now=NOW)
         return stored
 
-    monkeypatch.setattr(VersionStore, "get", get_then_race)
+    monkeypatch.setattr(VersionStore, "read", read_then_race)
     with pytest.raises(RollbackError, match="v2 is older than v7"):
         _open(make_bundle(version=2), trust, device, state_dir)
     assert wiped  # the decrypted member was wiped before the error left open_bundle
@@ -318,7 +397,12 @@ def test_a_store_kept_per_signer_is_migrated_and_refuses_an_old_key_s_release(
     with pytest.raises(RollbackError, match="v3 is older than v5"):
         _open(make_bundle(version=3, by=attacker), both, device, state_dir)
     _open(make_bundle(version=5, by=attacker), both, device, state_dir)
-    assert json.loads((state_dir / "versions.json").read_text()) == legacy  # same version
+    doc = json.loads((state_dir / "versions.json").read_text())
+    assert doc == {
+        "schema": 2,
+        "time_floor": NOW,
+        "entries": {"digits": {"version": 5, "signer": kid.hex()}},
+    }
     _open(make_bundle(version=9, by=attacker), both, device, state_dir)
     doc = json.loads((state_dir / "versions.json").read_text())
     assert doc["schema"] == 2 and doc["entries"]["digits"]["version"] == 9

@@ -478,3 +478,26 @@ def test_a_release_overtaken_by_a_higher_one_while_its_members_start_is_refused(
     assert closed == [1]  # the members v1 started were stopped
     kinds = [json.loads(line)["kind"] for line in (tmp_path / "s" / "events.log").open()]
     assert "session_failed" in kinds and kinds[-1] == "checkpoint"
+
+
+def test_a_clock_behind_the_time_floor_is_recorded_in_the_event_log(tmp_path) -> None:
+    make_keys(tmp_path)
+    bundle = tmp_path / "b.egb"
+    r = build(tmp_path, bundle, data.model_path("digits_logreg"))
+    assert r.returncode == 0, r.stderr
+    keys = {
+        "trust": load_trust_store([tmp_path / "signer.pub"]),
+        "device_key": load_device_key(tmp_path / "dev" / "device.key"),
+        "state_dir": tmp_path / "s",
+        "isolation": "threads",
+    }
+    t = int(time.time())
+    api.open_session(bundle, now=t + 86_400, **keys).close()  # the floor: a day ahead
+    with api.open_session(bundle, now=t, **keys) as s:
+        assert s.clock is not None and s.clock.behind_floor
+        assert s.clock.effective == t + 86_400
+    with api.open_session(bundle, now=t + 86_400 - 300, **keys) as s:
+        assert s.clock is not None and not s.clock.behind_floor
+    records = [json.loads(line) for line in (tmp_path / "s" / "events.log").open()]
+    behind = [r["data"] for r in records if r["kind"] == "clock_behind_floor"]
+    assert behind == [{"now": t, "floor": t + 86_400, "effective": t + 86_400}]

@@ -16,6 +16,7 @@ from edgeguard.runtime.state import VersionStore, ensure_state_dir
 
 KID = bytes(range(32))
 DIGEST = b"\x11" * 32
+T0 = 1_790_000_000  # a fake wall clock
 #: A store written by the release that kept anti-rollback per signer and name (schema 1):
 #: "digits" v5 under key aa.., v7 under key bb.., "other" v2 under key aa...
 LEGACY = Path(__file__).resolve().parents[1] / "vectors" / "state" / "versions-schema1.json"
@@ -39,7 +40,7 @@ def test_a_new_state_dir_is_created_0700_whatever_the_umask(tmp_path: Path) -> N
     d = tmp_path / "a" / "b" / "state"
     old = os.umask(0)
     try:
-        VersionStore(d).record("m", 1, manifest_digest=DIGEST, signer_key_id=KID)
+        VersionStore(d).record("m", 1, manifest_digest=DIGEST, signer_key_id=KID, now=T0)
         assert _mode(d) == 0o700
         ensure_state_dir(tmp_path / "other")
         assert _mode(tmp_path / "other") == 0o700
@@ -52,7 +53,7 @@ def test_a_new_state_dir_is_created_0700_whatever_the_umask(tmp_path: Path) -> N
 def test_files_are_created_0600_whatever_the_umask(state: Path) -> None:
     old = os.umask(0)
     try:
-        VersionStore(state).record("m", 1, manifest_digest=DIGEST, signer_key_id=KID)
+        VersionStore(state).record("m", 1, manifest_digest=DIGEST, signer_key_id=KID, now=T0)
     finally:
         os.umask(old)
     assert _mode(state / "versions.json") == 0o600
@@ -62,12 +63,12 @@ def test_files_are_created_0600_whatever_the_umask(state: Path) -> None:
 
 @pytest.mark.parametrize("mode", [0o777, 0o770, 0o720, 0o702, 0o1777], ids=oct)
 def test_a_state_dir_writable_by_group_or_others_is_refused(state: Path, mode: int) -> None:
-    VersionStore(state).record("m", 5, manifest_digest=DIGEST, signer_key_id=KID)
+    VersionStore(state).record("m", 5, manifest_digest=DIGEST, signer_key_id=KID, now=T0)
     state.chmod(mode)
     store = VersionStore(state)
     for action in (
         lambda: store.get("m"),
-        lambda: store.record("m", 6, manifest_digest=DIGEST, signer_key_id=KID),
+        lambda: store.record("m", 6, manifest_digest=DIGEST, signer_key_id=KID, now=T0),
         lambda: ensure_state_dir(state),
     ):
         with pytest.raises(StateStoreError, match="writable by group or others") as ei:
@@ -80,7 +81,7 @@ def test_a_state_dir_writable_by_group_or_others_is_refused(state: Path, mode: i
 
 @pytest.mark.parametrize("mode", [0o755, 0o750, 0o700, 0o500], ids=oct)
 def test_a_state_dir_only_its_owner_may_write_is_accepted(state: Path, mode: int) -> None:
-    VersionStore(state).record("m", 5, manifest_digest=DIGEST, signer_key_id=KID)
+    VersionStore(state).record("m", 5, manifest_digest=DIGEST, signer_key_id=KID, now=T0)
     state.chmod(mode)
     try:
         assert VersionStore(state).get("m") == 5
@@ -91,7 +92,7 @@ def test_a_state_dir_only_its_owner_may_write_is_accepted(state: Path, mode: int
 def test_a_state_dir_of_another_user_is_refused(
     state: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    VersionStore(state).record("m", 5, manifest_digest=DIGEST, signer_key_id=KID)
+    VersionStore(state).record("m", 5, manifest_digest=DIGEST, signer_key_id=KID, now=T0)
     other = os.geteuid() + 1000
     if os.geteuid() == 0:
         os.chown(state, other, -1)
@@ -101,7 +102,7 @@ def test_a_state_dir_of_another_user_is_refused(
     store = VersionStore(state)
     for action in (
         lambda: store.get("m"),
-        lambda: store.record("m", 6, manifest_digest=DIGEST, signer_key_id=KID),
+        lambda: store.record("m", 6, manifest_digest=DIGEST, signer_key_id=KID, now=T0),
         lambda: ensure_state_dir(state),
     ):
         with pytest.raises(StateStoreError, match="not to this user") as ei:
@@ -113,7 +114,7 @@ def test_a_state_dir_that_is_a_file_is_an_error(tmp_path: Path) -> None:
     f = tmp_path / "state"
     f.write_text("")
     with pytest.raises(StateStoreError, match="cannot open state directory"):
-        VersionStore(f).record("m", 1, manifest_digest=DIGEST, signer_key_id=KID)
+        VersionStore(f).record("m", 1, manifest_digest=DIGEST, signer_key_id=KID, now=T0)
 
 
 def test_reading_a_missing_state_dir_creates_nothing(tmp_path: Path) -> None:
@@ -131,7 +132,7 @@ def test_a_symlinked_lock_is_refused_and_its_target_never_created(
     victim.parent.mkdir()
     (state / "versions.lock").symlink_to(victim)
     with pytest.raises(StateStoreError, match=r"versions\.lock is a symbolic link") as ei:
-        VersionStore(state).record("m", 1, manifest_digest=DIGEST, signer_key_id=KID)
+        VersionStore(state).record("m", 1, manifest_digest=DIGEST, signer_key_id=KID, now=T0)
     assert ei.value.hint is not None and "remove" in ei.value.hint
     assert not victim.exists()
     assert not (state / "versions.json").exists()
@@ -147,7 +148,7 @@ def test_a_symlinked_versions_file_is_refused_for_reading_and_writing(
     with pytest.raises(StateStoreError, match=r"versions\.json is a symbolic link"):
         store.get("m")
     with pytest.raises(StateStoreError, match=r"versions\.json is a symbolic link"):
-        store.record("m", 1, manifest_digest=DIGEST, signer_key_id=KID)
+        store.record("m", 1, manifest_digest=DIGEST, signer_key_id=KID, now=T0)
     assert json.loads(target.read_text()) == {"schema": 1, "entries": {}}
 
 
@@ -158,21 +159,21 @@ def test_a_fifo_in_place_of_a_state_file_is_refused_without_blocking(
 ) -> None:
     os.mkfifo(state / name)
     with pytest.raises(StateStoreError, match="not a regular file"):
-        VersionStore(state).record("m", 1, manifest_digest=DIGEST, signer_key_id=KID)
+        VersionStore(state).record("m", 1, manifest_digest=DIGEST, signer_key_id=KID, now=T0)
 
 
 def test_a_directory_in_place_of_the_lock_is_refused(state: Path) -> None:
     (state / "versions.lock").mkdir()
     with pytest.raises(StateStoreError, match="cannot lock state store"):
-        VersionStore(state).record("m", 1, manifest_digest=DIGEST, signer_key_id=KID)
+        VersionStore(state).record("m", 1, manifest_digest=DIGEST, signer_key_id=KID, now=T0)
 
 
 @pytest.mark.parametrize("name", ["versions.json", "versions.lock"])
 def test_a_state_file_writable_by_others_is_refused(state: Path, name: str) -> None:
-    VersionStore(state).record("m", 1, manifest_digest=DIGEST, signer_key_id=KID)
+    VersionStore(state).record("m", 1, manifest_digest=DIGEST, signer_key_id=KID, now=T0)
     (state / name).chmod(0o666)
     with pytest.raises(StateStoreError, match="writable by group or others") as ei:
-        VersionStore(state).record("m", 2, manifest_digest=DIGEST, signer_key_id=KID)
+        VersionStore(state).record("m", 2, manifest_digest=DIGEST, signer_key_id=KID, now=T0)
     assert ei.value.hint == f"make it private: chmod 600 {state / name}"
 
 
@@ -181,16 +182,16 @@ def test_a_state_file_writable_by_others_is_refused(state: Path, name: str) -> N
 
 def test_the_counter_is_per_name_whichever_key_signed(state: Path) -> None:
     store = VersionStore(state)
-    store.record("m", 5, manifest_digest=DIGEST, signer_key_id=b"\xaa" * 32)
+    store.record("m", 5, manifest_digest=DIGEST, signer_key_id=b"\xaa" * 32, now=T0)
     with pytest.raises(RollbackError, match="v4 is older than v5"):
-        store.record("m", 4, manifest_digest=DIGEST, signer_key_id=b"\xbb" * 32)
-    store.record("m", 5, manifest_digest=DIGEST, signer_key_id=b"\xbb" * 32)
+        store.record("m", 4, manifest_digest=DIGEST, signer_key_id=b"\xbb" * 32, now=T0)
+    store.record("m", 5, manifest_digest=DIGEST, signer_key_id=b"\xbb" * 32, now=T0)
     doc = json.loads((state / "versions.json").read_text())
     assert doc["schema"] == 2
     assert doc["entries"]["m"]["signer"] == "aa" * 32  # the same version again changes nothing
-    store.record("m", 6, manifest_digest=b"\x06" * 32, signer_key_id=b"\xbb" * 32)
+    store.record("m", 6, manifest_digest=b"\x06" * 32, signer_key_id=b"\xbb" * 32, now=T0)
     doc = json.loads((state / "versions.json").read_text())
-    assert set(doc) == {"schema", "entries"} and list(doc["entries"]) == ["m"]
+    assert set(doc) == {"schema", "time_floor", "entries"} and list(doc["entries"]) == ["m"]
     entry = doc["entries"]["m"]
     assert entry["version"] == 6 and entry["signer"] == "bb" * 32
     assert entry["manifest_sha256"] == "06" * 32
@@ -205,9 +206,9 @@ def test_a_schema_1_store_is_read_per_name_with_the_highest_version_of_any_signe
     assert store.get("digits") == 7 and store.get("other") == 2 and store.get("x") is None
     # a release signed by aa.. (which had only seen v5) is refused below bb..'s v7
     with pytest.raises(RollbackError, match="v6 is older than v7"):
-        store.record("digits", 6, manifest_digest=DIGEST, signer_key_id=b"\xaa" * 32)
+        store.record("digits", 6, manifest_digest=DIGEST, signer_key_id=b"\xaa" * 32, now=T0)
     assert (state / "versions.json").read_bytes() == LEGACY.read_bytes()  # reads never migrate
-    store.record("digits", 8, manifest_digest=DIGEST, signer_key_id=b"\xaa" * 32)
+    store.record("digits", 8, manifest_digest=DIGEST, signer_key_id=b"\xaa" * 32, now=T0)
     doc = json.loads((state / "versions.json").read_text())
     assert doc["schema"] == 2
     assert doc["entries"]["other"] == {
@@ -232,9 +233,45 @@ def test_a_schema_1_store_with_equal_versions_keeps_the_first_signer(state: Path
     }
     (state / "versions.json").write_text(json.dumps(legacy))
     store = VersionStore(state)
-    store.record("n", 1, manifest_digest=DIGEST, signer_key_id=KID)  # rewrites as schema 2
+    store.record("n", 1, manifest_digest=DIGEST, signer_key_id=KID, now=T0)  # rewrites as schema 2
     entries = json.loads((state / "versions.json").read_text())["entries"]
     assert entries["m"] == {"version": 3, "signer": "aa" * 32}
+
+
+# -- the time floor ---------------------------------------------------------------------
+
+
+def _rec(store: VersionStore, name: str, version: int, now: int) -> None:
+    store.record(name, version, manifest_digest=DIGEST, signer_key_id=KID, now=now)
+
+
+def test_the_time_floor_only_moves_forward_and_with_every_record(state: Path) -> None:
+    store = VersionStore(state)
+    assert store.time_floor() is None
+    _rec(store, "m", 1, T0)
+    assert store.time_floor() == T0
+    _rec(store, "m", 1, T0 + 100)  # the same release again still moves the floor
+    assert store.time_floor() == T0 + 100
+    assert store.read().entries["m"]["recorded"] == T0  # ... and leaves its entry alone
+    _rec(store, "n", 1, T0 + 50)  # a clock behind the floor never lowers it
+    assert store.time_floor() == T0 + 100
+    assert store.read().entries["n"]["recorded"] == T0 + 50
+    before = (state / "versions.json").read_bytes()
+    _rec(store, "m", 1, T0 + 100)  # nothing new: nothing written
+    assert (state / "versions.json").read_bytes() == before
+    with pytest.raises(RollbackError):
+        _rec(store, "m", 0, T0 + 10_000)  # a refused release does not move the floor
+    assert store.time_floor() == T0 + 100
+
+
+def test_a_schema_1_store_has_no_time_floor_until_the_next_record(state: Path) -> None:
+    (state / "versions.json").write_bytes(LEGACY.read_bytes())
+    store = VersionStore(state)
+    assert store.time_floor() is None
+    _rec(store, "digits", 7, T0)  # the same version: migrates and sets the floor
+    doc = json.loads((state / "versions.json").read_text())
+    assert doc["schema"] == 2 and doc["time_floor"] == T0
+    assert doc["entries"]["digits"]["signer"] == "bb" * 32
 
 
 # -- check and update: one critical section across processes ------------------------------
@@ -248,7 +285,9 @@ def _record_in_process(
     if after is not None:
         after.wait(timeout=60)
     try:
-        VersionStore(Path(state)).record("m", version, manifest_digest=DIGEST, signer_key_id=KID)
+        VersionStore(Path(state)).record(
+            "m", version, manifest_digest=DIGEST, signer_key_id=KID, now=T0
+        )
         out.put((version, "recorded"))
     except RollbackError as exc:
         out.put((version, f"rollback: {exc}"))
@@ -279,7 +318,7 @@ def test_two_processes_the_lower_one_recording_second_is_refused(state: Path) ->
 def _record_many(state: str, names: list[str], barrier: Any) -> None:
     barrier.wait(timeout=60)
     for n in names:
-        VersionStore(Path(state)).record(n, 1, manifest_digest=DIGEST, signer_key_id=KID)
+        VersionStore(Path(state)).record(n, 1, manifest_digest=DIGEST, signer_key_id=KID, now=T0)
 
 
 def test_concurrent_processes_lose_no_update(state: Path) -> None:
