@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import multiprocessing
 import os
@@ -175,6 +176,218 @@ def test_a_state_file_writable_by_others_is_refused(state: Path, name: str) -> N
     with pytest.raises(StateStoreError, match="writable by group or others") as ei:
         VersionStore(state).record("m", 2, manifest_digest=DIGEST, signer_key_id=KID, now=T0)
     assert ei.value.hint == f"make it private: chmod 600 {state / name}"
+
+
+# -- fail closed: corrupt or unknown stores, failed writes --------------------------------
+
+H = "ab" * 32  # a well-formed hex SHA-256 / key id
+GOOD_ENTRY = {"version": 3, "manifest_sha256": H, "signer": H, "recorded": 5}
+
+
+def _doc(**kw: Any) -> dict[str, Any]:
+    return {"schema": 2, "time_floor": 10, "entries": {"m": dict(GOOD_ENTRY)}, **kw}
+
+
+def _entry(**kw: Any) -> dict[str, Any]:
+    return _doc(entries={"m": {**GOOD_ENTRY, **kw}})
+
+
+UNKNOWN_LAYOUTS = {
+    "not an object": [1, 2],
+    "a string": "versions",
+    "no schema": {"entries": {}},
+    "no entries": {"schema": 2},
+    "schema 0": _doc(schema=0),
+    "schema 3": _doc(schema=3),
+    "schema as text": _doc(schema="2"),
+    "schema as bool": {"schema": True, "entries": {}},
+    "schema as float": _doc(schema=2.0),
+    "entries a list": _doc(entries=[]),
+    "unknown top-level key": _doc(extra=1),
+    "entry not an object": _doc(entries={"m": 3}),
+    "entry without version": _doc(entries={"m": {"manifest_sha256": H}}),
+    "unknown entry field": _entry(note="x"),
+    "version as text": _entry(version="3"),
+    "version as float": _entry(version=3.0),
+    "version as bool": _entry(version=True),
+    "version null": _entry(version=None),
+    "negative version": _entry(version=-1),
+    "version over 2^53": _entry(version=2**53 + 1),
+    "digest not hex": _entry(manifest_sha256="zz" * 32),
+    "digest too short": _entry(manifest_sha256="ab"),
+    "digest not text": _entry(manifest_sha256=1),
+    "digest in capitals": _entry(manifest_sha256="AB" * 32),
+    "signer not hex": _entry(signer="x" * 64),
+    "signer not text": _entry(signer=[]),
+    "recorded negative": _entry(recorded=-1),
+    "recorded as bool": _entry(recorded=False),
+    "recorded as text": _entry(recorded="5"),
+    "name not a bundle name": _doc(entries={"a/b": dict(GOOD_ENTRY)}),
+    "empty name": _doc(entries={"": dict(GOOD_ENTRY)}),
+    "name too long": _doc(entries={"m" * 129: dict(GOOD_ENTRY)}),
+    "time floor negative": _doc(time_floor=-1),
+    "time floor as bool": _doc(time_floor=True),
+    "time floor as text": _doc(time_floor="10"),
+    "time floor as float": _doc(time_floor=10.0),
+    "schema 1 with a time floor": {"schema": 1, "time_floor": 1, "entries": {}},
+    "schema 1 entry with a signer": {
+        "schema": 1,
+        "entries": {f"{H}/m": {"version": 1, "signer": H}},
+    },
+    "schema 1 key without signer": {"schema": 1, "entries": {"m": {"version": 1}}},
+    "schema 1 key with a short id": {"schema": 1, "entries": {"abcd/m": {"version": 1}}},
+    "schema 1 key with a bad name": {"schema": 1, "entries": {f"{H}/a b": {"version": 1}}},
+    "schema 1 version as bool": {"schema": 1, "entries": {f"{H}/m": {"version": True}}},
+    "schema 1 negative version": {"schema": 1, "entries": {f"{H}/m": {"version": -2}}},
+}
+
+
+@pytest.mark.parametrize("doc", UNKNOWN_LAYOUTS.values(), ids=UNKNOWN_LAYOUTS.keys())
+def test_an_unknown_layout_fails_closed_for_reading_and_recording(state: Path, doc: Any) -> None:
+    raw = json.dumps(doc).encode()
+    (state / "versions.json").write_bytes(raw)
+    store = VersionStore(state)
+    for action in (
+        store.read,
+        lambda: store.get("m"),
+        store.time_floor,
+        lambda: _rec(store, "m", 9, T0),
+    ):
+        with pytest.raises(StateStoreError, match="has an unknown layout") as ei:
+            action()
+        assert ei.value.hint is not None and "backup" in ei.value.hint
+    assert (state / "versions.json").read_bytes() == raw
+
+
+@pytest.mark.parametrize(
+    "raw", [b"", b"{", b"not json", b'{"schema": 2, "entries": {}', b"\xff\xfe", b"[1,]"]
+)
+def test_a_corrupt_store_fails_closed(state: Path, raw: bytes) -> None:
+    (state / "versions.json").write_bytes(raw)
+    store = VersionStore(state)
+    for action in (lambda: store.get("m"), lambda: _rec(store, "m", 1, T0)):
+        with pytest.raises(StateStoreError, match="is corrupt; refusing to guess") as ei:
+            action()
+        assert ei.value.hint is not None and "deleting it disables" in ei.value.hint
+    assert (state / "versions.json").read_bytes() == raw
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"schema": 2, "entries": {}},
+        {"schema": 2, "time_floor": 0, "entries": {"m": {"version": 0}}},
+        _entry(version=2**53),
+        _entry(recorded=0),
+        {"schema": 2, "time_floor": None, "entries": {"a.b_c:d+e-f": {"version": 1}}},
+        _doc(entries={"m" * 128: dict(GOOD_ENTRY)}),
+        {"schema": 1, "entries": {}},
+        {"schema": 1, "entries": {f"{H}/m": {"version": 0, "recorded": 0}}},
+    ],
+    ids=[
+        "empty",
+        "zeros",
+        "version 2^53",
+        "recorded 0",
+        "null floor, every name character",
+        "name of 128 characters",
+        "empty schema 1",
+        "schema 1 zeros",
+    ],
+)
+def test_the_edges_of_a_well_formed_store_are_accepted(state: Path, doc: Any) -> None:
+    (state / "versions.json").write_text(json.dumps(doc))
+    store = VersionStore(state)
+    st = store.read()
+    if doc["schema"] == 2:
+        assert st.entries == doc["entries"] and st.time_floor == doc.get("time_floor")
+    else:
+        assert {k.split("/", 1)[1]: v["version"] for k, v in doc["entries"].items()} == {
+            k: v["version"] for k, v in st.entries.items()
+        }
+
+
+def test_a_failed_write_raises_and_leaves_the_store_as_it_was(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgeguard.runtime import state as state_mod
+
+    store = VersionStore(state)
+    _rec(store, "m", 1, T0)
+    before = (state / "versions.json").read_bytes()
+
+    def disk_full(*_a: object, **_k: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(state_mod, "atomic_write_at", disk_full)
+    with pytest.raises(StateStoreError, match=r"cannot write state store .*No space left") as ei:
+        _rec(store, "m", 2, T0 + 1)
+    assert "\n" not in ei.value.one_line()
+    assert (state / "versions.json").read_bytes() == before
+    assert store.get("m") == 1
+
+
+def _record_under_a_file_size_limit(state: str, out: Any) -> None:
+    """A separate process whose files may not grow past 16 bytes (a full disk, for real)."""
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16, 16))
+    try:
+        _rec(VersionStore(Path(state)), "m", 2, T0)
+        out.put("recorded")
+    except StateStoreError as exc:
+        out.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_a_write_the_file_system_refuses_raises(state: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    p = ctx.Process(target=_record_under_a_file_size_limit, args=(str(state), out))
+    p.start()
+    result = out.get(timeout=60)
+    p.join(timeout=60)
+    assert result.startswith("StateStoreError: cannot write state store"), result
+    assert not (state / "versions.json").exists()
+    assert [n for n in os.listdir(state) if n.endswith(".tmp")] == []  # no temporary left
+
+
+def test_open_bundle_raises_when_the_store_cannot_be_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgeguard.bundle.verify import TrustStore
+    from edgeguard.crypto.keys import DeviceKey, SignerKey
+    from edgeguard.packaging.packager import MemberSource, write_bundle
+    from edgeguard.runtime import state as state_mod
+    from edgeguard.runtime.opener import open_bundle
+    from tests.bundle.conftest import NOW
+
+    signer, device = SignerKey.generate(), DeviceKey.generate("cam-01", profile="generic-cpu")
+    b = tmp_path / "b.egb"
+    write_bundle(
+        b,
+        [MemberSource("model", b"weights")],
+        name="m",
+        version=1,
+        signer=signer,
+        recipients=[device.public],
+        profiles=("generic-cpu",),
+        created=NOW - 10,
+    )
+
+    def disk_full(*_a: object, **_k: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(state_mod, "atomic_write_at", disk_full)
+    with pytest.raises(StateStoreError, match="cannot write state store"):
+        open_bundle(
+            b,
+            trust=TrustStore.of([signer.public]),
+            device_key=device,
+            state_dir=tmp_path / "s",
+            now=NOW,
+        )
 
 
 # -- one counter per name, and the schema 1 store migrated ---------------------------------
