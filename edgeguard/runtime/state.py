@@ -90,15 +90,20 @@ def _unsafe(exc: UnsafePathError) -> StateStoreError:
     return StateStoreError(str(exc), hint=exc.hint)
 
 
-@contextlib.contextmanager
-def _state_dir_fd(directory: Path, *, create: bool) -> Iterator[int | None]:
+def _open_state_dir(directory: Path, *, create: bool) -> int | None:
     """The checked state directory's descriptor (None: missing and ``create`` unset)."""
     try:
-        fd = open_private_dir(directory, create=create)
+        return open_private_dir(directory, create=create)
     except UnsafePathError as exc:
         raise _unsafe(exc) from exc
     except OSError as exc:
         raise StateStoreError(f"cannot open state directory {directory}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _state_dir_fd(directory: Path, *, create: bool) -> Iterator[int | None]:
+    """:func:`_open_state_dir`, closed on the way out."""
+    fd = _open_state_dir(directory, create=create)
     try:
         yield fd
     finally:
@@ -189,23 +194,33 @@ class VersionStore:
         """The JSON file holding the versions."""
         return self.directory / _VERSIONS
 
+    def _lock(self, dfd: int) -> int:
+        """Open ``versions.lock`` in the state directory and take its exclusive lock."""
+        try:
+            fd = open_nofollow(
+                _LOCK, os.O_RDWR | os.O_CREAT, 0o600, dir_fd=dfd, where=self.directory
+            )
+        except UnsafePathError as exc:
+            raise _unsafe(exc) from exc
+        except OSError as exc:
+            raise StateStoreError(f"cannot lock state store in {self.directory}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            os.close(fd)
+            raise StateStoreError(f"cannot lock state store in {self.directory}: {exc}") from exc
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[int]:
         """Hold the store's exclusive lock; yields the state directory's descriptor."""
         with _state_dir_fd(self.directory, create=True) as dfd:
             assert dfd is not None
+            fd = self._lock(dfd)
             try:
-                fd = open_nofollow(
-                    _LOCK, os.O_RDWR | os.O_CREAT, 0o600, dir_fd=dfd, where=self.directory
-                )
-            except UnsafePathError as exc:
-                raise _unsafe(exc) from exc
-            except OSError as exc:
-                raise StateStoreError(
-                    f"cannot lock state store in {self.directory}: {exc}"
-                ) from exc
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
                 yield dfd
             finally:
                 os.close(fd)
@@ -226,12 +241,9 @@ class VersionStore:
         except OSError as exc:
             raise StateStoreError(f"cannot read state store {self.path}: {exc}") from exc
 
-    def _load(self, dfd: int | None = None) -> StoredState:
-        if dfd is None:
-            with _state_dir_fd(self.directory, create=False) as fd:
-                raw = None if fd is None else self._read(fd)
-        else:
-            raw = self._read(dfd)
+    def _load(self, dfd: int | None) -> StoredState:
+        """The store in the state directory ``dfd`` (None: there is no directory yet)."""
+        raw = None if dfd is None else self._read(dfd)
         if raw is None:
             return _EMPTY
         try:
@@ -281,15 +293,16 @@ class VersionStore:
         Raises:
             StateStoreError: The store cannot be read safely, or is corrupt.
         """
-        return self._load()
+        with _state_dir_fd(self.directory, create=False) as dfd:
+            return self._load(dfd)
 
     def get(self, name: str) -> int | None:
         """Highest version of bundle ``name`` this device opened (any signer), or None."""
-        return self._load().version(name)
+        return self.read().version(name)
 
     def time_floor(self) -> int | None:
         """The latest wall-clock time of a recorded open, or None."""
-        return self._load().time_floor
+        return self.read().time_floor
 
     def record(
         self, name: str, version: int, *, manifest_digest: bytes, signer_key_id: bytes, now: int

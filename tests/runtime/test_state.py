@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from edgeguard.errors import RollbackError, StateStoreError
-from edgeguard.runtime.state import VersionStore, ensure_state_dir
+from edgeguard.runtime.state import VersionStore, default_state_dir, ensure_state_dir
 
 KID = bytes(range(32))
 DIGEST = b"\x11" * 32
@@ -21,6 +21,8 @@ T0 = 1_790_000_000  # a fake wall clock
 #: A store written by the release that kept anti-rollback per signer and name (schema 1):
 #: "digits" v5 under key aa.., v7 under key bb.., "other" v2 under key aa...
 LEGACY = Path(__file__).resolve().parents[1] / "vectors" / "state" / "versions-schema1.json"
+#: A store written by this release (schema 2): see test_the_store_is_written_as_the_frozen_vector.
+CURRENT = Path(__file__).resolve().parents[1] / "vectors" / "state" / "versions-schema2.json"
 
 
 @pytest.fixture
@@ -35,6 +37,27 @@ def _mode(p: Path) -> int:
 
 
 # -- the state directory ----------------------------------------------------------------
+
+
+def test_the_default_state_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("EDGEGUARD_STATE_DIR", str(tmp_path / "eg"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_state_dir() == tmp_path / "eg"
+    monkeypatch.setenv("EDGEGUARD_STATE_DIR", "")  # empty: not set
+    assert default_state_dir() == tmp_path / "xdg" / "edgeguard"
+    monkeypatch.delenv("EDGEGUARD_STATE_DIR")
+    assert default_state_dir() == tmp_path / "xdg" / "edgeguard"
+    monkeypatch.setenv("XDG_STATE_HOME", "")
+    assert default_state_dir() == tmp_path / "home" / ".local" / "state" / "edgeguard"
+    monkeypatch.delenv("XDG_STATE_HOME")
+    assert default_state_dir() == tmp_path / "home" / ".local" / "state" / "edgeguard"
+
+
+def test_ensure_state_dir_returns_the_directory(tmp_path: Path) -> None:
+    d = tmp_path / "s"
+    assert ensure_state_dir(d) == d and d.is_dir()
+    assert ensure_state_dir(d) == d  # an existing private directory is fine
 
 
 def test_a_new_state_dir_is_created_0700_whatever_the_umask(tmp_path: Path) -> None:
@@ -255,7 +278,7 @@ def test_an_unknown_layout_fails_closed_for_reading_and_recording(state: Path, d
     ):
         with pytest.raises(StateStoreError, match="has an unknown layout") as ei:
             action()
-        assert ei.value.hint is not None and "backup" in ei.value.hint
+        assert ei.value.hint == "restore it from backup, or use the edgeguard release that wrote it"
     assert (state / "versions.json").read_bytes() == raw
 
 
@@ -268,7 +291,7 @@ def test_a_corrupt_store_fails_closed(state: Path, raw: bytes) -> None:
     for action in (lambda: store.get("m"), lambda: _rec(store, "m", 1, T0)):
         with pytest.raises(StateStoreError, match="is corrupt; refusing to guess") as ei:
             action()
-        assert ei.value.hint is not None and "deleting it disables" in ei.value.hint
+        assert ei.value.hint == "restore it from backup; deleting it disables rollback protection"
     assert (state / "versions.json").read_bytes() == raw
 
 
@@ -388,6 +411,102 @@ def test_open_bundle_raises_when_the_store_cannot_be_written(
             state_dir=tmp_path / "s",
             now=NOW,
         )
+
+
+def test_a_store_that_cannot_be_opened_or_read_is_an_error(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgeguard.runtime import state as state_mod
+
+    _rec(VersionStore(state), "m", 1, T0)
+    real_open = state_mod.open_nofollow
+
+    def eio(name: str, *a: Any, **k: Any) -> int:
+        if name == "versions.json":
+            raise OSError(errno.EIO, "Input/output error")
+        return real_open(name, *a, **k)
+
+    monkeypatch.setattr(state_mod, "open_nofollow", eio)
+    for action in (VersionStore(state).read, lambda: _rec(VersionStore(state), "m", 2, T0)):
+        with pytest.raises(StateStoreError) as ei:
+            action()
+        assert str(ei.value) == (
+            f"cannot read state store {state / 'versions.json'}: [Errno 5] Input/output error"
+        )
+
+    def a_directory(name: str, *a: Any, **k: Any) -> int:  # reading it fails for real
+        return os.open(state, os.O_RDONLY) if name == "versions.json" else real_open(name, *a, **k)
+
+    monkeypatch.setattr(state_mod, "open_nofollow", a_directory)
+    with pytest.raises(StateStoreError) as ei:
+        VersionStore(state).read()
+    assert str(ei.value).startswith(
+        f"cannot read state store {state / 'versions.json'}: [Errno 21]"
+    )
+
+
+def test_a_lock_that_cannot_be_opened_is_an_error(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgeguard.runtime import state as state_mod
+
+    def eio(*_a: Any, **_k: Any) -> int:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(state_mod, "open_nofollow", eio)
+    with pytest.raises(StateStoreError) as ei:
+        _rec(VersionStore(state), "m", 1, T0)
+    assert str(ei.value) == f"cannot lock state store in {state}: [Errno 5] Input/output error"
+
+
+def test_a_lock_the_file_system_refuses_is_an_error(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fcntl
+
+    def no_locks(*_a: Any) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(StateStoreError) as ei:
+        _rec(VersionStore(state), "m", 1, T0)
+    assert str(ei.value) == f"cannot lock state store in {state}: [Errno 37] No locks available"
+    assert not (state / "versions.json").exists()
+
+
+def test_an_interrupt_while_waiting_for_the_lock_propagates_and_leaks_no_descriptor(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fcntl
+
+    def interrupted(*_a: Any) -> None:
+        raise KeyboardInterrupt
+
+    before = len(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(fcntl, "flock", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _rec(VersionStore(state), "m", 1, T0)
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_the_store_is_written_as_the_frozen_vector(state: Path) -> None:
+    """The byte layout is stable (sorted keys, indent 1), so backups and diffs compare."""
+    store = VersionStore(state)
+    store.record("digits", 7, manifest_digest=b"\x07" * 32, signer_key_id=b"\xbb" * 32, now=T0)
+    store.record("other", 2, manifest_digest=b"\x02" * 32, signer_key_id=b"\xaa" * 32, now=T0 + 5)
+    assert (state / "versions.json").read_bytes() == CURRENT.read_bytes()
+    st = store.read()
+    assert st.time_floor == T0 + 5 and st.version("digits") == 7 and st.version("other") == 2
+
+
+def test_a_refusal_names_the_bundle_and_both_versions(state: Path) -> None:
+    _rec(VersionStore(state), "cam-model", 5, T0)
+    with pytest.raises(RollbackError) as ei:
+        _rec(VersionStore(state), "cam-model", 3, T0)
+    assert str(ei.value) == (
+        "bundle 'cam-model' v3 is older than v5, which this device already opened "
+        "(rollback refused)"
+    )
 
 
 # -- one counter per name, and the schema 1 store migrated ---------------------------------
