@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import struct
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -212,16 +214,36 @@ def _open_at(path: Path, t: int, trust: TrustStore, device: DeviceKey, state: Pa
     return ob
 
 
-def test_expiry_and_creation_boundaries(make_bundle, trust, device, state_dir) -> None:
+@pytest.fixture
+def local_time_not_utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A host whose local time zone is not UTC (messages must still name UTC times)."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_expiry_and_creation_boundaries(
+    make_bundle, trust, device, state_dir, local_time_not_utc
+) -> None:
     b = make_bundle(expires=NOW + 10, created=NOW - 100)
     _open_at(b, NOW + 9, trust, device, state_dir)  # one second before expiry
-    with pytest.raises(BundleExpiredError, match="expired at"):
+    with pytest.raises(BundleExpiredError) as ei:
         _open_at(b, NOW + 10, trust, device, state_dir)  # at expiry: expired
+    assert ei.value.one_line() == (
+        "bundle 'digits' v2 expired at 2027-01-15T08:00:10Z (now 2027-01-15T08:00:10Z) "
+        "(ask the publisher for a current release)"
+    )
     at_limit = make_bundle(created=NOW + CLOCK_SKEW_S, expires=None)
     _open_at(at_limit, NOW, trust, device, state_dir)  # created exactly the skew ahead
     over = make_bundle(created=NOW + CLOCK_SKEW_S + 1, expires=None)
-    with pytest.raises(BundleExpiredError, match="future"):
+    with pytest.raises(BundleExpiredError) as ei:
         _open_at(over, NOW, trust, device, state_dir)
+    assert ei.value.one_line() == (
+        "bundle 'digits' claims to be created in the future (2027-01-15T08:05:01Z; "
+        "now 2027-01-15T08:00:00Z) (check the device clock)"
+    )
 
 
 def test_setting_the_clock_back_does_not_revive_an_expired_bundle(
@@ -242,7 +264,10 @@ def test_setting_the_clock_back_does_not_revive_an_expired_bundle(
     ob = _open_at(lasting, NOW, trust, device, state_dir)
     assert ob.clock == ClockCheck(now=NOW, floor=NOW + 5000, effective=NOW + 5000)
     assert ob.clock.behind_floor
-    assert "5000 s behind" in ob.clock.describe()
+    assert ob.clock.describe() == (
+        "the clock (2027-01-15T08:00:00Z) is 5000 s behind this device's time floor "
+        "(2027-01-15T09:23:20Z, the latest successful open); expiry was checked at the floor"
+    )
     assert VersionStore(state_dir).time_floor() == NOW + 5000
 
 
@@ -263,7 +288,7 @@ def test_clock_check_boundaries() -> None:
     assert clock_check(f, None) == ClockCheck(now=f, floor=None, effective=f)
     assert clock_check(0, None).effective == 0
     assert clock_check(f + 1, f).effective == f + 1  # ahead of the floor
-    assert clock_check(f, f).effective == f
+    assert clock_check(f, f) == ClockCheck(now=f, floor=f, effective=f)
     assert clock_check(f - CLOCK_FLOOR_SKEW_S, f).effective == f - CLOCK_FLOOR_SKEW_S
     over = clock_check(f - CLOCK_FLOOR_SKEW_S - 1, f)
     assert over == ClockCheck(now=f - CLOCK_FLOOR_SKEW_S - 1, floor=f, effective=f)
@@ -364,6 +389,26 @@ def test_open_bundle_refuses_and_wipes_when_a_higher_release_was_recorded_meanwh
     with pytest.raises(RollbackError, match="v2 is older than v7"):
         _open(make_bundle(version=2), trust, device, state_dir)
     assert wiped  # the decrypted member was wiped before the error left open_bundle
+
+
+def test_a_check_only_open_refuses_a_rollback_before_decrypting(
+    make_bundle, trust, device, state_dir, monkeypatch
+) -> None:
+    from edgeguard.runtime import opener
+
+    _open(make_bundle(version=5), trust, device, state_dir)
+    before = snapshot(state_dir)
+
+    def no_unwrap(*_a: object, **_k: object) -> bytes:
+        raise AssertionError("a rolled-back bundle must be refused before its key is unwrapped")
+
+    monkeypatch.setattr(opener, "unwrap_data_key", no_unwrap)
+    with pytest.raises(RollbackError) as ei:
+        _open(make_bundle(version=1), trust, device, state_dir, record_version=False)
+    assert str(ei.value) == (
+        "bundle 'digits' v1 is older than v5, which this device already opened (rollback refused)"
+    )
+    assert snapshot(state_dir) == before
 
 
 def test_rollback_is_per_name_across_every_trusted_signer(
