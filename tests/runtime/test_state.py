@@ -141,8 +141,15 @@ def test_a_state_dir_that_is_a_file_is_an_error(tmp_path: Path) -> None:
         VersionStore(f).record("m", 1, manifest_digest=DIGEST, signer_key_id=KID, now=T0)
 
 
-def test_reading_a_missing_state_dir_creates_nothing(tmp_path: Path) -> None:
+def test_reading_a_missing_state_dir_creates_nothing_and_reads_nothing_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a store in the working directory must not stand in for the missing one
+    (tmp_path / "versions.json").write_text('{"schema": 2, "entries": {"m": {"version": 9}}}')
+    (tmp_path / "versions.json").chmod(0o600)
+    monkeypatch.chdir(tmp_path)
     assert VersionStore(tmp_path / "none").get("m") is None
+    assert VersionStore(tmp_path / "none").time_floor() is None
     assert not (tmp_path / "none").exists()
 
 
