@@ -9,6 +9,12 @@ Layer: bundle. The order is fixed and matches ``docs/bundle-format.md``:
 2. :func:`check_policy` - expiry, device profile / id, anti-rollback, and
    whether this device is a recipient. Each failure is a
    :class:`~edgeguard.errors.PolicyError` subclass.
+
+Expiry is decided at the time :func:`clock_check` gives: the wall clock, or
+the device's time floor (the latest wall-clock time of a successful open,
+kept in the state store) when the clock lies more than
+:data:`CLOCK_FLOOR_SKEW_S` behind it, so setting the clock back does not
+revive an expired bundle.
 """
 
 from __future__ import annotations
@@ -32,7 +38,16 @@ from edgeguard.errors import (
     UsageError,
 )
 
-__all__ = ["CLOCK_SKEW_S", "TrustStore", "check_policy", "verify_signature"]
+__all__ = [
+    "CLOCK_FLOOR_SKEW_S",
+    "CLOCK_SKEW_S",
+    "ClockCheck",
+    "TrustStore",
+    "check_policy",
+    "check_rollback",
+    "clock_check",
+    "verify_signature",
+]
 
 
 def _iso(ts: int) -> str:
@@ -44,6 +59,54 @@ def _iso(ts: int) -> str:
 
 #: How far in the future ``created`` may lie before the bundle is refused.
 CLOCK_SKEW_S = 300
+#: How far the clock may lie behind the device's time floor before the floor is used.
+CLOCK_FLOOR_SKEW_S = 300
+
+
+@dataclass(frozen=True)
+class ClockCheck:
+    """The time a policy decision used, and why.
+
+    Attributes:
+        now: The wall clock (Unix seconds) when the bundle was opened.
+        floor: The device's time floor: the latest wall-clock time of a successful
+            open on this device, or None when none was recorded.
+        effective: The time expiry and creation were checked at: ``now``, or
+            ``floor`` when the clock lies more than :data:`CLOCK_FLOOR_SKEW_S`
+            behind it.
+    """
+
+    now: int
+    floor: int | None
+    effective: int
+
+    @property
+    def behind_floor(self) -> bool:
+        """Whether the clock was too far behind the floor, so the floor was used."""
+        return self.effective != self.now
+
+    def describe(self) -> str:
+        """One line for people (meaningful when :attr:`behind_floor`)."""
+        return (
+            f"the clock ({_iso(self.now)}) is {self.effective - self.now} s behind this "
+            f"device's time floor ({_iso(self.effective)}, the latest successful open); "
+            "expiry was checked at the floor"
+        )
+
+    def to_dict(self) -> dict[str, int | None]:
+        """JSON-compatible form (the event log's ``clock_behind_floor`` record)."""
+        return {"now": self.now, "floor": self.floor, "effective": self.effective}
+
+
+def clock_check(now: int, floor: int | None) -> ClockCheck:
+    """The time to decide expiry at: ``now``, unless it is more than the skew behind ``floor``.
+
+    A clock up to :data:`CLOCK_FLOOR_SKEW_S` behind the floor is believed (a small
+    correction of the clock); further behind, the floor is used instead.
+    """
+    if floor is not None and now < floor - CLOCK_FLOOR_SKEW_S:
+        return ClockCheck(now=now, floor=floor, effective=floor)
+    return ClockCheck(now=now, floor=floor, effective=now)
 
 
 @dataclass(frozen=True)
@@ -102,6 +165,21 @@ def verify_signature(prefix: ParsedPrefix, *, trust: TrustStore) -> SignerPublic
     return signer
 
 
+def check_rollback(name: str, version: int, stored_version: int | None) -> None:
+    """Refuse release ``version`` of ``name`` when this device already opened a higher one.
+
+    The same version again is allowed (re-opening the current release).
+
+    Raises:
+        RollbackError: ``version`` is lower than ``stored_version``.
+    """
+    if stored_version is not None and version < stored_version:
+        raise RollbackError(
+            f"bundle {name!r} v{version} is older than v{stored_version}, "
+            "which this device already opened (rollback refused)",
+        )
+
+
 def check_policy(
     manifest: Manifest,
     recipients: tuple[Recipient, ...],
@@ -109,6 +187,7 @@ def check_policy(
     device: DevicePublicKey,
     now: int,
     stored_version: int | None,
+    time_floor: int | None = None,
 ) -> Recipient:
     """Decide whether this device may open this (authentic) bundle now.
 
@@ -116,9 +195,10 @@ def check_policy(
         manifest: The verified manifest.
         recipients: The verified recipient entries.
         device: The opening device's public identity (id, profile, key id).
-        now: Current time, Unix seconds.
-        stored_version: Highest release version of this bundle name and signer
-            this device has opened before, or None.
+        now: Current time (the wall clock), Unix seconds.
+        stored_version: Highest release version of this bundle name this device
+            has opened before, under any trusted signer, or None.
+        time_floor: The device's time floor (see :func:`clock_check`), or None.
 
     Returns:
         The recipient entry holding this device's wrapped data key.
@@ -129,16 +209,23 @@ def check_policy(
         RollbackError: Older than a release this device already opened.
         NotARecipientError: The bundle holds no data key for this device.
     """
-    if manifest.expires is not None and now >= manifest.expires:
+    clock = clock_check(now, time_floor)
+    at = clock.effective
+    when = (
+        f"now {_iso(at)}"
+        if not clock.behind_floor
+        else f"time floor {_iso(at)}; the clock says {_iso(now)}"
+    )
+    if manifest.expires is not None and at >= manifest.expires:
         raise BundleExpiredError(
             f"bundle {manifest.name!r} v{manifest.version} expired at "
-            f"{_iso(manifest.expires)} (now {_iso(now)})",
+            f"{_iso(manifest.expires)} ({when})",
             hint="ask the publisher for a current release",
         )
-    if manifest.created > now + CLOCK_SKEW_S:
+    if manifest.created > at + CLOCK_SKEW_S:
         raise BundleExpiredError(
             f"bundle {manifest.name!r} claims to be created in the future "
-            f"({_iso(manifest.created)}; now {_iso(now)})",
+            f"({_iso(manifest.created)}; {when})",
             hint="check the device clock",
         )
     if device.profile not in manifest.devices.profiles:
@@ -149,11 +236,7 @@ def check_policy(
     ids = manifest.devices.device_ids
     if ids is not None and device.device_id not in ids:
         raise DeviceNotAllowedError(f"device {device.device_id!r} is not among the bundle's ids")
-    if stored_version is not None and manifest.version < stored_version:
-        raise RollbackError(
-            f"bundle {manifest.name!r} v{manifest.version} is older than v{stored_version}, "
-            "which this device already opened (rollback refused)",
-        )
+    check_rollback(manifest.name, manifest.version, stored_version)
     for r in recipients:
         if r.key_id == device.key_id:
             return r

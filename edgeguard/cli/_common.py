@@ -91,6 +91,7 @@ def open_device_session(args: argparse.Namespace, **options: Any) -> Any:
         sandbox_io_bytes=None if io_mb is None else int(io_mb * 2**20),
         **options,
     )
+    warn_clock(session.clock)
     check = session.deadline_check
     if check is not None and check.slow:
         print(
@@ -106,6 +107,15 @@ def open_device_session(args: argparse.Namespace, **options: Any) -> Any:
             file=sys.stderr,
         )
     return session
+
+
+def warn_clock(clock: Any) -> None:
+    """One warning line when expiry was checked at the time floor, not the clock."""
+    if clock is not None and clock.behind_floor:
+        print(
+            f"edgeguard: warning: {clock.describe()} (check the device clock)",
+            file=sys.stderr,
+        )
 
 
 def add_passphrase_arg(p: argparse.ArgumentParser) -> None:

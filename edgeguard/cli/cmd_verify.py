@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from edgeguard.cli._common import add_passphrase_arg, emit_json, load_keys
+from edgeguard.cli._common import add_passphrase_arg, emit_json, load_keys, warn_clock
 
 
 def register(sub: Any) -> None:
@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
             "signature, length, payload digest, signed slots, policy, decryption, member "
             f"digests and the isolation floor ({args.isolation} on this host)"
         )
+        warn_clock(vb.clock)
     m = vb.manifest
     if args.json:
         emit_json(

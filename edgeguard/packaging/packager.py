@@ -125,7 +125,7 @@ def write_bundle(
     Args:
         out: Output path (replaced atomically).
         members: Plaintext members, in payload order.
-        name: Bundle (product) name; anti-rollback is tracked per signer and name.
+        name: Bundle (product) name; anti-rollback is tracked per name, across signers.
         version: Monotonically increasing release version.
         signer: The hybrid signer key.
         recipients: Devices that can open the bundle (at least one).

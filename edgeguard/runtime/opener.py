@@ -8,7 +8,9 @@ Layer: runtime (file I/O). The order is fixed (``docs/bundle-format.md``,
    (``UntrustedSignerError`` / ``IntegrityError``), then the file length
    against the signed payload size (``IntegrityError``), then read the typed
    signed slots (:func:`~edgeguard.policy.slots.read_slots`, ``MalformedError``);
-3. policy: expiry, device profile and id, anti-rollback against the local
+3. policy: expiry (at the wall clock, or at the device's time floor from the
+   state store when the clock lies too far behind it), device profile and id,
+   anti-rollback against the local
    :class:`~edgeguard.runtime.state.VersionStore`, recipient (``PolicyError``);
 4. unwrap the data key with HPKE;
 5. stream-decrypt every member into memory, hashing the ciphertext (signed
@@ -16,6 +18,9 @@ Layer: runtime (file I/O). The order is fixed (``docs/bundle-format.md``,
    way, in one pass on two threads (:func:`~edgeguard.runtime.payload.decrypt_payload`);
 6. only when every check passed: record the version in the state store and
    return the plaintext. Nothing is written to disk except the state store.
+   Recording checks the version again under the store's lock (one critical
+   section with the update), so a lower release whose open raced with a
+   higher one is refused if the higher one was recorded first.
 
 Plaintext is never written to any file. On any failure the partially
 decrypted buffers are zeroed before the error propagates. Before the data key is
@@ -37,7 +42,13 @@ from types import MappingProxyType
 
 from edgeguard.bundle.codec import ParsedPrefix, parse_prefix
 from edgeguard.bundle.model import DEFAULT_LIMITS, Limits, Manifest
-from edgeguard.bundle.verify import TrustStore, check_policy, verify_signature
+from edgeguard.bundle.verify import (
+    ClockCheck,
+    TrustStore,
+    check_policy,
+    clock_check,
+    verify_signature,
+)
 from edgeguard.crypto.keys import DeviceKey, SignerPublicKey
 from edgeguard.crypto.wrap import unwrap_data_key
 from edgeguard.errors import IntegrityError, UsageError
@@ -65,12 +76,16 @@ class VerifiedBundle:
         prefix: The parsed, signature-checked prefix.
         signer: The trusted key that signed it.
         slots: The manifest's signed slots, typed and validated.
+        clock: The time its policy was checked at (None when no policy was
+            checked); ``clock.behind_floor`` is the warning that the clock lay
+            too far behind the device's time floor, so the floor was used.
     """
 
     path: Path
     prefix: ParsedPrefix
     signer: SignerPublicKey
     slots: SignedSlots
+    clock: ClockCheck | None = None
 
     @property
     def manifest(self) -> Manifest:
@@ -213,13 +228,15 @@ def open_bundle(
         vb = _verify_prefix(f, path, trust, limits)
         header = vb.prefix.header
         manifest = header.manifest
-        stored = store.get(vb.signer.key_id, manifest.name)
+        state = store.read()
+        clock = clock_check(now, state.time_floor)
         recipient = check_policy(
             manifest,
             header.recipients,
             device=device_key.public,
             now=now,
-            stored_version=stored,
+            stored_version=state.version(manifest.name),
+            time_floor=state.time_floor,
         )
         forbid_core_dumps()  # before any secret of the bundle exists in this process
         data_key = unwrap_data_key(recipient.wrapped, device_key, salt=header.payload.salt)
@@ -237,10 +254,11 @@ def open_bundle(
     if record_version:
         try:
             store.record(
-                vb.signer.key_id,
                 manifest.name,
                 manifest.version,
                 manifest_digest=vb.manifest_digest,
+                signer_key_id=vb.signer.key_id,
+                now=now,
             )
         except BaseException:
             for buf in members.values():
@@ -251,6 +269,7 @@ def open_bundle(
         prefix=vb.prefix,
         signer=vb.signer,
         slots=vb.slots,
+        clock=clock,
         members=MappingProxyType(members),
     )
 
@@ -258,9 +277,20 @@ def open_bundle(
 def record_opened(vb: VerifiedBundle, state_dir: Path | str | None) -> None:
     """Record ``vb``'s release version in the anti-rollback store (after a successful start).
 
+    The version is checked again under the store's lock: the caller must not use
+    the bundle when this raises. The device's time floor is raised to the time the
+    bundle was opened at (``vb.clock.now``).
+
     Raises:
+        RollbackError: A higher version of the bundle was recorded since it was opened.
         StateStoreError: The store cannot be written.
     """
     store = VersionStore(Path(state_dir) if state_dir is not None else default_state_dir())
     m = vb.manifest
-    store.record(vb.signer.key_id, m.name, m.version, manifest_digest=vb.manifest_digest)
+    store.record(
+        m.name,
+        m.version,
+        manifest_digest=vb.manifest_digest,
+        signer_key_id=vb.signer.key_id,
+        now=vb.clock.now if vb.clock is not None else int(time.time()),
+    )

@@ -21,8 +21,10 @@ reach a model's outputs with fewer checks than its signer decided. In order:
    threads, placed as the policy says, warmed up;
 6. the guarded runtime (:class:`~edgeguard.runtime.guarded.GuardedRuntime`) with the
    signed runtime policy; a bundle with one model is a policy with one member;
-7. only then the release version is recorded in the anti-rollback store, and the
-   decrypted model bytes of this process are wiped (the workers hold their own).
+7. only then the release version is recorded in the anti-rollback store, checked again
+   under its lock (a higher release recorded meanwhile by a concurrent open refuses this
+   one, and the started parts are stopped), and the decrypted model bytes of this
+   process are wiped (the workers hold their own).
 
 Nothing here imports ``onnx`` or the packaging code.
 """
@@ -171,6 +173,9 @@ class DeviceSession:
         log_path: The event log, or None without one.
         deadline_check: The members timed at start against the build host's
             measurement, when the deadline was measured at build (else None).
+        clock: The time the bundle's expiry was checked at; ``clock.behind_floor``
+            warns that the clock lay too far behind the device's time floor (the
+            event log records it as ``clock_behind_floor``).
     """
 
     def __init__(
@@ -194,6 +199,7 @@ class DeviceSession:
         self._log = event_log
         self.log_path: Path | None = event_log.path if event_log is not None else None
         self.deadline_check = parts.deadline_check
+        self.clock = verified.clock
         self._closed = False
 
     # -- what runs ------------------------------------------------------------------------
@@ -447,6 +453,8 @@ def open_session(
                     "required_isolation": list(slots.isolation.required_layers()),
                 },
             )
+            if opened.clock is not None and opened.clock.behind_floor:
+                log.append("clock_behind_floor", opened.clock.to_dict())
             if bypass:
                 log.append(
                     "unsafe_isolation_bypass",

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import struct
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from edgeguard.bundle.codec import SIGNATURE_CONTEXT, encode_prefix, signed_region
 from edgeguard.bundle.model import MAGIC, SignatureBlock
-from edgeguard.bundle.verify import TrustStore
+from edgeguard.bundle.verify import (
+    CLOCK_FLOOR_SKEW_S,
+    CLOCK_SKEW_S,
+    ClockCheck,
+    TrustStore,
+    clock_check,
+)
 from edgeguard.crypto.encoding import canonical_cbor, decode_canonical
 from edgeguard.crypto.keys import DeviceKey, SignerKey
 from edgeguard.crypto.sign import HybridSignature, hybrid_sign
@@ -25,7 +35,14 @@ from edgeguard.errors import (
     UntrustedSignerError,
     UsageError,
 )
-from edgeguard.runtime.opener import open_bundle, read_prefix, verify_bundle
+from edgeguard.runtime.opener import (
+    OpenedBundle,
+    open_bundle,
+    read_prefix,
+    record_opened,
+    verify_bundle,
+)
+from edgeguard.runtime.state import StoredState, VersionStore
 from tests.bundle.conftest import NOW, snapshot
 
 REFUSALS = (MalformedError, IntegrityError, UntrustedSignerError)
@@ -190,6 +207,96 @@ def test_expired_and_future_bundles(make_bundle, trust, device, state_dir) -> No
     assert snapshot(state_dir) == {}
 
 
+def _open_at(path: Path, t: int, trust: TrustStore, device: DeviceKey, state: Path) -> OpenedBundle:
+    """Open with the wall clock reading ``t`` (a fake clock); returns the opened bundle."""
+    ob = open_bundle(path, trust=trust, device_key=device, state_dir=state, now=t)
+    ob.wipe()
+    return ob
+
+
+@pytest.fixture
+def local_time_not_utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A host whose local time zone is not UTC (messages must still name UTC times)."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_expiry_and_creation_boundaries(
+    make_bundle, trust, device, state_dir, local_time_not_utc
+) -> None:
+    b = make_bundle(expires=NOW + 10, created=NOW - 100)
+    _open_at(b, NOW + 9, trust, device, state_dir)  # one second before expiry
+    with pytest.raises(BundleExpiredError) as ei:
+        _open_at(b, NOW + 10, trust, device, state_dir)  # at expiry: expired
+    assert ei.value.one_line() == (
+        "bundle 'digits' v2 expired at 2027-01-15T08:00:10Z (now 2027-01-15T08:00:10Z) "
+        "(ask the publisher for a current release)"
+    )
+    at_limit = make_bundle(created=NOW + CLOCK_SKEW_S, expires=None)
+    _open_at(at_limit, NOW, trust, device, state_dir)  # created exactly the skew ahead
+    over = make_bundle(created=NOW + CLOCK_SKEW_S + 1, expires=None)
+    with pytest.raises(BundleExpiredError) as ei:
+        _open_at(over, NOW, trust, device, state_dir)
+    assert ei.value.one_line() == (
+        "bundle 'digits' claims to be created in the future (2027-01-15T08:05:01Z; "
+        "now 2027-01-15T08:00:00Z) (check the device clock)"
+    )
+
+
+def test_setting_the_clock_back_does_not_revive_an_expired_bundle(
+    make_bundle, trust, device, state_dir
+) -> None:
+    expiring = make_bundle(expires=NOW + 1000, created=NOW - 100)
+    lasting = make_bundle(name="other", expires=None, created=NOW - 100)
+    _open_at(expiring, NOW, trust, device, state_dir)
+    _open_at(lasting, NOW + 5000, trust, device, state_dir)  # time goes on
+    assert VersionStore(state_dir).time_floor() == NOW + 5000
+    before = snapshot(state_dir)
+    # The clock is set back 5000 s: the expiring bundle is judged at the floor.
+    with pytest.raises(BundleExpiredError, match=r"\(time floor .*; the clock says") as ei:
+        _open_at(expiring, NOW, trust, device, state_dir)
+    assert "\n" not in ei.value.one_line()
+    assert snapshot(state_dir) == before
+    # A bundle valid at the floor opens, with the warning, and the floor stays.
+    ob = _open_at(lasting, NOW, trust, device, state_dir)
+    assert ob.clock == ClockCheck(now=NOW, floor=NOW + 5000, effective=NOW + 5000)
+    assert ob.clock.behind_floor
+    assert ob.clock.describe() == (
+        "the clock (2027-01-15T08:00:00Z) is 5000 s behind this device's time floor "
+        "(2027-01-15T09:23:20Z, the latest successful open); expiry was checked at the floor"
+    )
+    assert VersionStore(state_dir).time_floor() == NOW + 5000
+
+
+def test_the_clock_skew_allowed_behind_the_floor_ends_exactly_at_its_limit(
+    make_bundle, trust, device, state_dir
+) -> None:
+    floor = NOW + 5000
+    _open_at(make_bundle(name="other", expires=None), floor, trust, device, state_dir)
+    b = make_bundle(expires=floor - CLOCK_FLOOR_SKEW_S + 1, created=NOW - 100)
+    ob = _open_at(b, floor - CLOCK_FLOOR_SKEW_S, trust, device, state_dir)  # at the limit
+    assert not ob.clock.behind_floor
+    with pytest.raises(BundleExpiredError, match="time floor"):
+        _open_at(b, floor - CLOCK_FLOOR_SKEW_S - 1, trust, device, state_dir)  # one second over
+
+
+def test_clock_check_boundaries() -> None:
+    f = NOW
+    assert clock_check(f, None) == ClockCheck(now=f, floor=None, effective=f)
+    assert clock_check(0, None).effective == 0
+    assert clock_check(f + 1, f).effective == f + 1  # ahead of the floor
+    assert clock_check(f, f) == ClockCheck(now=f, floor=f, effective=f)
+    assert clock_check(f - CLOCK_FLOOR_SKEW_S, f).effective == f - CLOCK_FLOOR_SKEW_S
+    over = clock_check(f - CLOCK_FLOOR_SKEW_S - 1, f)
+    assert over == ClockCheck(now=f - CLOCK_FLOOR_SKEW_S - 1, floor=f, effective=f)
+    assert over.behind_floor and not clock_check(f, f).behind_floor
+    assert over.to_dict() == {"now": f - CLOCK_FLOOR_SKEW_S - 1, "floor": f, "effective": f}
+    assert CLOCK_FLOOR_SKEW_S == 300
+
+
 def test_rollback_is_refused_and_store_unchanged(make_bundle, trust, device, state_dir) -> None:
     old, new = make_bundle(version=1), make_bundle(version=5)
     _open(old, trust, device, state_dir)
@@ -204,10 +311,147 @@ def test_rollback_is_refused_and_store_unchanged(make_bundle, trust, device, sta
     _open(make_bundle(version=1, name="other"), trust, device, state_dir)
 
 
-def test_rollback_check_is_per_signer(make_bundle, trust, device, state_dir, attacker) -> None:
+def _race(paths: tuple[Path, Path], trust: TrustStore, device: DeviceKey, state: Path) -> list:
+    """Open both bundles at once; both pass the early check, then the first records first."""
+    barrier = threading.Barrier(2)
+    first_recorded = threading.Event()
+    results: list[object] = [None, None]
+
+    def run(i: int) -> None:
+        try:
+            ob = open_bundle(
+                paths[i], trust=trust, device_key=device, state_dir=state, now=NOW,
+                record_version=False,
+            )  # fmt: skip
+            barrier.wait(timeout=30)  # both passed the check against the store
+            if i == 1:
+                assert first_recorded.wait(timeout=30)
+            try:
+                record_opened(ob, state)
+                results[i] = "recorded"
+            finally:
+                ob.wipe()
+        except Exception as exc:
+            results[i] = exc
+        finally:
+            if i == 0:
+                first_recorded.set()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return results
+
+
+def test_a_lower_release_racing_a_higher_one_is_refused_when_the_higher_recorded_first(
+    make_bundle, trust, device, state_dir
+) -> None:
+    v3, v5 = make_bundle(version=3), make_bundle(version=5)
+    five, three = _race((v5, v3), trust, device, state_dir)
+    assert five == "recorded"
+    assert isinstance(three, RollbackError), three
+    assert "v3 is older than v5" in str(three)
+    assert VersionStore(state_dir).get("digits") == 5
+
+
+def test_a_lower_release_recorded_first_lets_the_higher_one_follow(
+    make_bundle, trust, device, state_dir
+) -> None:
+    v3, v5 = make_bundle(version=3), make_bundle(version=5)
+    assert _race((v3, v5), trust, device, state_dir) == ["recorded", "recorded"]
+    assert VersionStore(state_dir).get("digits") == 5
+
+
+def test_open_bundle_refuses_and_wipes_when_a_higher_release_was_recorded_meanwhile(
+    make_bundle, trust, device, state_dir, monkeypatch
+) -> None:
+    from edgeguard.runtime import secmem
+
+    wiped: list[int] = []
+    real_wipe = secmem.SecretBuffer.wipe
+
+    def wipe(self: secmem.SecretBuffer) -> None:
+        wiped.append(id(self))
+        real_wipe(self)
+
+    monkeypatch.setattr(secmem.SecretBuffer, "wipe", wipe)
+    store = VersionStore(state_dir)
+    real_read = VersionStore.read
+
+    def read_then_race(self: VersionStore) -> StoredState:
+        stored = real_read(self)  # the open's early check sees nothing yet
+        store.record("digits", 7, manifest_digest=b"\0" * 32, signer_key_id=b"\1" * 32, now=NOW)
+        return stored
+
+    monkeypatch.setattr(VersionStore, "read", read_then_race)
+    with pytest.raises(RollbackError, match="v2 is older than v7"):
+        _open(make_bundle(version=2), trust, device, state_dir)
+    assert wiped  # the decrypted member was wiped before the error left open_bundle
+
+
+def test_a_check_only_open_refuses_a_rollback_before_decrypting(
+    make_bundle, trust, device, state_dir, monkeypatch
+) -> None:
+    from edgeguard.runtime import opener
+
+    _open(make_bundle(version=5), trust, device, state_dir)
+    before = snapshot(state_dir)
+
+    def no_unwrap(*_a: object, **_k: object) -> bytes:
+        raise AssertionError("a rolled-back bundle must be refused before its key is unwrapped")
+
+    monkeypatch.setattr(opener, "unwrap_data_key", no_unwrap)
+    with pytest.raises(RollbackError) as ei:
+        _open(make_bundle(version=1), trust, device, state_dir, record_version=False)
+    assert str(ei.value) == (
+        "bundle 'digits' v1 is older than v5, which this device already opened (rollback refused)"
+    )
+    assert snapshot(state_dir) == before
+
+
+def test_rollback_is_per_name_across_every_trusted_signer(
+    make_bundle, trust, device, state_dir, attacker
+) -> None:
+    # A device that only ever saw releases of the new key ("signer") refuses an old
+    # release of the same name signed by a previous key it still trusts ("attacker").
     _open(make_bundle(version=5), trust, device, state_dir)
     both = TrustStore.of([next(iter(trust.signers.values())), attacker.public])
-    _open(make_bundle(version=1, by=attacker), both, device, state_dir)
+    before = snapshot(state_dir)
+    with pytest.raises(RollbackError, match="v1 is older than v5"):
+        _open(make_bundle(version=1, by=attacker), both, device, state_dir)
+    assert snapshot(state_dir) == before
+    # A higher release under the previous key moves the same counter on.
+    _open(make_bundle(version=6, by=attacker), both, device, state_dir)
+    with pytest.raises(RollbackError, match="v5 is older than v6"):
+        _open(make_bundle(version=5), trust, device, state_dir)
+    assert VersionStore(state_dir).get("digits") == 6
+
+
+def test_a_store_kept_per_signer_is_migrated_and_refuses_an_old_key_s_release(
+    make_bundle, trust, device, state_dir, attacker
+) -> None:
+    # Written by the release that kept a counter per signer: v5 of "digits" under
+    # the current key. The old key's v3 must not open, though that key never had v5.
+    (kid,) = trust.signers
+    legacy = {"schema": 1, "entries": {f"{kid.hex()}/digits": {"version": 5}}}
+    (state_dir / "versions.json").write_text(json.dumps(legacy))
+    (state_dir / "versions.json").chmod(0o600)
+    both = TrustStore.of([next(iter(trust.signers.values())), attacker.public])
+    with pytest.raises(RollbackError, match="v3 is older than v5"):
+        _open(make_bundle(version=3, by=attacker), both, device, state_dir)
+    _open(make_bundle(version=5, by=attacker), both, device, state_dir)
+    doc = json.loads((state_dir / "versions.json").read_text())
+    assert doc == {
+        "schema": 2,
+        "time_floor": NOW,
+        "entries": {"digits": {"version": 5, "signer": kid.hex()}},
+    }
+    _open(make_bundle(version=9, by=attacker), both, device, state_dir)
+    doc = json.loads((state_dir / "versions.json").read_text())
+    assert doc["schema"] == 2 and doc["entries"]["digits"]["version"] == 9
+    assert doc["entries"]["digits"]["signer"] == attacker.public.key_id.hex()
 
 
 def test_device_not_a_recipient(make_bundle, trust, device, other_device, state_dir) -> None:

@@ -180,6 +180,58 @@ def test_exit_codes_for_each_error_class(world, tmp_path) -> None:
         _one_line_no_traceback(r)
 
 
+def test_an_unsafe_state_dir_is_one_line_with_exit_11(world, tmp_path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    state.chmod(0o777)
+    r = eg(
+        "verify",
+        world["bundle"],
+        "--trust",
+        world["k"] / "signer.pub",
+        "--device-key",
+        world["k"] / "cam" / "device.key",
+        "--state-dir",
+        state,
+    )
+    assert r.returncode == 11, r.stderr
+    _one_line_no_traceback(r)
+    assert "writable by group or others" in r.stderr and f"chmod 700 {state}" in r.stderr
+
+
+def test_a_clock_set_back_behind_the_time_floor_warns_and_does_not_revive(world, tmp_path) -> None:
+    import time
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    verify = [
+        "verify",
+        world["bundle"],  # expires 2099-01-01
+        "--trust",
+        world["k"] / "signer.pub",
+        "--device-key",
+        world["k"] / "cam" / "device.key",
+        "--state-dir",
+        state,
+    ]
+
+    def floor(t: int) -> None:
+        doc = {"schema": 2, "time_floor": t, "entries": {}}
+        (state / "versions.json").write_text(json.dumps(doc))
+        (state / "versions.json").chmod(0o600)
+
+    floor(int(time.time()) + 86_400)  # this device opened a bundle a day from now
+    r = eg(*verify)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.startswith("edgeguard: warning: the clock (") and "time floor" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    floor(4_102_444_800)  # 2100-01-01: the clock was set back past the bundle's expiry
+    r = eg(*verify)
+    assert r.returncode == 6, r.stderr
+    _one_line_no_traceback(r)
+    assert "expired at 2099-01-01T00:00:00Z (time floor 2100-01-01T00:00:00Z" in r.stderr
+
+
 def test_rollback_and_expiry_exit_codes(world, tmp_path) -> None:
     k = world["k"]
     state = tmp_path / "state"

@@ -81,7 +81,9 @@ def test_open_and_load_write_no_file_but_the_state_store(
 
     def spy_os_open(path, flags, *a, **k):  # type: ignore[no-untyped-def]
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
-            writes.append(str(path))
+            dir_fd = k.get("dir_fd")  # a name relative to an open directory: resolve it
+            where = "" if dir_fd is None else os.readlink(f"/proc/self/fd/{dir_fd}")
+            writes.append(os.path.join(where, str(path)))
         return real_os_open(path, flags, *a, **k)
 
     def spy_open_bundle(*a, **k):  # type: ignore[no-untyped-def]

@@ -28,6 +28,7 @@ from edgeguard.errors import (
     InputRefusedError,
     InputRejectedError,
     PolicyError,
+    RollbackError,
     UsageError,
 )
 from edgeguard.guard.eventlog import verify as verify_log
@@ -442,3 +443,67 @@ def test_only_the_session_builds_the_guard_and_the_runtime() -> None:
                 if name in builders and rel not in allowed:
                     found.append(f"{rel}:{node.lineno} {name}")
     assert found == []
+
+
+def test_a_release_overtaken_by_a_higher_one_while_its_members_start_is_refused(
+    tmp_path, monkeypatch
+) -> None:
+    from edgeguard.runtime import session as session_mod
+
+    make_keys(tmp_path)
+    v1, v2 = tmp_path / "v1.egb", tmp_path / "v2.egb"
+    for v, path in ((1, v1), (2, v2)):
+        r = build(tmp_path, path, data.model_path("digits_logreg"), version=v)
+        assert r.returncode == 0, r.stderr
+    keys = {
+        "trust": load_trust_store([tmp_path / "signer.pub"]),
+        "device_key": load_device_key(tmp_path / "dev" / "device.key"),
+        "state_dir": tmp_path / "s",
+        "isolation": "threads",
+    }
+    real_start = session_mod._start
+    closed: list[int] = []
+
+    def start(opened: Any, *args: Any) -> Any:
+        parts = real_start(opened, *args)
+        if opened.manifest.version == 1:
+            # a concurrent open of v2 completes while v1's members start
+            api.open_session(v2, event_log=False, **keys).close()
+            real_close = parts.close
+
+            def close() -> None:
+                closed.append(1)
+                real_close()
+
+            object.__setattr__(parts, "close", close)
+        return parts
+
+    monkeypatch.setattr(session_mod, "_start", start)
+    with pytest.raises(RollbackError, match="v1 is older than v2"):
+        api.open_session(v1, **keys)
+    assert closed == [1]  # the members v1 started were stopped
+    kinds = [json.loads(line)["kind"] for line in (tmp_path / "s" / "events.log").open()]
+    assert "session_failed" in kinds and kinds[-1] == "checkpoint"
+
+
+def test_a_clock_behind_the_time_floor_is_recorded_in_the_event_log(tmp_path) -> None:
+    make_keys(tmp_path)
+    bundle = tmp_path / "b.egb"
+    r = build(tmp_path, bundle, data.model_path("digits_logreg"))
+    assert r.returncode == 0, r.stderr
+    keys = {
+        "trust": load_trust_store([tmp_path / "signer.pub"]),
+        "device_key": load_device_key(tmp_path / "dev" / "device.key"),
+        "state_dir": tmp_path / "s",
+        "isolation": "threads",
+    }
+    t = int(time.time())
+    api.open_session(bundle, now=t + 86_400, **keys).close()  # the floor: a day ahead
+    with api.open_session(bundle, now=t, **keys) as s:
+        assert s.clock is not None and s.clock.behind_floor
+        assert s.clock.effective == t + 86_400
+    with api.open_session(bundle, now=t + 86_400 - 300, **keys) as s:
+        assert s.clock is not None and not s.clock.behind_floor
+    records = [json.loads(line) for line in (tmp_path / "s" / "events.log").open()]
+    behind = [r["data"] for r in records if r["kind"] == "clock_behind_floor"]
+    assert behind == [{"now": t, "floor": t + 86_400, "effective": t + 86_400}]
