@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from typing import Any
 
 import cbor2
@@ -37,9 +38,10 @@ def decode_canonical(data: bytes | bytearray | memoryview, *, what: str) -> Any:
 
     Raises:
         MalformedError: The bytes are not valid CBOR, have trailing bytes, use
-            tags, or are not in canonical form.
+            tags (any tag, anywhere), or are not in canonical form.
     """
     raw = bytes(data)
+    _refuse_tags(raw, what)
     try:
         obj = cbor2.loads(raw, tag_hook=_refuse_tag)
     except MalformedError:
@@ -57,6 +59,75 @@ def decode_canonical(data: bytes | bytearray | memoryview, *, what: str) -> Any:
 
 def _refuse_tag(decoder: object, tag: object) -> object:
     raise MalformedError("CBOR tags are not allowed in edgeguard structures")
+
+
+# Heads that are a whole item: integers 0..23 and -1..-24, empty strings, arrays and
+# maps, simple values 0..23 (false, true, null among them).
+_ONE_BYTE_ITEMS = re.compile(rb"[\x00-\x17\x20-\x37\x40\x60\x80\xa0\xe0-\xf7]+")
+_WHOLE, _STRING, _ARRAY, _MAP, _TAG, _INDEFINITE, _RESERVED = range(7)
+
+
+def _head_table() -> tuple[tuple[int, int, int], ...]:
+    """For each initial byte: (what follows, argument length, argument if inline)."""
+    kinds = (_WHOLE, _WHOLE, _STRING, _STRING, _ARRAY, _MAP, _TAG, _WHOLE)
+    out = []
+    for b in range(256):
+        major, info = b >> 5, b & 0x1F
+        if info < 24:
+            out.append((kinds[major], 0, info))
+        elif info < 28:
+            out.append((kinds[major], 1 << (info - 24), 0))
+        else:
+            out.append((_INDEFINITE if info == 31 else _RESERVED, 0, 0))
+    return tuple(out)
+
+
+_HEADS = _head_table()
+
+
+def _refuse_tags(raw: bytes, what: str) -> None:
+    """Walk every data item of ``raw`` and refuse a tag (major type 6) anywhere.
+
+    cbor2 decodes several tags itself (bignums, sets, date/times, decimal fractions,
+    regular expressions, shared references) without calling its ``tag_hook``, and a
+    decoded value can even re-encode to the same bytes, so tags are refused here,
+    before cbor2 sees the bytes. The walk also refuses what canonical CBOR never holds
+    (indefinite lengths, reserved additional information) and a truncated item, so it
+    can follow every structure. It is iterative and linear in ``len(raw)``.
+    """
+    pos, end, todo = 0, len(raw), 1
+    heads = _HEADS
+    while todo:
+        if pos >= end:
+            raise MalformedError(f"{what}: not valid CBOR (truncated)")
+        kind, size, arg = heads[raw[pos]]
+        if kind == _WHOLE and not size:  # skip a run of one-byte items at once
+            run = _ONE_BYTE_ITEMS.match(raw, pos, min(end, pos + todo))
+            if run is not None:
+                todo -= run.end() - pos
+                pos = run.end()
+                continue
+        pos += 1
+        if size:
+            if pos + size > end:
+                raise MalformedError(f"{what}: not valid CBOR (truncated)")
+            arg = int.from_bytes(raw[pos : pos + size], "big")
+            pos += size
+        todo -= 1
+        if kind == _STRING:
+            if arg > end - pos:
+                raise MalformedError(f"{what}: not valid CBOR (truncated)")
+            pos += arg
+        elif kind == _ARRAY:
+            todo += arg
+        elif kind == _MAP:
+            todo += 2 * arg
+        elif kind == _TAG:
+            raise MalformedError(f"{what}: CBOR tags are not allowed in edgeguard structures")
+        elif kind == _INDEFINITE:
+            raise MalformedError(f"{what}: not in canonical CBOR form (indefinite length)")
+        elif kind == _RESERVED:
+            raise MalformedError(f"{what}: not valid CBOR (reserved additional information)")
 
 
 def armor(kind: str, payload: bytes) -> str:

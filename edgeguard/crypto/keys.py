@@ -45,7 +45,7 @@ __all__ = [
 
 KemKind = Literal["x25519", "p256", "mlkem768-x25519"]
 KEM_KINDS: tuple[KemKind, ...] = ("x25519", "p256", "mlkem768-x25519")
-_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**15, 8, 1
 _PRIV_AAD = b"edgeguard private key v1"
 
@@ -78,7 +78,7 @@ def _p256_scalar(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def validate_device_id(device_id: str) -> str:
     """Return ``device_id`` if it is 1-128 chars of ``[A-Za-z0-9._:-]``."""
-    if not isinstance(device_id, str) or not _ID_RE.match(device_id):
+    if not isinstance(device_id, str) or not _ID_RE.fullmatch(device_id):
         raise MalformedError(
             f"device id {device_id!r} must be 1-128 characters of letters, digits, '._:-'"
         )
@@ -242,7 +242,7 @@ class DevicePublicKey:
         if kem not in KEM_KINDS:
             raise MalformedError(f"{source}: unknown KEM {kem!r}")
         profile = d["profile"]
-        if not isinstance(profile, str) or not _ID_RE.match(profile):
+        if not isinstance(profile, str) or not _ID_RE.fullmatch(profile):
             raise MalformedError(f"{source}: invalid device profile id")
         out = cls(
             device_id=validate_device_id(d["id"]),
@@ -353,7 +353,7 @@ class DeviceKey:
         except ValueError as exc:
             raise MalformedError(f"{source}: invalid {kem} private key") from exc
         profile = d["profile"]
-        if not isinstance(profile, str) or not _ID_RE.match(profile):
+        if not isinstance(profile, str) or not _ID_RE.fullmatch(profile):
             raise MalformedError(f"{source}: invalid device profile id")
         return cls(
             validate_device_id(d["id"]),

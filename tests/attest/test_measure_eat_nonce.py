@@ -59,6 +59,11 @@ def test_log_roundtrip_and_refusals() -> None:
         LogEntry(0, "firmware", "x", D1)
     with pytest.raises(MalformedError, match="sha256"):
         LogEntry(0, "code", "x", "md5:00")
+    # A pattern matches the whole string: no trailing newline (``$`` would allow one).
+    with pytest.raises(MalformedError, match="measurement name"):
+        LogEntry(0, "code", "x\n", D1)
+    with pytest.raises(MalformedError, match="sha256"):
+        LogEntry(0, "code", "x", D1 + "\n")
     with pytest.raises(MalformedError):
         extend(bytes(31), bytes(32))
 
