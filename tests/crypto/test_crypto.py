@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edgeguard import data
 from edgeguard.crypto.encoding import armor, canonical_cbor, decode_canonical, unarmor
 from edgeguard.crypto.keys import (
     KEM_KINDS,
@@ -114,6 +115,84 @@ def test_passphrase_protected_keys(signer: SignerKey) -> None:
     assert ok.public.key_id == signer.public.key_id
     with pytest.raises(KeyFileError):
         encode_private(signer, passphrase=b"")
+
+
+def _reencrypted(blob: bytes, **change: object) -> bytes:
+    """An encrypted key file with its scrypt parameters (or other fields) changed."""
+    d = decode_canonical(blob, what="k")
+    kdf = dict(d["kdf"])
+    for k, v in change.items():
+        if k in ("n", "r", "p", "salt", "alg", "extra"):
+            kdf[k] = v
+        else:
+            d[k] = v
+    return canonical_cbor({**d, "kdf": kdf})
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"n": 2**15 + 1},  # not a power of two (cryptography raised ValueError: exit 1)
+        {"n": 3 * 2**12},
+        {"n": 2**9},
+        {"n": 2**21},
+        {"n": 2**64},
+        {"n": True},
+        {"r": 0},
+        {"r": 33},
+        {"r": True},
+        {"p": 0},
+        {"p": 17},
+        {"p": 1.0},
+        {"n": 2**20, "r": 32},  # 4 GiB of memory, half a minute
+        {"n": 2**20, "r": 8, "p": 16},  # 1 GiB, 16 times over
+        {"n": 2**18, "r": 8, "p": 3},  # 256 MiB, but over the work bound
+        {"salt": b""},
+        {"salt": "x" * 16},
+        {"nonce": b"\x00" * 11},
+        {"extra": 1},
+        {"v": 2},
+    ],
+    ids=repr,
+)
+def test_encrypted_key_parameters_are_checked_before_any_work(
+    signer: SignerKey, change: dict[str, object]
+) -> None:
+    blob = _reencrypted(encode_private(signer, passphrase=b"pw"), **change)
+    with pytest.raises(MalformedError) as err:
+        decode_private(blob, source="k", passphrase=b"pw")
+    assert err.value.exit_code == 3
+
+
+def test_encrypted_key_with_bad_scrypt_n_is_one_error_line(tmp_path, signer: SignerKey) -> None:
+    from edgeguard.cli.main import main
+
+    blob = _reencrypted(encode_private(signer, passphrase=b"pw"), n=2**15 + 1)
+    key = tmp_path / "signer.key"
+    key.write_text(armor("PRIVATE KEY", blob))
+    key.chmod(0o600)
+    (tmp_path / "pw").write_bytes(b"pw\n")
+    dev = DeviceKey.generate("cam-1", kem="x25519")
+    write_keypair(dev, tmp_path / "d.key", tmp_path / "d.pub")
+    code = main(
+        [
+            "build",
+            str(data.model_path("digits_logreg")),
+            "-o",
+            str(tmp_path / "b.egb"),
+            "--sign-key",
+            str(key),
+            "--passphrase-file",
+            str(tmp_path / "pw"),
+            "--recipient",
+            str(tmp_path / "d.pub"),
+            "--device-profile",
+            "generic-cpu",
+            "--version",
+            "1",
+        ]
+    )
+    assert code == 3
 
 
 def test_key_files_permissions_and_types(tmp_path, signer: SignerKey) -> None:
