@@ -20,7 +20,13 @@ from edgeguard.crypto.keys import (
     decode_public,
     encode_private,
 )
-from edgeguard.crypto.sign import hybrid_sign, hybrid_verify
+from edgeguard.crypto.sign import (
+    ECDSA_SIG_LEN,
+    ecdsa_sign_raw,
+    ecdsa_verify_raw,
+    hybrid_sign,
+    hybrid_verify,
+)
 from edgeguard.crypto.stream import (
     CHUNK_MIN,
     TAG_LEN,
@@ -303,3 +309,76 @@ def test_stream_round_trip_property(pt: bytes, shift: int) -> None:
     dec = StreamDecryptor(key, plaintext_size=len(pt), chunk_size=chunk)
     assert dec.chunks == len(chunks)
     assert b"".join(dec.decrypt_chunk(i, c) for i, c in enumerate(chunks)) == pt
+
+
+_P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def test_ecdsa_raw_signature_has_exactly_one_accepted_encoding(signer: SignerKey) -> None:
+    sig = ecdsa_sign_raw(signer.ecdsa, b"msg", context=b"ctx")
+    assert len(sig) == ECDSA_SIG_LEN
+    ecdsa_verify_raw(signer.public.ecdsa, sig, b"msg", context=b"ctx")
+    r, s = int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")
+    other_encodings = {
+        "63 bytes (one byte short)": sig[:-1],
+        "63 bytes (leading byte dropped)": sig[1:],
+        "65 bytes (a leading zero)": b"\x00" + sig,
+        "65 bytes (a trailing zero)": sig + b"\x00",
+        "65 bytes (r padded to 33)": b"\x00" + sig[:32] + sig[32:],
+        "high S": sig[:32] + (_P256_N - s).to_bytes(32, "big"),
+        "r = 0": bytes(32) + sig[32:],
+        "s = 0": sig[:32] + bytes(32),
+        "r = n": _P256_N.to_bytes(32, "big") + sig[32:],
+        "s = n/2 + 1": sig[:32] + (_P256_N // 2 + 1).to_bytes(32, "big"),
+        "empty": b"",
+    }
+    for what, bad in other_encodings.items():
+        with pytest.raises(IntegrityError):
+            ecdsa_verify_raw(signer.public.ecdsa, bad, b"msg", context=b"ctx")
+            pytest.fail(f"accepted {what}")
+    # A wrong length names itself before any arithmetic.
+    for bad in (sig[:-1], sig + b"\x00"):
+        with pytest.raises(IntegrityError, match="wrong length"):
+            ecdsa_verify_raw(signer.public.ecdsa, bad, b"msg", context=b"ctx")
+    # r, s and the context each matter.
+    with pytest.raises(IntegrityError, match="does not verify"):
+        ecdsa_verify_raw(signer.public.ecdsa, sig, b"msg", context=b"other")
+    assert r > 0
+
+
+def test_decrypt_into_refuses_a_tampered_chunk_on_its_own() -> None:
+    """decrypt_into checks each chunk's tag itself (not only the later payload digest)."""
+    import numpy as np
+
+    key = os.urandom(32)
+    pt = os.urandom(CHUNK_MIN + 100)
+    chunks = list(encrypt_stream(key, pt, CHUNK_MIN))
+    dec = StreamDecryptor(key, plaintext_size=len(pt), chunk_size=CHUNK_MIN)
+    out = np.zeros(len(pt), np.uint8)
+    view = memoryview(out)
+    dec.decrypt_into(0, chunks[0], view[:CHUNK_MIN])
+    dec.decrypt_into(1, chunks[1], view[CHUNK_MIN:])
+    assert out.tobytes() == pt
+    for where in (0, CHUNK_MIN // 2, CHUNK_MIN, CHUNK_MIN + TAG_LEN - 1):  # data and tag
+        bad = bytearray(chunks[0])
+        bad[where] ^= 0x01
+        with pytest.raises(IntegrityError, match="authentication failed"):
+            dec.decrypt_into(0, bytes(bad), view[:CHUNK_MIN])
+    bad_last = bytearray(chunks[1])
+    bad_last[-1] ^= 0x80
+    with pytest.raises(IntegrityError, match="authentication failed"):
+        dec.decrypt_into(1, bytes(bad_last), view[CHUNK_MIN:])
+    # The chunk's place is bound: chunk 0 at index 1 (or the final one at 0) fails.
+    with pytest.raises(IntegrityError):
+        dec.decrypt_into(1, chunks[0][: len(chunks[1])], view[CHUNK_MIN:])
+    with pytest.raises(IntegrityError):
+        dec.decrypt_into(0, chunks[1] + bytes(CHUNK_MIN - 100), view[:CHUNK_MIN])
+    # Lengths: the sealed chunk and the output must both fit the chunk exactly.
+    with pytest.raises(IntegrityError, match="wrong length"):
+        dec.decrypt_into(0, chunks[0][:-1], view[:CHUNK_MIN])
+    with pytest.raises(IntegrityError, match="wrong length"):
+        dec.decrypt_into(0, chunks[0], view[: CHUNK_MIN - 1])
+    with pytest.raises(IntegrityError, match="wrong length"):
+        dec.decrypt_into(1, chunks[1] + b"\x00", view[CHUNK_MIN:])
+    with pytest.raises(IndexError):
+        dec.decrypt_into(2, chunks[1], view[CHUNK_MIN:])
