@@ -64,25 +64,8 @@ def _refuse_tag(decoder: object, tag: object) -> object:
 # Heads that are a whole item: integers 0..23 and -1..-24, empty strings, arrays and
 # maps, simple values 0..23 (false, true, null among them).
 _ONE_BYTE_ITEMS = re.compile(rb"[\x00-\x17\x20-\x37\x40\x60\x80\xa0\xe0-\xf7]+")
-_WHOLE, _STRING, _ARRAY, _MAP, _TAG, _INDEFINITE, _RESERVED = range(7)
-
-
-def _head_table() -> tuple[tuple[int, int, int], ...]:
-    """For each initial byte: (what follows, argument length, argument if inline)."""
-    kinds = (_WHOLE, _WHOLE, _STRING, _STRING, _ARRAY, _MAP, _TAG, _WHOLE)
-    out = []
-    for b in range(256):
-        major, info = b >> 5, b & 0x1F
-        if info < 24:
-            out.append((kinds[major], 0, info))
-        elif info < 28:
-            out.append((kinds[major], 1 << (info - 24), 0))
-        else:
-            out.append((_INDEFINITE if info == 31 else _RESERVED, 0, 0))
-    return tuple(out)
-
-
-_HEADS = _head_table()
+_ONE_BYTE_HEADS = frozenset([*range(0x18), *range(0x20, 0x38), 0x40, 0x60, 0x80, 0xA0])
+_ONE_BYTE_HEADS |= frozenset(range(0xE0, 0xF8))
 
 
 def _refuse_tags(raw: bytes, what: str) -> None:
@@ -96,38 +79,40 @@ def _refuse_tags(raw: bytes, what: str) -> None:
     can follow every structure. It is iterative and linear in ``len(raw)``.
     """
     pos, end, todo = 0, len(raw), 1
-    heads = _HEADS
     while todo:
         if pos >= end:
             raise MalformedError(f"{what}: not valid CBOR (truncated)")
-        kind, size, arg = heads[raw[pos]]
-        if kind == _WHOLE and not size:  # skip a run of one-byte items at once
+        head = raw[pos]
+        if head in _ONE_BYTE_HEADS:  # skip a run of one-byte items at once
             run = _ONE_BYTE_ITEMS.match(raw, pos, min(end, pos + todo))
-            if run is not None:
-                todo -= run.end() - pos
-                pos = run.end()
-                continue
+            assert run is not None
+            todo -= run.end() - pos
+            pos = run.end()
+            continue
+        major, info = head >> 5, head & 0x1F
         pos += 1
-        if size:
+        if info == 31:
+            raise MalformedError(f"{what}: not in canonical CBOR form (indefinite length)")
+        if info > 27:
+            raise MalformedError(f"{what}: not valid CBOR (reserved additional information)")
+        arg = info
+        if info >= 24:
+            size = 1 << (info - 24)
             if pos + size > end:
                 raise MalformedError(f"{what}: not valid CBOR (truncated)")
             arg = int.from_bytes(raw[pos : pos + size], "big")
             pos += size
         todo -= 1
-        if kind == _STRING:
+        if major == 6:
+            raise MalformedError(f"{what}: CBOR tags are not allowed in edgeguard structures")
+        if major in (2, 3):  # byte and text strings: skip the content
             if arg > end - pos:
                 raise MalformedError(f"{what}: not valid CBOR (truncated)")
             pos += arg
-        elif kind == _ARRAY:
+        elif major == 4:
             todo += arg
-        elif kind == _MAP:
+        elif major == 5:
             todo += 2 * arg
-        elif kind == _TAG:
-            raise MalformedError(f"{what}: CBOR tags are not allowed in edgeguard structures")
-        elif kind == _INDEFINITE:
-            raise MalformedError(f"{what}: not in canonical CBOR form (indefinite length)")
-        elif kind == _RESERVED:
-            raise MalformedError(f"{what}: not valid CBOR (reserved additional information)")
 
 
 def armor(kind: str, payload: bytes) -> str:
