@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from edgeguard.cli._common import add_device_args, open_device_session
+from edgeguard.cli._common import add_device_args, add_input_limit_arg, open_device_session
 
 
 def register(sub: Any) -> None:
@@ -39,34 +39,36 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--json", action="store_true", help="one JSON line per frame, then a summary line"
     )
+    add_input_limit_arg(p)
     add_device_args(p)
     p.set_defaults(func=run)
 
 
-def load_inputs(path: Path) -> dict[str, Any]:
-    """Arrays of an .npz file (no pickles) by name; an .npy file as ``{"": array}``."""
-    import zipfile
+def read_inputs(
+    arrays: Any, specs: Any, path: Path, *, frames: str = "batch-axis"
+) -> dict[str, Any]:
+    """The model's inputs from an opened array file: named (:func:`name_inputs`), their
+    declared dtypes and shapes checked against ``specs`` before any data is read, then
+    read. An array every frame of which the I/O contract would reject is refused here.
 
-    import numpy as np
+    Raises:
+        UsageError: The file holds arrays the model does not take.
+        InputRejectedError: An array's declared dtype or shape cannot feed its input.
+    """
+    from edgeguard.arrayfile import contract_problem
+    from edgeguard.errors import InputRejectedError
 
-    from edgeguard.errors import MalformedError, UsageError
-
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(6)
-            f.seek(0)
-            if magic == b"\x93NUMPY":
-                return {"": np.load(f, allow_pickle=False)}
-            with np.load(f, allow_pickle=False) as npz:
-                return {k: npz[k] for k in npz.files}
-    except FileNotFoundError as exc:
-        raise UsageError(f"input file {path} does not exist") from exc
-    except IsADirectoryError as exc:
-        raise UsageError(f"input file {path} is a directory") from exc
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise MalformedError(
-            f"{path} is not a readable .npz or .npy file of arrays ({exc})"
-        ) from exc
+    named = name_inputs(dict(arrays.headers), specs, path)
+    by_name = {s.name: s for s in specs}
+    for key, header in named.items():
+        problem = contract_problem(header, by_name[key], frames=frames)  # type: ignore[arg-type]
+        if problem is not None:
+            raise InputRejectedError(
+                f"{path}: every frame would be rejected: {problem}",
+                hint="convert the array to what the model takes",
+            )
+    data = arrays.read(h.name for h in named.values())
+    return {key: data[h.name] for key, h in named.items()}
 
 
 def name_inputs(arrays: dict[str, Any], specs: Any, path: Path) -> dict[str, Any]:
@@ -102,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
+    from edgeguard.arrayfile import open_arrays
+    from edgeguard.cli._common import input_limits
     from edgeguard.errors import EdgeguardError, InputRejectedError, UsageError
     from edgeguard.fsutil import atomic_write
     from edgeguard.runtime.session import split_frames
@@ -109,11 +113,11 @@ def run(args: argparse.Namespace) -> int:
     out_dir = args.output.parent if str(args.output.parent) else Path(".")
     if not out_dir.is_dir():  # before any frame runs
         raise UsageError(f"output directory {out_dir} does not exist")
-    raw = load_inputs(args.input)
-    if any(getattr(v, "ndim", 0) and len(v) == 0 for v in raw.values()):
+    arrays = open_arrays(args.input, limits=input_limits(args))  # headers only, checked
+    if any(h.shape and h.shape[0] == 0 for h in arrays.headers.values()):
         raise UsageError(f"{args.input} holds no frames (an array with a first axis of 0)")
     with open_device_session(args) as session:
-        feeds = name_inputs(raw, session.inputs, args.input)
+        feeds = read_inputs(arrays, session.inputs, args.input)
         answers: dict[str, list[Any]] = {}
         sources: dict[str, int] = {}
         n = 0
