@@ -177,6 +177,18 @@ def test_eat_refuses_tampering_and_bad_shapes() -> None:
     es384 = cbor2.dumps(cbor2.CBORTag(18, [cbor2.dumps({1: -35, 4: v[0][-32:]}), {}, v[2], v[3]]))
     with pytest.raises(MalformedError, match="ES256"):
         parse_eat(es384)
+    # The outer COSE_Sign1 tag is the only one: a tag inside the structure is refused
+    # before anything decodes it (a regular expression, a bignum, a shared reference).
+    for inner in (
+        cbor2.CBORTag(35, "a*"),
+        cbor2.CBORTag(2, b"\x01" + bytes(8)),
+        cbor2.CBORTag(258, [1]),
+    ):
+        tagged = cbor2.dumps(cbor2.CBORTag(18, [v[0], {1: inner}, v[2], v[3]]), canonical=True)
+        with pytest.raises(MalformedError, match="CBOR tags"):
+            parse_eat(tagged)
+    with pytest.raises(MalformedError, match="tagged COSE_Sign1"):
+        parse_eat(cbor2.dumps(cbor2.CBORTag(17, [v[0], {}, v[2], v[3]])))
     with pytest.raises(MalformedError, match="exactly when"):
         _claims(key, assurance="tpm")
     with pytest.raises(MalformedError, match="exactly when"):
