@@ -144,7 +144,11 @@ CASES: list[tuple[tuple[Any, ...], Any, str]] = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("path", "value", "message"), CASES, ids=[str(c[:2])[:60] for c in CASES])
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    CASES,
+    ids=[f"{i:02d}-" + "-".join(map(str, c[0])) for i, c in enumerate(CASES)],
+)
 def test_header_schema_messages(tree: dict[str, Any], path: Any, value: Any, message: str) -> None:
     bad = _set(tree, path, value)
     refused(MalformedError, message, lambda: Header.from_cbor(bad, DEFAULT_LIMITS))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -117,7 +118,7 @@ def _with_header(header: bytes, rest: bytes) -> bytes:
     return MAGIC + len(header).to_bytes(4, "big") + header + rest
 
 
-@pytest.mark.parametrize("case", INVALID["cbor"], ids=lambda c: c["case"])
+@pytest.mark.parametrize("case", INVALID["cbor"], ids=lambda c: re.sub(r"\W+", "-", c["case"]))
 def test_invalid_cbor_vectors_are_refused(case: dict[str, str]) -> None:
     raw = bytes.fromhex(case["hex"])
     with pytest.raises(MalformedError, match=case["error"]):
@@ -131,7 +132,7 @@ def test_invalid_cbor_vectors_are_refused(case: dict[str, str]) -> None:
         parse_prefix(io.BytesIO(spliced).read, file_size=len(spliced))
 
 
-@pytest.mark.parametrize("name", INVALID["bundle_names"])
+@pytest.mark.parametrize("name", INVALID["bundle_names"], ids=lambda v: v.encode().hex() or "empty")
 def test_invalid_bundle_names_are_refused(name: str) -> None:
     header, _ = _vector_header()
     tree = decode_canonical(header, what="h")
@@ -141,7 +142,7 @@ def test_invalid_bundle_names_are_refused(name: str) -> None:
         Header.from_cbor(tree, DEFAULT_LIMITS)
 
 
-@pytest.mark.parametrize("value", INVALID["ids"])
+@pytest.mark.parametrize("value", INVALID["ids"], ids=lambda v: v.encode().hex() or "empty")
 def test_invalid_device_and_profile_ids_are_refused(value: str) -> None:
     with pytest.raises(MalformedError):
         validate_device_id(value)

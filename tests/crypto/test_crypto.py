@@ -159,7 +159,9 @@ def _reencrypted(blob: bytes, **change: object) -> bytes:
         {"extra": 1},
         {"v": 2},
     ],
-    ids=repr,
+    ids=lambda change: (
+        "-".join(f"{k}_{v}" for k, v in change.items() if isinstance(v, int)) or "-".join(change)
+    ),
 )
 def test_encrypted_key_parameters_are_checked_before_any_work(
     signer: SignerKey, change: dict[str, object]
