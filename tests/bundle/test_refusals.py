@@ -187,6 +187,7 @@ def test_header_limits_are_inclusive(tree: dict[str, Any]) -> None:
         lambda: Header.from_cbor(tree, Limits(max_profiles=1)),
     )
     ids = _set(tree, ("manifest", "devices", "ids"), ["a", "b"])
+    assert Header.from_cbor(ids, Limits(max_device_ids=2)).manifest.devices.device_ids == ("a", "b")
     refused(
         MalformedError,
         f"{M}: device ids must be null or a list of 1 to 1",
@@ -334,6 +335,26 @@ def test_prefix_messages() -> None:
             f"malformed bundle: signature length {s} exceeds the limit or the file size",
             lambda s=s: _parse(with_lengths(s=s)),
         )
+    # a one-byte header or signature block passes the length check and fails as CBOR
+    one = raw[:16] + struct.pack(">I", 1) + b"\xa0" + raw[20 + hlen : prefix.payload_offset]
+    refused(
+        MalformedError,
+        "malformed bundle: header: misses the field(s) 'manifest', 'payload', 'recipients'",
+        lambda: _parse(one),
+    )
+    one_sig = raw[: 20 + hlen] + struct.pack(">I", 1) + b"\xa0"
+    refused(
+        MalformedError,
+        "malformed bundle: signature block: misses the field(s) 'alg', 'ecdsa', 'kid', 'mldsa'",
+        lambda: _parse(one_sig),
+    )
+    # a file that ends right after the signature length: the signature length is at fault
+    cut = raw[: 24 + hlen]
+    refused(
+        MalformedError,
+        f"malformed bundle: signature length {slen} exceeds the limit or the file size",
+        lambda: _parse(cut),
+    )
     # limits come from the Limits object; the exact limits are accepted
     refused(
         MalformedError,

@@ -267,6 +267,11 @@ def test_private_key_messages(signer: SignerKey, devices: dict[str, DeviceKey]) 
         ),
     ]:
         refused(kind, message, lambda d=d: SignerKey.from_dict(d, source="s.key"))
+    refused(
+        MalformedError,
+        "s.key: field 'ecdsa-p256' must be a byte string",
+        lambda: SignerKey.from_dict({**sk, "ecdsa-p256": 1}, source="s.key"),
+    )
     # the P-256 scalar is big-endian: n - 1 is valid, its little-endian reading is not
     top = {**sk, "ecdsa-p256": (N - 1).to_bytes(32, "big")}
     assert SignerKey.from_dict(top, source="s.key").ecdsa.private_numbers().private_value == N - 1
@@ -287,6 +292,16 @@ def test_private_key_messages(signer: SignerKey, devices: dict[str, DeviceKey]) 
             MalformedError,
             "d.key: field 'hpke' must be a byte string",
             lambda dk=dk: DeviceKey.from_dict({**dk, "hpke": 1}, source="d.key"),
+        )
+        refused(
+            MalformedError,
+            "d.key: field 'attest-p256' must be a byte string",
+            lambda dk=dk: DeviceKey.from_dict({**dk, "attest-p256": 1}, source="d.key"),
+        )
+        refused(
+            MalformedError,
+            "d.key: unexpected or missing fields in device-private key",
+            lambda dk=dk: DeviceKey.from_dict({**dk, "x": 1}, source="d.key"),
         )
         short = {**dk, "hpke": b"x"}
         message = {
@@ -433,6 +448,27 @@ def test_signature_messages(signer: SignerKey) -> None:
         "ECDSA signature does not verify",
         lambda: ecdsa_verify_raw(pub.ecdsa, sig.ecdsa, b"other", context=b"c"),
     )
+    # r and s at each edge of their ranges: 0 < r < n and 0 < s <= n // 2 (exact integers)
+    r_ok, s_ok = sig.ecdsa[:32], sig.ecdsa[32:]
+    out, no = (
+        "ECDSA signature is out of range or not in low-S form",
+        "ECDSA signature does not verify",
+    )
+    for r, s, message in [
+        (bytes(32), s_ok, out),
+        ((1).to_bytes(32, "big"), s_ok, no),
+        (N.to_bytes(32, "big"), s_ok, out),
+        ((N - 1).to_bytes(32, "big"), s_ok, no),
+        (r_ok, bytes(32), out),
+        (r_ok, (1).to_bytes(32, "big"), no),
+        (r_ok, (N // 2).to_bytes(32, "big"), no),
+        (r_ok, (N // 2 + 1).to_bytes(32, "big"), out),
+    ]:
+        refused(
+            IntegrityError,
+            message,
+            lambda r=r, s=s: ecdsa_verify_raw(pub.ecdsa, r + s, b"m", context=b"c"),
+        )
     forged = HybridSignature(ecdsa=sig.ecdsa, mldsa=bytes(len(sig.mldsa)))
     refused(
         IntegrityError,
@@ -497,7 +533,7 @@ def test_stream_messages_and_sizes() -> None:
     dec = StreamDecryptor(key, plaintext_size=len(pt), chunk_size=CHUNK_MIN)
     assert dec.chunk_span(0) == (0, CHUNK_MIN + 16) and dec.chunk_span(1) == (CHUNK_MIN + 16, 17)
     for bad in (-1, 2):
-        with pytest.raises(IndexError):
+        with pytest.raises(IndexError, match=f"^{bad}$"):
             dec.chunk_span(bad)
     refused(
         IntegrityError,
