@@ -15,10 +15,10 @@ is two steps, and nothing is allocated for an array before both checked it:
    I/O contract's element types (so no pickle is ever loaded), and adds up the
    declared sizes against :class:`ArrayLimits` (1 GiB by default).
 2. The caller compares the declared shapes and dtypes with the model's inputs
-   (:func:`contract_problem`), then :meth:`ArrayFile.read` fills each array from a
-   stream bounded by its declared size: a zip member that decompresses to more or
-   fewer bytes than its header declares is refused, whatever the archive directory
-   says.
+   (:func:`contract_problem`), then :meth:`ArrayFile.read` fills each array (or only
+   its first frames) from a stream bounded by its declared size: a zip member that
+   decompresses to more or fewer bytes than its header declares is refused, whatever
+   the archive directory says.
 
 Every refusal is an :class:`~edgeguard.errors.EdgeguardError`: a file that is not a
 readable array file, or exceeds a limit, is :class:`~edgeguard.errors.MalformedError`
@@ -163,27 +163,37 @@ def _read_header(f: IO[bytes], path: Path, name: str, limits: ArrayLimits) -> Ar
     return ArrayHeader(name, dtype, shape, bool(fortran), nbytes)
 
 
-def _fill(f: IO[bytes], header: ArrayHeader, path: Path) -> npt.NDArray[Any]:
+def _fill(
+    f: IO[bytes], header: ArrayHeader, path: Path, first: int | None = None
+) -> npt.NDArray[Any]:
     """Read exactly the declared data of ``header`` from ``f`` (after its header), then
-    insist on the end of the stream."""
-    flat = np.empty(header.nbytes, np.uint8)
+    insist on the end of the stream; with ``first``, only the first ``first`` entries of
+    the first axis of a row-major array (no more is allocated or read)."""
+    shape, nbytes, whole = header.shape, header.nbytes, True
+    if first is not None and shape and not header.fortran_order and first < shape[0]:
+        shape = (first, *shape[1:])
+        nbytes = math.prod(shape) * header.dtype.itemsize
+        whole = False
+    flat = np.empty(nbytes, np.uint8)
     view = flat.data
     pos = 0
-    stream = _Bounded(f, header.nbytes + 1)
+    stream = _Bounded(f, nbytes + 1)
     try:
-        while pos < header.nbytes:
-            data = stream.read(min(_READ_CHUNK, header.nbytes - pos))
+        while pos < nbytes:
+            data = stream.read(min(_READ_CHUNK, nbytes - pos))
             if not data:
                 raise _bad(path, header.name, "the data ends before its declared size")
             view[pos : pos + len(data)] = data
             pos += len(data)
-        if stream.read(1):
+        if whole and stream.read(1):
             raise _bad(path, header.name, "has bytes after its declared data")
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
         # zlib and zipfile report a damaged member (bad CRC, truncated stream) this way
         raise _bad(path, header.name, f"damaged data ({type(exc).__name__})") from exc
     dtype = header.dtype
-    arr = flat.view(dtype).reshape(header.shape, order="F" if header.fortran_order else "C")
+    arr = flat.view(dtype).reshape(shape, order="F" if header.fortran_order else "C")
+    if first is not None and arr.ndim and len(arr) > first:  # column-major: cut after
+        arr = np.ascontiguousarray(arr[:first])
     if not dtype.isnative:  # big-endian data on this host: swap in place
         arr = arr.byteswap(inplace=True).view(dtype.newbyteorder("="))
     return arr
@@ -288,15 +298,18 @@ class ArrayFile:
                 hint="split the file, or raise the limit with --max-input-mb",
             )
 
-    def read(self, names: Iterable[str] | None = None) -> dict[str, npt.NDArray[Any]]:
-        """The arrays called ``names`` (default: all), each read within its declared size."""
+    def read(
+        self, names: Iterable[str] | None = None, *, first: int | None = None
+    ) -> dict[str, npt.NDArray[Any]]:
+        """The arrays called ``names`` (default: all), each read within its declared size;
+        with ``first``, only their first ``first`` entries along the first axis."""
         wanted = list(self.headers) if names is None else list(names)
         out: dict[str, npt.NDArray[Any]] = {}
         with self._opened() as (f, zf):
             if zf is None:
                 if self._npy_header(f) != self.headers[""]:
                     raise _bad(self.path, "", "changed while it was read")
-                return {name: _fill(f, self.headers[name], self.path) for name in wanted}
+                return {name: _fill(f, self.headers[name], self.path, first) for name in wanted}
             infos = {info.filename: info for info in zf.infolist()}
             for name in wanted:
                 header = self.headers[name]
@@ -306,7 +319,7 @@ class ArrayFile:
                 with self._open_member(zf, info) as m:
                     if _read_header(m, self.path, name, self.limits) != header:
                         raise _bad(self.path, name, "changed while it was read")
-                    out[name] = _fill(m, header, self.path)
+                    out[name] = _fill(m, header, self.path, first)
         return out
 
 

@@ -316,6 +316,31 @@ def test_archive_structure_is_checked(tmp_path: Path) -> None:
         open_arrays(tmp_path)
 
 
+def test_only_the_first_frame_is_read_when_asked(tmp_path: Path) -> None:
+    """What run and serve read of an array that cannot feed the model: one frame."""
+    big = np.zeros((2048, 16, 256), np.float64)  # 64 MiB declared
+    big[0] = 1.0
+    np.savez(tmp_path / "b.npz", x=big, f=np.asfortranarray(big[:4]))
+    np.save(tmp_path / "b.npy", big)
+    del big
+    for name in ("b.npz", "b.npy"):
+        af = open_arrays(tmp_path / name)
+        tracemalloc.start()
+        try:
+            got = af.read(["x" if name == "b.npz" else ""], first=1)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        (arr,) = got.values()
+        assert arr.shape == (1, 16, 256) and (arr == 1.0).all()
+        assert peak < 4 * 1024 * 1024
+    # column-major data is read whole (it is not contiguous by frame), then cut
+    f = open_arrays(tmp_path / "b.npz").read(["f"], first=1)["f"]
+    assert f.shape == (1, 16, 256) and (f == 1.0).all()
+    # asking for more frames than there are reads them all
+    assert open_arrays(tmp_path / "b.npy").read(first=5000)[""].shape == (2048, 16, 256)
+
+
 def test_a_file_changed_between_headers_and_data_is_refused(tmp_path: Path) -> None:
     p = tmp_path / "x.npz"
     np.savez(p, x=np.zeros(4, np.float32))
@@ -360,8 +385,10 @@ def test_declared_shapes_and_dtypes_against_the_model() -> None:
     )
 
 
-def test_run_refuses_an_array_the_model_cannot_take_before_reading_it(tmp_path: Path) -> None:
-    """calibrate: declared dtype or shape that does not fit, refused before any data is read."""
+def test_calibrate_refuses_an_array_the_model_cannot_take_before_reading_it(
+    tmp_path: Path,
+) -> None:
+    """A declared dtype or shape that does not fit, refused before any data is read."""
     p = npz(tmp_path / "bad.npz", {"image.npy": npy_header("<f4", (3, 1, 8, 9)) + bytes(16)})
     code = main(["calibrate", str(data.model_path("digits_logreg")), "--data", str(p),
                  "-o", str(tmp_path / "p.json")])  # fmt: skip
@@ -370,3 +397,27 @@ def test_run_refuses_an_array_the_model_cannot_take_before_reading_it(tmp_path: 
     assert main(["calibrate", str(data.model_path("digits_logreg")), "--data",
                  str(tmp_path / "ok.npz"), "--max-input-mb", "0", "-o",
                  str(tmp_path / "p.json")]) == 2  # fmt: skip
+
+
+def test_serve_hands_one_frame_of_an_unfit_array_to_the_session(tmp_path: Path) -> None:
+    """float64 frames for a float32 model: the first frame is refused and recorded by the
+    session like any rejected input, no more is read, and serve exits 8."""
+    import json
+
+    from tests.fieldtest.test_faults_and_serve import _plain_bundle, _serve_cli
+
+    bundle = _plain_bundle(tmp_path)
+    images, _ = data.load_split("test")
+    np.savez(tmp_path / "f64.npz", image=images[:40].astype(np.float64))
+    records = tmp_path / "r.jsonl"
+    r = _serve_cli(
+        tmp_path, bundle, "--frames", str(tmp_path / "f64.npz"), "--records", str(records)
+    )
+    assert r.returncode == 8, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"edgeguard: error: {tmp_path / 'f64.npz'}: every frame would be rejected: input.dtype "
+        "image: dtype float64; the model takes float32 (feed what the model takes (edgeguard "
+        "inspect shows its inputs))"
+    )
+    lines = [json.loads(x) for x in records.read_text().splitlines()]
+    assert len(lines) == 1 and lines[0]["source"] == "rejected", lines

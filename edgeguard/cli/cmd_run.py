@@ -44,31 +44,42 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def read_inputs(
-    arrays: Any, specs: Any, path: Path, *, frames: str = "batch-axis"
-) -> dict[str, Any]:
-    """The model's inputs from an opened array file: named (:func:`name_inputs`), their
-    declared dtypes and shapes checked against ``specs`` before any data is read, then
-    read. An array every frame of which the I/O contract would reject is refused here.
+def read_inputs(arrays: Any, specs: Any, path: Path) -> tuple[dict[str, Any], str | None]:
+    """The model's inputs from an opened array file, named (:func:`name_inputs`), and
+    their declared dtypes and shapes checked against ``specs`` before any data is read.
+
+    An array that cannot feed its input (no frame of it would pass the I/O contract) is
+    not read past its first frame: that frame goes to the session, which refuses it (and
+    logs it) exactly as it refuses any such frame.
+
+    Returns:
+        The inputs, and why every frame would be rejected (None when they fit).
 
     Raises:
         UsageError: The file holds arrays the model does not take.
-        InputRejectedError: An array's declared dtype or shape cannot feed its input.
     """
     from edgeguard.arrayfile import contract_problem
-    from edgeguard.errors import InputRejectedError
 
     named = name_inputs(dict(arrays.headers), specs, path)
     by_name = {s.name: s for s in specs}
-    for key, header in named.items():
-        problem = contract_problem(header, by_name[key], frames=frames)  # type: ignore[arg-type]
-        if problem is not None:
-            raise InputRejectedError(
-                f"{path}: every frame would be rejected: {problem}",
-                hint="convert the array to what the model takes",
-            )
-    data = arrays.read(h.name for h in named.values())
-    return {key: data[h.name] for key, h in named.items()}
+    unfit = {
+        key: p
+        for key, header in named.items()
+        if (p := contract_problem(header, by_name[key], frames="batch-axis")) is not None
+    }
+    if not unfit:
+        data = arrays.read(h.name for h in named.values())
+        return {key: data[h.name] for key, h in named.items()}, None
+
+    def first_only(key: str) -> bool:  # an unfit array, or one split_frames cuts into frames
+        spec, shape = by_name[key], named[key].shape
+        batch = not (isinstance(spec.shape[0], int) and spec.shape[0] != 1) if spec.rank else False
+        return key in unfit or (len(shape) == spec.rank and batch)
+
+    cut = [key for key in named if first_only(key)]
+    data = arrays.read((named[k].name for k in cut), first=1)
+    data.update(arrays.read(named[k].name for k in named if k not in cut))
+    return {key: data[h.name] for key, h in named.items()}, next(iter(unfit.values()))
 
 
 def name_inputs(arrays: dict[str, Any], specs: Any, path: Path) -> dict[str, Any]:
@@ -117,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     if any(h.shape and h.shape[0] == 0 for h in arrays.headers.values()):
         raise UsageError(f"{args.input} holds no frames (an array with a first axis of 0)")
     with open_device_session(args) as session:
-        feeds = read_inputs(arrays, session.inputs, args.input)
+        feeds, unfit = read_inputs(arrays, session.inputs, args.input)
         answers: dict[str, list[Any]] = {}
         sources: dict[str, int] = {}
         n = 0
@@ -155,6 +166,11 @@ def run(args: argparse.Namespace) -> int:
                     },
                 }
                 sys.stdout.write(json.dumps(line, sort_keys=True) + "\n")
+        if unfit is not None:  # the policy answered the first frame; the others are alike
+            raise InputRejectedError(
+                f"{args.input}: every frame would be rejected: {unfit}",
+                hint="feed what the model takes (edgeguard inspect shows its inputs)",
+            )
         buf = io.BytesIO()
         np.savez(buf, **_stack(answers))
         atomic_write(args.output, buf.getvalue())

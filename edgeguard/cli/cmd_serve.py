@@ -118,15 +118,15 @@ def run(args: argparse.Namespace) -> int:
             )
         header = arrays[name]
         spec = next((s for s in specs if s.name == name), None)
-        problem = None if spec is None else contract_problem(header, spec, frames="first-axis")
-        if problem is not None:
-            raise InputRejectedError(
-                f"{args.frames}: every frame would be rejected: {problem}",
-                hint="convert the array to what the model takes",
-            )
+        # an array no frame of which fits the model is not read past its first frame,
+        # which the session refuses (and logs) as it refuses any such frame
+        unfit = None if spec is None else contract_problem(header, spec, frames="first-axis")
         if not header.shape or header.shape[0] == 0:
             raise UsageError(f"{args.frames} holds no frames for {name!r}")
-        data = frames_file.read([header.name, *([labels_header.name] if labels_header else [])])
+        data = frames_file.read(
+            [header.name, *([labels_header.name] if labels_header else [])],
+            first=None if unfit is None else 1,
+        )
         frames = data[header.name][: args.limit] if args.limit else data[header.name]
         labels = data[labels_header.name] if labels_header else None
         late = [f for f in faults if f.start >= len(frames)]
@@ -174,6 +174,11 @@ def run(args: argparse.Namespace) -> int:
         emit_json(report.to_dict())
     else:
         print_report(console, report)
+    if unfit is not None:
+        raise InputRejectedError(
+            f"{args.frames}: every frame would be rejected: {unfit}",
+            hint="feed what the model takes (edgeguard inspect shows its inputs)",
+        )
     if report.stopped_early:
         from edgeguard.errors import BackendError
 
