@@ -205,9 +205,11 @@ class EatClaims:
                 raise MalformedError("the tpm claim must hold attest and sig byte strings")
             quote = TpmQuote(t["attest"], t["sig"])
         iat, dbg, idx = obj[_IAT], obj.get(_DBGSTAT), eg["pcr-index"]
-        if not isinstance(iat, int) or not isinstance(idx, int) or not isinstance(eg["pcr"], bytes):
+        if not all(isinstance(x, int) and not isinstance(x, bool) for x in (iat, idx)) or not (
+            isinstance(eg["pcr"], bytes)
+        ):
             raise MalformedError("iat, pcr-index and pcr have wrong types")
-        if dbg is not None and not isinstance(dbg, int):
+        if dbg is not None and (not isinstance(dbg, int) or isinstance(dbg, bool)):
             raise MalformedError("dbgstat must be an integer")
         if not isinstance(obj[_SWNAME], str):
             raise MalformedError("swname must be text")

@@ -376,7 +376,7 @@ def _expect_keys(d: Any, keys: set[str], source: str, type_: str) -> None:
         raise MalformedError(f"{source}: key structure must be a map")
     if d.get("type") != type_:
         raise KeyFileError(f"{source}: this is a {d.get('type')!r} key, expected {type_!r}")
-    if d.get("v") != 1:
+    if isinstance(d.get("v"), bool) or d.get("v") != 1:  # true == 1 in Python
         raise MalformedError(f"{source}: unsupported key version {d.get('v')!r}")
     if set(d) != keys:
         raise MalformedError(f"{source}: unexpected or missing fields in {type_} key")
@@ -470,6 +470,7 @@ def decode_private(
         kdf = d.get("kdf")
         if (
             set(d) != {"type", "v", "kdf", "aead", "nonce", "ct"}
+            or isinstance(d.get("v"), bool)
             or d.get("v") != 1
             or not isinstance(kdf, dict)
             or set(kdf) != {"alg", "salt", "n", "r", "p"}

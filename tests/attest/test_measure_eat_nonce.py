@@ -189,6 +189,11 @@ def test_eat_refuses_tampering_and_bad_shapes() -> None:
             parse_eat(tagged)
     with pytest.raises(MalformedError, match="tagged COSE_Sign1"):
         parse_eat(cbor2.dumps(cbor2.CBORTag(17, [v[0], {}, v[2], v[3]])))
+    # a boolean is not an integer (true == 1 in Python)
+    for claim in (6, 263):
+        bad_claims = {**_claims(key).to_cbor(), claim: True}
+        with pytest.raises(MalformedError, match=r"wrong types|must be an integer"):
+            EatClaims.from_cbor(bad_claims)
     with pytest.raises(MalformedError, match="exactly when"):
         _claims(key, assurance="tpm")
     with pytest.raises(MalformedError, match="exactly when"):

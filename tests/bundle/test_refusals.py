@@ -92,6 +92,7 @@ CASES: list[tuple[tuple[Any, ...], Any, str]] = [
     (("recipients", 0, "wrapped"), bytes(4097), f"{M}: wrapped key: must be at most 4096 bytes"),
     (("recipients", 0), 1, f"{M}: recipient: must be a map, got int"),
     (("manifest", "format"), 2, f"{M}: manifest format 2 is not supported (expected 1)"),
+    (("manifest", "format"), True, f"{M}: manifest format True is not supported (expected 1)"),
     (("manifest", "name"), "a b", f"{M}: bundle name: 'a b' has characters or a form that is not allowed"),
     (("manifest", "name"), "", f"{M}: bundle name: must not be empty"),
     (("manifest", "name"), "a" * 129, f"{M}: bundle name: must be at most 128 characters"),

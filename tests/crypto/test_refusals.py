@@ -139,6 +139,7 @@ def test_public_key_messages(signer: SignerKey, devices: dict[str, DeviceKey]) -
         (MalformedError, "s.pub: key structure must be a map", [1]),
         (KeyFileError, "s.pub: this is a 'x' key, expected 'signer-public'", {**sp, "type": "x"}),
         (MalformedError, "s.pub: unsupported key version 2", {**sp, "v": 2}),
+        (MalformedError, "s.pub: unsupported key version True", {**sp, "v": True}),
         (
             MalformedError,
             "s.pub: unexpected or missing fields in signer-public key",
@@ -354,6 +355,7 @@ def test_private_key_messages(signer: SignerKey, devices: dict[str, DeviceKey]) 
     d = decode_canonical(blob, what="b")
     for change, message in [
         ({"aead": "AES-128-GCM"}, "s.key: unsupported private key encryption"),
+        ({"v": True}, "s.key: unsupported private key encryption"),
         ({"kdf": {**d["kdf"], "alg": "argon2"}}, "s.key: unsupported private key encryption"),
         ({"kdf": [1]}, "s.key: unsupported private key encryption"),
         ({"ct": "x"}, "s.key: malformed encrypted key"),
