@@ -404,6 +404,46 @@ def test_private_key_messages(signer: SignerKey, devices: dict[str, DeviceKey]) 
         lambda: encode_private(signer, passphrase=b""),
     )
     assert isinstance(decode_private(encode_private(signer), source="s"), SignerKey)
+    # the file is named in every message, before and after decryption
+    refused(
+        MalformedError,
+        "s.key: not valid CBOR (truncated)",
+        lambda: decode_private(b"\xa1", source="s.key"),
+    )
+    for plain in (sk, devices["x25519"].to_dict()):
+        extra = canonical_cbor({**plain, "x": 1})
+        message = f"s.key: unexpected or missing fields in {plain['type']} key"
+        refused(MalformedError, message, lambda extra=extra: decode_private(extra, source="s.key"))
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+    def sealed(inner: bytes, salt: bytes) -> bytes:
+        """An encrypted key file holding ``inner``, made independently of encode_private."""
+        kek = Scrypt(salt=salt, length=32, n=2**10, r=8, p=1).derive(b"pw")
+        ct = AESGCM(kek).encrypt(bytes(12), inner, b"edgeguard private key v1")
+        kdf = {"alg": "scrypt", "salt": salt, "n": 2**10, "r": 8, "p": 1}
+        return canonical_cbor(
+            {
+                "type": "encrypted-private",
+                "v": 1,
+                "kdf": kdf,
+                "aead": "AES-256-GCM",
+                "nonce": bytes(12),
+                "ct": ct,
+            }
+        )
+
+    refused(
+        MalformedError,
+        "s.key: not valid CBOR (truncated)",
+        lambda: decode_private(sealed(b"\xa1", bytes(16)), source="s.key", passphrase=b"pw"),
+    )
+    # salts of 16 to 64 bytes are accepted
+    for size in (16, 64):
+        key = decode_private(
+            sealed(canonical_cbor(sk), bytes(size)), source="s.key", passphrase=b"pw"
+        )
+        assert isinstance(key, SignerKey) and key.public == signer.public
 
 
 def test_device_key_generation(devices: dict[str, DeviceKey]) -> None:
