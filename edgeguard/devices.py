@@ -79,9 +79,9 @@ DLA_PRECISIONS: tuple[str, ...] = ("fp16", "int8")
 BACKENDS: tuple[str, ...] = ("onnx", "trt-engine")
 CPU_ARCHES: tuple[str, ...] = ("aarch64", "x86_64")
 MAX_PROFILE_BYTES = 64 * 1024
-_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
-_CC = re.compile(r"^([1-9][0-9]?)\.([0-9])$")
-_VERSION = re.compile(r"^[0-9]+(\.[0-9]+)*(\.x)?$")
+_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+_CC = re.compile(r"([1-9][0-9]?)\.([0-9])")
+_VERSION = re.compile(r"[0-9]+(\.[0-9]+)*(\.x)?")
 
 Dir = Any  # a pathlib.Path or an importlib.resources Traversable
 
@@ -203,12 +203,12 @@ def list_profiles(*, directory: Dir | None = None) -> list[str]:
     return sorted(
         entry.name.removesuffix(".toml")
         for entry in base.iterdir()
-        if entry.name.endswith(".toml") and _NAME.match(entry.name.removesuffix(".toml"))
+        if entry.name.endswith(".toml") and _NAME.fullmatch(entry.name.removesuffix(".toml"))
     )
 
 
 def _read(name: str, directory: Dir | None) -> bytes:
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise UsageError(f"invalid device profile name {name!r}")
     base = profiles_dir() if directory is None else directory
     known = list_profiles(directory=base)
@@ -269,7 +269,7 @@ def parse_profile(raw: bytes, *, expected_id: str | None = None) -> DeviceProfil
     if schema != SCHEMA_VERSION:
         raise fail(w, f"unsupported schema {schema}")
     pid = as_str(r.required("id"), r.at("id"), max_len=64)
-    if not _NAME.match(pid) or (expected_id is not None and pid != expected_id):
+    if not _NAME.fullmatch(pid) or (expected_id is not None and pid != expected_id):
         raise fail(w, f"id {pid!r} does not match the file name")
     gpu_table = r.optional("gpu")
     sw_table = r.optional("software", {})
@@ -318,7 +318,7 @@ def _names(
 
 def _gpu(r: Table) -> GpuInfo:
     cc = as_str(r.required("compute_capability"), r.at("compute_capability"))
-    m = _CC.match(cc)
+    m = _CC.fullmatch(cc)
     if m is None:
         raise fail(r.where, f"compute_capability {cc!r} is not 'major.minor'")
     gpu = GpuInfo(
@@ -339,7 +339,7 @@ def _software(r: Table) -> SoftwareStack:
     values = {}
     for key in ("jetpack", "cuda", "tensorrt"):
         v = r.optional(key)
-        if v is not None and not _VERSION.match(as_str(v, r.at(key))):
+        if v is not None and not _VERSION.fullmatch(as_str(v, r.at(key))):
             raise fail(r.where, f"{key} {v!r} is not a version like '6.2' or '4.6.x'")
         values[key] = v
     r.done()

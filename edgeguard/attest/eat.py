@@ -73,6 +73,7 @@ EDGEGUARD_CLAIM = -70001
 MEASUREMENT_LOG_CF = 65000
 MAX_EVIDENCE = 4 * 1024 * 1024
 COSE_SIGN1_TAG = 18
+_COSE_SIGN1_HEAD = bytes([0xC0 | COSE_SIGN1_TAG])  # major type 6, tag 18 in the head byte
 _ALG_ES256 = -7
 _HDR_ALG, _HDR_KID = 1, 4
 _IAT, _NONCE, _UEID, _HWMODEL, _DBGSTAT, _PROFILE = 6, 10, 256, 259, 263, 265
@@ -204,9 +205,11 @@ class EatClaims:
                 raise MalformedError("the tpm claim must hold attest and sig byte strings")
             quote = TpmQuote(t["attest"], t["sig"])
         iat, dbg, idx = obj[_IAT], obj.get(_DBGSTAT), eg["pcr-index"]
-        if not isinstance(iat, int) or not isinstance(idx, int) or not isinstance(eg["pcr"], bytes):
+        if not all(isinstance(x, int) and not isinstance(x, bool) for x in (iat, idx)) or not (
+            isinstance(eg["pcr"], bytes)
+        ):
             raise MalformedError("iat, pcr-index and pcr have wrong types")
-        if dbg is not None and not isinstance(dbg, int):
+        if dbg is not None and (not isinstance(dbg, int) or isinstance(dbg, bool)):
             raise MalformedError("dbgstat must be an integer")
         if not isinstance(obj[_SWNAME], str):
             raise MalformedError("swname must be text")
@@ -282,15 +285,13 @@ def parse_eat(data: bytes) -> SignedEat:
     """
     if len(data) > MAX_EVIDENCE:
         raise MalformedError(f"evidence is larger than {MAX_EVIDENCE} bytes")
-    try:
-        obj = cbor2.loads(data)
-    except Exception as exc:  # cbor2 raises many types on hostile input
-        raise MalformedError(f"evidence is not valid CBOR ({type(exc).__name__})") from exc
-    if not isinstance(obj, cbor2.CBORTag) or obj.tag != COSE_SIGN1_TAG:
+    # The one tag is the outer COSE_Sign1 tag (18, one head byte); inside it the
+    # structure is canonical CBOR without tags, decoded like every edgeguard structure.
+    if bytes(data[:1]) != _COSE_SIGN1_HEAD:
         raise MalformedError("evidence is not a tagged COSE_Sign1")
-    v = obj.value
+    v = decode_canonical(bytes(data[1:]), what="evidence")
     if not (
-        isinstance(v, (list, tuple))  # cbor2 >= 6 decodes tag contents immutably
+        isinstance(v, list)
         and len(v) == 4
         and isinstance(v[0], bytes)
         and isinstance(v[1], Mapping)
@@ -298,8 +299,6 @@ def parse_eat(data: bytes) -> SignedEat:
         and isinstance(v[3], bytes)
     ):
         raise MalformedError("COSE_Sign1 must be [protected, unprotected, payload, signature]")
-    if canonical_cbor(obj) != bytes(data):
-        raise MalformedError("evidence is not canonically encoded (or has trailing bytes)")
     if v[1]:
         raise MalformedError("unprotected COSE headers are not accepted")
     hdr = decode_canonical(v[0], what="COSE protected header")

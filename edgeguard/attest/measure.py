@@ -70,8 +70,8 @@ KINDS = (
 MAX_LOG_ENTRIES = 1024
 #: Initial register value (a freshly reset PCR).
 PCR_ZERO = bytes(32)
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+/-]{0,255}$")
+_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+/-]{0,255}")
 _KERNEL_SUFFIXES = (".cubin", ".fatbin", ".ptx", ".so")
 
 
@@ -108,9 +108,9 @@ class LogEntry:
             raise MalformedError("measurement index must be a non-negative integer")
         if self.kind not in KINDS:
             raise MalformedError(f"unknown measurement kind {self.kind!r}")
-        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+        if not isinstance(self.name, str) or not _NAME_RE.fullmatch(self.name):
             raise MalformedError(f"invalid measurement name {self.name!r}")
-        if not isinstance(self.digest, str) or not _DIGEST_RE.match(self.digest):
+        if not isinstance(self.digest, str) or not _DIGEST_RE.fullmatch(self.digest):
             raise MalformedError(f"measurement digest {self.digest!r} is not 'sha256:<hex>'")
 
     def to_cbor(self) -> dict[str, Any]:

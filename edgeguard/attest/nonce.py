@@ -93,7 +93,12 @@ class Challenge:
             doc = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
             raise MalformedError(f"{source}: not a JSON challenge file") from exc
-        if not isinstance(doc, dict) or doc.get("type") != _CHALLENGE_TYPE or doc.get("v") != 1:
+        if (
+            not isinstance(doc, dict)
+            or doc.get("type") != _CHALLENGE_TYPE
+            or doc.get("v") != 1
+            or isinstance(doc.get("v"), bool)
+        ):
             raise MalformedError(f"{source}: not an edgeguard attestation challenge")
         nonce, issued = doc.get("nonce"), doc.get("issued")
         if not isinstance(nonce, str) or not isinstance(issued, int):

@@ -110,7 +110,7 @@ class ReferenceValues:
         keys |= {"device_profiles", "pcr_index"}
         if not isinstance(doc, dict) or set(doc) != keys:
             raise MalformedError(f"{source}: not an edgeguard reference-value document")
-        if doc["type"] != _TYPE or doc["v"] != 1:
+        if doc["type"] != _TYPE or doc["v"] != 1 or isinstance(doc["v"], bool):
             raise MalformedError(f"{source}: unsupported reference-value type or version")
         b = doc["bundle"]
         if not isinstance(b, dict) or set(b) != {

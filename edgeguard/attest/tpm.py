@@ -314,6 +314,7 @@ class AkBinding:
             or set(d) != {"type", "v", "device", "ak", "sig"}
             or d["type"] != "tpm-ak-public"
             or d["v"] != 1
+            or isinstance(d["v"], bool)
             or not all(isinstance(d[k], bytes) for k in ("device", "ak", "sig"))
         ):
             raise MalformedError(f"{source}: not an edgeguard TPM AK public file")

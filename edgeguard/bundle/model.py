@@ -242,7 +242,7 @@ class Manifest:
         keys = {"format", "name", "version", "created", "expires", "signer", "devices"}
         keys |= {"members", "sanity", "policy", "engine_recipe", "tool"}
         d = _map(obj, keys, "manifest")
-        if d["format"] != 1:
+        if isinstance(d["format"], bool) or d["format"] != 1:  # true == 1 in Python
             raise _fail(f"manifest format {d['format']!r} is not supported (expected 1)")
         members = d["members"]
         if not isinstance(members, list) or not 1 <= len(members) <= limits.max_members:

@@ -14,10 +14,12 @@ from edgeguard.errors import UsageError
 __all__ = [
     "add_calibration_args",
     "add_device_args",
+    "add_input_limit_arg",
     "add_passphrase_arg",
     "add_sandbox_io_arg",
     "calibration_options",
     "emit_json",
+    "input_limits",
     "iso_time",
     "load_keys",
     "open_device_session",
@@ -116,6 +118,28 @@ def warn_clock(clock: Any) -> None:
             f"edgeguard: warning: {clock.describe()} (check the device clock)",
             file=sys.stderr,
         )
+
+
+def add_input_limit_arg(p: argparse.ArgumentParser) -> None:
+    """``--max-input-mb``: the most an input .npz/.npy file's arrays may declare."""
+    p.add_argument(
+        "--max-input-mb",
+        type=int,
+        default=1024,
+        metavar="MB",
+        help="refuse an input file whose arrays declare more than this many MiB, before "
+        "anything is allocated (default 1024)",
+    )
+
+
+def input_limits(args: argparse.Namespace) -> Any:
+    """The :class:`~edgeguard.arrayfile.ArrayLimits` of ``--max-input-mb``."""
+    from edgeguard.arrayfile import ArrayLimits
+
+    mb = getattr(args, "max_input_mb", 1024)
+    if mb < 1:
+        raise UsageError("--max-input-mb must be at least 1")
+    return ArrayLimits(max_bytes=mb << 20)
 
 
 def add_passphrase_arg(p: argparse.ArgumentParser) -> None:

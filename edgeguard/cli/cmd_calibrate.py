@@ -16,7 +16,9 @@ from typing import Any
 
 from edgeguard.cli._common import (
     add_calibration_args,
+    add_input_limit_arg,
     calibration_options,
+    input_limits,
     print_calibration_report,
     warn_image_folder,
 )
@@ -58,6 +60,7 @@ def register(subparsers: Any) -> None:
     )
     add_calibration_args(p)
     p.add_argument("--limit", type=int, default=None, help="use at most this many frames")
+    add_input_limit_arg(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary instead of a table")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.epilog = (
@@ -90,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     with OnnxRuntimeBackend.from_bytes(model) as backend:
         specs = backend.inputs()
     warn_image_folder(args.data)
-    data = load_calibration_data(args.data, specs, limit=args.limit)
+    data = load_calibration_data(args.data, specs, limit=args.limit, limits=input_limits(args))
     profile, report = calibrate_with_report(
         model,
         data,

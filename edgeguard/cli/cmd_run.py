@@ -6,7 +6,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from edgeguard.cli._common import add_device_args, add_sandbox_io_arg, open_device_session
+from edgeguard.cli._common import (
+    add_device_args,
+    add_input_limit_arg,
+    add_sandbox_io_arg,
+    open_device_session,
+)
 
 
 def register(sub: Any) -> None:
@@ -41,35 +46,48 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--json", action="store_true", help="one JSON line per frame, then a summary line"
     )
+    add_input_limit_arg(p)
     add_device_args(p)
     add_sandbox_io_arg(p)
     p.set_defaults(func=run)
 
 
-def load_inputs(path: Path) -> dict[str, Any]:
-    """Arrays of an .npz file (no pickles) by name; an .npy file as ``{"": array}``."""
-    import zipfile
+def read_inputs(arrays: Any, specs: Any, path: Path) -> tuple[dict[str, Any], str | None]:
+    """The model's inputs from an opened array file, named (:func:`name_inputs`), and
+    their declared dtypes and shapes checked against ``specs`` before any data is read.
 
-    import numpy as np
+    An array that cannot feed its input (no frame of it would pass the I/O contract) is
+    not read past its first frame: that frame goes to the session, which refuses it (and
+    logs it) exactly as it refuses any such frame.
 
-    from edgeguard.errors import MalformedError, UsageError
+    Returns:
+        The inputs, and why every frame would be rejected (None when they fit).
 
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(6)
-            f.seek(0)
-            if magic == b"\x93NUMPY":
-                return {"": np.load(f, allow_pickle=False)}
-            with np.load(f, allow_pickle=False) as npz:
-                return {k: npz[k] for k in npz.files}
-    except FileNotFoundError as exc:
-        raise UsageError(f"input file {path} does not exist") from exc
-    except IsADirectoryError as exc:
-        raise UsageError(f"input file {path} is a directory") from exc
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise MalformedError(
-            f"{path} is not a readable .npz or .npy file of arrays ({exc})"
-        ) from exc
+    Raises:
+        UsageError: The file holds arrays the model does not take.
+    """
+    from edgeguard.arrayfile import contract_problem
+
+    named = name_inputs(dict(arrays.headers), specs, path)
+    by_name = {s.name: s for s in specs}
+    unfit = {
+        key: p
+        for key, header in named.items()
+        if (p := contract_problem(header, by_name[key], frames="batch-axis")) is not None
+    }
+    if not unfit:
+        data = arrays.read(h.name for h in named.values())
+        return {key: data[h.name] for key, h in named.items()}, None
+
+    def first_only(key: str) -> bool:  # an unfit array, or one split_frames cuts into frames
+        spec, shape = by_name[key], named[key].shape
+        batch = not (isinstance(spec.shape[0], int) and spec.shape[0] != 1) if spec.rank else False
+        return key in unfit or (len(shape) == spec.rank and batch)
+
+    cut = [key for key in named if first_only(key)]
+    data = arrays.read((named[k].name for k in cut), first=1)
+    data.update(arrays.read(named[k].name for k in named if k not in cut))
+    return {key: data[h.name] for key, h in named.items()}, next(iter(unfit.values()))
 
 
 def name_inputs(arrays: dict[str, Any], specs: Any, path: Path) -> dict[str, Any]:
@@ -105,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
+    from edgeguard.arrayfile import open_arrays
+    from edgeguard.cli._common import input_limits
     from edgeguard.errors import EdgeguardError, InputRejectedError, UsageError
     from edgeguard.fsutil import atomic_write
     from edgeguard.runtime.session import split_frames
@@ -112,11 +132,11 @@ def run(args: argparse.Namespace) -> int:
     out_dir = args.output.parent if str(args.output.parent) else Path(".")
     if not out_dir.is_dir():  # before any frame runs
         raise UsageError(f"output directory {out_dir} does not exist")
-    raw = load_inputs(args.input)
-    if any(getattr(v, "ndim", 0) and len(v) == 0 for v in raw.values()):
+    arrays = open_arrays(args.input, limits=input_limits(args))  # headers only, checked
+    if any(h.shape and h.shape[0] == 0 for h in arrays.headers.values()):
         raise UsageError(f"{args.input} holds no frames (an array with a first axis of 0)")
     with open_device_session(args) as session:
-        feeds = name_inputs(raw, session.inputs, args.input)
+        feeds, unfit = read_inputs(arrays, session.inputs, args.input)
         answers: dict[str, list[Any]] = {}
         sources: dict[str, int] = {}
         n = 0
@@ -154,6 +174,11 @@ def run(args: argparse.Namespace) -> int:
                     },
                 }
                 sys.stdout.write(json.dumps(line, sort_keys=True) + "\n")
+        if unfit is not None:  # the policy answered the first frame; the others are alike
+            raise InputRejectedError(
+                f"{args.input}: every frame would be rejected: {unfit}",
+                hint="feed what the model takes (edgeguard inspect shows its inputs)",
+            )
         buf = io.BytesIO()
         np.savez(buf, **_stack(answers))
         atomic_write(args.output, buf.getvalue())

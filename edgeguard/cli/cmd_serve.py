@@ -9,6 +9,7 @@ from typing import Any
 
 from edgeguard.cli._common import (
     add_device_args,
+    add_input_limit_arg,
     add_sandbox_io_arg,
     emit_json,
     open_device_session,
@@ -73,6 +74,7 @@ def register(sub: Any) -> None:
         "(rejected inputs do not count; default: record them and go on); exit 10 then",
     )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_input_limit_arg(p)
     add_device_args(p)
     add_sandbox_io_arg(p)
     p.set_defaults(func=run)
@@ -82,8 +84,9 @@ def run(args: argparse.Namespace) -> int:
     """Run the loop."""
     from rich.console import Console
 
-    from edgeguard.cli.cmd_run import load_inputs
-    from edgeguard.errors import UsageError
+    from edgeguard.arrayfile import contract_problem, open_arrays
+    from edgeguard.cli._common import input_limits
+    from edgeguard.errors import InputRejectedError, UsageError
     from edgeguard.fieldtest.faults import FaultClock, FaultyExecutor, parse_faults
     from edgeguard.fieldtest.frameloop import print_report, run_frame_loop
     from edgeguard.fsutil import atomic_write
@@ -92,12 +95,13 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--fps must be positive")
     if args.max_unanswered is not None and args.max_unanswered < 0:
         raise UsageError("--max-unanswered must be >= 0")
-    arrays = load_inputs(args.frames)
-    labels = None
+    frames_file = open_arrays(args.frames, limits=input_limits(args))  # headers, checked
+    arrays = dict(frames_file.headers)  # the data is read once checked against the model
+    labels_header = None
     if args.labels_key:
         if args.labels_key not in arrays:
             raise UsageError(f"{args.frames} has no array {args.labels_key!r}")
-        labels = arrays.pop(args.labels_key)
+        labels_header = arrays.pop(args.labels_key)
     clock = FaultClock()
     faults: list[Any] = []
 
@@ -115,9 +119,19 @@ def run(args: argparse.Namespace) -> int:
                 "say which array of FRAMES.npz feeds the model with --input-name",
                 hint=f"it holds {sorted(arrays)}; the model wants {[s.name for s in specs]}",
             )
-        frames = arrays[name][: args.limit] if args.limit else arrays[name]
-        if len(frames) == 0:
+        header = arrays[name]
+        spec = next((s for s in specs if s.name == name), None)
+        # an array no frame of which fits the model is not read past its first frame,
+        # which the session refuses (and logs) as it refuses any such frame
+        unfit = None if spec is None else contract_problem(header, spec, frames="first-axis")
+        if not header.shape or header.shape[0] == 0:
             raise UsageError(f"{args.frames} holds no frames for {name!r}")
+        data = frames_file.read(
+            [header.name, *([labels_header.name] if labels_header else [])],
+            first=None if unfit is None else 1,
+        )
+        frames = data[header.name][: args.limit] if args.limit else data[header.name]
+        labels = data[labels_header.name] if labels_header else None
         late = [f for f in faults if f.start >= len(frames)]
         if late:
             print(
@@ -163,6 +177,11 @@ def run(args: argparse.Namespace) -> int:
         emit_json(report.to_dict())
     else:
         print_report(console, report)
+    if unfit is not None:
+        raise InputRejectedError(
+            f"{args.frames}: every frame would be rejected: {unfit}",
+            hint="feed what the model takes (edgeguard inspect shows its inputs)",
+        )
     if report.stopped_early:
         from edgeguard.errors import BackendError
 

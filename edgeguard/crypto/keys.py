@@ -45,8 +45,12 @@ __all__ = [
 
 KemKind = Literal["x25519", "p256", "mlkem768-x25519"]
 KEM_KINDS: tuple[KemKind, ...] = ("x25519", "p256", "mlkem768-x25519")
-_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**15, 8, 1
+#: What a reader accepts in a key file (the writer uses n=2^15, r=8, p=1: 32 MiB).
+_SCRYPT_N_RANGE, _SCRYPT_R_MAX, _SCRYPT_P_MAX = (2**10, 2**20), 32, 16
+_SCRYPT_MAX_MEMORY = 256 * 1024 * 1024  # 128 * n * r bytes
+_SCRYPT_MAX_WORK = 2**22  # n * r * p: 16 times the writer's
 _PRIV_AAD = b"edgeguard private key v1"
 
 
@@ -78,7 +82,7 @@ def _p256_scalar(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def validate_device_id(device_id: str) -> str:
     """Return ``device_id`` if it is 1-128 chars of ``[A-Za-z0-9._:-]``."""
-    if not isinstance(device_id, str) or not _ID_RE.match(device_id):
+    if not isinstance(device_id, str) or not _ID_RE.fullmatch(device_id):
         raise MalformedError(
             f"device id {device_id!r} must be 1-128 characters of letters, digits, '._:-'"
         )
@@ -242,7 +246,7 @@ class DevicePublicKey:
         if kem not in KEM_KINDS:
             raise MalformedError(f"{source}: unknown KEM {kem!r}")
         profile = d["profile"]
-        if not isinstance(profile, str) or not _ID_RE.match(profile):
+        if not isinstance(profile, str) or not _ID_RE.fullmatch(profile):
             raise MalformedError(f"{source}: invalid device profile id")
         out = cls(
             device_id=validate_device_id(d["id"]),
@@ -353,7 +357,7 @@ class DeviceKey:
         except ValueError as exc:
             raise MalformedError(f"{source}: invalid {kem} private key") from exc
         profile = d["profile"]
-        if not isinstance(profile, str) or not _ID_RE.match(profile):
+        if not isinstance(profile, str) or not _ID_RE.fullmatch(profile):
             raise MalformedError(f"{source}: invalid device profile id")
         return cls(
             validate_device_id(d["id"]),
@@ -372,7 +376,7 @@ def _expect_keys(d: Any, keys: set[str], source: str, type_: str) -> None:
         raise MalformedError(f"{source}: key structure must be a map")
     if d.get("type") != type_:
         raise KeyFileError(f"{source}: this is a {d.get('type')!r} key, expected {type_!r}")
-    if d.get("v") != 1:
+    if isinstance(d.get("v"), bool) or d.get("v") != 1:  # true == 1 in Python
         raise MalformedError(f"{source}: unsupported key version {d.get('v')!r}")
     if set(d) != keys:
         raise MalformedError(f"{source}: unexpected or missing fields in {type_} key")
@@ -418,6 +422,35 @@ def encode_private(key: SignerKey | DeviceKey, *, passphrase: bytes | None = Non
     )
 
 
+def _scrypt_parameters(kdf: dict[str, Any], source: str) -> tuple[int, int, int]:
+    """``(n, r, p)`` of an encrypted key file, refused before any work is done unless
+    ``n`` is a power of two in range, ``r`` and ``p`` are in range, and the memory
+    (``128 * n * r`` bytes) and work (``n * r * p``) stay bounded."""
+    n, r, p = kdf.get("n"), kdf.get("r"), kdf.get("p")
+    if not all(isinstance(x, int) and not isinstance(x, bool) for x in (n, r, p)):
+        raise MalformedError(f"{source}: scrypt parameters n, r and p must be integers")
+    assert isinstance(n, int) and isinstance(r, int) and isinstance(p, int)
+    lo, hi = _SCRYPT_N_RANGE
+    if not (lo <= n <= hi and n & (n - 1) == 0):
+        raise MalformedError(
+            f"{source}: scrypt n={n} must be a power of two from 2^10 to 2^20",
+            hint="the key file was not written by edgeguard or is damaged",
+        )
+    if not (1 <= r <= _SCRYPT_R_MAX and 1 <= p <= _SCRYPT_P_MAX):
+        raise MalformedError(
+            f"{source}: scrypt r={r}, p={p} out of range (1 <= r <= {_SCRYPT_R_MAX}, "
+            f"1 <= p <= {_SCRYPT_P_MAX})"
+        )
+    if 128 * n * r > _SCRYPT_MAX_MEMORY or n * r * p > _SCRYPT_MAX_WORK:
+        raise MalformedError(
+            f"{source}: scrypt n={n}, r={r}, p={p} would need more than "
+            f"{_SCRYPT_MAX_MEMORY >> 20} MiB or {_SCRYPT_MAX_WORK >> 18} times the work of "
+            "edgeguard's own key files",
+            hint="re-encrypt the key with edgeguard keygen",
+        )
+    return n, r, p
+
+
 def decode_private(
     data: bytes, *, source: str, passphrase: bytes | None = None
 ) -> SignerKey | DeviceKey:
@@ -437,20 +470,25 @@ def decode_private(
         kdf = d.get("kdf")
         if (
             set(d) != {"type", "v", "kdf", "aead", "nonce", "ct"}
+            or isinstance(d.get("v"), bool)
+            or d.get("v") != 1
             or not isinstance(kdf, dict)
+            or set(kdf) != {"alg", "salt", "n", "r", "p"}
             or kdf.get("alg") != "scrypt"
             or d.get("aead") != "AES-256-GCM"
         ):
             raise MalformedError(f"{source}: unsupported private key encryption")
-        n, r, p = kdf.get("n"), kdf.get("r"), kdf.get("p")
-        if not all(isinstance(x, int) for x in (n, r, p)) or not (
-            2**10 <= n <= 2**20 and 1 <= r <= 32 and 1 <= p <= 16  # type: ignore[operator]
-        ):
-            raise MalformedError(f"{source}: scrypt parameters out of range")
+        n, r, p = _scrypt_parameters(kdf, source)
         salt, nonce, ct = kdf.get("salt"), d.get("nonce"), d.get("ct")
-        if not (isinstance(salt, bytes) and isinstance(nonce, bytes) and isinstance(ct, bytes)):
+        if not (
+            isinstance(salt, bytes)
+            and 16 <= len(salt) <= 64
+            and isinstance(nonce, bytes)
+            and len(nonce) == 12
+            and isinstance(ct, bytes)
+        ):
             raise MalformedError(f"{source}: malformed encrypted key")
-        kek = Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(passphrase)  # type: ignore[arg-type]
+        kek = Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(passphrase)
         try:
             inner = AESGCM(kek).decrypt(nonce, ct, _PRIV_AAD)
         except (InvalidTag, ValueError) as exc:

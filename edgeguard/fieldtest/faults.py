@@ -60,7 +60,7 @@ FAULT_CLASS = {
     "swap": "channel_swap",
 }
 _SPEC = re.compile(
-    r"^(?P<kind>[a-z0-9]+)(?::(?P<target>[A-Za-z0-9._:+-]+))?@(?P<a>\d+)(?:-(?P<b>\d+))?$"
+    r"(?P<kind>[a-z0-9]+)(?::(?P<target>[A-Za-z0-9._:+-]+))?@(?P<a>\d+)(?:-(?P<b>\d+))?"
 )
 
 
@@ -96,7 +96,7 @@ def parse_faults(spec: str | None, *, members: Sequence[str] = ()) -> list[Fault
         return []
     out = []
     for part in (p.strip() for p in spec.split(",") if p.strip()):
-        m = _SPEC.match(part)
+        m = _SPEC.fullmatch(part)
         if m is None:
             raise UsageError(
                 f"bad fault {part!r}", hint="use kind[:member]@start[-end], e.g. hang@60-100"

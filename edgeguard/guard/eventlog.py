@@ -192,7 +192,7 @@ def _bad(n: int, what: str) -> IntegrityError:
 def _parse_line(line: bytes, n: int) -> dict[str, Any]:
     try:
         rec = json.loads(line)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # deep nesting recurses
         raise _bad(n, "not valid JSON") from exc
     if not isinstance(rec, dict) or set(rec) != _RECORD_KEYS:
         raise _bad(n, "wrong set of fields")

@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 __all__ = ["Counter", "Gauge", "Histogram", "Metrics", "Registry"]
 
-_NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
-_LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_LABEL_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 LabelValues = tuple[str, ...]
 
 DEFAULT_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -46,10 +46,10 @@ class _Metric:
     kind = "untyped"
 
     def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = ()) -> None:
-        if not _NAME_RE.match(name):
+        if not _NAME_RE.fullmatch(name):
             raise ValueError(f"bad metric name {name!r}")
         for ln in labelnames:
-            if not _LABEL_RE.match(ln) or ln.startswith("__") or ln == "le":
+            if not _LABEL_RE.fullmatch(ln) or ln.startswith("__") or ln == "le":
                 raise ValueError(f"bad label name {ln!r}")
         self.name = name
         self.help = help_text

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from edgeguard.arrayfile import DEFAULT_ARRAY_LIMITS, ArrayLimits, contract_problem, open_arrays
 from edgeguard.errors import MalformedError, UsageError
 from edgeguard.guard.sanity.check import Impl, resolve_impl
 from edgeguard.guard.sanity.layout import frames_shape, frames_view
@@ -861,6 +862,7 @@ def load_calibration_data(
     specs: Sequence[TensorSpec],
     *,
     limit: int | None = None,
+    limits: ArrayLimits = DEFAULT_ARRAY_LIMITS,
 ) -> dict[str, npt.NDArray[Any]]:
     """Load calibration frames for a model's inputs.
 
@@ -872,12 +874,15 @@ def load_calibration_data(
             scaled to 0..1 for float inputs).
         specs: The model's input specs.
         limit: Keep at most this many frames.
+        limits: Size limits of an .npz/.npy file, checked (with every array's declared
+            dtype and shape against ``specs``) before anything is read.
 
     Returns:
         Input name -> array.
 
     Raises:
         UsageError: Missing file, unknown format, or data not matching the inputs.
+        MalformedError: Not a readable array file, or over ``limits``.
         MissingDependencyError: Pillow is needed for an image folder.
     """
     if not path.exists():
@@ -888,21 +893,25 @@ def load_calibration_data(
         if len(specs) != 1:
             raise UsageError("an image folder can only calibrate a single-input model")
         out[names[0]] = _load_images(path, specs[0], limit)
-    elif path.suffix == ".npy":
-        if len(specs) != 1:
+    elif path.suffix in (".npy", ".npz"):
+        if path.suffix == ".npy" and len(specs) != 1:
             raise UsageError("a .npy file can only calibrate a single-input model")
-        out[names[0]] = np.load(path, allow_pickle=False)
-    elif path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            keys = list(z.files)
-            if all(n in keys for n in names):
-                out = {n: z[n] for n in names}
+        arrays = open_arrays(path, limits=limits)  # headers only, checked
+        keys = list(arrays.headers)
+        if all(n in keys for n in names):
+            chosen = {n: n for n in names}
+        else:
+            data_keys = [k for k in keys if k not in ("label", "labels", "y")]
+            if len(specs) == 1 and len(data_keys) == 1:
+                chosen = {names[0]: data_keys[0]}
             else:
-                data_keys = [k for k in keys if k not in ("label", "labels", "y")]
-                if len(specs) == 1 and len(data_keys) == 1:
-                    out[names[0]] = z[data_keys[0]]
-                else:
-                    raise UsageError(f"{path.name} holds {keys}, expected arrays named {names}")
+                raise UsageError(f"{path.name} holds {keys}, expected arrays named {names}")
+        for s in specs:  # before any data is read
+            problem = contract_problem(arrays.headers[chosen[s.name]], s, frames="first-axis")
+            if problem is not None:
+                raise UsageError(f"calibration data does not fit the model: {problem}")
+        data = arrays.read(chosen.values())
+        out = {n: data[k] for n, k in chosen.items()}
     else:
         raise UsageError(
             f"unsupported calibration data {path.name!r}",

@@ -17,7 +17,6 @@ placement. The fallback model always runs on the CPU.
 
 from __future__ import annotations
 
-import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgeguard.arrayfile import open_arrays
 from edgeguard.errors import MalformedError, UsageError
 from edgeguard.policy.io import MemberIo, TensorSpec, normalize_dim
 from edgeguard.policy.isolation import LAYERS, REQUIRED, SandboxPolicy
@@ -121,13 +121,9 @@ class MemberPlan:
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: np.asarray(npz[k]) for k in npz.files}
-    except FileNotFoundError as exc:
-        raise UsageError(f"safe default file {path} does not exist") from exc
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise MalformedError(f"{path} is not a readable .npz file of arrays") from exc
+    if not Path(path).is_file():
+        raise UsageError(f"safe default file {path} does not exist")
+    return open_arrays(path).read()
 
 
 def _placements(kinds: Sequence[str], dla_cores: int, has_gpu: bool) -> list[str]:

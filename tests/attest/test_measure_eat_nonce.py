@@ -59,6 +59,11 @@ def test_log_roundtrip_and_refusals() -> None:
         LogEntry(0, "firmware", "x", D1)
     with pytest.raises(MalformedError, match="sha256"):
         LogEntry(0, "code", "x", "md5:00")
+    # A pattern matches the whole string: no trailing newline (``$`` would allow one).
+    with pytest.raises(MalformedError, match="measurement name"):
+        LogEntry(0, "code", "x\n", D1)
+    with pytest.raises(MalformedError, match="sha256"):
+        LogEntry(0, "code", "x", D1 + "\n")
     with pytest.raises(MalformedError):
         extend(bytes(31), bytes(32))
 
@@ -172,6 +177,23 @@ def test_eat_refuses_tampering_and_bad_shapes() -> None:
     es384 = cbor2.dumps(cbor2.CBORTag(18, [cbor2.dumps({1: -35, 4: v[0][-32:]}), {}, v[2], v[3]]))
     with pytest.raises(MalformedError, match="ES256"):
         parse_eat(es384)
+    # The outer COSE_Sign1 tag is the only one: a tag inside the structure is refused
+    # before anything decodes it (a regular expression, a bignum, a shared reference).
+    for inner in (
+        cbor2.CBORTag(35, "a*"),
+        cbor2.CBORTag(2, b"\x01" + bytes(8)),
+        cbor2.CBORTag(258, [1]),
+    ):
+        tagged = cbor2.dumps(cbor2.CBORTag(18, [v[0], {1: inner}, v[2], v[3]]), canonical=True)
+        with pytest.raises(MalformedError, match="CBOR tags"):
+            parse_eat(tagged)
+    with pytest.raises(MalformedError, match="tagged COSE_Sign1"):
+        parse_eat(cbor2.dumps(cbor2.CBORTag(17, [v[0], {}, v[2], v[3]])))
+    # a boolean is not an integer (true == 1 in Python)
+    for claim in (6, 263):
+        bad_claims = {**_claims(key).to_cbor(), claim: True}
+        with pytest.raises(MalformedError, match=r"wrong types|must be an integer"):
+            EatClaims.from_cbor(bad_claims)
     with pytest.raises(MalformedError, match="exactly when"):
         _claims(key, assurance="tpm")
     with pytest.raises(MalformedError, match="exactly when"):

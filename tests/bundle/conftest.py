@@ -14,6 +14,22 @@ from edgeguard.packaging.packager import MemberSource, write_bundle
 
 NOW = 1_800_000_000  # fixed "now" for policy decisions in tests
 
+#: Exhaustive sweeps (every byte, every cut, thousands of random mutants): seconds each,
+#: so a mutation run (mutmut sets MUTANT_UNDER_TEST) skips them and relies on the
+#: targeted tests; the normal suite always runs them.
+_SWEEPS = {
+    "test_every_single_byte_change_is_refused",
+    "test_truncation_at_every_point_is_refused",
+    "test_seeded_mutation_fuzz_run",
+    "test_random_mutations_of_a_real_bundle",
+}
+
+
+@pytest.fixture(autouse=True)
+def _no_sweeps_under_mutation_testing(request: pytest.FixtureRequest) -> None:
+    if os.environ.get("MUTANT_UNDER_TEST") and request.node.name.split("[")[0] in _SWEEPS:
+        pytest.skip("exhaustive sweep, skipped under mutation testing")
+
 
 @pytest.fixture(scope="session")
 def signer() -> SignerKey:

@@ -155,6 +155,30 @@ def test_untrusted_resigned_manifest(make_bundle, trust, device, state_dir, atta
         _open(b, trust, device, state_dir)
 
 
+def test_manifest_naming_another_signer_is_refused(
+    make_bundle, signer, device, state_dir, attacker
+) -> None:
+    """Validly signed by a trusted key whose id is in the signature block, but the signed
+    manifest names another signer: not authentic."""
+    from edgeguard.bundle.codec import parse_prefix
+    from edgeguard.bundle.verify import verify_signature
+
+    b = make_bundle()
+    header, _, payload = _split(b)
+    h = decode_canonical(header, what="h")
+    h["manifest"]["signer"] = attacker.public.key_id
+    b.write_bytes(_resign(canonical_cbor(h), signer) + payload)
+    both = TrustStore.of([signer.public, attacker.public])
+    with pytest.raises(IntegrityError, match="different signer"):
+        _open(b, both, device, state_dir)
+    with open(b, "rb") as f:
+        prefix = parse_prefix(f.read, file_size=b.stat().st_size)
+    with pytest.raises(IntegrityError) as err:
+        verify_signature(prefix, trust=both)
+    assert str(err.value) == "bundle manifest names a different signer than its signature"
+    assert snapshot(state_dir) == {}
+
+
 def test_attacker_bundle_with_own_trust_is_untrusted_by_ours(
     make_bundle, trust, device, state_dir, attacker
 ) -> None:

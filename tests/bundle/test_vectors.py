@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from edgeguard.bundle.codec import parse_prefix
+from edgeguard.bundle.model import DEFAULT_LIMITS, MAGIC, Header
+from edgeguard.crypto.encoding import canonical_cbor, decode_canonical, unarmor
+from edgeguard.crypto.keys import DeviceKey, DevicePublicKey, validate_device_id
 from edgeguard.crypto.stream import StreamDecryptor, encrypt_stream
-from edgeguard.errors import IntegrityError
+from edgeguard.errors import IntegrityError, MalformedError
 from edgeguard.keystore import load_device_key, load_signer_public, load_trust_store
 from edgeguard.runtime.opener import open_bundle, verify_bundle
 
 V = Path(__file__).resolve().parents[1] / "vectors" / "bundle"
 EXPECTED = json.loads((V / "expected.json").read_text())
+INVALID = json.loads((V / "invalid.json").read_text())
 
 
 def test_vector_files_are_the_frozen_ones() -> None:
@@ -97,3 +104,60 @@ def test_stream_vector_with_independent_gcm() -> None:
     assert b"".join(encrypt_stream(key, pt, chunk)) == out
     dec = StreamDecryptor(key, plaintext_size=len(pt), chunk_size=chunk)
     assert dec.decrypt_chunk(1, out[chunk + 16 :]) == pt[chunk:]
+
+
+def _vector_header() -> tuple[bytes, bytes]:
+    """The frozen bundle's header bytes and the bytes after them (signature, payload)."""
+    raw = (V / "bundle-v1.egb").read_bytes()
+    hlen = int.from_bytes(raw[len(MAGIC) : len(MAGIC) + 4], "big")
+    start = len(MAGIC) + 4
+    return raw[start : start + hlen], raw[start + hlen :]
+
+
+def _with_header(header: bytes, rest: bytes) -> bytes:
+    return MAGIC + len(header).to_bytes(4, "big") + header + rest
+
+
+@pytest.mark.parametrize("case", INVALID["cbor"], ids=lambda c: re.sub(r"\W+", "-", c["case"]))
+def test_invalid_cbor_vectors_are_refused(case: dict[str, str]) -> None:
+    raw = bytes.fromhex(case["hex"])
+    with pytest.raises(MalformedError, match=case["error"]):
+        decode_canonical(raw, what="vector")
+    # Anywhere in a bundle header: spliced in as the value of manifest.tool.
+    header, rest = _vector_header()
+    tool = canonical_cbor(decode_canonical(header, what="h")["manifest"]["tool"])
+    assert header.count(tool) == 1
+    spliced = _with_header(header.replace(tool, raw), rest)
+    with pytest.raises(MalformedError):
+        parse_prefix(io.BytesIO(spliced).read, file_size=len(spliced))
+
+
+@pytest.mark.parametrize("name", INVALID["bundle_names"], ids=lambda v: v.encode().hex() or "empty")
+def test_invalid_bundle_names_are_refused(name: str) -> None:
+    header, _ = _vector_header()
+    tree = decode_canonical(header, what="h")
+    Header.from_cbor(tree, DEFAULT_LIMITS)  # the frozen header itself is valid
+    tree["manifest"]["name"] = name
+    with pytest.raises(MalformedError, match="bundle name"):
+        Header.from_cbor(tree, DEFAULT_LIMITS)
+
+
+@pytest.mark.parametrize("value", INVALID["ids"], ids=lambda v: v.encode().hex() or "empty")
+def test_invalid_device_and_profile_ids_are_refused(value: str) -> None:
+    with pytest.raises(MalformedError):
+        validate_device_id(value)
+    with pytest.raises(MalformedError):
+        DeviceKey.generate(value, kem="x25519")
+    pub = decode_canonical(
+        unarmor((V / "device-x25519.pub").read_bytes(), kind="PUBLIC KEY", source="v"), what="v"
+    )
+    DevicePublicKey.from_dict(pub, source="v")  # the frozen key itself is valid
+    for field in ("id", "profile"):
+        with pytest.raises(MalformedError):
+            DevicePublicKey.from_dict({**pub, field: value}, source="v")
+    header, _ = _vector_header()
+    for field in ("ids", "profiles"):
+        tree = decode_canonical(header, what="h")
+        tree["manifest"]["devices"][field] = [value]
+        with pytest.raises(MalformedError):
+            Header.from_cbor(tree, DEFAULT_LIMITS)

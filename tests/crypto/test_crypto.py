@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edgeguard import data
 from edgeguard.crypto.encoding import armor, canonical_cbor, decode_canonical, unarmor
 from edgeguard.crypto.keys import (
     KEM_KINDS,
@@ -19,7 +20,13 @@ from edgeguard.crypto.keys import (
     decode_public,
     encode_private,
 )
-from edgeguard.crypto.sign import hybrid_sign, hybrid_verify
+from edgeguard.crypto.sign import (
+    ECDSA_SIG_LEN,
+    ecdsa_sign_raw,
+    ecdsa_verify_raw,
+    hybrid_sign,
+    hybrid_verify,
+)
 from edgeguard.crypto.stream import (
     CHUNK_MIN,
     TAG_LEN,
@@ -114,6 +121,86 @@ def test_passphrase_protected_keys(signer: SignerKey) -> None:
     assert ok.public.key_id == signer.public.key_id
     with pytest.raises(KeyFileError):
         encode_private(signer, passphrase=b"")
+
+
+def _reencrypted(blob: bytes, **change: object) -> bytes:
+    """An encrypted key file with its scrypt parameters (or other fields) changed."""
+    d = decode_canonical(blob, what="k")
+    kdf = dict(d["kdf"])
+    for k, v in change.items():
+        if k in ("n", "r", "p", "salt", "alg", "extra"):
+            kdf[k] = v
+        else:
+            d[k] = v
+    return canonical_cbor({**d, "kdf": kdf})
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"n": 2**15 + 1},  # not a power of two (cryptography raised ValueError: exit 1)
+        {"n": 3 * 2**12},
+        {"n": 2**9},
+        {"n": 2**21},
+        {"n": 2**64},
+        {"n": True},
+        {"r": 0},
+        {"r": 33},
+        {"r": True},
+        {"p": 0},
+        {"p": 17},
+        {"p": 1.0},
+        {"n": 2**20, "r": 32},  # 4 GiB of memory, half a minute
+        {"n": 2**20, "r": 8, "p": 16},  # 1 GiB, 16 times over
+        {"n": 2**18, "r": 8, "p": 3},  # 256 MiB, but over the work bound
+        {"salt": b""},
+        {"salt": "x" * 16},
+        {"nonce": b"\x00" * 11},
+        {"extra": 1},
+        {"v": 2},
+    ],
+    ids=lambda change: (
+        "-".join(f"{k}_{v}" for k, v in change.items() if isinstance(v, int)) or "-".join(change)
+    ),
+)
+def test_encrypted_key_parameters_are_checked_before_any_work(
+    signer: SignerKey, change: dict[str, object]
+) -> None:
+    blob = _reencrypted(encode_private(signer, passphrase=b"pw"), **change)
+    with pytest.raises(MalformedError) as err:
+        decode_private(blob, source="k", passphrase=b"pw")
+    assert err.value.exit_code == 3
+
+
+def test_encrypted_key_with_bad_scrypt_n_is_one_error_line(tmp_path, signer: SignerKey) -> None:
+    from edgeguard.cli.main import main
+
+    blob = _reencrypted(encode_private(signer, passphrase=b"pw"), n=2**15 + 1)
+    key = tmp_path / "signer.key"
+    key.write_text(armor("PRIVATE KEY", blob))
+    key.chmod(0o600)
+    (tmp_path / "pw").write_bytes(b"pw\n")
+    dev = DeviceKey.generate("cam-1", kem="x25519")
+    write_keypair(dev, tmp_path / "d.key", tmp_path / "d.pub")
+    code = main(
+        [
+            "build",
+            str(data.model_path("digits_logreg")),
+            "-o",
+            str(tmp_path / "b.egb"),
+            "--sign-key",
+            str(key),
+            "--passphrase-file",
+            str(tmp_path / "pw"),
+            "--recipient",
+            str(tmp_path / "d.pub"),
+            "--device-profile",
+            "generic-cpu",
+            "--version",
+            "1",
+        ]
+    )
+    assert code == 3
 
 
 def test_key_files_permissions_and_types(tmp_path, signer: SignerKey) -> None:
@@ -224,3 +311,76 @@ def test_stream_round_trip_property(pt: bytes, shift: int) -> None:
     dec = StreamDecryptor(key, plaintext_size=len(pt), chunk_size=chunk)
     assert dec.chunks == len(chunks)
     assert b"".join(dec.decrypt_chunk(i, c) for i, c in enumerate(chunks)) == pt
+
+
+_P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def test_ecdsa_raw_signature_has_exactly_one_accepted_encoding(signer: SignerKey) -> None:
+    sig = ecdsa_sign_raw(signer.ecdsa, b"msg", context=b"ctx")
+    assert len(sig) == ECDSA_SIG_LEN
+    ecdsa_verify_raw(signer.public.ecdsa, sig, b"msg", context=b"ctx")
+    r, s = int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")
+    other_encodings = {
+        "63 bytes (one byte short)": sig[:-1],
+        "63 bytes (leading byte dropped)": sig[1:],
+        "65 bytes (a leading zero)": b"\x00" + sig,
+        "65 bytes (a trailing zero)": sig + b"\x00",
+        "65 bytes (r padded to 33)": b"\x00" + sig[:32] + sig[32:],
+        "high S": sig[:32] + (_P256_N - s).to_bytes(32, "big"),
+        "r = 0": bytes(32) + sig[32:],
+        "s = 0": sig[:32] + bytes(32),
+        "r = n": _P256_N.to_bytes(32, "big") + sig[32:],
+        "s = n/2 + 1": sig[:32] + (_P256_N // 2 + 1).to_bytes(32, "big"),
+        "empty": b"",
+    }
+    for what, bad in other_encodings.items():
+        with pytest.raises(IntegrityError):
+            ecdsa_verify_raw(signer.public.ecdsa, bad, b"msg", context=b"ctx")
+            pytest.fail(f"accepted {what}")
+    # A wrong length names itself before any arithmetic.
+    for bad in (sig[:-1], sig + b"\x00"):
+        with pytest.raises(IntegrityError, match="wrong length"):
+            ecdsa_verify_raw(signer.public.ecdsa, bad, b"msg", context=b"ctx")
+    # r, s and the context each matter.
+    with pytest.raises(IntegrityError, match="does not verify"):
+        ecdsa_verify_raw(signer.public.ecdsa, sig, b"msg", context=b"other")
+    assert r > 0
+
+
+def test_decrypt_into_refuses_a_tampered_chunk_on_its_own() -> None:
+    """decrypt_into checks each chunk's tag itself (not only the later payload digest)."""
+    import numpy as np
+
+    key = os.urandom(32)
+    pt = os.urandom(CHUNK_MIN + 100)
+    chunks = list(encrypt_stream(key, pt, CHUNK_MIN))
+    dec = StreamDecryptor(key, plaintext_size=len(pt), chunk_size=CHUNK_MIN)
+    out = np.zeros(len(pt), np.uint8)
+    view = memoryview(out)
+    dec.decrypt_into(0, chunks[0], view[:CHUNK_MIN])
+    dec.decrypt_into(1, chunks[1], view[CHUNK_MIN:])
+    assert out.tobytes() == pt
+    for where in (0, CHUNK_MIN // 2, CHUNK_MIN, CHUNK_MIN + TAG_LEN - 1):  # data and tag
+        bad = bytearray(chunks[0])
+        bad[where] ^= 0x01
+        with pytest.raises(IntegrityError, match="authentication failed"):
+            dec.decrypt_into(0, bytes(bad), view[:CHUNK_MIN])
+    bad_last = bytearray(chunks[1])
+    bad_last[-1] ^= 0x80
+    with pytest.raises(IntegrityError, match="authentication failed"):
+        dec.decrypt_into(1, bytes(bad_last), view[CHUNK_MIN:])
+    # The chunk's place is bound: chunk 0 at index 1 (or the final one at 0) fails.
+    with pytest.raises(IntegrityError):
+        dec.decrypt_into(1, chunks[0][: len(chunks[1])], view[CHUNK_MIN:])
+    with pytest.raises(IntegrityError):
+        dec.decrypt_into(0, chunks[1] + bytes(CHUNK_MIN - 100), view[:CHUNK_MIN])
+    # Lengths: the sealed chunk and the output must both fit the chunk exactly.
+    with pytest.raises(IntegrityError, match="wrong length"):
+        dec.decrypt_into(0, chunks[0][:-1], view[:CHUNK_MIN])
+    with pytest.raises(IntegrityError, match="wrong length"):
+        dec.decrypt_into(0, chunks[0], view[: CHUNK_MIN - 1])
+    with pytest.raises(IntegrityError, match="wrong length"):
+        dec.decrypt_into(1, chunks[1] + b"\x00", view[CHUNK_MIN:])
+    with pytest.raises(IndexError):
+        dec.decrypt_into(2, chunks[1], view[CHUNK_MIN:])

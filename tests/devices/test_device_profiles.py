@@ -89,7 +89,7 @@ def test_digest_is_sha256_of_file_bytes() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["jetson-orin-nx-8gb", "JETSON-NANO", "../devices/jetson-nano", ""]
+    "name", ["jetson-orin-nx-8gb", "JETSON-NANO", "../devices/jetson-nano", "", "jetson-nano\n"]
 )
 def test_unknown_or_invalid_names_refused(name: str) -> None:
     with pytest.raises(UsageError):
