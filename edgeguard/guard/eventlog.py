@@ -12,7 +12,8 @@ naming the format, a random log id and the signing key's id. Every
 ``checkpoint_every`` records, and on :meth:`EventLog.close`, a
 ``checkpoint`` record carries an ECDSA P-256 / SHA-256 signature by the device
 key over (log id, sequence number, chain head). A log closed cleanly ends with
-a checkpoint whose ``final`` is true.
+a checkpoint whose ``final`` is true. Lines are read one at a time with a bounded
+length, and their nesting is bounded before a JSON parser sees them (:class:`LogLimits`).
 
 Verification has two failure outcomes: :class:`~edgeguard.errors.IntegrityError`
 (exit 4) for any edit, deletion, insertion, reordering or foreign key, and, only
@@ -37,6 +38,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import secrets
 import threading
 import time
@@ -44,18 +46,20 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from edgeguard.errors import IntegrityError, MalformedError, UncleanLogError, UsageError
+from edgeguard.errors import IntegrityError, UncleanLogError, UsageError
 
 __all__ = [
+    "DEFAULT_LIMITS",
     "FORMAT",
     "GENESIS_PREV",
     "EventLog",
+    "LogLimits",
     "LogReport",
     "canonical_json",
     "key_id",
@@ -66,7 +70,46 @@ FORMAT = "edgeguard-eventlog/1"
 GENESIS_PREV = "0" * 64
 _SIG_CONTEXT = b"edgeguard-eventlog/1 checkpoint\x00"
 _RECORD_KEYS = frozenset({"seq", "time", "kind", "data", "prev", "hash"})
-_MAX_LINE = 1 << 20
+# A JSON string (escapes included) and the bracket characters outside strings.
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+@dataclass(frozen=True)
+class LogLimits:
+    """Hard limits on a log line, checked before it is parsed (one place, not literals).
+
+    Attributes:
+        max_line_bytes: Longest line, its line feed included. The writer refuses a
+            longer record; the verifier stops reading a line at this length.
+        max_depth: Deepest nesting of arrays and objects in a record, the record
+            object itself counting 1 (``{"data":{"v":[1]}}`` is 3).
+    """
+
+    max_line_bytes: int = 1 << 20
+    max_depth: int = 64
+
+
+DEFAULT_LIMITS = LogLimits()
+
+
+def _too_deep(text: bytes, max_depth: int) -> bool:
+    """Whether JSON ``text`` nests arrays/objects deeper than ``max_depth``.
+
+    A scan of the bytes (strings skipped), so it costs no recursion: a line of
+    100 000 ``[`` is refused here instead of exhausting the parser's stack.
+    """
+    if text.count(b"[") + text.count(b"{") <= max_depth:
+        return False
+    depth = 0
+    for m in _BRACKET.finditer(_JSON_STRING.sub(b"", text)):
+        if m.group() in (b"[", b"{"):
+            depth += 1
+            if depth > max_depth:
+                return True
+        else:
+            depth -= 1
+    return False
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -116,6 +159,7 @@ class LogReport:
         torn_tail_bytes: Bytes of a partially written last line (a torn write), ignored.
         unsigned_tail: Records after the last checkpoint (chained but not yet signed).
         sessions: Number of ``log_open`` / ``log_resume`` sessions.
+        head: ``hash`` of the last complete record (the chain head).
         kinds: Count of records per kind.
     """
 
@@ -129,6 +173,7 @@ class LogReport:
     torn_tail_bytes: int
     unsigned_tail: int
     sessions: int
+    head: str = GENESIS_PREV
     kinds: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -178,18 +223,26 @@ class LogReport:
             "torn_tail_bytes": self.torn_tail_bytes,
             "unsigned_tail": self.unsigned_tail,
             "sessions": self.sessions,
+            "head": self.head,
             "kinds": dict(sorted(self.kinds.items())),
         }
 
 
 def _bad(n: int, what: str) -> IntegrityError:
     return IntegrityError(
-        f"event log: record {n}: {what}",
+        f"event log: record {n} (line {n + 1}): {what}",
         hint="records were edited, deleted, inserted or reordered, or another key signed",
     )
 
 
-def _parse_line(line: bytes, n: int) -> dict[str, Any]:
+def _parse_line(line: bytes, n: int, limits: LogLimits) -> dict[str, Any]:
+    """One complete line (without its line feed) as a record of the right shape.
+
+    The depth is checked before the parser sees the line, so no line can
+    exhaust its stack; the reader bounded the length.
+    """
+    if _too_deep(line, limits.max_depth):
+        raise _bad(n, f"nested deeper than {limits.max_depth} levels")
     try:
         rec = json.loads(line)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -216,41 +269,39 @@ def _parse_line(line: bytes, n: int) -> dict[str, Any]:
     return rec
 
 
-def _split(raw: bytes) -> tuple[list[bytes], int]:
-    """Complete lines and the length of a torn (unterminated) tail."""
-    parts = raw.split(b"\n")
-    tail = parts.pop()  # b"" when the file ends with a newline
-    return parts, len(tail)
-
-
 def verify(
     path: str | os.PathLike[str],
     public_key: ec.EllipticCurvePublicKey,
     *,
     require_clean: bool = False,
+    limits: LogLimits = DEFAULT_LIMITS,
 ) -> LogReport:
     """Verify an event log end to end.
 
-    Checks, for every complete line: canonical encoding, consecutive ``seq``
-    from 0, ``prev`` equal to the previous record's ``hash``, ``hash`` equal to
-    the digest of the record, the genesis naming this format and the key, and
-    every checkpoint's signature over (log id, seq, head). A final line
-    without a newline is a torn write (reported, not an error).
+    Checks, for every complete line: length and nesting within ``limits``,
+    canonical encoding, consecutive ``seq`` from 0, ``prev`` equal to the
+    previous record's ``hash``, ``hash`` equal to the digest of the record, the
+    genesis naming this format and the key, and every checkpoint's signature
+    over (log id, seq, head). A final line without a newline is a torn write
+    (reported, not an error). The file is read one line at a time.
 
     Args:
         path: The log file.
         public_key: The device's P-256 public key.
         require_clean: Raise :class:`UncleanLogError` unless the log ends with a
             final checkpoint.
+        limits: Longest line and deepest nesting accepted.
 
     Returns:
         The report; ``report.clean`` is False when the writer stopped without
         closing ("writer stopped without closing after record N").
 
     Raises:
-        IntegrityError: Any edit, deletion, insertion, reordering or wrong key;
-            the message names the record. Checked before the end, so an edited
-            log whose writer also crashed raises this, not ``UncleanLogError``.
+        IntegrityError: Any edit, deletion, insertion, reordering, wrong key, or
+            a line that is too long, too deeply nested or not a record; the
+            message names the record and its line. Checked before the end, so
+            an edited log whose writer also crashed raises this, not
+            ``UncleanLogError``.
         UncleanLogError: With ``require_clean``, the log verifies but does not
             end with a final checkpoint (crash, power loss, kill, or a tail cut
             at a record boundary, which the log alone cannot tell apart).
@@ -258,12 +309,20 @@ def verify(
     """
     p = Path(path)
     try:
-        raw = p.read_bytes()
+        f = open(p, "rb")  # noqa: SIM115 - closed below
     except OSError as exc:
         raise UsageError(f"cannot read event log {p}: {exc.strerror}") from exc
-    lines, torn = _split(raw)
-    if not lines:
-        raise IntegrityError(f"event log {p}: no complete record (empty or truncated)")
+    with f:
+        report = _verify_stream(f, str(p), public_key, limits)
+    if require_clean:
+        report.raise_if_unclean()
+    return report
+
+
+def _verify_stream(
+    f: IO[bytes], name: str, public_key: ec.EllipticCurvePublicKey, limits: LogLimits
+) -> LogReport:
+    """The rules of :func:`verify` over an open file, read from its current offset."""
     kid = key_id(public_key)
     prev = GENESIS_PREV
     log_id = ""
@@ -272,10 +331,19 @@ def verify(
     sessions = 0
     clean = False
     kinds: Counter[str] = Counter()
-    for n, line in enumerate(lines):
-        if len(line) > _MAX_LINE:
-            raise _bad(n, "line too long")
-        rec = _parse_line(line, n)
+    cap = limits.max_line_bytes
+    n = 0
+    while True:
+        try:
+            line = f.readline(cap + 1)
+        except OSError as exc:
+            raise UsageError(f"cannot read event log {name}: {exc.strerror}") from exc
+        if not line.endswith(b"\n"):
+            if len(line) > cap:
+                raise _bad(n, f"longer than {cap} bytes")
+            torn = len(line)  # 0 when the file ends with a line feed
+            break
+        rec = _parse_line(line[:-1], n, limits)
         if rec["seq"] != n:
             raise _bad(n, f"sequence number {rec['seq']} where {n} was expected")
         if rec["prev"] != prev:
@@ -326,12 +394,15 @@ def verify(
             clean = False
         kinds[kind] += 1
         prev = rec["hash"]
+        n += 1
+    if n == 0:
+        raise IntegrityError(f"event log {name}: no complete record (empty or truncated)")
     clean = clean and torn == 0
-    last = len(lines) - 1
-    report = LogReport(
-        path=str(p),
+    last = n - 1
+    return LogReport(
+        path=name,
         log_id=log_id,
-        records=len(lines),
+        records=n,
         checkpoints=checkpoints,
         last_seq=last,
         last_checkpoint_seq=last_cp,
@@ -339,11 +410,9 @@ def verify(
         torn_tail_bytes=torn,
         unsigned_tail=last - last_cp,
         sessions=sessions,
+        head=prev,
         kinds=dict(kinds),
     )
-    if require_clean:
-        report.raise_if_unclean()
-    return report
 
 
 class EventLog:
@@ -369,6 +438,8 @@ class EventLog:
         batch_interval_s: In batch mode, fsync when this much time passed since
             the last fsync (checked at each append).
         clock: Wall clock for record timestamps (only informational).
+        limits: Longest line and deepest nesting; a record beyond them is
+            refused, so the writer never writes what the verifier would refuse.
 
     Raises:
         UsageError: Bad arguments or the file cannot be opened.
@@ -385,6 +456,7 @@ class EventLog:
         batch_records: int = 32,
         batch_interval_s: float = 1.0,
         clock: Callable[[], float] = time.time,
+        limits: LogLimits = DEFAULT_LIMITS,
     ) -> None:
         if not isinstance(signing_key, ec.EllipticCurvePrivateKey) or not isinstance(
             signing_key.curve, ec.SECP256R1
@@ -404,6 +476,7 @@ class EventLog:
         self._batch_records = batch_records
         self._batch_interval = batch_interval_s
         self._clock = clock
+        self._limits = limits
         self._lock = threading.Lock()
         self._closed = False
         self._failed = False
@@ -413,7 +486,7 @@ class EventLog:
         existed = self._path.exists() and self._path.stat().st_size > 0
         report: LogReport | None = None
         if existed:
-            report = verify(self._path, signing_key.public_key())
+            report = verify(self._path, signing_key.public_key(), limits=limits)
         try:
             self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         except OSError as exc:
@@ -440,7 +513,7 @@ class EventLog:
                 os.fsync(self._fd)
             self._log_id = report.log_id
             self._seq = report.last_seq + 1
-            self._prev = self._last_hash()
+            self._prev = report.head
             self._write_record(
                 "log_resume",
                 {
@@ -472,7 +545,8 @@ class EventLog:
         """Append one record; returns its sequence number once it is written (see sync).
 
         Raises:
-            UsageError: Log closed, reserved kind, or data not JSON-encodable.
+            UsageError: Log closed, reserved kind, data not JSON-encodable, or a
+                record longer or more deeply nested than the limits.
         """
         if (
             not isinstance(kind, str)
@@ -566,8 +640,13 @@ class EventLog:
         enc = canonical_json(body)
         h = hashlib.sha256(enc).hexdigest()
         line = canonical_json({**body, "hash": h}) + b"\n"
-        if len(line) > _MAX_LINE:
-            raise UsageError("event record too large")
+        if len(line) > self._limits.max_line_bytes:
+            raise UsageError(
+                f"event record too large ({len(line)} bytes, at most "
+                f"{self._limits.max_line_bytes} with its line feed)"
+            )
+        if _too_deep(line, self._limits.max_depth):
+            raise UsageError(f"event data nested deeper than {self._limits.max_depth} levels")
         view = memoryview(line)
         try:
             while view:
@@ -604,15 +683,3 @@ class EventLog:
             pass
         finally:
             os.close(dfd)
-
-    def _last_hash(self) -> str:
-        raw = self._path.read_bytes()
-        lines, _ = _split(raw)
-        try:
-            rec = json.loads(lines[-1])
-            h = rec["hash"]
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise MalformedError(f"event log {self._path}: cannot read the last record") from exc
-        if not isinstance(h, str):
-            raise MalformedError(f"event log {self._path}: last record has no hash")
-        return h

@@ -429,3 +429,50 @@ def test_sigkill_loses_no_acknowledged_record(tmp_path: Path, key, mode: str) ->
         with EventLog(log_path, signing_key=key) as again:
             again.append("after_reboot", {})
         assert verify(log_path, key.public_key(), require_clean=True).sessions == 2
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"[" * 100_000,
+        b'{"a":' * 100_000 + b"1" + b"}" * 100_000,
+        b'{"data":' + b"[" * 5_000 + b"]" * 5_000 + b"}",
+    ],
+    ids=["deep-array", "deep-object", "deep-inside-a-record"],
+)
+def test_deeply_nested_line_is_an_integrity_error_naming_the_line(
+    tmp_path: Path, key, line: bytes
+) -> None:
+    """Nesting is bounded before parsing: no RecursionError, on verify and on reopen."""
+    p = tmp_path / "ev.log"
+    _write(p, key, 3)
+    n = len(_lines(p))
+    p.write_bytes(p.read_bytes() + line + b"\n")
+    with pytest.raises(IntegrityError, match=rf"record {n} \(line {n + 1}\): nested deeper"):
+        verify(p, key.public_key())
+    with pytest.raises(IntegrityError, match=rf"record {n} \(line {n + 1}\)"):
+        EventLog(p, signing_key=key)
+
+
+def test_overlong_line_is_refused_before_it_is_read_whole(tmp_path: Path, key) -> None:
+    p = tmp_path / "ev.log"
+    _write(p, key, 1)
+    n = len(_lines(p))
+    with open(p, "ab") as f:
+        f.write(b" " * (2 << 20) + b"\n")
+    with pytest.raises(IntegrityError, match=rf"record {n} \(line {n + 1}\): longer than"):
+        verify(p, key.public_key())
+
+
+def test_writer_refuses_data_the_verifier_would_refuse(tmp_path: Path, key) -> None:
+    p = tmp_path / "ev.log"
+    deep: object = 1
+    for _ in range(80):
+        deep = [deep]
+    with EventLog(p, signing_key=key) as log:
+        with pytest.raises(UsageError, match="nested deeper"):
+            log.append("x", {"v": deep})
+        with pytest.raises(UsageError, match="too large"):
+            log.append("x", {"v": "a" * (1 << 20)})
+        log.append("x", {"v": [[[[1]]]]})
+    assert verify(p, key.public_key(), require_clean=True).kinds["x"] == 1
