@@ -34,12 +34,14 @@ the last fsync.
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
 import math
 import os
 import re
 import secrets
+import stat
 import threading
 import time
 from collections import Counter
@@ -52,7 +54,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from edgeguard.errors import IntegrityError, UncleanLogError, UsageError
+from edgeguard.errors import FileSystemError, IntegrityError, UncleanLogError, UsageError
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -269,6 +271,37 @@ def _parse_line(line: bytes, n: int, limits: LogLimits) -> dict[str, Any]:
     return rec
 
 
+def _open_log(path: Path, flags: int, *, what: str) -> int:
+    """Open the log file itself, never a symbolic link or anything but a regular file.
+
+    ``O_NOFOLLOW`` refuses a link at the log's name (which could point the
+    writer at another file, or create one elsewhere); ``O_NONBLOCK`` keeps a
+    FIFO planted there from blocking the open, and the ``fstat`` refuses it.
+
+    Raises:
+        FileSystemError: The name is a symbolic link or not a regular file.
+        UsageError: The file cannot be opened (missing, no permission).
+    """
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise FileSystemError(
+                f"event log {path} is a symbolic link; refusing to follow it",
+                hint="the log must be a regular file; a link there is tampering or a mistake",
+            ) from exc
+        raise UsageError(f"cannot {what} event log {path}: {exc.strerror}") from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise FileSystemError(f"event log {path} is not a regular file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def verify(
     path: str | os.PathLike[str],
     public_key: ec.EllipticCurvePublicKey,
@@ -306,13 +339,11 @@ def verify(
             end with a final checkpoint (crash, power loss, kill, or a tail cut
             at a record boundary, which the log alone cannot tell apart).
         UsageError: The file cannot be read.
+        FileSystemError: ``path`` is a symbolic link or not a regular file.
     """
     p = Path(path)
-    try:
-        f = open(p, "rb")  # noqa: SIM115 - closed below
-    except OSError as exc:
-        raise UsageError(f"cannot read event log {p}: {exc.strerror}") from exc
-    with f:
+    fd = _open_log(p, os.O_RDONLY, what="read")
+    with os.fdopen(fd, "rb") as f:
         report = _verify_stream(f, str(p), public_key, limits)
     if require_clean:
         report.raise_if_unclean()
@@ -483,14 +514,20 @@ class EventLog:
         self._pending = 0
         self._last_sync = time.monotonic()
         self._since_cp = 0
-        existed = self._path.exists() and self._path.stat().st_size > 0
-        report: LogReport | None = None
-        if existed:
-            report = verify(self._path, signing_key.public_key(), limits=limits)
+        self._fd = _open_log(self._path, os.O_RDWR | os.O_CREAT | os.O_APPEND, what="open")
         try:
-            self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        except OSError as exc:
-            raise UsageError(f"cannot open event log {self._path}: {exc.strerror}") from exc
+            self._start(signing_key.public_key())
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def _start(self, public_key: ec.EllipticCurvePublicKey) -> None:
+        """Verify what the file holds through the open descriptor, then open or resume."""
+        size = os.fstat(self._fd).st_size
+        report: LogReport | None = None
+        if size > 0:
+            with os.fdopen(os.dup(self._fd), "rb") as f:
+                report = _verify_stream(f, str(self._path), public_key, self._limits)
         if report is None:
             self._fsync_dir()
             self._log_id = secrets.token_hex(16)
@@ -502,13 +539,12 @@ class EventLog:
                     "format": FORMAT,
                     "log_id": self._log_id,
                     "key_id": self._kid,
-                    "checkpoint_every": checkpoint_every,
+                    "checkpoint_every": self._every,
                 },
                 force=True,
             )
         else:
             if report.torn_tail_bytes:
-                size = self._path.stat().st_size
                 os.ftruncate(self._fd, size - report.torn_tail_bytes)
                 os.fsync(self._fd)
             self._log_id = report.log_id

@@ -181,3 +181,13 @@ def test_deeply_nested_line_is_exit_4_not_an_internal_error(setup, capsys, line:
     err = capsys.readouterr().err
     assert err.startswith(f"edgeguard: error: event log: record {n} (line {n + 1}): nested deeper")
     assert err.count("\n") == 1
+
+
+def test_symlinked_log_is_refused_with_one_line(setup, tmp_path: Path, capsys) -> None:
+    log, pub, _ = setup
+    link = tmp_path / "link.log"
+    link.symlink_to(log)
+    assert main(["log", "verify", str(link), "--pubkey-pem", str(pub)]) == 12
+    cap = capsys.readouterr()
+    assert cap.out == "" and cap.err.count("\n") == 1
+    assert cap.err.startswith(f"edgeguard: error: event log {link} is a symbolic link")

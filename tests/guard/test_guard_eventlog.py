@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from edgeguard.errors import IntegrityError, UncleanLogError, UsageError
+from edgeguard.errors import FileSystemError, IntegrityError, UncleanLogError, UsageError
 from edgeguard.guard.eventlog import GENESIS_PREV, EventLog, canonical_json, verify
 
 
@@ -476,3 +476,33 @@ def test_writer_refuses_data_the_verifier_would_refuse(tmp_path: Path, key) -> N
             log.append("x", {"v": "a" * (1 << 20)})
         log.append("x", {"v": [[[[1]]]]})
     assert verify(p, key.public_key(), require_clean=True).kinds["x"] == 1
+
+
+def test_symlinked_log_is_refused_by_writer_and_verifier(tmp_path: Path, key) -> None:
+    """A link planted at the log's name is never followed: not to a log, not to any file."""
+    real = tmp_path / "real.log"
+    _write(real, key, 2)
+    before = real.read_bytes()
+    link = tmp_path / "events.log"
+    link.symlink_to(real)
+    with pytest.raises(FileSystemError, match=r"events\.log is a symbolic link"):
+        EventLog(link, signing_key=key)
+    with pytest.raises(FileSystemError, match=r"events\.log is a symbolic link"):
+        verify(link, key.public_key())
+    assert real.read_bytes() == before
+    # a dangling link: following it would create the file it names
+    link.unlink()
+    target = tmp_path / "elsewhere.log"
+    link.symlink_to(target)
+    with pytest.raises(FileSystemError, match="symbolic link"):
+        EventLog(link, signing_key=key)
+    assert not target.exists()
+
+
+def test_log_that_is_not_a_regular_file_is_refused(tmp_path: Path, key) -> None:
+    fifo = tmp_path / "events.log"
+    os.mkfifo(fifo)
+    with pytest.raises(FileSystemError, match="not a regular file"):
+        EventLog(fifo, signing_key=key)
+    with pytest.raises(FileSystemError, match="not a regular file"):
+        verify(fifo, key.public_key())  # must not block waiting for a writer
