@@ -506,3 +506,158 @@ def test_log_that_is_not_a_regular_file_is_refused(tmp_path: Path, key) -> None:
         EventLog(fifo, signing_key=key)
     with pytest.raises(FileSystemError, match="not a regular file"):
         verify(fifo, key.public_key())  # must not block waiting for a writer
+
+
+# -- logs forged by a key holder: each structural rule must hold on its own, even when
+#    every hash and signature is valid -----------------------------------------------------
+
+
+def _seal(recs: list[dict], key: ec.EllipticCurvePrivateKey, *, resign: bool = True) -> bytes:
+    """Re-chain ``recs`` and re-sign their checkpoints as a writer with ``key`` would.
+
+    Written from docs/eventlog.md, not with the module's helpers: the message is
+    "edgeguard-eventlog/1 checkpoint" || 0x00 || canonical_json(final, head, log_id, seq).
+    """
+    import base64
+    import hashlib
+
+    from cryptography.hazmat.primitives import hashes
+
+    log_id = recs[0]["data"]["log_id"]
+    prev = GENESIS_PREV
+    out = []
+    for i, rec in enumerate(recs):
+        rec["seq"], rec["prev"] = i, prev
+        if rec["kind"] == "checkpoint" and resign:
+            rec["data"]["head"] = prev
+            msg = (
+                b"edgeguard-eventlog/1 checkpoint\x00"
+                + json.dumps(
+                    {"final": rec["data"]["final"], "head": prev, "log_id": log_id, "seq": i},
+                    sort_keys=True,
+                    separators=(",", ":"),
+                ).encode()
+            )
+            sig = key.sign(msg, ec.ECDSA(hashes.SHA256()))
+            rec["data"]["sig"] = base64.b64encode(sig).decode()
+        body = {k: rec[k] for k in ("seq", "time", "kind", "data", "prev")}
+        rec["hash"] = hashlib.sha256(canonical_json(body)).hexdigest()
+        prev = rec["hash"]
+        out.append(canonical_json(rec) + b"\n")
+    return b"".join(out)
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(x) for x in _lines(path)]
+
+
+def test_sealing_helper_reproduces_the_writer(tmp_path: Path, key) -> None:
+    """The forgeries below differ from a real log only where each test changes it."""
+    p = tmp_path / "ev.log"
+    _write(p, key, 5)
+    recs = _records(p)
+    resealed = _seal(recs, key)
+    p.write_bytes(resealed)
+    assert verify(p, key.public_key(), require_clean=True).checkpoints == 2
+
+
+def test_record_after_a_final_checkpoint_needs_log_resume(tmp_path: Path, key) -> None:
+    p = tmp_path / "ev.log"
+    _write(p, key, 2)  # ... ends with a final checkpoint
+    recs = _records(p)
+    n = len(recs)
+    for kind in ("fallback", "checkpoint"):
+        extra = {"kind": kind, "time": 1.0, "data": {"frame": 9}}
+        if kind == "checkpoint":
+            extra["data"] = {"head": "", "final": False, "sig": ""}
+        p.write_bytes(_seal([*recs, extra], key))
+        with pytest.raises(
+            IntegrityError,
+            match=rf"record {n} \(line {n + 1}\): record after a final checkpoint without log_res",
+        ):
+            verify(p, key.public_key())
+    # the same record after a log_resume is fine
+    resume = {
+        "kind": "log_resume",
+        "time": 1.0,
+        "data": {
+            "key_id": recs[0]["data"]["key_id"],
+            "previous_clean": True,
+            "torn_bytes_dropped": 0,
+        },
+    }
+    p.write_bytes(_seal([*recs, resume, {"kind": "fallback", "time": 1.0, "data": {}}], key))
+    rep = verify(p, key.public_key())
+    assert rep.sessions == 2 and not rep.clean and rep.unsigned_tail == 2
+
+
+def test_checkpoint_with_an_extra_field_is_refused(tmp_path: Path, key) -> None:
+    p = tmp_path / "ev.log"
+    _write(p, key, 5)
+    recs = _records(p)
+    assert recs[5]["kind"] == "checkpoint"
+    recs[5]["data"]["note"] = "harmless?"  # the signature does not cover it
+    p.write_bytes(_seal(recs, key))
+    with pytest.raises(IntegrityError, match=r"record 5 \(line 6\): malformed checkpoint"):
+        verify(p, key.public_key())
+
+
+@pytest.mark.parametrize("signed", ["prev", "head"])
+def test_checkpoint_head_must_be_its_prev(tmp_path: Path, key, signed: str) -> None:
+    """``head`` is covered: it must equal ``prev``, which the signature and the hash cover.
+
+    Refused whether the signature is over the record's ``prev`` (so it verifies) or
+    over the forged ``head`` (a key holder's forgery).
+    """
+    import base64
+
+    from cryptography.hazmat.primitives import hashes
+
+    p = tmp_path / "ev.log"
+    _write(p, key, 5)
+    recs = _records(p)
+    other = recs[2]["hash"]
+    raw = _seal(recs, key)
+    recs = [json.loads(x) for x in raw.splitlines()]
+    recs[5]["data"]["head"] = other
+    if signed == "head":
+        msg = b"edgeguard-eventlog/1 checkpoint\x00" + canonical_json(
+            {"final": False, "head": other, "log_id": recs[0]["data"]["log_id"], "seq": 5}
+        )
+        recs[5]["data"]["sig"] = base64.b64encode(key.sign(msg, ec.ECDSA(hashes.SHA256()))).decode()
+    p.write_bytes(_seal(recs, key, resign=False))
+    with pytest.raises(IntegrityError, match=r"record 5 \(line 6\): malformed checkpoint"):
+        verify(p, key.public_key())
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("final", "true"), ("final", 1), ("sig", 7), ("sig", None)],
+)
+def test_checkpoint_fields_of_the_wrong_type_are_refused(
+    tmp_path: Path, key, field: str, value: object
+) -> None:
+    p = tmp_path / "ev.log"
+    _write(p, key, 5)
+    recs = _records(p)
+    recs[5]["data"][field] = value
+    p.write_bytes(_seal(recs, key, resign=False))
+    with pytest.raises(IntegrityError, match=r"record 5 \(line 6\): malformed checkpoint"):
+        verify(p, key.public_key())
+
+
+def test_resume_under_another_key_is_refused(tmp_path: Path, key) -> None:
+    p = tmp_path / "ev.log"
+    _write(p, key, 2)
+    _write(p, key, 2)
+    recs = _records(p)
+    i = next(i for i, r in enumerate(recs) if r["kind"] == "log_resume")
+    other = ec.generate_private_key(ec.SECP256R1())
+    from edgeguard.guard.eventlog import key_id
+
+    recs[i]["data"]["key_id"] = key_id(other.public_key())
+    p.write_bytes(_seal(recs, key))
+    with pytest.raises(IntegrityError, match=rf"record {i} \(line {i + 1}\): log resumed with a"):
+        verify(p, key.public_key())
+    with pytest.raises(IntegrityError, match="resumed with a different key"):
+        EventLog(p, signing_key=key)
