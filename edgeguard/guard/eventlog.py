@@ -581,8 +581,12 @@ class EventLog:
         """Append one record; returns its sequence number once it is written (see sync).
 
         Raises:
-            UsageError: Log closed, reserved kind, data not JSON-encodable, or a
-                record longer or more deeply nested than the limits.
+            UsageError: Log closed, reserved kind, data not JSON-encodable, a
+                record longer or more deeply nested than the limits, or the log
+                unusable after a failed write.
+            FileSystemError: The write or fsync failed (disk full, I/O error):
+                the record is not acknowledged and the log refuses every
+                further record until it is reopened.
         """
         if (
             not isinstance(kind, str)
@@ -605,10 +609,19 @@ class EventLog:
             return self._checkpoint(final=False)
 
     def sync(self) -> None:
-        """fsync any batched records now."""
+        """fsync any batched records now.
+
+        Raises:
+            FileSystemError: The fsync failed.
+        """
         with self._lock:
             self._check_open()
-            os.fsync(self._fd)
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                raise FileSystemError(
+                    f"cannot sync event log {self._path}: {exc.strerror or exc}"
+                ) from exc
             self._pending = 0
             self._last_sync = time.monotonic()
 
@@ -619,7 +632,8 @@ class EventLog:
         checkpoint (once) and closes the file, every later call does nothing.
         After a failed write no checkpoint is written, so a torn line is never
         followed by a record. The file is closed even when writing the final
-        checkpoint fails; that error is raised by this call only.
+        checkpoint fails; that error (:class:`FileSystemError`) is raised by this
+        call only.
         """
         with self._lock:
             if self._closed:
@@ -687,6 +701,8 @@ class EventLog:
         try:
             while view:
                 written = os.write(self._fd, view)
+                if written <= 0:  # never loop on a write that makes no progress
+                    raise OSError(errno.EIO, "the write made no progress")
                 view = view[written:]
             self._pending += 1
             now = time.monotonic()
@@ -699,10 +715,16 @@ class EventLog:
                 os.fsync(self._fd)
                 self._pending = 0
                 self._last_sync = now
-        except BaseException:
+        except BaseException as exc:
             # The line may be partly written: appending anything after it would
             # turn a torn write into what looks like an edit.
             self._failed = True
+            if isinstance(exc, OSError):
+                raise FileSystemError(
+                    f"cannot write event log {self._path}: {exc.strerror or exc}",
+                    hint="the record was not written; the log refuses further records "
+                    "until it is reopened",
+                ) from exc
             raise
         self._seq = seq + 1
         self._prev = h

@@ -304,7 +304,7 @@ def test_close_twice_writes_one_final_checkpoint(tmp_path: Path, key, monkeypatc
         real_fsync(n)
 
     monkeypatch.setattr(os, "fsync", failing_fsync)
-    with pytest.raises(OSError, match="Input/output"):
+    with pytest.raises(FileSystemError, match="Input/output"):
         try:
             log.close()
         finally:
@@ -332,7 +332,7 @@ def test_close_in_finally_after_a_failed_write_leaves_an_unclean_log(
         return real_write(n, data)
 
     monkeypatch.setattr(os, "write", disk_full)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(FileSystemError, match="No space"):
         try:
             log.append("x", {"i": 1})
         finally:
@@ -362,7 +362,7 @@ def test_failed_write_refuses_further_records(tmp_path: Path, key, monkeypatch) 
         return real_write(n, data)
 
     monkeypatch.setattr(os, "write", torn)
-    with pytest.raises(OSError):
+    with pytest.raises(FileSystemError, match="Input/output error"):
         log.append("x", {"i": 0})
     monkeypatch.undo()
     with pytest.raises(UsageError, match="failed write"):
@@ -661,3 +661,170 @@ def test_resume_under_another_key_is_refused(tmp_path: Path, key) -> None:
         verify(p, key.public_key())
     with pytest.raises(IntegrityError, match="resumed with a different key"):
         EventLog(p, signing_key=key)
+
+
+# -- durability: fsync and a full disk -------------------------------------------------------
+
+
+class _FsyncSpy:
+    """Counts fsyncs of one descriptor and records the file size at each."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
+        self.fd = -1
+        self.sizes: list[int] = []
+        real = os.fsync
+
+        def spy(fd: int) -> None:
+            if fd == self.fd:
+                self.sizes.append(path.stat().st_size)
+            real(fd)
+
+        monkeypatch.setattr(os, "fsync", spy)
+
+    def watch(self, log: EventLog) -> None:
+        self.fd = log._fd
+        self.sizes.clear()
+
+
+def test_append_returns_after_its_record_is_written_and_fsynced(
+    tmp_path: Path, key, monkeypatch
+) -> None:
+    p = tmp_path / "ev.log"
+    spy = _FsyncSpy(monkeypatch, p)
+    log = EventLog(p, signing_key=key, checkpoint_every=3)
+    spy.watch(log)
+    for i in range(1, 3):
+        log.append("x", {"i": i})
+        # one fsync per record, after the whole line reached the file
+        assert len(spy.sizes) == i and spy.sizes[-1] == p.stat().st_size
+    log.append("x", {"i": 3})  # the 3rd record, then a checkpoint: both fsynced
+    assert len(spy.sizes) == 4 and spy.sizes[-1] == p.stat().st_size
+    assert spy.sizes[2] < spy.sizes[3]
+    log.close()  # final checkpoint
+    assert len(spy.sizes) == 5
+
+
+def test_batch_mode_fsyncs_every_n_records_at_checkpoints_and_close(
+    tmp_path: Path, key, monkeypatch
+) -> None:
+    p = tmp_path / "ev.log"
+    spy = _FsyncSpy(monkeypatch, p)
+    log = EventLog(
+        p,
+        signing_key=key,
+        sync="batch",
+        batch_records=3,
+        batch_interval_s=3600,
+        checkpoint_every=100,
+    )
+    spy.watch(log)
+    log.append("x", {})
+    log.append("x", {})
+    assert spy.sizes == []  # written, not yet fsynced
+    log.append("x", {})
+    assert spy.sizes == [p.stat().st_size]
+    log.append("x", {})
+    log.sync()  # explicit
+    assert len(spy.sizes) == 2 and spy.sizes[-1] == p.stat().st_size
+    log.append("x", {})
+    log.checkpoint()  # a checkpoint is always fsynced
+    assert len(spy.sizes) == 3
+    log.append("x", {})
+    log.close()
+    assert len(spy.sizes) == 4 and spy.sizes[-1] == p.stat().st_size
+
+
+def test_batch_mode_fsyncs_when_the_interval_passed(tmp_path: Path, key, monkeypatch) -> None:
+    import time as _time
+
+    now = [1000.0]
+    monkeypatch.setattr(_time, "monotonic", lambda: now[0])
+    p = tmp_path / "ev.log"
+    spy = _FsyncSpy(monkeypatch, p)
+    log = EventLog(p, signing_key=key, sync="batch", batch_records=100, batch_interval_s=2.0)
+    spy.watch(log)
+    log.append("x", {})
+    now[0] += 1.9
+    log.append("x", {})
+    assert spy.sizes == []
+    now[0] += 0.1  # 2.0 s since the last fsync
+    log.append("x", {})
+    assert len(spy.sizes) == 1
+    now[0] += 1.0
+    log.append("x", {})
+    assert len(spy.sizes) == 1  # the interval counts from the last fsync
+    log.close()
+
+
+def test_full_disk_on_append_raises_an_edgeguard_error_and_drops_nothing_silently(
+    tmp_path: Path, key, monkeypatch
+) -> None:
+    """ENOSPC before a byte is written: FileSystemError (exit 12), never a silent loss."""
+    p = tmp_path / "ev.log"
+    log = EventLog(p, signing_key=key, checkpoint_every=100)
+    log.append("x", {"i": 0})
+    fd = log._fd
+    real_write = os.write
+
+    def disk_full(n: int, data: bytes) -> int:
+        if n == fd:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(n, data)
+
+    monkeypatch.setattr(os, "write", disk_full)
+    with pytest.raises(FileSystemError) as ei:
+        log.append("x", {"i": 1})
+    assert ei.value.exit_code == 12
+    assert str(ei.value) == f"cannot write event log {p}: No space left on device"
+    assert isinstance(ei.value.__cause__, OSError)
+    assert log.next_seq == 2  # record 2 was not acknowledged
+    monkeypatch.undo()
+    # every later record is refused too (not dropped), and close() writes nothing after it
+    with pytest.raises(UsageError, match="failed write"):
+        log.append("x", {"i": 2})
+    log.close()
+    rep = verify(p, key.public_key())
+    assert rep.last_seq == 1 and not rep.clean and rep.torn_tail_bytes == 0
+
+
+def test_a_write_that_makes_no_progress_is_an_error_not_a_hang(
+    tmp_path: Path, key, monkeypatch
+) -> None:
+    p = tmp_path / "ev.log"
+    log = EventLog(p, signing_key=key)
+    fd = log._fd
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda n, data: 0 if n == fd else real_write(n, data))
+    with pytest.raises(FileSystemError, match="cannot write event log"):
+        log.append("x", {})
+    monkeypatch.undo()
+    log.close()
+
+
+def test_failed_fsync_on_append_is_an_edgeguard_error(tmp_path: Path, key, monkeypatch) -> None:
+    p = tmp_path / "ev.log"
+    log = EventLog(p, signing_key=key)
+    fd = log._fd
+    real_fsync = os.fsync
+
+    def eio(n: int) -> None:
+        if n == fd:
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(n)
+
+    monkeypatch.setattr(os, "fsync", eio)
+    with pytest.raises(FileSystemError, match=r"cannot write event log .*: Input/output error"):
+        log.append("x", {})
+    with pytest.raises(UsageError, match="failed write"):
+        log.sync()
+    monkeypatch.undo()
+    log.close()
+    # an explicit sync() that fails is the same error
+    q = tmp_path / "ev2.log"
+    log = EventLog(q, signing_key=key, sync="batch")
+    fd = log._fd
+    monkeypatch.setattr(os, "fsync", eio)
+    with pytest.raises(FileSystemError, match=r"cannot sync event log .*: Input/output error"):
+        log.sync()
+    monkeypatch.undo()
+    log.close()
