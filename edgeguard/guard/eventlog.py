@@ -48,13 +48,23 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from edgeguard.errors import FileSystemError, IntegrityError, UncleanLogError, UsageError
+from edgeguard.errors import (
+    FileSystemError,
+    IntegrityError,
+    LogRolledBackError,
+    StateStoreError,
+    UncleanLogError,
+    UsageError,
+)
+
+if TYPE_CHECKING:
+    from edgeguard.guard.loganchor import AnchorState, LogAnchor
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -162,6 +172,11 @@ class LogReport:
         unsigned_tail: Records after the last checkpoint (chained but not yet signed).
         sessions: Number of ``log_open`` / ``log_resume`` sessions.
         head: ``hash`` of the last complete record (the chain head).
+        anchor: The anchor file the log was checked against, or None (the log
+            alone was checked, so a cut back to an earlier session's final
+            checkpoint could not be seen).
+        anchor_seq: The anchor's checkpoint (-1 without an anchor).
+        counter_checked: The anchor was checked against a monotonic (TPM) counter.
         kinds: Count of records per kind.
     """
 
@@ -176,6 +191,9 @@ class LogReport:
     unsigned_tail: int
     sessions: int
     head: str = GENESIS_PREV
+    anchor: str | None = None
+    anchor_seq: int = -1
+    counter_checked: bool = False
     kinds: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -226,6 +244,9 @@ class LogReport:
             "unsigned_tail": self.unsigned_tail,
             "sessions": self.sessions,
             "head": self.head,
+            "anchor": self.anchor,
+            "anchor_seq": self.anchor_seq,
+            "counter_checked": self.counter_checked,
             "kinds": dict(sorted(self.kinds.items())),
         }
 
@@ -308,8 +329,10 @@ def verify(
     *,
     require_clean: bool = False,
     limits: LogLimits = DEFAULT_LIMITS,
+    anchor: LogAnchor | None = None,
+    require_anchor: bool = False,
 ) -> LogReport:
-    """Verify an event log end to end.
+    """Verify an event log end to end, and against its anchor when one is given.
 
     Checks, for every complete line: length and nesting within ``limits``,
     canonical encoding, consecutive ``seq`` from 0, ``prev`` equal to the
@@ -324,6 +347,9 @@ def verify(
         require_clean: Raise :class:`UncleanLogError` unless the log ends with a
             final checkpoint.
         limits: Longest line and deepest nesting accepted.
+        anchor: The log's anchor (state directory, optional TPM counter): the
+            log must reach the anchor's checkpoint, and hold it at its ``seq``.
+        require_anchor: A missing anchor file is an error, not "unchecked".
 
     Returns:
         The report; ``report.clean`` is False when the writer stopped without
@@ -338,20 +364,41 @@ def verify(
         UncleanLogError: With ``require_clean``, the log verifies but does not
             end with a final checkpoint (crash, power loss, kill, or a tail cut
             at a record boundary, which the log alone cannot tell apart).
+        LogRolledBackError: The log is behind its anchor (cut back, rolled back,
+            replaced), or the anchor behind the TPM counter (exit 4 like any
+            integrity error, with its own message).
         UsageError: The file cannot be read.
         FileSystemError: ``path`` is a symbolic link or not a regular file.
+        StateStoreError: The anchor cannot be read safely, or is required and missing.
     """
     p = Path(path)
+    state = None
+    if anchor is not None:
+        state = anchor.load(public_key, required=require_anchor)
     fd = _open_log(p, os.O_RDONLY, what="read")
     with os.fdopen(fd, "rb") as f:
-        report = _verify_stream(f, str(p), public_key, limits)
+        report = _verify_stream(f, str(p), public_key, limits, anchor=anchor, state=state)
     if require_clean:
         report.raise_if_unclean()
     return report
 
 
+def _behind(name: str, anchor: LogAnchor, what: str) -> LogRolledBackError:
+    return LogRolledBackError(
+        f"event log {name} is behind its anchor {anchor.path}: {what}",
+        hint="later records, sessions included, were removed or the log replaced; "
+        "the log alone cannot show this",
+    )
+
+
 def _verify_stream(
-    f: IO[bytes], name: str, public_key: ec.EllipticCurvePublicKey, limits: LogLimits
+    f: IO[bytes],
+    name: str,
+    public_key: ec.EllipticCurvePublicKey,
+    limits: LogLimits,
+    *,
+    anchor: LogAnchor | None = None,
+    state: AnchorState | None = None,
 ) -> LogReport:
     """The rules of :func:`verify` over an open file, read from its current offset."""
     kid = key_id(public_key)
@@ -391,6 +438,8 @@ def _verify_stream(
                 raise _bad(0, "log was opened for a different key")
             log_id = str(data.get("log_id", ""))
             sessions = 1
+            if anchor is not None and state is not None and log_id != state.log_id:
+                raise _behind(name, anchor, f"it is log {log_id}, the anchor names {state.log_id}")
         elif kind == "log_open":
             raise _bad(n, "log_open after the first record")
         elif kind == "log_resume":
@@ -423,9 +472,23 @@ def _verify_stream(
             clean = final
         else:
             clean = False
+        if (
+            anchor is not None
+            and state is not None
+            and n == state.seq
+            and (kind != "checkpoint" or rec["prev"] != state.head)
+        ):
+            raise _behind(name, anchor, f"record {n} is not the signed checkpoint the anchor names")
         kinds[kind] += 1
         prev = rec["hash"]
         n += 1
+    if anchor is not None and state is not None and n - 1 < state.seq:
+        raise _behind(
+            name,
+            anchor,
+            f"the log ends at record {n - 1}, but the anchor records a signed checkpoint "
+            f"at record {state.seq}: it was cut back or rolled back",
+        )
     if n == 0:
         raise IntegrityError(f"event log {name}: no complete record (empty or truncated)")
     clean = clean and torn == 0
@@ -442,6 +505,9 @@ def _verify_stream(
         unsigned_tail=last - last_cp,
         sessions=sessions,
         head=prev,
+        anchor=str(anchor.path) if anchor is not None and state is not None else None,
+        anchor_seq=state.seq if state is not None else -1,
+        counter_checked=anchor is not None and anchor.counter is not None,
         kinds=dict(kinds),
     )
 
@@ -471,9 +537,16 @@ class EventLog:
         clock: Wall clock for record timestamps (only informational).
         limits: Longest line and deepest nesting; a record beyond them is
             refused, so the writer never writes what the verifier would refuse.
+        anchor: Where the latest signed checkpoint is anchored outside the log
+            (:class:`~edgeguard.guard.loganchor.LogAnchor`: the state directory,
+            and a TPM counter if configured). Opening checks the log against it
+            and every checkpoint advances it.
 
     Raises:
         UsageError: Bad arguments or the file cannot be opened.
+        LogRolledBackError: The log is behind its anchor (cut back, replaced,
+            deleted), or the anchor behind the TPM counter.
+        StateStoreError: The anchor cannot be read or written safely.
         IntegrityError: The existing file does not verify with this key.
     """
 
@@ -488,6 +561,7 @@ class EventLog:
         batch_interval_s: float = 1.0,
         clock: Callable[[], float] = time.time,
         limits: LogLimits = DEFAULT_LIMITS,
+        anchor: LogAnchor | None = None,
     ) -> None:
         if not isinstance(signing_key, ec.EllipticCurvePrivateKey) or not isinstance(
             signing_key.curve, ec.SECP256R1
@@ -508,6 +582,7 @@ class EventLog:
         self._batch_interval = batch_interval_s
         self._clock = clock
         self._limits = limits
+        self._anchor = anchor
         self._lock = threading.Lock()
         self._closed = False
         self._failed = False
@@ -523,11 +598,32 @@ class EventLog:
 
     def _start(self, public_key: ec.EllipticCurvePublicKey) -> None:
         """Verify what the file holds through the open descriptor, then open or resume."""
+        state = None
+        anchor = self._anchor
+        if anchor is not None:
+            state = anchor.load(public_key)
+            if state is not None and state.counter is not None and anchor.counter is None:
+                raise StateStoreError(
+                    f"event-log anchor {anchor.path} is bound to a TPM counter, "
+                    "but no counter was given",
+                    hint="set EDGEGUARD_TPM to the device's TPM (its TCTI)",
+                )
         size = os.fstat(self._fd).st_size
         report: LogReport | None = None
         if size > 0:
             with os.fdopen(os.dup(self._fd), "rb") as f:
-                report = _verify_stream(f, str(self._path), public_key, self._limits)
+                report = _verify_stream(
+                    f, str(self._path), public_key, self._limits, anchor=anchor, state=state
+                )
+        elif anchor is not None and state is not None:
+            raise _behind(
+                str(self._path),
+                anchor,
+                f"the log is empty, but the anchor records a signed checkpoint at record "
+                f"{state.seq} of log {state.log_id}: it was deleted or cut back",
+            )
+        if anchor is not None:
+            anchor.catch_up(state)
         if report is None:
             self._fsync_dir()
             self._log_id = secrets.token_hex(16)
@@ -664,18 +760,23 @@ class EventLog:
 
     def _checkpoint(self, *, final: bool) -> int:
         seq = self._seq
-        msg = _checkpoint_message(self._log_id, seq, self._prev, final)
+        head = self._prev
+        msg = _checkpoint_message(self._log_id, seq, head, final)
         sig = self._key.sign(msg, ec.ECDSA(hashes.SHA256()))
         out = self._write_record(
             "checkpoint",
             {
-                "head": self._prev,
+                "head": head,
                 "final": final,
                 "sig": base64.b64encode(sig).decode("ascii"),
             },
             force=True,
         )
         self._since_cp = 0
+        if self._anchor is not None:
+            # Only now: the checkpoint is durable (fsynced), so the anchor never
+            # names a checkpoint a power loss could take from the log.
+            self._anchor.advance(self._key, log_id=self._log_id, seq=out, head=head)
         return out
 
     def _write_record(self, kind: str, data: dict[str, Any], *, force: bool) -> int:
