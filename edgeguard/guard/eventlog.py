@@ -82,6 +82,9 @@ FORMAT = "edgeguard-eventlog/1"
 GENESIS_PREV = "0" * 64
 _SIG_CONTEXT = b"edgeguard-eventlog/1 checkpoint\x00"
 _RECORD_KEYS = frozenset({"seq", "time", "kind", "data", "prev", "hash"})
+_OPEN_KEYS = frozenset({"format", "log_id", "key_id", "checkpoint_every"})
+_RESUME_KEYS = frozenset({"key_id", "previous_clean", "torn_bytes_dropped"})
+_LOG_ID = re.compile(r"[0-9a-f]{32}")
 # A JSON string (escapes included) and the bracket characters outside strings.
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _BRACKET = re.compile(rb"[\[\]{}]")
@@ -255,6 +258,31 @@ def _bad(n: int, what: str) -> IntegrityError:
     return IntegrityError(
         f"event log: record {n} (line {n + 1}): {what}",
         hint="records were edited, deleted, inserted or reordered, or another key signed",
+    )
+
+
+def _is_count(v: Any, low: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _open_ok(data: dict[str, Any]) -> bool:
+    """``log_open`` data holds exactly its four members, well typed."""
+    return (
+        set(data) == _OPEN_KEYS
+        and isinstance(data["log_id"], str)
+        and _LOG_ID.fullmatch(data["log_id"]) is not None
+        and isinstance(data["key_id"], str)
+        and _is_count(data["checkpoint_every"], 1)
+    )
+
+
+def _resume_ok(data: dict[str, Any]) -> bool:
+    """``log_resume`` data holds exactly its three members, well typed."""
+    return (
+        set(data) == _RESUME_KEYS
+        and isinstance(data["key_id"], str)
+        and isinstance(data["previous_clean"], bool)
+        and _is_count(data["torn_bytes_dropped"], 0)
     )
 
 
@@ -434,16 +462,20 @@ def _verify_stream(
         if n == 0:
             if kind != "log_open" or data.get("format") != FORMAT:
                 raise _bad(0, f"first record must be log_open of {FORMAT}")
-            if data.get("key_id") != kid:
+            if not _open_ok(data):
+                raise _bad(0, "malformed log_open")
+            if data["key_id"] != kid:
                 raise _bad(0, "log was opened for a different key")
-            log_id = str(data.get("log_id", ""))
+            log_id = data["log_id"]
             sessions = 1
             if anchor is not None and state is not None and log_id != state.log_id:
                 raise _behind(name, anchor, f"it is log {log_id}, the anchor names {state.log_id}")
         elif kind == "log_open":
             raise _bad(n, "log_open after the first record")
         elif kind == "log_resume":
-            if data.get("key_id") != kid:
+            if not _resume_ok(data):
+                raise _bad(n, "malformed log_resume")
+            if data["key_id"] != kid:
                 raise _bad(n, "log resumed with a different key")
             sessions += 1
         elif clean:

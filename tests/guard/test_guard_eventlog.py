@@ -523,7 +523,7 @@ def _seal(recs: list[dict], key: ec.EllipticCurvePrivateKey, *, resign: bool = T
 
     from cryptography.hazmat.primitives import hashes
 
-    log_id = recs[0]["data"]["log_id"]
+    log_id = recs[0]["data"].get("log_id", "")
     prev = GENESIS_PREV
     out = []
     for i, rec in enumerate(recs):
@@ -828,3 +828,75 @@ def test_failed_fsync_on_append_is_an_edgeguard_error(tmp_path: Path, key, monke
         log.sync()
     monkeypatch.undo()
     log.close()
+
+
+def _resealed_with(path: Path, key, i: int, data: dict) -> None:
+    recs = _records(path)
+    recs[i]["data"] = data
+    path.write_bytes(_seal(recs, key))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "no log_id",
+        "short log_id",
+        "extra field",
+        "checkpoint_every 0",
+        "checkpoint_every true",
+        "no checkpoint_every",
+    ],
+)
+def test_log_open_data_is_exactly_what_the_format_says(tmp_path: Path, key, change: str) -> None:
+    """A key holder's log_open without a log id (signatures over "") or with extra fields."""
+    p = tmp_path / "ev.log"
+    _write(p, key, 5)
+    data = dict(_records(p)[0]["data"])
+    if change == "no log_id":
+        del data["log_id"]
+    elif change == "short log_id":
+        data["log_id"] = "ab"
+    elif change == "extra field":
+        data["comment"] = "x"
+    elif change == "no checkpoint_every":
+        del data["checkpoint_every"]
+    else:
+        data["checkpoint_every"] = 0 if change.endswith("0") else True
+    recs = _records(p)
+    recs[0]["data"] = data
+    if "log_id" not in data:  # sign as the format would with an empty log id
+        recs[0]["data"]["log_id"] = ""
+        raw = _seal(recs, key)
+        recs = [json.loads(x) for x in raw.splitlines()]
+        del recs[0]["data"]["log_id"]
+        p.write_bytes(_seal(recs, key, resign=False))
+    else:
+        p.write_bytes(_seal(recs, key))
+    with pytest.raises(IntegrityError, match=r"^event log: record 0 \(line 1\): malformed log_op"):
+        verify(p, key.public_key())
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"previous_clean": True, "torn_bytes_dropped": 0},
+        {"previous_clean": "yes", "torn_bytes_dropped": 0},
+        {"previous_clean": True, "torn_bytes_dropped": -1},
+        {"previous_clean": True, "torn_bytes_dropped": False},
+        {"previous_clean": True, "torn_bytes_dropped": 0, "extra": 1},
+    ],
+    ids=["no key_id", "clean not bool", "negative torn", "torn bool", "extra field"],
+)
+def test_log_resume_data_is_exactly_what_the_format_says(tmp_path: Path, key, data: dict) -> None:
+    p = tmp_path / "ev.log"
+    _write(p, key, 2)
+    _write(p, key, 2)
+    recs = _records(p)
+    i = next(i for i, r in enumerate(recs) if r["kind"] == "log_resume")
+    full = {"key_id": recs[0]["data"]["key_id"], **data}
+    if "key_id" not in data and len(data) == 2:
+        full.pop("key_id")
+    recs[i]["data"] = full
+    p.write_bytes(_seal(recs, key))
+    with pytest.raises(IntegrityError, match=rf"record {i} \(line {i + 1}\): malformed log_resume"):
+        verify(p, key.public_key())
