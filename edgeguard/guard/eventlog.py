@@ -444,9 +444,9 @@ def _verify_stream(
             line = f.readline(cap + 1)
         except OSError as exc:
             raise UsageError(f"cannot read event log {name}: {exc.strerror}") from exc
+        if len(line) > cap:  # its line feed included, like the writer counts
+            raise _bad(n, f"longer than {cap} bytes")
         if not line.endswith(b"\n"):
-            if len(line) > cap:
-                raise _bad(n, f"longer than {cap} bytes")
             torn = len(line)  # 0 when the file ends with a line feed
             break
         rec = _parse_line(line[:-1], n, limits)
