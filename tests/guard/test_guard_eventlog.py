@@ -724,14 +724,19 @@ def test_batch_mode_fsyncs_every_n_records_at_checkpoints_and_close(
     log.append("x", {})
     assert spy.sizes == [p.stat().st_size]
     log.append("x", {})
-    log.sync()  # explicit
+    log.sync()  # explicit, and the batch counts again from there
     assert len(spy.sizes) == 2 and spy.sizes[-1] == p.stat().st_size
     log.append("x", {})
-    log.checkpoint()  # a checkpoint is always fsynced
+    log.append("x", {})
+    assert len(spy.sizes) == 2
+    log.append("x", {})  # the third since the sync
     assert len(spy.sizes) == 3
     log.append("x", {})
+    log.checkpoint()  # a checkpoint is always fsynced
+    assert len(spy.sizes) == 4
+    log.append("x", {})
     log.close()
-    assert len(spy.sizes) == 4 and spy.sizes[-1] == p.stat().st_size
+    assert len(spy.sizes) == 5 and spy.sizes[-1] == p.stat().st_size
 
 
 def test_batch_mode_fsyncs_when_the_interval_passed(tmp_path: Path, key, monkeypatch) -> None:

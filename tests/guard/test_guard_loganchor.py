@@ -92,7 +92,16 @@ def test_a_cut_back_to_an_earlier_checkpoint_is_behind_the_anchor(
     with pytest.raises(LogRolledBackError, match="cut back or rolled back") as ei:
         verify(log, key.public_key(), anchor=anchor)
     assert isinstance(ei.value, IntegrityError) and ei.value.exit_code == 4
-    assert str(ei.value).startswith(f"event log {log} is behind its anchor {anchor.path}: ")
+    last = len(cut.splitlines()) - 1
+    assert str(ei.value) == (
+        f"event log {log} is behind its anchor {anchor.path}: the log ends at record {last}, "
+        f"but the anchor records a signed checkpoint at record {len(recs) - 1}: "
+        "it was cut back or rolled back"
+    )
+    assert ei.value.hint == (
+        "later records, sessions included, were removed or the log replaced; "
+        "the log alone cannot show this"
+    )
     with pytest.raises(LogRolledBackError):
         EventLog(log, signing_key=key, anchor=anchor)
     assert log.read_bytes() == cut
