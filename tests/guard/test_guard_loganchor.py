@@ -66,6 +66,11 @@ def test_every_checkpoint_advances_the_anchor(tmp_path: Path, key) -> None:
     rep = verify(log, key.public_key(), require_clean=True, anchor=anchor)
     assert rep.anchor == str(tmp_path / ANCHOR_NAME) and rep.anchor_seq == doc["seq"]
     assert not rep.counter_checked
+    # a directory without an anchor: nothing to check against, and the report says so
+    bare = tmp_path / "bare"
+    bare.mkdir(mode=0o700)
+    rep = verify(log, key.public_key(), anchor=LogAnchor(bare))
+    assert (rep.anchor, rep.anchor_seq, rep.counter_checked) == (None, -1, False)
 
 
 @pytest.mark.parametrize("where", ["earlier session", "earlier checkpoint", "record 0"])
