@@ -1452,3 +1452,90 @@ def test_batch_defaults_are_32_records_and_one_second(tmp_path: Path, key, monke
     log.append("x", {})
     assert len(spy.sizes) == 2
     log.close()
+
+
+def test_depth_counts_down_at_each_closing_bracket(tmp_path: Path, key) -> None:
+    """A sibling that closes must not hide a deeper one after it."""
+    from edgeguard.guard.eventlog import LogLimits
+
+    small = LogLimits(max_line_bytes=1 << 20, max_depth=4)
+    with EventLog(tmp_path / "ev.log", signing_key=key, limits=small) as log:
+        log.append("x", {"v": [[1], [2]]})  # record 1, data 2, v 3, [1] 4
+        with pytest.raises(UsageError, match="nested deeper than 4 levels"):
+            log.append("x", {"v": [[], [[1]]]})  # the second member reaches 5
+        with pytest.raises(UsageError, match="nested deeper than 4 levels"):
+            log.append("x", {"a": [[]], "v": [[[1]]]})
+
+
+def test_an_overlong_line_is_refused_without_being_held_whole(tmp_path: Path, key) -> None:
+    import tracemalloc
+
+    p = tmp_path / "ev.log"
+    _write(p, key, 1)
+    with open(p, "ab") as f:
+        f.write(b"[" * (32 << 20) + b"\n")
+    tracemalloc.start()
+    try:
+        with pytest.raises(IntegrityError, match="longer than 1048576 bytes"):
+            verify(p, key.public_key())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20  # at most a line and its buffers, not the 32 MiB
+
+
+def test_a_read_error_is_a_usage_error_naming_the_log(tmp_path: Path, key, monkeypatch) -> None:
+    p = tmp_path / "ev.log"
+    _write(p, key, 1)
+    real = os.fdopen
+
+    class Failing:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.f.close()
+
+        def readline(self, n: int) -> bytes:
+            raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode: Failing(real(fd, mode)))
+    with pytest.raises(UsageError) as ei:
+        verify(p, key.public_key())
+    assert str(ei.value) == f"cannot read event log {p}: Input/output error"
+
+
+def test_a_log_in_a_missing_directory_cannot_be_opened(tmp_path: Path, key) -> None:
+    p = tmp_path / "nowhere" / "ev.log"
+    with pytest.raises(UsageError) as ei:
+        EventLog(p, signing_key=key)
+    assert str(ei.value) == f"cannot open event log {p}: No such file or directory"
+
+
+def test_a_writer_refuses_a_one_byte_fragment_naming_the_log(tmp_path: Path, key) -> None:
+    p = tmp_path / "ev.log"
+    p.write_bytes(b"{")
+    with pytest.raises(IntegrityError) as ei:
+        EventLog(p, signing_key=key)
+    assert str(ei.value) == f"event log {p}: no complete record (empty or truncated)"
+    assert p.read_bytes() == b"{"
+
+
+def test_write_errors_word_for_word(tmp_path: Path, key, monkeypatch) -> None:
+    p = tmp_path / "ev.log"
+    log = EventLog(p, signing_key=key)
+    fd = log._fd
+    real = os.write
+    monkeypatch.setattr(os, "write", lambda n, d: 0 if n == fd else real(n, d))
+    with pytest.raises(FileSystemError) as ei:
+        log.append("x", {})
+    monkeypatch.undo()
+    assert str(ei.value) == f"cannot write event log {p}: the write made no progress"
+    assert ei.value.hint == (
+        "the record was not written; the log refuses further records until it is reopened"
+    )
+    assert isinstance(ei.value.__cause__, OSError) and ei.value.__cause__.errno == errno.EIO
+    log.close()

@@ -448,3 +448,156 @@ def test_a_bound_anchor_needs_its_counter_to_write(tmp_path: Path, key, tpm: str
     # a verifier without the TPM checks what it can, and says the counter was not checked
     rep = verify(log, key.public_key(), anchor=LogAnchor(tmp_path))
     assert rep.anchor_seq == rep.last_seq and not rep.counter_checked
+
+
+# -- the counter logic without a TPM: a counter in memory -----------------------------------
+
+
+class FakeCounter:
+    """A monotonic counter in memory, as :class:`TpmNvCounter` behaves."""
+
+    name = "fake counter"
+
+    def __init__(self, start: int = 41) -> None:
+        self.value: int | None = None
+        self.start = start
+        self.increments = 0
+
+    def read(self) -> int | None:
+        return self.value
+
+    def increment(self) -> int:
+        self.value = self.start if self.value is None else self.value + 1
+        self.increments += 1
+        return self.value
+
+
+def test_counter_logic_follows_every_checkpoint_and_catches_up_at_open(tmp_path: Path, key) -> None:
+    counter = FakeCounter()
+    log = tmp_path / "events.log"
+    _session(log, key, LogAnchor(tmp_path, counter=counter), 5)  # checkpoint + final
+    # first use: one increment to learn the value, then one per checkpoint
+    assert counter.value == 43 and counter.increments == 3
+    assert _anchor_doc(tmp_path)["counter"] == 43
+    # a crash after the anchor was written, before the increment
+    counter.value = 42
+    lg = EventLog(log, signing_key=key, anchor=LogAnchor(tmp_path, counter=counter))
+    assert counter.value == 43  # caught up at open, before any checkpoint
+    lg.close()
+    assert counter.value == 44 == _anchor_doc(tmp_path)["counter"]
+    rep = verify(log, key.public_key(), anchor=LogAnchor(tmp_path, counter=counter))
+    assert rep.counter_checked and rep.clean
+
+
+def test_counter_logic_refusals_word_for_word(tmp_path: Path, key) -> None:
+    counter = FakeCounter()
+    log = tmp_path / "events.log"
+    path = tmp_path / ANCHOR_NAME
+    _session(log, key, LogAnchor(tmp_path, counter=counter), 1)
+    old_log, old_anchor = log.read_bytes(), path.read_bytes()
+    _session(log, key, LogAnchor(tmp_path, counter=counter), 1)
+    assert counter.value == 43
+    log.write_bytes(old_log)
+    path.write_bytes(old_anchor)
+    with pytest.raises(LogRolledBackError) as ei:
+        verify(log, key.public_key(), anchor=LogAnchor(tmp_path, counter=counter))
+    assert str(ei.value) == (
+        f"event-log anchor {path} is older than fake counter: bound to 42, the counter is "
+        "at 43; an earlier anchor was restored"
+    )
+    assert ei.value.hint == "the log and its anchor were rolled back"
+    path.unlink()
+    with pytest.raises(LogRolledBackError) as ei:
+        EventLog(log, signing_key=key, anchor=LogAnchor(tmp_path, counter=counter))
+    assert str(ei.value) == (
+        f"event-log anchor {path} is missing, but fake counter is at 43: "
+        "the anchor (and the log) were deleted"
+    )
+    assert ei.value.hint == "a device whose log is reset on purpose must reset the counter too"
+    path.write_bytes(old_anchor)
+    counter.value = 40  # another TPM, or a cleared one that counts from lower
+    with pytest.raises(IntegrityError) as ei:
+        verify(log, key.public_key(), anchor=LogAnchor(tmp_path, counter=counter))
+    assert str(ei.value) == (
+        f"event-log anchor {path} is bound to 42, but fake counter is at 40: "
+        "not this device's TPM, or it was cleared"
+    )
+    counter.value = None
+    with pytest.raises(IntegrityError) as ei:
+        verify(log, key.public_key(), anchor=LogAnchor(tmp_path, counter=counter))
+    assert str(ei.value) == (
+        f"event-log anchor {path} is bound to fake counter at 42, but the counter was "
+        "never incremented: it was deleted or the TPM cleared"
+    )
+    with pytest.raises(StateStoreError) as ei:
+        EventLog(log, signing_key=key, anchor=LogAnchor(tmp_path))
+    assert str(ei.value) == (
+        f"event-log anchor {path} is bound to a TPM counter, but no counter was given"
+    )
+    assert ei.value.hint == "set EDGEGUARD_TPM to the device's TPM (its TCTI)"
+    # an anchor written before the counter was configured is bound at the next checkpoint
+    fresh = tmp_path / "fresh"
+    fresh.mkdir(mode=0o700)
+    _session(fresh / "events.log", key, LogAnchor(fresh), 1)
+    unbound = (fresh / ANCHOR_NAME).read_bytes()
+    c2 = FakeCounter(start=7)
+    _session(fresh / "events.log", key, LogAnchor(fresh, counter=c2), 1)
+    assert _anchor_doc(fresh)["counter"] == c2.value == 8
+    (fresh / ANCHOR_NAME).write_bytes(unbound)  # the anchor from before the counter, put back
+    with pytest.raises(LogRolledBackError, match="bound to None, the counter is at 8"):
+        verify(fresh / "events.log", key.public_key(), anchor=LogAnchor(fresh, counter=c2))
+
+
+def test_someone_else_incrementing_the_counter_is_an_integrity_error(tmp_path: Path, key) -> None:
+    counter = FakeCounter()
+    log = tmp_path / "events.log"
+    lg = EventLog(
+        log, signing_key=key, checkpoint_every=2, anchor=LogAnchor(tmp_path, counter=counter)
+    )
+    lg.append("x", {})
+    lg.append("x", {})  # a checkpoint: the counter is at 42
+    counter.value = 47  # someone else
+    lg.append("x", {})
+    with pytest.raises(IntegrityError) as ei:
+        lg.append("x", {})
+    assert str(ei.value) == (
+        "fake counter went from 42 to 48 on one increment: someone else increments it"
+    )
+    os.close(lg._fd)
+
+
+def test_behind_messages_name_the_log_and_the_anchor(tmp_path: Path, key) -> None:
+    log = tmp_path / "events.log"
+    anchor = LogAnchor(tmp_path)
+    _session(log, key, anchor, 5)
+    doc = _anchor_doc(tmp_path)
+    recs = [json.loads(x) for x in log.read_bytes().splitlines()]
+    # a key holder rewrites record 2: the checkpoint at the anchor's seq has another head
+    recs[2]["data"]["i"] = 99
+    log.write_bytes(_seal(recs, key))
+    assert verify(log, key.public_key(), require_clean=True).clean
+    with pytest.raises(LogRolledBackError) as ei:
+        verify(log, key.public_key(), anchor=anchor)
+    assert str(ei.value) == (
+        f"event log {log} is behind its anchor {anchor.path}: record {doc['seq']} is not "
+        "the signed checkpoint the anchor names"
+    )
+    other = tmp_path / "other"
+    other.mkdir(mode=0o700)
+    _session(other / "events.log", key, LogAnchor(other), 1)
+    shutil.copyfile(other / "events.log", log)
+    other_id = json.loads((other / "events.log").read_bytes().splitlines()[0])["data"]["log_id"]
+    with pytest.raises(LogRolledBackError) as ei:
+        verify(log, key.public_key(), anchor=anchor)
+    assert str(ei.value) == (
+        f"event log {log} is behind its anchor {anchor.path}: it is log {other_id}, "
+        f"the anchor names {doc['log_id']}"
+    )
+    log.unlink()
+    with pytest.raises(LogRolledBackError) as ei:
+        EventLog(log, signing_key=key, anchor=anchor)
+    assert str(ei.value) == (
+        f"event log {log} is behind its anchor {anchor.path}: the log is empty, but the "
+        f"anchor records a signed checkpoint at record {doc['seq']} of log {doc['log_id']}: "
+        "it was deleted or cut back"
+    )
