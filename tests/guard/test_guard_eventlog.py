@@ -487,8 +487,12 @@ def test_symlinked_log_is_refused_by_writer_and_verifier(tmp_path: Path, key) ->
     link.symlink_to(real)
     with pytest.raises(FileSystemError, match=r"events\.log is a symbolic link"):
         EventLog(link, signing_key=key)
-    with pytest.raises(FileSystemError, match=r"events\.log is a symbolic link"):
+    with pytest.raises(FileSystemError) as ei:
         verify(link, key.public_key())
+    assert str(ei.value) == f"event log {link} is a symbolic link; refusing to follow it"
+    assert ei.value.hint == (
+        "the log must be a regular file; a link there is tampering or a mistake"
+    )
     assert real.read_bytes() == before
     # a dangling link: following it would create the file it names
     link.unlink()
