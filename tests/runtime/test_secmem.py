@@ -64,7 +64,10 @@ def test_open_and_load_write_no_file_but_the_state_store(
 
     def spy_os_open(path, flags, *a, **k):  # type: ignore[no-untyped-def]
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
-            writes.append(str(path))
+            where = str(path)
+            if k.get("dir_fd") is not None:  # openat: relative to that directory
+                where = os.path.join(os.readlink(f"/proc/self/fd/{k['dir_fd']}"), where)
+            writes.append(where)
         return real_os_open(path, flags, *a, **k)
 
     def spy_open_bundle(*a, **k):  # type: ignore[no-untyped-def]
