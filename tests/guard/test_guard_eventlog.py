@@ -753,10 +753,10 @@ def test_batch_mode_fsyncs_when_the_interval_passed(tmp_path: Path, key, monkeyp
     log = EventLog(p, signing_key=key, sync="batch", batch_records=100, batch_interval_s=2.0)
     spy.watch(log)
     log.append("x", {})
-    now[0] += 1.9
+    now[0] += 1.75
     log.append("x", {})
     assert spy.sizes == []
-    now[0] += 0.1  # 2.0 s since the last fsync
+    now[0] += 0.25  # exactly 2.0 s since the last fsync (binary fractions: no rounding)
     log.append("x", {})
     assert len(spy.sizes) == 1
     now[0] += 1.0
