@@ -31,6 +31,7 @@ __all__ = [
     "IntegrityError",
     "InternalError",
     "KeyFileError",
+    "LogRolledBackError",
     "MalformedError",
     "MissingDependencyError",
     "NotARecipientError",
@@ -93,6 +94,17 @@ class IntegrityError(EdgeguardError):
     """
 
     exit_code = 4
+
+
+class LogRolledBackError(IntegrityError):
+    """An event log is behind its anchor: cut back, rolled back, replaced or deleted.
+
+    The log itself may verify (a cut back to an earlier session's final
+    checkpoint is a clean, fully signed log), but the anchor kept outside it
+    (the state directory's ``eventlog.anchor``, and with a TPM its NV counter)
+    records a later signed checkpoint than the log holds, or a different log.
+    An integrity error (exit 4) with its own message.
+    """
 
 
 class UntrustedSignerError(EdgeguardError):

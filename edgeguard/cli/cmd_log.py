@@ -1,10 +1,14 @@
 """``edgeguard log``: inspect and verify tamper-evident event logs.
 
-Layer: CLI. ``edgeguard log verify LOG --device-pub device.pub [--json] [--allow-unclean]``
-checks the hash chain and every signed checkpoint of an event log written by
-the guarded runtime (format: ``docs/eventlog.md``). Exit 0 when the log
+Layer: CLI. ``edgeguard log verify LOG --device-pub device.pub [--state-dir DIR]
+[--tpm TCTI] [--json] [--allow-unclean]`` checks the hash chain and every signed
+checkpoint of an event log written by the guarded runtime (format:
+``docs/eventlog.md``), and the log against its anchor: ``eventlog.anchor`` in
+``--state-dir``, or next to ``LOG`` when that option is not given, and the TPM
+counter of ``--tpm`` (or ``$EDGEGUARD_TPM``). Exit 0 when the log
 verifies and ends with a final checkpoint; exit 4 (IntegrityError) on any
-edit, deletion, insertion, reordering or foreign key; exit 13
+edit, deletion, insertion, reordering or foreign key, and on a log behind its
+anchor (cut back or rolled back to an earlier checkpoint); exit 13
 (UncleanLogError) when the log verifies but its writer stopped without
 closing it (crash, power loss, kill, or a cut tail: the log alone cannot tell
 which), unless ``--allow-unclean`` is given, which accepts that and reports
@@ -16,12 +20,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import TYPE_CHECKING, Any
 
 from edgeguard.errors import KeyFileError, UsageError
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import ec
+
+    from edgeguard.guard.loganchor import LogAnchor
 
 __all__ = ["register", "run"]
 
@@ -51,6 +58,18 @@ def register(subparsers: Any) -> None:
         "--pubkey-pem",
         metavar="FILE",
         help="alternatively: PEM SubjectPublicKeyInfo of the ECDSA P-256 key",
+    )
+    v.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="the device's state directory: check the log against its eventlog.anchor "
+        "(default: the anchor next to LOG, if there is one)",
+    )
+    v.add_argument(
+        "--tpm",
+        metavar="TCTI",
+        help="check the anchor against the TPM NV counter (default: $EDGEGUARD_TPM), "
+        "e.g. device:/dev/tpmrm0",
     )
     v.add_argument("--json", action="store_true", help="print the report as JSON")
     v.add_argument(
@@ -99,14 +118,35 @@ def _load_verify_key(args: argparse.Namespace) -> ec.EllipticCurvePublicKey:
     return key
 
 
+def _anchor(args: argparse.Namespace) -> tuple[LogAnchor | None, bool]:
+    """The anchor to check the log against, and whether it must exist.
+
+    ``--state-dir`` names it (it must then exist, unless the TPM counter says
+    more); without it, an anchor next to ``LOG`` is used when there is one.
+    """
+    from pathlib import Path
+
+    from edgeguard.guard.loganchor import ANCHOR_NAME, LogAnchor, TpmNvCounter, counter_from_env
+
+    counter = TpmNvCounter(args.tpm) if getattr(args, "tpm", None) else counter_from_env()
+    state_dir = getattr(args, "state_dir", None)
+    if state_dir:
+        return LogAnchor(state_dir, counter=counter), True
+    beside = Path(args.log).parent
+    if counter is not None or os.path.lexists(beside / ANCHOR_NAME):
+        return LogAnchor(beside, counter=counter), False
+    return None, False
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``edgeguard log verify``."""
     from edgeguard.errors import EdgeguardError
     from edgeguard.guard.eventlog import verify
 
     key = _load_verify_key(args)
+    anchor, required = _anchor(args)
     # An unclean end is checked after the report is out, so --json shows it with exit 13.
-    report = verify(args.log, key, require_clean=False)
+    report = verify(args.log, key, require_clean=False, anchor=anchor, require_anchor=required)
     if args.json:
         print(json.dumps(report.to_dict(), sort_keys=True))
         if not args.allow_unclean:
@@ -130,6 +170,13 @@ def run(args: argparse.Namespace) -> int:
     table.add_row("unsigned tail", f"{report.unsigned_tail} record(s)")
     table.add_row("torn last write", f"{report.torn_tail_bytes} byte(s) ignored")
     table.add_row("sessions", str(report.sessions))
+    if report.anchor is None:
+        table.add_row("anchor", "none: a cut back to an earlier checkpoint cannot be seen")
+    else:
+        counter = "checked" if report.counter_checked else "not checked (no --tpm)"
+        table.add_row(
+            "anchor", f"record {report.anchor_seq} ({report.anchor}); TPM counter {counter}"
+        )
     table.add_row("kinds", ", ".join(f"{k}={v}" for k, v in sorted(report.kinds.items())))
     Console().print(table)
     return 0

@@ -12,7 +12,8 @@ naming the format, a random log id and the signing key's id. Every
 ``checkpoint_every`` records, and on :meth:`EventLog.close`, a
 ``checkpoint`` record carries an ECDSA P-256 / SHA-256 signature by the device
 key over (log id, sequence number, chain head). A log closed cleanly ends with
-a checkpoint whose ``final`` is true.
+a checkpoint whose ``final`` is true. Lines are read one at a time with a bounded
+length, and their nesting is bounded before a JSON parser sees them (:class:`LogLimits`).
 
 Verification has two failure outcomes: :class:`~edgeguard.errors.IntegrityError`
 (exit 4) for any edit, deletion, insertion, reordering or foreign key, and, only
@@ -33,29 +34,44 @@ the last fsync.
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
 import math
 import os
+import re
 import secrets
+import stat
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from edgeguard.errors import IntegrityError, MalformedError, UncleanLogError, UsageError
+from edgeguard.errors import (
+    FileSystemError,
+    IntegrityError,
+    LogRolledBackError,
+    StateStoreError,
+    UncleanLogError,
+    UsageError,
+)
+
+if TYPE_CHECKING:
+    from edgeguard.guard.loganchor import AnchorState, LogAnchor
 
 __all__ = [
+    "DEFAULT_LIMITS",
     "FORMAT",
     "GENESIS_PREV",
     "EventLog",
+    "LogLimits",
     "LogReport",
     "canonical_json",
     "key_id",
@@ -66,7 +82,49 @@ FORMAT = "edgeguard-eventlog/1"
 GENESIS_PREV = "0" * 64
 _SIG_CONTEXT = b"edgeguard-eventlog/1 checkpoint\x00"
 _RECORD_KEYS = frozenset({"seq", "time", "kind", "data", "prev", "hash"})
-_MAX_LINE = 1 << 20
+_OPEN_KEYS = frozenset({"format", "log_id", "key_id", "checkpoint_every"})
+_RESUME_KEYS = frozenset({"key_id", "previous_clean", "torn_bytes_dropped"})
+_LOG_ID = re.compile(r"[0-9a-f]{32}")
+# A JSON string (escapes included) and the bracket characters outside strings.
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+@dataclass(frozen=True)
+class LogLimits:
+    """Hard limits on a log line, checked before it is parsed (one place, not literals).
+
+    Attributes:
+        max_line_bytes: Longest line, its line feed included. The writer refuses a
+            longer record; the verifier stops reading a line at this length.
+        max_depth: Deepest nesting of arrays and objects in a record, the record
+            object itself counting 1 (``{"data":{"v":[1]}}`` is 3).
+    """
+
+    max_line_bytes: int = 1 << 20
+    max_depth: int = 64
+
+
+DEFAULT_LIMITS = LogLimits()
+
+
+def _too_deep(text: bytes, max_depth: int) -> bool:
+    """Whether JSON ``text`` nests arrays/objects deeper than ``max_depth``.
+
+    A scan of the bytes (strings skipped), so it costs no recursion: a line of
+    100 000 ``[`` is refused here instead of exhausting the parser's stack.
+    """
+    if text.count(b"[") + text.count(b"{") <= max_depth:
+        return False
+    depth = 0
+    for m in _BRACKET.finditer(_JSON_STRING.sub(b"", text)):
+        if m.group() in (b"[", b"{"):
+            depth += 1
+            if depth > max_depth:
+                return True
+        else:
+            depth -= 1
+    return False
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -116,6 +174,12 @@ class LogReport:
         torn_tail_bytes: Bytes of a partially written last line (a torn write), ignored.
         unsigned_tail: Records after the last checkpoint (chained but not yet signed).
         sessions: Number of ``log_open`` / ``log_resume`` sessions.
+        head: ``hash`` of the last complete record (the chain head).
+        anchor: The anchor file the log was checked against, or None (the log
+            alone was checked, so a cut back to an earlier session's final
+            checkpoint could not be seen).
+        anchor_seq: The anchor's checkpoint (-1 without an anchor).
+        counter_checked: The anchor was checked against a monotonic (TPM) counter.
         kinds: Count of records per kind.
     """
 
@@ -129,6 +193,10 @@ class LogReport:
     torn_tail_bytes: int
     unsigned_tail: int
     sessions: int
+    head: str = GENESIS_PREV
+    anchor: str | None = None
+    anchor_seq: int = -1
+    counter_checked: bool = False
     kinds: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -178,18 +246,54 @@ class LogReport:
             "torn_tail_bytes": self.torn_tail_bytes,
             "unsigned_tail": self.unsigned_tail,
             "sessions": self.sessions,
+            "head": self.head,
+            "anchor": self.anchor,
+            "anchor_seq": self.anchor_seq,
+            "counter_checked": self.counter_checked,
             "kinds": dict(sorted(self.kinds.items())),
         }
 
 
 def _bad(n: int, what: str) -> IntegrityError:
     return IntegrityError(
-        f"event log: record {n}: {what}",
+        f"event log: record {n} (line {n + 1}): {what}",
         hint="records were edited, deleted, inserted or reordered, or another key signed",
     )
 
 
-def _parse_line(line: bytes, n: int) -> dict[str, Any]:
+def _is_count(v: Any, low: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _open_ok(data: dict[str, Any]) -> bool:
+    """``log_open`` data holds exactly its four members, well typed."""
+    return (
+        set(data) == _OPEN_KEYS
+        and isinstance(data["log_id"], str)
+        and _LOG_ID.fullmatch(data["log_id"]) is not None
+        and isinstance(data["key_id"], str)
+        and _is_count(data["checkpoint_every"], 1)
+    )
+
+
+def _resume_ok(data: dict[str, Any]) -> bool:
+    """``log_resume`` data holds exactly its three members, well typed."""
+    return (
+        set(data) == _RESUME_KEYS
+        and isinstance(data["key_id"], str)
+        and isinstance(data["previous_clean"], bool)
+        and _is_count(data["torn_bytes_dropped"], 0)
+    )
+
+
+def _parse_line(line: bytes, n: int, limits: LogLimits) -> dict[str, Any]:
+    """One complete line (without its line feed) as a record of the right shape.
+
+    The depth is checked before the parser sees the line, so no line can
+    exhaust its stack; the reader bounded the length.
+    """
+    if _too_deep(line, limits.max_depth):
+        raise _bad(n, f"nested deeper than {limits.max_depth} levels")
     try:
         rec = json.loads(line)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # deep nesting recurses
@@ -216,11 +320,35 @@ def _parse_line(line: bytes, n: int) -> dict[str, Any]:
     return rec
 
 
-def _split(raw: bytes) -> tuple[list[bytes], int]:
-    """Complete lines and the length of a torn (unterminated) tail."""
-    parts = raw.split(b"\n")
-    tail = parts.pop()  # b"" when the file ends with a newline
-    return parts, len(tail)
+def _open_log(path: Path, flags: int, *, what: str) -> int:
+    """Open the log file itself, never a symbolic link or anything but a regular file.
+
+    ``O_NOFOLLOW`` refuses a link at the log's name (which could point the
+    writer at another file, or create one elsewhere); ``O_NONBLOCK`` keeps a
+    FIFO planted there from blocking the open, and the ``fstat`` refuses it.
+
+    Raises:
+        FileSystemError: The name is a symbolic link or not a regular file.
+        UsageError: The file cannot be opened (missing, no permission).
+    """
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise FileSystemError(
+                f"event log {path} is a symbolic link; refusing to follow it",
+                hint="the log must be a regular file; a link there is tampering or a mistake",
+            ) from exc
+        raise UsageError(f"cannot {what} event log {path}: {exc.strerror}") from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise FileSystemError(f"event log {path} is not a regular file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def verify(
@@ -228,42 +356,79 @@ def verify(
     public_key: ec.EllipticCurvePublicKey,
     *,
     require_clean: bool = False,
+    limits: LogLimits = DEFAULT_LIMITS,
+    anchor: LogAnchor | None = None,
+    require_anchor: bool = False,
 ) -> LogReport:
-    """Verify an event log end to end.
+    """Verify an event log end to end, and against its anchor when one is given.
 
-    Checks, for every complete line: canonical encoding, consecutive ``seq``
-    from 0, ``prev`` equal to the previous record's ``hash``, ``hash`` equal to
-    the digest of the record, the genesis naming this format and the key, and
-    every checkpoint's signature over (log id, seq, head). A final line
-    without a newline is a torn write (reported, not an error).
+    Checks, for every complete line: length and nesting within ``limits``,
+    canonical encoding, consecutive ``seq`` from 0, ``prev`` equal to the
+    previous record's ``hash``, ``hash`` equal to the digest of the record, the
+    genesis naming this format and the key, and every checkpoint's signature
+    over (log id, seq, head). A final line without a newline is a torn write
+    (reported, not an error). The file is read one line at a time.
 
     Args:
         path: The log file.
         public_key: The device's P-256 public key.
         require_clean: Raise :class:`UncleanLogError` unless the log ends with a
             final checkpoint.
+        limits: Longest line and deepest nesting accepted.
+        anchor: The log's anchor (state directory, optional TPM counter): the
+            log must reach the anchor's checkpoint, and hold it at its ``seq``.
+        require_anchor: A missing anchor file is an error, not "unchecked".
 
     Returns:
         The report; ``report.clean`` is False when the writer stopped without
         closing ("writer stopped without closing after record N").
 
     Raises:
-        IntegrityError: Any edit, deletion, insertion, reordering or wrong key;
-            the message names the record. Checked before the end, so an edited
-            log whose writer also crashed raises this, not ``UncleanLogError``.
+        IntegrityError: Any edit, deletion, insertion, reordering, wrong key, or
+            a line that is too long, too deeply nested or not a record; the
+            message names the record and its line. Checked before the end, so
+            an edited log whose writer also crashed raises this, not
+            ``UncleanLogError``.
         UncleanLogError: With ``require_clean``, the log verifies but does not
             end with a final checkpoint (crash, power loss, kill, or a tail cut
             at a record boundary, which the log alone cannot tell apart).
+        LogRolledBackError: The log is behind its anchor (cut back, rolled back,
+            replaced), or the anchor behind the TPM counter (exit 4 like any
+            integrity error, with its own message).
         UsageError: The file cannot be read.
+        FileSystemError: ``path`` is a symbolic link or not a regular file.
+        StateStoreError: The anchor cannot be read safely, or is required and missing.
     """
     p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read event log {p}: {exc.strerror}") from exc
-    lines, torn = _split(raw)
-    if not lines:
-        raise IntegrityError(f"event log {p}: no complete record (empty or truncated)")
+    state = None
+    if anchor is not None:
+        state = anchor.load(public_key, required=require_anchor)
+    fd = _open_log(p, os.O_RDONLY, what="read")
+    with os.fdopen(fd, "rb") as f:
+        report = _verify_stream(f, str(p), public_key, limits, anchor=anchor, state=state)
+    if require_clean:
+        report.raise_if_unclean()
+    return report
+
+
+def _behind(name: str, anchor: LogAnchor, what: str) -> LogRolledBackError:
+    return LogRolledBackError(
+        f"event log {name} is behind its anchor {anchor.path}: {what}",
+        hint="later records, sessions included, were removed or the log replaced; "
+        "the log alone cannot show this",
+    )
+
+
+def _verify_stream(
+    f: IO[bytes],
+    name: str,
+    public_key: ec.EllipticCurvePublicKey,
+    limits: LogLimits,
+    *,
+    anchor: LogAnchor | None = None,
+    state: AnchorState | None = None,
+) -> LogReport:
+    """The rules of :func:`verify` over an open file, read from its current offset."""
     kid = key_id(public_key)
     prev = GENESIS_PREV
     log_id = ""
@@ -272,10 +437,19 @@ def verify(
     sessions = 0
     clean = False
     kinds: Counter[str] = Counter()
-    for n, line in enumerate(lines):
-        if len(line) > _MAX_LINE:
-            raise _bad(n, "line too long")
-        rec = _parse_line(line, n)
+    cap = limits.max_line_bytes
+    n = 0
+    while True:
+        try:
+            line = f.readline(cap + 1)
+        except OSError as exc:
+            raise UsageError(f"cannot read event log {name}: {exc.strerror}") from exc
+        if len(line) > cap:  # its line feed included, like the writer counts
+            raise _bad(n, f"longer than {cap} bytes")
+        if not line.endswith(b"\n"):
+            torn = len(line)  # 0 when the file ends with a line feed
+            break
+        rec = _parse_line(line[:-1], n, limits)
         if rec["seq"] != n:
             raise _bad(n, f"sequence number {rec['seq']} where {n} was expected")
         if rec["prev"] != prev:
@@ -288,14 +462,20 @@ def verify(
         if n == 0:
             if kind != "log_open" or data.get("format") != FORMAT:
                 raise _bad(0, f"first record must be log_open of {FORMAT}")
-            if data.get("key_id") != kid:
+            if not _open_ok(data):
+                raise _bad(0, "malformed log_open")
+            if data["key_id"] != kid:
                 raise _bad(0, "log was opened for a different key")
-            log_id = str(data.get("log_id", ""))
+            log_id = data["log_id"]
             sessions = 1
+            if anchor is not None and state is not None and log_id != state.log_id:
+                raise _behind(name, anchor, f"it is log {log_id}, the anchor names {state.log_id}")
         elif kind == "log_open":
             raise _bad(n, "log_open after the first record")
         elif kind == "log_resume":
-            if data.get("key_id") != kid:
+            if not _resume_ok(data):
+                raise _bad(n, "malformed log_resume")
+            if data["key_id"] != kid:
                 raise _bad(n, "log resumed with a different key")
             sessions += 1
         elif clean:
@@ -324,14 +504,31 @@ def verify(
             clean = final
         else:
             clean = False
+        if (
+            anchor is not None
+            and state is not None
+            and n == state.seq
+            and (kind != "checkpoint" or rec["prev"] != state.head)
+        ):
+            raise _behind(name, anchor, f"record {n} is not the signed checkpoint the anchor names")
         kinds[kind] += 1
         prev = rec["hash"]
+        n += 1
+    if anchor is not None and state is not None and n - 1 < state.seq:
+        raise _behind(
+            name,
+            anchor,
+            f"the log ends at record {n - 1}, but the anchor records a signed checkpoint "
+            f"at record {state.seq}: it was cut back or rolled back",
+        )
+    if n == 0:
+        raise IntegrityError(f"event log {name}: no complete record (empty or truncated)")
     clean = clean and torn == 0
-    last = len(lines) - 1
-    report = LogReport(
-        path=str(p),
+    last = n - 1
+    return LogReport(
+        path=name,
         log_id=log_id,
-        records=len(lines),
+        records=n,
         checkpoints=checkpoints,
         last_seq=last,
         last_checkpoint_seq=last_cp,
@@ -339,11 +536,12 @@ def verify(
         torn_tail_bytes=torn,
         unsigned_tail=last - last_cp,
         sessions=sessions,
+        head=prev,
+        anchor=str(anchor.path) if anchor is not None and state is not None else None,
+        anchor_seq=state.seq if state is not None else -1,
+        counter_checked=anchor is not None and anchor.counter is not None,
         kinds=dict(kinds),
     )
-    if require_clean:
-        report.raise_if_unclean()
-    return report
 
 
 class EventLog:
@@ -369,9 +567,18 @@ class EventLog:
         batch_interval_s: In batch mode, fsync when this much time passed since
             the last fsync (checked at each append).
         clock: Wall clock for record timestamps (only informational).
+        limits: Longest line and deepest nesting; a record beyond them is
+            refused, so the writer never writes what the verifier would refuse.
+        anchor: Where the latest signed checkpoint is anchored outside the log
+            (:class:`~edgeguard.guard.loganchor.LogAnchor`: the state directory,
+            and a TPM counter if configured). Opening checks the log against it
+            and every checkpoint advances it.
 
     Raises:
         UsageError: Bad arguments or the file cannot be opened.
+        LogRolledBackError: The log is behind its anchor (cut back, replaced,
+            deleted), or the anchor behind the TPM counter.
+        StateStoreError: The anchor cannot be read or written safely.
         IntegrityError: The existing file does not verify with this key.
     """
 
@@ -385,6 +592,8 @@ class EventLog:
         batch_records: int = 32,
         batch_interval_s: float = 1.0,
         clock: Callable[[], float] = time.time,
+        limits: LogLimits = DEFAULT_LIMITS,
+        anchor: LogAnchor | None = None,
     ) -> None:
         if not isinstance(signing_key, ec.EllipticCurvePrivateKey) or not isinstance(
             signing_key.curve, ec.SECP256R1
@@ -404,20 +613,49 @@ class EventLog:
         self._batch_records = batch_records
         self._batch_interval = batch_interval_s
         self._clock = clock
+        self._limits = limits
+        self._anchor = anchor
         self._lock = threading.Lock()
         self._closed = False
         self._failed = False
         self._pending = 0
         self._last_sync = time.monotonic()
         self._since_cp = 0
-        existed = self._path.exists() and self._path.stat().st_size > 0
-        report: LogReport | None = None
-        if existed:
-            report = verify(self._path, signing_key.public_key())
+        self._fd = _open_log(self._path, os.O_RDWR | os.O_CREAT | os.O_APPEND, what="open")
         try:
-            self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        except OSError as exc:
-            raise UsageError(f"cannot open event log {self._path}: {exc.strerror}") from exc
+            self._start(signing_key.public_key())
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def _start(self, public_key: ec.EllipticCurvePublicKey) -> None:
+        """Verify what the file holds through the open descriptor, then open or resume."""
+        state = None
+        anchor = self._anchor
+        if anchor is not None:
+            state = anchor.load(public_key)
+            if state is not None and state.counter is not None and anchor.counter is None:
+                raise StateStoreError(
+                    f"event-log anchor {anchor.path} is bound to a TPM counter, "
+                    "but no counter was given",
+                    hint="set EDGEGUARD_TPM to the device's TPM (its TCTI)",
+                )
+        size = os.fstat(self._fd).st_size
+        report: LogReport | None = None
+        if size > 0:
+            with os.fdopen(os.dup(self._fd), "rb") as f:
+                report = _verify_stream(
+                    f, str(self._path), public_key, self._limits, anchor=anchor, state=state
+                )
+        elif anchor is not None and state is not None:
+            raise _behind(
+                str(self._path),
+                anchor,
+                f"the log is empty, but the anchor records a signed checkpoint at record "
+                f"{state.seq} of log {state.log_id}: it was deleted or cut back",
+            )
+        if anchor is not None:
+            anchor.catch_up(state)
         if report is None:
             self._fsync_dir()
             self._log_id = secrets.token_hex(16)
@@ -429,18 +667,17 @@ class EventLog:
                     "format": FORMAT,
                     "log_id": self._log_id,
                     "key_id": self._kid,
-                    "checkpoint_every": checkpoint_every,
+                    "checkpoint_every": self._every,
                 },
                 force=True,
             )
         else:
             if report.torn_tail_bytes:
-                size = self._path.stat().st_size
                 os.ftruncate(self._fd, size - report.torn_tail_bytes)
                 os.fsync(self._fd)
             self._log_id = report.log_id
             self._seq = report.last_seq + 1
-            self._prev = self._last_hash()
+            self._prev = report.head
             self._write_record(
                 "log_resume",
                 {
@@ -472,7 +709,12 @@ class EventLog:
         """Append one record; returns its sequence number once it is written (see sync).
 
         Raises:
-            UsageError: Log closed, reserved kind, or data not JSON-encodable.
+            UsageError: Log closed, reserved kind, data not JSON-encodable, a
+                record longer or more deeply nested than the limits, or the log
+                unusable after a failed write.
+            FileSystemError: The write or fsync failed (disk full, I/O error):
+                the record is not acknowledged and the log refuses every
+                further record until it is reopened.
         """
         if (
             not isinstance(kind, str)
@@ -495,10 +737,19 @@ class EventLog:
             return self._checkpoint(final=False)
 
     def sync(self) -> None:
-        """fsync any batched records now."""
+        """fsync any batched records now.
+
+        Raises:
+            FileSystemError: The fsync failed.
+        """
         with self._lock:
             self._check_open()
-            os.fsync(self._fd)
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                raise FileSystemError(
+                    f"cannot sync event log {self._path}: {exc.strerror or exc}"
+                ) from exc
             self._pending = 0
             self._last_sync = time.monotonic()
 
@@ -509,7 +760,8 @@ class EventLog:
         checkpoint (once) and closes the file, every later call does nothing.
         After a failed write no checkpoint is written, so a torn line is never
         followed by a record. The file is closed even when writing the final
-        checkpoint fails; that error is raised by this call only.
+        checkpoint fails; that error (:class:`FileSystemError`) is raised by this
+        call only.
         """
         with self._lock:
             if self._closed:
@@ -540,18 +792,23 @@ class EventLog:
 
     def _checkpoint(self, *, final: bool) -> int:
         seq = self._seq
-        msg = _checkpoint_message(self._log_id, seq, self._prev, final)
+        head = self._prev
+        msg = _checkpoint_message(self._log_id, seq, head, final)
         sig = self._key.sign(msg, ec.ECDSA(hashes.SHA256()))
         out = self._write_record(
             "checkpoint",
             {
-                "head": self._prev,
+                "head": head,
                 "final": final,
                 "sig": base64.b64encode(sig).decode("ascii"),
             },
             force=True,
         )
         self._since_cp = 0
+        if self._anchor is not None:
+            # Only now: the checkpoint is durable (fsynced), so the anchor never
+            # names a checkpoint a power loss could take from the log.
+            self._anchor.advance(self._key, log_id=self._log_id, seq=out, head=head)
         return out
 
     def _write_record(self, kind: str, data: dict[str, Any], *, force: bool) -> int:
@@ -566,12 +823,19 @@ class EventLog:
         enc = canonical_json(body)
         h = hashlib.sha256(enc).hexdigest()
         line = canonical_json({**body, "hash": h}) + b"\n"
-        if len(line) > _MAX_LINE:
-            raise UsageError("event record too large")
+        if len(line) > self._limits.max_line_bytes:
+            raise UsageError(
+                f"event record too large ({len(line)} bytes, at most "
+                f"{self._limits.max_line_bytes} with its line feed)"
+            )
+        if _too_deep(line, self._limits.max_depth):
+            raise UsageError(f"event data nested deeper than {self._limits.max_depth} levels")
         view = memoryview(line)
         try:
             while view:
                 written = os.write(self._fd, view)
+                if written <= 0:  # never loop on a write that makes no progress
+                    raise OSError(errno.EIO, "the write made no progress")
                 view = view[written:]
             self._pending += 1
             now = time.monotonic()
@@ -584,10 +848,16 @@ class EventLog:
                 os.fsync(self._fd)
                 self._pending = 0
                 self._last_sync = now
-        except BaseException:
+        except BaseException as exc:
             # The line may be partly written: appending anything after it would
             # turn a torn write into what looks like an edit.
             self._failed = True
+            if isinstance(exc, OSError):
+                raise FileSystemError(
+                    f"cannot write event log {self._path}: {exc.strerror or exc}",
+                    hint="the record was not written; the log refuses further records "
+                    "until it is reopened",
+                ) from exc
             raise
         self._seq = seq + 1
         self._prev = h
@@ -604,15 +874,3 @@ class EventLog:
             pass
         finally:
             os.close(dfd)
-
-    def _last_hash(self) -> str:
-        raw = self._path.read_bytes()
-        lines, _ = _split(raw)
-        try:
-            rec = json.loads(lines[-1])
-            h = rec["hash"]
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise MalformedError(f"event log {self._path}: cannot read the last record") from exc
-        if not isinstance(h, str):
-            raise MalformedError(f"event log {self._path}: last record has no hash")
-        return h

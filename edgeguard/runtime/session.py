@@ -48,6 +48,7 @@ from edgeguard.errors import BackendError, PolicyError, UsageError
 from edgeguard.guard.checks import FrameChecks
 from edgeguard.guard.eventlog import EventLog
 from edgeguard.guard.health import HealthState, TransitionCallback
+from edgeguard.guard.loganchor import LogAnchor, counter_from_env
 from edgeguard.guard.metrics import Metrics
 from edgeguard.guard.sanity.check import Impl
 from edgeguard.guard.sanity.spec import Verdict
@@ -405,7 +406,9 @@ def open_session(
         isolation: ``"sandbox"`` (default): members in locked-down worker processes;
             ``"threads"``: in this process, allowed only when the bundle requires no
             isolation layer.
-        event_log: Keep the event log (``events.log`` in the state directory).
+        event_log: Keep the event log (``events.log`` in the state directory),
+            anchored in ``eventlog.anchor`` there and, when ``$EDGEGUARD_TPM``
+            names the device's TPM, in a TPM NV counter (``docs/eventlog.md``).
         executor_wrapper: Wraps the member executor, e.g. a fault injector for field
             tests (:class:`~edgeguard.fieldtest.faults.FaultyExecutor`); recorded in
             the event log.
@@ -429,7 +432,10 @@ def open_session(
             isolation floor the request or the host cannot meet, a placement that
             cannot be honoured, or a sandbox I/O area beyond the signed memory limit.
         BackendError: A member could not be loaded or started.
-        StateStoreError: The anti-rollback state cannot be read.
+        StateStoreError: The anti-rollback state or the event log's anchor
+            cannot be read.
+        LogRolledBackError: The event log is behind its anchor (cut back to an
+            earlier checkpoint, replaced or deleted): an IntegrityError.
     """
     state = _state(state_dir)
     opened = open_bundle(
@@ -441,7 +447,11 @@ def open_session(
         slots = opened.slots
         bypass = _floor(slots, isolation, unsafe_in_process, opened.manifest.name)
         if event_log:
-            log = EventLog(ensure_state_dir(state) / "events.log", signing_key=device_key.attest)
+            log = EventLog(
+                ensure_state_dir(state) / "events.log",
+                signing_key=device_key.attest,
+                anchor=LogAnchor(state, counter=counter_from_env()),
+            )
             log.append(
                 "session_open",
                 {

@@ -131,7 +131,9 @@ def test_edit_in_killed_writers_log_is_tampering_not_unclean(killed, capsys) -> 
                 assert (err["type"], err["exit_code"]) == ("IntegrityError", 4)
             else:
                 assert cap.out == ""
-            assert cap.err.startswith(f"edgeguard: error: event log: record {victim}:")
+            assert cap.err.startswith(
+                f"edgeguard: error: event log: record {victim} (line {victim + 1}):"
+            )
             assert "writer stopped" not in cap.err
 
 
@@ -168,3 +170,24 @@ def test_help(capsys) -> None:
         main(["log", "verify", "--help"])
     assert ei.value.code == 0
     assert "--pubkey-pem" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("line", [b"[" * 100_000, b'{"a":' * 100_000 + b"0" + b"}" * 100_000])
+def test_deeply_nested_line_is_exit_4_not_an_internal_error(setup, capsys, line: bytes) -> None:
+    log, pub, _ = setup
+    n = len(log.read_bytes().splitlines())
+    log.write_bytes(log.read_bytes() + line + b"\n")
+    assert main(["log", "verify", str(log), "--pubkey-pem", str(pub)]) == 4
+    err = capsys.readouterr().err
+    assert err.startswith(f"edgeguard: error: event log: record {n} (line {n + 1}): nested deeper")
+    assert err.count("\n") == 1
+
+
+def test_symlinked_log_is_refused_with_one_line(setup, tmp_path: Path, capsys) -> None:
+    log, pub, _ = setup
+    link = tmp_path / "link.log"
+    link.symlink_to(log)
+    assert main(["log", "verify", str(link), "--pubkey-pem", str(pub)]) == 12
+    cap = capsys.readouterr()
+    assert cap.out == "" and cap.err.count("\n") == 1
+    assert cap.err.startswith(f"edgeguard: error: event log {link} is a symbolic link")

@@ -507,3 +507,36 @@ def test_a_clock_behind_the_time_floor_is_recorded_in_the_event_log(tmp_path) ->
     records = [json.loads(line) for line in (tmp_path / "s" / "events.log").open()]
     behind = [r["data"] for r in records if r["kind"] == "clock_behind_floor"]
     assert behind == [{"now": t, "floor": t + 86_400, "effective": t + 86_400}]
+
+
+def test_a_log_cut_back_to_an_earlier_session_is_refused_by_the_next_session_and_log_verify(
+    world, tmp_path, capsys
+) -> None:
+    """The state directory anchors the log's latest signed checkpoint outside the log.
+
+    A log cut back to the first session's final checkpoint is a clean, fully signed log
+    (the log alone cannot show the second session is gone); the anchor next to it can.
+    """
+    from edgeguard.cli.main import main
+    from edgeguard.errors import IntegrityError
+
+    state = tmp_path / "state"
+    kw: dict[str, Any] = {"isolation": "threads", "unsafe_in_process": True}
+    with _session(world, state, **kw):
+        pass
+    first = (state / "events.log").read_bytes()
+    with _session(world, state, **kw):
+        pass
+    log = state / "events.log"
+    log.write_bytes(first)  # the second session is gone
+    pub = world["device"].public.attest
+    assert verify_log(log, pub, require_clean=True).clean  # the log alone: clean
+    dev_pub = str(world["d"] / "dev" / "device.pub")
+    assert main(["log", "verify", str(log), "--device-pub", dev_pub]) == 4
+    err = capsys.readouterr().err
+    assert err.startswith(f"edgeguard: error: event log {log} is behind its anchor ")
+    assert "cut back or rolled back" in err and err.count("\n") == 1
+    with pytest.raises(IntegrityError, match="is behind its anchor") as ei:
+        _session(world, state, **kw)
+    assert type(ei.value).__name__ == "LogRolledBackError" and ei.value.exit_code == 4
+    assert log.read_bytes() == first  # nothing was appended to the cut log
