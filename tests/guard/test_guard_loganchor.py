@@ -5,10 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +22,7 @@ from edgeguard.errors import (
 from edgeguard.guard.eventlog import EventLog, verify
 from edgeguard.guard.loganchor import ANCHOR_NAME, LogAnchor, TpmNvCounter
 from tests.guard.test_guard_eventlog import _seal
+from tests.swtpm import running_swtpm
 
 
 @pytest.fixture(scope="module")
@@ -312,63 +309,11 @@ def test_cli_checks_the_anchor_beside_the_log_or_in_state_dir(tmp_path: Path, ke
 # -- the TPM counter (swtpm) -------------------------------------------------------------------
 
 
-def _tpm_unavailable() -> str | None:
-    import importlib.util
-
-    if shutil.which("swtpm") is None:
-        return "swtpm is not installed (Debian package 'swtpm')"
-    if importlib.util.find_spec("tpm2_pytss") is None:
-        return "tpm2-pytss is not installed (pip install 'edgeguard[tpm]', needs libtss2-dev)"
-    try:
-        import tpm2_pytss  # noqa: F401
-    except Exception as exc:
-        return f"tpm2-pytss cannot load the TSS libraries: {exc}"
-    return None
-
-
 @pytest.fixture()
 def tpm() -> Iterator[str]:
     """A fresh swtpm (its own NV) per test; yields its TCTI."""
-    why = _tpm_unavailable()
-    if why is not None:
-        pytest.skip(f"TPM stack unavailable: {why}")
-    d = Path(tempfile.mkdtemp(prefix="eg-nv-"))
-    sock = d / "sock"
-    proc = subprocess.Popen(
-        [
-            "swtpm",
-            "socket",
-            "--tpm2",
-            "--tpmstate",
-            f"dir={d}",
-            "--server",
-            f"type=unixio,path={sock}",
-            "--ctrl",
-            f"type=unixio,path={sock}.ctrl",
-            "--flags",
-            "startup-clear,not-need-init",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            if proc.poll() is not None:
-                pytest.skip("TPM stack unavailable: swtpm exited at start")
-            try:
-                with socket.socket(socket.AF_UNIX) as s:
-                    s.connect(str(sock))
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("swtpm did not open its socket within 10 s")
-                time.sleep(0.05)
-        yield f"swtpm:path={sock}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        shutil.rmtree(d, ignore_errors=True)
+    with running_swtpm(prefix="eg-nv-") as tcti:
+        yield tcti
 
 
 @pytest.mark.tpm
