@@ -16,6 +16,7 @@ import json
 import os
 import resource
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,19 @@ def test_the_load_time_filter_is_on_while_the_model_is_parsed(caps: HostCapabili
         ProcessMemberExecutor(
             {"p": probe(forbidden_syscall=True)}, policy=SandboxPolicy(seccomp=REQUIRED), caps=caps
         )
+
+
+def test_a_loader_that_formats_local_time_is_not_killed(caps: HostCapabilities) -> None:
+    """C libraries log with local time while a model loads (ONNX Runtime does for a model
+    with unused initializers); with the time zone unread, glibc stats /etc/localtime at
+    each call and the load-time filter killed the worker for it."""
+    need(caps, "seccomp")
+    policy = SandboxPolicy(seccomp=REQUIRED)
+    with ProcessMemberExecutor({"p": probe(localtime=True)}, policy=policy, caps=caps) as ex:
+        call = ex.submit("p", {"x": np.zeros(1, np.float32)})
+        assert call.wait(30)
+        hour = json.loads(call.result()["state"].tobytes())["hour"]
+    assert hour == time.gmtime().tm_hour or hour == (time.gmtime().tm_hour + 1) % 24
 
 
 LIAR = str(ROOT / "tests" / "sandbox" / "liar.py")

@@ -86,9 +86,13 @@ _ENV_PASS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "LANG", "LC_ALL")
 # The worker's whole environment. Single-threaded BLAS/OpenMP so the process stays
 # single-threaded until the model loads; ORT_DISABLE_TELEMETRY stops ONNX Runtime's 1DS
 # telemetry (its wheel otherwise creates an SQLite store under ~/.cache at import and
-# keeps a background thread that writes to it at exit).
+# keeps a background thread that writes to it at exit). TZ in POSIX form: glibc reads
+# the time zone once, before lockdown, and never again (with TZ unset it stats
+# /etc/localtime on every localtime(), e.g. each log line ONNX Runtime writes while it
+# loads a model, and the seccomp filter kills the worker for that stat).
 _WORKER_ENV = {
     "PATH": "/usr/bin:/bin",
+    "TZ": "UTC0",
     "OMP_NUM_THREADS": "1",
     "OPENBLAS_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",

@@ -378,6 +378,11 @@ def main(argv: list[str] | None = None) -> int:
         _linux.set_dumpable(False)
     except (OSError, ValueError):
         return 4
+    # The time zone is read now, while files may still be read: with TZ set (the
+    # supervisor sets it) later localtime() calls (ONNX Runtime's log lines) make no
+    # system call at all.
+    time.tzset()
+    time.localtime()
     args = sys.argv[1:] if argv is None else argv
     try:
         ctl = int(args[0])
