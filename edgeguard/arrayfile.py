@@ -12,8 +12,10 @@ is two steps, and nothing is allocated for an array before both checked it:
 1. :func:`open_arrays` reads each array's ``.npy`` header through a stream that
    refuses to deliver more than a header can hold (``numpy.lib.format.read_magic`` and
    ``read_array_header_*``), refuses object, structured and other dtypes outside the
-   I/O contract's element types (so no pickle is ever loaded), and adds up the
-   declared sizes against :class:`ArrayLimits` (1 GiB by default).
+   I/O contract's element types (so no pickle is ever loaded), and adds up what the
+   arrays declare beyond the bytes the file holds for them (the inflation of compressed
+   members) against :class:`ArrayLimits` (1 GiB by default), and all they declare
+   against the memory the machine has available.
 2. The caller compares the declared shapes and dtypes with the model's inputs
    (:func:`contract_problem`), then :meth:`ArrayFile.read` fills each array (or only
    its first frames) from a stream bounded by its declared size: a zip member that
@@ -60,7 +62,10 @@ class ArrayLimits:
     """Limits on one array file, checked before anything is allocated.
 
     Attributes:
-        max_bytes: The arrays' declared sizes added up (decoded, in memory).
+        max_bytes: What the arrays may declare beyond the bytes the file holds for them,
+            added up: the inflation of compressed ``.npz`` members (and any declared size
+            the file does not back). Data stored as is (an ``.npy`` file, ``np.savez``)
+            costs what the file holds and counts only against the memory available.
         max_arrays: Arrays in one ``.npz``.
         max_rank: Axes of one array.
         max_header: Bytes of one ``.npy`` header (numpy writes at most a few hundred).
@@ -245,20 +250,24 @@ class ArrayFile:
         if len(infos) > self.limits.max_arrays:
             raise _bad(self.path, "", f"holds more than {self.limits.max_arrays} arrays")
         headers: dict[str, ArrayHeader] = {}
+        inflated: dict[str, int] = {}
         for info in infos:
             name = self._member_name(info)
             if name in headers:
                 raise _bad(self.path, name, "appears twice in the archive")
             with self._open_member(zf, info) as m:
                 headers[name] = _read_header(m, self.path, name, self.limits)
-            self._check_total(headers.values())
+            # what the member would grow to beyond its bytes in the file (its header is
+            # in those bytes too, so this never undercounts)
+            inflated[name] = max(0, headers[name].nbytes - info.compress_size)
+            self._check_total(headers.values(), inflated)
         return headers
 
     def _npy_header(self, f: IO[bytes]) -> ArrayHeader:
         """The header of an .npy file, whose size must be the header's plus the data's."""
         header = _read_header(f, self.path, "", self.limits)
-        self._check_total([header])
         size = os.fstat(f.fileno()).st_size
+        self._check_total([header], {"": max(0, header.nbytes - size)})
         if f.tell() + header.nbytes != size:
             raise _bad(
                 self.path,
@@ -286,16 +295,27 @@ class ArrayFile:
         except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
             raise _bad(self.path, info.filename[:-4], f"damaged zip member ({exc})") from exc
 
-    def _check_total(self, headers: Iterable[ArrayHeader]) -> None:
+    def _check_total(self, headers: Iterable[ArrayHeader], inflated: Mapping[str, int]) -> None:
         listed = list(headers)
         total = sum(h.nbytes for h in listed)
-        if total > self.limits.max_bytes:
+        grown = sum(inflated.values())
+        if grown > self.limits.max_bytes:
+            biggest = max(listed, key=lambda h: inflated.get(h.name, 0))
+            raise MalformedError(
+                f"{self.path}: its arrays declare {grown} bytes more than the file holds for "
+                f"them, more than the limit of {self.limits.max_bytes} (the largest: "
+                f"{biggest.name or 'the array'} {biggest.describe()})",
+                hint="split the file, store it uncompressed (np.savez), or raise the limit "
+                "with --max-input-mb",
+            )
+        available = _available_memory()
+        if available is not None and total > available:
             biggest = max(listed, key=lambda h: h.nbytes)
             raise MalformedError(
-                f"{self.path}: its arrays declare {total} bytes, more than the limit of "
-                f"{self.limits.max_bytes} (the largest: {biggest.name or 'the array'} "
-                f"{biggest.describe()})",
-                hint="split the file, or raise the limit with --max-input-mb",
+                f"{self.path}: its arrays declare {total} bytes, more than this machine's "
+                f"available memory ({available} bytes; the largest: "
+                f"{biggest.name or 'the array'} {biggest.describe()})",
+                hint="split the file into smaller ones",
             )
 
     def read(
@@ -321,6 +341,18 @@ class ArrayFile:
                         raise _bad(self.path, name, "changed while it was read")
                     out[name] = _fill(m, header, self.path, first)
         return out
+
+
+def _available_memory() -> int | None:
+    """``MemAvailable`` of ``/proc/meminfo`` in bytes (None where it cannot be read)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def open_arrays(path: Path, *, limits: ArrayLimits = DEFAULT_ARRAY_LIMITS) -> ArrayFile:

@@ -127,8 +127,9 @@ def add_input_limit_arg(p: argparse.ArgumentParser) -> None:
         type=int,
         default=1024,
         metavar="MB",
-        help="refuse an input file whose arrays declare more than this many MiB, before "
-        "anything is allocated (default 1024)",
+        help="refuse an input file whose compressed arrays would inflate to more than this "
+        "many MiB beyond their bytes in the file, before anything is allocated (default "
+        "1024; arrays stored as is count only against the available memory)",
     )
 
 
