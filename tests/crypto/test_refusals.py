@@ -643,3 +643,52 @@ def test_wrap_messages(devices: dict[str, DeviceKey]) -> None:
             "bundle is not authentic (data key does not unwrap)",
             lambda short=short, dev=dev: unwrap_data_key(short, dev, salt=salt),
         )
+
+
+# -- the tag walk and scrypt bounds at their edges ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        bytes.fromhex("82820102c24101"),  # [[1, 2], 2(h'01')]: a bignum after a nested array
+        bytes.fromhex("a201a10203" + "04c24101"),  # {1: {2: 3}, 4: 2(h'01')}: after a map
+        bytes.fromhex("8181" + "c24101"),  # [[2(h'01')]]
+    ],
+    ids=["after-array", "after-map", "nested"],
+)
+def test_a_tag_after_or_inside_nested_items_is_found(raw: bytes) -> None:
+    from edgeguard.crypto.encoding import decode_canonical
+
+    with pytest.raises(MalformedError, match=r"^x: CBOR tags are not allowed"):
+        decode_canonical(raw, what="x")
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("1901", "x: not valid CBOR (truncated)"),  # a 2-byte argument with 1 byte
+        ("1b00000000", "x: not valid CBOR (truncated)"),  # an 8-byte argument with 4
+        ("456162", "x: not valid CBOR (truncated)"),  # a 5-byte string with 2
+        ("1c", "x: not valid CBOR (reserved additional information)"),
+        ("1d", "x: not valid CBOR (reserved additional information)"),
+        ("62fffe", "x: not valid CBOR (CBORDecodeError)"),  # the walk passes, cbor2 not
+    ],
+)
+def test_the_walk_refuses_what_it_cannot_follow_in_its_own_words(raw: str, message: str) -> None:
+    from edgeguard.crypto.encoding import decode_canonical
+
+    with pytest.raises(MalformedError) as err:
+        decode_canonical(bytes.fromhex(raw), what="x")
+    assert str(err.value) == message
+
+
+def test_scrypt_bounds_are_inclusive() -> None:
+    from edgeguard.crypto.keys import _scrypt_parameters
+
+    # 128 * n * r exactly 256 MiB and n * r * p exactly 2^22: the largest accepted
+    assert _scrypt_parameters({"n": 2**20, "r": 2, "p": 2}, "k") == (2**20, 2, 2)
+    with pytest.raises(MalformedError, match="would need more than 256 MiB"):
+        _scrypt_parameters({"n": 2**20, "r": 2, "p": 3}, "k")
+    with pytest.raises(MalformedError, match="would need more than 256 MiB"):
+        _scrypt_parameters({"n": 2**20, "r": 3, "p": 1}, "k")
