@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from edgeguard.cli.main import main
+from edgeguard.errors import EdgeguardError
 
 EG = [sys.executable, "-m", "edgeguard.cli.main"]
 
@@ -72,3 +76,16 @@ def run_bundle(
         state,
         *extra,
     )
+
+
+def refused(
+    kind: type[Exception], message: str, call: Callable[[], object], *, hint: str | None = None
+) -> Exception:
+    """``call`` raises exactly ``kind`` with exactly ``message`` (and ``hint``)."""
+    with pytest.raises(kind) as err:
+        call()
+    assert type(err.value) is kind
+    assert str(err.value) == message
+    if isinstance(err.value, EdgeguardError):
+        assert err.value.hint == hint
+    return err.value

@@ -10,7 +10,7 @@ import io
 import os
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,6 @@ from edgeguard.crypto.keys import DeviceKey, SignerKey
 from edgeguard.errors import (
     BundleExpiredError,
     DeviceNotAllowedError,
-    EdgeguardError,
     IntegrityError,
     MalformedError,
     NotARecipientError,
@@ -41,19 +40,9 @@ from edgeguard.errors import (
 )
 from tests.bundle.conftest import NOW
 from tests.bundle.test_open import _split
+from tests.helpers import refused
 
 V = Path(__file__).resolve().parents[1] / "vectors" / "bundle"
-
-
-def refused(
-    kind: type[Exception], message: str, call: Callable[[], object], *, hint: str | None = None
-) -> None:
-    with pytest.raises(kind) as err:
-        call()
-    assert type(err.value) is kind
-    assert str(err.value) == message
-    if isinstance(err.value, EdgeguardError):
-        assert err.value.hint == hint
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ are part of what is tested: each names the file or structure and the problem.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -41,22 +40,10 @@ from edgeguard.crypto.stream import (
     stream_nonce,
 )
 from edgeguard.crypto.wrap import unwrap_data_key, wrap_data_key
-from edgeguard.errors import EdgeguardError, IntegrityError, KeyFileError, MalformedError
+from edgeguard.errors import IntegrityError, KeyFileError, MalformedError
+from tests.helpers import refused
 
 N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
-
-
-def refused(
-    kind: type[Exception], message: str, call: Callable[[], object], *, hint: str | None = None
-) -> Exception:
-    """``call`` raises exactly ``kind`` with exactly ``message`` (and ``hint``)."""
-    with pytest.raises(kind) as err:
-        call()
-    assert type(err.value) is kind
-    assert str(err.value) == message
-    if isinstance(err.value, EdgeguardError):
-        assert err.value.hint == hint
-    return err.value
 
 
 @pytest.fixture(scope="module")
