@@ -61,7 +61,32 @@ def contract_violations(feeds: Mapping[str, Any], specs: Sequence[TensorSpec]) -
                 spec.name,
                 f"shape {list(x.shape)}; the model takes {spec.describe()}",
             )
+    if not out:
+        out.extend(_named_axes_disagree(feeds, specs))
     return out
+
+
+def _named_axes_disagree(feeds: Mapping[str, Any], specs: Sequence[TensorSpec]) -> list[Violation]:
+    """A dynamic axis named alike in several places (``N`` of two inputs) has one size:
+    ONNX gives one symbolic name one value, and a model fed otherwise fails inside the
+    inference library instead of at the contract."""
+    seen: dict[str, tuple[int, str, int]] = {}
+    for spec in specs:
+        for axis, (dim, size) in enumerate(zip(spec.shape, feeds[spec.name].shape, strict=True)):
+            if not isinstance(dim, str):
+                continue
+            first = seen.setdefault(dim, (int(size), spec.name, axis))
+            if first[0] != size:
+                return [
+                    Violation(
+                        check="input.shape",
+                        tensor=spec.name,
+                        severity=Status.REJECT,
+                        detail=f"axis {axis} ({dim!r}) is {size}, but {dim!r} is {first[0]} "
+                        f"in axis {first[2]} of {first[1]!r}; the model takes one size for it",
+                    )
+                ]
+    return []
 
 
 class FrameChecks:

@@ -68,3 +68,25 @@ def test_split_frames_cuts_batch_axes_and_keeps_the_rest_whole() -> None:
     two = (TensorSpec("a", "float32", (None, 2)), TensorSpec("b", "float32", (None, 2)))
     with pytest.raises(Exception, match="different numbers of frames"):
         list(split_frames({"a": np.zeros((2, 2)), "b": np.zeros((3, 2))}, two))
+
+
+def test_a_named_axis_has_one_size_across_the_inputs() -> None:
+    specs = (
+        TensorSpec("image", "float32", ("N", 3, "H", "W")),
+        TensorSpec("scale", "float32", ("N", 2)),
+        TensorSpec("mask", "float32", (None, "side", "side")),
+    )
+    ok = {
+        "image": np.zeros((2, 3, 8, 6), np.float32),
+        "scale": np.zeros((2, 2), np.float32),
+        "mask": np.zeros((5, 4, 4), np.float32),
+    }
+    assert contract_violations(ok, specs) == []
+    found = contract_violations({**ok, "scale": np.zeros((3, 2), np.float32)}, specs)
+    assert [(v.check, v.tensor) for v in found] == [("input.shape", "scale")]
+    assert found[0].detail == (
+        "axis 0 ('N') is 3, but 'N' is 2 in axis 0 of 'image'; the model takes one size for it"
+    )
+    found = contract_violations({**ok, "mask": np.zeros((5, 4, 3), np.float32)}, specs)
+    assert [(v.check, v.tensor) for v in found] == [("input.shape", "mask")]
+    assert "axis 2 ('side') is 3, but 'side' is 4 in axis 1 of 'mask'" in found[0].detail
