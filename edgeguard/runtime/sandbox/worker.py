@@ -362,7 +362,7 @@ class _Lockdown:
         """Send the filter's notification listener to the supervisor (discovery only).
 
         The worker keeps its own copy open: libseccomp owns the number, and the worker
-        cannot use it (``ioctl`` is not allowed on it).
+        cannot use it (``ioctl`` is not allowed on it). Discovery is not a sandbox anyway.
         """
         from edgeguard.runtime.sandbox.seccomp import notify_fd
 
@@ -371,6 +371,7 @@ class _Lockdown:
         self.listener.sendmsg(
             [b'{"op":"listener"}'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fd.tobytes())]
         )
+        self.listener.detach()  # the control socket stays the worker's, as a number
 
 
 def _memlock_limit() -> str:
