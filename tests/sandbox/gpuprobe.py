@@ -36,8 +36,12 @@ class GpuProbe:
         return (TensorSpec("x", "float32", (1,)),)
 
     def _ioctl(self, fd: int) -> int:
+        """FIONREAD's answer, or minus the errno (stderr may be /dev/null: ENOTTY)."""
         buf = array.array("i", [0])
-        fcntl.ioctl(fd, termios.FIONREAD, buf, True)
+        try:
+            fcntl.ioctl(fd, termios.FIONREAD, buf, True)
+        except OSError as exc:
+            return -(exc.errno or errno.EIO)
         return int(buf[0])
 
     def _open(self, path: str) -> int:

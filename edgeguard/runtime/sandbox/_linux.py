@@ -17,8 +17,8 @@ import functools
 import os
 import resource
 import sys
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = [

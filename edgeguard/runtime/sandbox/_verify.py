@@ -7,8 +7,8 @@ what the kernel says about the process instead:
 
 * ``/proc/<pid>/status``: ``NoNewPrivs`` 1; ``CapInh``, ``CapPrm``, ``CapEff`` and
   ``CapAmb`` 0; no uid 0 (and, for a worker started by root, no gid 0 and exactly the
-  supplementary groups it was given: none, or a GPU member's device-node groups); ``Seccomp`` 2 when the policy asks for seccomp or the worker
-  says it applied it;
+  supplementary groups it was given: none, or a GPU member's device-node groups);
+  ``Seccomp`` 2 when the policy asks for seccomp or the worker says it applied it;
 * the owner of ``/proc/<pid>/status``: root while the worker's uid is not, which is how
   the kernel shows a non-dumpable process;
 * ``/proc/<pid>/limits``: core file size 0 always; when the rlimits layer is in force,

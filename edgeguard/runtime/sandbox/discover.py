@@ -35,12 +35,12 @@ from typing import Any
 import numpy as np
 
 from edgeguard._optional import require
-from edgeguard.errors import BackendError
+from edgeguard.errors import BackendError, PolicyError
 from edgeguard.policy.isolation import REQUIRED, SandboxPolicy
 from edgeguard.runtime.sandbox import executor as _executor
 from edgeguard.runtime.sandbox import seccomp as _seccomp
 from edgeguard.runtime.sandbox.executor import ProcessMemberExecutor, WorkerSpec
-from edgeguard.runtime.sandbox.probe import HostCapabilities
+from edgeguard.runtime.sandbox.probe import HostCapabilities, check_policy, probe_host
 
 __all__ = ["DiscoveryReport", "SeenSyscall", "run_discovery"]
 
@@ -243,7 +243,7 @@ class _DiscoveryExecutor(ProcessMemberExecutor):
     def _await_ready(self, s: Any) -> None:
         assert s.sock is not None and s.proc is not None
         ready, _, _ = select.select([s.sock], [], [], self._start_timeout)
-        data, fds = b"", []
+        data, fds = b"", list[int]()
         if ready:
             with contextlib.suppress(OSError):
                 data, fds, _flags, _addr = socket.recv_fds(s.sock, 1 << 16, 1)
@@ -301,6 +301,13 @@ def run_discovery(
         MissingDependencyError: pyseccomp is not installed.
     """
     policy = policy if policy is not None else SandboxPolicy(seccomp=REQUIRED)
+    caps = caps if caps is not None else probe_host()
+    if check_policy(policy, caps).get("seccomp") != "apply":
+        raise PolicyError(
+            "seccomp discovery needs the seccomp layer, and this policy or host has none: "
+            + caps.detail("seccomp"),
+            hint="run it with seccomp required (the default policy of run_discovery)",
+        )
     recorder = _Recorder()
     errors: list[str] = []
     served = 0

@@ -264,10 +264,14 @@ class _Lockdown:
                 from edgeguard.runtime.sandbox.seccomp import build_filter
 
                 ctl, pid = int(self.init["ctl_fd"]), os.getpid()
-                kw = {"ctl_fd": ctl, "pid": pid, "kill_action": self.action}
+                act = self.action
                 if early:
-                    self.load_filter = build_filter(**kw, phase="load")
-                self.run_filter = build_filter(**kw, profile=self.profile)
+                    self.load_filter = build_filter(
+                        ctl_fd=ctl, pid=pid, kill_action=act, phase="load"
+                    )
+                self.run_filter = build_filter(
+                    ctl_fd=ctl, pid=pid, kill_action=act, profile=self.profile
+                )
                 if self.action == "notify":
                     # one listener per process: discovery installs one filter only
                     if early:
@@ -529,6 +533,10 @@ def main(argv: list[str] | None = None) -> int:
                 target = loader(memoryview(model), fmt, dict(init.get("options", {})))
             os.close(model_fd)
         except Exception as exc:
+            # a loader's exception keeps its view of the mapping alive, so closing the
+            # mapping raises BufferError: report the loader's error, not that one
+            if isinstance(exc, BufferError) and isinstance(exc.__context__, Exception):
+                exc = exc.__context__
             _send(ctl, {"op": "error", "error": "model load failed: " + _error_text(exc)})
             return 5
         server = _Server(ctl, target, io, io_bytes)
