@@ -213,14 +213,11 @@ def _gpu_nodes(spec: WorkerSpec, root: Path) -> tuple[str, ...] | None:
     """A GPU member's device nodes below ``root`` (None for a CPU member).
 
     The GPU profile (``docs/isolation.md``, "GPU workers") goes with the accelerator
-    lockdown point; ``options["gpu_architecture"]`` narrows the families.
+    lockdown point. Every family's globs are looked up: only nodes that exist count.
     """
     if _lockdown_point(spec) != "after_load":
         return None
-    arch = spec.options.get("gpu_architecture")
-    return gpu.select_device_nodes(
-        root=root, families=gpu.families_for(None if arch is None else str(arch))
-    )
+    return gpu.select_device_nodes(root=root)
 
 
 def _worker_command(ctl_fd: int) -> list[str]:
