@@ -455,6 +455,23 @@ def test_discovery_reports_a_listed_call_whose_condition_fails(
     assert all(ex[0] == 2 for ex in seen.examples)  # on stderr, never the device descriptor
 
 
+def test_discovery_covers_threads_that_existed_before_lockdown(caps: HostCapabilities) -> None:
+    need(caps, "seccomp")
+    spec = WorkerSpec(
+        b"m" * 10,
+        fmt="test",
+        loader=PROBE,
+        python_path=(str(ROOT),),
+        options={"gpu": 0, "action": "helper", "helper": True},  # CUDA-like helper thread
+    )
+    report = run_discovery(spec, caps=caps, requests=3)
+    assert report.worker_alive and report.requests == 3
+    (seen,) = [s for s in report.unlisted if s.name == "getppid"]  # made by the helper
+    assert seen.phases == ("serve",) and seen.count == 3
+    assert "earlier thread(s) not covered" in report.layers["landlock"]
+    assert "getppid" in report.text()
+
+
 def test_discovery_on_the_digits_model_sees_nothing_unlisted(caps: HostCapabilities) -> None:
     need(caps, "seccomp")
     report = run_discovery(WorkerSpec(data.model_bytes("digits_mlp")), caps=caps, requests=5)

@@ -119,6 +119,22 @@ class DiscoveryReport:
         """The names of the unlisted syscalls."""
         return tuple(s.name for s in self.unlisted)
 
+    def text(self) -> str:
+        """A few lines for a terminal: one per unlisted syscall, then the verdict."""
+        lines = [
+            f"seccomp discovery: member {self.member}, {self.profile} profile, "
+            f"{self.machine}, Linux {self.kernel}, lockdown {self.lockdown}"
+        ]
+        for s in self.unlisted:
+            where = ",".join(s.phases)
+            lines.append(f"  {s.name} ({s.number}) x{s.count} [{where}]: {s.listed}")
+        if not self.unlisted:
+            lines.append("  nothing outside the allowlist")
+        lines.extend(f"  error: {e}" for e in self.errors)
+        state = "kept serving" if self.worker_alive else "died"
+        lines.append(f"  {self.requests} request(s) served; the worker {state}")
+        return "\n".join(lines)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-native form: what a Jetson owner sends back."""
         return {
