@@ -16,7 +16,8 @@ Life of a worker:
    filters, ask for Landlock's ABI;
 4. lock its pages in RAM as they are touched (``mlockall``, again after the warm-up; a
    failure is reported, not fatal: :class:`_MemLock`), then give up privileges for good:
-   a worker started by root switches to ``nobody`` (no supplementary groups); every
+   a worker started by root switches to the service user, ``nobody`` by default (no
+   supplementary groups; a GPU member keeps ``init["groups"]``, its nodes'); every
    worker empties its capability sets (and the bounding set where it may) and sets
    ``no_new_privs``;
 5. lock down before the model is parsed: ``RLIMIT_NOFILE`` and ``RLIMIT_FSIZE``, Landlock
