@@ -391,6 +391,7 @@ def test_a_gpu_worker_keeps_the_node_groups_and_no_other(
         pid = ex.status("g").pid
         assert pid is not None
         assert proc_status(pid)["Groups"] == "44"
+        assert ex._slots["g"].verified["groups"] == "44"  # what the supervisor read
     # without the group the node cannot be opened: the load fails
     with pytest.raises(BackendError, match="Permission denied"):
         ProcessMemberExecutor(

@@ -112,6 +112,8 @@ def check_worker(
         problems.append(f"Gid {' '.join(gids) or '?'}, Groups {status.get('Groups', '?')!r}")
     if not held and uids and "0" not in uids:
         facts["privileges"] = f"uid {uids[0]}, gid {gids[0] if gids else '?'}, no capabilities"
+        if held_groups:
+            facts["groups"] = " ".join(held_groups)
     if status.get("NoNewPrivs") == "1":
         facts["no_new_privs"] = "1"
 
