@@ -14,7 +14,7 @@ from edgeguard.selftest import NotRun, run_check, run_selftest
 def test_on_this_host_the_cpu_parts_pass_and_the_gpu_parts_are_not_run() -> None:
     report = run_selftest()
     by_name = {c.name: c for c in report.checks}
-    for name in ("ort-inference", "sanity-numba-cpu", "sandbox-cpu-worker"):
+    for name in ("ort-inference", "sanity-numba-cpu", "device-session"):
         assert by_name[name].status == "passed", by_name[name]
     gpu = [c for c in report.checks if c.area == "gpu"]
     assert gpu, "the GPU checks are listed even where they cannot run"
