@@ -19,13 +19,18 @@ run on a GPU (see docs/backends.md).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+import ctypes
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 from edgeguard._optional import require
 from edgeguard.backends.base import Backend, Dim, TensorSpec
-from edgeguard.errors import BackendError, MissingDependencyError, UsageError
+from edgeguard.backends.trt_frame import BufferPool, DeviceCheck, FramePlanner, Op, ShapeKey, Step
+from edgeguard.errors import BackendError, InternalError, MissingDependencyError, UsageError
+from edgeguard.policy.engine import MemberRecipe
 
 if TYPE_CHECKING:
     import tensorrt as trt_t  # type: ignore[import-untyped, unused-ignore]
@@ -94,11 +99,103 @@ class _Device:
         self.context.detach()
 
 
+class _CudaGraphs:
+    """CUDA graph capture through the driver API (``libcuda.so.1``, ctypes).
+
+    pycuda has no stream-capture API, so the four calls the backend needs
+    (``cuStreamBeginCapture_v2``, ``cuStreamEndCapture``, ``cuGraphInstantiateWithFlags``,
+    ``cuGraphLaunch``) are made directly on the driver library pycuda itself uses.
+    Capture mode is thread-local, as TensorRT's samples use. Never run on a GPU here.
+    """
+
+    _THREAD_LOCAL = 1
+
+    def __init__(self) -> None:
+        try:
+            lib = ctypes.CDLL("libcuda.so.1")
+            self._begin = lib.cuStreamBeginCapture_v2
+            self._end = lib.cuStreamEndCapture
+            self._instantiate = lib.cuGraphInstantiateWithFlags
+            self._launch = lib.cuGraphLaunch
+            self._destroy_graph = lib.cuGraphDestroy
+            self._destroy_exec = lib.cuGraphExecDestroy
+        except (OSError, AttributeError) as exc:
+            raise BackendError(
+                f"CUDA graphs need the NVIDIA driver's libcuda.so.1 (CUDA 11.4 or later): {exc}"
+            ) from exc
+        for fn in (self._begin, self._end, self._instantiate, self._launch):
+            fn.restype = ctypes.c_int
+        self._begin.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        self._end.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)]
+        self._instantiate.argtypes = [
+            ctypes.POINTER(ctypes.c_void_p),
+            ctypes.c_void_p,
+            ctypes.c_ulonglong,
+        ]
+        self._launch.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        self._destroy_graph.argtypes = [ctypes.c_void_p]
+        self._destroy_exec.argtypes = [ctypes.c_void_p]
+
+    @staticmethod
+    def _ok(rc: int, what: str) -> None:
+        if rc != 0:
+            raise BackendError(f"{what} failed (CUresult {rc})")
+
+    def capture(self, stream: int, enqueue: Callable[[], None]) -> int:
+        """Capture what ``enqueue`` puts on ``stream`` and return the instantiated graph."""
+        self._ok(self._begin(ctypes.c_void_p(stream), self._THREAD_LOCAL), "cuStreamBeginCapture")
+        graph = ctypes.c_void_p()
+        try:
+            enqueue()
+        finally:
+            rc = self._end(ctypes.c_void_p(stream), ctypes.byref(graph))
+        self._ok(rc, "cuStreamEndCapture")
+        executable = ctypes.c_void_p()
+        try:
+            self._ok(self._instantiate(ctypes.byref(executable), graph, 0), "cuGraphInstantiate")
+        finally:
+            self._destroy_graph(graph)
+        return int(executable.value or 0)
+
+    def launch(self, executable: int, stream: int) -> None:
+        """Replay a captured graph on ``stream``."""
+        self._ok(
+            self._launch(ctypes.c_void_p(executable), ctypes.c_void_p(stream)), "cuGraphLaunch"
+        )
+
+    def destroy(self, executable: int) -> None:
+        """Free an instantiated graph."""
+        self._destroy_exec(ctypes.c_void_p(executable))
+
+
+def _load_graph_api() -> _CudaGraphs:
+    """The CUDA graph API (a seam: host tests replace it with a recording test double)."""
+    return _CudaGraphs()
+
+
+def _free_pinned(buf: Any) -> None:
+    base = getattr(buf, "base", None)
+    if base is not None and hasattr(base, "free"):
+        base.free()
+
+
+R = TypeVar("R")
+
+
 class TensorRTBackend(Backend):
-    """A deserialised TensorRT engine with one execution context.
+    """A deserialised TensorRT engine with one execution context and one CUDA stream.
 
     Create it with :meth:`from_engine_bytes`. Inputs with dynamic dimensions take
     any shape inside the engine's optimisation profile 0.
+
+    Each frame: the feeds are copied into pinned host staging buffers, then on the
+    backend's own stream each input goes to the device once (asynchronously), the
+    optional device check (:meth:`run_with_stats`) runs on that device buffer, then
+    ``execute_async_v3``, then the check's small result and the outputs come back
+    (asynchronously); one synchronisation per frame. With ``cuda_graph=True`` the
+    stream part is captured once per set of input shapes and replayed. The order is
+    built by :class:`~edgeguard.backends.trt_frame.FramePlanner` (pure, host-tested).
+    Never run on a GPU in this repository (see docs/backends.md).
     """
 
     name = "tensorrt"
@@ -112,6 +209,8 @@ class TensorRTBackend(Backend):
         device: _Device,
         cuda: Any,
         dla_core: int | None,
+        device_id: int = 0,
+        cuda_graph: bool = False,
     ) -> None:
         """Wrap a deserialised engine; prefer :meth:`from_engine_bytes`."""
         super().__init__()
@@ -122,6 +221,7 @@ class TensorRTBackend(Backend):
         self._runtime = runtime
         self._logger = logger
         self._device = device
+        self._device_id = device_id
         self._cuda = cuda
         self._dla_core = dla_core
         ins: list[TensorSpec] = []
@@ -140,12 +240,26 @@ class TensorRTBackend(Backend):
                 outs.append(spec)
         self._in = tuple(ins)
         self._out = tuple(outs)
+        self._graphs: _CudaGraphs | None = _load_graph_api() if cuda_graph else None
+        self._graph_exec: int | None = None
+        self._graph_error: str | None = None
         with device:
             self._context = engine.create_execution_context()
             if self._context is None:
                 raise BackendError("TensorRT could not create an execution context")
             self._stream = cuda.Stream()
-        self._buffers: dict[str, tuple[Any, int]] = {}
+        self._dev: BufferPool[Any] = BufferPool(cuda.mem_alloc, lambda a: a.free())
+        self._pinned: BufferPool[Any] = BufferPool(
+            lambda n: cuda.pagelocked_empty(n, np.uint8), _free_pinned
+        )
+        self._planner = FramePlanner(
+            [s.name for s in ins], [s.name for s in outs], cuda_graph=cuda_graph
+        )
+        self._graph_generation = -1
+        self._nbytes: dict[str, int] = {}
+        self._out_shapes: dict[str, tuple[int, ...]] = {}
+        self._check_bytes = (0, 0)
+        self._syncs = 0
 
     @classmethod
     def from_engine_bytes(
@@ -155,15 +269,20 @@ class TensorRTBackend(Backend):
         device_id: int = 0,
         dla_core: int | None = None,
         allow_host_code: bool = False,
+        cuda_graph: bool = False,
     ) -> TensorRTBackend:
         """Deserialise a TensorRT engine from memory.
 
         Args:
             engine: The serialised engine (plan). Never written to disk.
             device_id: CUDA device ordinal.
-            dla_core: DLA core the engine was built for, or None for the GPU.
+            dla_core: DLA core the engine was built for (``runtime.DLA_core``), or
+                None for the GPU.
             allow_host_code: Allow engines that embed host executable code. Off by
                 default; only a signed bundle policy should turn it on.
+            cuda_graph: Capture each frame's stream work in a CUDA graph once per set
+                of input shapes and replay it (falls back to plain launches, recorded
+                in :meth:`describe`, if TensorRT cannot be captured).
 
         Returns:
             The loaded backend.
@@ -178,6 +297,8 @@ class TensorRTBackend(Backend):
             raise UsageError(f"the engine must be bytes-like, got {type(engine).__name__}")
         if not isinstance(allow_host_code, bool):
             raise UsageError("allow_host_code must be a bool")
+        if not isinstance(cuda_graph, bool):
+            raise UsageError("cuda_graph must be a bool")
         _check_index(device_id, "device_id")
         if dla_core is not None:
             _check_index(dla_core, "dla_core")
@@ -212,10 +333,34 @@ class TensorRTBackend(Backend):
                 device=device,
                 cuda=cuda,
                 dla_core=dla_core,
+                device_id=device_id,
+                cuda_graph=cuda_graph,
             )
         except BaseException:
             device.release()
             raise
+
+    @classmethod
+    def from_built(
+        cls,
+        plan: bytes | bytearray | memoryview,
+        recipe: MemberRecipe,
+        *,
+        device_id: int = 0,
+        cuda_graph: bool = False,
+    ) -> TensorRTBackend:
+        """Load a plan built from ``recipe`` on the recipe's placement.
+
+        The DLA core and the host-code permission come from the signed recipe
+        (``dla_core``, ``engine_host_code_allowed``); see :meth:`from_engine_bytes`.
+        """
+        return cls.from_engine_bytes(
+            plan,
+            device_id=device_id,
+            dla_core=getattr(recipe, "dla_core", None),
+            allow_host_code=bool(getattr(recipe, "engine_host_code_allowed", False)),
+            cuda_graph=cuda_graph,
+        )
 
     def _inputs(self) -> tuple[TensorSpec, ...]:
         return self._in
@@ -223,61 +368,218 @@ class TensorRTBackend(Backend):
     def _outputs(self) -> tuple[TensorSpec, ...]:
         return self._out
 
-    def _buffer(self, name: str, nbytes: int) -> Any:
-        held = self._buffers.get(name)
-        if held is not None and held[1] >= nbytes:
-            return held[0]
-        if held is not None:
-            held[0].free()
-        size = max(nbytes, 1)
-        allocation = self._cuda.mem_alloc(size)
-        self._buffers[name] = (allocation, size)
-        return allocation
+    @property
+    def synchronizations(self) -> int:
+        """Stream synchronisations so far (one per frame)."""
+        return self._syncs
+
+    def run_with_stats(
+        self, feeds: Mapping[str, np.ndarray], check: DeviceCheck[R]
+    ) -> tuple[dict[str, np.ndarray], R]:
+        """Run one frame and a device check of one input on the same stream.
+
+        The check (for the sanity statistics: ``edgeguard.guard.sanity.cuda_cpp.
+        DeviceSanityCheck``, whose result is a ``FrameStats``) reads the input's
+        device buffer after the host-to-device copy and before ``execute_async_v3``;
+        only its result buffer is copied back. The caller, not this backend, turns
+        the result into a verdict.
+
+        Args:
+            feeds: One array per model input, by input name.
+            check: The device check; it must live on this backend's device.
+
+        Returns:
+            The outputs (as :meth:`run`) and the check's decoded result.
+
+        Raises:
+            UsageError: As :meth:`run`; the check names no input of this model, or
+                lives on another device, or cannot read the input.
+            BackendError: A CUDA or TensorRT call failed.
+        """
+        self._check_open()
+        specs = self._inputs()
+        self._validate_feeds(feeds, specs)
+        name = getattr(check, "input_name", None)
+        if name not in {s.name for s in specs}:
+            raise UsageError(
+                f"the device check reads input {name!r}, which this model does not have"
+            )
+        if getattr(check, "device_id", None) != self._device_id:
+            raise UsageError(
+                f"the device check lives on CUDA device {getattr(check, 'device_id', None)}, "
+                f"this backend on device {self._device_id}"
+            )
+        arrays = {s.name: np.ascontiguousarray(feeds[s.name]) for s in specs}
+        outputs, raw = self._frame(arrays, check)
+        self._validate_outputs(outputs)
+        x = arrays[check.input_name]
+        return outputs, check.finish(raw, shape=tuple(int(d) for d in x.shape), dtype=str(x.dtype))
 
     def _run_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import tensorrt as trt  # type: ignore[import-untyped, unused-ignore]
+        outputs, _ = self._frame(feeds, None)
+        return outputs
 
-        cuda = self._cuda
-        ctx = self._context
+    def _frame(
+        self, feeds: dict[str, np.ndarray], check: DeviceCheck[Any] | None
+    ) -> tuple[dict[str, np.ndarray], npt.NDArray[np.uint8]]:
+        """Run one frame; returns the outputs and a copy of the check's result bytes."""
+        arrays = {s.name: np.ascontiguousarray(feeds[s.name]) for s in self._in}
+        key = self._planner.key(
+            {n: tuple(int(d) for d in a.shape) for n, a in arrays.items()},
+            None if check is None else check.input_name,
+        )
         results: dict[str, np.ndarray] = {}
+        raw = np.empty(0, np.uint8)
+        step = Step(Op.STAGE)
         with self._device:
             try:
-                for spec in self._in:
-                    arr = np.ascontiguousarray(feeds[spec.name])
-                    if not bool(ctx.set_input_shape(spec.name, trt.Dims(list(arr.shape)))):
-                        lo, _, hi = self._engine.get_tensor_profile_shape(spec.name, 0)
-                        raise UsageError(
-                            f"input {spec.name!r} shape {arr.shape} is outside the engine's "
-                            f"optimisation profile ({_ints(lo)} .. {_ints(hi)})"
-                        )
-                    dmem = self._buffer(spec.name, arr.nbytes)
-                    cuda.memcpy_htod(dmem, arr)
-                    ctx.set_tensor_address(spec.name, int(dmem))
-                for spec in self._out:
-                    shape = _ints(ctx.get_tensor_shape(spec.name))
-                    if any(d < 0 for d in shape):
-                        raise BackendError(f"TensorRT left output {spec.name!r} shape {shape} open")
-                    host = np.empty(shape, dtype=spec.dtype)
-                    dmem = self._buffer(spec.name, host.nbytes)
-                    ctx.set_tensor_address(spec.name, int(dmem))
-                    results[spec.name] = host
-                if not ctx.execute_async_v3(self._stream.handle):
-                    raise BackendError("TensorRT execute_async_v3 failed")
-                self._stream.synchronize()
-                for name, host in results.items():
-                    cuda.memcpy_dtoh(host, self._buffers[name][0])
-            except (UsageError, BackendError):
+                for step in self._planner.plan(key):
+                    if step.op is Op.CAPTURE:
+                        self._capture(key, arrays, check)
+                    else:
+                        self._do(step, arrays, check, results)
+                if check is not None:
+                    raw = self._pinned.handle("check:result")[: self._check_bytes[1]].copy()
+            except (UsageError, BackendError, MissingDependencyError):
                 raise
             except Exception as exc:
-                raise BackendError(f"TensorRT inference failed: {exc}") from exc
-        return results
+                raise BackendError(
+                    f"TensorRT GPU path failed at {step.op.value} {step.tensor}: {exc}".rstrip()
+                ) from exc
+        return results, raw
+
+    def _do(
+        self,
+        step: Step,
+        arrays: dict[str, np.ndarray],
+        check: DeviceCheck[Any] | None,
+        results: dict[str, np.ndarray],
+    ) -> None:
+        """One pycuda or TensorRT call per step."""
+        import tensorrt as trt  # type: ignore[import-untyped, unused-ignore]
+
+        cuda, ctx, stream, name = self._cuda, self._context, self._stream, step.tensor
+        op = step.op
+        if op is Op.STAGE:
+            arr = arrays[name]
+            self._nbytes[name] = arr.nbytes
+            pinned = self._pinned.get("in:" + name, arr.nbytes)
+            pinned[: arr.nbytes] = arr.reshape(-1).view(np.uint8)
+            self._dev.get("in:" + name, arr.nbytes)
+        elif op is Op.SET_SHAPE:
+            shape = arrays[name].shape
+            if not bool(ctx.set_input_shape(name, trt.Dims(list(shape)))):
+                lo, _, hi = self._engine.get_tensor_profile_shape(name, 0)
+                raise UsageError(
+                    f"input {name!r} shape {shape} is outside the engine's "
+                    f"optimisation profile ({_ints(lo)} .. {_ints(hi)})"
+                )
+        elif op is Op.SET_ADDR:
+            if name in arrays:
+                address = int(self._dev.handle("in:" + name))
+            else:
+                shape = _ints(ctx.get_tensor_shape(name))
+                if any(d < 0 for d in shape):
+                    raise BackendError(f"TensorRT left output {name!r} shape {shape} open")
+                spec = next(s for s in self._out if s.name == name)
+                nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize
+                self._out_shapes[name] = shape
+                self._nbytes[name] = nbytes
+                self._pinned.get("out:" + name, nbytes)
+                address = int(self._dev.get("out:" + name, nbytes))
+            if not bool(ctx.set_tensor_address(name, address)):
+                raise BackendError(f"TensorRT refused the device address of {name!r}")
+        elif op is Op.H2D:
+            n = self._nbytes[name]
+            cuda.memcpy_htod_async(
+                self._dev.handle("in:" + name), self._pinned.handle("in:" + name)[:n], stream
+            )
+        elif op is Op.CHECK:
+            assert check is not None
+            arr = arrays[name]
+            shape, dtype = tuple(int(d) for d in arr.shape), str(arr.dtype)
+            scratch, size = check.device_buffers(shape, dtype)
+            self._check_bytes = (scratch, size)
+            self._pinned.get("check:result", size)
+            check.enqueue(
+                x=int(self._dev.handle("in:" + name)),
+                shape=shape,
+                dtype=dtype,
+                scratch=int(self._dev.get("check:scratch", scratch)),
+                result=int(self._dev.get("check:result", size)),
+                stream=stream,
+            )
+        elif op is Op.EXECUTE:
+            if not ctx.execute_async_v3(stream.handle):
+                raise BackendError("TensorRT execute_async_v3 failed")
+        elif op is Op.D2H_CHECK:
+            size = self._check_bytes[1]
+            cuda.memcpy_dtoh_async(
+                self._pinned.handle("check:result")[:size], self._dev.handle("check:result"), stream
+            )
+        elif op is Op.D2H:
+            n = self._nbytes[name]
+            cuda.memcpy_dtoh_async(
+                self._pinned.handle("out:" + name)[:n], self._dev.handle("out:" + name), stream
+            )
+        elif op is Op.GRAPH_LAUNCH:
+            if self._graph_exec is None or self._graph_generation != self._generation():
+                raise BackendError("the captured CUDA graph refers to buffers that moved")
+            assert self._graphs is not None
+            self._graphs.launch(self._graph_exec, stream.handle)
+        elif op is Op.SYNC:
+            stream.synchronize()
+            self._syncs += 1
+        elif op is Op.UNSTAGE:
+            spec = next(s for s in self._out if s.name == name)
+            n = self._nbytes[name]
+            raw = self._pinned.handle("out:" + name)[:n]
+            results[name] = raw.view(spec.dtype).reshape(self._out_shapes[name]).copy()
+        else:  # pragma: no cover - every Op is handled above
+            raise InternalError(f"unknown frame step {op}")
+
+    def _generation(self) -> int:
+        return self._dev.generation * 1_000_003 + self._pinned.generation
+
+    def _capture(
+        self, key: ShapeKey, arrays: dict[str, np.ndarray], check: DeviceCheck[Any] | None
+    ) -> None:
+        """Capture the stream steps of the frame just run (its shapes and buffers)."""
+        assert self._graphs is not None
+        if self._graph_exec is not None:
+            self._graphs.destroy(self._graph_exec)
+            self._graph_exec = None
+        self._planner.invalidate()
+        steps = self._planner.stream_steps(key[1] or None)
+        unused: dict[str, np.ndarray] = {}
+
+        def enqueue() -> None:
+            for s in steps:
+                self._do(s, arrays, check, unused)
+
+        try:
+            self._graph_exec = self._graphs.capture(self._stream.handle, enqueue)
+        except (UsageError, MissingDependencyError):
+            raise
+        except Exception as exc:
+            # TensorRT cannot capture some engines (data-dependent shapes, loops):
+            # keep running them eagerly and say why in describe().
+            self._graph_error = str(exc)
+            self._planner.disable_graph()
+            return
+        self._graph_generation = self._generation()
+        self._planner.captured(key)
 
     def _close_impl(self) -> None:
         try:
             with self._device:
-                for allocation, _ in self._buffers.values():
-                    allocation.free()
-                self._buffers.clear()
+                if self._graph_exec is not None and self._graphs is not None:
+                    self._graphs.destroy(self._graph_exec)
+                    self._graph_exec = None
+                try:
+                    self._dev.release()
+                finally:
+                    self._pinned.release()
                 del self._context
                 del self._engine
                 del self._runtime
@@ -289,6 +591,9 @@ class TensorRTBackend(Backend):
             "tensorrt": self._trt_version,
             "device": str(self._device.device.name()),
             "dla_core": self._dla_core,
+            "cuda_graph": self._planner.cuda_graph,
+            "graph_captures": self._planner.captures,
+            "graph_error": self._graph_error,
         }
 
 
