@@ -66,6 +66,8 @@ class _Cuda(types.ModuleType):
         self.events: list[str] = []
         self.capturing: list[tuple[str, Callable[[], None]]] | None = None
         self.fail_on: str | None = None
+        self.functions: dict[str, _KernelFunction] = {}
+        self.launched: dict[int, tuple[int, str, str, int, int, int, int]] = {}
         cuda = self
 
         class Ctx:
@@ -109,8 +111,14 @@ class _Cuda(types.ModuleType):
 
         self.Device, self.Stream = Device, Stream
 
+    class Error(Exception):
+        """pycuda.driver.Error."""
+
     def init(self) -> None:
         self.events.append("init")
+
+    def module_from_file(self, path: str) -> Any:
+        return _KernelModule(self)
 
     def get_driver_version(self) -> int:
         return 12060
@@ -147,6 +155,63 @@ class _Cuda(types.ModuleType):
             dst.reshape(-1).view(np.uint8)[:] = src.buf[: dst.nbytes]
 
         self.op(f"dtoh:{id(src)}@{stream.handle}", run)
+
+
+class _KernelFunction:
+    """Test double of a pycuda Function for the sanity kernels.
+
+    It does not run the CUDA code: when the stream reaches the merge launch it reads
+    the input where the partials launch pointed, computes the statistics with the
+    NumPy oracle and writes them as the kernel's ``EgStats`` records. What it checks
+    is the glue: pointers, stream, launch shape, saturation levels, decoding.
+    """
+
+    def __init__(self, cuda: _Cuda, name: str) -> None:
+        self.cuda, self.name = cuda, name
+        self.launches: list[dict[str, Any]] = []
+
+    def __call__(self, *args: Any, block: Any, grid: Any, stream: Any = None) -> None:
+        from edgeguard.guard.sanity.cuda_cpp import STATS_DTYPE
+        from edgeguard.guard.sanity.reference import reference_stats
+
+        cuda = self.cuda
+        self.launches.append({"args": args, "block": block, "grid": grid, "stream": stream})
+        handle = "none" if stream is None else stream.handle
+        if self.name != "eg_sanity_merge":
+            x, _, partials, n0, c, h, w = (int(a) for a in args[:7])
+            dt, lay = self.name.split("_")[-2:]
+            cuda.launched[partials] = (x, dt, lay, int(grid[2]), c, h, w)
+            cuda.op(f"kernel:{self.name}:{x}@{handle}", lambda: None)
+            return
+        partials, records, planes = int(args[0]), int(args[1]), int(args[2])
+        lo, hi = float(args[4]), float(args[5])
+
+        def run() -> None:
+            x, dt, lay, n, c, h, w = cuda.launched[partials]
+            dtype = {"u8": np.uint8, "f16": np.float16, "f32": np.float32, "f64": np.float64}[dt]
+            count = n * c * h * w
+            flat = cuda.allocs[x].buf[: count * np.dtype(dtype).itemsize].view(dtype)
+            arr = flat.reshape((n, c, h, w) if lay == "nchw" else (n, h, w, c))
+            ref = reference_stats(arr, layout=lay.upper(), sat_lo=lo, sat_hi=hi)
+            out = np.zeros((n, c), STATS_DTYPE)
+            for f in ("count", "min", "max", "mean", "std", "sat_lo", "sat_hi", "hf"):
+                out[f] = getattr(ref, f)
+            for f in ("nan", "posinf", "neginf"):
+                out[f][:, 0] = getattr(ref, f)  # per frame; the decoder sums channels
+            assert out.size == planes
+            cuda.allocs[records].buf[: out.nbytes] = out.reshape(-1).view(np.uint8)
+
+        cuda.op(f"kernel:{self.name}:{records}@{handle}", run)
+
+
+class _KernelModule:
+    def __init__(self, cuda: _Cuda) -> None:
+        self.cuda = cuda
+
+    def get_function(self, name: str) -> _KernelFunction:
+        fn = _KernelFunction(self.cuda, name)
+        self.cuda.functions[name] = fn
+        return fn
 
 
 class _Graphs:
@@ -677,3 +742,42 @@ def test_dla_member_is_placed_on_its_core(doubles: tuple[Any, _Cuda]) -> None:
     assert trt.last_runtime.engine_host_code_allowed is False
     assert backend.describe()["details"]["dla_core"] == 1
     backend.close()
+
+
+def test_cuda_cpp_sanity_check_rides_the_inference_stream(
+    doubles: tuple[Any, _Cuda], tmp_path: Any
+) -> None:
+    """The guard's DeviceSanityCheck through the backend, with kernel test doubles."""
+    from edgeguard.guard.sanity.cuda_cpp import STATS_DTYPE, CudaSanityKernel
+    from edgeguard.guard.sanity.reference import reference_stats
+    from edgeguard.guard.sanity.vectors import stats_mismatches
+
+    _, cuda = doubles
+    image = tmp_path / "sanity_kernel.fatbin"
+    image.write_bytes(b"test double: never loaded by a GPU")
+    kernel = CudaSanityKernel(image)
+    check = kernel.device_check("image", sat_lo=0.0, sat_hi=0.9)
+    backend = TensorRTBackend.from_engine_bytes(b"PLAN")
+    x = np.random.default_rng(3).random((5, 1, 8, 8), dtype=np.float32)
+    x[2, 0, 3, 3] = np.nan
+    start = len(cuda.events)
+    out, stats = backend.run_with_stats({"image": x}, check)
+    np.testing.assert_allclose(out["logits"], x.reshape(5, 64) @ W, rtol=1e-5)
+    assert stats_mismatches(stats, reference_stats(x, sat_lo=0.0, sat_hi=0.9)) == []
+    assert stats.tdiff is None and int(stats.nan.sum()) == 1
+    s = backend._stream.handle
+    kinds = [e.split("@")[0].split(":")[:2] for e in _stream_events(cuda.events[start:])]
+    assert [k[0] for k in kinds] == ["htod", "kernel", "kernel", "execute", "dtoh", "dtoh", "sync"]
+    assert kinds[1][1] == "eg_sanity_partials_f32_nchw" and kinds[2][1] == "eg_sanity_merge"
+    partials = cuda.functions["eg_sanity_partials_f32_nchw"].launches[-1]
+    assert (
+        partials["stream"].handle == s
+        and int(partials["args"][0]) == backend._context.addr["image"]
+    )
+    assert partials["grid"] == (1, 1, 5) and partials["block"] == (256, 1, 1)
+    assert cuda.functions["eg_sanity_merge"].launches[-1]["stream"].handle == s
+    assert backend._check_bytes[1] == 5 * STATS_DTYPE.itemsize  # only 5 records come back
+    with pytest.raises(UsageError, match="unsupported dtype"):
+        check.device_buffers((1, 1, 8, 8), "int32")
+    backend.close()
+    kernel.close()
