@@ -20,7 +20,9 @@ run on a GPU (see docs/backends.md).
 from __future__ import annotations
 
 import ctypes
+import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
@@ -35,7 +37,15 @@ from edgeguard.policy.engine import MemberRecipe
 if TYPE_CHECKING:
     import tensorrt as trt_t  # type: ignore[import-untyped, unused-ignore]
 
-__all__ = ["Precision", "TensorRTBackend", "build_engine_from_onnx"]
+__all__ = [
+    "IDENTITY_KEYS",
+    "BuiltEngine",
+    "Precision",
+    "TensorRTBackend",
+    "build_engine",
+    "build_engine_from_onnx",
+    "platform_identity",
+]
 
 Precision = Literal["fp32", "fp16", "int8"]
 _PURPOSE = "The TensorRT backend"
@@ -758,3 +768,461 @@ def _make_calibrator(cuda: Any, data: np.ndarray, batch: int) -> Any:
 def _check_index(value: object, what: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise UsageError(f"{what} must be a non-negative int, got {value!r}")
+
+
+# --------------------------------------------------------------------------- builder from a recipe
+
+#: Keys of :attr:`BuiltEngine.identity` and :func:`platform_identity`.
+IDENTITY_KEYS = ("tensorrt", "compute_capability", "gpu_name", "driver")
+#: Smallest compute capability of each hardware compatibility level (NVIDIA's docs:
+#: AMPERE_PLUS needs an Ampere or later builder GPU, SAME_COMPUTE_CAPABILITY Turing).
+_HW_LEVELS = {"none": ("NONE", (0, 0)), "ampere+": ("AMPERE_PLUS", (8, 0))}
+_HW_LEVELS["same_compute_capability"] = ("SAME_COMPUTE_CAPABILITY", (7, 5))
+
+
+@dataclass(frozen=True)
+class BuiltEngine:
+    """An engine built on this device from a signed recipe.
+
+    Attributes:
+        plan: The serialised engine. Specific to this GPU and TensorRT version
+            (unless the recipe asked for version or hardware compatibility).
+        identity: Where it was built: ``tensorrt`` (version), ``compute_capability``
+            (``"8.7"``), ``gpu_name`` and ``driver`` (the CUDA driver API version,
+            ``"12.6"``); the keys of :data:`IDENTITY_KEYS`. Compare it with
+            :func:`platform_identity` before reusing a cached plan.
+        timing_cache: The builder's timing cache after the build (to speed up the
+            next build on the same GPU), or None when the recipe turns it off.
+    """
+
+    plan: bytes
+    identity: dict[str, str]
+    timing_cache: bytes | None
+
+
+def platform_identity(device_id: int = 0) -> dict[str, str]:
+    """The identity a plan built on this device would carry (nothing is built).
+
+    Raises:
+        MissingDependencyError: tensorrt (``trt``) or pycuda (``cuda``) is missing.
+        UsageError: No such CUDA device.
+        BackendError: CUDA cannot be initialised.
+    """
+    _check_index(device_id, "device_id")
+    _require_trt()
+    cuda = _require_cuda()
+    import tensorrt as trt  # type: ignore[import-untyped, unused-ignore]
+
+    return _identity(str(getattr(trt, "__version__", "unknown")), cuda, device_id)
+
+
+def _identity(trt_version: str, cuda: Any, device_id: int) -> dict[str, str]:
+    try:
+        cuda.init()
+        count = int(cuda.Device.count())
+    except Exception as exc:
+        raise BackendError(f"cannot initialise CUDA: {exc}") from exc
+    if device_id >= count:
+        raise UsageError(f"CUDA device {device_id} does not exist ({count} found)")
+    try:
+        dev = cuda.Device(device_id)
+        major, minor = (int(v) for v in dev.compute_capability())
+        name = str(dev.name())
+        driver = int(cuda.get_driver_version())
+    except Exception as exc:
+        raise BackendError(f"cannot query CUDA device {device_id}: {exc}") from exc
+    return {
+        "tensorrt": trt_version,
+        "compute_capability": f"{major}.{minor}",
+        "gpu_name": name,
+        "driver": f"{driver // 1000}.{driver % 1000 // 10}",
+    }
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """The recipe fields the builder reads (fields added later read with defaults)."""
+
+    fp16: bool
+    int8: bool
+    dla_core: int | None
+    gpu_fallback: bool
+    workspace: int | None
+    shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
+    opt_level: int
+    version_compatible: bool
+    hardware: str
+    host_code: bool
+    timing_cache: bool | None
+
+
+def _settings(recipe: MemberRecipe) -> _Settings:
+    if not isinstance(recipe, MemberRecipe):
+        raise UsageError(f"recipe must be a MemberRecipe, got {type(recipe).__name__}")
+    best = bool(getattr(recipe, "best", False))
+    fp16 = bool(recipe.fp16) or best
+    int8 = bool(recipe.int8) or best
+    dla = recipe.dla_core
+    if dla is not None and not (fp16 or int8):
+        raise UsageError("the DLA runs fp16 or int8 only; the recipe sets neither")
+    if dla is None and recipe.allow_gpu_fallback:
+        raise UsageError("allow_gpu_fallback needs dla_core")
+    hardware = str(recipe.hardware_compatibility_level)
+    if hardware not in _HW_LEVELS:
+        raise UsageError(f"unknown hardware_compatibility_level {hardware!r}")
+    if dla is not None and hardware != "none":
+        raise UsageError("hardware compatibility levels apply to GPU engines, not to the DLA")
+    shapes = {s.input: (tuple(s.min), tuple(s.opt), tuple(s.max)) for s in recipe.shapes}
+    if len(shapes) != len(recipe.shapes):
+        raise UsageError("the recipe gives shapes for one input twice")
+    flag = getattr(recipe, "timing_cache", None)
+    return _Settings(
+        fp16=fp16,
+        int8=int8,
+        dla_core=dla,
+        gpu_fallback=bool(recipe.allow_gpu_fallback),
+        workspace=recipe.workspace_bytes,
+        shapes=shapes,
+        opt_level=int(recipe.builder_optimization_level),
+        version_compatible=bool(recipe.version_compatible),
+        hardware=hardware,
+        host_code=bool(recipe.engine_host_code_allowed),
+        timing_cache=None if flag is None else bool(flag),
+    )
+
+
+def _profile_shapes(
+    inputs: dict[str, tuple[int, ...]],
+    shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]],
+) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+    """The optimisation profile of every input with a dynamic axis (pure; refuses gaps).
+
+    Args:
+        inputs: Network input name -> shape (-1 for a dynamic axis).
+        shapes: The recipe's ``(min, opt, max)`` per input.
+
+    Returns:
+        ``(min, opt, max)`` of each input that has at least one dynamic axis.
+
+    Raises:
+        UsageError: A range for an input the model does not have, a dynamic input
+            without a range, a rank mismatch, or a range that contradicts a fixed axis.
+    """
+    unknown = sorted(set(shapes) - set(inputs))
+    if unknown:
+        raise UsageError(
+            f"the recipe gives shapes for {', '.join(map(repr, unknown))}, "
+            f"which the model does not take (inputs: {', '.join(sorted(inputs))})"
+        )
+    profile = {}
+    for name, shape in inputs.items():
+        rng = shapes.get(name)
+        dynamic = any(d < 0 for d in shape)
+        if rng is None:
+            if dynamic:
+                raise UsageError(
+                    f"input {name!r} has dynamic axes {shape}; the recipe gives no shapes for it"
+                )
+            continue
+        for label, dims in zip(("min", "opt", "max"), rng, strict=True):
+            if len(dims) != len(shape):
+                raise UsageError(
+                    f"recipe shapes for {name!r}: {label} {dims} has rank {len(dims)}, "
+                    f"the input has rank {len(shape)} {shape}"
+                )
+            for axis, (want, got) in enumerate(zip(shape, dims, strict=True)):
+                if want >= 0 and want != got:
+                    raise UsageError(
+                        f"recipe shapes for {name!r}: {label} {dims} sets axis {axis} to {got}, "
+                        f"the model fixes it at {want}"
+                    )
+        if dynamic:
+            profile[name] = rng
+    return profile
+
+
+def _calibration_batches(
+    calibration: Mapping[str, np.ndarray],
+    shapes: dict[str, tuple[int, ...]],
+    dtypes: dict[str, np.dtype[Any]],
+) -> tuple[int, dict[str, np.ndarray]]:
+    """Cut each input's calibration samples into batches of its calibration shape.
+
+    ``calibration[name]`` holds ``k * B`` samples along axis 0, where ``(B, ...)`` is
+    the input's calibration shape (the profile's ``opt`` shape, or the fixed shape).
+
+    Returns:
+        ``k`` and, per input, an array ``[k, B, ...]``.
+
+    Raises:
+        UsageError: Missing or unknown inputs, wrong dtype or shape, or a different
+            number of batches per input.
+    """
+    if not isinstance(calibration, Mapping):
+        raise UsageError("calibration must map input names to arrays")
+    unknown = sorted(set(calibration) - set(shapes))
+    missing = sorted(set(shapes) - set(calibration))
+    if unknown or missing:
+        raise UsageError(
+            "calibration data must cover exactly the model inputs "
+            f"(missing: {', '.join(missing) or 'none'}; unknown: {', '.join(unknown) or 'none'})"
+        )
+    batches: dict[str, np.ndarray] = {}
+    counts = set()
+    for name, shape in shapes.items():
+        arr = calibration[name]
+        if not isinstance(arr, np.ndarray):
+            raise UsageError(f"calibration[{name!r}] must be a numpy.ndarray")
+        if arr.dtype != dtypes[name]:
+            raise UsageError(f"calibration[{name!r}] must be {dtypes[name]}, got {arr.dtype}")
+        b, rest = shape[0], shape[1:]
+        if arr.ndim != len(shape) or tuple(arr.shape[1:]) != rest or arr.shape[0] % b:
+            raise UsageError(
+                f"calibration[{name!r}] has shape {arr.shape}; it needs k * {b} samples "
+                f"of {rest} (calibration shape {shape})"
+            )
+        k = arr.shape[0] // b
+        if k == 0:
+            raise UsageError(f"calibration[{name!r}] is empty")
+        counts.add(k)
+        batches[name] = np.ascontiguousarray(arr.reshape(k, *shape))
+    if len(counts) != 1:
+        raise UsageError(f"calibration inputs give different numbers of batches: {sorted(counts)}")
+    return counts.pop(), batches
+
+
+def build_engine(
+    onnx_bytes: bytes | bytearray | memoryview,
+    recipe: MemberRecipe,
+    *,
+    calibration: Mapping[str, np.ndarray] | None = None,
+    device_id: int = 0,
+    progress: Callable[[str, int, int], None] | None = None,
+    timing_cache: bytes | None = None,
+) -> BuiltEngine:
+    """Build a TensorRT engine on this device from a signed ONNX member and its recipe.
+
+    Every recipe field maps to the TensorRT 10 builder: ``fp16``/``int8`` to
+    ``BuilderFlag.FP16``/``INT8`` (``best`` sets both), ``dla_core`` to
+    ``default_device_type = DeviceType.DLA`` and ``DLA_core``, ``allow_gpu_fallback``
+    to ``BuilderFlag.GPU_FALLBACK``, ``workspace_bytes`` to the ``WORKSPACE`` memory
+    pool, ``shapes`` to one optimisation profile covering every dynamic axis of every
+    input, ``builder_optimization_level`` and ``hardware_compatibility_level`` to the
+    config attributes of those names, ``version_compatible`` to
+    ``BuilderFlag.VERSION_COMPATIBLE`` plus ``EXCLUDE_LEAN_RUNTIME`` unless
+    ``engine_host_code_allowed`` (the plan then carries no host code). Never run on
+    a GPU in this repository; the mapping is tested with a recording test double.
+
+    Args:
+        onnx_bytes: The ONNX model (decrypted in memory; never written to disk).
+        recipe: The member's signed builder settings.
+        calibration: INT8 calibration inputs when the recipe asks for int8 or best:
+            per input, ``k * B`` samples along axis 0 where ``(B, ...)`` is its
+            calibration shape (the profile's ``opt`` shape, or the fixed shape).
+            The calibration cache is never read or written.
+        device_id: CUDA device ordinal to build on.
+        progress: Called as ``progress(phase, done, total)`` from TensorRT's progress
+            monitor (possibly from builder threads); an exception in it cancels the
+            build and is raised from here.
+        timing_cache: A timing cache from an earlier build; one from another GPU or
+            TensorRT version is discarded and the build starts from an empty cache.
+            Refused when the recipe turns the timing cache off (``timing_cache: false``).
+
+    Returns:
+        The plan, the platform identity and the updated timing cache.
+
+    Raises:
+        UsageError: Invalid arguments or a recipe this model or device cannot satisfy.
+        MissingDependencyError: tensorrt (``trt``) or pycuda (``cuda``) is missing.
+        BackendError: TensorRT cannot parse the model or build the engine.
+    """
+    if not isinstance(onnx_bytes, (bytes, bytearray, memoryview)):
+        raise UsageError(f"the ONNX model must be bytes-like, got {type(onnx_bytes).__name__}")
+    st = _settings(recipe)
+    _check_index(device_id, "device_id")
+    if progress is not None and not callable(progress):
+        raise UsageError("progress must be callable")
+    if timing_cache is not None and not isinstance(timing_cache, (bytes, bytearray)):
+        raise UsageError("timing_cache must be bytes")
+    if st.timing_cache is False and timing_cache is not None:
+        raise UsageError("the recipe turns the timing cache off; do not pass one")
+    use_cache = st.timing_cache if st.timing_cache is not None else timing_cache is not None
+    if st.int8 and calibration is None:
+        raise UsageError("the recipe asks for int8; pass calibration data")
+    if not st.int8 and calibration is not None:
+        raise UsageError("calibration data given but the recipe does not ask for int8")
+    _require_trt()
+    cuda = _require_cuda()
+    import tensorrt as trt  # type: ignore[import-untyped, unused-ignore]
+
+    identity = _identity(str(getattr(trt, "__version__", "unknown")), cuda, device_id)
+    level_name, need = _HW_LEVELS[st.hardware]
+    cc = tuple(int(v) for v in identity["compute_capability"].split("."))
+    if cc < need:
+        raise UsageError(
+            f"hardware_compatibility_level {st.hardware!r} needs compute capability "
+            f"{need[0]}.{need[1]} or later to build; this GPU is {identity['compute_capability']}"
+        )
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    if st.dla_core is not None and st.dla_core >= builder.num_DLA_cores:
+        raise UsageError(
+            f"DLA core {st.dla_core} does not exist ({builder.num_DLA_cores} DLA cores here)"
+        )
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    if not bool(parser.parse(bytes(onnx_bytes))):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise BackendError(f"TensorRT cannot parse the ONNX model: {errors or 'unknown error'}")
+    tensors = [network.get_input(i) for i in range(network.num_inputs)]
+    inputs = {t.name: _ints(t.shape) for t in tensors}
+    ranges = _profile_shapes(inputs, st.shapes)
+
+    config = builder.create_builder_config()
+    if st.workspace is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, st.workspace)
+    profile = None
+    if ranges:
+        profile = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in ranges.items():
+            profile.set_shape(name, trt.Dims(list(lo)), trt.Dims(list(opt)), trt.Dims(list(hi)))
+        if config.add_optimization_profile(profile) < 0:
+            raise BackendError("TensorRT refused the optimisation profile of the recipe's shapes")
+    if st.fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+    if st.int8:
+        config.set_flag(trt.BuilderFlag.INT8)
+    if st.dla_core is not None:
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = st.dla_core
+        if st.gpu_fallback:
+            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    config.builder_optimization_level = st.opt_level
+    config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, level_name)
+    if st.version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+        if not st.host_code:
+            config.set_flag(trt.BuilderFlag.EXCLUDE_LEAN_RUNTIME)
+    cache = _attach_timing_cache(config, bytes(timing_cache or b"")) if use_cache else None
+    monitor = None
+    if progress is not None:
+        monitor = _progress_monitor(trt, progress)
+        config.progress_monitor = monitor
+
+    device = _Device(cuda, device_id)
+    try:
+        with device:  # calibration buffers live in the primary context
+            calibrator = None
+            if st.int8:
+                assert calibration is not None
+                calib_shapes = {
+                    n: (ranges[n][1] if n in ranges else shape) for n, shape in inputs.items()
+                }
+                dtypes = {t.name: np.dtype(_np_dtype(trt, t.dtype, t.name)) for t in tensors}
+                count, batches = _calibration_batches(calibration, calib_shapes, dtypes)
+                calibrator = _multi_calibrator(trt, cuda, count, batches)
+                config.int8_calibrator = calibrator
+                if profile is not None and not config.set_calibration_profile(profile):
+                    raise BackendError("TensorRT refused the calibration profile")
+            try:
+                serialized = builder.build_serialized_network(network, config)
+            finally:
+                if calibrator is not None:
+                    calibrator.free()
+    finally:
+        device.release()
+    if monitor is not None and monitor.error is not None:
+        raise monitor.error
+    if serialized is None:
+        raise BackendError("TensorRT failed to build the engine (see the TensorRT log above)")
+    out_cache = None if cache is None else bytes(cache.serialize())
+    return BuiltEngine(plan=bytes(serialized), identity=identity, timing_cache=out_cache)
+
+
+def _attach_timing_cache(config: trt_t.IBuilderConfig, blob: bytes) -> trt_t.ITimingCache:
+    """Give the builder a timing cache from ``blob``, or an empty one if TensorRT rejects it."""
+    for data in (blob, b""):  # a cache of another GPU or version: start afresh
+        cache = config.create_timing_cache(data)
+        if cache is not None and bool(config.set_timing_cache(cache, False)):
+            return cache
+    raise BackendError("TensorRT cannot create a timing cache")
+
+
+def _progress_monitor(trt: Any, progress: Callable[[str, int, int], None]) -> Any:
+    """A ``trt.IProgressMonitor`` feeding ``progress(phase, done, total)``."""
+
+    class _Monitor(trt.IProgressMonitor):  # type: ignore[misc, name-defined, unused-ignore]
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+            self._lock = threading.Lock()
+            self._totals: dict[str, int] = {}
+            self.error: BaseException | None = None
+
+        def _report(self, phase: str, done: int, total: int) -> bool:
+            with self._lock:
+                if self.error is not None:
+                    return False
+                try:
+                    progress(phase, done, total)
+                except BaseException as exc:  # cancel the build, raise it afterwards
+                    self.error = exc
+                    return False
+                return True
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            with self._lock:
+                self._totals[phase_name] = num_steps
+            self._report(phase_name, 0, num_steps)
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            return self._report(phase_name, step + 1, self._totals.get(phase_name, step + 1))
+
+        def phase_finish(self, phase_name: str) -> None:
+            with self._lock:
+                total = self._totals.pop(phase_name, 0)
+            self._report(phase_name, total, total)
+
+    return _Monitor()
+
+
+def _multi_calibrator(trt: Any, cuda: Any, count: int, batches: dict[str, np.ndarray]) -> Any:
+    """An entropy calibrator feeding one batch per input per call (needs a CUDA context).
+
+    The calibration cache is neither read nor written: no files next to secret models.
+    """
+
+    class _Calibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc, name-defined, unused-ignore]
+        def __init__(self) -> None:
+            trt.IInt8EntropyCalibrator2.__init__(self)
+            self._pos = 0
+            self._dmem: dict[str, Any] = {}
+            try:
+                for name, arr in batches.items():
+                    self._dmem[name] = cuda.mem_alloc(max(1, arr[0].nbytes))
+            except BaseException:
+                self.free()
+                raise
+
+        def get_batch_size(self) -> int:
+            return 1  # explicit batch: the batch is in each input's shape
+
+        def get_batch(self, names: list[str]) -> list[int]:
+            if self._pos >= count:
+                return []  # no more batches
+            for name in names:
+                cuda.memcpy_htod(self._dmem[name], batches[name][self._pos])
+            self._pos += 1
+            return [int(self._dmem[name]) for name in names]
+
+        def read_calibration_cache(self) -> Any:
+            return None  # always calibrate from the data
+
+        def write_calibration_cache(self, cache: Any) -> None:
+            return None  # never persisted
+
+        def free(self) -> None:
+            for mem in self._dmem.values():
+                mem.free()
+            self._dmem.clear()
+
+    return _Calibrator()
