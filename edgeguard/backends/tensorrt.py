@@ -253,6 +253,7 @@ class TensorRTBackend(Backend):
         self._graphs: _CudaGraphs | None = _load_graph_api() if cuda_graph else None
         self._graph_exec: int | None = None
         self._graph_error: str | None = None
+        self._graph_check: object = None
         with device:
             self._context = engine.create_execution_context()
             if self._context is None:
@@ -437,6 +438,7 @@ class TensorRTBackend(Backend):
         key = self._planner.key(
             {n: tuple(int(d) for d in a.shape) for n, a in arrays.items()},
             None if check is None else check.input_name,
+            id(check),
         )
         results: dict[str, np.ndarray] = {}
         raw = np.empty(0, np.uint8)
@@ -450,13 +452,27 @@ class TensorRTBackend(Backend):
                         self._do(step, arrays, check, results)
                 if check is not None:
                     raw = self._pinned.handle("check:result")[: self._check_bytes[1]].copy()
-            except (UsageError, BackendError, MissingDependencyError):
-                raise
-            except Exception as exc:
+            except BaseException as exc:
+                self._drain()
+                if isinstance(exc, (UsageError, BackendError, MissingDependencyError)):
+                    raise
+                if not isinstance(exc, Exception):
+                    raise  # KeyboardInterrupt, SystemExit
                 raise BackendError(
                     f"TensorRT GPU path failed at {step.op.value} {step.tensor}: {exc}".rstrip()
                 ) from exc
         return results, raw
+
+    def _drain(self) -> None:
+        """After a failed frame, wait for work already queued (best effort).
+
+        The next frame overwrites the pinned staging buffers, which a copy still
+        queued from the failed frame may be reading.
+        """
+        try:
+            self._stream.synchronize()
+        except Exception:  # the original error is the one worth reporting
+            pass
 
     def _do(
         self,
@@ -578,6 +594,7 @@ class TensorRTBackend(Backend):
             self._planner.disable_graph()
             return
         self._graph_generation = self._generation()
+        self._graph_check = check  # keeps id(check) in the key unique while captured
         self._planner.captured(key)
 
     def _close_impl(self) -> None:
@@ -1063,6 +1080,46 @@ def build_engine(
             f"hardware_compatibility_level {st.hardware!r} needs compute capability "
             f"{need[0]}.{need[1]} or later to build; this GPU is {identity['compute_capability']}"
         )
+    device = _Device(cuda, device_id)
+    try:
+        with device:  # the builder and the calibration buffers use this device's context
+            serialized, cache, monitor = _build(
+                cuda,
+                st,
+                bytes(onnx_bytes),
+                level_name,
+                calibration=calibration,
+                progress=progress,
+                timing_cache=bytes(timing_cache or b"") if use_cache else None,
+            )
+    finally:
+        device.release()
+    if monitor is not None and monitor.error is not None:
+        raise monitor.error
+    if serialized is None:
+        raise BackendError("TensorRT failed to build the engine (see the TensorRT log above)")
+    out_cache = None if cache is None else bytes(cache.serialize())
+    return BuiltEngine(plan=bytes(serialized), identity=identity, timing_cache=out_cache)
+
+
+def _build(
+    cuda: Any,
+    st: _Settings,
+    onnx: bytes,
+    level_name: str,
+    *,
+    calibration: Mapping[str, np.ndarray] | None,
+    progress: Callable[[str, int, int], None] | None,
+    timing_cache: bytes | None,
+) -> tuple[Any, Any, Any]:
+    """The builder calls of :func:`build_engine` (run inside the device's primary context).
+
+    Returns:
+        The serialised network (None on failure), the timing cache (None when off)
+        and the progress monitor (None without a callback).
+    """
+    import tensorrt as trt  # type: ignore[import-untyped, unused-ignore]
+
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     if st.dla_core is not None and st.dla_core >= builder.num_DLA_cores:
@@ -1071,7 +1128,7 @@ def build_engine(
         )
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
     parser = trt.OnnxParser(network, logger)
-    if not bool(parser.parse(bytes(onnx_bytes))):
+    if not bool(parser.parse(onnx)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise BackendError(f"TensorRT cannot parse the ONNX model: {errors or 'unknown error'}")
     tensors = [network.get_input(i) for i in range(network.num_inputs)]
@@ -1103,40 +1160,28 @@ def build_engine(
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
         if not st.host_code:
             config.set_flag(trt.BuilderFlag.EXCLUDE_LEAN_RUNTIME)
-    cache = _attach_timing_cache(config, bytes(timing_cache or b"")) if use_cache else None
+    cache = None if timing_cache is None else _attach_timing_cache(config, timing_cache)
     monitor = None
     if progress is not None:
         monitor = _progress_monitor(trt, progress)
         config.progress_monitor = monitor
 
-    device = _Device(cuda, device_id)
+    calibrator = None
+    if st.int8:
+        assert calibration is not None
+        calib_shapes = {n: (ranges[n][1] if n in ranges else shape) for n, shape in inputs.items()}
+        dtypes = {t.name: np.dtype(_np_dtype(trt, t.dtype, t.name)) for t in tensors}
+        count, batches = _calibration_batches(calibration, calib_shapes, dtypes)
+        calibrator = _multi_calibrator(trt, cuda, count, batches)
+        config.int8_calibrator = calibrator
+        if profile is not None and not config.set_calibration_profile(profile):
+            raise BackendError("TensorRT refused the calibration profile")
     try:
-        with device:  # calibration buffers live in the primary context
-            calibrator = None
-            if st.int8:
-                assert calibration is not None
-                calib_shapes = {
-                    n: (ranges[n][1] if n in ranges else shape) for n, shape in inputs.items()
-                }
-                dtypes = {t.name: np.dtype(_np_dtype(trt, t.dtype, t.name)) for t in tensors}
-                count, batches = _calibration_batches(calibration, calib_shapes, dtypes)
-                calibrator = _multi_calibrator(trt, cuda, count, batches)
-                config.int8_calibrator = calibrator
-                if profile is not None and not config.set_calibration_profile(profile):
-                    raise BackendError("TensorRT refused the calibration profile")
-            try:
-                serialized = builder.build_serialized_network(network, config)
-            finally:
-                if calibrator is not None:
-                    calibrator.free()
+        serialized = builder.build_serialized_network(network, config)
     finally:
-        device.release()
-    if monitor is not None and monitor.error is not None:
-        raise monitor.error
-    if serialized is None:
-        raise BackendError("TensorRT failed to build the engine (see the TensorRT log above)")
-    out_cache = None if cache is None else bytes(cache.serialize())
-    return BuiltEngine(plan=bytes(serialized), identity=identity, timing_cache=out_cache)
+        if calibrator is not None:
+            calibrator.free()
+    return serialized, cache, monitor
 
 
 def _attach_timing_cache(config: trt_t.IBuilderConfig, blob: bytes) -> trt_t.ITimingCache:

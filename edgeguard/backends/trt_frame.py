@@ -131,8 +131,9 @@ class Step:
         return self.op in _ON_STREAM
 
 
-#: Input name -> shape, sorted by name; plus the checked input (or "").
-ShapeKey = tuple[tuple[tuple[str, tuple[int, ...]], ...], str]
+#: Input name -> shape, sorted by name; the checked input (or ""); which check object
+#: (a captured graph bakes in that check's launch parameters).
+ShapeKey = tuple[tuple[tuple[str, tuple[int, ...]], ...], str, int]
 
 
 class FramePlanner:
@@ -157,9 +158,18 @@ class FramePlanner:
         """Whether graphs are in use (turned off by :meth:`disable_graph`)."""
         return self._graph
 
-    def key(self, shapes: dict[str, tuple[int, ...]], check: str | None) -> ShapeKey:
-        """The graph key of one frame."""
-        return (tuple(sorted(shapes.items())), check or "")
+    def key(
+        self, shapes: dict[str, tuple[int, ...]], check: str | None, check_token: int = 0
+    ) -> ShapeKey:
+        """The graph key of one frame.
+
+        Args:
+            shapes: Input name -> shape.
+            check: The input the device check reads, or None.
+            check_token: Identifies the check object (the caller keeps it alive while
+                a graph holds it, so the token cannot be reused).
+        """
+        return (tuple(sorted(shapes.items())), check or "", check_token if check else 0)
 
     def stream_steps(self, check: str | None) -> tuple[Step, ...]:
         """The stream part of a frame, in order (what a graph captures)."""

@@ -196,7 +196,7 @@ class BuilderRecorder:
             num_DLA_cores = rec.dla_cores
 
             def __init__(self, logger: object) -> None:
-                pass
+                rec.cuda.events.append("builder")
 
             def create_network(self, flags: int) -> Network:
                 assert flags == 0
@@ -302,6 +302,8 @@ def test_every_recipe_field_lands_on_its_builder_call(
     }
     assert "int8_calibrator" not in rec.attrs and "progress_monitor" not in rec.attrs
     assert cuda.events.count("push") == cuda.events.count("pop") and cuda.events[-1] == "detach"
+    # the builder is created inside the chosen device's primary context
+    assert cuda.events.index("push") < cuda.events.index("builder") < cuda.events.index("pop")
 
 
 def test_gpu_defaults_set_nothing_optional(

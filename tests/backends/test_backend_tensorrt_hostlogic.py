@@ -522,8 +522,11 @@ class _SumCheck:
     host-to-device copy it would read stale bytes and the test would see it.
     """
 
-    def __init__(self, cuda: _Cuda, *, input_name: str = "image", device_id: int = 0) -> None:
+    def __init__(
+        self, cuda: _Cuda, *, input_name: str = "image", device_id: int = 0, scale: float = 1.0
+    ) -> None:
         self.cuda, self.input_name, self.device_id = cuda, input_name, device_id
+        self.scale = scale
 
     def device_buffers(self, shape: tuple[int, ...], dtype: str) -> tuple[int, int]:
         assert dtype == "float32"
@@ -544,7 +547,7 @@ class _SumCheck:
 
         def run() -> None:
             data = cuda.allocs[x].buf[: n * 4].view(np.float32)
-            packed = np.array([data.sum(dtype=np.float64), n], np.float64)
+            packed = np.array([data.sum(dtype=np.float64) * self.scale, n], np.float64)
             cuda.allocs[result].buf[:16] = packed.view(np.uint8)
 
         cuda.op(f"check:{x}->{result}@{stream.handle}", run)
@@ -692,8 +695,12 @@ def test_cuda_and_tensorrt_failures_are_backend_errors(
     backend = TensorRTBackend.from_engine_bytes(b"PLAN")
     x = np.ones((1, 1, 8, 8), np.float32)
     cuda.fail_on = "htod"
+    syncs = sum(e.startswith("sync@") for e in cuda.events)
     with pytest.raises(BackendError, match="failed at h2d image: test double: injected"):
         backend.run({"image": x})
+    # the stream is drained before the error leaves (queued copies read the staging buffers)
+    assert sum(e.startswith("sync@") for e in cuda.events) == syncs + 1
+    assert backend.synchronizations == 0  # no frame completed
     cuda.fail_on = "check"
     with pytest.raises(BackendError, match="failed at check image"):
         backend.run_with_stats({"image": x}, _SumCheck(cuda))
@@ -782,3 +789,19 @@ def test_cuda_cpp_sanity_check_rides_the_inference_stream(
         check.device_buffers((1, 1, 8, 8), "int32")
     backend.close()
     kernel.close()
+
+
+def test_another_check_object_is_captured_apart(
+    doubles: tuple[Any, _Cuda], graphs: _Graphs
+) -> None:
+    """A graph bakes in one check's launch; a different check on the same input recaptures."""
+    _, cuda = doubles
+    backend = TensorRTBackend.from_engine_bytes(b"PLAN", cuda_graph=True)
+    x = np.ones((2, 1, 8, 8), np.float32)
+    single, double = _SumCheck(cuda), _SumCheck(cuda, scale=2.0)
+    for _ in range(2):
+        assert backend.run_with_stats({"image": x}, single)[1] == (128.0, 128)
+    assert backend.run_with_stats({"image": x}, double)[1] == (256.0, 128)
+    assert backend.run_with_stats({"image": x}, double)[1] == (256.0, 128)
+    assert backend.describe()["details"]["graph_captures"] == 2
+    backend.close()
