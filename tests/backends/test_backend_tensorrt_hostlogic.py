@@ -805,3 +805,99 @@ def test_another_check_object_is_captured_apart(
     assert backend.run_with_stats({"image": x}, double)[1] == (256.0, 128)
     assert backend.describe()["details"]["graph_captures"] == 2
     backend.close()
+
+
+class _DriverLibDouble:
+    """Test double of libcuda.so.1 for the CUDA graph calls (records them; no driver)."""
+
+    def __init__(self, *, fail: str | None = None) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        lib = self
+
+        class Fn:
+            def __init__(self, name: str, rc: int = 0) -> None:
+                self.name, self.rc = name, rc
+                self.restype: Any = None
+                self.argtypes: Any = None
+
+            def __call__(self, *args: Any) -> int:
+                lib.calls.append((self.name, *args))
+                if self.name == "cuStreamEndCapture":
+                    args[1]._obj.value = 0xA11  # the graph
+                if self.name == "cuGraphInstantiateWithFlags":
+                    args[0]._obj.value = 0xE11  # the executable
+                return 700 if self.name == fail else self.rc
+
+        for name in (
+            "cuStreamBeginCapture_v2",
+            "cuStreamEndCapture",
+            "cuGraphInstantiateWithFlags",
+            "cuGraphLaunch",
+            "cuGraphDestroy",
+            "cuGraphExecDestroy",
+        ):
+            setattr(self, name, Fn(name))
+
+    def names(self) -> list[str]:
+        return [c[0] for c in self.calls]
+
+
+def test_cuda_graph_driver_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ctypes
+
+    from edgeguard.backends import tensorrt as trt_backend
+
+    lib = _DriverLibDouble()
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: lib if name == "libcuda.so.1" else None)
+    graphs = trt_backend._load_graph_api()
+    enqueued: list[str] = []
+    executable = graphs.capture(0x5EED, lambda: enqueued.append("work"))
+    assert executable == 0xE11 and enqueued == ["work"]
+    assert lib.names() == [
+        "cuStreamBeginCapture_v2",
+        "cuStreamEndCapture",
+        "cuGraphInstantiateWithFlags",
+        "cuGraphDestroy",  # the graph is freed once instantiated
+    ]
+    begin = lib.calls[0]
+    assert begin[1].value == 0x5EED and begin[2] == 1  # thread-local capture mode
+    graphs.launch(executable, 0x5EED)
+    graphs.destroy(executable)
+    assert lib.names()[-2:] == ["cuGraphLaunch", "cuGraphExecDestroy"]
+
+
+def test_cuda_graph_driver_failures(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ctypes
+
+    from edgeguard.backends import tensorrt as trt_backend
+
+    lib = _DriverLibDouble()
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: lib)
+    graphs = trt_backend._load_graph_api()
+
+    def boom() -> None:
+        raise RuntimeError("enqueue failed")
+
+    with pytest.raises(RuntimeError, match="enqueue failed"):
+        graphs.capture(1, boom)
+    assert lib.names()[-1] == "cuStreamEndCapture"  # capture always ended
+    for failing, match in (
+        ("cuStreamBeginCapture_v2", "cuStreamBeginCapture failed"),
+        ("cuGraphInstantiateWithFlags", "cuGraphInstantiate failed"),
+        ("cuGraphLaunch", r"cuGraphLaunch failed \(CUresult 700\)"),
+    ):
+        lib = _DriverLibDouble(fail=failing)
+        monkeypatch.setattr(ctypes, "CDLL", lambda name, lib=lib: lib)
+        graphs = trt_backend._load_graph_api()
+        with pytest.raises(BackendError, match=match):
+            graphs.capture(1, lambda: None)
+            graphs.launch(1, 1)
+        if failing == "cuGraphInstantiateWithFlags":
+            assert lib.names()[-1] == "cuGraphDestroy"
+
+    def no_driver(name: str) -> Any:
+        raise OSError("libcuda.so.1: cannot open shared object file")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_driver)
+    with pytest.raises(BackendError, match=r"CUDA graphs need the NVIDIA driver's libcuda\.so\.1"):
+        trt_backend._load_graph_api()
