@@ -4,17 +4,29 @@ Written against the TensorRT 10 Python API: engines are deserialised from
 memory with ``trt.Runtime(logger).deserialize_cuda_engine(bytes)``, tensors are
 addressed by name (``num_io_tensors`` / ``get_tensor_name`` / ``get_tensor_mode``
 / ``set_input_shape`` / ``set_tensor_address``) and run with
-``execute_async_v3`` on a CUDA stream. Device memory comes from pycuda, used in
-the device's *primary* context (the one TensorRT's CUDA runtime calls use).
+``execute_async_v3`` on the backend's own CUDA stream. Device memory and pinned
+host staging buffers come from pycuda, used in the device's *primary* context
+(the one TensorRT's CUDA runtime calls use).
+
+* :class:`TensorRTBackend` - the GPU member path: one stream per backend, each
+  input copied to the device once, an optional device check (the CUDA C++ sanity
+  kernel, :meth:`TensorRTBackend.run_with_stats`) on that device buffer before
+  ``execute_async_v3``, one synchronisation per frame, optional CUDA graphs. The
+  order of a frame is built by :mod:`edgeguard.backends.trt_frame` (pure code).
+* :func:`build_engine` - an engine built on the device from a signed
+  :class:`~edgeguard.policy.engine.MemberRecipe`; :func:`platform_identity`.
+* :func:`build_engine_from_onnx` - the older one-input builder.
 
 Security-relevant defaults: engines that embed host code (version-compatible
 lean runtimes, plugins) are refused unless ``allow_host_code=True`` is passed,
-which the runtime layer does only when the signed bundle policy allows it.
+which the runtime layer does only when the signed bundle policy allows it; the
+builder excludes the lean runtime unless the recipe allows host code.
 
 tensorrt and pycuda are imported lazily; without them every entry point raises
 :class:`~edgeguard.errors.MissingDependencyError` naming the ``trt`` or ``cuda``
-extra. NOTE: this module type-checks against ``tensorrt-stubs`` but has never
-run on a GPU (see docs/backends.md).
+extra. NOTE: this module type-checks against ``tensorrt-stubs`` and its host-side
+logic is tested with recording test doubles, but it has never run on a GPU
+(see docs/backends.md).
 """
 
 from __future__ import annotations
