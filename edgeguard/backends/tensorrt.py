@@ -31,6 +31,7 @@ logic is tested with recording test doubles, but it has never run on a GPU
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import threading
 from collections.abc import Callable, Mapping
@@ -481,10 +482,8 @@ class TensorRTBackend(Backend):
         The next frame overwrites the pinned staging buffers, which a copy still
         queued from the failed frame may be reading.
         """
-        try:
+        with contextlib.suppress(Exception):  # the original error is the one to report
             self._stream.synchronize()
-        except Exception:  # the original error is the one worth reporting
-            pass
 
     def _do(
         self,
