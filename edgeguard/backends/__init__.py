@@ -3,7 +3,10 @@
 * :mod:`edgeguard.backends.base` - the :class:`Backend` interface and :class:`TensorSpec`.
 * :mod:`edgeguard.backends.onnxruntime` - ONNX Runtime, CPU execution provider (the
   embedded default).
-* :mod:`edgeguard.backends.tensorrt` - TensorRT 10 engines on NVIDIA GPUs / Jetson.
+* :mod:`edgeguard.backends.tensorrt` - TensorRT 10 engines on NVIDIA GPUs / Jetson,
+  and the on-device builder from a signed recipe.
+* :mod:`edgeguard.backends.trt_frame` - the per-frame step plan of the TensorRT GPU
+  path and the ``DeviceCheck`` interface (pure code).
 
 :func:`load_backend` picks the backend from a bundle member's format string.
 Importing this package imports neither onnxruntime nor tensorrt nor pycuda; the
