@@ -152,8 +152,8 @@ def build_bundle(
         flag = "--int8" if engine.int8 else "--best (which includes int8)"
         raise UsageError(
             f"{flag} needs calibration frames to calibrate the INT8 engine on the device",
-            hint="give --calibration DATA (.npz, .npy or a folder of images; a sanity "
-            "profile .json holds no frames)",
+            hint="give --calibration DATA: an .npz, an .npy or a folder of images (a "
+            "sanity profile .json holds no frames)",
         )
     if engine.dla_core is not None:
         from dataclasses import replace

@@ -435,7 +435,8 @@ def recipe_summary(r: Any) -> str:
         parts.append(f"workspace {r.workspace_bytes >> 20} MiB")
     for s in r.shapes:
         dims = ["x".join(map(str, d)) for d in (s.min, s.opt, s.max)]
-        parts.append(f"{s.input} {dims[0]}..{dims[1]}..{dims[2]}")
+        same = dims[0] == dims[1] == dims[2]
+        parts.append(f"{s.input} " + (dims[0] if same else f"{dims[0]}..{dims[1]}..{dims[2]}"))
     if r.builder_optimization_level != 3:
         parts.append(f"opt level {r.builder_optimization_level}")
     if r.version_compatible:

@@ -267,8 +267,8 @@ def check_profiles(opts: EngineOptions, profiles: Sequence[DeviceProfile]) -> No
                 )
             if opts.dla_core >= p.dla_cores:
                 raise UsageError(
-                    f"--useDLACore {opts.dla_core}: device profile {p.id} has {p.dla_cores} "
-                    f"DLA core(s), numbered from 0",
+                    f"--useDLACore {opts.dla_core}: device profile {p.id} has DLA cores 0 to "
+                    f"{p.dla_cores - 1}",
                 )
         for prec in _precisions(opts):
             if prec not in p.precisions:
@@ -369,22 +369,26 @@ def shape_ranges(
                     "--minShapes/--optShapes/--maxShapes, or --calibration frames to shape it",
                 )
             g = {"min": frame, "opt": frame, "max": frame}
+            flags = dict.fromkeys(g, "the calibration frames' shape")
             notes.append(
                 f"engine profile of {member}: input {spec.name} fixed at {_fmt(frame)} (one "
                 "frame); give --minShapes/--optShapes/--maxShapes for a range"
             )
         elif set(g) == {"opt"}:
             g = {"min": g["opt"], "opt": g["opt"], "max": g["opt"]}
+            flags = dict.fromkeys(g, "--optShapes")
         elif set(g) != {"min", "opt", "max"}:
             missing = sorted({"min", "opt", "max"} - set(g))
             raise UsageError(
                 f"input {spec.name}: give all of --minShapes, --optShapes and --maxShapes, or "
                 f"only --optShapes (trtexec's rule); missing: {', '.join(missing)}",
             )
+        else:
+            flags = {k: f"--{k}Shapes" for k in g}
         for key in ("min", "opt", "max"):
             if len(g[key]) != len(spec.shape):
                 raise UsageError(
-                    f"--{key}Shapes {spec.name}:{_fmt(g[key])} has rank {len(g[key])}; input "
+                    f"{flags[key]} {spec.name}:{_fmt(g[key])} has rank {len(g[key])}; input "
                     f"{spec.name} of member {member} has rank {len(spec.shape)} ({model})",
                 )
         for axis, dim in enumerate(spec.shape):
@@ -439,7 +443,7 @@ def member_recipes(
         if dla is not None and not (opts.fp16 or opts.int8 or opts.best):
             raise UsageError(
                 f"member {name} runs on {text}, and the DLA runs fp16 or int8 only, not fp32",
-                hint="add --fp16 (or --int8 with --calibration frames)",
+                hint="add --fp16, or --int8 with --calibration frames",
             )
         shapes, more = shape_ranges(opts, name, io[name], frames.get(name, {}))
         notes.extend(more)
