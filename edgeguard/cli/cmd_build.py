@@ -260,7 +260,9 @@ def _add_engine_args(p: Any) -> None:
         "--hardware-compatibility-level",
         dest="hw_level",
         choices=["none", "ampere+", "same_compute_capability"],
-        help="GPUs a plan runs on besides the builder's model (default none)",
+        metavar="LEVEL",
+        help="GPUs a plan runs on besides the builder's model: none (default), ampere+ or "
+        "same_compute_capability",
     )
     e.add_argument(
         "--allowEngineHostCode",

@@ -325,8 +325,9 @@ def shape_ranges(
     member: str,
     contract: MemberIo,
     frames: Mapping[str, tuple[int, ...]],
-) -> tuple[tuple[ShapeRange, ...], list[str]]:
-    """The optimisation profile of one member's inputs, and notes for the build output.
+) -> tuple[tuple[ShapeRange, ...], list[tuple[str, tuple[int, ...]]]]:
+    """The optimisation profile of one member's inputs, and the inputs it fixed at one
+    frame's shape (``(input, shape)``, for the build's output).
 
     Given shapes follow trtexec: all of min, opt and max for an input, or only opt
     (then min = max = opt). Every named input must be one of the member's; the rank must
@@ -334,8 +335,8 @@ def shape_ranges(
     ``min <= opt <= max`` on every axis. An input with a dynamic axis and no given
     shapes gets min = opt = max = one frame's shape (``frames``: a batch of one
     calibration frame, else of the frames the sanity profile was calibrated on, else
-    the contract's fixed axes with a batch of 1), and a note saying so; with none of
-    these it is refused.
+    the contract's fixed axes with a batch of 1), and is listed in the second value; with
+    none of these it is refused.
 
     Raises:
         UsageError: Any of the above does not hold.
@@ -355,7 +356,7 @@ def shape_ranges(
                 )
             given.setdefault(name, {})[flag[2:5]] = dims
     ranges: list[ShapeRange] = []
-    notes: list[str] = []
+    defaults: list[tuple[str, tuple[int, ...]]] = []
     for spec in contract.inputs:
         model = _fmt(spec.shape)
         g = given.get(spec.name)
@@ -370,10 +371,7 @@ def shape_ranges(
                 )
             g = {"min": frame, "opt": frame, "max": frame}
             flags = dict.fromkeys(g, "the calibration frames' shape")
-            notes.append(
-                f"engine profile of {member}: input {spec.name} fixed at {_fmt(frame)} (one "
-                "frame); give --minShapes/--optShapes/--maxShapes for a range"
-            )
+            defaults.append((spec.name, frame))
         elif set(g) == {"opt"}:
             g = {"min": g["opt"], "opt": g["opt"], "max": g["opt"]}
             flags = dict.fromkeys(g, "--optShapes")
@@ -407,7 +405,7 @@ def shape_ranges(
             ranges.append(ShapeRange(spec.name, g["min"], g["opt"], g["max"]))
         except MalformedError as exc:  # a dimension beyond the recipe's bounds
             raise UsageError(f"input {spec.name}: {exc}") from exc
-    return tuple(ranges), notes
+    return tuple(ranges), defaults
 
 
 def member_recipes(
@@ -434,7 +432,7 @@ def member_recipes(
             on a DLA; a DLA member without fp16/int8; a shape the member refuses.
     """
     recipes: dict[str, MemberRecipe] = {}
-    notes: list[str] = []
+    defaulted: dict[tuple[str, tuple[int, ...]], list[str]] = {}
     for name, text in placements.items():
         where = parse_placement(text)
         if where.unit not in ("gpu", "dla"):
@@ -446,7 +444,8 @@ def member_recipes(
                 hint="add --fp16, or --int8 with --calibration frames",
             )
         shapes, more = shape_ranges(opts, name, io[name], frames.get(name, {}))
-        notes.extend(more)
+        for entry in more:
+            defaulted.setdefault(entry, []).append(name)
         recipes[name] = MemberRecipe(
             fp16=opts.fp16,
             int8=opts.int8,
@@ -475,6 +474,11 @@ def member_recipes(
         raise UsageError(
             "--allowGPUFallback: no member runs on a DLA core (--placement puts them elsewhere)"
         )
+    notes = [
+        f"engine profile of {', '.join(names)}: input {inp} fixed at {_fmt(frame)} (one "
+        "frame); give --minShapes/--optShapes/--maxShapes for a range"
+        for (inp, frame), names in defaulted.items()
+    ]
     return recipes, notes
 
 
