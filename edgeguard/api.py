@@ -269,7 +269,7 @@ def _engine_slot(
             )
         prebuilt = tuple(tag for tag, _ in built)
         if path is not None and cache is not None:
-            atomic_write(Path(path), cache)
+            atomic_write(Path(path), cache, mode=0o600)
     if on_note is not None:
         for note in notes:
             on_note(note)

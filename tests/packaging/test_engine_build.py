@@ -119,6 +119,7 @@ def test_prebuilt_plans_are_embedded_and_tagged(tmp_path: Path, monkeypatch) -> 
     )
     assert slots.engines.members["digits_mlp"].timing_cache
     assert fake.calls[0]["timing_cache"] == b"old" and cache.read_bytes() == b"old+"
+    assert cache.stat().st_mode & 0o777 == 0o600
     assert any(n.startswith("prebuilt engine digits_mlp.plan") for n in notes)
     with open(tmp_path / "b.egb", "rb") as f:
         prefix, _ = read_prefix(f)
