@@ -262,11 +262,6 @@ def _engine_slot(
         )
         for tag, plan_bytes in built:
             sources.append(MemberSource(tag.member, plan_bytes, role="engine", format="trt-engine"))
-            notes.append(
-                f"prebuilt engine {tag.member} for {tag.for_member}: TensorRT {tag.tensorrt}, "
-                f"{tag.gpu_name} (compute capability {tag.compute_capability}), for "
-                f"{tag.device_profile}"
-            )
         prebuilt = tuple(tag for tag, _ in built)
         if path is not None and cache is not None:
             atomic_write(Path(path), cache, mode=0o600)

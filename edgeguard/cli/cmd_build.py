@@ -423,7 +423,8 @@ def print_engine_recipe(manifest: Any) -> None:
     for tag in engines.prebuilt:
         print(
             f"  prebuilt plan {tag.member} for {tag.for_member}: TensorRT {tag.tensorrt}, "
-            f"{tag.gpu_name} (sm {tag.compute_capability}), profile {tag.device_profile}"
+            f"{tag.gpu_name} (compute capability {tag.compute_capability}), profile "
+            f"{tag.device_profile}"
         )
 
 

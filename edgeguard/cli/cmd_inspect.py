@@ -150,10 +150,12 @@ def run(args: argparse.Namespace) -> int:
     t = Table(title="members (sha256 prefix; --json for the full digests)")
     for col in ("name", "role", "format", "size", "sha256", *(("placement",) if rt else ())):
         t.add_column(col, overflow="fold")
+    uses = _engine_uses(d.get("engine_recipe"))
     for x in d["members"]:
         row = [escape(x["name"]), x["role"], x["format"], str(x["size"]), x["sha256"][:16] + "…"]
         if rt:
-            row.append(where.get(x["name"], "cpu, unpinned" if x["role"] == "fallback" else "-"))
+            other = "cpu, unpinned" if x["role"] == "fallback" else uses.get(x["name"], "-")
+            row.append(escape(where.get(x["name"], other)))
         t.add_row(*row)
     c.print(t)
     if rt:
@@ -230,6 +232,17 @@ def run(args: argparse.Namespace) -> int:
     slots = [k for k, v in d["slots"].items() if v]
     c.print(f"signed slots: {', '.join(slots) or 'none'}")
     return 0
+
+
+def _engine_uses(slot: dict[str, Any] | None) -> dict[str, str]:
+    """What the plan and calibration members are for (shown where a placement would be)."""
+    if slot is None:
+        return {}
+    uses = {p["member"]: f"plan for {p['for_member']}" for p in slot.get("prebuilt", [])}
+    for recipe in slot["members"].values():
+        if recipe.get("int8_calibration_member"):
+            uses[recipe["int8_calibration_member"]] = "int8 calibration frames"
+    return uses
 
 
 def _print_engines(c: Any, slot: dict[str, Any]) -> None:

@@ -207,6 +207,29 @@ def test_engine_on_this_host_without_tensorrt_is_one_line_exit_7(
     assert len(err.strip().splitlines()) == 1 and "edgeguard[trt]" in err
 
 
+def test_prebuilt_plan_is_shown_by_build_and_inspect(keys: Path, monkeypatch, capsys) -> None:
+    """With a fake builder (a test double returning fake bytes; no GPU ran)."""
+    from tests.packaging.test_engines import FakeBuilder
+
+    monkeypatch.setattr(engines, "_engine_builder", lambda: FakeBuilder())
+    args = _args(keys, data.model_path("digits_mlp"), "jetson-agx-orin", "--int8")
+    calib = str(data.split_path("calib"))
+    assert main([*args, "--calibration", calib, "--engine-on-this-host"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "prebuilt plan digits_mlp.plan for digits_mlp: TensorRT 10.3.0.30, Orin (compute "
+        "capability 8.7), profile jetson-agx-orin"
+    ) in out
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["inspect", str(keys / "out.egb")]) == 0
+    human = capsys.readouterr().out
+    assert "plan for digits_mlp" in human and "int8 calibration frames" in human
+    assert "prebuilt plans" in human and "10.3.0.30" in human
+    assert main(["inspect", str(keys / "out.egb"), "--json"]) == 0
+    j = json.loads(capsys.readouterr().out)
+    assert j["engine_recipe"]["prebuilt"][0]["gpu_name"] == "Orin"
+
+
 def test_engine_on_this_host_real_backend_names_the_trt_extra(keys: Path) -> None:
     from edgeguard.backends import tensorrt
 
