@@ -130,6 +130,10 @@ def build_bundle(
         infos.append(check_onnx_model(data, source=str(path)))
         given.append((Path(path).stem, data))
     ensemble = ensemble or EnsembleOptions()
+    if engine.active:
+        _check_shapes_early(
+            engine, given[0], frames_later=calibration is not None or sanity is not None
+        )
     cal_arrays = None
     shape_hints = None
     if calibration is not None:
@@ -200,6 +204,19 @@ def build_bundle(
         policy=policy,
         engine_recipe=engine_recipe,
     )
+
+
+def _check_shapes_early(
+    engine: EngineOptions, model: tuple[str, bytes], *, frames_later: bool
+) -> None:
+    """Refuse shapes the primary model refuses before the long steps (calibration,
+    variants, timing): every member takes the same inputs, so its contract decides."""
+    from edgeguard.packaging.engines import frame_shapes_per_input, shape_ranges
+    from edgeguard.packaging.ensemble import MemberPlan, member_io
+
+    contract = member_io(MemberPlan(model[0], model[1], "primary"))
+    frames = frame_shapes_per_input(contract, None, None)
+    shape_ranges(engine, model[0], contract, frames, frames_later=frames_later)
 
 
 def _engine_slot(

@@ -325,6 +325,8 @@ def shape_ranges(
     member: str,
     contract: MemberIo,
     frames: Mapping[str, tuple[int, ...]],
+    *,
+    frames_later: bool = False,
 ) -> tuple[tuple[ShapeRange, ...], list[tuple[str, tuple[int, ...]]]]:
     """The optimisation profile of one member's inputs, and the inputs it fixed at one
     frame's shape (``(input, shape)``, for the build's output).
@@ -336,7 +338,8 @@ def shape_ranges(
     shapes gets min = opt = max = one frame's shape (``frames``: a batch of one
     calibration frame, else of the frames the sanity profile was calibrated on, else
     the contract's fixed axes with a batch of 1), and is listed in the second value; with
-    none of these it is refused.
+    none of these it is refused. ``frames_later`` skips such an input instead (the
+    early check of ``build``, before the calibration frames are loaded).
 
     Raises:
         UsageError: Any of the above does not hold.
@@ -364,6 +367,8 @@ def shape_ranges(
             if all(isinstance(d, int) for d in spec.shape):
                 continue
             frame = frames.get(spec.name)
+            if frame is None and frames_later:
+                continue
             if frame is None:
                 raise UsageError(
                     f"input {spec.name} of member {member} has dynamic axes ({model}): give "

@@ -181,6 +181,15 @@ def test_refusals_are_one_line_with_exit_2(
     assert not out.exists()
 
 
+def test_shapes_are_checked_before_the_calibration_data_is_read(keys: Path, capsys) -> None:
+    args = _args(keys, keys / "det.onnx", "jetson-agx-orin", "--fp16")
+    code = main([*args, "--calibration", str(keys / "missing.npz"), "--optShapes", "x:1x3x8x8"])
+    assert code == 2 and "--optShapes names input 'x'" in capsys.readouterr().err
+    # without a shape error the missing data is what is refused, and it shapes the input
+    code = main([*args, "--calibration", str(keys / "missing.npz")])
+    assert code == 2 and "missing.npz' does not exist" in capsys.readouterr().err
+
+
 def test_hardware_level_is_a_choice(keys: Path) -> None:
     r = eg(*_args(keys, keys / "det.onnx", "jetson-agx-orin", "--hardwareCompatibilityLevel", "x"))
     assert r.returncode == 2 and "invalid choice: 'x'" in r.stderr
