@@ -16,6 +16,7 @@ from edgeguard.cli.main import main
 from edgeguard.errors import MissingDependencyError
 from edgeguard.packaging import engines
 from tests.helpers import eg, make_keys
+from tests.packaging.test_engines import real_tensorrt
 
 
 def _dynamic_model(path: Path) -> None:
@@ -244,6 +245,8 @@ def test_engine_on_this_host_real_backend_names_the_trt_extra(keys: Path) -> Non
 
     if not hasattr(tensorrt, "build_engine"):
         pytest.skip("edgeguard.backends.tensorrt.build_engine is not in this tree yet")
+    if real_tensorrt():
+        pytest.skip("TensorRT is installed here")
     r = eg(
         *_args(
             keys,

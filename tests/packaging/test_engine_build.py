@@ -19,7 +19,7 @@ from edgeguard.packaging.packager import MemberSource, write_bundle
 from edgeguard.policy.engine import EngineRecipe, MemberRecipe
 from edgeguard.policy.slots import read_slots
 from edgeguard.runtime.opener import read_prefix
-from tests.packaging.test_engines import ORIN_HOST, FakeBuilder
+from tests.packaging.test_engines import ORIN_HOST, FakeBuilder, real_tensorrt
 
 SIGNER = SignerKey.generate()
 DEVICE = DeviceKey.generate("cam-01", profile="jetson-agx-orin")
@@ -138,13 +138,8 @@ def test_engine_on_this_host_without_tensorrt_names_the_trt_extra(tmp_path: Path
 
     if not hasattr(tensorrt, "build_engine"):
         pytest.skip("edgeguard.backends.tensorrt.build_engine is not in this tree yet")
-    if tensorrt.__dict__.get("_require_trt") is not None:
-        try:
-            tensorrt._require_trt()
-        except MissingDependencyError:
-            pass
-        else:
-            pytest.skip("TensorRT is installed here")
+    if real_tensorrt():
+        pytest.skip("TensorRT is installed here")
     with pytest.raises(MissingDependencyError) as info:
         _build(tmp_path, EngineOptions(fp16=True, on_this_host=True))
     assert info.value.extra == "trt"

@@ -362,6 +362,17 @@ def test_calibration_subset_refusals(arrays: dict[str, np.ndarray]) -> None:
 
 # -- prebuilt plans --------------------------------------------------------------------
 
+
+def real_tensorrt() -> bool:
+    """Whether TensorRT itself imports (``tensorrt-stubs`` alone is a bare namespace)."""
+    import importlib
+
+    try:
+        return hasattr(importlib.import_module("tensorrt"), "Builder")
+    except ImportError:
+        return False
+
+
 ORIN_HOST = {
     "tensorrt": "10.3.0.30",
     "compute_capability": "8.7",
