@@ -10,7 +10,6 @@ test_backend_tensorrt.py).
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import types
 from typing import Any
@@ -25,13 +24,6 @@ from edgeguard.policy.engine import MemberRecipe, ShapeRange
 ONNX = b"\x08\x07onnx model bytes (test double)"
 IMAGE = ShapeRange("image", (1, 3, 32, 32), (2, 3, 64, 64), (4, 3, 128, 128))
 MASK = ShapeRange("mask", (1, 5), (2, 7), (4, 9))
-
-
-@dataclasses.dataclass(frozen=True)
-class RecipeWithCache(MemberRecipe):
-    """A recipe with the ``timing_cache`` switch another change adds to MemberRecipe."""
-
-    timing_cache: bool = True
 
 
 class CudaDouble(types.ModuleType):
@@ -388,7 +380,7 @@ def test_best_allows_fp16_and_int8(cuda: CudaDouble, monkeypatch: pytest.MonkeyP
 
 def test_timing_cache_in_and_out(cuda: CudaDouble, monkeypatch: pytest.MonkeyPatch) -> None:
     rec = _install(monkeypatch, BuilderRecorder(cuda))
-    recipe = MemberRecipe(shapes=(IMAGE, MASK))
+    recipe = MemberRecipe(shapes=(IMAGE, MASK), timing_cache=True)
     built = build_engine(ONNX, recipe, timing_cache=b"earlier")
     assert rec.cache_calls == [("create", b"earlier"), ("set", b"earlier")]
     assert built.timing_cache == b"TIMING:earlier"
@@ -403,15 +395,15 @@ def test_timing_cache_in_and_out(cuda: CudaDouble, monkeypatch: pytest.MonkeyPat
     assert built.timing_cache == b"TIMING:"
     # a recipe that asks for a timing cache gets a fresh one
     rec.cache_calls.clear()
-    built = build_engine(ONNX, RecipeWithCache(shapes=(IMAGE, MASK)))
+    built = build_engine(ONNX, MemberRecipe(shapes=(IMAGE, MASK), timing_cache=True))
     assert rec.cache_calls == [("create", b""), ("set", b"")] and built.timing_cache == b"TIMING:"
     with pytest.raises(UsageError, match="turns the timing cache off"):
         build_engine(
-            ONNX, RecipeWithCache(shapes=(IMAGE, MASK), timing_cache=False), timing_cache=b"x"
+            ONNX, MemberRecipe(shapes=(IMAGE, MASK), timing_cache=False), timing_cache=b"x"
         )
     rec.cache_calls.clear()
     assert (
-        build_engine(ONNX, RecipeWithCache(shapes=(IMAGE, MASK), timing_cache=False)).timing_cache
+        build_engine(ONNX, MemberRecipe(shapes=(IMAGE, MASK), timing_cache=False)).timing_cache
         is None
     )
     assert rec.cache_calls == []
