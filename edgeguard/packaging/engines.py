@@ -220,6 +220,10 @@ def _precisions(opts: EngineOptions) -> list[str]:
     return [p for p, on in (("fp16", opts.fp16), ("int8", opts.int8)) if on]
 
 
+#: The oldest TensorRT major whose Python API the engine builder is written for.
+MIN_TENSORRT_MAJOR = 10
+
+
 def check_profiles(opts: EngineOptions, profiles: Sequence[DeviceProfile]) -> None:
     """Refuse engine options an allowed device profile cannot honour.
 
@@ -292,6 +296,14 @@ def check_profiles(opts: EngineOptions, profiles: Sequence[DeviceProfile]) -> No
             raise UsageError(
                 f"--memPoolSize workspace: {opts.workspace_bytes >> 20} MiB is more than the "
                 f"{p.memory_gb:g} GB of memory of device profile {p.id}",
+            )
+        trt_version = p.software.tensorrt
+        if trt_version is not None and _major_minor(trt_version)[:1] < (MIN_TENSORRT_MAJOR,):
+            raise UsageError(
+                f"device profile {p.id} ships TensorRT {trt_version} (JetPack "
+                f"{p.software.jetpack}); edgeguard builds "
+                f"engines with the TensorRT {MIN_TENSORRT_MAJOR} API",
+                hint="leave the engine options out: its members run with ONNX Runtime",
             )
 
 

@@ -33,6 +33,7 @@ from edgeguard.policy.io import MemberIo, TensorSpec
 ORIN = load_profile("jetson-agx-orin")
 NANO = load_profile("jetson-nano")
 ORIN_NANO = load_profile("jetson-orin-nano")
+THOR = load_profile("jetson-thor")
 CPU = load_profile("generic-cpu")
 MiB = 1 << 20
 
@@ -212,7 +213,17 @@ def test_shape_refusals_against_the_contract(kw: dict[str, Any], match: str) -> 
 
 def test_good_options_pass_every_profile() -> None:
     check_profiles(EngineOptions(fp16=True, int8=True, dla_core=1, allow_gpu_fallback=True), [ORIN])
-    check_profiles(EngineOptions(fp16=True, workspace_bytes=4 << 30), [ORIN, NANO])
+    check_profiles(EngineOptions(fp16=True, workspace_bytes=4 << 30), [ORIN, ORIN_NANO, THOR])
+
+
+@pytest.mark.parametrize(
+    "profile", ["jetson-nano", "jetson-tx2", "jetson-xavier-nx", "jetson-agx-xavier"]
+)
+def test_a_profile_with_tensorrt_older_than_10_gets_no_recipe(profile: str) -> None:
+    p = load_profile(profile)
+    with pytest.raises(UsageError, match=rf"{profile} ships TensorRT {p.software.tensorrt}") as e:
+        check_profiles(EngineOptions(fp16=True), [ORIN, p])
+    assert "run with ONNX Runtime" in (e.value.hint or "")
 
 
 @pytest.mark.parametrize(
