@@ -247,6 +247,13 @@ def check_profiles(opts: EngineOptions, profiles: Sequence[DeviceProfile]) -> No
         )
     if opts.dla_core is not None and opts.dla_core < 0:
         raise UsageError(f"--useDLACore {opts.dla_core}: a DLA core number is 0 or more")
+    if opts.version_compatible and not opts.engine_host_code:
+        raise UsageError(
+            "--versionCompatible: a version-compatible plan embeds TensorRT's lean runtime, "
+            "which is host code that runs when the plan loads",
+            hint="add --allowEngineHostCode if the signer accepts that, or leave "
+            "--versionCompatible out (the device builds its own plan)",
+        )
     level = opts.hardware_compatibility_level
     if level is not None and level not in HARDWARE_LEVELS:
         raise UsageError(

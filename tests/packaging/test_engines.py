@@ -230,6 +230,11 @@ def test_a_profile_with_tensorrt_older_than_10_gets_no_recipe(profile: str) -> N
     ("opts", "profiles", "match"),
     [
         (EngineOptions(fp16=True), [ORIN, CPU], "generic-cpu does not run TensorRT engines"),
+        (
+            EngineOptions(fp16=True, version_compatible=True),
+            [ORIN],
+            "embeds TensorRT's lean runtime, which is host code",
+        ),
         (EngineOptions(fp16=True, dla_core=0), [ORIN_NANO], "jetson-orin-nano has no DLA cores"),
         (EngineOptions(fp16=True, dla_core=2), [ORIN], "jetson-agx-orin has DLA cores 0 to 1"),
         (EngineOptions(fp16=True, dla_core=-1), [ORIN], "0 or more"),
