@@ -389,6 +389,131 @@ def check_device_session() -> tuple[str, dict[str, Any]]:
 
 CheckFn = Callable[[], tuple[str, dict[str, Any]]]
 
+
+def _need_gpu_stack() -> None:
+    """Raise :class:`NotRun` unless TensorRT and pycuda import and a CUDA device answers."""
+    missing = [
+        label
+        for label, present in (
+            ("TensorRT (extra: trt)", _tensorrt_version() is not None),
+            ("pycuda (extra: cuda)", _version_of("pycuda") is not None),
+        )
+        if not present
+    ]
+    if missing:
+        raise NotRun(f"needs an NVIDIA GPU with {' and '.join(missing)}, not installed here")
+    from edgeguard.backends.tensorrt import platform_identity
+
+    try:
+        platform_identity()
+    except EdgeguardError as exc:
+        raise NotRun(f"no usable CUDA device: {exc}") from exc
+
+
+def _digits_recipe(*, fp16: bool) -> Any:
+    from edgeguard.policy.engine import MemberRecipe, ShapeRange
+
+    return MemberRecipe(
+        fp16=fp16,
+        shapes=(ShapeRange("image", (1, 1, 8, 8), (1, 1, 8, 8), (64, 1, 8, 8)),),
+    )
+
+
+_BUILT: dict[str, Any] = {}
+
+
+def _built(precision: str) -> Any:
+    """The digits engine of ``precision`` built once per selftest run."""
+    if precision not in _BUILT:
+        from edgeguard.backends.tensorrt import build_engine
+
+        model, _ = _digits()
+        t0 = time.perf_counter()
+        built = build_engine(model, _digits_recipe(fp16=precision == "fp16"))
+        _BUILT[precision] = (built, time.perf_counter() - t0)
+    return _BUILT[precision]
+
+
+def check_engine_build() -> tuple[str, dict[str, Any]]:
+    """TensorRT builds the digits engine from a recipe, fp32 and fp16, on this GPU."""
+    _need_gpu_stack()
+    data: dict[str, Any] = {}
+    for precision in ("fp32", "fp16"):
+        built, seconds = _built(precision)
+        data[precision] = {"build_s": round(seconds, 2), "plan_bytes": len(built.plan)}
+        data["identity"] = dict(built.identity)
+    ident = data["identity"]
+    return (
+        f"fp32 and fp16 plans built with TensorRT {ident.get('tensorrt')} on "
+        f"{ident.get('gpu_name')} (sm {ident.get('compute_capability')})",
+        data,
+    )
+
+
+def check_engine_parity() -> tuple[str, dict[str, Any]]:
+    """The digits engines against ONNX Runtime on the same 64 frames."""
+    _need_gpu_stack()
+    from edgeguard.backends.tensorrt import TensorRTBackend
+
+    model, x = _digits()
+    expected = _ort_outputs(model, x)
+    data: dict[str, Any] = {}
+    for precision, tolerance in (("fp32", PARITY_ATOL), ("fp16", 10 * PARITY_ATOL)):
+        built, _ = _built(precision)
+        with TensorRTBackend.from_built(built.plan, _digits_recipe(fp16=precision == "fp16")) as b:
+            out = b.outputs()[0].name
+            t0 = time.perf_counter()
+            got = np.concatenate([b.run({"image": x[i : i + 1]})[out] for i in range(len(x))])
+            per_frame_ms = (time.perf_counter() - t0) * 1e3 / len(x)
+        diff = float(np.max(np.abs(got - expected)))
+        agree = float(np.mean(np.argmax(got, axis=1) == np.argmax(expected, axis=1)))
+        data[precision] = {
+            "max_abs_diff": diff,
+            "top1_agreement": agree,
+            "frame_ms": round(per_frame_ms, 3),
+        }
+        if diff > tolerance:
+            raise AssertionError(
+                f"{precision} engine differs from ONNX Runtime by {diff:.3g} (> {tolerance:g})"
+            )
+    return (
+        f"64 frames: fp32 within {data['fp32']['max_abs_diff']:.2g}, fp16 within "
+        f"{data['fp16']['max_abs_diff']:.2g} of ONNX Runtime",
+        data,
+    )
+
+
+def check_sanity_on_stream() -> tuple[str, dict[str, Any]]:
+    """The CUDA C++ sanity kernel on the engine's input buffer, on its stream, vs NumPy."""
+    _need_gpu_stack()
+    from edgeguard.backends.tensorrt import TensorRTBackend
+    from edgeguard.guard.sanity.reference import reference_stats
+    from edgeguard.guard.sanity.vectors import stats_mismatches
+
+    kernel = _cuda_kernel()
+    _, x = _digits()
+    built, _ = _built("fp32")
+    try:
+        check = kernel.device_check("image", layout="NCHW")
+        b = TensorRTBackend.from_built(built.plan, _digits_recipe(fp16=False))
+        try:
+            for i in range(16):
+                frame = x[i : i + 1]
+                _, stats = b.run_with_stats({"image": frame}, check)
+                diffs = stats_mismatches(stats, reference_stats(frame, layout="NCHW"))
+                if diffs:
+                    raise AssertionError(f"frame {i}: {diffs[0]}")
+            syncs = b.synchronizations
+        finally:
+            b.close()
+    finally:
+        kernel.close()
+    return (
+        "16 frames: statistics computed on the inference stream agree with the NumPy reference",
+        {"frames": 16, "stream_synchronizations": syncs},
+    )
+
+
 #: (name, area, function) in the order they run; ``--discover-seccomp`` adds its own.
 CHECKS: tuple[tuple[str, str, CheckFn], ...] = (
     ("ort-inference", "cpu", check_ort_inference),
@@ -396,6 +521,9 @@ CHECKS: tuple[tuple[str, str, CheckFn], ...] = (
     ("sanity-host-harness", "cpu", check_sanity_host_harness),
     ("device-session", "cpu", check_device_session),
     ("sanity-cuda-kernel", "gpu", check_sanity_gpu),
+    ("engine-build", "gpu", check_engine_build),
+    ("engine-parity", "gpu", check_engine_parity),
+    ("sanity-on-stream", "gpu", check_sanity_on_stream),
 )
 #: The checks ``--discover-seccomp`` adds.
 DISCOVERY_CHECKS: tuple[tuple[str, str, CheckFn], ...] = ()
@@ -436,9 +564,11 @@ def run_selftest(
     Returns:
         The report; :attr:`SelftestReport.failed` lists what failed.
     """
+    _BUILT.clear()
     results = []
     for name, area, fn in CHECKS if checks is None else checks:
         if progress is not None:
             progress(name)
         results.append(run_check(name, area, fn))
+    _BUILT.clear()
     return SelftestReport(edgeguard=__version__, host=host_facts(), checks=tuple(results))

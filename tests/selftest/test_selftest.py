@@ -73,3 +73,16 @@ def test_a_failed_check_exits_15_with_one_line(
     assert main(["selftest"]) == 15
     out, _ = capsys.readouterr()
     assert "1 failed" in out
+
+
+def _gpu_stack() -> bool:
+    host = selftest.host_facts()
+    return host["tensorrt"] is not None and host["pycuda"] is not None
+
+
+@pytest.mark.gpu
+@pytest.mark.trt
+@pytest.mark.skipif(not _gpu_stack(), reason="needs TensorRT and an NVIDIA GPU")
+def test_on_a_gpu_host_every_gpu_check_passes() -> None:
+    report = run_selftest(checks=[c for c in selftest.CHECKS if c[1] == "gpu"])
+    assert [c.status for c in report.checks] == ["passed"] * len(report.checks), report.to_dict()
