@@ -514,6 +514,50 @@ def check_sanity_on_stream() -> tuple[str, dict[str, Any]]:
     )
 
 
+def _discovery_verdict(report: Any, what: str) -> tuple[str, dict[str, Any]]:
+    data = report.to_dict()
+    if not report.worker_alive or report.errors:
+        raise AssertionError(
+            f"{what}: the worker "
+            + ("died" if not report.worker_alive else "failed a request")
+            + (f" ({report.errors[0]})" if report.errors else "")
+        )
+    if report.unlisted:
+        raise AssertionError(
+            f"{what}: syscalls outside the allowlist, which a production worker dies for: "
+            + ", ".join(report.names)
+            + " (the --json report lists them with their phase; please send it)"
+        )
+    return (
+        f"{what}: nothing outside the allowlist in {report.requests} request(s) "
+        f"({report.profile} profile, lockdown {report.lockdown})",
+        data,
+    )
+
+
+def check_discovery_cpu() -> tuple[str, dict[str, Any]]:
+    """A CPU worker whose syscalls outside the allowlist are recorded, not killed."""
+    from edgeguard.runtime.sandbox.discover import run_discovery
+    from edgeguard.runtime.sandbox.executor import WorkerSpec
+
+    model, x = _digits()
+    report = run_discovery(WorkerSpec(model), name="digits", feeds={"image": x[:1]}, requests=5)
+    return _discovery_verdict(report, "CPU worker (ONNX Runtime)")
+
+
+def check_discovery_gpu() -> tuple[str, dict[str, Any]]:
+    """A GPU worker (TensorRT engine) under the GPU profile, syscalls recorded, not killed."""
+    _need_gpu_stack()
+    from edgeguard.runtime.sandbox.discover import run_discovery
+    from edgeguard.runtime.sandbox.executor import WorkerSpec
+
+    _, x = _digits()
+    built, _ = _built("fp32")
+    spec = WorkerSpec(built.plan, fmt="trt-engine", options={"device_id": 0})
+    report = run_discovery(spec, name="digits-trt", feeds={"image": x[:1]}, requests=5)
+    return _discovery_verdict(report, "GPU worker (TensorRT)")
+
+
 #: (name, area, function) in the order they run; ``--discover-seccomp`` adds its own.
 CHECKS: tuple[tuple[str, str, CheckFn], ...] = (
     ("ort-inference", "cpu", check_ort_inference),
@@ -526,7 +570,10 @@ CHECKS: tuple[tuple[str, str, CheckFn], ...] = (
     ("sanity-on-stream", "gpu", check_sanity_on_stream),
 )
 #: The checks ``--discover-seccomp`` adds.
-DISCOVERY_CHECKS: tuple[tuple[str, str, CheckFn], ...] = ()
+DISCOVERY_CHECKS: tuple[tuple[str, str, CheckFn], ...] = (
+    ("seccomp-discovery-cpu", "cpu", check_discovery_cpu),
+    ("seccomp-discovery-gpu", "gpu", check_discovery_gpu),
+)
 
 
 def run_check(name: str, area: str, fn: CheckFn) -> CheckResult:

@@ -86,3 +86,33 @@ def _gpu_stack() -> bool:
 def test_on_a_gpu_host_every_gpu_check_passes() -> None:
     report = run_selftest(checks=[c for c in selftest.CHECKS if c[1] == "gpu"])
     assert [c.status for c in report.checks] == ["passed"] * len(report.checks), report.to_dict()
+
+
+def test_discover_seccomp_adds_the_discovery_checks(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["selftest", "--discover-seccomp", "--json"]) == 0
+    checks = {c["name"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
+    cpu = checks["seccomp-discovery-cpu"]
+    assert cpu["status"] == "passed", cpu
+    assert cpu["data"]["unlisted"] == [] and cpu["data"]["requests"] == 5
+    assert checks["seccomp-discovery-gpu"]["status"] in ("not run", "passed")
+
+
+def test_a_syscall_outside_the_allowlist_fails_discovery_and_is_named() -> None:
+    class Report:
+        worker_alive = True
+        errors: tuple[str, ...] = ()
+        unlisted = ("x",)
+        names = ("io_uring_setup",)
+        requests = 3
+        profile = "gpu"
+        lockdown = "after the model load"
+
+        def to_dict(self) -> dict[str, object]:
+            return {"unlisted": ["io_uring_setup"]}
+
+    def check() -> tuple[str, dict[str, object]]:
+        return selftest._discovery_verdict(Report(), "GPU worker")
+
+    result = run_check("seccomp-discovery-gpu", "gpu", check)
+    assert result.status == "failed"
+    assert "io_uring_setup" in result.detail and "please send it" in result.detail
