@@ -120,6 +120,10 @@ def build_bundle(
         from edgeguard.packaging.engines import check_profiles
 
         check_profiles(engine, device_profiles)
+    if engine.on_this_host:
+        from edgeguard.packaging.engines import engine_builder
+
+        engine_builder()  # no TensorRT or GPU here: say so before calibrating and timing
     given: list[tuple[str, bytes]] = []
     infos = []
     for path in models:

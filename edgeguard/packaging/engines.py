@@ -560,7 +560,18 @@ def _engine_builder() -> EngineBuilder:
     build = getattr(backend, "build_engine", None)
     if build is None:
         raise InternalError("this edgeguard's TensorRT backend has no build_engine")
+    backend.platform_identity()  # TensorRT, pycuda and a CUDA device, or one clear error
     return build  # type: ignore[no-any-return]
+
+
+def engine_builder() -> EngineBuilder:
+    """The builder ``--engine-on-this-host`` uses; call it before the long build steps.
+
+    Raises:
+        MissingDependencyError: TensorRT (extra ``trt``) or pycuda (``cuda``) is missing.
+        BackendError: No usable CUDA device.
+    """
+    return _engine_builder()
 
 
 def _major_minor(text: str) -> tuple[int, ...]:
@@ -647,7 +658,7 @@ def build_prebuilt(
         MissingDependencyError: TensorRT is not installed here (exit 7).
         UsageError: This host is not a device of ``profile``.
     """
-    build = _engine_builder()
+    build = engine_builder()
     out: list[tuple[PrebuiltEngine, bytes]] = []
     for name, recipe in sorted(recipes.items()):
         built = build(

@@ -258,3 +258,30 @@ def test_engine_on_this_host_real_backend_names_the_trt_extra(keys: Path) -> Non
     )
     assert r.returncode == 7, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "edgeguard[trt]" in r.stderr
+
+
+def test_engine_on_this_host_without_tensorrt_fails_before_the_long_steps(
+    keys: Path, monkeypatch, capsys
+) -> None:
+    """No TensorRT here (the real backend, no seam): refused before calibration starts."""
+    from edgeguard.packaging import calibrate
+
+    def must_not_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("calibration ran before the TensorRT check")
+
+    monkeypatch.setattr(calibrate, "calibrate", must_not_run)
+    code = main(
+        _args(
+            keys,
+            data.model_path("digits_mlp"),
+            "jetson-agx-orin",
+            "--fp16",
+            "--engine-on-this-host",
+            "--calibration",
+            data.split_path("calib"),
+        )
+    )
+    err = capsys.readouterr().err
+    assert code == 7, err
+    assert "edgeguard[trt]" in err and "calibrated on" not in err
+    assert not (keys / "out.egb").exists()
