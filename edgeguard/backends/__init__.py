@@ -17,10 +17,13 @@ from typing import Any
 from edgeguard.backends.base import Backend, TensorSpec
 from edgeguard.errors import MalformedError
 
-__all__ = ["FORMATS", "Backend", "TensorSpec", "load_backend"]
+__all__ = ["ARTIFACT_FORMATS", "FORMATS", "Backend", "TensorSpec", "load_backend"]
 
 #: Member formats understood by :func:`load_backend`.
 FORMATS: tuple[str, ...] = ("onnx", "trt-engine")
+#: Formats of artifacts compiled on this device (the engine cache), never bundle members:
+#: an ONNX Runtime optimised model in ORT format, a TensorRT plan built here.
+ARTIFACT_FORMATS: tuple[str, ...] = ("ort-model", "trt-plan")
 
 
 def load_backend(fmt: str, data: bytes | bytearray | memoryview, **opts: Any) -> Backend:
@@ -28,7 +31,9 @@ def load_backend(fmt: str, data: bytes | bytearray | memoryview, **opts: Any) ->
 
     Args:
         fmt: The member format: ``"onnx"`` (ONNX Runtime, CPU) or ``"trt-engine"``
-            (a serialised TensorRT engine).
+            (a serialised TensorRT engine); or an artifact format of the engine
+            cache: ``"ort-model"`` (ONNX Runtime's ORT format) or ``"trt-plan"`` (a
+            TensorRT plan built on this device).
         data: The model bytes, kept in memory.
         **opts: Keyword options of the backend's loader
             (:meth:`~edgeguard.backends.onnxruntime.OnnxRuntimeBackend.from_bytes` or
@@ -47,10 +52,15 @@ def load_backend(fmt: str, data: bytes | bytearray | memoryview, **opts: Any) ->
         from edgeguard.backends.onnxruntime import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend.from_bytes(data, **opts)
-    if fmt == "trt-engine":
+    if fmt == "ort-model":
+        from edgeguard.backends.onnxruntime import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend.from_bytes(data, model_format="ort", **opts)
+    if fmt in ("trt-engine", "trt-plan"):
         from edgeguard.backends.tensorrt import TensorRTBackend
 
         return TensorRTBackend.from_engine_bytes(data, **opts)
     raise MalformedError(
-        f"unknown model format {fmt!r}", hint=f"known formats: {', '.join(FORMATS)}"
+        f"unknown model format {fmt!r}",
+        hint=f"known formats: {', '.join(FORMATS + ARTIFACT_FORMATS)}",
     )

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,8 @@ from edgeguard.runtime.opener import OpenedBundle, VerifiedBundle, open_bundle, 
 from edgeguard.runtime.state import default_state_dir, ensure_state_dir
 
 if TYPE_CHECKING:
+    from edgeguard.crypto.enginecache import Binding
+    from edgeguard.runtime.enginecache import EngineCache
     from edgeguard.runtime.sandbox.area import IoArea
 
 __all__ = [
@@ -394,6 +397,7 @@ def open_session(
     sanity_impl: Impl = "auto",
     now: int | None = None,
     sandbox_io_bytes: int | None = None,
+    engine_cache: bool = True,
 ) -> DeviceSession:
     """Open a bundle as this device and start serving it under its signed slots.
 
@@ -421,6 +425,11 @@ def open_session(
             (a dynamic dimension without a calibrated or engine maximum); None: 32 MiB.
             The area is otherwise sized from the signed I/O contract, and always within
             the signed memory limit of a worker (``docs/isolation.md``).
+        engine_cache: Keep each CPU ONNX member's optimised model (ONNX Runtime's
+            ORT format), compiled on this device, sealed under a key derived from
+            ``device_key`` in ``<state>/engines``, and load it instead of the ONNX
+            model at the next start (``docs/engine-cache.md``). False: compile
+            nothing, read and write no cache.
 
     Returns:
         The started session.
@@ -472,7 +481,14 @@ def open_session(
                 )
             if executor_wrapper is not None:
                 log.append("fault_injection", {"wrapper": _describe(executor_wrapper)})
-        parts = _start(opened, isolation, log, executor_wrapper, sanity_impl, sandbox_io_bytes)
+        cache = _engine_cache(state, device_key, log) if engine_cache else None
+        try:
+            parts = _start(
+                opened, isolation, log, executor_wrapper, sanity_impl, sandbox_io_bytes, cache
+            )
+        finally:
+            if cache is not None:
+                cache.close()
         record_opened(opened, state)
     except BaseException as exc:
         if parts is not None:
@@ -492,6 +508,88 @@ def open_session(
     )
 
 
+def _engine_cache(state: Path, device_key: DeviceKey, log: EventLog | None) -> EngineCache | None:
+    from edgeguard.crypto.enginecache import derive_cache_key
+    from edgeguard.runtime.enginecache import open_cache
+
+    return open_cache(state, derive_cache_key(device_key), event_log=log)
+
+
+def _cacheable(opened: OpenedBundle, name: str, *, accelerator: bool) -> Binding | None:
+    """The engine cache binding of a member ONNX Runtime compiles on this CPU, else None."""
+    if accelerator or opened.manifest.member(name).format != "onnx":
+        return None
+    import hashlib
+
+    from edgeguard.backends.onnxruntime import ARTIFACT_RECIPE, library_version
+    from edgeguard.crypto.encoding import canonical_cbor
+    from edgeguard.crypto.enginecache import Binding
+    from edgeguard.runtime.enginecache import cpu_identity
+
+    return Binding(
+        bundle=opened.manifest.name,
+        manifest_sha256=opened.manifest_digest,
+        member=name,
+        member_sha256=opened.manifest.member(name).digest.value,
+        recipe_sha256=hashlib.sha256(canonical_cbor(ARTIFACT_RECIPE)).digest(),
+        kind="ort-model",
+        library=library_version(),
+        hardware=cpu_identity(),
+    )
+
+
+def _seal_memfd(cache: EngineCache, binding: Binding, fd: int, note: str | None = None) -> None:
+    """Seal what the compiler wrote into the memfd ``fd`` (its plaintext stays in memory)."""
+    import mmap
+    import os
+
+    size = os.fstat(fd).st_size
+    if note is not None or size == 0:
+        cache.record("engine_cache_skipped", binding, reason=note or "nothing was written")
+        return
+    if size > cache.limits.max_artifact_bytes:
+        cache.record("engine_cache_skipped", binding, reason=f"artifact of {size} bytes")
+        return
+    with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mm, memoryview(mm) as view:
+        cache.store(binding, view)
+
+
+def _load_member(
+    fmt: str,
+    data: memoryview,
+    opts: Mapping[str, Any],
+    cache: EngineCache | None,
+    binding: Binding | None,
+) -> Any:
+    """Load a member in this process: from its sealed artifact, or compile and seal it."""
+    import os
+
+    from edgeguard.backends import load_backend
+
+    if cache is None or binding is None:
+        return load_backend(fmt, data, **opts)
+    buf = cache.load(binding)
+    if buf is not None:
+        try:
+            with buf.view() as view:
+                return load_backend("ort-model", view, **opts)
+        except BackendError as exc:
+            cache.discard(binding, "load failed", str(exc))
+        finally:
+            buf.wipe()
+    fd = os.memfd_create(f"edgeguard-artifact-{binding.member}"[:200], os.MFD_CLOEXEC)
+    try:
+        backend = load_backend(fmt, data, save_artifact_fd=fd, **opts)
+        try:
+            _seal_memfd(cache, binding, fd)
+        except BaseException:
+            backend.close()
+            raise
+        return backend
+    finally:
+        os.close(fd)
+
+
 def _describe(fn: Any) -> str:
     return str(getattr(fn, "__qualname__", type(fn).__name__))[:200]
 
@@ -503,6 +601,7 @@ def _start(
     wrapper: ExecutorWrapper | None,
     sanity_impl: Impl,
     sandbox_io_bytes: int | None,
+    cache: EngineCache | None = None,
 ) -> _Parts:
     """Checks, members and the guarded runtime for an opened bundle."""
     slots = opened.slots
@@ -515,9 +614,9 @@ def _start(
         sanity = SanityGuard(slots.sanity, impl=sanity_impl, threads=1)
     checks = FrameChecks(contract.inputs if contract is not None else None, sanity)
     if isolation == "sandbox":
-        members, parts = _start_sandbox(opened, log, sandbox_io_bytes)
+        members, parts = _start_sandbox(opened, log, sandbox_io_bytes, cache)
     else:
-        members, parts = _start_threads(opened, log)
+        members, parts = _start_threads(opened, log, cache)
     try:
         runtime = GuardedRuntime(
             members,
@@ -589,34 +688,85 @@ def _check_deadline(
 
 
 def _start_sandbox(
-    opened: OpenedBundle, log: EventLog | None, sandbox_io_bytes: int | None
+    opened: OpenedBundle,
+    log: EventLog | None,
+    sandbox_io_bytes: int | None,
+    cache: EngineCache | None = None,
 ) -> tuple[dict[str, Any], _Parts]:
     """Members (and the fallback, under FALLBACK_NAME) in sandboxed worker processes."""
     from edgeguard.runtime.placement import cpu_member_count, loader_options
-    from edgeguard.runtime.sandbox.area import io_area
-    from edgeguard.runtime.sandbox.executor import ProcessMemberExecutor, WorkerSpec
+    from edgeguard.runtime.sandbox.executor import WorkerSpec
 
     slots, manifest = opened.slots, opened.manifest
     n_cpu = cpu_member_count(slots.runtime)
     specs: dict[str, WorkerSpec] = {}
-    for s in slots.runtime.members:
-        fmt = manifest.member(s.name).format
-        cpus = s.where.cpus
-        specs[s.name] = WorkerSpec(
-            opened.member_bytes(s.name),
-            fmt=fmt,
-            options=loader_options(
-                s, fmt, cpu_members=n_cpu, sandboxed=True, precisions=_precisions(slots, s.name)
-            ),
-            cpus=None if cpus is None else tuple(sorted(cpus)),
-            outputs=_signed_outputs(slots, s.name),
-        )
-    if slots.fallback is not None:
-        specs[FALLBACK_NAME] = WorkerSpec(
-            opened.member_bytes(slots.fallback),
-            fmt=manifest.member(slots.fallback).format,
-            outputs=_signed_outputs(slots, slots.fallback),
-        )
+    bindings: dict[str, Binding] = {}
+    held: list[Any] = []  # decrypted artifacts, wiped once the workers hold their copies
+
+    def spec(key: str, name: str, fmt: str, accel: bool, **kw: Any) -> WorkerSpec:
+        binding = _cacheable(opened, name, accelerator=accel) if cache is not None else None
+        if cache is None or binding is None:
+            return WorkerSpec(opened.member_bytes(name), fmt=fmt, **kw)
+        bindings[key] = binding
+        buf = cache.load(binding)
+        if buf is None:
+            return WorkerSpec(
+                opened.member_bytes(name),
+                fmt=fmt,
+                artifact_max=cache.limits.max_artifact_bytes,
+                **kw,
+            )
+        held.append(buf)
+        return WorkerSpec(buf.view(), fmt="ort-model", **kw)
+
+    try:
+        for s in slots.runtime.members:
+            fmt = manifest.member(s.name).format
+            cpus = s.where.cpus
+            specs[s.name] = spec(
+                s.name,
+                s.name,
+                fmt,
+                s.where.accelerator,
+                options=loader_options(
+                    s, fmt, cpu_members=n_cpu, sandboxed=True, precisions=_precisions(slots, s.name)
+                ),
+                cpus=None if cpus is None else tuple(sorted(cpus)),
+                outputs=_signed_outputs(slots, s.name),
+            )
+        if slots.fallback is not None:
+            specs[FALLBACK_NAME] = spec(
+                FALLBACK_NAME,
+                slots.fallback,
+                manifest.member(slots.fallback).format,
+                False,
+                outputs=_signed_outputs(slots, slots.fallback),
+            )
+        executor, area = _sandbox_executor(opened, specs, log, sandbox_io_bytes, cache, bindings)
+    finally:
+        for buf in held:
+            buf.wipe()
+    members: dict[str, Any] = dict(executor.members())
+    fallback = executor.fallback()
+    if fallback is not None:
+        members[FALLBACK_NAME] = fallback
+    reported = executor.reported_inputs(slots.runtime.members[0].name)
+    return members, _Parts(executor=executor, inputs=reported or (), io_area=area)
+
+
+def _sandbox_executor(
+    opened: OpenedBundle,
+    specs: dict[str, Any],
+    log: EventLog | None,
+    sandbox_io_bytes: int | None,
+    cache: EngineCache | None,
+    bindings: Mapping[str, Binding],
+) -> tuple[Any, IoArea]:
+    """Start the workers; seal what each compiling worker wrote; retry a bad artifact."""
+    from edgeguard.runtime.sandbox.area import io_area
+    from edgeguard.runtime.sandbox.executor import ProcessMemberExecutor
+
+    slots = opened.slots
     area = io_area(slots, names=specs, floor_bytes=sandbox_io_bytes)  # PolicyError
     if log is not None:
         log.append(
@@ -628,20 +778,56 @@ def _start_sandbox(
                 "unbounded": list(area.unbounded),
             },
         )
-    executor = ProcessMemberExecutor(
-        specs, policy=slots.isolation, event_log=log, io_bytes=area.half_bytes
-    )
-    members: dict[str, Any] = dict(executor.members())
-    fallback = executor.fallback()
-    if fallback is not None:
-        members[FALLBACK_NAME] = fallback
-    reported = executor.reported_inputs(slots.runtime.members[0].name)
-    return members, _Parts(executor=executor, inputs=reported or (), io_area=area)
+    try:
+        executor = ProcessMemberExecutor(
+            specs, policy=slots.isolation, event_log=log, io_bytes=area.half_bytes
+        )
+    except BackendError:
+        cached = [k for k, v in specs.items() if v.fmt == "ort-model"]
+        if cache is None or not cached:
+            raise
+        # a sealed artifact that opened but does not load: discard it, start from ONNX
+        for key in cached:
+            cache.discard(bindings[key], "load failed", "a worker failed to start")
+        return _sandbox_executor(
+            opened,
+            {k: _from_onnx(opened, k, v, slots) for k, v in specs.items()},
+            log,
+            sandbox_io_bytes,
+            None,
+            {},
+        )
+    if cache is not None:
+        try:
+            for key, binding in bindings.items():
+                fd, note = executor.take_artifact(key)
+                if fd is None:
+                    if note is not None:
+                        cache.record("engine_cache_skipped", binding, reason=note)
+                    continue
+                try:
+                    _seal_memfd(cache, binding, fd)
+                finally:
+                    os.close(fd)
+        except BaseException:
+            executor.close()
+            raise
+    return executor, area
 
 
-def _start_threads(opened: OpenedBundle, log: EventLog | None) -> tuple[dict[str, Any], _Parts]:
+def _from_onnx(opened: OpenedBundle, key: str, spec: Any, slots: SignedSlots) -> Any:
+    """``spec`` loading the member's ONNX bytes again (no cached artifact, no compile)."""
+    if spec.fmt != "ort-model":
+        return dataclasses.replace(spec, artifact_max=None)
+    name = slots.fallback if key == FALLBACK_NAME else key
+    assert name is not None
+    return dataclasses.replace(spec, model=opened.member_bytes(name), fmt="onnx")
+
+
+def _start_threads(
+    opened: OpenedBundle, log: EventLog | None, cache: EngineCache | None = None
+) -> tuple[dict[str, Any], _Parts]:
     """Members (and the fallback, under FALLBACK_NAME) loaded in this process, warmed up."""
-    from edgeguard.backends import load_backend
     from edgeguard.runtime.placement import (
         cpu_member_count,
         fallback_options,
@@ -660,13 +846,19 @@ def _start_threads(opened: OpenedBundle, log: EventLog | None) -> tuple[dict[str
             opts = loader_options(
                 s, fmt, cpu_members=n_cpu, sandboxed=False, precisions=_precisions(slots, s.name)
             )
-            loaded[s.name] = load_backend(fmt, opened.member_bytes(s.name), **opts)
+            binding = _cacheable(opened, s.name, accelerator=s.where.accelerator)
+            loaded[s.name] = _load_member(
+                fmt, opened.member_bytes(s.name), opts, cache, binding if cache else None
+            )
         if slots.fallback is not None:
             fmt = manifest.member(slots.fallback).format
-            loaded[FALLBACK_NAME] = load_backend(
+            binding = _cacheable(opened, slots.fallback, accelerator=False)
+            loaded[FALLBACK_NAME] = _load_member(
                 fmt,
                 opened.member_bytes(slots.fallback),
-                **fallback_options(fmt, cpu_members=n_cpu),
+                fallback_options(fmt, cpu_members=n_cpu),
+                cache,
+                binding if cache else None,
             )
         for b in loaded.values():
             _warm_up(b)

@@ -129,6 +129,10 @@ class WorkerSpec:
             describe exactly these, with their element types, ranks and fixed
             dimensions. None (a bundle signed before I/O contracts) still bounds a
             reply's outputs by the shared region, never overlapping.
+        artifact_max: Compile: the supervisor hands the worker an empty memfd that ONNX
+            Runtime writes the optimised model into (at most this many bytes), for the
+            engine cache (:meth:`ProcessMemberExecutor.take_artifact`). Only a worker
+            under Landlock compiles (``docs/engine-cache.md``). None: no compiling.
     """
 
     model: bytes | bytearray | memoryview = field(repr=False)
@@ -140,6 +144,7 @@ class WorkerSpec:
     python_path: tuple[str, ...] = ()
     cpus: tuple[int, ...] | None = None
     outputs: tuple[TensorSpec, ...] | None = None
+    artifact_max: int | None = None
 
 
 @dataclass(frozen=True)
@@ -316,6 +321,11 @@ class _Slot:
         self.leaf: Path | None = None
         self.verified: dict[str, str] = {}  # what the supervisor read in /proc
         self.memlock = "not reported"  # the worker's mlockall, as it reported it
+        # the engine cache: a memfd the first worker writes its compiled model into
+        self.artifact_fd: int | None = None
+        self.artifact_note: str | None = None  # the worker's word on it
+        if spec.artifact_max is not None:
+            self.artifact_fd = os.memfd_create(f"edgeguard-artifact-{name}", os.MFD_CLOEXEC)
 
     def close(self) -> None:
         with contextlib.suppress(BufferError, ValueError):
@@ -325,9 +335,11 @@ class _Slot:
         if self.model_map:
             _linux.unmap(self.model_map, self.model_size)
             self.model_map = 0
-        for fd in (self.model_fd, self.io_fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        for fd in (self.model_fd, self.io_fd, self.artifact_fd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.artifact_fd = None
 
 
 class _ProcCall:
@@ -496,6 +508,23 @@ class ProcessMemberExecutor:
     def io_bytes(self) -> int:
         """Bytes each worker's request (and reply) may occupy in shared memory."""
         return self._io_bytes
+
+    def take_artifact(self, name: str) -> tuple[int | None, str | None]:
+        """The memfd member ``name``'s worker compiled into, once; the caller closes it.
+
+        Returns:
+            ``(fd, None)`` when the worker wrote it, ``(None, why)`` when it did not,
+            ``(None, None)`` when the spec asked for no compiling. Later restarts of
+            the worker do not compile.
+        """
+        with self._lock:
+            s = self._slot(name)
+            fd, note = s.artifact_fd, s.artifact_note
+            s.artifact_fd = None
+        if fd is not None and note != "written":
+            os.close(fd)
+            return None, note or "the worker did not say"
+        return fd, None
 
     def reported_inputs(self, name: str) -> tuple[TensorSpec, ...] | None:
         """The inputs member ``name``'s worker says its model takes (untrusted; strictly read)."""
@@ -673,7 +702,8 @@ class ProcessMemberExecutor:
         try:
             proc = subprocess.Popen(
                 _worker_command(child.fileno()),
-                pass_fds=(child.fileno(), s.model_fd, s.io_fd),
+                pass_fds=(child.fileno(), s.model_fd, s.io_fd)
+                + (() if s.artifact_fd is None else (s.artifact_fd,)),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=self._stderr,
@@ -711,6 +741,9 @@ class ProcessMemberExecutor:
             "lockdown": _lockdown_point(s.spec),
             "memlock_bytes": self._policy.memory_max_bytes,
         }
+        if s.artifact_fd is not None:
+            init["artifact_fd"] = s.artifact_fd
+            init["artifact_max"] = s.spec.artifact_max
         parent.send(json.dumps(init).encode())
 
     def _await_ready(self, s: _Slot) -> None:
@@ -730,6 +763,8 @@ class ProcessMemberExecutor:
             s.inputs = _reported_inputs(msg.get("inputs"))
             self._refuse_unless_locked_down(s)
             s.memlock = str(msg.get("memlock", "not reported"))[:200]
+            if s.artifact_fd is not None:
+                s.artifact_note = str(msg.get("artifact", "not reported"))[:200]
             if not s.memlock.startswith("active"):
                 self._event(
                     "sandbox_memory_unlocked",

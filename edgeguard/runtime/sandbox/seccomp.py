@@ -42,6 +42,7 @@ from edgeguard._optional import require
 
 __all__ = [
     "ALLOWLIST",
+    "COMPILE_EXTRAS",
     "CONDITIONAL",
     "ENOSYS_LIST",
     "LOAD_EXTRAS",
@@ -97,6 +98,17 @@ LOAD_EXTRAS: dict[str, str] = {
     "mlockall": "only MCL_CURRENT|MCL_ONFAULT: lock what ONNX Runtime allocated while loading",
 }
 
+#: Added to the load-time filter of a worker that compiles its model for the engine cache
+#: (ONNX Runtime writes the optimised model to ``/proc/self/fd/N`` of a memfd the
+#: supervisor gave it). Only under Landlock, which leaves no file to open but such
+#: internal ones: the worker never compiles without it (``docs/engine-cache.md``).
+COMPILE_EXTRAS: dict[str, str] = {
+    "openat": "only with flags O_WRONLY|O_CREAT|O_TRUNC (plus O_CLOEXEC/O_LARGEFILE): "
+    "ONNX Runtime opens the artifact memfd by its /proc/self/fd path",
+    "writev": "ONNX Runtime writes the artifact in one writev",
+    "prlimit64": "only on the worker itself and RLIMIT_FSIZE: back to 0 once written",
+}
+
 #: The ``madvise`` advice values the worker may give, with their value and reason. Any
 #: other advice kills it: ``MADV_HWPOISON`` / ``MADV_SOFT_OFFLINE`` take pages out of
 #: service (shared memory included), ``MADV_REMOVE`` punches holes in shared memory,
@@ -119,6 +131,9 @@ _PROT_EXEC = 0x4
 _SECCOMP_SET_MODE_FILTER = 1
 _SECCOMP_FLAGS_ALLOWED = 0x1 | 0x4 | 0x10  # TSYNC | SPEC_ALLOW | TSYNC_ESRCH
 _RLIMIT_NPROC = 6
+_RLIMIT_FSIZE = 1
+_O_WRONLY_CREAT_TRUNC = 0o1 | 0o100 | 0o1000
+_O_CLOEXEC_LARGEFILE = 0o2000000 | 0o100000
 _MCL_CURRENT_ONFAULT = 0x1 | 0x4
 
 
@@ -131,7 +146,12 @@ def _resolvable(sc: Any, name: str) -> bool:
 
 
 def build_filter(
-    *, ctl_fd: int, pid: int, kill_action: str = "kill_process", phase: str = "run"
+    *,
+    ctl_fd: int,
+    pid: int,
+    kill_action: str = "kill_process",
+    phase: str = "run",
+    compile_output: bool = False,
 ) -> Any:
     """Build (without loading) the allowlist filter for the native architecture.
 
@@ -143,6 +163,8 @@ def build_filter(
             every unlisted syscall; for discovering the allowlist only).
         phase: ``"run"`` (the run-time rules) or ``"load"`` (those plus
             :data:`LOAD_EXTRAS`, for parsing the model and warming up).
+        compile_output: With ``phase="load"``, also :data:`COMPILE_EXTRAS` (a worker
+            under Landlock that writes its compiled model to a memfd).
 
     Returns:
         A ``pyseccomp.SyscallFilter``.
@@ -192,6 +214,13 @@ def build_filter(
         )
         flt.add_rule(sc.ALLOW, "prlimit64", sc.Arg(0, sc.EQ, 0), sc.Arg(1, sc.EQ, _RLIMIT_NPROC))
         flt.add_rule(sc.ALLOW, "mlockall", sc.Arg(0, sc.EQ, _MCL_CURRENT_ONFAULT))
+        if compile_output:
+            mask = 0xFFFFFFFF & ~_O_CLOEXEC_LARGEFILE
+            flt.add_rule(sc.ALLOW, "openat", sc.Arg(2, sc.MASKED_EQ, mask, _O_WRONLY_CREAT_TRUNC))
+            flt.add_rule(sc.ALLOW, "writev")
+            flt.add_rule(
+                sc.ALLOW, "prlimit64", sc.Arg(0, sc.EQ, 0), sc.Arg(1, sc.EQ, _RLIMIT_FSIZE)
+            )
     return flt
 
 

@@ -236,6 +236,12 @@ class _Lockdown:
         self.run_filter: Any = None
         self.abi = 0
         self.threads = 1
+        self.compile_filter: Any = None
+        # the engine cache: compile into the supervisor's memfd, only under Landlock
+        self.artifact_fd: int | None = None
+        if init.get("artifact_fd") is not None:
+            self.artifact_fd = int(init["artifact_fd"])
+        self.artifact = "not compiled: needs Landlock"
 
     def failed(self, layer: str, why: str) -> None:
         if layer in self.required:
@@ -251,12 +257,41 @@ class _Lockdown:
                 ctl, pid = int(self.init["ctl_fd"]), os.getpid()
                 if early:
                     self.load_filter = build_filter(ctl_fd=ctl, pid=pid, phase="load")
+                if early and self.wants_compile():
+                    self.compile_filter = build_filter(
+                        ctl_fd=ctl, pid=pid, phase="load", compile_output=True
+                    )
                 self.run_filter = build_filter(ctl_fd=ctl, pid=pid)
             except Exception as exc:
                 self.load_filter = self.run_filter = None
                 self.failed("seccomp", _error_text(exc))
         if self.plan.get("landlock") == "apply":
             self.abi = _linux.landlock_abi()
+
+    def wants_compile(self) -> bool:
+        """Compiling is planned: an artifact memfd, Landlock to apply, lockdown before load."""
+        return (
+            self.artifact_fd is not None
+            and self.plan.get("landlock") == "apply"
+            and self.init.get("lockdown", "before_load") == "before_load"
+        )
+
+    def compiling(self) -> bool:
+        """Landlock is in force, so ONNX Runtime may open the memfd (and nothing else)."""
+        return self.wants_compile() and self.state.get("landlock", "").startswith("active")
+
+    def end_compile(self) -> None:
+        """After the load: close the artifact memfd, file size back to 0."""
+        if self.artifact_fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.close(self.artifact_fd)
+        self.artifact_fd = None
+        if self.plan.get("rlimits") == "apply":
+            try:
+                _linux.set_rlimit(resource.RLIMIT_FSIZE, 0)
+            except (OSError, ValueError) as exc:
+                self.failed("rlimits", str(exc))
 
     def limits(self, *, nproc: bool) -> None:
         """Open files and file size (``nproc`` False), or no new processes (True).
@@ -272,7 +307,9 @@ class _Lockdown:
                 self.state["rlimits"] = "active"
             else:
                 _linux.set_rlimit(resource.RLIMIT_NOFILE, int(self.init["max_open_files"]))
-                _linux.set_rlimit(resource.RLIMIT_FSIZE, 0)
+                # a compiling worker writes at most artifact_max bytes, into its memfd
+                fsize = int(self.init.get("artifact_max", 0)) if self.wants_compile() else 0
+                _linux.set_rlimit(resource.RLIMIT_FSIZE, fsize)
         except (OSError, ValueError) as exc:
             self.failed("rlimits", str(exc))
 
@@ -363,7 +400,7 @@ def _prepare(loader: Loader, fmt: str) -> None:
     if loader is _default_loader:
         import edgeguard.backends  # noqa: F401  (load_backend's own import)
 
-        if fmt == "onnx":
+        if fmt in ("onnx", "ort-model"):
             from edgeguard.backends.onnxruntime import preload
 
             preload()
@@ -448,14 +485,27 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             raise _RequiredLayerError(f"privileges: {exc}") from exc
         lock.limits(nproc=False)
+        options = dict(init.get("options", {}))
         if early:
             lock.landlock(when="before the model load")
-            lock.seccomp(lock.load_filter, "load-time filter before the model load")
+            compiling = lock.compiling() and lock.compile_filter is not None
+            if compiling and loader is _default_loader and fmt == "onnx":
+                options["save_artifact_fd"] = lock.artifact_fd
+                lock.artifact = "written"
+            else:
+                lock.end_compile()
+            lock.seccomp(
+                lock.compile_filter if "save_artifact_fd" in options else lock.load_filter,
+                "load-time filter before the model load",
+            )
+        else:
+            lock.end_compile()
         # 5. the model: untrusted input from here on
         try:
             with model:
-                target = loader(memoryview(model), fmt, dict(init.get("options", {})))
+                target = loader(memoryview(model), fmt, options)
             os.close(model_fd)
+            lock.end_compile()
         except Exception as exc:
             _send(ctl, {"op": "error", "error": "model load failed: " + _error_text(exc)})
             return 5
@@ -492,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
             "lockdown": "before the model load" if early else "after the model load",
             "threads": lock.threads,
             "inputs": ins,
+            "artifact": lock.artifact,
         },
     )
     return server.serve()
