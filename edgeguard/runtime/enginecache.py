@@ -138,7 +138,7 @@ def cpu_identity(cpuinfo: str | None = None) -> dict[str, str]:
                 cpuinfo = f.read(1 << 20)
         except OSError:
             cpuinfo = ""
-    model, flags = "", set()
+    model, flags = "", set[str]()
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
         key = key.strip().lower()
