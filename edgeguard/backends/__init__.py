@@ -12,12 +12,38 @@ concrete backend modules import them on first use.
 
 from __future__ import annotations
 
+import importlib
+import os
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from edgeguard.backends.base import Backend, TensorSpec
-from edgeguard.errors import MalformedError
+from edgeguard.errors import BackendError, MalformedError, UsageError
 
-__all__ = ["ARTIFACT_FORMATS", "FORMATS", "Backend", "TensorSpec", "load_backend"]
+__all__ = [
+    "ARTIFACT_FORMATS",
+    "FORMATS",
+    "TRT_BUILDER",
+    "TRT_IDENTITY",
+    "TRT_PLAN_LOADER",
+    "Backend",
+    "TensorSpec",
+    "build_plan",
+    "device_identity",
+    "load_backend",
+]
+
+#: ``module:function`` that builds a TensorRT plan on this device from a signed ONNX
+#: member and its recipe: ``function(onnx, recipe, *, device_id, dla_core)`` returning an
+#: object with ``plan`` (bytes) and ``identity`` (the GPU and TensorRT it was built for).
+#: The seam through which tests put a test double (no GPU here).
+TRT_BUILDER = "edgeguard.backends.tensorrt:build_engine"
+#: ``module:function`` returning this device's TensorRT identity for a CUDA device:
+#: ``function(device_id) -> {"tensorrt", "gpu_name", "compute_capability", "driver"}``.
+TRT_IDENTITY = "edgeguard.backends.tensorrt:device_identity"
+#: ``module:function`` loading a plan instead of the TensorRT backend (None: the TensorRT
+#: backend). Only tests set it, to a test double.
+TRT_PLAN_LOADER: str | None = None
 
 #: Member formats understood by :func:`load_backend`.
 FORMATS: tuple[str, ...] = ("onnx", "trt-engine")
@@ -52,11 +78,16 @@ def load_backend(fmt: str, data: bytes | bytearray | memoryview, **opts: Any) ->
         from edgeguard.backends.onnxruntime import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend.from_bytes(data, **opts)
+    if fmt == "trt-build":
+        return _build_and_load(data, **opts)
     if fmt == "ort-model":
         from edgeguard.backends.onnxruntime import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend.from_bytes(data, model_format="ort", **opts)
     if fmt in ("trt-engine", "trt-plan"):
+        plan_loader = opts.pop("plan_loader", None) or TRT_PLAN_LOADER
+        if plan_loader is not None:  # a test double's loader (no GPU here)
+            return _resolve(str(plan_loader))(data, **opts)  # type: ignore[no-any-return]
         from edgeguard.backends.tensorrt import TensorRTBackend
 
         return TensorRTBackend.from_engine_bytes(data, **opts)
@@ -64,3 +95,95 @@ def load_backend(fmt: str, data: bytes | bytearray | memoryview, **opts: Any) ->
         f"unknown model format {fmt!r}",
         hint=f"known formats: {', '.join(FORMATS + ARTIFACT_FORMATS)}",
     )
+
+
+def _resolve(spec: str) -> Callable[..., Any]:
+    mod, _, attr = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(mod), attr)
+    except (ImportError, AttributeError) as exc:
+        raise BackendError(f"cannot find {spec!r}: {exc}") from exc
+    if not callable(fn):
+        raise UsageError(f"{spec!r} is not callable")
+    return fn  # type: ignore[no-any-return]
+
+
+def device_identity(*, device_id: int = 0, identity: str | None = None) -> dict[str, str]:
+    """This device's TensorRT identity (the engine cache's hardware binding of a plan).
+
+    Args:
+        device_id: The CUDA device.
+        identity: ``module:function`` (default :data:`TRT_IDENTITY`).
+
+    Raises:
+        MissingDependencyError: tensorrt or pycuda is missing.
+        BackendError: The identity cannot be read.
+    """
+    got = _resolve(identity or TRT_IDENTITY)(device_id)
+    if not isinstance(got, Mapping):
+        raise BackendError("the device identity is not a mapping")
+    return {str(k): str(v) for k, v in got.items()}
+
+
+def build_plan(
+    onnx: bytes | bytearray | memoryview,
+    recipe: Mapping[str, Any],
+    *,
+    device_id: int = 0,
+    dla_core: int | None = None,
+    builder: str | None = None,
+) -> tuple[bytes, dict[str, str]]:
+    """Build a TensorRT plan on this device from a signed ONNX member and its recipe.
+
+    Args:
+        onnx: The member's ONNX bytes.
+        recipe: Its signed :class:`~edgeguard.policy.engine.MemberRecipe` as a mapping.
+        device_id: The CUDA device.
+        dla_core: The DLA core, or None for the GPU.
+        builder: ``module:function`` (default :data:`TRT_BUILDER`).
+
+    Returns:
+        The plan and the identity it was built for.
+
+    Raises:
+        MissingDependencyError: tensorrt or pycuda is missing.
+        BackendError: The build failed or returned no plan.
+    """
+    from edgeguard.policy.engine import MemberRecipe
+
+    member_recipe = MemberRecipe.from_dict(dict(recipe), "engine recipe")
+    built = _resolve(builder or TRT_BUILDER)(
+        onnx, member_recipe, device_id=device_id, dla_core=dla_core
+    )
+    plan = getattr(built, "plan", None)
+    if not isinstance(plan, (bytes, bytearray, memoryview)) or not memoryview(plan).nbytes:
+        raise BackendError("the TensorRT build returned no plan")
+    ident = getattr(built, "identity", {})
+    return bytes(plan), {str(k): str(v) for k, v in dict(ident).items()}
+
+
+def _build_and_load(
+    onnx: bytes | bytearray | memoryview,
+    *,
+    recipe: Mapping[str, Any],
+    artifact_fd: int | None = None,
+    builder: str | None = None,
+    plan_loader: str | None = None,
+    device_id: int = 0,
+    dla_core: int | None = None,
+    **opts: Any,
+) -> Backend:
+    """``load_backend("trt-build", ...)``: build the plan, write it to ``artifact_fd``
+    (a memfd of the engine cache, written with ``pwrite`` on the descriptor the caller
+    holds: nothing is opened), then load it."""
+    plan, _identity = build_plan(
+        onnx, recipe, device_id=device_id, dla_core=dla_core, builder=builder
+    )
+    if artifact_fd is not None:
+        view, off = memoryview(plan), 0
+        while off < len(view):
+            off += os.pwrite(artifact_fd, view[off:], off)
+    where: dict[str, Any] = {"device_id": device_id, "dla_core": dla_core}
+    if plan_loader is not None:
+        where["plan_loader"] = plan_loader
+    return load_backend("trt-plan", plan, **where, **opts)

@@ -538,6 +538,100 @@ def _cacheable(opened: OpenedBundle, name: str, *, accelerator: bool) -> Binding
     )
 
 
+def _trt_recipe(opened: OpenedBundle, name: str, *, accelerator: bool) -> dict[str, Any] | None:
+    """The signed engine recipe of an ONNX member placed on a GPU or DLA core, else None."""
+    engines = opened.slots.engines
+    if not accelerator or engines is None or opened.manifest.member(name).format != "onnx":
+        return None
+    recipe = engines.members.get(name)
+    return None if recipe is None else recipe.to_dict()
+
+
+def _trt_where(where: Any) -> dict[str, Any]:
+    """``device_id`` and ``dla_core`` of a GPU or DLA placement."""
+    if where.unit == "dla":
+        return {"device_id": 0, "dla_core": where.index}
+    return {"device_id": where.index or 0, "dla_core": None}
+
+
+def _trt_binding(
+    opened: OpenedBundle, name: str, recipe: Mapping[str, Any], identity: Mapping[str, str]
+) -> Binding:
+    """The binding of a TensorRT plan built here from member ``name`` and its recipe."""
+    import hashlib
+
+    from edgeguard.crypto.encoding import canonical_cbor
+    from edgeguard.crypto.enginecache import Binding
+
+    hw = {
+        k: identity[k][:256] for k in ("gpu_name", "compute_capability", "driver") if k in identity
+    }
+    return Binding(
+        bundle=opened.manifest.name,
+        manifest_sha256=opened.manifest_digest,
+        member=name,
+        member_sha256=opened.manifest.member(name).digest.value,
+        recipe_sha256=hashlib.sha256(canonical_cbor(dict(recipe))).digest(),
+        kind="trt-plan",
+        library=f"tensorrt {identity.get('tensorrt', 'unknown')}"[:256],
+        hardware=hw,
+    )
+
+
+def _load_trt(
+    opened: OpenedBundle,
+    name: str,
+    where: Any,
+    recipe: Mapping[str, Any],
+    cache: EngineCache | None,
+    log: EventLog | None,
+) -> Any:
+    """A GPU/DLA member in this process: its sealed plan, or a plan built here (recorded)."""
+    import time
+
+    from edgeguard.backends import device_identity, load_backend
+
+    loc = _trt_where(where)
+    binding = None
+    if cache is not None:
+        identity = device_identity(device_id=loc["device_id"])
+        binding = _trt_binding(opened, name, recipe, identity)
+        buf = cache.load(binding)
+        if buf is not None:
+            try:
+                with buf.view() as view:
+                    return load_backend("trt-plan", view, **loc)
+            except BackendError as exc:
+                cache.discard(binding, "load failed", str(exc))
+            finally:
+                buf.wipe()
+    fd = os.memfd_create(f"edgeguard-plan-{name}"[:200], os.MFD_CLOEXEC) if cache else None
+    try:
+        t0 = time.perf_counter()
+        backend = load_backend(
+            "trt-build", opened.member_bytes(name), recipe=recipe, artifact_fd=fd, **loc
+        )
+        if log is not None:
+            log.append(
+                "engine_build",
+                {
+                    "member": name,
+                    "where": str(where),
+                    "ms": round((time.perf_counter() - t0) * 1e3, 1),
+                },
+            )
+        if fd is not None and cache is not None and binding is not None:
+            try:
+                _seal_memfd(cache, binding, fd)
+            except BaseException:
+                backend.close()
+                raise
+        return backend
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 def _seal_memfd(cache: EngineCache, binding: Binding, fd: int, note: str | None = None) -> None:
     """Seal what the compiler wrote into the memfd ``fd`` (its plaintext stays in memory)."""
     import mmap
@@ -704,6 +798,9 @@ def _start_sandbox(
     held: list[Any] = []  # decrypted artifacts, wiped once the workers hold their copies
 
     def spec(key: str, name: str, fmt: str, accel: bool, **kw: Any) -> WorkerSpec:
+        recipe = _trt_recipe(opened, name, accelerator=accel)
+        if recipe is not None:
+            return trt_spec(key, name, recipe, **kw)
         binding = _cacheable(opened, name, accelerator=accel) if cache is not None else None
         if cache is None or binding is None:
             return WorkerSpec(opened.member_bytes(name), fmt=fmt, **kw)
@@ -718,6 +815,30 @@ def _start_sandbox(
             )
         held.append(buf)
         return WorkerSpec(buf.view(), fmt="ort-model", **kw)
+
+    def trt_spec(key: str, name: str, recipe: dict[str, Any], **kw: Any) -> WorkerSpec:
+        from edgeguard.backends import TRT_BUILDER, TRT_PLAN_LOADER, device_identity
+
+        where = next(m.where for m in slots.runtime.members if m.name == name)
+        loc = _trt_where(where)
+        if TRT_PLAN_LOADER is not None:  # a test double (tests only)
+            loc["plan_loader"] = TRT_PLAN_LOADER
+        kw.pop("options", None)
+        if cache is not None:
+            bindings[key] = binding = _trt_binding(
+                opened, name, recipe, device_identity(device_id=loc["device_id"])
+            )
+            buf = cache.load(binding)
+            if buf is not None:
+                held.append(buf)
+                return WorkerSpec(buf.view(), fmt="trt-plan", options=loc, **kw)
+        return WorkerSpec(
+            opened.member_bytes(name),
+            fmt="trt-build",
+            options={**loc, "recipe": recipe, "builder": TRT_BUILDER},
+            artifact_max=None if cache is None else cache.limits.max_artifact_bytes,
+            **kw,
+        )
 
     try:
         for s in slots.runtime.members:
@@ -783,7 +904,7 @@ def _sandbox_executor(
             specs, policy=slots.isolation, event_log=log, io_bytes=area.half_bytes
         )
     except BackendError:
-        cached = [k for k, v in specs.items() if v.fmt == "ort-model"]
+        cached = [k for k, v in specs.items() if v.fmt in ("ort-model", "trt-plan")]
         if cache is None or not cached:
             raise
         # a sealed artifact that opened but does not load: discard it, start from ONNX
@@ -800,7 +921,12 @@ def _sandbox_executor(
     if cache is not None:
         try:
             for key, binding in bindings.items():
-                fd, note = executor.take_artifact(key)
+                fd, note, load_ms = executor.take_artifact(key)
+                if fd is not None and binding.kind == "trt-plan" and log is not None:
+                    log.append(
+                        "engine_build",
+                        {"member": binding.member, "where": "sandbox worker", "ms": load_ms},
+                    )
                 if fd is None:
                     if note is not None:
                         cache.record("engine_cache_skipped", binding, reason=note)
@@ -817,6 +943,16 @@ def _sandbox_executor(
 
 def _from_onnx(opened: OpenedBundle, key: str, spec: Any, slots: SignedSlots) -> Any:
     """``spec`` loading the member's ONNX bytes again (no cached artifact, no compile)."""
+    if spec.fmt == "trt-plan":  # build again, nothing sealed
+        engines = slots.engines
+        assert engines is not None
+        from edgeguard.backends import TRT_BUILDER
+
+        opts = {**dict(spec.options), "recipe": engines.members[key].to_dict()}
+        opts["builder"] = TRT_BUILDER
+        return dataclasses.replace(
+            spec, model=opened.member_bytes(key), fmt="trt-build", options=opts, artifact_max=None
+        )
     if spec.fmt != "ort-model":
         return dataclasses.replace(spec, artifact_max=None)
     name = slots.fallback if key == FALLBACK_NAME else key
@@ -846,6 +982,10 @@ def _start_threads(
             opts = loader_options(
                 s, fmt, cpu_members=n_cpu, sandboxed=False, precisions=_precisions(slots, s.name)
             )
+            recipe = _trt_recipe(opened, s.name, accelerator=s.where.accelerator)
+            if recipe is not None:
+                loaded[s.name] = _load_trt(opened, s.name, s.where, recipe, cache, log)
+                continue
             binding = _cacheable(opened, s.name, accelerator=s.where.accelerator)
             loaded[s.name] = _load_member(
                 fmt, opened.member_bytes(s.name), opts, cache, binding if cache else None

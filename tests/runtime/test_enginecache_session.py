@@ -256,14 +256,14 @@ def test_worker_compiles_only_under_landlock(tmp_path: Path) -> None:
     with ProcessMemberExecutor({"m": spec}, policy=SandboxPolicy(), io_bytes=1 << 20) as ex:
         layers = ex.status("m").layers
         assert layers["landlock"].startswith("active") and layers["seccomp"].startswith("active")
-        fd, note = ex.take_artifact("m")
-        assert fd is not None and note is None
+        fd, note, load_ms = ex.take_artifact("m")
+        assert fd is not None and note is None and load_ms is not None
         try:
             with open(fd, "rb", closefd=False) as f:
                 artifact = f.read()
         finally:
             os.close(fd)
-        assert ex.take_artifact("m") == (None, None)  # once
+        assert ex.take_artifact("m") == (None, None, None)  # once
     assert artifact[4:8] == b"ORTM"
     b = load_backend("ort-model", artifact)
     assert [s.name for s in b.inputs()]
@@ -273,7 +273,7 @@ def test_worker_compiles_only_under_landlock(tmp_path: Path) -> None:
         {"m": spec}, policy=SandboxPolicy(), io_bytes=1 << 20, caps=no_landlock
     ) as ex:
         assert not ex.status("m").layers["landlock"].startswith("active")
-        assert ex.take_artifact("m") == (None, "not compiled: needs Landlock")
+        assert ex.take_artifact("m") == (None, "not compiled: needs Landlock", None)
 
 
 @needs_isolation

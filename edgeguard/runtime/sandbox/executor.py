@@ -219,7 +219,11 @@ def _lockdown_point(spec: WorkerSpec) -> str:
     syscall layers wait until after the warm-up (``docs/isolation.md``).
     """
     opts = spec.options
-    if spec.fmt == "trt-engine" or opts.get("gpu") is not None or opts.get("dla_core") is not None:
+    if (
+        spec.fmt in ("trt-engine", "trt-plan", "trt-build")
+        or opts.get("gpu") is not None
+        or opts.get("dla_core") is not None
+    ):
         return "after_load"
     return "before_load"
 
@@ -324,6 +328,7 @@ class _Slot:
         # the engine cache: a memfd the first worker writes its compiled model into
         self.artifact_fd: int | None = None
         self.artifact_note: str | None = None  # the worker's word on it
+        self.load_ms: float | None = None  # how long the worker's load (and compile) took
         if spec.artifact_max is not None:
             self.artifact_fd = os.memfd_create(f"edgeguard-artifact-{name}", os.MFD_CLOEXEC)
 
@@ -509,22 +514,23 @@ class ProcessMemberExecutor:
         """Bytes each worker's request (and reply) may occupy in shared memory."""
         return self._io_bytes
 
-    def take_artifact(self, name: str) -> tuple[int | None, str | None]:
+    def take_artifact(self, name: str) -> tuple[int | None, str | None, float | None]:
         """The memfd member ``name``'s worker compiled into, once; the caller closes it.
 
         Returns:
-            ``(fd, None)`` when the worker wrote it, ``(None, why)`` when it did not,
-            ``(None, None)`` when the spec asked for no compiling. Later restarts of
-            the worker do not compile.
+            ``(fd, None, load_ms)`` when the worker wrote it (``load_ms``: its load and
+            compile, as it reported it), ``(None, why, None)`` when it did not,
+            ``(None, None, None)`` when the spec asked for no compiling. Later restarts
+            of the worker do not compile.
         """
         with self._lock:
             s = self._slot(name)
-            fd, note = s.artifact_fd, s.artifact_note
+            fd, note, ms = s.artifact_fd, s.artifact_note, s.load_ms
             s.artifact_fd = None
         if fd is not None and note != "written":
             os.close(fd)
-            return None, note or "the worker did not say"
-        return fd, None
+            return None, note or "the worker did not say", None
+        return fd, None, ms
 
     def reported_inputs(self, name: str) -> tuple[TensorSpec, ...] | None:
         """The inputs member ``name``'s worker says its model takes (untrusted; strictly read)."""
@@ -765,6 +771,8 @@ class ProcessMemberExecutor:
             s.memlock = str(msg.get("memlock", "not reported"))[:200]
             if s.artifact_fd is not None:
                 s.artifact_note = str(msg.get("artifact", "not reported"))[:200]
+                ms = msg.get("load_ms")
+                s.load_ms = float(ms) if isinstance(ms, int) and 0 <= ms < 1 << 31 else None
             if not s.memlock.startswith("active"):
                 self._event(
                     "sandbox_memory_unlocked",

@@ -269,15 +269,19 @@ class _Lockdown:
             self.abi = _linux.landlock_abi()
 
     def wants_compile(self) -> bool:
-        """Compiling is planned: an artifact memfd, Landlock to apply, lockdown before load."""
-        return (
-            self.artifact_fd is not None
-            and self.plan.get("landlock") == "apply"
-            and self.init.get("lockdown", "before_load") == "before_load"
-        )
+        """Compiling is planned: an artifact memfd, and either Landlock to apply before the
+        load (ONNX Runtime opens the memfd by path), or a TensorRT build of an accelerator
+        member (no layer is on while it loads; the plan goes in by ``pwrite``)."""
+        if self.artifact_fd is None:
+            return False
+        if self.init.get("lockdown", "before_load") == "before_load":
+            return self.plan.get("landlock") == "apply"
+        return self.init.get("fmt") == "trt-build"
 
     def compiling(self) -> bool:
-        """Landlock is in force, so ONNX Runtime may open the memfd (and nothing else)."""
+        """Compile now: before the load, only with Landlock in force (no file but memfds)."""
+        if self.init.get("lockdown", "before_load") != "before_load":
+            return self.wants_compile()
         return self.wants_compile() and self.state.get("landlock", "").startswith("active")
 
     def end_compile(self) -> None:
@@ -498,14 +502,19 @@ def main(argv: list[str] | None = None) -> int:
                 lock.compile_filter if "save_artifact_fd" in options else lock.load_filter,
                 "load-time filter before the model load",
             )
+        elif lock.compiling() and loader is _default_loader and fmt == "trt-build":
+            options["artifact_fd"] = lock.artifact_fd
+            lock.artifact = "written"
         else:
             lock.end_compile()
         # 5. the model: untrusted input from here on
+        t_load = time.perf_counter()
         try:
             with model:
                 target = loader(memoryview(model), fmt, options)
             os.close(model_fd)
             lock.end_compile()
+            load_ms = int((time.perf_counter() - t_load) * 1e3)  # no floats in replies
         except Exception as exc:
             _send(ctl, {"op": "error", "error": "model load failed: " + _error_text(exc)})
             return 5
@@ -543,6 +552,7 @@ def main(argv: list[str] | None = None) -> int:
             "threads": lock.threads,
             "inputs": ins,
             "artifact": lock.artifact,
+            "load_ms": load_ms,
         },
     )
     return server.serve()
