@@ -1,8 +1,9 @@
 """Benchmark: session start-up with the sealed engine cache, cold vs warm vs no cache.
 
 For each zoo model (and the digits models), one single-model bundle; then, interleaved
-round by round (the order rotating) so that a busy moment hits every mode alike, ``open_session`` until it
-returns (verify, decrypt, start the member, warm it up), closed again:
+round by round (the order rotating) so that a busy moment hits every mode alike,
+``open_session`` until it returns (verify, decrypt, start the member, warm it up), then
+closed:
 
 * **no cache**: ``engine_cache=False`` (ONNX Runtime loads the ONNX model);
 * **cold**: a fresh state directory: the member is compiled while it loads (ONNX

@@ -85,12 +85,7 @@ def load_backend(fmt: str, data: bytes | bytearray | memoryview, **opts: Any) ->
 
         return OnnxRuntimeBackend.from_bytes(data, model_format="ort", **opts)
     if fmt in ("trt-engine", "trt-plan"):
-        plan_loader = opts.pop("plan_loader", None) or TRT_PLAN_LOADER
-        if plan_loader is not None:  # a test double's loader (no GPU here)
-            return _resolve(str(plan_loader))(data, **opts)  # type: ignore[no-any-return]
-        from edgeguard.backends.tensorrt import TensorRTBackend
-
-        return TensorRTBackend.from_engine_bytes(data, **opts)
+        return _load_plan(data, **opts)
     raise MalformedError(
         f"unknown model format {fmt!r}",
         hint=f"known formats: {', '.join(FORMATS + ARTIFACT_FORMATS)}",
@@ -162,6 +157,18 @@ def build_plan(
     return bytes(plan), {str(k): str(v) for k, v in dict(ident).items()}
 
 
+def _load_plan(
+    data: bytes | bytearray | memoryview, *, plan_loader: str | None = None, **opts: Any
+) -> Backend:
+    """A TensorRT plan through the TensorRT backend (or :data:`TRT_PLAN_LOADER`'s double)."""
+    loader = plan_loader or TRT_PLAN_LOADER
+    if loader is not None:  # a test double's loader (no GPU here)
+        return _resolve(str(loader))(data, **opts)  # type: ignore[no-any-return]
+    from edgeguard.backends.tensorrt import TensorRTBackend
+
+    return TensorRTBackend.from_engine_bytes(data, **opts)
+
+
 def _build_and_load(
     onnx: bytes | bytearray | memoryview,
     *,
@@ -183,7 +190,4 @@ def _build_and_load(
         view, off = memoryview(plan), 0
         while off < len(view):
             off += os.pwrite(artifact_fd, view[off:], off)
-    where: dict[str, Any] = {"device_id": device_id, "dla_core": dla_core}
-    if plan_loader is not None:
-        where["plan_loader"] = plan_loader
-    return load_backend("trt-plan", plan, **where, **opts)
+    return _load_plan(plan, plan_loader=plan_loader, device_id=device_id, dla_core=dla_core, **opts)

@@ -578,6 +578,43 @@ def _trt_binding(
     )
 
 
+def _prebuilt_plan(
+    opened: OpenedBundle,
+    name: str,
+    identity: Mapping[str, str],
+    log: EventLog | None,
+    *,
+    mismatch: Callable[[Any, Mapping[str, str]], str | None] | None = None,
+) -> str | None:
+    """The prebuilt plan member that replaces ONNX member ``name`` on this device, or None.
+
+    A plan built on the build host (a ``prebuilt`` tag of the signed engine recipe) runs
+    only where TensorRT and the GPU match its tag; it is refused **before** TensorRT
+    deserialises it when they do not (``engine_prebuilt_refused`` with the reason), and
+    the member is built here from its ONNX model instead. ``mismatch`` is
+    ``edgeguard.policy.engine.prebuilt_mismatch``.
+    """
+    engines = opened.slots.engines
+    tags = [t for t in getattr(engines, "prebuilt", ()) if t.for_member == name]
+    if not tags:
+        return None
+    if mismatch is None:
+        from edgeguard.policy import engine as engine_policy
+
+        mismatch = getattr(engine_policy, "prebuilt_mismatch", None)
+    tag = tags[0]
+    why = (
+        "this edgeguard cannot check prebuilt tags" if mismatch is None else mismatch(tag, identity)
+    )
+    if why is None:
+        return str(tag.member)
+    if log is not None:
+        log.append(
+            "engine_prebuilt_refused", {"member": name, "plan": tag.member, "reason": why[:300]}
+        )
+    return None
+
+
 def _load_trt(
     opened: OpenedBundle,
     name: str,
@@ -593,8 +630,11 @@ def _load_trt(
 
     loc = _trt_where(where)
     binding = None
+    identity = device_identity(device_id=loc["device_id"])
+    plan = _prebuilt_plan(opened, name, identity, log)
+    if plan is not None:
+        return load_backend("trt-engine", opened.member_bytes(plan), **loc)
     if cache is not None:
-        identity = device_identity(device_id=loc["device_id"])
         binding = _trt_binding(opened, name, recipe, identity)
         buf = cache.load(binding)
         if buf is not None:
@@ -824,10 +864,12 @@ def _start_sandbox(
         if TRT_PLAN_LOADER is not None:  # a test double (tests only)
             loc["plan_loader"] = TRT_PLAN_LOADER
         kw.pop("options", None)
+        identity = device_identity(device_id=loc["device_id"])
+        plan = _prebuilt_plan(opened, name, identity, log)
+        if plan is not None:
+            return WorkerSpec(opened.member_bytes(plan), fmt="trt-engine", options=loc, **kw)
         if cache is not None:
-            bindings[key] = binding = _trt_binding(
-                opened, name, recipe, device_identity(device_id=loc["device_id"])
-            )
+            bindings[key] = binding = _trt_binding(opened, name, recipe, identity)
             buf = cache.load(binding)
             if buf is not None:
                 held.append(buf)

@@ -214,3 +214,11 @@ def test_cpu_identity_reads_model_and_relevant_flags() -> None:
     assert ident["cpu"] == "Some CPU" and ident["flags"] == "avx2 avx512f fma"
     assert cpu_identity("Features\t: fp asimd asimddp crc32\n")["flags"] == "asimd asimddp"
     assert cpu_identity()["machine"]
+
+
+def test_every_compile_time_syscall_has_a_documented_reason() -> None:
+    from edgeguard.runtime.sandbox.seccomp import COMPILE_EXTRAS
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "isolation.md").read_text()
+    for name in COMPILE_EXTRAS:
+        assert f"| `{name}` |" in text

@@ -181,3 +181,34 @@ def test_sandboxed_worker_writes_the_built_plan_into_the_memfd() -> None:
     assert plan.startswith(fake_trt.MAGIC)
     assert plan[len(fake_trt.MAGIC) :] == Path(data.model_path("digits_mlp")).read_bytes()
     assert out["logits"].shape == (1, 10)
+
+
+class _Log:
+    def __init__(self) -> None:
+        self.records: list[tuple[str, dict[str, Any]]] = []
+
+    def append(self, kind: str, data: dict[str, Any]) -> None:
+        self.records.append((kind, data))
+
+
+def _opened_with_tag() -> Any:
+    from types import SimpleNamespace
+
+    tag = SimpleNamespace(member="m.plan", for_member="m", tensorrt="10.3.0")
+    return SimpleNamespace(slots=SimpleNamespace(engines=SimpleNamespace(prebuilt=(tag,))))
+
+
+def test_prebuilt_plan_used_when_its_tag_matches_and_refused_before_loading_otherwise() -> None:
+    """The choice between a prebuilt plan and a build here (``prebuilt_mismatch`` stubbed:
+    the recipe's prebuilt tags are added to ``policy/engine.py`` on another branch)."""
+    from edgeguard.runtime.session import _prebuilt_plan
+
+    opened, log = _opened_with_tag(), _Log()
+    ok = _prebuilt_plan(opened, "m", fake_trt.IDENTITY, log, mismatch=lambda t, i: None)  # type: ignore[arg-type]
+    assert ok == "m.plan" and log.records == []
+    assert _prebuilt_plan(opened, "other", {}, log, mismatch=lambda t, i: None) is None  # type: ignore[arg-type]
+    why = "the plan m.plan was built with TensorRT 10.3.0; this device has TensorRT 10.4.0"
+    assert _prebuilt_plan(opened, "m", fake_trt.IDENTITY, log, mismatch=lambda t, i: why) is None  # type: ignore[arg-type]
+    assert log.records == [
+        ("engine_prebuilt_refused", {"member": "m", "plan": "m.plan", "reason": why})
+    ]

@@ -527,7 +527,9 @@ class ProcessMemberExecutor:
             s = self._slot(name)
             fd, note, ms = s.artifact_fd, s.artifact_note, s.load_ms
             s.artifact_fd = None
-        if fd is not None and note != "written":
+        if fd is None:
+            return None, None, None
+        if note != "written":
             os.close(fd)
             return None, note or "the worker did not say", None
         return fd, None, ms
