@@ -83,6 +83,7 @@ _DEADLINE_CHECK_RUNS = 3
 ExecutorWrapper = Callable[[MemberExecutor], MemberExecutor]
 #: At close, how long to wait for in-process member calls still running (threads).
 DRAIN_S = 5.0
+_ARTIFACT_SEALS = 0x1 | 0x2 | 0x4 | 0x8  # F_SEAL_SEAL | SHRINK | GROW | WRITE
 
 
 @dataclass(frozen=True)
@@ -538,6 +539,11 @@ def _cacheable(opened: OpenedBundle, name: str, *, accelerator: bool) -> Binding
     )
 
 
+def _artifact_memfd(name: str) -> int:
+    """An empty memfd for a compiled artifact (sealable, close-on-exec)."""
+    return os.memfd_create(name[:200], os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+
+
 def _trt_recipe(opened: OpenedBundle, name: str, *, accelerator: bool) -> dict[str, Any] | None:
     """The signed engine recipe of an ONNX member placed on a GPU or DLA core, else None."""
     engines = opened.slots.engines
@@ -645,7 +651,7 @@ def _load_trt(
                 cache.discard(binding, "load failed", str(exc))
             finally:
                 buf.wipe()
-    fd = os.memfd_create(f"edgeguard-plan-{name}"[:200], os.MFD_CLOEXEC) if cache else None
+    fd = _artifact_memfd(f"edgeguard-plan-{name}") if cache else None
     try:
         t0 = time.perf_counter()
         backend = load_backend(
@@ -673,19 +679,42 @@ def _load_trt(
 
 
 def _seal_memfd(cache: EngineCache, binding: Binding, fd: int, note: str | None = None) -> None:
-    """Seal what the compiler wrote into the memfd ``fd`` (its plaintext stays in memory)."""
-    import mmap
-    import os
+    """Seal what the compiler wrote into the memfd ``fd`` (its plaintext stays in memory).
 
+    The memfd is first sealed against any change (a worker that kept a descriptor cannot
+    change or shrink it while it is read), then copied into locked memory.
+    """
+    import fcntl
+
+    from edgeguard.runtime.secmem import SecretBuffer
+
+    try:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _ARTIFACT_SEALS)
+        sealed = fcntl.fcntl(fd, fcntl.F_GET_SEALS) & _ARTIFACT_SEALS == _ARTIFACT_SEALS
+    except OSError:
+        sealed = False
     size = os.fstat(fd).st_size
+    if note is None and not sealed:
+        note = "the artifact memfd could not be sealed against changes"
     if note is not None or size == 0:
         cache.record("engine_cache_skipped", binding, reason=note or "nothing was written")
         return
     if size > cache.limits.max_artifact_bytes:
         cache.record("engine_cache_skipped", binding, reason=f"artifact of {size} bytes")
         return
-    with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mm, memoryview(mm) as view:
-        cache.store(binding, view)
+    buf = SecretBuffer(size)
+    try:
+        with buf.view() as view:
+            done = 0
+            while done < size:
+                n = os.preadv(fd, [view[done:]], done)
+                if n <= 0:
+                    cache.record("engine_cache_skipped", binding, reason="short read")
+                    return
+                done += n
+            cache.store(binding, view)
+    finally:
+        buf.wipe()
 
 
 def _load_member(
@@ -711,7 +740,7 @@ def _load_member(
             cache.discard(binding, "load failed", str(exc))
         finally:
             buf.wipe()
-    fd = os.memfd_create(f"edgeguard-artifact-{binding.member}"[:200], os.MFD_CLOEXEC)
+    fd = _artifact_memfd(f"edgeguard-artifact-{binding.member}")
     try:
         backend = load_backend(fmt, data, save_artifact_fd=fd, **opts)
         try:

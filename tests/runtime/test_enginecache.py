@@ -222,3 +222,53 @@ def test_every_compile_time_syscall_has_a_documented_reason() -> None:
     text = (Path(__file__).resolve().parents[2] / "docs" / "isolation.md").read_text()
     for name in COMPILE_EXTRAS:
         assert f"| `{name}` |" in text
+
+
+def _memfd(data: bytes, *, sealing: bool = True) -> int:
+    fd = os.memfd_create("t", os.MFD_CLOEXEC | (os.MFD_ALLOW_SEALING if sealing else 0))
+    os.write(fd, data)
+    return fd
+
+
+def test_compiled_memfd_is_sealed_then_stored(tmp_path: Path) -> None:
+    import fcntl
+
+    from edgeguard.runtime.session import _seal_memfd
+
+    c, log = cache(tmp_path)
+    fd = _memfd(ARTIFACT)
+    try:
+        _seal_memfd(c, binding(), fd)
+        assert fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_WRITE
+        with pytest.raises(PermissionError):
+            os.write(fd, b"late change")
+    finally:
+        os.close(fd)
+    assert log.kinds()[-1] == "engine_cache_sealed"
+    buf = c.load(binding())
+    assert buf is not None and bytes(buf) == ARTIFACT
+
+
+def test_a_memfd_that_cannot_be_sealed_is_not_cached(tmp_path: Path) -> None:
+    """A writer that keeps a writable mapping (or a memfd without sealing) could change the
+    bytes while they are sealed: nothing is stored."""
+    import mmap
+
+    from edgeguard.runtime.session import _seal_memfd
+
+    c, log = cache(tmp_path)
+    fd = _memfd(ARTIFACT)
+    mm = mmap.mmap(fd, len(ARTIFACT))  # shared and writable: F_SEAL_WRITE fails (EBUSY)
+    try:
+        _seal_memfd(c, binding(), fd)
+    finally:
+        mm.close()
+        os.close(fd)
+    fd = _memfd(ARTIFACT, sealing=False)
+    try:
+        _seal_memfd(c, binding(member="x"), fd)
+    finally:
+        os.close(fd)
+    assert log.kinds() == ["engine_cache_skipped", "engine_cache_skipped"]
+    assert "could not be sealed" in log.last("engine_cache_skipped")["reason"]
+    assert list(c.path.iterdir()) == []

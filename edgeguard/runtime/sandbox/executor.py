@@ -330,7 +330,9 @@ class _Slot:
         self.artifact_note: str | None = None  # the worker's word on it
         self.load_ms: float | None = None  # how long the worker's load (and compile) took
         if spec.artifact_max is not None:
-            self.artifact_fd = os.memfd_create(f"edgeguard-artifact-{name}", os.MFD_CLOEXEC)
+            self.artifact_fd = os.memfd_create(
+                f"edgeguard-artifact-{name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
+            )
 
     def close(self) -> None:
         with contextlib.suppress(BufferError, ValueError):
