@@ -127,14 +127,22 @@ def main() -> int:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="eg-bench-cache-") as tmp:
         work = Path(tmp)
+        from edgeguard.errors import BackendError
+
         for isolation in isolations:
             for name in names:
-                results[f"{name} ({isolation})"] = _one(name, isolation, args, keys, work)
+                try:
+                    results[f"{name} ({isolation})"] = _one(name, isolation, args, keys, work)
+                except BackendError as exc:  # recorded, not hidden: the model does not start
+                    results[f"{name} ({isolation})"] = {"error": str(exc)[:300]}
     print(
         f"{'model (isolation)':32} {'no cache ms':>11} {'cold ms':>9} {'warm ms':>9} "
         f"{'none/warm':>9} {'cold/none':>9} {'sealed KiB':>10}"
     )
     for key, r in results.items():
+        if "error" in r:
+            print(f"{key:32} does not start: {r['error'][:120]}")
+            continue
         s = r["start_ms"]
         print(
             f"{key:32} {s['none']:11.1f} {s['cold']:9.1f} {s['warm']:9.1f} "
