@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
-	$(BIN)/python -m pip install --quiet --no-deps 'tensorrt-stubs>=10'
+	$(BIN)/python -m pip install --quiet --no-deps 'tensorrt-stubs>=10,<11'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -32,6 +32,7 @@ from edgeguard.packaging.calibrate import (
     is_profile_file,
     load_profile_for,
 )
+from edgeguard.packaging.engines import EngineOptions
 from edgeguard.packaging.ensemble import EnsembleOptions, EnsemblePlan
 from edgeguard.packaging.packager import DEFAULT_CHUNK, MemberSource, write_bundle
 from edgeguard.packaging.variants import VariantChecks
@@ -42,6 +43,7 @@ from edgeguard.runtime.session import DeviceSession, check_on_device, open_sessi
 __all__ = [
     "CalibrationOptions",
     "DeviceSession",
+    "EngineOptions",
     "EnsembleOptions",
     "VariantChecks",
     "build_bundle",
@@ -74,6 +76,8 @@ def build_bundle(
     on_plan: Callable[[EnsemblePlan], None] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     variant_checks: VariantChecks | None = None,
+    engine: EngineOptions | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> Header:
     """Check ONNX models and package them into a bundle at ``out``.
 
@@ -93,6 +97,13 @@ def build_bundle(
     the threshold, a detector's box decoder: a callable from the first output batch to
     per-frame ``(M, 6)`` boxes ``x1, y1, x2, y2, score, class``) and refused below the
     threshold; the measurements are signed into the policy slot (``variants``).
+
+    With ``engine`` options (``edgeguard build --fp16 --useDLACore 0 ...``) every model
+    member placed on a GPU or DLA gets a TensorRT engine recipe in the signed
+    ``engine_recipe`` slot (:mod:`edgeguard.packaging.engines`); INT8 carries a subset of
+    the calibration frames as an encrypted ``npz`` member, and ``engine.on_this_host``
+    builds the plans here and embeds them as tagged ``trt-engine`` members. ``on_note``
+    receives lines for the build's output (how an engine profile was chosen).
     """
     from edgeguard.devices import load_profile
     from edgeguard.packaging.ensemble import plan_ensemble
@@ -104,6 +115,11 @@ def build_bundle(
     if version < 0:
         raise UsageError("--version must be a non-negative integer")
     device_profiles = [load_profile(p) for p in profiles]  # refuses unknown names
+    engine = engine or EngineOptions()
+    if engine.active:
+        from edgeguard.packaging.engines import check_profiles
+
+        check_profiles(engine, device_profiles)
     given: list[tuple[str, bytes]] = []
     infos = []
     for path in models:
@@ -114,6 +130,10 @@ def build_bundle(
         infos.append(check_onnx_model(data, source=str(path)))
         given.append((Path(path).stem, data))
     ensemble = ensemble or EnsembleOptions()
+    if engine.active:
+        _check_shapes_early(
+            engine, given[0], frames_later=calibration is not None or sanity is not None
+        )
     cal_arrays = None
     shape_hints = None
     if calibration is not None:
@@ -132,6 +152,17 @@ def build_bundle(
         from edgeguard.packaging.deadline import profile_frame_shapes
 
         shape_hints = profile_frame_shapes(sanity)
+    if engine.needs_calibration and cal_arrays is None:
+        flag = "--int8" if engine.int8 else "--best (which includes int8)"
+        raise UsageError(
+            f"{flag} needs calibration frames to calibrate the INT8 engine on the device",
+            hint="give --calibration DATA: an .npz, an .npy or a folder of images (a "
+            "sanity profile .json holds no frames)",
+        )
+    if engine.dla_core is not None:
+        from dataclasses import replace
+
+        ensemble = replace(ensemble, dla_core=engine.dla_core)
     target = device_profiles[0]
     plan = plan_ensemble(
         given,
@@ -152,6 +183,11 @@ def build_bundle(
         runtime=plan.runtime, isolation=plan.isolation, io=plan.io, variants=checks
     )
     sources = [MemberSource(name=m.name, data=m.data, role=m.role) for m in plan.members]
+    engine_recipe = None
+    if engine.active:
+        engine_recipe = _engine_slot(
+            engine, plan, sources, target, cal_arrays, shape_hints, progress, on_note
+        )
     return write_bundle(
         Path(out),
         sources,
@@ -166,7 +202,90 @@ def build_bundle(
         chunk_size=chunk_size,
         sanity=sanity,
         policy=policy,
+        engine_recipe=engine_recipe,
     )
+
+
+def _check_shapes_early(
+    engine: EngineOptions, model: tuple[str, bytes], *, frames_later: bool
+) -> None:
+    """Refuse shapes the primary model refuses before the long steps (calibration,
+    variants, timing): every member takes the same inputs, so its contract decides."""
+    from edgeguard.packaging.engines import frame_shapes_per_input, shape_ranges
+    from edgeguard.packaging.ensemble import MemberPlan, member_io
+
+    contract = member_io(MemberPlan(model[0], model[1], "primary"))
+    frames = frame_shapes_per_input(contract, None, None)
+    shape_ranges(engine, model[0], contract, frames, frames_later=frames_later)
+
+
+def _engine_slot(
+    engine: EngineOptions,
+    plan: EnsemblePlan,
+    sources: list[MemberSource],
+    target: Any,
+    cal_arrays: Mapping[str, np.ndarray] | None,
+    shape_hints: Mapping[str, tuple[int, ...]] | None,
+    progress: Callable[[str, int, int], None] | None,
+    on_note: Callable[[str], None] | None,
+) -> dict[str, Any]:
+    """The ``engine_recipe`` slot; appends the calibration and plan members to ``sources``."""
+    from edgeguard.fsutil import atomic_write
+    from edgeguard.packaging import engines
+    from edgeguard.policy.engine import EngineRecipe, PrebuiltEngine
+
+    models = {m.name: m for m in plan.members if m.role in ("primary", "member")}
+    frames = {
+        name: engines.frame_shapes_per_input(plan.io[name], cal_arrays, shape_hints)
+        for name in models
+    }
+    cal_member = engines.CALIBRATION_MEMBER if engine.needs_calibration else None
+    recipes, notes = engines.member_recipes(
+        engine,
+        {name: m.placement for name, m in models.items()},
+        plan.io,
+        frames=frames,
+        profile=target,
+        calibration_member=cal_member,
+    )
+    subset = None
+    if cal_member is not None and cal_arrays is not None:
+        subset = engines.calibration_subset(cal_arrays)
+        sources.append(
+            MemberSource(cal_member, engines.calibration_npz(subset), role="aux", format="npz")
+        )
+        n = len(next(iter(subset.values())))
+        notes.append(
+            f"int8: {n} of {len(next(iter(cal_arrays.values())))} calibration frames "
+            f"(evenly spaced) travel encrypted as member {cal_member} for the device's "
+            "INT8 calibration"
+        )
+    prebuilt: tuple[PrebuiltEngine, ...] = ()
+    if engine.on_this_host:
+        cache = None
+        path = engine.timing_cache_file
+        if path is not None and Path(path).exists():
+            try:
+                cache = Path(path).read_bytes()
+            except OSError as exc:
+                raise UsageError(f"cannot read --timingCacheFile {path}: {exc.strerror}") from exc
+        built, cache = engines.build_prebuilt(
+            recipes,
+            {name: m.data for name, m in models.items()},
+            profile=target,
+            calibration=subset,
+            timing_cache=cache,
+            progress=progress,
+        )
+        for tag, plan_bytes in built:
+            sources.append(MemberSource(tag.member, plan_bytes, role="engine", format="trt-engine"))
+        prebuilt = tuple(tag for tag, _ in built)
+        if path is not None and cache is not None:
+            atomic_write(Path(path), cache, mode=0o600)
+    if on_note is not None:
+        for note in notes:
+            on_note(note)
+    return EngineRecipe(members=recipes, prebuilt=prebuilt).to_dict()
 
 
 def load_calibration_arrays(

@@ -37,6 +37,7 @@ __all__ = [
     "NotARecipientError",
     "PolicyError",
     "RollbackError",
+    "SelftestFailedError",
     "StateStoreError",
     "UncleanLogError",
     "UntrustedSignerError",
@@ -232,3 +233,13 @@ class UncleanLogError(EdgeguardError):
     """
 
     exit_code = 13
+
+
+class SelftestFailedError(EdgeguardError):
+    """A check of ``edgeguard selftest`` ran on this host and failed.
+
+    Checks this host cannot run (no GPU, no TensorRT) are reported as not run and do
+    not raise this: only a part that ran and disagreed with its reference does.
+    """
+
+    exit_code = 15

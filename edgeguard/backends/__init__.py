@@ -3,7 +3,10 @@
 * :mod:`edgeguard.backends.base` - the :class:`Backend` interface and :class:`TensorSpec`.
 * :mod:`edgeguard.backends.onnxruntime` - ONNX Runtime, CPU execution provider (the
   embedded default).
-* :mod:`edgeguard.backends.tensorrt` - TensorRT 10 engines on NVIDIA GPUs / Jetson.
+* :mod:`edgeguard.backends.tensorrt` - TensorRT 10 engines on NVIDIA GPUs / Jetson,
+  and the on-device builder from a signed recipe.
+* :mod:`edgeguard.backends.trt_frame` - the per-frame step plan of the TensorRT GPU
+  path and the ``DeviceCheck`` interface (pure code).
 
 :func:`load_backend` picks the backend from a bundle member's format string.
 Importing this package imports neither onnxruntime nor tensorrt nor pycuda; the
@@ -34,13 +37,15 @@ __all__ = [
 ]
 
 #: ``module:function`` that builds a TensorRT plan on this device from a signed ONNX
-#: member and its recipe: ``function(onnx, recipe, *, device_id, dla_core)`` returning an
-#: object with ``plan`` (bytes) and ``identity`` (the GPU and TensorRT it was built for).
-#: The seam through which tests put a test double (no GPU here).
+#: member and its recipe: ``function(onnx, recipe: MemberRecipe, *, device_id)`` returning
+#: an object with ``plan`` (bytes) and ``identity`` (the GPU and TensorRT it was built
+#: for), as :func:`edgeguard.backends.tensorrt.build_engine` does (the recipe's
+#: ``dla_core`` picks a DLA core). The seam through which tests put a test double.
 TRT_BUILDER = "edgeguard.backends.tensorrt:build_engine"
 #: ``module:function`` returning this device's TensorRT identity for a CUDA device:
-#: ``function(device_id) -> {"tensorrt", "gpu_name", "compute_capability", "driver"}``.
-TRT_IDENTITY = "edgeguard.backends.tensorrt:device_identity"
+#: ``function(device_id) -> {"tensorrt", "gpu_name", "compute_capability", "driver"}``
+#: (:func:`edgeguard.backends.tensorrt.platform_identity`).
+TRT_IDENTITY = "edgeguard.backends.tensorrt:platform_identity"
 #: ``module:function`` loading a plan instead of the TensorRT backend (None: the TensorRT
 #: backend). Only tests set it, to a test double.
 TRT_PLAN_LOADER: str | None = None
@@ -147,9 +152,17 @@ def build_plan(
     from edgeguard.policy.engine import MemberRecipe
 
     member_recipe = MemberRecipe.from_dict(dict(recipe), "engine recipe")
-    built = _resolve(builder or TRT_BUILDER)(
-        onnx, member_recipe, device_id=device_id, dla_core=dla_core
-    )
+    if member_recipe.dla_core != dla_core:
+
+        def on(core: int | None) -> str:
+            return "the GPU" if core is None else f"DLA core {core}"
+
+        raise BackendError(
+            f"the member is placed on {on(dla_core)} but its signed recipe builds for "
+            f"{on(member_recipe.dla_core)}",
+            hint="rebuild the bundle with a placement and a recipe that agree",
+        )
+    built = _resolve(builder or TRT_BUILDER)(onnx, member_recipe, device_id=device_id)
     plan = getattr(built, "plan", None)
     if not isinstance(plan, (bytes, bytearray, memoryview)) or not memoryview(plan).nbytes:
         raise BackendError("the TensorRT build returned no plan")

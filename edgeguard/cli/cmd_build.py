@@ -180,8 +180,130 @@ def register(sub: Any) -> None:
             "gpuN or dlaN (repeatable; default: from the device profile)"
         ),
     )
+    _add_engine_args(p)
     add_passphrase_arg(p)
     p.set_defaults(func=run)
+
+
+def _add_engine_args(p: Any) -> None:
+    """The TensorRT engine options, with trtexec's names (docs/tensorrt.md)."""
+    e = p.add_argument_group(
+        "TensorRT engine recipe (signed into the manifest; docs/tensorrt.md)",
+        "Giving any of these gives every member placed on a GPU or DLA a signed recipe: "
+        "how the device builds its TensorRT engine. Names and syntax follow trtexec.",
+    )
+    e.add_argument("--fp16", action="store_true", help="allow fp16 kernels")
+    e.add_argument(
+        "--int8",
+        action="store_true",
+        help="allow int8 kernels; up to 32 of the --calibration frames travel encrypted in "
+        "the bundle for the device's INT8 calibration",
+    )
+    e.add_argument("--best", action="store_true", help="allow every precision (int8 included)")
+    e.add_argument(
+        "--useDLACore",
+        "--use-dla-core",
+        dest="dla_core",
+        type=int,
+        metavar="N",
+        help="build for DLA core N: members on a GPU or DLA without --placement run on dlaN",
+    )
+    e.add_argument(
+        "--allowGPUFallback",
+        "--allow-gpu-fallback",
+        dest="allow_gpu_fallback",
+        action="store_true",
+        help="layers the DLA cannot run go to the GPU",
+    )
+    e.add_argument(
+        "--memPoolSize",
+        "--mem-pool-size",
+        dest="mem_pool",
+        metavar="workspace:SIZE",
+        help="builder workspace; SIZE in MiB, or with a B, K, M or G suffix (base 2)",
+    )
+    for flag, what in (("min", "smallest"), ("opt", "tuned-for"), ("max", "largest")):
+        e.add_argument(
+            f"--{flag}Shapes",
+            f"--{flag}-shapes",
+            dest=f"{flag}_shapes",
+            metavar="IN:DxDx..[,..]",
+            help=f"{what} shape of each dynamic input, e.g. images:1x3x640x640 "
+            "('in:0':1x3x224x224 for a name with colons)",
+        )
+    e.add_argument(
+        "--builderOptimizationLevel",
+        "--builder-optimization-level",
+        dest="opt_level",
+        type=int,
+        metavar="0-5",
+        help="TensorRT's builder optimisation level (default 3)",
+    )
+    e.add_argument(
+        "--timingCacheFile",
+        "--timing-cache-file",
+        dest="timing_cache",
+        type=Path,
+        metavar="PATH",
+        help="the device keeps a sealed timing cache; with --engine-on-this-host this "
+        "host's cache is read from and written to PATH",
+    )
+    e.add_argument(
+        "--versionCompatible",
+        "--version-compatible",
+        dest="version_compatible",
+        action="store_true",
+        help="build version-compatible plans (later TensorRT of the same major runs them)",
+    )
+    e.add_argument(
+        "--hardwareCompatibilityLevel",
+        "--hardware-compatibility-level",
+        dest="hw_level",
+        choices=["none", "ampere+", "same_compute_capability"],
+        metavar="LEVEL",
+        help="GPUs a plan runs on besides the builder's model: none (default), ampere+ or "
+        "same_compute_capability",
+    )
+    e.add_argument(
+        "--allowEngineHostCode",
+        "--allow-engine-host-code",
+        dest="engine_host_code",
+        action="store_true",
+        help="let plans carry host code that runs when they load (off by default)",
+    )
+    e.add_argument(
+        "--engine-on-this-host",
+        dest="engine_on_this_host",
+        action="store_true",
+        help="build the plans here with TensorRT (needs the trt extra and a GPU of the "
+        "first --device-profile's kind) and embed them, tagged, next to the ONNX members",
+    )
+
+
+def engine_options(args: argparse.Namespace) -> Any:
+    """The :class:`~edgeguard.packaging.engines.EngineOptions` of the parsed arguments."""
+    from edgeguard.packaging.engines import EngineOptions, parse_mem_pool, parse_shapes
+
+    def shapes(text: str | None, flag: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
+        return () if text is None else parse_shapes(text, flag)
+
+    return EngineOptions(
+        fp16=args.fp16,
+        int8=args.int8,
+        best=args.best,
+        dla_core=args.dla_core,
+        allow_gpu_fallback=args.allow_gpu_fallback,
+        workspace_bytes=None if args.mem_pool is None else parse_mem_pool(args.mem_pool),
+        min_shapes=shapes(args.min_shapes, "--minShapes"),
+        opt_shapes=shapes(args.opt_shapes, "--optShapes"),
+        max_shapes=shapes(args.max_shapes, "--maxShapes"),
+        builder_optimization_level=args.opt_level,
+        timing_cache_file=args.timing_cache,
+        version_compatible=args.version_compatible,
+        hardware_compatibility_level=args.hw_level,
+        engine_host_code=args.engine_host_code,
+        on_this_host=args.engine_on_this_host,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -207,6 +329,7 @@ def run(args: argparse.Namespace) -> int:
         placements=tuple(_placement(t) for t in args.placement),
     )
     checks = VariantChecks(task=args.task, min_agreement=args.min_agreement)
+    engine = engine_options(args)
     warn_image_folder(args.calibration)
     notes: list[str] = []
     with _Progress() as progress:
@@ -230,6 +353,8 @@ def run(args: argparse.Namespace) -> int:
             ),
             progress=progress.update,
             variant_checks=checks,
+            engine=engine,
+            on_note=notes.append,
         )
     from edgeguard.attest.reference import write_reference_values
 
@@ -246,6 +371,7 @@ def run(args: argparse.Namespace) -> int:
     for note in notes:
         print(note)
     print_variants(m)
+    print_engine_recipe(m)
     print(f"reference values for attestation: {rv}")
     return 0
 
@@ -283,6 +409,50 @@ def print_variants(manifest: Any) -> None:
                 ", ".join(f"{k} {v:.3g}" for k, v in c.extra),
             )
     Console(width=120).print(t)
+
+
+def print_engine_recipe(manifest: Any) -> None:
+    """One line per member with an engine recipe, one per prebuilt plan (nothing without)."""
+    from edgeguard.policy.slots import read_slots
+
+    engines = read_slots(manifest).engines
+    if engines is None:
+        return
+    for name, r in sorted(engines.members.items()):
+        print(f"  engine recipe {name}: {recipe_summary(r)}")
+    for tag in engines.prebuilt:
+        print(
+            f"  prebuilt plan {tag.member} for {tag.for_member}: TensorRT {tag.tensorrt}, "
+            f"{tag.gpu_name} (compute capability {tag.compute_capability}), profile "
+            f"{tag.device_profile}"
+        )
+
+
+def recipe_summary(r: Any) -> str:
+    """A member recipe in one line, trtexec-style."""
+    parts = [f"dla{r.dla_core}" if r.dla_core is not None else "gpu"]
+    parts += [p for p, on in (("fp16", r.fp16), ("int8", r.int8), ("best", r.best)) if on]
+    if r.allow_gpu_fallback:
+        parts.append("gpu fallback")
+    if r.workspace_bytes is not None:
+        parts.append(f"workspace {r.workspace_bytes >> 20} MiB")
+    for s in r.shapes:
+        dims = ["x".join(map(str, d)) for d in (s.min, s.opt, s.max)]
+        same = dims[0] == dims[1] == dims[2]
+        parts.append(f"{s.input} " + (dims[0] if same else f"{dims[0]}..{dims[1]}..{dims[2]}"))
+    if r.builder_optimization_level != 3:
+        parts.append(f"opt level {r.builder_optimization_level}")
+    if r.version_compatible:
+        parts.append("version-compatible")
+    if r.hardware_compatibility_level != "none":
+        parts.append(f"hardware {r.hardware_compatibility_level}")
+    if r.engine_host_code_allowed:
+        parts.append("host code allowed")
+    if r.timing_cache:
+        parts.append("timing cache")
+    if r.int8_calibration_member:
+        parts.append(f"calibration {r.int8_calibration_member}")
+    return ", ".join(parts)
 
 
 def _size(n: int) -> str:

@@ -85,6 +85,7 @@ def _typed_slots(m: Any) -> dict[str, Any]:
         "sanity_inputs": [p.name for p in slots.sanity.inputs] if slots.sanity else [],
         "sanity_unchecked": list(slots.sanity.unchecked) if slots.sanity else [],
         "variants": {name: c.to_dict() for name, c in sorted(slots.variants.items())},
+        "engine_recipe": None if slots.engines is None else slots.engines.to_dict(),
     }
 
 
@@ -149,10 +150,12 @@ def run(args: argparse.Namespace) -> int:
     t = Table(title="members (sha256 prefix; --json for the full digests)")
     for col in ("name", "role", "format", "size", "sha256", *(("placement",) if rt else ())):
         t.add_column(col, overflow="fold")
+    uses = _engine_uses(d.get("engine_recipe"))
     for x in d["members"]:
         row = [escape(x["name"]), x["role"], x["format"], str(x["size"]), x["sha256"][:16] + "…"]
         if rt:
-            row.append(where.get(x["name"], "cpu, unpinned" if x["role"] == "fallback" else "-"))
+            other = "cpu, unpinned" if x["role"] == "fallback" else uses.get(x["name"], "-")
+            row.append(escape(where.get(x["name"], other)))
         t.add_row(*row)
     c.print(t)
     if rt:
@@ -205,6 +208,8 @@ def run(args: argparse.Namespace) -> int:
             c.print(vt)
             tasks = sorted({v["task"] for v in d["variants"].values()})
             c.print(f"variants measured against {', '.join(refs)} (task {', '.join(tasks)})")
+        if d["engine_recipe"] is not None:
+            _print_engines(c, d["engine_recipe"])
         req = d["isolation"]["required"]
         c.print(
             "isolation: "
@@ -227,6 +232,85 @@ def run(args: argparse.Namespace) -> int:
     slots = [k for k, v in d["slots"].items() if v]
     c.print(f"signed slots: {', '.join(slots) or 'none'}")
     return 0
+
+
+def _engine_uses(slot: dict[str, Any] | None) -> dict[str, str]:
+    """What the plan and calibration members are for (shown where a placement would be)."""
+    if slot is None:
+        return {}
+    uses = {p["member"]: f"plan for {p['for_member']}" for p in slot.get("prebuilt", [])}
+    for recipe in slot["members"].values():
+        if recipe.get("int8_calibration_member"):
+            uses[recipe["int8_calibration_member"]] = "int8 calibration frames"
+    return uses
+
+
+def _print_engines(c: Any, slot: dict[str, Any]) -> None:
+    """The engine recipe per member and the prebuilt plans' tags, as tables."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from edgeguard.policy.engine import EngineRecipe
+
+    recipe = EngineRecipe.from_dict(slot)
+    t = Table(title="TensorRT engine recipes (signed; built on the device)")
+    for col in ("member", "unit", "precision", "input shapes", "builder"):
+        t.add_column(col, overflow="fold")
+    for name, r in sorted(recipe.members.items()):
+        unit = "gpu" if r.dla_core is None else f"dla{r.dla_core}"
+        if r.allow_gpu_fallback:
+            unit += " (gpu fallback)"
+        prec = ", ".join(
+            p for p, on in (("fp16", r.fp16), ("int8", r.int8), ("best", r.best)) if on
+        )
+        if r.int8_calibration_member:
+            prec += f"\ncalibration: {r.int8_calibration_member}"
+        shapes = "\n".join(_shape_range(x.input, x.min, x.opt, x.max) for x in r.shapes)
+        builder = [f"opt level {r.builder_optimization_level}"]
+        if r.workspace_bytes is not None:
+            builder.append(f"workspace {r.workspace_bytes >> 20} MiB")
+        if r.version_compatible:
+            builder.append("version-compatible")
+        if r.hardware_compatibility_level != "none":
+            builder.append(f"hardware {r.hardware_compatibility_level}")
+        builder.append("host code allowed" if r.engine_host_code_allowed else "no host code")
+        if r.timing_cache:
+            builder.append("timing cache")
+        t.add_row(
+            escape(name), unit, prec or "fp32", escape(shapes) or "static", "\n".join(builder)
+        )
+    c.print(t)
+    if recipe.prebuilt:
+        p = Table(title="prebuilt plans (run only where TensorRT and the GPU match)")
+        for col in ("plan", "for", "TensorRT", "GPU", "compute cap.", "profile", "relaxed"):
+            p.add_column(col, overflow="fold")
+        for tag in recipe.prebuilt:
+            relaxed = [
+                x
+                for x, on in (
+                    ("version", tag.version_compatible),
+                    (tag.hardware_compatibility_level, tag.hardware_compatibility_level != "none"),
+                )
+                if on
+            ]
+            p.add_row(
+                escape(tag.member),
+                escape(tag.for_member),
+                tag.tensorrt,
+                escape(tag.gpu_name),
+                tag.compute_capability,
+                tag.device_profile,
+                ", ".join(relaxed) or "-",
+            )
+        c.print(p)
+
+
+def _shape_range(name: str, *dims: tuple[int, ...]) -> str:
+    """``name 1x3x320x320`` when fixed, else ``name`` and min / opt / max on lines."""
+    lo, mid, hi = ("x".join(map(str, d)) for d in dims)
+    if lo == mid == hi:
+        return f"{name} {lo}"
+    return f"{name}\n min {lo}\n opt {mid}\n max {hi}"
 
 
 def _tensor(t: dict[str, Any]) -> str:

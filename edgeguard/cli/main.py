@@ -44,6 +44,7 @@ _COMMANDS: tuple[str, ...] = (
     "log",
     "attest",
     "sandbox_check",
+    "selftest",
     "demo",
 )
 
@@ -55,6 +56,7 @@ _EXAMPLES: dict[str, str] = {
     "build": "edgeguard build det.onnx -o det.egb --sign-key keys/signer.key --recipient "
     "keys/cam01/device.pub --device-profile generic-cpu --version 1 --calibration frames.npz",
     "inspect": "edgeguard inspect det.egb --json",
+    "selftest": "edgeguard selftest --json > selftest.json",
     "verify": "edgeguard verify det.egb --trust keys/signer.pub --device-key keys/cam01/device.key",
     "serve": "edgeguard serve det.egb --trust keys/signer.pub --device-key "
     "keys/cam01/device.key --frames frames.npz --fps 15 --inject hang@60-90,freeze@120",

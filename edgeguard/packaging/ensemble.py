@@ -85,6 +85,9 @@ class EnsembleOptions:
     rate_limit: tuple[float, int] | None = None
     placements: tuple[tuple[str, str], ...] = ()
     """``(member name, placement)`` overrides, for example ``("m-fp32", "cpu:0-3")``."""
+    dla_core: int | None = None
+    """``--useDLACore N``: every member placed on a GPU or DLA without ``--placement``
+    runs on ``dlaN`` instead (the fallback model stays on the CPU)."""
 
 
 @dataclass(frozen=True)
@@ -253,7 +256,15 @@ def plan_ensemble(
     )
     if len({m.name for m in members}) != len(members):
         raise UsageError("two models have the same file name; rename one")
-    members = _override_placements(members, opts.placements, dla_cores, has_gpu)
+    overrides = list(opts.placements)
+    if opts.dla_core is not None:
+        named = {n for n, _ in overrides}
+        overrides += [
+            (m.name, f"dla{opts.dla_core}")
+            for m in members
+            if m.name not in named and parse_placement(m.placement).accelerator
+        ]
+    members = _override_placements(members, overrides, dla_cores, has_gpu)
 
     fallback = None
     if opts.fallback is not None:

@@ -153,9 +153,7 @@ def read_slots(manifest: Manifest) -> SignedSlots:
             )
     _check_same_inputs(io, (*runtime.member_names, *([fallback] if fallback else [])))
     if engines is not None:
-        stray = sorted(set(engines.members) - model_names)
-        if stray:
-            raise fail("engine recipe: members", f"recipes for members the manifest lacks: {stray}")
+        engines.check_manifest({m.name: (m.role, m.format) for m in manifest.members})
     return SignedSlots(
         runtime=runtime,
         runtime_signed=signed,

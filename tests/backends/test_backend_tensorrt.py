@@ -11,8 +11,14 @@ import pytest
 
 from edgeguard import data
 from edgeguard.backends import load_backend
-from edgeguard.backends.tensorrt import TensorRTBackend, build_engine_from_onnx
+from edgeguard.backends.tensorrt import (
+    TensorRTBackend,
+    build_engine,
+    build_engine_from_onnx,
+    platform_identity,
+)
 from edgeguard.errors import MissingDependencyError, UsageError
+from edgeguard.policy.engine import MemberRecipe, ShapeRange
 
 
 def _real_tensorrt() -> bool:
@@ -133,3 +139,84 @@ def test_engine_from_digits_mlp_matches_onnxruntime(precision: str) -> None:
         assert np.mean(got.argmax(1) == y[:64]) >= 0.95
         with pytest.raises(UsageError, match="profile"):
             trt_b.run({"image": np.zeros((65, 1, 8, 8), np.float32)})
+
+
+# --------------------------------------------------------------------------- GPU end to end
+# These need TensorRT, pycuda and an NVIDIA GPU; they have never run in this repository.
+
+DIGITS_SHAPES = (ShapeRange("image", (1, 1, 8, 8), (16, 1, 8, 8), (64, 1, 8, 8)),)
+
+
+@pytest.mark.gpu
+@pytest.mark.trt
+@pytest.mark.skipif(not _gpu_stack(), reason="needs TensorRT and an NVIDIA GPU")
+@pytest.mark.parametrize(("fp16", "cuda_graph"), [(False, False), (True, False), (False, True)])
+def test_engine_built_from_recipe_matches_onnxruntime(fp16: bool, cuda_graph: bool) -> None:
+    from edgeguard.backends.onnxruntime import OnnxRuntimeBackend
+
+    onnx_bytes = data.model_bytes("digits_mlp")
+    recipe = MemberRecipe(fp16=fp16, workspace_bytes=1 << 28, shapes=DIGITS_SHAPES)
+    built = build_engine(onnx_bytes, recipe)
+    assert built.identity == platform_identity()
+    x, y = data.load_split("test")
+    tol = 5e-2 if fp16 else 1e-4
+    with (
+        TensorRTBackend.from_built(built.plan, recipe, cuda_graph=cuda_graph) as trt_b,
+        OnnxRuntimeBackend.from_bytes(onnx_bytes) as ort_b,
+    ):
+        for batch in (x[:64], x[64:128], x[128:144], x[144:208]):  # shape changes: recapture
+            got = trt_b.run({"image": batch})["logits"]
+            want = ort_b.run({"image": batch})["logits"]
+            np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+        assert np.mean(trt_b.run({"image": x[:64]})["logits"].argmax(1) == y[:64]) >= 0.95
+        assert trt_b.synchronizations == 5
+        if cuda_graph:
+            assert trt_b.describe()["details"]["graph_captures"] >= 3
+
+
+def _sanity_kernel_built() -> bool:
+    from edgeguard.guard.sanity.cuda_cpp import FATBIN, find_kernel_file
+
+    try:
+        find_kernel_file(FATBIN)
+    except UsageError:
+        return False
+    return True
+
+
+@pytest.mark.gpu
+@pytest.mark.trt
+@pytest.mark.skipif(not _gpu_stack(), reason="needs TensorRT and an NVIDIA GPU")
+def test_gpu_sanity_stats_on_the_inference_stream_match_the_references() -> None:
+    if not _sanity_kernel_built():
+        pytest.skip("the CUDA C++ sanity kernel is not built (make kernels)")
+    from edgeguard.guard.sanity.cuda_cpp import (
+        HOST_LIBRARY,
+        CudaSanityKernel,
+        HostHarness,
+        find_kernel_file,
+    )
+    from edgeguard.guard.sanity.reference import reference_stats
+    from edgeguard.guard.sanity.vectors import stats_mismatches
+
+    onnx_bytes = data.model_bytes("digits_mlp")
+    recipe = MemberRecipe(shapes=DIGITS_SHAPES)
+    built = build_engine(onnx_bytes, recipe)
+    kernel = CudaSanityKernel()
+    harness = HostHarness(find_kernel_file(HOST_LIBRARY))
+    x, _ = data.load_split("test")
+    frames = x[:48].copy()
+    frames[3, 0, 2, 2] = np.nan
+    frames[7] = 1.0  # a saturated frame
+    try:
+        for cuda_graph in (False, True):
+            check = kernel.device_check("image")
+            with TensorRTBackend.from_built(built.plan, recipe, cuda_graph=cuda_graph) as trt_b:
+                for batch in (frames[:16], frames[16:48], frames[:16]):
+                    outputs, stats = trt_b.run_with_stats({"image": batch}, check)
+                    assert stats_mismatches(stats, reference_stats(batch)) == []
+                    assert stats_mismatches(stats, harness.stats(batch)) == []
+                    plain = trt_b.run({"image": batch})
+                    np.testing.assert_array_equal(outputs["logits"], plain["logits"])
+    finally:
+        kernel.close()

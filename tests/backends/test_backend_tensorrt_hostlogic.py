@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 import types
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,8 @@ MAX_BATCH = 8
 
 
 class _Mem:
+    """Test double of a pycuda DeviceAllocation: NumPy bytes in a dict keyed by id."""
+
     def __init__(self, dev: _Cuda, size: int) -> None:
         self.dev, self.size, self.buf = dev, size, np.zeros(size, np.uint8)
         dev.allocs[id(self)] = self
@@ -36,11 +39,35 @@ class _Mem:
         del self.dev.allocs[id(self)]
 
 
+class _HostAllocation:
+    """Test double of pycuda's page-locked HostAllocation (the ``base`` of the array)."""
+
+    def __init__(self, dev: _Cuda, n: int) -> None:
+        self._mem = np.zeros(n, np.uint8)
+        self.__array_interface__ = self._mem.__array_interface__
+        self.dev = dev
+        dev.pinned += 1
+
+    def free(self) -> None:
+        self.dev.pinned -= 1
+
+
 class _Cuda(types.ModuleType):
+    """Test double of pycuda.driver: records every call; stream work can be captured.
+
+    While ``capturing`` is a list, stream operations are recorded into it instead of
+    running (as CUDA stream capture does); the graph double replays them.
+    """
+
     def __init__(self) -> None:
         super().__init__("pycuda.driver")
         self.allocs: dict[int, _Mem] = {}
+        self.pinned = 0
         self.events: list[str] = []
+        self.capturing: list[tuple[str, Callable[[], None]]] | None = None
+        self.fail_on: str | None = None
+        self.functions: dict[str, _KernelFunction] = {}
+        self.launched: dict[int, tuple[int, str, str, int, int, int, int]] = {}
         cuda = self
 
         class Ctx:
@@ -67,30 +94,161 @@ class _Cuda(types.ModuleType):
             def name(self) -> str:
                 return "test double"
 
+            def compute_capability(self) -> tuple[int, int]:
+                return (8, 7)
+
         class Stream:
-            handle = 1234
+            made = 0
+
+            def __init__(self) -> None:
+                Stream.made += 1
+                self.handle = 1000 + Stream.made
 
             def synchronize(self) -> None:
-                cuda.events.append("sync")
+                if cuda.capturing is not None:
+                    raise RuntimeError("test double: synchronize during stream capture")
+                cuda.events.append(f"sync@{self.handle}")
 
         self.Device, self.Stream = Device, Stream
 
+    class Error(Exception):
+        """pycuda.driver.Error."""
+
     def init(self) -> None:
         self.events.append("init")
+
+    def module_from_file(self, path: str) -> Any:
+        return _KernelModule(self)
+
+    def get_driver_version(self) -> int:
+        return 12060
+
+    def op(self, label: str, run: Callable[[], None]) -> None:
+        """Run (or, while capturing, record) one stream operation."""
+        if self.fail_on is not None and label.startswith(self.fail_on):
+            raise RuntimeError(f"test double: injected failure in {label}")
+        if self.capturing is not None:
+            self.events.append("capture:" + label)
+            self.capturing.append((label, run))
+        else:
+            self.events.append(label)
+            run()
 
     def mem_alloc(self, size: int) -> _Mem:
         self.events.append(f"alloc:{size}")
         return _Mem(self, size)
 
-    def memcpy_htod(self, dst: _Mem, src: np.ndarray) -> None:
-        raw = np.frombuffer(src.tobytes(), np.uint8)
-        dst.buf[: raw.size] = raw
+    def pagelocked_empty(self, n: int, dtype: Any) -> np.ndarray:
+        assert np.dtype(dtype) == np.uint8
+        return np.asarray(_HostAllocation(self, n))
 
-    def memcpy_dtoh(self, dst: np.ndarray, src: _Mem) -> None:
-        dst.reshape(-1).view(np.uint8)[:] = src.buf[: dst.nbytes]
+    def memcpy_htod_async(self, dst: _Mem, src: np.ndarray, stream: Any) -> None:
+        assert isinstance(src.base, np.ndarray | _HostAllocation), "source must be pinned"
+
+        def run() -> None:
+            dst.buf[: src.nbytes] = src.reshape(-1).view(np.uint8)
+
+        self.op(f"htod:{id(dst)}@{stream.handle}", run)
+
+    def memcpy_dtoh_async(self, dst: np.ndarray, src: _Mem, stream: Any) -> None:
+        def run() -> None:
+            dst.reshape(-1).view(np.uint8)[:] = src.buf[: dst.nbytes]
+
+        self.op(f"dtoh:{id(src)}@{stream.handle}", run)
 
 
-def _fake_trt(cuda: _Cuda, *, deserialize_ok: bool = True) -> types.ModuleType:
+class _KernelFunction:
+    """Test double of a pycuda Function for the sanity kernels.
+
+    It does not run the CUDA code: when the stream reaches the merge launch it reads
+    the input where the partials launch pointed, computes the statistics with the
+    NumPy oracle and writes them as the kernel's ``EgStats`` records. What it checks
+    is the glue: pointers, stream, launch shape, saturation levels, decoding.
+    """
+
+    def __init__(self, cuda: _Cuda, name: str) -> None:
+        self.cuda, self.name = cuda, name
+        self.launches: list[dict[str, Any]] = []
+
+    def __call__(self, *args: Any, block: Any, grid: Any, stream: Any = None) -> None:
+        from edgeguard.guard.sanity.cuda_cpp import STATS_DTYPE
+        from edgeguard.guard.sanity.reference import reference_stats
+
+        cuda = self.cuda
+        self.launches.append({"args": args, "block": block, "grid": grid, "stream": stream})
+        handle = "none" if stream is None else stream.handle
+        if self.name != "eg_sanity_merge":
+            x, _, partials, n0, c, h, w = (int(a) for a in args[:7])
+            assert n0 == 0  # one launch covers every frame of these small tensors
+            dt, lay = self.name.split("_")[-2:]
+            cuda.launched[partials] = (x, dt, lay, int(grid[2]), c, h, w)
+            cuda.op(f"kernel:{self.name}:{x}@{handle}", lambda: None)
+            return
+        partials, records, planes = int(args[0]), int(args[1]), int(args[2])
+        lo, hi = float(args[4]), float(args[5])
+
+        def run() -> None:
+            x, dt, lay, n, c, h, w = cuda.launched[partials]
+            dtype = {"u8": np.uint8, "f16": np.float16, "f32": np.float32, "f64": np.float64}[dt]
+            count = n * c * h * w
+            flat = cuda.allocs[x].buf[: count * np.dtype(dtype).itemsize].view(dtype)
+            arr = flat.reshape((n, c, h, w) if lay == "nchw" else (n, h, w, c))
+            ref = reference_stats(arr, layout=lay.upper(), sat_lo=lo, sat_hi=hi)
+            out = np.zeros((n, c), STATS_DTYPE)
+            for f in ("count", "min", "max", "mean", "std", "sat_lo", "sat_hi", "hf"):
+                out[f] = getattr(ref, f)
+            for f in ("nan", "posinf", "neginf"):
+                out[f][:, 0] = getattr(ref, f)  # per frame; the decoder sums channels
+            assert out.size == planes
+            cuda.allocs[records].buf[: out.nbytes] = out.reshape(-1).view(np.uint8)
+
+        cuda.op(f"kernel:{self.name}:{records}@{handle}", run)
+
+
+class _KernelModule:
+    def __init__(self, cuda: _Cuda) -> None:
+        self.cuda = cuda
+
+    def get_function(self, name: str) -> _KernelFunction:
+        fn = _KernelFunction(self.cuda, name)
+        self.cuda.functions[name] = fn
+        return fn
+
+
+class _Graphs:
+    """Test double of the CUDA graph API: capture records closures, launch replays them."""
+
+    def __init__(self, cuda: _Cuda, *, fail: bool = False) -> None:
+        self.cuda, self.fail = cuda, fail
+        self.graphs: dict[int, list[tuple[str, Callable[[], None]]]] = {}
+        self.destroyed: list[int] = []
+
+    def capture(self, stream: int, enqueue: Callable[[], None]) -> int:
+        self.cuda.events.append(f"begin_capture@{stream}")
+        self.cuda.capturing = []
+        try:
+            enqueue()
+        finally:
+            ops, self.cuda.capturing = self.cuda.capturing, None
+            self.cuda.events.append(f"end_capture@{stream}")
+        if self.fail:
+            raise RuntimeError("test double: capture invalidated")
+        handle = len(self.graphs) + 1
+        self.graphs[handle] = ops
+        return handle
+
+    def launch(self, executable: int, stream: int) -> None:
+        self.cuda.events.append(f"graph_launch:{executable}@{stream}")
+        for _, run in self.graphs[executable]:
+            run()
+
+    def destroy(self, executable: int) -> None:
+        self.destroyed.append(executable)
+
+
+def _fake_trt(
+    cuda: _Cuda, *, deserialize_ok: bool = True, execute_ok: bool = True
+) -> types.ModuleType:
     trt = types.ModuleType("tensorrt")
 
     class Mode:
@@ -136,13 +294,17 @@ def _fake_trt(cuda: _Cuda, *, deserialize_ok: bool = True) -> types.ModuleType:
             return True
 
         def execute_async_v3(self, stream: int) -> bool:
-            assert self.n is not None
-            src = cuda.allocs[self.addr["image"]].buf[: self.n * 64 * 4].view(np.float32)
-            out = (src.reshape(self.n, 64) @ W).astype(np.float32)
-            dst = cuda.allocs[self.addr["logits"]].buf
-            dst[: out.nbytes] = np.frombuffer(out.tobytes(), np.uint8)
-            cuda.events.append("execute")
-            return True
+            n, addr = self.n, dict(self.addr)  # what a captured graph would bake in
+            assert n is not None
+
+            def run() -> None:
+                src = cuda.allocs[addr["image"]].buf[: n * 64 * 4].view(np.float32)
+                out = (src.reshape(n, 64) @ W).astype(np.float32)
+                dst = cuda.allocs[addr["logits"]].buf
+                dst[: out.nbytes] = np.frombuffer(out.tobytes(), np.uint8)
+
+            cuda.op(f"execute@{stream}", run)
+            return execute_ok
 
     class Runtime:
         def __init__(self, logger: object) -> None:
@@ -348,3 +510,394 @@ def test_builder_refusals(monkeypatch: pytest.MonkeyPatch) -> None:
         build_engine_from_onnx(
             data.model_bytes("digits_mlp"), precision="fp32", dla_core=None, workspace_bytes=1 << 26
         )
+
+
+# --------------------------------------------------------------------------- the GPU member path
+
+
+class _SumCheck:
+    """Test double of a DeviceCheck: sums the float32 input where it lies on the device.
+
+    It reads the device buffer when the stream reaches it, so launched before the
+    host-to-device copy it would read stale bytes and the test would see it.
+    """
+
+    def __init__(
+        self, cuda: _Cuda, *, input_name: str = "image", device_id: int = 0, scale: float = 1.0
+    ) -> None:
+        self.cuda, self.input_name, self.device_id = cuda, input_name, device_id
+        self.scale = scale
+
+    def device_buffers(self, shape: tuple[int, ...], dtype: str) -> tuple[int, int]:
+        assert dtype == "float32"
+        return 64, 16
+
+    def enqueue(
+        self,
+        *,
+        x: int,
+        shape: tuple[int, ...],
+        dtype: str,
+        scratch: int,
+        result: int,
+        stream: Any,
+    ) -> None:
+        n = int(np.prod(shape))
+        cuda = self.cuda
+
+        def run() -> None:
+            data = cuda.allocs[x].buf[: n * 4].view(np.float32)
+            packed = np.array([data.sum(dtype=np.float64) * self.scale, n], np.float64)
+            cuda.allocs[result].buf[:16] = packed.view(np.uint8)
+
+        cuda.op(f"check:{x}->{result}@{stream.handle}", run)
+
+    def finish(
+        self, result: np.ndarray, *, shape: tuple[int, ...], dtype: str
+    ) -> tuple[float, int]:
+        total, n = result.view(np.float64)
+        return float(total), int(n)
+
+
+def _stream_events(events: list[str]) -> list[str]:
+    return [e for e in events if "@" in e]
+
+
+def test_check_runs_on_the_device_input_between_copy_and_execute(
+    doubles: tuple[Any, _Cuda],
+) -> None:
+    _, cuda = doubles
+    backend = TensorRTBackend.from_engine_bytes(b"PLAN")
+    x = np.random.default_rng(1).random((4, 1, 8, 8), dtype=np.float32)
+    check = _SumCheck(cuda)
+    start = len(cuda.events)
+    out, (total, n) = backend.run_with_stats({"image": x}, check)
+    np.testing.assert_allclose(out["logits"], x.reshape(4, 64) @ W, rtol=1e-6)
+    assert (round(total, 3), n) == (round(float(x.sum(dtype=np.float64)), 3), 256)
+    ctx = backend._context
+    x_dev, out_dev = ctx.addr["image"], ctx.addr["logits"]
+    result_dev = int(backend._dev.handle("check:result"))
+    s = backend._stream.handle
+    assert _stream_events(cuda.events[start:]) == [
+        f"htod:{x_dev}@{s}",  # the input goes to the device once
+        f"check:{x_dev}->{result_dev}@{s}",  # the check reads that buffer, same stream
+        f"execute@{s}",  # before TensorRT runs
+        f"dtoh:{result_dev}@{s}",  # only the small result buffer comes back
+        f"dtoh:{out_dev}@{s}",
+        f"sync@{s}",  # one synchronisation per frame
+    ]
+    # the next frame reuses every buffer and still synchronises once
+    allocs = cuda.events.count("alloc:256") + cuda.events.count("alloc:16")
+    start = len(cuda.events)
+    y = x[:2] * 2
+    _, (total2, n2) = backend.run_with_stats({"image": y}, check)
+    assert n2 == 128 and total2 == pytest.approx(float(y.sum(dtype=np.float64)), rel=1e-6)
+    assert not [e for e in cuda.events[start:] if e.startswith("alloc")]
+    assert [e for e in cuda.events[start:] if e.startswith("sync")] == [f"sync@{s}"]
+    assert allocs >= 1 and backend.synchronizations == 2
+    backend.close()
+    assert cuda.allocs == {} and cuda.pinned == 0
+
+
+def test_plain_run_copies_no_check_buffer(doubles: tuple[Any, _Cuda]) -> None:
+    _, cuda = doubles
+    backend = TensorRTBackend.from_engine_bytes(b"PLAN")
+    start = len(cuda.events)
+    backend.run({"image": np.ones((1, 1, 8, 8), np.float32)})
+    kinds = [e.split(":")[0].split("@")[0] for e in _stream_events(cuda.events[start:])]
+    assert kinds == ["htod", "execute", "dtoh", "sync"]
+    backend.close()
+
+
+@pytest.fixture
+def graphs(doubles: tuple[Any, _Cuda], monkeypatch: pytest.MonkeyPatch) -> _Graphs:
+    from edgeguard.backends import tensorrt as trt_backend
+
+    g = _Graphs(doubles[1])
+    monkeypatch.setattr(trt_backend, "_load_graph_api", lambda: g)
+    return g
+
+
+def test_cuda_graph_is_captured_replayed_and_recaptured_on_shape_change(
+    doubles: tuple[Any, _Cuda], graphs: _Graphs
+) -> None:
+    _, cuda = doubles
+    backend = TensorRTBackend.from_engine_bytes(b"PLAN", cuda_graph=True)
+    check = _SumCheck(cuda)
+    s = backend._stream.handle
+    rng = np.random.default_rng(2)
+
+    def frame(batch: int) -> list[str]:
+        x = rng.random((batch, 1, 8, 8), dtype=np.float32)
+        start = len(cuda.events)
+        out, (total, n) = backend.run_with_stats({"image": x}, check)
+        np.testing.assert_allclose(out["logits"], x.reshape(batch, 64) @ W, rtol=1e-6)
+        assert n == batch * 64 and total == pytest.approx(float(x.sum(dtype=np.float64)))
+        return cuda.events[start:]
+
+    first = frame(4)  # eager (TensorRT's warm-up after a shape change), then captured
+    assert first.index(f"sync@{s}") < first.index(f"begin_capture@{s}")
+    captured = [e.removeprefix("capture:").split("@")[0].split(":")[0] for e in first]
+    captured = captured[first.index(f"begin_capture@{s}") + 1 : first.index(f"end_capture@{s}")]
+    assert captured == ["htod", "check", "execute", "dtoh", "dtoh"]
+    assert [label for label, _ in graphs.graphs[1]][1].startswith("check:")
+    replay = frame(4)  # new data, same shapes: staged, replayed, one sync
+    assert _stream_events(replay) == [f"graph_launch:1@{s}", f"sync@{s}"]
+    changed = frame(2)  # new shapes: eager again and a new capture
+    assert f"begin_capture@{s}" in changed and graphs.destroyed == [1]
+    assert _stream_events(frame(2)) == [f"graph_launch:2@{s}", f"sync@{s}"]
+    # a plain run() is another sequence (no check): captured apart
+    start = len(cuda.events)
+    backend.run({"image": np.ones((2, 1, 8, 8), np.float32)})
+    assert f"begin_capture@{s}" in cuda.events[start:]
+    assert backend.synchronizations == 5
+    details = backend.describe()["details"]
+    assert details["cuda_graph"] is True and details["graph_captures"] == 3
+    backend.close()
+    assert graphs.destroyed == [1, 2, 3]
+
+
+def test_capture_failure_falls_back_to_eager_and_says_why(
+    doubles: tuple[Any, _Cuda], graphs: _Graphs
+) -> None:
+    _, cuda = doubles
+    graphs.fail = True
+    backend = TensorRTBackend.from_engine_bytes(b"PLAN", cuda_graph=True)
+    x = np.ones((3, 1, 8, 8), np.float32)
+    for _ in range(2):
+        out = backend.run({"image": x})["logits"]
+        np.testing.assert_allclose(out, x.reshape(3, 64) @ W, rtol=1e-6)
+    assert sum(e.startswith("begin_capture") for e in cuda.events) == 1  # tried once
+    details = backend.describe()["details"]
+    assert details["cuda_graph"] is False and "invalidated" in details["graph_error"]
+    backend.close()
+
+
+def test_device_check_refusals(doubles: tuple[Any, _Cuda]) -> None:
+    _, cuda = doubles
+    backend = TensorRTBackend.from_engine_bytes(b"PLAN")
+    x = np.ones((1, 1, 8, 8), np.float32)
+    with pytest.raises(UsageError, match="input 'logits', which this model does not have"):
+        backend.run_with_stats({"image": x}, _SumCheck(cuda, input_name="logits"))
+    with pytest.raises(UsageError, match="CUDA device 1, this backend on device 0"):
+        backend.run_with_stats({"image": x}, _SumCheck(cuda, device_id=1))
+    with pytest.raises(UsageError, match="missing input"):
+        backend.run_with_stats({}, _SumCheck(cuda))
+    backend.close()
+    with pytest.raises(UsageError, match="closed"):
+        backend.run_with_stats({"image": x}, _SumCheck(cuda))
+
+
+def test_cuda_and_tensorrt_failures_are_backend_errors(
+    doubles: tuple[Any, _Cuda], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, cuda = doubles
+    backend = TensorRTBackend.from_engine_bytes(b"PLAN")
+    x = np.ones((1, 1, 8, 8), np.float32)
+    cuda.fail_on = "htod"
+    syncs = sum(e.startswith("sync@") for e in cuda.events)
+    with pytest.raises(BackendError, match="failed at h2d image: test double: injected"):
+        backend.run({"image": x})
+    # the stream is drained before the error leaves (queued copies read the staging buffers)
+    assert sum(e.startswith("sync@") for e in cuda.events) == syncs + 1
+    assert backend.synchronizations == 0  # no frame completed
+    cuda.fail_on = "check"
+    with pytest.raises(BackendError, match="failed at check image"):
+        backend.run_with_stats({"image": x}, _SumCheck(cuda))
+    cuda.fail_on = None
+    backend.run({"image": x})  # the backend is still usable
+    assert cuda.events.count("push") == cuda.events.count("pop")
+    backend.close()
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_trt(cuda, execute_ok=False))
+    backend = TensorRTBackend.from_engine_bytes(b"PLAN")
+    with pytest.raises(BackendError, match="execute_async_v3 failed"):
+        backend.run({"image": x})
+    backend.close()
+
+
+def test_missing_pycuda_names_the_cuda_extra_with_tensorrt_present(
+    doubles: tuple[Any, _Cuda], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgeguard.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "pycuda.driver", None)
+    with pytest.raises(MissingDependencyError) as info:
+        TensorRTBackend.from_engine_bytes(b"PLAN")
+    assert info.value.extra == "cuda" and "pycuda" in info.value.module
+
+
+def test_cuda_graph_flag_must_be_bool(doubles: tuple[Any, _Cuda]) -> None:
+    with pytest.raises(UsageError, match="cuda_graph must be a bool"):
+        TensorRTBackend.from_engine_bytes(b"PLAN", cuda_graph=1)  # type: ignore[arg-type]
+
+
+def test_dla_member_is_placed_on_its_core(doubles: tuple[Any, _Cuda]) -> None:
+    from edgeguard.policy.engine import MemberRecipe
+
+    trt, _ = doubles
+    recipe = MemberRecipe(fp16=True, dla_core=1, allow_gpu_fallback=True)
+    trt.Runtime.num_DLA_cores = 2  # the test double's device has two DLA cores
+
+    class TwoCores(trt.Runtime):  # type: ignore[misc, name-defined]
+        def __init__(self, logger: object) -> None:
+            super().__init__(logger)
+            self.num_DLA_cores = 2
+            self.DLA_core: int | None = None
+
+    trt.Runtime = TwoCores
+    backend = TensorRTBackend.from_built(b"PLAN", recipe)
+    assert trt.last_runtime.DLA_core == 1
+    assert trt.last_runtime.engine_host_code_allowed is False
+    assert backend.describe()["details"]["dla_core"] == 1
+    backend.close()
+
+
+def test_cuda_cpp_sanity_check_rides_the_inference_stream(
+    doubles: tuple[Any, _Cuda], tmp_path: Any
+) -> None:
+    """The guard's DeviceSanityCheck through the backend, with kernel test doubles."""
+    from edgeguard.guard.sanity.cuda_cpp import STATS_DTYPE, CudaSanityKernel
+    from edgeguard.guard.sanity.reference import reference_stats
+    from edgeguard.guard.sanity.vectors import stats_mismatches
+
+    _, cuda = doubles
+    image = tmp_path / "sanity_kernel.fatbin"
+    image.write_bytes(b"test double: never loaded by a GPU")
+    kernel = CudaSanityKernel(image)
+    check = kernel.device_check("image", sat_lo=0.0, sat_hi=0.9)
+    backend = TensorRTBackend.from_engine_bytes(b"PLAN")
+    x = np.random.default_rng(3).random((5, 1, 8, 8), dtype=np.float32)
+    x[2, 0, 3, 3] = np.nan
+    start = len(cuda.events)
+    out, stats = backend.run_with_stats({"image": x}, check)
+    np.testing.assert_allclose(out["logits"], x.reshape(5, 64) @ W, rtol=1e-5)
+    assert stats_mismatches(stats, reference_stats(x, sat_lo=0.0, sat_hi=0.9)) == []
+    assert stats.tdiff is None and int(stats.nan.sum()) == 1
+    s = backend._stream.handle
+    kinds = [e.split("@")[0].split(":")[:2] for e in _stream_events(cuda.events[start:])]
+    assert [k[0] for k in kinds] == ["htod", "kernel", "kernel", "execute", "dtoh", "dtoh", "sync"]
+    assert kinds[1][1] == "eg_sanity_partials_f32_nchw" and kinds[2][1] == "eg_sanity_merge"
+    partials = cuda.functions["eg_sanity_partials_f32_nchw"].launches[-1]
+    assert (
+        partials["stream"].handle == s
+        and int(partials["args"][0]) == backend._context.addr["image"]
+    )
+    assert partials["grid"] == (1, 1, 5) and partials["block"] == (256, 1, 1)
+    assert cuda.functions["eg_sanity_merge"].launches[-1]["stream"].handle == s
+    assert backend._check_bytes[1] == 5 * STATS_DTYPE.itemsize  # only 5 records come back
+    with pytest.raises(UsageError, match="unsupported dtype"):
+        check.device_buffers((1, 1, 8, 8), "int32")
+    backend.close()
+    kernel.close()
+
+
+def test_another_check_object_is_captured_apart(
+    doubles: tuple[Any, _Cuda], graphs: _Graphs
+) -> None:
+    """A graph bakes in one check's launch; a different check on the same input recaptures."""
+    _, cuda = doubles
+    backend = TensorRTBackend.from_engine_bytes(b"PLAN", cuda_graph=True)
+    x = np.ones((2, 1, 8, 8), np.float32)
+    single, double = _SumCheck(cuda), _SumCheck(cuda, scale=2.0)
+    for _ in range(2):
+        assert backend.run_with_stats({"image": x}, single)[1] == (128.0, 128)
+    assert backend.run_with_stats({"image": x}, double)[1] == (256.0, 128)
+    assert backend.run_with_stats({"image": x}, double)[1] == (256.0, 128)
+    assert backend.describe()["details"]["graph_captures"] == 2
+    backend.close()
+
+
+class _DriverLibDouble:
+    """Test double of libcuda.so.1 for the CUDA graph calls (records them; no driver)."""
+
+    def __init__(self, *, fail: str | None = None) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        lib = self
+
+        class Fn:
+            def __init__(self, name: str, rc: int = 0) -> None:
+                self.name, self.rc = name, rc
+                self.restype: Any = None
+                self.argtypes: Any = None
+
+            def __call__(self, *args: Any) -> int:
+                lib.calls.append((self.name, *args))
+                if self.name == "cuStreamEndCapture":
+                    args[1]._obj.value = 0xA11  # the graph
+                if self.name == "cuGraphInstantiateWithFlags":
+                    args[0]._obj.value = 0xE11  # the executable
+                return 700 if self.name == fail else self.rc
+
+        for name in (
+            "cuStreamBeginCapture_v2",
+            "cuStreamEndCapture",
+            "cuGraphInstantiateWithFlags",
+            "cuGraphLaunch",
+            "cuGraphDestroy",
+            "cuGraphExecDestroy",
+        ):
+            setattr(self, name, Fn(name))
+
+    def names(self) -> list[str]:
+        return [c[0] for c in self.calls]
+
+
+def test_cuda_graph_driver_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ctypes
+
+    from edgeguard.backends import tensorrt as trt_backend
+
+    lib = _DriverLibDouble()
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: lib if name == "libcuda.so.1" else None)
+    graphs = trt_backend._load_graph_api()
+    enqueued: list[str] = []
+    executable = graphs.capture(0x5EED, lambda: enqueued.append("work"))
+    assert executable == 0xE11 and enqueued == ["work"]
+    assert lib.names() == [
+        "cuStreamBeginCapture_v2",
+        "cuStreamEndCapture",
+        "cuGraphInstantiateWithFlags",
+        "cuGraphDestroy",  # the graph is freed once instantiated
+    ]
+    begin = lib.calls[0]
+    assert begin[1].value == 0x5EED and begin[2] == 1  # thread-local capture mode
+    graphs.launch(executable, 0x5EED)
+    graphs.destroy(executable)
+    assert lib.names()[-2:] == ["cuGraphLaunch", "cuGraphExecDestroy"]
+
+
+def test_cuda_graph_driver_failures(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ctypes
+
+    from edgeguard.backends import tensorrt as trt_backend
+
+    lib = _DriverLibDouble()
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: lib)
+    graphs = trt_backend._load_graph_api()
+
+    def boom() -> None:
+        raise RuntimeError("enqueue failed")
+
+    with pytest.raises(RuntimeError, match="enqueue failed"):
+        graphs.capture(1, boom)
+    assert lib.names()[-1] == "cuStreamEndCapture"  # capture always ended
+    for failing, match in (
+        ("cuStreamBeginCapture_v2", "cuStreamBeginCapture failed"),
+        ("cuGraphInstantiateWithFlags", "cuGraphInstantiate failed"),
+        ("cuGraphLaunch", r"cuGraphLaunch failed \(CUresult 700\)"),
+    ):
+        lib = _DriverLibDouble(fail=failing)
+        monkeypatch.setattr(ctypes, "CDLL", lambda name, lib=lib: lib)
+        graphs = trt_backend._load_graph_api()
+        with pytest.raises(BackendError, match=match):
+            graphs.capture(1, lambda: None)
+            graphs.launch(1, 1)
+        if failing == "cuGraphInstantiateWithFlags":
+            assert lib.names()[-1] == "cuGraphDestroy"
+
+    def no_driver(name: str) -> Any:
+        raise OSError("libcuda.so.1: cannot open shared object file")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_driver)
+    with pytest.raises(BackendError, match=r"CUDA graphs need the NVIDIA driver's libcuda\.so\.1"):
+        trt_backend._load_graph_api()

@@ -52,6 +52,13 @@ def test_valid_vector_reads_as_expected() -> None:
         io = s.member_io(name)
         assert io is not None and list(io.precisions) == precisions
     assert s.engines is not None and sorted(s.engines.members) == want["engine_members"]
+    assert {p.member: p.for_member for p in s.engines.prebuilt} == want["prebuilt"]
+    got_cal = {
+        n: r.int8_calibration_member
+        for n, r in s.engines.members.items()
+        if r.int8_calibration_member is not None
+    }
+    assert got_cal == want["int8_calibration"]
     assert s.runtime.deadline_basis is not None
     assert dict(s.runtime.deadline_basis.measured_ms) == want["deadline_measured"]
     got = {

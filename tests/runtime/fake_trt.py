@@ -1,6 +1,6 @@
 """FakeTensorRT: a test double for building and loading TensorRT plans (no GPU here).
 
-It stands in for ``edgeguard.backends.tensorrt.build_engine`` / ``device_identity`` and
+It stands in for ``edgeguard.backends.tensorrt.build_engine`` / ``platform_identity`` and
 for the TensorRT backend's plan loader, through the seams
 ``edgeguard.backends.TRT_BUILDER``, ``TRT_IDENTITY`` and ``TRT_PLAN_LOADER``. Its "plan"
 is a marker followed by the ONNX bytes, loaded with ONNX Runtime on the CPU: it checks
@@ -36,8 +36,8 @@ def identity(device_id: int) -> dict[str, str]:
     return dict(IDENTITY)
 
 
-def build(onnx: Any, recipe: Any, *, device_id: int, dla_core: int | None) -> BuiltEngine:
-    BUILDS.append({"recipe": recipe.to_dict(), "device_id": device_id, "dla_core": dla_core})
+def build(onnx: Any, recipe: Any, *, device_id: int = 0, **_: Any) -> BuiltEngine:
+    BUILDS.append({"recipe": recipe.to_dict(), "device_id": device_id})
     return BuiltEngine(MAGIC + bytes(onnx), identity(device_id))
 
 

@@ -212,3 +212,26 @@ def test_prebuilt_plan_used_when_its_tag_matches_and_refused_before_loading_othe
     assert log.records == [
         ("engine_prebuilt_refused", {"member": "m", "plan": "m.plan", "reason": why})
     ]
+
+
+@pytest.mark.usefixtures("seams")
+@pytest.mark.parametrize(
+    ("recipe", "dla_core", "match"),
+    [
+        (
+            {"fp16": True, "dla_core": 1},
+            None,
+            "placed on the GPU but its signed recipe builds for DLA core 1",
+        ),
+        ({"fp16": True}, 0, "placed on DLA core 0 but its signed recipe builds for the GPU"),
+    ],
+)
+def test_a_placement_and_recipe_that_disagree_are_refused(
+    recipe: dict[str, Any], dla_core: int | None, match: str
+) -> None:
+    from edgeguard.backends import build_plan
+    from edgeguard.errors import BackendError
+
+    with pytest.raises(BackendError, match=match):
+        build_plan(b"onnx", recipe, dla_core=dla_core)
+    assert fake_trt.BUILDS == []

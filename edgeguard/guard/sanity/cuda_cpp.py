@@ -44,11 +44,13 @@ __all__ = [
     "PARTIAL_BYTES",
     "STATS_DTYPE",
     "CudaSanityKernel",
+    "DeviceSanityCheck",
     "HostHarness",
     "LaunchPlan",
     "default_rows_per_tile",
     "find_kernel_file",
     "kernel_search_dirs",
+    "partials_bytes",
     "plan_launch",
 ]
 
@@ -482,6 +484,12 @@ class CudaSanityKernel:
         self._ctx: Any = ctx
         self._module = module
         self._path = path
+        self._device_id = device
+
+    @property
+    def device_id(self) -> int:
+        """The CUDA device ordinal the kernel was loaded on."""
+        return self._device_id
 
     @property
     def path(self) -> Path:
@@ -529,49 +537,21 @@ class CudaSanityKernel:
         self._ctx.push()
         buffers: list[Any] = []
         try:
-            tiles = plan.tiles
-            partials = cuda.mem_alloc(max(1, plan.planes * max(tiles, 1) * PARTIAL_BYTES))
+            partials = cuda.mem_alloc(partials_bytes(plan))
             records = cuda.mem_alloc(out.nbytes)
             buffers += [partials, records]
-            if tiles > 0:
+            x_dev: Any = np.uintp(0)
+            prev_arg: Any = np.uintp(0)
+            if plan.tiles > 0:
                 x_dev = cuda.mem_alloc(p.x.nbytes)
                 buffers.append(x_dev)
                 cuda.memcpy_htod(x_dev, p.x)
-                prev_arg: Any = np.uintp(0)
                 if p.prev is not None:
                     prev_dev = cuda.mem_alloc(p.prev.nbytes)
                     buffers.append(prev_dev)
                     cuda.memcpy_htod(prev_dev, p.prev)
                     prev_arg = prev_dev
-                fn = self._partials[(plan.dtype, plan.layout)]
-                for n0, count in plan.frame_chunks():
-                    fn(
-                        x_dev,
-                        prev_arg,
-                        partials,
-                        np.int64(n0),
-                        np.int64(plan.channels),
-                        np.int64(plan.height),
-                        np.int64(plan.width),
-                        np.int64(plan.rows_per_tile),
-                        np.int64(tiles),
-                        np.float64(p.lo),
-                        np.float64(p.hi),
-                        block=(plan.block_threads, 1, 1),
-                        grid=(tiles * plan.channels, 1, count),
-                    )
-            merge_threads = 128
-            self._merge(
-                partials,
-                records,
-                np.int64(plan.planes),
-                np.int64(tiles),
-                np.float64(p.lo),
-                np.float64(p.hi),
-                np.int32(1 if has_prev else 0),
-                block=(merge_threads, 1, 1),
-                grid=(math.ceil(plan.planes / merge_threads), 1, 1),
-            )
+            self._launch(plan, x_dev, prev_arg, partials, records, p.lo, p.hi, has_prev, None)
             cuda.memcpy_dtoh(out, records)
         except cuda.Error as exc:
             raise BackendError(f"CUDA sanity kernel failed: {exc}") from exc
@@ -580,3 +560,198 @@ class CudaSanityKernel:
                 buf.free()
             self._ctx.pop()
         return _to_frame_stats(out, plan, layout, p.lo, p.hi, has_prev)
+
+    def _launch(
+        self,
+        plan: LaunchPlan,
+        x: Any,
+        prev: Any,
+        partials: Any,
+        records: Any,
+        lo: float,
+        hi: float,
+        has_prev: bool,
+        stream: Any,
+    ) -> None:
+        """Enqueue the partials and merge kernels (``stream`` None: the default stream)."""
+        tiles = plan.tiles
+        if tiles > 0:
+            fn = self._partials[(plan.dtype, plan.layout)]
+            for n0, count in plan.frame_chunks():
+                fn(
+                    x,
+                    prev,
+                    partials,
+                    np.int64(n0),
+                    np.int64(plan.channels),
+                    np.int64(plan.height),
+                    np.int64(plan.width),
+                    np.int64(plan.rows_per_tile),
+                    np.int64(tiles),
+                    np.float64(lo),
+                    np.float64(hi),
+                    block=(plan.block_threads, 1, 1),
+                    grid=(tiles * plan.channels, 1, count),
+                    stream=stream,
+                )
+        merge_threads = 128
+        self._merge(
+            partials,
+            records,
+            np.int64(plan.planes),
+            np.int64(tiles),
+            np.float64(lo),
+            np.float64(hi),
+            np.int32(1 if has_prev else 0),
+            block=(merge_threads, 1, 1),
+            grid=(math.ceil(plan.planes / merge_threads), 1, 1),
+            stream=stream,
+        )
+
+    def device_check(
+        self,
+        input_name: str,
+        *,
+        layout: str = "NCHW",
+        sat_lo: float | None = None,
+        sat_hi: float | None = None,
+        block_threads: int = BLOCK_THREADS,
+        rows_per_tile: int | None = None,
+    ) -> DeviceSanityCheck:
+        """The statistics of one model input, computed where a GPU backend keeps it.
+
+        See :class:`DeviceSanityCheck`; the arguments are those of :meth:`stats`.
+        """
+        return DeviceSanityCheck(
+            self,
+            input_name,
+            layout=layout,
+            sat_lo=sat_lo,
+            sat_hi=sat_hi,
+            block_threads=block_threads,
+            rows_per_tile=rows_per_tile,
+        )
+
+
+def partials_bytes(plan: LaunchPlan) -> int:
+    """Device bytes of the partials buffer of one launch (at least 1)."""
+    return max(1, plan.planes * max(plan.tiles, 1) * PARTIAL_BYTES)
+
+
+class DeviceSanityCheck:
+    """The sanity statistics of one model input, on the input's device buffer.
+
+    A GPU backend that keeps the input on the device (the TensorRT backend's
+    ``run_with_stats``) calls :meth:`device_buffers`, then :meth:`enqueue` on its own
+    stream after copying the input and before running the model, copies back only
+    the result buffer (``planes * 96`` bytes) and calls :meth:`finish`, which returns
+    the :class:`~edgeguard.guard.sanity.spec.FrameStats` :meth:`CudaSanityKernel.stats`
+    would return for the same array. This class implements the backends layer's
+    ``DeviceCheck`` interface structurally: neither layer imports the other.
+
+    The temporal statistic (``tdiff``) is not computed here (the previous accepted
+    frame is the guard's to choose); its result has ``tdiff`` None. Never run on a
+    GPU in this repository.
+
+    Attributes:
+        input_name: The model input the statistics describe.
+        device_id: The CUDA device of the kernel.
+    """
+
+    def __init__(
+        self,
+        kernel: CudaSanityKernel,
+        input_name: str,
+        *,
+        layout: str = "NCHW",
+        sat_lo: float | None = None,
+        sat_hi: float | None = None,
+        block_threads: int = BLOCK_THREADS,
+        rows_per_tile: int | None = None,
+    ) -> None:
+        if not isinstance(input_name, str) or not input_name:
+            raise UsageError("input_name must be a non-empty str")
+        check_layout_name(layout)
+        self._kernel = kernel
+        self._name = input_name
+        self._layout = layout
+        self._sat = (sat_lo, sat_hi)
+        self._block_threads = block_threads
+        self._rows_per_tile = rows_per_tile
+
+    @property
+    def input_name(self) -> str:
+        """The model input the statistics describe."""
+        return self._name
+
+    @property
+    def device_id(self) -> int:
+        """The CUDA device ordinal of the kernel."""
+        return self._kernel.device_id
+
+    def _plan(self, shape: tuple[int, ...], dtype: str) -> tuple[LaunchPlan, float, float]:
+        probe = np.empty((0,) * len(shape), dtype=np.dtype(dtype))
+        lo, hi = resolve_stats_args(probe, self._layout, self._sat[0], self._sat[1], None)
+        plan = plan_launch(
+            shape,
+            dtype,
+            self._layout,
+            block_threads=self._block_threads,
+            rows_per_tile=self._rows_per_tile,
+        )
+        return plan, lo, hi
+
+    def device_buffers(self, shape: tuple[int, ...], dtype: str) -> tuple[int, int]:
+        """``(partials bytes, result bytes)`` for an input of this shape and dtype.
+
+        Raises:
+            UsageError: The statistics cannot read such a tensor (dtype, rank, levels).
+        """
+        plan, _, _ = self._plan(shape, dtype)
+        return partials_bytes(plan), plan.planes * STATS_DTYPE.itemsize
+
+    def enqueue(
+        self,
+        *,
+        x: int,
+        shape: tuple[int, ...],
+        dtype: str,
+        scratch: int,
+        result: int,
+        stream: Any,
+    ) -> None:
+        """Launch the kernels on ``stream`` over the device buffer at ``x``.
+
+        The input must be C-contiguous in ``dtype`` (TensorRT's linear I/O format);
+        ``scratch`` and ``result`` are device buffers of :meth:`device_buffers` bytes.
+        """
+        plan, lo, hi = self._plan(shape, dtype)
+        if plan.planes == 0:
+            return
+        self._kernel._launch(
+            plan,
+            np.uintp(x),
+            np.uintp(0),
+            np.uintp(scratch),
+            np.uintp(result),
+            lo,
+            hi,
+            False,
+            stream,
+        )
+
+    def finish(
+        self, result: npt.NDArray[np.uint8], *, shape: tuple[int, ...], dtype: str
+    ) -> FrameStats:
+        """Decode the result buffer copied back from the device.
+
+        Raises:
+            InternalError: The buffer does not hold one record per (frame, channel).
+        """
+        plan, lo, hi = self._plan(shape, dtype)
+        raw = np.ascontiguousarray(result, dtype=np.uint8)
+        expected = plan.planes * STATS_DTYPE.itemsize
+        if raw.nbytes != expected:
+            raise InternalError(f"sanity result has {raw.nbytes} bytes, expected {expected}")
+        records = raw.view(STATS_DTYPE)
+        return _to_frame_stats(records, plan, self._layout, lo, hi, False)

@@ -14,6 +14,12 @@ side imports no inference library). Pieces:
   kills hung ones and restarts dead ones with backoff;
 * :mod:`~edgeguard.runtime.sandbox.replies` - the supervisor's bounded, strict reader of
   everything a worker sends.
+* :mod:`~edgeguard.runtime.sandbox.gpu` - a GPU member's device nodes, their groups and
+  the descriptors it may ``ioctl`` (never run on a GPU);
+* :mod:`~edgeguard.runtime.sandbox.identity` - the service user and groups of workers
+  started by root;
+* :mod:`~edgeguard.runtime.sandbox.discover` - :func:`run_discovery`: a worker whose
+  unlisted syscalls are reported to the supervisor, not killed.
 
 See ``docs/isolation.md`` for the policy and its reasoning. Importing this package does
 not import numpy's heavy friends, onnxruntime, numba or pyseccomp.

@@ -16,6 +16,8 @@ import errno
 import functools
 import os
 import resource
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +32,7 @@ __all__ = [
     "get_dumpable",
     "get_no_new_privs",
     "landlock_abi",
+    "landlock_file_rights",
     "landlock_restrict_self",
     "map_locked",
     "mlockall",
@@ -62,7 +65,9 @@ _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _CAP_FIELDS = ("CapInh", "CapPrm", "CapEff", "CapAmb")
 
 _SYS_LANDLOCK_CREATE_RULESET = 444
+_SYS_LANDLOCK_ADD_RULE = 445
 _SYS_LANDLOCK_RESTRICT_SELF = 446
+_LANDLOCK_RULE_PATH_BENEATH = 1
 _LANDLOCK_CREATE_RULESET_VERSION = 1 << 0
 
 # Filesystem access rights per Landlock ABI (include/uapi/linux/landlock.h).
@@ -70,8 +75,13 @@ _FS_ABI1 = (1 << 13) - 1  # EXECUTE .. MAKE_SYM
 _FS_REFER = 1 << 13  # ABI 2
 _FS_TRUNCATE = 1 << 14  # ABI 3
 _FS_IOCTL_DEV = 1 << 15  # ABI 5
+_FS_WRITE_FILE = 1 << 1
+_FS_READ_FILE = 1 << 2
 _NET_TCP = (1 << 0) | (1 << 1)  # BIND_TCP | CONNECT_TCP, ABI 4
 _SCOPE_ALL = (1 << 0) | (1 << 1)  # ABSTRACT_UNIX_SOCKET | SIGNAL, ABI 6
+
+
+_LITTLE = sys.byteorder == "little"
 
 
 @functools.lru_cache(maxsize=1)
@@ -178,11 +188,12 @@ def _drop_bounding_set() -> None:
             raise
 
 
-def drop_privileges(uid: int, gid: int) -> str:
+def drop_privileges(uid: int, gid: int, groups: Sequence[int] = ()) -> str:
     """Give up root and every capability, for good; returns what was done.
 
     A process running as root (any of its uids 0) switches all its uids to ``uid`` and
-    all its gids to ``gid``, with no supplementary groups. Any process then empties its
+    all its gids to ``gid``, with exactly ``groups`` as supplementary groups (none by
+    default; a GPU member keeps the groups that own its device nodes). Any process then empties its
     capability sets (effective, permitted, inheritable, ambient) and, where it may,
     the bounding set; a process in a user namespace of its own loses the capabilities
     it has there. Call it while single-threaded: the credentials of the calling thread
@@ -198,10 +209,14 @@ def drop_privileges(uid: int, gid: int) -> str:
     if any(int(before.get(k, "0"), 16) for k in _CAP_FIELDS) or root:
         _drop_bounding_set()
     if root:
-        os.setgroups([])
+        if 0 in groups or uid == 0 or gid == 0:
+            raise OSError(errno.EPERM, "refusing to keep uid 0, gid 0 or group 0")
+        os.setgroups(sorted(set(groups)))
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)
         done.append(f"uid {uid}, gid {gid}")
+        if groups:
+            done.append("groups " + ",".join(str(g) for g in sorted(set(groups))))
     _prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL)
     _capset_none()
     after = proc_status()
@@ -210,6 +225,8 @@ def drop_privileges(uid: int, gid: int) -> str:
         raise OSError(
             errno.EPERM, f"still privileged: Uid {after.get('Uid')}, capabilities in {left}"
         )
+    if root and {int(g) for g in after.get("Groups", "").split()} != set(groups):
+        raise OSError(errno.EPERM, f"supplementary groups {after.get('Groups')!r}, not {groups}")
     done.append("no capabilities")
     return ", ".join(done)
 
@@ -304,12 +321,17 @@ class LandlockResult:
         fs_rights: Bit mask of handled filesystem rights (all of the ABI's).
         net_rights: Bit mask of handled TCP rights (0 before ABI 4).
         scoped: Bit mask of scopes (abstract UNIX sockets, signals; 0 before ABI 6).
+        paths: The paths a rule grants access to (read, write and, from ABI 5, device
+            ioctl), in the order given; empty for "no filesystem at all".
+        missing: Paths asked for that did not exist (no rule was added for them).
     """
 
     abi: int
     fs_rights: int
     net_rights: int
     scoped: int
+    paths: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
 
 
 def landlock_rights(abi: int) -> tuple[int, int, int]:
@@ -326,16 +348,53 @@ def landlock_rights(abi: int) -> tuple[int, int, int]:
     return fs, net, scoped
 
 
-def landlock_restrict_self(abi: int) -> LandlockResult:
-    """Restrict the calling thread (and threads it creates later) to no filesystem access.
+def landlock_file_rights(abi: int) -> int:
+    """The rights a rule of :func:`landlock_restrict_self` grants on one file or node."""
+    return _FS_READ_FILE | _FS_WRITE_FILE | (_FS_IOCTL_DEV if abi >= 5 else 0)
 
-    Every filesystem right of ``abi`` is handled and no rule is added, so no path can be
-    opened, created, removed or executed; from ABI 4 on TCP bind/connect are denied too,
-    from ABI 6 on signals and abstract UNIX sockets outside the domain. Requires
-    ``no_new_privs`` (or CAP_SYS_ADMIN).
+
+def _add_path_rule(ruleset: int, path: str, rights: int) -> bool:
+    """Add one PATH_BENEATH rule; False when ``path`` does not exist."""
+    try:
+        pfd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        # struct landlock_path_beneath_attr { __u64 allowed_access; __s32 parent_fd; } packed
+        attr = ctypes.create_string_buffer(
+            rights.to_bytes(8, "little" if _LITTLE else "big")
+            + pfd.to_bytes(4, "little" if _LITTLE else "big", signed=True),
+            12,
+        )
+        res = _syscall(
+            _SYS_LANDLOCK_ADD_RULE,
+            ctypes.c_int(ruleset),
+            ctypes.c_int(_LANDLOCK_RULE_PATH_BENEATH),
+            attr,
+            ctypes.c_uint32(0),
+        )
+        if res < 0:
+            e = ctypes.get_errno()
+            raise OSError(e, f"landlock_add_rule {path}: {os.strerror(e)}")
+    finally:
+        os.close(pfd)
+    return True
+
+
+def landlock_restrict_self(abi: int, *, rules: Sequence[str] = ()) -> LandlockResult:
+    """Restrict the calling thread (and threads it creates later) to ``rules``' files only.
+
+    Every filesystem right of ``abi`` is handled, so no path can be opened, created,
+    removed or executed, except that each existing path in ``rules`` (a GPU member's
+    device nodes) may be opened for reading and writing and, from ABI 5 on, take device
+    ioctls (:func:`landlock_file_rights`); a path that does not exist gets no rule. From
+    ABI 4 on TCP bind/connect are denied too, from ABI 6 on signals and abstract UNIX
+    sockets outside the domain. Landlock does not mediate descriptors opened before, nor
+    memfds. Requires ``no_new_privs`` (or CAP_SYS_ADMIN).
 
     Raises:
-        OSError: The kernel refused (Landlock missing, disabled, or no_new_privs unset).
+        OSError: The kernel refused (Landlock missing, disabled, or no_new_privs unset),
+            or a rule could not be added.
     """
     if abi < 1:
         raise OSError(errno.EOPNOTSUPP, "Landlock is not available")
@@ -351,14 +410,25 @@ def landlock_restrict_self(abi: int) -> LandlockResult:
     if fd < 0:
         e = ctypes.get_errno()
         raise OSError(e, f"landlock_create_ruleset: {os.strerror(e)}")
+    added: list[str] = []
+    missing: list[str] = []
     try:
+        for path in rules:
+            (added if _add_path_rule(fd, path, landlock_file_rights(abi)) else missing).append(path)
         res = _syscall(_SYS_LANDLOCK_RESTRICT_SELF, ctypes.c_int(fd), ctypes.c_uint32(0))
         if res < 0:
             e = ctypes.get_errno()
             raise OSError(e, f"landlock_restrict_self: {os.strerror(e)}")
     finally:
         os.close(fd)
-    return LandlockResult(abi=abi, fs_rights=fs, net_rights=net, scoped=scoped)
+    return LandlockResult(
+        abi=abi,
+        fs_rights=fs,
+        net_rights=net,
+        scoped=scoped,
+        paths=tuple(added),
+        missing=tuple(missing),
+    )
 
 
 def unshare(flags: int) -> None:

@@ -6,9 +6,9 @@ fake or broken one could report layers it never applied. :func:`check_worker` re
 what the kernel says about the process instead:
 
 * ``/proc/<pid>/status``: ``NoNewPrivs`` 1; ``CapInh``, ``CapPrm``, ``CapEff`` and
-  ``CapAmb`` 0; no uid 0 (and, for a worker started by root, no gid 0 and no
-  supplementary group); ``Seccomp`` 2 when the policy asks for seccomp or the worker
-  says it applied it;
+  ``CapAmb`` 0; no uid 0 (and, for a worker started by root, no gid 0 and exactly the
+  supplementary groups it was given: none, or a GPU member's device-node groups);
+  ``Seccomp`` 2 when the policy asks for seccomp or the worker says it applied it;
 * the owner of ``/proc/<pid>/status``: root while the worker's uid is not, which is how
   the kernel shows a non-dumpable process;
 * ``/proc/<pid>/limits``: core file size 0 always; when the rlimits layer is in force,
@@ -67,6 +67,7 @@ def check_worker(
     reported: Mapping[str, str],
     max_open_files: int,
     started_by_root: bool,
+    groups: Collection[int] = (),
 ) -> WorkerCheck:
     """Compare what the kernel shows of worker ``pid`` with the policy and its report.
 
@@ -78,6 +79,7 @@ def check_worker(
         max_open_files: The policy's ``RLIMIT_NOFILE``.
         started_by_root: The worker was started by root (it must have switched uid,
             gid and groups).
+        groups: The supplementary groups it may keep (never gid 0).
 
     Returns:
         The facts and the problems; a problem means the worker must not serve.
@@ -100,10 +102,18 @@ def check_worker(
     uids, gids = status.get("Uid", "").split(), status.get("Gid", "").split()
     if not uids or "0" in uids:
         problems.append(f"Uid {' '.join(uids) or '?'}")
-    if started_by_root and (not gids or "0" in gids or status.get("Groups", "")):
+    held_groups = status.get("Groups", "").split()
+    if started_by_root and (
+        not gids
+        or "0" in gids
+        or not all(g.isdigit() and g != "0" for g in held_groups)
+        or {int(g) for g in held_groups} != set(groups)
+    ):
         problems.append(f"Gid {' '.join(gids) or '?'}, Groups {status.get('Groups', '?')!r}")
     if not held and uids and "0" not in uids:
         facts["privileges"] = f"uid {uids[0]}, gid {gids[0] if gids else '?'}, no capabilities"
+        if held_groups:
+            facts["groups"] = " ".join(held_groups)
     if status.get("NoNewPrivs") == "1":
         facts["no_new_privs"] = "1"
 

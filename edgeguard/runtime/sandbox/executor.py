@@ -41,7 +41,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -58,9 +58,10 @@ from edgeguard.errors import (
 from edgeguard.policy.io import TensorSpec, normalize_dim
 from edgeguard.policy.isolation import SandboxPolicy
 from edgeguard.policy.runtime import FALLBACK_NAME
-from edgeguard.runtime.sandbox import _cgroup, _linux
+from edgeguard.runtime.sandbox import _cgroup, _linux, gpu
 from edgeguard.runtime.sandbox._verify import check_worker
 from edgeguard.runtime.sandbox.area import DEFAULT_IO_BYTES, MIN_IO_BYTES
+from edgeguard.runtime.sandbox.identity import worker_identity
 from edgeguard.runtime.sandbox.probe import HostCapabilities, check_policy, probe_host
 from edgeguard.runtime.sandbox.replies import (
     DEFAULT_LIMITS,
@@ -200,17 +201,6 @@ def seal_model(model: bytes | bytearray | memoryview, *, name: str = "edgeguard-
     return fd
 
 
-def _unprivileged_ids() -> tuple[int, int]:
-    """The uid and gid a worker started by root switches to: ``nobody``'s, else 65534."""
-    import pwd
-
-    try:
-        entry = pwd.getpwnam("nobody")
-    except KeyError:
-        return 65534, 65534
-    return entry.pw_uid, entry.pw_gid
-
-
 def _lockdown_point(spec: WorkerSpec) -> str:
     """When a worker applies Landlock and seccomp: before parsing its model, if it can.
 
@@ -226,6 +216,17 @@ def _lockdown_point(spec: WorkerSpec) -> str:
     ):
         return "after_load"
     return "before_load"
+
+
+def _gpu_nodes(spec: WorkerSpec, root: Path) -> tuple[str, ...] | None:
+    """A GPU member's device nodes below ``root`` (None for a CPU member).
+
+    The GPU profile (``docs/isolation.md``, "GPU workers") goes with the accelerator
+    lockdown point. Every family's globs are looked up: only nodes that exist count.
+    """
+    if _lockdown_point(spec) != "after_load":
+        return None
+    return gpu.select_device_nodes(root=root)
 
 
 def _worker_command(ctl_fd: int) -> list[str]:
@@ -333,6 +334,8 @@ class _Slot:
             self.artifact_fd = os.memfd_create(
                 f"edgeguard-artifact-{name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
             )
+        self.gpu_nodes: tuple[str, ...] | None = None  # a GPU member's device nodes
+        self.groups: tuple[int, ...] = ()  # its supplementary groups (started by root)
 
     def close(self) -> None:
         with contextlib.suppress(BufferError, ValueError):
@@ -429,6 +432,12 @@ class ProcessMemberExecutor:
             which a member is retired (:meth:`submit` then raises BackendError).
         call_timeout_s: Timeout of the :meth:`members` proxies' ``run``.
         worker_stderr: Let workers write to our stderr (debugging); default silent.
+        worker_user: Service user (name or uid) of workers started by root; None reads
+            ``EDGEGUARD_WORKER_USER``, else ``nobody``.
+        worker_groups: Supplementary groups (names or gids) of GPU members started by
+            root; None reads ``EDGEGUARD_WORKER_GROUPS``, else the groups that own the
+            member's device nodes (:mod:`~edgeguard.runtime.sandbox.identity`).
+        device_root: Where ``/dev`` is looked up for GPU members' device nodes (tests).
 
     Raises:
         PolicyError: The policy requires a layer the host or a worker lacks.
@@ -450,6 +459,9 @@ class ProcessMemberExecutor:
         max_restarts: int = 8,
         call_timeout_s: float = 60.0,
         worker_stderr: bool = False,
+        worker_user: str | None = None,
+        worker_groups: Sequence[str] | None = None,
+        device_root: Path = Path("/"),
     ) -> None:
         if not specs or not all(isinstance(s, WorkerSpec) for s in specs.values()):
             raise UsageError("specs must map member names to WorkerSpec objects")
@@ -470,7 +482,11 @@ class ProcessMemberExecutor:
         self._max_restarts = max_restarts
         self.call_timeout_s = call_timeout_s
         self._stderr = None if worker_stderr else subprocess.DEVNULL
-        self._user = _unprivileged_ids()
+        try:
+            self._identity = worker_identity(user=worker_user, groups=worker_groups)
+        except ValueError as exc:
+            raise UsageError(f"worker identity: {exc}") from None
+        self._device_root = device_root
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
         self._closed = False
@@ -669,6 +685,9 @@ class ProcessMemberExecutor:
         if self._tree is not None:
             self._tree.close()
 
+    #: Extra ``init`` fields for every worker (discovery mode sets its seccomp action).
+    _init_extra: Mapping[str, Any] = {}
+
     def __enter__(self) -> ProcessMemberExecutor:
         return self
 
@@ -726,6 +745,9 @@ class ProcessMemberExecutor:
         finally:
             child.close()
         s.proc, s.sock, s.gen, s.state = proc, parent, s.gen + 1, "starting"
+        # A GPU member's device nodes (and the groups that may open them), as /dev is now.
+        s.gpu_nodes = _gpu_nodes(s.spec, self._device_root)
+        s.groups = self._identity.groups_for(s.gpu_nodes)
         cg = None
         if self._tree is not None:
             s.leaf = self._tree.create(s.name, memory_max=self._policy.memory_max_bytes)
@@ -747,13 +769,16 @@ class ProcessMemberExecutor:
             "netns_mode": self._caps.netns,
             "max_open_files": self._policy.max_open_files,
             "cgroup": cg,
-            "user": list(self._user),
+            "user": [self._identity.uid, self._identity.gid],
+            "groups": list(s.groups),
+            "gpu": None if s.gpu_nodes is None else {"nodes": list(s.gpu_nodes)},
             "lockdown": _lockdown_point(s.spec),
             "memlock_bytes": self._policy.memory_max_bytes,
         }
         if s.artifact_fd is not None:
             init["artifact_fd"] = s.artifact_fd
             init["artifact_max"] = s.spec.artifact_max
+        init.update(self._init_extra)
         parent.send(json.dumps(init).encode())
 
     def _await_ready(self, s: _Slot) -> None:
@@ -815,6 +840,7 @@ class ProcessMemberExecutor:
             reported=s.layers,
             max_open_files=self._policy.max_open_files,
             started_by_root=os.geteuid() == 0,
+            groups=s.groups,
         )
         s.verified = dict(check.facts)
         if not check.problems:

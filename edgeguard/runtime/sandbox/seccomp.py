@@ -29,6 +29,19 @@ Entries in :data:`CONDITIONAL` carry argument conditions, for example:
 
 The filter is loaded with ``SECCOMP_FILTER_FLAG_TSYNC`` so every existing thread of
 the worker (ONNX Runtime's pool included) is covered, not just the calling one.
+
+A **GPU member** (``profile="gpu"``; never run on a GPU) gets the run-time rules plus
+:data:`GPU_ALLOWLIST` and :data:`GPU_CONDITIONAL`, installed once, after its warm-up.
+Its ``ioctl`` rule compares ``arg0`` with each descriptor the worker held on its device
+nodes at that moment (:func:`edgeguard.runtime.sandbox.gpu.device_fds`): one rule per
+descriptor, no ``ioctl`` at all without one. Residual: seccomp compares numbers, not
+files, so if such a descriptor is closed and its number reused by a later ``memfd_create``
+or ``eventfd2``, ioctl on the new descriptor passes the filter (the worker can open no
+file and no socket after lockdown, so the new descriptor is a memfd or an eventfd).
+
+**Discovery** (``kill_action="notify"``): every syscall outside the rules goes to the
+supervisor through ``SECCOMP_RET_USER_NOTIF`` (:mod:`~edgeguard.runtime.sandbox.discover`),
+which records it and lets it continue.
 """
 
 from __future__ import annotations
@@ -36,6 +49,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from edgeguard._optional import require
@@ -45,10 +59,13 @@ __all__ = [
     "COMPILE_EXTRAS",
     "CONDITIONAL",
     "ENOSYS_LIST",
+    "GPU_ALLOWLIST",
+    "GPU_CONDITIONAL",
     "LOAD_EXTRAS",
     "MADVISE_ADVICE",
     "build_filter",
     "load_filter",
+    "notify_fd",
 ]
 
 #: Syscalls allowed unconditionally after lockdown, with the reason.
@@ -109,6 +126,31 @@ COMPILE_EXTRAS: dict[str, str] = {
     "prlimit64": "only on the worker itself and RLIMIT_FSIZE: back to 0 once written",
 }
 
+
+#: Syscalls a GPU member may also make after lockdown, with the reason (never run on a
+#: GPU: from NVIDIA's documentation, Chromium's GPU-process policy and gVisor's nvproxy;
+#: to be corrected from a discovery run on the device).
+GPU_ALLOWLIST: dict[str, str] = {
+    "memfd_create": "the CUDA driver backs host-shared buffers with memfds (no path; "
+    "Landlock does not mediate them, and need not)",
+    "ftruncate": "size such a memfd (a device node or the socket refuses it: EINVAL)",
+    "eventfd2": "CUDA's stream callbacks and its helper threads wake each other",
+    "ppoll": "wait on syncpoint and fence descriptors and on those eventfds",
+    "poll": "the same on x86_64 (aarch64 has only ppoll)",
+    "nanosleep": "CUDA's spin-then-sleep synchronisation (cudaDeviceScheduleAuto)",
+    "clock_nanosleep": "the same through glibc's nanosleep",
+    "sched_getaffinity": "the CUDA driver reads the CPUs it may run on",
+    "getcpu": "the CUDA driver asks which CPU a thread runs on",
+    "fstat": "the CUDA driver checks descriptors it holds (a descriptor, never a path)",
+}
+
+#: GPU syscalls allowed only under an argument condition, with the condition and reason.
+GPU_CONDITIONAL: dict[str, str] = {
+    "ioctl": "only with fd equal to a descriptor the worker held on its device nodes at "
+    "lockdown: CUDA's whole interface to the kernel driver; never on the socket or stderr",
+    "sched_setaffinity": "only on the calling thread (pid 0): CUDA pins its own helper threads",
+}
+
 #: The ``madvise`` advice values the worker may give, with their value and reason. Any
 #: other advice kills it: ``MADV_HWPOISON`` / ``MADV_SOFT_OFFLINE`` take pages out of
 #: service (shared memory included), ``MADV_REMOVE`` punches holes in shared memory,
@@ -152,6 +194,8 @@ def build_filter(
     kill_action: str = "kill_process",
     phase: str = "run",
     compile_output: bool = False,
+    profile: str = "cpu",
+    device_fds: Sequence[int] = (),
 ) -> Any:
     """Build (without loading) the allowlist filter for the native architecture.
 
@@ -159,12 +203,18 @@ def build_filter(
         ctl_fd: The worker's control socket (the only descriptor it may read; it may
             write there and to stderr).
         pid: The worker's pid (the only thread group ``tgkill`` may target).
-        kill_action: ``"kill_process"`` (production) or ``"log"`` (allow and log
-            every unlisted syscall; for discovering the allowlist only).
+        kill_action: ``"kill_process"`` (production), ``"log"`` (allow and log every
+            unlisted syscall to the kernel's audit log) or ``"notify"`` (send every
+            unlisted syscall to a listener, ``SECCOMP_RET_USER_NOTIF``, and allow
+            ``sendmsg`` on the control socket so the worker can hand the listener to
+            its supervisor; :mod:`~edgeguard.runtime.sandbox.discover`).
         phase: ``"run"`` (the run-time rules) or ``"load"`` (those plus
             :data:`LOAD_EXTRAS`, for parsing the model and warming up).
         compile_output: With ``phase="load"``, also :data:`COMPILE_EXTRAS` (a worker
             under Landlock that writes its compiled model to a memfd).
+        profile: ``"cpu"`` or ``"gpu"`` (adds :data:`GPU_ALLOWLIST` and
+            :data:`GPU_CONDITIONAL`).
+        device_fds: For ``"gpu"``: the descriptors ``ioctl`` is allowed on.
 
     Returns:
         A ``pyseccomp.SyscallFilter``.
@@ -174,8 +224,17 @@ def build_filter(
     """
     if phase not in ("run", "load"):
         raise ValueError(f"phase must be 'run' or 'load', got {phase!r}")
+    if profile not in ("cpu", "gpu") or (device_fds and profile != "gpu"):
+        raise ValueError(f"profile must be 'cpu' or 'gpu' (device_fds only for gpu): {profile!r}")
+    if any(isinstance(fd, bool) or not isinstance(fd, int) or fd < 0 for fd in device_fds):
+        raise ValueError(f"device_fds must be descriptor numbers, got {device_fds!r}")
+    if {ctl_fd, 0, 1, 2} & set(device_fds):
+        raise ValueError("ioctl is never allowed on the control socket or the standard streams")
     sc = require("pyseccomp", extra="sandbox", purpose="The seccomp layer of the sandbox")
-    default = sc.KILL_PROCESS if kill_action == "kill_process" else sc.LOG
+    actions = {"kill_process": sc.KILL_PROCESS, "log": sc.LOG, "notify": sc.NOTIFY}
+    if kill_action not in actions:
+        raise ValueError(f"kill_action must be one of {sorted(actions)}, got {kill_action!r}")
+    default = actions[kill_action]
     flt = sc.SyscallFilter(default)
     flt.set_attr(sc.Attr.CTL_TSYNC, 1)
     # The worker sets no_new_privs itself, before the first filter; libseccomp would
@@ -205,6 +264,15 @@ def build_filter(
     for name in ENOSYS_LIST:
         if _resolvable(sc, name):
             flt.add_rule(sc.ERRNO(errno.ENOSYS), name)
+    if profile == "gpu":
+        for name in GPU_ALLOWLIST:
+            if _resolvable(sc, name):
+                flt.add_rule(sc.ALLOW, name)
+        for fd in sorted(set(device_fds)):  # rules on one syscall are OR-ed
+            flt.add_rule(sc.ALLOW, "ioctl", sc.Arg(0, sc.EQ, fd))
+        flt.add_rule(sc.ALLOW, "sched_setaffinity", sc.Arg(0, sc.EQ, 0))
+    if kill_action == "notify":
+        flt.add_rule(sc.ALLOW, "sendmsg", sc.Arg(0, sc.EQ, ctl_fd))
     if phase == "load":
         flt.add_rule(
             sc.ALLOW,
@@ -222,6 +290,19 @@ def build_filter(
                 sc.ALLOW, "prlimit64", sc.Arg(0, sc.EQ, 0), sc.Arg(1, sc.EQ, _RLIMIT_FSIZE)
             )
     return flt
+
+
+def notify_fd(flt: Any) -> int:
+    """The notification listener of a loaded ``kill_action="notify"`` filter.
+
+    Raises:
+        OSError: The filter has no listener (not loaded, or another action).
+    """
+    sc = require("pyseccomp", extra="sandbox", purpose="The seccomp layer of the sandbox")
+    fd = int(sc._libseccomp.seccomp_notify_fd(flt._filter))
+    if fd < 0:
+        raise OSError(errno.EINVAL, "the seccomp filter has no notification listener")
+    return fd
 
 
 def load_filter(*, ctl_fd: int) -> None:

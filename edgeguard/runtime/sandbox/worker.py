@@ -16,7 +16,8 @@ Life of a worker:
    filters, ask for Landlock's ABI;
 4. lock its pages in RAM as they are touched (``mlockall``, again after the warm-up; a
    failure is reported, not fatal: :class:`_MemLock`), then give up privileges for good:
-   a worker started by root switches to ``nobody`` (no supplementary groups); every
+   a worker started by root switches to the service user, ``nobody`` by default (no
+   supplementary groups; a GPU member keeps ``init["groups"]``, its nodes'); every
    worker empties its capability sets (and the bounding set where it may) and sets
    ``no_new_privs``;
 5. lock down before the model is parsed: ``RLIMIT_NOFILE`` and ``RLIMIT_FSIZE``, Landlock
@@ -33,7 +34,14 @@ Life of a worker:
 
 A member placed on an accelerator (``init["lockdown"] == "after_load"``) opens device
 nodes and provider libraries while loading, so its Landlock and seccomp steps move from
-5 to 7 (one filter); steps 0-4 are the same.
+5 to 7 (one filter); steps 0-4 are the same. With ``init["gpu"]`` (its device nodes, from
+the supervisor) step 7 is, in this order: list the descriptors it holds on those nodes
+(``/proc/self/fd``), build the GPU seccomp profile with ``ioctl`` on exactly those
+descriptors, Landlock with a read/write rule per node, then the filter
+(``docs/isolation.md``, "GPU workers"). With ``init["seccomp_action"] == "notify"``
+(discovery) the first filter reports unlisted syscalls to the supervisor instead of
+killing: the worker hands the listener over on the control socket and installs no
+second filter.
 
 After step 7 the worker can read and write the descriptors it holds, allocate memory
 and compute; it cannot open a file, create a socket, run a program, create a process
@@ -44,6 +52,7 @@ cannot be loaded.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import fcntl
 import importlib
@@ -51,6 +60,7 @@ import json
 import mmap
 import os
 import resource
+import socket
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -59,7 +69,7 @@ from typing import Any
 import numpy as np
 
 from edgeguard.policy.io import DTYPES
-from edgeguard.runtime.sandbox import _linux
+from edgeguard.runtime.sandbox import _linux, gpu
 
 __all__ = ["ALIGN", "MAX_MESSAGE", "main", "pack_arrays", "unpack_arrays"]
 
@@ -242,6 +252,12 @@ class _Lockdown:
         if init.get("artifact_fd") is not None:
             self.artifact_fd = int(init["artifact_fd"])
         self.artifact = "not compiled: needs Landlock"
+        nodes = init.get("gpu", {}).get("nodes") if isinstance(init.get("gpu"), dict) else None
+        self.gpu_nodes = None if nodes is None else tuple(str(n) for n in nodes)
+        self.action = "notify" if init.get("seccomp_action") == "notify" else "kill_process"
+        self.profile = "cpu" if self.gpu_nodes is None else "gpu"
+        self.device_fds: tuple[int, ...] = ()
+        self.listener: socket.socket | None = None
 
     def failed(self, layer: str, why: str) -> None:
         if layer in self.required:
@@ -255,13 +271,23 @@ class _Lockdown:
                 from edgeguard.runtime.sandbox.seccomp import build_filter
 
                 ctl, pid = int(self.init["ctl_fd"]), os.getpid()
+                act = self.action
                 if early:
-                    self.load_filter = build_filter(ctl_fd=ctl, pid=pid, phase="load")
+                    self.load_filter = build_filter(
+                        ctl_fd=ctl, pid=pid, kill_action=act, phase="load"
+                    )
+                self.run_filter = build_filter(
+                    ctl_fd=ctl, pid=pid, kill_action=act, profile=self.profile
+                )
+                if self.action == "notify":
+                    # one listener per process: discovery installs one filter only
+                    if early:
+                        self.run_filter = None
+                    self.listener = socket.socket(fileno=ctl)  # its getsockopt calls now
                 if early and self.wants_compile():
                     self.compile_filter = build_filter(
-                        ctl_fd=ctl, pid=pid, phase="load", compile_output=True
+                        ctl_fd=ctl, pid=pid, kill_action=act, phase="load", compile_output=True
                     )
-                self.run_filter = build_filter(ctl_fd=ctl, pid=pid)
             except Exception as exc:
                 self.load_filter = self.run_filter = None
                 self.failed("seccomp", _error_text(exc))
@@ -322,7 +348,7 @@ class _Lockdown:
             return
         self.threads = _linux.thread_count()
         try:
-            res = _linux.landlock_restrict_self(self.abi)
+            res = _linux.landlock_restrict_self(self.abi, rules=self.gpu_nodes or ())
         except OSError as exc:
             self.failed("landlock", str(exc))
             return
@@ -331,17 +357,67 @@ class _Lockdown:
             if self.threads > 1
             else ""
         )
-        self.state["landlock"] = f"active (ABI {res.abi}, {when}{note})"
+        nodes = f", rules for {len(res.paths)} device node(s)" if self.gpu_nodes is not None else ""
+        self.state["landlock"] = f"active (ABI {res.abi}, {when}{nodes}{note})"
+
+    def gpu_profile(self) -> None:
+        """A GPU member, at lockdown: ioctl on the descriptors it holds on its nodes only.
+
+        Reads ``/proc/self/fd``, so it runs before Landlock; rebuilds the run-time filter
+        with those descriptor numbers.
+        """
+        if self.gpu_nodes is None or self.run_filter is None:
+            return
+        ctl = int(self.init["ctl_fd"])
+        fds = gpu.device_fds(self.gpu_nodes)
+        self.device_fds = tuple(fd for fd in fds if fd not in (0, 1, 2, ctl))
+        try:
+            from edgeguard.runtime.sandbox.seccomp import build_filter
+
+            self.run_filter = build_filter(
+                ctl_fd=ctl,
+                pid=os.getpid(),
+                kill_action=self.action,
+                profile="gpu",
+                device_fds=self.device_fds,
+            )
+        except Exception as exc:
+            self.run_filter = None
+            self.failed("seccomp", _error_text(exc))
 
     def seccomp(self, flt: Any, when: str) -> None:
         if flt is None:
             return
         try:
             flt.load()
+            if self.listener is not None:
+                self._hand_over_listener(flt)
         except Exception as exc:
             self.failed("seccomp", _error_text(exc))
             return
-        self.state["seccomp"] = f"active (allowlist, kill process, all threads; {when})"
+        what = (
+            "discovery: unlisted syscalls reported to the supervisor and allowed"
+            if self.action == "notify"
+            else "allowlist, kill process"
+        )
+        if self.gpu_nodes is not None:
+            what += f", GPU profile, ioctl on {len(self.device_fds)} device descriptor(s)"
+        self.state["seccomp"] = f"active ({what}, all threads; {when})"
+
+    def _hand_over_listener(self, flt: Any) -> None:
+        """Send the filter's notification listener to the supervisor (discovery only).
+
+        The worker keeps its own copy open: libseccomp owns the number, and the worker
+        cannot use it (``ioctl`` is not allowed on it). Discovery is not a sandbox anyway.
+        """
+        from edgeguard.runtime.sandbox.seccomp import notify_fd
+
+        assert self.listener is not None
+        fd = array.array("i", [notify_fd(flt)])
+        self.listener.sendmsg(
+            [b'{"op":"listener"}'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fd.tobytes())]
+        )
+        self.listener.detach()  # the control socket stays the worker's, as a number
 
 
 def _memlock_limit() -> str:
@@ -435,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
         model_fd, io_fd, io_bytes = int(init["model_fd"]), int(init["io_fd"]), int(init["io_bytes"])
         model_size, fmt = int(init["model_size"]), str(init["fmt"])
         uid, gid = (int(v) for v in init.get("user") or (65534, 65534))
+        groups = tuple(int(g) for g in init.get("groups") or ())
     except (IndexError, ValueError, KeyError, TypeError, OSError):
         return 3
     lock = _Lockdown(init, plan)
@@ -483,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
         memlock = _MemLock(None if cap is None else int(cap))
         # 4. privileges, for good: no root, no capability, no way to gain either
         try:
-            privileges = _linux.drop_privileges(uid, gid)
+            privileges = _linux.drop_privileges(uid, gid, groups)
             _linux.set_dumpable(False)  # a change of uid resets it to fs.suid_dumpable
             _linux.set_no_new_privs()
         except OSError as exc:
@@ -516,6 +593,10 @@ def main(argv: list[str] | None = None) -> int:
             lock.end_compile()
             load_ms = int((time.perf_counter() - t_load) * 1e3)  # no floats in replies
         except Exception as exc:
+            # a loader's exception keeps its view of the mapping alive, so closing the
+            # mapping raises BufferError: report the loader's error, not that one
+            if isinstance(exc, BufferError) and isinstance(exc.__context__, Exception):
+                exc = exc.__context__
             _send(ctl, {"op": "error", "error": "model load failed: " + _error_text(exc)})
             return 5
         server = _Server(ctl, target, io, io_bytes)
@@ -529,6 +610,7 @@ def main(argv: list[str] | None = None) -> int:
         memlock.after_warm_up()
         lock.limits(nproc=True)
         if not early:
+            lock.gpu_profile()
             lock.landlock(when="after the model load")
         lock.seccomp(
             lock.run_filter,
