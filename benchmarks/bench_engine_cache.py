@@ -12,6 +12,9 @@ closed:
   into locked memory and loaded instead of the ONNX model.
 
 Both isolation modes (``--isolation sandbox,threads``). Medians of ``--repeats`` rounds.
+Beside it, the part the cache changes, measured alone: ONNX Runtime's session creation
+(one intra-op thread) from the ONNX model, from the ONNX model while writing the ORT
+format (the cold start's compile), and from the ORT-format model.
 
     python benchmarks/bench_engine_cache.py [--models a,b] [--repeats 5]
         [--isolation sandbox,threads] [--json-out PATH]
@@ -104,6 +107,43 @@ def _one(name: str, isolation: str, args: argparse.Namespace, keys: Any, work: P
     }
 
 
+def _loads(name: str, repeats: int) -> dict[str, Any]:
+    """Median ms of ONNX Runtime session creation: ONNX, ONNX + compile, ORT format."""
+    import os
+
+    from edgeguard.backends.onnxruntime import OnnxRuntimeBackend
+
+    onnx = _model(name).read_bytes()
+    fd = os.memfd_create("bench")
+    OnnxRuntimeBackend.from_bytes(onnx, intra_op_threads=1, save_artifact_fd=fd).close()
+    with open(fd, "rb", closefd=True) as f:
+        ort = f.read()
+
+    def once(kind: str) -> float:
+        t0 = time.perf_counter()
+        if kind == "onnx":
+            b = OnnxRuntimeBackend.from_bytes(onnx, intra_op_threads=1)
+        elif kind == "compile":
+            out = os.memfd_create("bench")
+            try:
+                b = OnnxRuntimeBackend.from_bytes(onnx, intra_op_threads=1, save_artifact_fd=out)
+            finally:
+                os.close(out)
+        else:
+            b = OnnxRuntimeBackend.from_bytes(ort, intra_op_threads=1, model_format="ort")
+        took = (time.perf_counter() - t0) * 1e3
+        b.close()
+        return took
+
+    runs: dict[str, list[float]] = {"onnx": [], "compile": [], "ort": []}
+    for r in range(repeats):
+        kinds = list(runs)
+        for kind in kinds[r % 3 :] + kinds[: r % 3]:
+            runs[kind].append(once(kind))
+    med = {k: round(statistics.median(v), 1) for k, v in runs.items()}
+    return {"load_ms": med, "load_speedup": round(med["onnx"] / med["ort"], 2)}
+
+
 def main() -> int:
     from edgeguard.crypto.keys import DeviceKey, SignerKey
     from edgeguard.data import zoo
@@ -129,12 +169,23 @@ def main() -> int:
         work = Path(tmp)
         from edgeguard.errors import BackendError
 
+        loads = {n: _loads(n, max(5, args.repeats)) for n in names}
         for isolation in isolations:
             for name in names:
                 try:
                     results[f"{name} ({isolation})"] = _one(name, isolation, args, keys, work)
                 except BackendError as exc:  # recorded, not hidden: the model does not start
                     results[f"{name} ({isolation})"] = {"error": str(exc)[:300]}
+    print(
+        f"{'ONNX Runtime session creation':32} {'onnx ms':>9} {'+compile':>9} "
+        f"{'ort ms':>9} {'onnx/ort':>9}"
+    )
+    for n, r in loads.items():
+        m = r["load_ms"]
+        print(
+            f"{n:32} {m['onnx']:9.1f} {m['compile']:9.1f} {m['ort']:9.1f} {r['load_speedup']:8.2f}x"
+        )
+    print()
     print(
         f"{'model (isolation)':32} {'no cache ms':>11} {'cold ms':>9} {'warm ms':>9} "
         f"{'none/warm':>9} {'cold/none':>9} {'sealed KiB':>10}"
@@ -152,7 +203,7 @@ def main() -> int:
     record = make_record(
         "engine_cache",
         params={"models": names, "repeats": args.repeats, "isolation": isolations},
-        results={"models": results},
+        results={"models": results, "loads": loads},
         libs=("onnxruntime", "cryptography"),
     )
     write_record(record, args.json_out)

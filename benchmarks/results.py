@@ -621,6 +621,17 @@ BENCHES: dict[str, Bench] = {
                 ),
                 each="models",
             ),
+            Table(
+                "ONNX Runtime session creation alone (one intra-op thread)",
+                "",
+                (
+                    _ms("load_ms.onnx", "from ONNX"),
+                    _ms("load_ms.compile", "from ONNX, writing ORT format"),
+                    _ms("load_ms.ort", "from ORT format"),
+                    Col("ONNX / ORT", at("load_speedup"), num(2, "x")),
+                ),
+                each="loads",
+            ),
         ),
     ),
     "side_measurements": Bench(

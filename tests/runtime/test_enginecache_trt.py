@@ -235,3 +235,66 @@ def test_a_placement_and_recipe_that_disagree_are_refused(
     with pytest.raises(BackendError, match=match):
         build_plan(b"onnx", recipe, dla_core=dla_core)
     assert fake_trt.BUILDS == []
+
+
+def _prebuilt_bundle(d: Path, tensorrt: str) -> dict[str, Any]:
+    signer, device = SignerKey.generate(), DeviceKey.generate("cam-01")
+    onnx = Path(data.model_path("digits_mlp")).read_bytes()
+    io = MemberIo(
+        inputs=(TensorSpec("image", "float32", (None, 1, 8, 8)),),
+        outputs=(TensorSpec("logits", "float32", (None, 10)),),
+    )
+    b = d / f"prebuilt-{tensorrt}.egb"
+    tag = {
+        "member": "m.plan",
+        "for_member": "m",
+        "tensorrt": tensorrt,
+        "compute_capability": fake_trt.IDENTITY["compute_capability"],
+        "gpu_name": fake_trt.IDENTITY["gpu_name"],
+        "device_profile": "generic-cpu",
+    }
+    write_bundle(
+        b,
+        [
+            MemberSource("m", onnx),
+            MemberSource("m.plan", fake_trt.MAGIC + onnx, role="engine", format="trt-engine"),
+        ],
+        name="prebuilt-digits",
+        version=1,
+        signer=signer,
+        recipients=[device.public],
+        profiles=["generic-cpu"],
+        policy=policy_slot(
+            runtime=RuntimePolicy.single("m", placement="gpu0"),
+            isolation=SandboxPolicy(),
+            io={"m": io},
+        ),
+        engine_recipe={
+            "format": "edgeguard-engine-recipe/1",
+            "members": {"m": RECIPE},
+            "prebuilt": [tag],
+        },
+    )
+    return {"bundle": b, "trust": TrustStore.of([signer.public]), "device": device}
+
+
+@pytest.mark.usefixtures("seams")
+def test_a_prebuilt_plan_for_this_device_is_used_and_one_for_another_refused(
+    tmp_path: Path,
+) -> None:
+    same = _prebuilt_bundle(tmp_path, fake_trt.IDENTITY["tensorrt"])
+    with _open(same, tmp_path / "a") as s:
+        assert s.run({"image": np.ones((1, 1, 8, 8), np.float32)})["logits"].shape == (1, 10)
+    assert [k for k, _ in _events(tmp_path / "a")] == []  # no build, nothing cached
+    assert fake_trt.BUILDS == []
+    other = _prebuilt_bundle(tmp_path, "10.0.0")
+    _open(other, tmp_path / "b").close()
+    ev = _events(tmp_path / "b")
+    assert [k for k, _ in ev] == [
+        "engine_prebuilt_refused",
+        "engine_cache_miss",
+        "engine_build",
+        "engine_cache_sealed",
+    ]
+    assert "TensorRT 10.0.0" in ev[0][1]["reason"] and ev[0][1]["plan"] == "m.plan"
+    assert len(fake_trt.BUILDS) == 1
