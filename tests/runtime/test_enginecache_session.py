@@ -285,3 +285,36 @@ def test_cli_run_no_engine_cache(world: dict[str, Any], tmp_path: Path) -> None:
         r = run_bundle(world["d"], world["bundles"][1], x, tmp_path / "y.npz", state, *flag)
         assert r.returncode == 0, r.stderr
         assert (state / "engines").exists() == expect
+
+
+def _start_in_child(args: tuple[str, str, str, str]) -> int:
+    bundle, signer_pub, device_key, state = args
+    with api.open_session(
+        bundle,
+        trust=load_trust_store([Path(signer_pub)]),
+        device_key=load_device_key(Path(device_key)),
+        state_dir=state,
+        isolation="threads",
+        unsafe_in_process=True,
+        event_log=False,
+    ):
+        pass
+    return 0
+
+
+def test_concurrent_starts_leave_whole_entries(world: dict[str, Any], tmp_path: Path) -> None:
+    """Four processes start at once on one fresh state directory, twice: every entry
+    they leave opens (the next start hits all three), and no temporary file is left."""
+    import multiprocessing
+
+    state = tmp_path / "state"
+    d = world["d"]
+    args = (str(world["bundles"][1]), str(d / "signer.pub"), str(d / "dev" / "device.key"))
+    ctx = multiprocessing.get_context("spawn")
+    for _ in range(2):
+        with ctx.Pool(4) as pool:
+            assert pool.map(_start_in_child, [(*args, str(state))] * 4) == [0] * 4
+    names = sorted(p.name for p in (state / "engines").iterdir())
+    assert len(names) == 3 and all(n.endswith(".sealed") for n in names)
+    start(world, state, "threads", unsafe_in_process=True).close()
+    assert set(by_member(cache_events(state), "engine_cache_hit")) == MEMBERS
