@@ -18,7 +18,10 @@ reach a model's outputs with fewer checks than its signer decided. In order:
 4. the checks of every request: the members' signed I/O contract, then the signed
    sanity profile (:class:`~edgeguard.guard.checks.FrameChecks`);
 5. the members and the fallback model in sandboxed worker processes (default) or
-   threads, placed as the policy says, warmed up;
+   threads, placed as the policy says, warmed up; a member compiled on this device
+   earlier (ONNX Runtime's ORT-format model, a TensorRT plan built from the signed
+   recipe) is loaded from the sealed engine cache, else compiled while it loads and
+   sealed (:mod:`edgeguard.runtime.enginecache`, ``docs/engine-cache.md``);
 6. the guarded runtime (:class:`~edgeguard.runtime.guarded.GuardedRuntime`) with the
    signed runtime policy; a bundle with one model is a policy with one member;
 7. only then the release version is recorded in the anti-rollback store, checked again
@@ -426,11 +429,12 @@ def open_session(
             (a dynamic dimension without a calibrated or engine maximum); None: 32 MiB.
             The area is otherwise sized from the signed I/O contract, and always within
             the signed memory limit of a worker (``docs/isolation.md``).
-        engine_cache: Keep each CPU ONNX member's optimised model (ONNX Runtime's
-            ORT format), compiled on this device, sealed under a key derived from
-            ``device_key`` in ``<state>/engines``, and load it instead of the ONNX
-            model at the next start (``docs/engine-cache.md``). False: compile
-            nothing, read and write no cache.
+        engine_cache: Keep what is compiled on this device (each CPU ONNX member's
+            optimised model in ONNX Runtime's ORT format; the TensorRT plan of a GPU or
+            DLA member with a signed recipe) sealed under a key derived from
+            ``device_key`` in ``<state>/engines``, and load it instead of compiling at
+            the next start (``docs/engine-cache.md``). False: read and write no cache
+            (CPU members load their ONNX model; recipe members are built every start).
 
     Returns:
         The started session.
