@@ -604,6 +604,36 @@ BENCHES: dict[str, Bench] = {
             ),
         ),
     ),
+    "engine_cache": Bench(
+        "Session start-up with the sealed engine cache (medians, ms)",
+        "python benchmarks/bench_engine_cache.py",
+        (
+            Table(
+                "Per model and isolation: no cache, cold (compile + seal), warm (sealed load)",
+                "warm faster than no cache",
+                (
+                    _ms("start_ms.none", "no cache"),
+                    _ms("start_ms.cold", "cold"),
+                    _ms("start_ms.warm", "warm"),
+                    Col("no cache / warm", at("warm_speedup"), num(2, "x")),
+                    Col("cold / no cache", at("cold_over_none"), num(2, "x")),
+                    Col("sealed bytes", at("sealed_bytes"), text),
+                ),
+                each="models",
+            ),
+            Table(
+                "ONNX Runtime session creation alone (one intra-op thread)",
+                "",
+                (
+                    _ms("load_ms.onnx", "from ONNX"),
+                    _ms("load_ms.compile", "from ONNX, writing ORT format"),
+                    _ms("load_ms.ort", "from ORT format"),
+                    Col("ONNX / ORT", at("load_speedup"), num(2, "x")),
+                ),
+                each="loads",
+            ),
+        ),
+    ),
     "side_measurements": Bench(
         "Side measurements quoted by the docs (one-off scripts, no benchmark of their own)",
         "(none: the scripts were not kept; the note says what was measured)",

@@ -25,6 +25,7 @@ import os
 import secrets
 import stat
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 __all__ = [
@@ -205,8 +206,13 @@ def open_nofollow(
     return fd
 
 
-def atomic_write_at(dir_fd: int, name: str, data: bytes, *, mode: int = 0o600) -> None:
+def atomic_write_at(
+    dir_fd: int, name: str, data: bytes | Iterable[bytes], *, mode: int = 0o600
+) -> None:
     """Replace ``name`` in the directory ``dir_fd`` with ``data``, atomically and durably.
+
+    ``data`` is the bytes, or an iterable of chunks written in order (a large file is
+    never held whole in memory).
 
     The temporary file is created with ``O_EXCL | O_NOFOLLOW`` next to the target,
     written, fsynced and renamed over it (a rename replaces a symbolic link at
@@ -225,9 +231,10 @@ def atomic_write_at(dir_fd: int, name: str, data: bytes, *, mode: int = 0o600) -
     try:
         try:
             os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            for part in [data] if isinstance(data, (bytes, bytearray, memoryview)) else data:
+                view = memoryview(part)
+                while view:
+                    view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)

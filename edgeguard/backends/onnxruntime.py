@@ -49,7 +49,13 @@ from edgeguard._optional import require
 from edgeguard.backends.base import Backend, Dim, TensorSpec
 from edgeguard.errors import BackendError, UsageError
 
-__all__ = ["OnnxRuntimeBackend", "preload", "trt_providers"]
+__all__ = [
+    "ARTIFACT_RECIPE",
+    "OnnxRuntimeBackend",
+    "library_version",
+    "preload",
+    "trt_providers",
+]
 
 PROVIDER = "CPUExecutionProvider"
 TRT_PROVIDER = "TensorrtExecutionProvider"
@@ -70,6 +76,28 @@ _ORT_TYPES: dict[str, str] = {
     "tensor(uint64)": "uint64",
     "tensor(bool)": "bool",
 }
+
+
+#: The session options that shape the optimised model this backend writes (its engine
+#: cache recipe: ``docs/engine-cache.md``). Thread counts and pinning do not change it.
+ARTIFACT_RECIPE: dict[str, Any] = {
+    "compiler": "onnxruntime",
+    "graph_optimization": "all",
+    "providers": [PROVIDER],
+    "save_model_format": "ORT",
+}
+
+
+def library_version() -> str:
+    """``"onnxruntime <version>"`` of the installed distribution, without importing it."""
+    from importlib import metadata
+
+    for dist in ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"):
+        try:
+            return f"onnxruntime {metadata.version(dist)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return f"onnxruntime {_ort().__version__}"
 
 
 def _ort() -> Any:
@@ -155,8 +183,10 @@ class OnnxRuntimeBackend(Backend):
         gpu: int | None = None,
         dla_core: int | None = None,
         precisions: Collection[str] = (),
+        model_format: str = "onnx",
+        save_artifact_fd: int | None = None,
     ) -> OnnxRuntimeBackend:
-        """Load a serialised ONNX model from memory.
+        """Load a serialised ONNX model (or ORT-format optimised model) from memory.
 
         Args:
             model: The ONNX model bytes. Never written to disk.
@@ -172,6 +202,12 @@ class OnnxRuntimeBackend(Backend):
             precisions: The reduced precisions the model's graph uses (``"fp16"``,
                 ``"int8"``), from its signed I/O contract; they set TensorRT's
                 precision flags on an accelerator.
+            model_format: ``"onnx"``, or ``"ort"``: an optimised model this backend
+                wrote with ``save_artifact_fd`` on this device (the engine cache).
+            save_artifact_fd: A descriptor of a memfd (never a file) that ONNX Runtime
+                writes the optimised model into, in ORT format, while it creates the
+                session (``/proc/self/fd/N``); CPU only. The model is specific to this
+                CPU (NCHWc layouts), hence the engine cache's hardware binding.
 
         Returns:
             The loaded backend.
@@ -196,6 +232,17 @@ class OnnxRuntimeBackend(Backend):
         accel = gpu is not None or dla_core is not None
         if accel and pinned is not None:
             raise UsageError("cpus pins CPU threads; it does not go with gpu or dla_core")
+        if model_format not in ("onnx", "ort"):
+            raise UsageError(f"model_format must be 'onnx' or 'ort', got {model_format!r}")
+        if accel and (model_format != "onnx" or save_artifact_fd is not None):
+            raise UsageError("an ORT-format model is a CPU artifact; not with gpu or dla_core")
+        if save_artifact_fd is not None and (
+            isinstance(save_artifact_fd, bool)
+            or not isinstance(save_artifact_fd, int)
+            or save_artifact_fd < 0
+            or model_format != "onnx"
+        ):
+            raise UsageError("save_artifact_fd must be a descriptor, with an ONNX model")
         ort = _ort()
         providers: list[Any] = [PROVIDER]
         if accel:
@@ -214,6 +261,13 @@ class OnnxRuntimeBackend(Backend):
         opts.intra_op_num_threads = intra
         opts.inter_op_num_threads = inter
         opts.log_severity_level = 3  # errors only; failures surface as exceptions
+        if model_format == "ort":
+            opts.add_session_config_entry("session.load_model_format", "ORT")
+        if save_artifact_fd is not None:
+            # ORT opens this path itself (O_WRONLY|O_CREAT|O_TRUNC) and writes once; its
+            # warning that the NCHWc layouts are specific to this CPU is silenced above
+            opts.optimized_model_filepath = f"/proc/self/fd/{save_artifact_fd}"
+            opts.add_session_config_entry("session.save_model_format", "ORT")
         saved = os.sched_getaffinity(0) if pinned is not None else None
         if pinned is not None:
             try:

@@ -51,7 +51,7 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_sandbox_io_arg(p: argparse.ArgumentParser) -> None:
-    """``--sandbox-io-mb`` for the commands that serve frames (run, serve)."""
+    """``--sandbox-io-mb`` and ``--no-engine-cache`` for the commands that serve frames."""
     p.add_argument(
         "--sandbox-io-mb",
         type=float,
@@ -59,6 +59,13 @@ def add_sandbox_io_arg(p: argparse.ArgumentParser) -> None:
         help="shared memory per sandboxed call, in MiB, for inputs and outputs whose size "
         "the bundle does not bound (dynamic axes without a calibrated maximum; default 32); "
         "at most half the bundle's signed memory limit of a worker",
+    )
+    p.add_argument(
+        "--no-engine-cache",
+        action="store_true",
+        help="do not keep or load the models compiled on this device (sealed in the "
+        "state directory's engines/; docs/engine-cache.md): compile nothing, every start "
+        "loads the ONNX models",
     )
 
 
@@ -91,6 +98,7 @@ def open_device_session(args: argparse.Namespace, **options: Any) -> Any:
         isolation=args.isolation,
         unsafe_in_process=args.unsafe_in_process,
         sandbox_io_bytes=None if io_mb is None else int(io_mb * 2**20),
+        engine_cache=not getattr(args, "no_engine_cache", False),
         **options,
     )
     warn_clock(session.clock)

@@ -18,7 +18,10 @@ reach a model's outputs with fewer checks than its signer decided. In order:
 4. the checks of every request: the members' signed I/O contract, then the signed
    sanity profile (:class:`~edgeguard.guard.checks.FrameChecks`);
 5. the members and the fallback model in sandboxed worker processes (default) or
-   threads, placed as the policy says, warmed up;
+   threads, placed as the policy says, warmed up; a member compiled on this device
+   earlier (ONNX Runtime's ORT-format model, a TensorRT plan built from the signed
+   recipe) is loaded from the sealed engine cache, else compiled while it loads and
+   sealed (:mod:`edgeguard.runtime.enginecache`, ``docs/engine-cache.md``);
 6. the guarded runtime (:class:`~edgeguard.runtime.guarded.GuardedRuntime`) with the
    signed runtime policy; a bundle with one model is a policy with one member;
 7. only then the release version is recorded in the anti-rollback store, checked again
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +64,8 @@ from edgeguard.runtime.opener import OpenedBundle, VerifiedBundle, open_bundle, 
 from edgeguard.runtime.state import default_state_dir, ensure_state_dir
 
 if TYPE_CHECKING:
+    from edgeguard.crypto.enginecache import Binding
+    from edgeguard.runtime.enginecache import EngineCache
     from edgeguard.runtime.sandbox.area import IoArea
 
 __all__ = [
@@ -80,6 +86,7 @@ _DEADLINE_CHECK_RUNS = 3
 ExecutorWrapper = Callable[[MemberExecutor], MemberExecutor]
 #: At close, how long to wait for in-process member calls still running (threads).
 DRAIN_S = 5.0
+_ARTIFACT_SEALS = 0x1 | 0x2 | 0x4 | 0x8  # F_SEAL_SEAL | SHRINK | GROW | WRITE
 
 
 @dataclass(frozen=True)
@@ -394,6 +401,7 @@ def open_session(
     sanity_impl: Impl = "auto",
     now: int | None = None,
     sandbox_io_bytes: int | None = None,
+    engine_cache: bool = True,
 ) -> DeviceSession:
     """Open a bundle as this device and start serving it under its signed slots.
 
@@ -421,6 +429,12 @@ def open_session(
             (a dynamic dimension without a calibrated or engine maximum); None: 32 MiB.
             The area is otherwise sized from the signed I/O contract, and always within
             the signed memory limit of a worker (``docs/isolation.md``).
+        engine_cache: Keep what is compiled on this device (each CPU ONNX member's
+            optimised model in ONNX Runtime's ORT format; the TensorRT plan of a GPU or
+            DLA member with a signed recipe) sealed under a key derived from
+            ``device_key`` in ``<state>/engines``, and load it instead of compiling at
+            the next start (``docs/engine-cache.md``). False: read and write no cache
+            (CPU members load their ONNX model; recipe members are built every start).
 
     Returns:
         The started session.
@@ -472,7 +486,14 @@ def open_session(
                 )
             if executor_wrapper is not None:
                 log.append("fault_injection", {"wrapper": _describe(executor_wrapper)})
-        parts = _start(opened, isolation, log, executor_wrapper, sanity_impl, sandbox_io_bytes)
+        cache = _engine_cache(state, device_key, log) if engine_cache else None
+        try:
+            parts = _start(
+                opened, isolation, log, executor_wrapper, sanity_impl, sandbox_io_bytes, cache
+            )
+        finally:
+            if cache is not None:
+                cache.close()
         record_opened(opened, state)
     except BaseException as exc:
         if parts is not None:
@@ -492,6 +513,250 @@ def open_session(
     )
 
 
+def _engine_cache(state: Path, device_key: DeviceKey, log: EventLog | None) -> EngineCache | None:
+    from edgeguard.crypto.enginecache import derive_cache_key
+    from edgeguard.runtime.enginecache import open_cache
+
+    return open_cache(state, derive_cache_key(device_key), event_log=log)
+
+
+def _cacheable(opened: OpenedBundle, name: str, *, accelerator: bool) -> Binding | None:
+    """The engine cache binding of a member ONNX Runtime compiles on this CPU, else None."""
+    if accelerator or opened.manifest.member(name).format != "onnx":
+        return None
+    import hashlib
+
+    from edgeguard.backends.onnxruntime import ARTIFACT_RECIPE, library_version
+    from edgeguard.crypto.encoding import canonical_cbor
+    from edgeguard.crypto.enginecache import Binding
+    from edgeguard.runtime.enginecache import cpu_identity
+
+    return Binding(
+        bundle=opened.manifest.name,
+        manifest_sha256=opened.manifest_digest,
+        member=name,
+        member_sha256=opened.manifest.member(name).digest.value,
+        recipe_sha256=hashlib.sha256(canonical_cbor(ARTIFACT_RECIPE)).digest(),
+        kind="ort-model",
+        library=library_version(),
+        hardware=cpu_identity(),
+    )
+
+
+def _artifact_memfd(name: str) -> int:
+    """An empty memfd for a compiled artifact (sealable, close-on-exec)."""
+    return os.memfd_create(name[:200], os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+
+
+def _trt_recipe(opened: OpenedBundle, name: str, *, accelerator: bool) -> dict[str, Any] | None:
+    """The signed engine recipe of an ONNX member placed on a GPU or DLA core, else None."""
+    engines = opened.slots.engines
+    if not accelerator or engines is None or opened.manifest.member(name).format != "onnx":
+        return None
+    recipe = engines.members.get(name)
+    return None if recipe is None else recipe.to_dict()
+
+
+def _trt_where(where: Any) -> dict[str, Any]:
+    """``device_id`` and ``dla_core`` of a GPU or DLA placement."""
+    if where.unit == "dla":
+        return {"device_id": 0, "dla_core": where.index}
+    return {"device_id": where.index or 0, "dla_core": None}
+
+
+def _trt_binding(
+    opened: OpenedBundle, name: str, recipe: Mapping[str, Any], identity: Mapping[str, str]
+) -> Binding:
+    """The binding of a TensorRT plan built here from member ``name`` and its recipe."""
+    import hashlib
+
+    from edgeguard.crypto.encoding import canonical_cbor
+    from edgeguard.crypto.enginecache import Binding
+
+    hw = {
+        k: identity[k][:256] for k in ("gpu_name", "compute_capability", "driver") if k in identity
+    }
+    return Binding(
+        bundle=opened.manifest.name,
+        manifest_sha256=opened.manifest_digest,
+        member=name,
+        member_sha256=opened.manifest.member(name).digest.value,
+        recipe_sha256=hashlib.sha256(canonical_cbor(dict(recipe))).digest(),
+        kind="trt-plan",
+        library=f"tensorrt {identity.get('tensorrt', 'unknown')}"[:256],
+        hardware=hw,
+    )
+
+
+def _prebuilt_plan(
+    opened: OpenedBundle,
+    name: str,
+    identity: Mapping[str, str],
+    log: EventLog | None,
+    *,
+    mismatch: Callable[[Any, Mapping[str, str]], str | None] | None = None,
+) -> str | None:
+    """The prebuilt plan member that replaces ONNX member ``name`` on this device, or None.
+
+    A plan built on the build host (a ``prebuilt`` tag of the signed engine recipe) runs
+    only where TensorRT and the GPU match its tag; it is refused **before** TensorRT
+    deserialises it when they do not (``engine_prebuilt_refused`` with the reason), and
+    the member is built here from its ONNX model instead. ``mismatch`` is
+    ``edgeguard.policy.engine.prebuilt_mismatch``.
+    """
+    engines = opened.slots.engines
+    tags = [t for t in getattr(engines, "prebuilt", ()) if t.for_member == name]
+    if not tags:
+        return None
+    if mismatch is None:
+        from edgeguard.policy import engine as engine_policy
+
+        mismatch = getattr(engine_policy, "prebuilt_mismatch", None)
+    tag = tags[0]
+    why = (
+        "this edgeguard cannot check prebuilt tags" if mismatch is None else mismatch(tag, identity)
+    )
+    if why is None:
+        return str(tag.member)
+    if log is not None:
+        log.append(
+            "engine_prebuilt_refused", {"member": name, "plan": tag.member, "reason": why[:300]}
+        )
+    return None
+
+
+def _load_trt(
+    opened: OpenedBundle,
+    name: str,
+    where: Any,
+    recipe: Mapping[str, Any],
+    cache: EngineCache | None,
+    log: EventLog | None,
+) -> Any:
+    """A GPU/DLA member in this process: its sealed plan, or a plan built here (recorded)."""
+    import time
+
+    from edgeguard.backends import device_identity, load_backend
+
+    loc = _trt_where(where)
+    binding = None
+    identity = device_identity(device_id=loc["device_id"])
+    plan = _prebuilt_plan(opened, name, identity, log)
+    if plan is not None:
+        return load_backend("trt-engine", opened.member_bytes(plan), **loc)
+    if cache is not None:
+        binding = _trt_binding(opened, name, recipe, identity)
+        buf = cache.load(binding)
+        if buf is not None:
+            try:
+                with buf.view() as view:
+                    return load_backend("trt-plan", view, **loc)
+            except BackendError as exc:
+                cache.discard(binding, "load failed", str(exc))
+            finally:
+                buf.wipe()
+    fd = _artifact_memfd(f"edgeguard-plan-{name}") if cache else None
+    try:
+        t0 = time.perf_counter()
+        backend = load_backend(
+            "trt-build", opened.member_bytes(name), recipe=recipe, artifact_fd=fd, **loc
+        )
+        if log is not None:
+            log.append(
+                "engine_build",
+                {
+                    "member": name,
+                    "where": str(where),
+                    "ms": round((time.perf_counter() - t0) * 1e3, 1),
+                },
+            )
+        if fd is not None and cache is not None and binding is not None:
+            try:
+                _seal_memfd(cache, binding, fd)
+            except BaseException:
+                backend.close()
+                raise
+        return backend
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _seal_memfd(cache: EngineCache, binding: Binding, fd: int, note: str | None = None) -> None:
+    """Seal what the compiler wrote into the memfd ``fd`` (its plaintext stays in memory).
+
+    The memfd is first sealed against any change (a worker that kept a descriptor cannot
+    change or shrink it while it is read), then copied into locked memory.
+    """
+    import fcntl
+
+    from edgeguard.runtime.secmem import SecretBuffer
+
+    try:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _ARTIFACT_SEALS)
+        sealed = fcntl.fcntl(fd, fcntl.F_GET_SEALS) & _ARTIFACT_SEALS == _ARTIFACT_SEALS
+    except OSError:
+        sealed = False
+    size = os.fstat(fd).st_size
+    if note is None and not sealed:
+        note = "the artifact memfd could not be sealed against changes"
+    if note is not None or size == 0:
+        cache.record("engine_cache_skipped", binding, reason=note or "nothing was written")
+        return
+    if size > cache.limits.max_artifact_bytes:
+        cache.record("engine_cache_skipped", binding, reason=f"artifact of {size} bytes")
+        return
+    buf = SecretBuffer(size)
+    try:
+        with buf.view() as view:
+            done = 0
+            while done < size:
+                n = os.preadv(fd, [view[done:]], done)
+                if n <= 0:
+                    cache.record("engine_cache_skipped", binding, reason="short read")
+                    return
+                done += n
+            cache.store(binding, view)
+    finally:
+        buf.wipe()
+
+
+def _load_member(
+    fmt: str,
+    data: memoryview,
+    opts: Mapping[str, Any],
+    cache: EngineCache | None,
+    binding: Binding | None,
+) -> Any:
+    """Load a member in this process: from its sealed artifact, or compile and seal it."""
+    import os
+
+    from edgeguard.backends import load_backend
+
+    if cache is None or binding is None:
+        return load_backend(fmt, data, **opts)
+    buf = cache.load(binding)
+    if buf is not None:
+        try:
+            with buf.view() as view:
+                return load_backend("ort-model", view, **opts)
+        except BackendError as exc:
+            cache.discard(binding, "load failed", str(exc))
+        finally:
+            buf.wipe()
+    fd = _artifact_memfd(f"edgeguard-artifact-{binding.member}")
+    try:
+        backend = load_backend(fmt, data, save_artifact_fd=fd, **opts)
+        try:
+            _seal_memfd(cache, binding, fd)
+        except BaseException:
+            backend.close()
+            raise
+        return backend
+    finally:
+        os.close(fd)
+
+
 def _describe(fn: Any) -> str:
     return str(getattr(fn, "__qualname__", type(fn).__name__))[:200]
 
@@ -503,6 +768,7 @@ def _start(
     wrapper: ExecutorWrapper | None,
     sanity_impl: Impl,
     sandbox_io_bytes: int | None,
+    cache: EngineCache | None = None,
 ) -> _Parts:
     """Checks, members and the guarded runtime for an opened bundle."""
     slots = opened.slots
@@ -515,9 +781,9 @@ def _start(
         sanity = SanityGuard(slots.sanity, impl=sanity_impl, threads=1)
     checks = FrameChecks(contract.inputs if contract is not None else None, sanity)
     if isolation == "sandbox":
-        members, parts = _start_sandbox(opened, log, sandbox_io_bytes)
+        members, parts = _start_sandbox(opened, log, sandbox_io_bytes, cache)
     else:
-        members, parts = _start_threads(opened, log)
+        members, parts = _start_threads(opened, log, cache)
     try:
         runtime = GuardedRuntime(
             members,
@@ -589,34 +855,114 @@ def _check_deadline(
 
 
 def _start_sandbox(
-    opened: OpenedBundle, log: EventLog | None, sandbox_io_bytes: int | None
+    opened: OpenedBundle,
+    log: EventLog | None,
+    sandbox_io_bytes: int | None,
+    cache: EngineCache | None = None,
 ) -> tuple[dict[str, Any], _Parts]:
     """Members (and the fallback, under FALLBACK_NAME) in sandboxed worker processes."""
     from edgeguard.runtime.placement import cpu_member_count, loader_options
-    from edgeguard.runtime.sandbox.area import io_area
-    from edgeguard.runtime.sandbox.executor import ProcessMemberExecutor, WorkerSpec
+    from edgeguard.runtime.sandbox.executor import WorkerSpec
 
     slots, manifest = opened.slots, opened.manifest
     n_cpu = cpu_member_count(slots.runtime)
     specs: dict[str, WorkerSpec] = {}
-    for s in slots.runtime.members:
-        fmt = manifest.member(s.name).format
-        cpus = s.where.cpus
-        specs[s.name] = WorkerSpec(
-            opened.member_bytes(s.name),
-            fmt=fmt,
-            options=loader_options(
-                s, fmt, cpu_members=n_cpu, sandboxed=True, precisions=_precisions(slots, s.name)
-            ),
-            cpus=None if cpus is None else tuple(sorted(cpus)),
-            outputs=_signed_outputs(slots, s.name),
+    bindings: dict[str, Binding] = {}
+    held: list[Any] = []  # decrypted artifacts, wiped once the workers hold their copies
+
+    def spec(key: str, name: str, fmt: str, accel: bool, **kw: Any) -> WorkerSpec:
+        recipe = _trt_recipe(opened, name, accelerator=accel)
+        if recipe is not None:
+            return trt_spec(key, name, recipe, **kw)
+        binding = _cacheable(opened, name, accelerator=accel) if cache is not None else None
+        if cache is None or binding is None:
+            return WorkerSpec(opened.member_bytes(name), fmt=fmt, **kw)
+        bindings[key] = binding
+        buf = cache.load(binding)
+        if buf is None:
+            return WorkerSpec(
+                opened.member_bytes(name),
+                fmt=fmt,
+                artifact_max=cache.limits.max_artifact_bytes,
+                **kw,
+            )
+        held.append(buf)
+        return WorkerSpec(buf.view(), fmt="ort-model", **kw)
+
+    def trt_spec(key: str, name: str, recipe: dict[str, Any], **kw: Any) -> WorkerSpec:
+        from edgeguard.backends import TRT_BUILDER, TRT_PLAN_LOADER, device_identity
+
+        where = next(m.where for m in slots.runtime.members if m.name == name)
+        loc = _trt_where(where)
+        if TRT_PLAN_LOADER is not None:  # a test double (tests only)
+            loc["plan_loader"] = TRT_PLAN_LOADER
+        kw.pop("options", None)
+        identity = device_identity(device_id=loc["device_id"])
+        plan = _prebuilt_plan(opened, name, identity, log)
+        if plan is not None:
+            return WorkerSpec(opened.member_bytes(plan), fmt="trt-engine", options=loc, **kw)
+        if cache is not None:
+            bindings[key] = binding = _trt_binding(opened, name, recipe, identity)
+            buf = cache.load(binding)
+            if buf is not None:
+                held.append(buf)
+                return WorkerSpec(buf.view(), fmt="trt-plan", options=loc, **kw)
+        return WorkerSpec(
+            opened.member_bytes(name),
+            fmt="trt-build",
+            options={**loc, "recipe": recipe, "builder": TRT_BUILDER},
+            artifact_max=None if cache is None else cache.limits.max_artifact_bytes,
+            **kw,
         )
-    if slots.fallback is not None:
-        specs[FALLBACK_NAME] = WorkerSpec(
-            opened.member_bytes(slots.fallback),
-            fmt=manifest.member(slots.fallback).format,
-            outputs=_signed_outputs(slots, slots.fallback),
-        )
+
+    try:
+        for s in slots.runtime.members:
+            fmt = manifest.member(s.name).format
+            cpus = s.where.cpus
+            specs[s.name] = spec(
+                s.name,
+                s.name,
+                fmt,
+                s.where.accelerator,
+                options=loader_options(
+                    s, fmt, cpu_members=n_cpu, sandboxed=True, precisions=_precisions(slots, s.name)
+                ),
+                cpus=None if cpus is None else tuple(sorted(cpus)),
+                outputs=_signed_outputs(slots, s.name),
+            )
+        if slots.fallback is not None:
+            specs[FALLBACK_NAME] = spec(
+                FALLBACK_NAME,
+                slots.fallback,
+                manifest.member(slots.fallback).format,
+                False,
+                outputs=_signed_outputs(slots, slots.fallback),
+            )
+        executor, area = _sandbox_executor(opened, specs, log, sandbox_io_bytes, cache, bindings)
+    finally:
+        for buf in held:
+            buf.wipe()
+    members: dict[str, Any] = dict(executor.members())
+    fallback = executor.fallback()
+    if fallback is not None:
+        members[FALLBACK_NAME] = fallback
+    reported = executor.reported_inputs(slots.runtime.members[0].name)
+    return members, _Parts(executor=executor, inputs=reported or (), io_area=area)
+
+
+def _sandbox_executor(
+    opened: OpenedBundle,
+    specs: dict[str, Any],
+    log: EventLog | None,
+    sandbox_io_bytes: int | None,
+    cache: EngineCache | None,
+    bindings: Mapping[str, Binding],
+) -> tuple[Any, IoArea]:
+    """Start the workers; seal what each compiling worker wrote; retry a bad artifact."""
+    from edgeguard.runtime.sandbox.area import io_area
+    from edgeguard.runtime.sandbox.executor import ProcessMemberExecutor
+
+    slots = opened.slots
     area = io_area(slots, names=specs, floor_bytes=sandbox_io_bytes)  # PolicyError
     if log is not None:
         log.append(
@@ -628,20 +974,71 @@ def _start_sandbox(
                 "unbounded": list(area.unbounded),
             },
         )
-    executor = ProcessMemberExecutor(
-        specs, policy=slots.isolation, event_log=log, io_bytes=area.half_bytes
-    )
-    members: dict[str, Any] = dict(executor.members())
-    fallback = executor.fallback()
-    if fallback is not None:
-        members[FALLBACK_NAME] = fallback
-    reported = executor.reported_inputs(slots.runtime.members[0].name)
-    return members, _Parts(executor=executor, inputs=reported or (), io_area=area)
+    try:
+        executor = ProcessMemberExecutor(
+            specs, policy=slots.isolation, event_log=log, io_bytes=area.half_bytes
+        )
+    except BackendError:
+        cached = [k for k, v in specs.items() if v.fmt in ("ort-model", "trt-plan")]
+        if cache is None or not cached:
+            raise
+        # a sealed artifact that opened but does not load: discard it, start from ONNX
+        for key in cached:
+            cache.discard(bindings[key], "load failed", "a worker failed to start")
+        return _sandbox_executor(
+            opened,
+            {k: _from_onnx(opened, k, v, slots) for k, v in specs.items()},
+            log,
+            sandbox_io_bytes,
+            None,
+            {},
+        )
+    if cache is not None:
+        try:
+            for key, binding in bindings.items():
+                fd, note, load_ms = executor.take_artifact(key)
+                if fd is not None and binding.kind == "trt-plan" and log is not None:
+                    log.append(
+                        "engine_build",
+                        {"member": binding.member, "where": "sandbox worker", "ms": load_ms},
+                    )
+                if fd is None:
+                    if note is not None:
+                        cache.record("engine_cache_skipped", binding, reason=note)
+                    continue
+                try:
+                    _seal_memfd(cache, binding, fd)
+                finally:
+                    os.close(fd)
+        except BaseException:
+            executor.close()
+            raise
+    return executor, area
 
 
-def _start_threads(opened: OpenedBundle, log: EventLog | None) -> tuple[dict[str, Any], _Parts]:
+def _from_onnx(opened: OpenedBundle, key: str, spec: Any, slots: SignedSlots) -> Any:
+    """``spec`` loading the member's ONNX bytes again (no cached artifact, no compile)."""
+    if spec.fmt == "trt-plan":  # build again, nothing sealed
+        engines = slots.engines
+        assert engines is not None
+        from edgeguard.backends import TRT_BUILDER
+
+        opts = {**dict(spec.options), "recipe": engines.members[key].to_dict()}
+        opts["builder"] = TRT_BUILDER
+        return dataclasses.replace(
+            spec, model=opened.member_bytes(key), fmt="trt-build", options=opts, artifact_max=None
+        )
+    if spec.fmt != "ort-model":
+        return dataclasses.replace(spec, artifact_max=None)
+    name = slots.fallback if key == FALLBACK_NAME else key
+    assert name is not None
+    return dataclasses.replace(spec, model=opened.member_bytes(name), fmt="onnx")
+
+
+def _start_threads(
+    opened: OpenedBundle, log: EventLog | None, cache: EngineCache | None = None
+) -> tuple[dict[str, Any], _Parts]:
     """Members (and the fallback, under FALLBACK_NAME) loaded in this process, warmed up."""
-    from edgeguard.backends import load_backend
     from edgeguard.runtime.placement import (
         cpu_member_count,
         fallback_options,
@@ -660,13 +1057,23 @@ def _start_threads(opened: OpenedBundle, log: EventLog | None) -> tuple[dict[str
             opts = loader_options(
                 s, fmt, cpu_members=n_cpu, sandboxed=False, precisions=_precisions(slots, s.name)
             )
-            loaded[s.name] = load_backend(fmt, opened.member_bytes(s.name), **opts)
+            recipe = _trt_recipe(opened, s.name, accelerator=s.where.accelerator)
+            if recipe is not None:
+                loaded[s.name] = _load_trt(opened, s.name, s.where, recipe, cache, log)
+                continue
+            binding = _cacheable(opened, s.name, accelerator=s.where.accelerator)
+            loaded[s.name] = _load_member(
+                fmt, opened.member_bytes(s.name), opts, cache, binding if cache else None
+            )
         if slots.fallback is not None:
             fmt = manifest.member(slots.fallback).format
-            loaded[FALLBACK_NAME] = load_backend(
+            binding = _cacheable(opened, slots.fallback, accelerator=False)
+            loaded[FALLBACK_NAME] = _load_member(
                 fmt,
                 opened.member_bytes(slots.fallback),
-                **fallback_options(fmt, cpu_members=n_cpu),
+                fallback_options(fmt, cpu_members=n_cpu),
+                cache,
+                binding if cache else None,
             )
         for b in loaded.values():
             _warm_up(b)

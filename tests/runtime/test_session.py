@@ -86,7 +86,7 @@ def _session(world: dict[str, Any], state: Path, **kw: Any) -> Any:
 
 
 # The log records both roads must write alike; ids, times and pids differ by nature.
-_VOLATILE = {"pid", "log_id", "sig", "head", "key_id", "time", "retry_in_ms", "detail"}
+_VOLATILE = {"pid", "log_id", "sig", "head", "key_id", "time", "retry_in_ms", "detail", "ms"}
 
 
 def _records(state: Path, world: dict[str, Any]) -> list[tuple[str, Any]]:

@@ -130,6 +130,10 @@ class WorkerSpec:
             describe exactly these, with their element types, ranks and fixed
             dimensions. None (a bundle signed before I/O contracts) still bounds a
             reply's outputs by the shared region, never overlapping.
+        artifact_max: Compile: the supervisor hands the worker an empty memfd that ONNX
+            Runtime writes the optimised model into (at most this many bytes), for the
+            engine cache (:meth:`ProcessMemberExecutor.take_artifact`). Only a worker
+            under Landlock compiles (``docs/engine-cache.md``). None: no compiling.
     """
 
     model: bytes | bytearray | memoryview = field(repr=False)
@@ -141,6 +145,7 @@ class WorkerSpec:
     python_path: tuple[str, ...] = ()
     cpus: tuple[int, ...] | None = None
     outputs: tuple[TensorSpec, ...] | None = None
+    artifact_max: int | None = None
 
 
 @dataclass(frozen=True)
@@ -204,7 +209,11 @@ def _lockdown_point(spec: WorkerSpec) -> str:
     syscall layers wait until after the warm-up (``docs/isolation.md``).
     """
     opts = spec.options
-    if spec.fmt == "trt-engine" or opts.get("gpu") is not None or opts.get("dla_core") is not None:
+    if (
+        spec.fmt in ("trt-engine", "trt-plan", "trt-build")
+        or opts.get("gpu") is not None
+        or opts.get("dla_core") is not None
+    ):
         return "after_load"
     return "before_load"
 
@@ -317,6 +326,14 @@ class _Slot:
         self.leaf: Path | None = None
         self.verified: dict[str, str] = {}  # what the supervisor read in /proc
         self.memlock = "not reported"  # the worker's mlockall, as it reported it
+        # the engine cache: a memfd the first worker writes its compiled model into
+        self.artifact_fd: int | None = None
+        self.artifact_note: str | None = None  # the worker's word on it
+        self.load_ms: float | None = None  # how long the worker's load (and compile) took
+        if spec.artifact_max is not None:
+            self.artifact_fd = os.memfd_create(
+                f"edgeguard-artifact-{name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
+            )
         self.gpu_nodes: tuple[str, ...] | None = None  # a GPU member's device nodes
         self.groups: tuple[int, ...] = ()  # its supplementary groups (started by root)
 
@@ -328,9 +345,11 @@ class _Slot:
         if self.model_map:
             _linux.unmap(self.model_map, self.model_size)
             self.model_map = 0
-        for fd in (self.model_fd, self.io_fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        for fd in (self.model_fd, self.io_fd, self.artifact_fd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.artifact_fd = None
 
 
 class _ProcCall:
@@ -513,6 +532,26 @@ class ProcessMemberExecutor:
         """Bytes each worker's request (and reply) may occupy in shared memory."""
         return self._io_bytes
 
+    def take_artifact(self, name: str) -> tuple[int | None, str | None, float | None]:
+        """The memfd member ``name``'s worker compiled into, once; the caller closes it.
+
+        Returns:
+            ``(fd, None, load_ms)`` when the worker wrote it (``load_ms``: its load and
+            compile, as it reported it), ``(None, why, None)`` when it did not,
+            ``(None, None, None)`` when the spec asked for no compiling. Later restarts
+            of the worker do not compile.
+        """
+        with self._lock:
+            s = self._slot(name)
+            fd, note, ms = s.artifact_fd, s.artifact_note, s.load_ms
+            s.artifact_fd = None
+        if fd is None:
+            return None, None, None
+        if note != "written":
+            os.close(fd)
+            return None, note or "the worker did not say", None
+        return fd, None, ms
+
     def reported_inputs(self, name: str) -> tuple[TensorSpec, ...] | None:
         """The inputs member ``name``'s worker says its model takes (untrusted; strictly read)."""
         with self._lock:
@@ -692,7 +731,8 @@ class ProcessMemberExecutor:
         try:
             proc = subprocess.Popen(
                 _worker_command(child.fileno()),
-                pass_fds=(child.fileno(), s.model_fd, s.io_fd),
+                pass_fds=(child.fileno(), s.model_fd, s.io_fd)
+                + (() if s.artifact_fd is None else (s.artifact_fd,)),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=self._stderr,
@@ -735,6 +775,9 @@ class ProcessMemberExecutor:
             "lockdown": _lockdown_point(s.spec),
             "memlock_bytes": self._policy.memory_max_bytes,
         }
+        if s.artifact_fd is not None:
+            init["artifact_fd"] = s.artifact_fd
+            init["artifact_max"] = s.spec.artifact_max
         init.update(self._init_extra)
         parent.send(json.dumps(init).encode())
 
@@ -755,6 +798,10 @@ class ProcessMemberExecutor:
             s.inputs = _reported_inputs(msg.get("inputs"))
             self._refuse_unless_locked_down(s)
             s.memlock = str(msg.get("memlock", "not reported"))[:200]
+            if s.artifact_fd is not None:
+                s.artifact_note = str(msg.get("artifact", "not reported"))[:200]
+                ms = msg.get("load_ms")
+                s.load_ms = float(ms) if isinstance(ms, int) and 0 <= ms < 1 << 31 else None
             if not s.memlock.startswith("active"):
                 self._event(
                     "sandbox_memory_unlocked",

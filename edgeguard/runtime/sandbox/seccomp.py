@@ -56,6 +56,7 @@ from edgeguard._optional import require
 
 __all__ = [
     "ALLOWLIST",
+    "COMPILE_EXTRAS",
     "CONDITIONAL",
     "ENOSYS_LIST",
     "GPU_ALLOWLIST",
@@ -114,6 +115,18 @@ LOAD_EXTRAS: dict[str, str] = {
     "mlockall": "only MCL_CURRENT|MCL_ONFAULT: lock what ONNX Runtime allocated while loading",
 }
 
+#: Added to the load-time filter of a worker that compiles its model for the engine cache
+#: (ONNX Runtime writes the optimised model to ``/proc/self/fd/N`` of a memfd the
+#: supervisor gave it). Only under Landlock, which leaves no file to open but such
+#: internal ones: the worker never compiles without it (``docs/engine-cache.md``).
+COMPILE_EXTRAS: dict[str, str] = {
+    "openat": "only with flags O_WRONLY|O_CREAT|O_TRUNC (plus O_CLOEXEC/O_LARGEFILE): "
+    "ONNX Runtime opens the artifact memfd by its /proc/self/fd path",
+    "writev": "ONNX Runtime writes the artifact in one writev",
+    "prlimit64": "only on the worker itself and RLIMIT_FSIZE: back to 0 once written",
+}
+
+
 #: Syscalls a GPU member may also make after lockdown, with the reason (never run on a
 #: GPU: from NVIDIA's documentation, Chromium's GPU-process policy and gVisor's nvproxy;
 #: to be corrected from a discovery run on the device).
@@ -160,6 +173,9 @@ _PROT_EXEC = 0x4
 _SECCOMP_SET_MODE_FILTER = 1
 _SECCOMP_FLAGS_ALLOWED = 0x1 | 0x4 | 0x10  # TSYNC | SPEC_ALLOW | TSYNC_ESRCH
 _RLIMIT_NPROC = 6
+_RLIMIT_FSIZE = 1
+_O_WRONLY_CREAT_TRUNC = 0o1 | 0o100 | 0o1000
+_O_CLOEXEC_LARGEFILE = 0o2000000 | 0o100000
 _MCL_CURRENT_ONFAULT = 0x1 | 0x4
 
 
@@ -177,6 +193,7 @@ def build_filter(
     pid: int,
     kill_action: str = "kill_process",
     phase: str = "run",
+    compile_output: bool = False,
     profile: str = "cpu",
     device_fds: Sequence[int] = (),
 ) -> Any:
@@ -193,6 +210,8 @@ def build_filter(
             its supervisor; :mod:`~edgeguard.runtime.sandbox.discover`).
         phase: ``"run"`` (the run-time rules) or ``"load"`` (those plus
             :data:`LOAD_EXTRAS`, for parsing the model and warming up).
+        compile_output: With ``phase="load"``, also :data:`COMPILE_EXTRAS` (a worker
+            under Landlock that writes its compiled model to a memfd).
         profile: ``"cpu"`` or ``"gpu"`` (adds :data:`GPU_ALLOWLIST` and
             :data:`GPU_CONDITIONAL`).
         device_fds: For ``"gpu"``: the descriptors ``ioctl`` is allowed on.
@@ -263,6 +282,13 @@ def build_filter(
         )
         flt.add_rule(sc.ALLOW, "prlimit64", sc.Arg(0, sc.EQ, 0), sc.Arg(1, sc.EQ, _RLIMIT_NPROC))
         flt.add_rule(sc.ALLOW, "mlockall", sc.Arg(0, sc.EQ, _MCL_CURRENT_ONFAULT))
+        if compile_output:
+            mask = 0xFFFFFFFF & ~_O_CLOEXEC_LARGEFILE
+            flt.add_rule(sc.ALLOW, "openat", sc.Arg(2, sc.MASKED_EQ, mask, _O_WRONLY_CREAT_TRUNC))
+            flt.add_rule(sc.ALLOW, "writev")
+            flt.add_rule(
+                sc.ALLOW, "prlimit64", sc.Arg(0, sc.EQ, 0), sc.Arg(1, sc.EQ, _RLIMIT_FSIZE)
+            )
     return flt
 
 

@@ -246,6 +246,12 @@ class _Lockdown:
         self.run_filter: Any = None
         self.abi = 0
         self.threads = 1
+        self.compile_filter: Any = None
+        # the engine cache: compile into the supervisor's memfd, only under Landlock
+        self.artifact_fd: int | None = None
+        if init.get("artifact_fd") is not None:
+            self.artifact_fd = int(init["artifact_fd"])
+        self.artifact = "not compiled: needs Landlock"
         nodes = init.get("gpu", {}).get("nodes") if isinstance(init.get("gpu"), dict) else None
         self.gpu_nodes = None if nodes is None else tuple(str(n) for n in nodes)
         self.action = "notify" if init.get("seccomp_action") == "notify" else "kill_process"
@@ -278,11 +284,44 @@ class _Lockdown:
                     if early:
                         self.run_filter = None
                     self.listener = socket.socket(fileno=ctl)  # its getsockopt calls now
+                if early and self.wants_compile():
+                    self.compile_filter = build_filter(
+                        ctl_fd=ctl, pid=pid, kill_action=act, phase="load", compile_output=True
+                    )
             except Exception as exc:
                 self.load_filter = self.run_filter = None
                 self.failed("seccomp", _error_text(exc))
         if self.plan.get("landlock") == "apply":
             self.abi = _linux.landlock_abi()
+
+    def wants_compile(self) -> bool:
+        """Compiling is planned: an artifact memfd, and either Landlock to apply before the
+        load (ONNX Runtime opens the memfd by path), or a TensorRT build of an accelerator
+        member (no layer is on while it loads; the plan goes in by ``pwrite``)."""
+        if self.artifact_fd is None:
+            return False
+        if self.init.get("lockdown", "before_load") == "before_load":
+            return self.plan.get("landlock") == "apply"
+        return self.init.get("fmt") == "trt-build"
+
+    def compiling(self) -> bool:
+        """Compile now: before the load, only with Landlock in force (no file but memfds)."""
+        if self.init.get("lockdown", "before_load") != "before_load":
+            return self.wants_compile()
+        return self.wants_compile() and self.state.get("landlock", "").startswith("active")
+
+    def end_compile(self) -> None:
+        """After the load: close the artifact memfd, file size back to 0."""
+        if self.artifact_fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.close(self.artifact_fd)
+        self.artifact_fd = None
+        if self.plan.get("rlimits") == "apply":
+            try:
+                _linux.set_rlimit(resource.RLIMIT_FSIZE, 0)
+            except (OSError, ValueError) as exc:
+                self.failed("rlimits", str(exc))
 
     def limits(self, *, nproc: bool) -> None:
         """Open files and file size (``nproc`` False), or no new processes (True).
@@ -298,7 +337,9 @@ class _Lockdown:
                 self.state["rlimits"] = "active"
             else:
                 _linux.set_rlimit(resource.RLIMIT_NOFILE, int(self.init["max_open_files"]))
-                _linux.set_rlimit(resource.RLIMIT_FSIZE, 0)
+                # a compiling worker writes at most artifact_max bytes, into its memfd
+                fsize = int(self.init.get("artifact_max", 0)) if self.wants_compile() else 0
+                _linux.set_rlimit(resource.RLIMIT_FSIZE, fsize)
         except (OSError, ValueError) as exc:
             self.failed("rlimits", str(exc))
 
@@ -439,7 +480,7 @@ def _prepare(loader: Loader, fmt: str) -> None:
     if loader is _default_loader:
         import edgeguard.backends  # noqa: F401  (load_backend's own import)
 
-        if fmt == "onnx":
+        if fmt in ("onnx", "ort-model"):
             from edgeguard.backends.onnxruntime import preload
 
             preload()
@@ -525,14 +566,32 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             raise _RequiredLayerError(f"privileges: {exc}") from exc
         lock.limits(nproc=False)
+        options = dict(init.get("options", {}))
         if early:
             lock.landlock(when="before the model load")
-            lock.seccomp(lock.load_filter, "load-time filter before the model load")
+            compiling = lock.compiling() and lock.compile_filter is not None
+            if compiling and loader is _default_loader and fmt == "onnx":
+                options["save_artifact_fd"] = lock.artifact_fd
+                lock.artifact = "written"
+            else:
+                lock.end_compile()
+            lock.seccomp(
+                lock.compile_filter if "save_artifact_fd" in options else lock.load_filter,
+                "load-time filter before the model load",
+            )
+        elif lock.compiling() and loader is _default_loader and fmt == "trt-build":
+            options["artifact_fd"] = lock.artifact_fd
+            lock.artifact = "written"
+        else:
+            lock.end_compile()
         # 5. the model: untrusted input from here on
+        t_load = time.perf_counter()
         try:
             with model:
-                target = loader(memoryview(model), fmt, dict(init.get("options", {})))
+                target = loader(memoryview(model), fmt, options)
             os.close(model_fd)
+            lock.end_compile()
+            load_ms = int((time.perf_counter() - t_load) * 1e3)  # no floats in replies
         except Exception as exc:
             # a loader's exception keeps its view of the mapping alive, so closing the
             # mapping raises BufferError: report the loader's error, not that one
@@ -574,6 +633,8 @@ def main(argv: list[str] | None = None) -> int:
             "lockdown": "before the model load" if early else "after the model load",
             "threads": lock.threads,
             "inputs": ins,
+            "artifact": lock.artifact,
+            "load_ms": load_ms,
         },
     )
     return server.serve()
