@@ -1075,8 +1075,10 @@ def _start_threads(
                 cache,
                 binding if cache else None,
             )
+        basis = policy.deadline_basis
+        hints = dict(basis.shapes) if basis is not None else None
         for b in loaded.values():
-            _warm_up(b)
+            _warm_up(b, hints)
         executor = ThreadMemberExecutor(
             loaded,
             max_abandoned=policy.quarantine.max_abandoned_workers,
@@ -1103,11 +1105,28 @@ def _precisions(slots: SignedSlots, name: str) -> tuple[str, ...]:
     return io.precisions if io is not None else ()
 
 
-def _warm_up(backend: Any) -> None:
-    """Run a member once: its first call allocates arenas (not inside a frame's deadline)."""
+def _warm_up(backend: Any, hints: Mapping[str, Sequence[int]] | None = None) -> None:
+    """Run a member once: its first call allocates arenas (not inside a frame's deadline).
+
+    Inputs take the shapes the signed deadline basis was measured with (``hints``) when
+    it names them all; otherwise zeros with every dynamic axis 1. A model that cannot run
+    such a guessed shape (a detector needs more than 1x1 pixels) is not broken: its
+    first real frame allocates instead. A failure on its own fixed shapes (or the
+    signed hints) is an error.
+    """
+    specs = backend.inputs()
+    guessed = not (hints and all(s.name in hints for s in specs))
+    if guessed:
+        feeds = {s.name: s.zeros() for s in specs}
+    else:
+        assert hints is not None
+        feeds = {s.name: np.zeros(tuple(hints[s.name]), dtype=s.dtype) for s in specs}
+    guessed = guessed and any(not isinstance(d, int) for s in specs for d in s.shape)
     try:
-        backend.run({s.name: s.zeros() for s in backend.inputs()})
+        backend.run(feeds)
     except Exception as exc:  # a model that cannot run zeros of its own shape
+        if guessed:
+            return
         raise BackendError(f"member failed its warm-up run: {type(exc).__name__}: {exc}") from exc
 
 

@@ -1,0 +1,89 @@
+"""The warm-up run of in-process members: signed shapes, guessed shapes, real failures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeguard import api
+from edgeguard.errors import BackendError
+from edgeguard.keystore import load_device_key, load_trust_store
+from edgeguard.policy.io import TensorSpec
+from edgeguard.runtime.session import _warm_up
+from tests.helpers import build, make_keys
+
+
+class _Member:
+    """Test double of a loaded member: records its feeds, fails below a size."""
+
+    def __init__(self, shape: tuple[Any, ...], min_hw: int) -> None:
+        self.spec = TensorSpec("x", "float32", shape)
+        self.min_hw = min_hw
+        self.feeds: list[tuple[int, ...]] = []
+
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return (self.spec,)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        shape = feeds["x"].shape
+        self.feeds.append(shape)
+        if min(shape[2:]) < self.min_hw:
+            raise RuntimeError("Invalid input shape")
+        return {"y": feeds["x"]}
+
+
+def test_signed_shapes_are_used_when_they_name_every_input() -> None:
+    m = _Member((None, 3, None, None), min_hw=3)
+    _warm_up(m, {"x": (1, 3, 40, 48)})
+    assert m.feeds == [(1, 3, 40, 48)]
+
+
+def test_a_guessed_shape_the_model_cannot_run_does_not_stop_the_start() -> None:
+    m = _Member((None, 3, None, None), min_hw=3)
+    _warm_up(m, None)  # 1x1 pixels: a detector cannot run that; its first frame warms it
+    assert m.feeds == [(1, 3, 1, 1)]
+
+
+def test_a_model_that_fails_on_its_own_fixed_shape_or_the_signed_one_is_an_error() -> None:
+    with pytest.raises(BackendError, match="warm-up"):
+        _warm_up(_Member((1, 3, 2, 2), min_hw=3), None)
+    with pytest.raises(BackendError, match="warm-up"):
+        _warm_up(_Member((None, 3, None, None), min_hw=3), {"x": (1, 3, 2, 2)})
+
+
+def _dynamic_conv(path: Path) -> Path:
+    """x [N, 3, H, W] -> 3x3 conv, no padding: cannot run 1x1 frames (like YOLOv8n)."""
+    w = numpy_helper.from_array(
+        np.random.default_rng(0).normal(size=(4, 3, 3, 3)).astype(np.float32), "w"
+    )
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"])],
+        "dyn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, "H2", "W2"])],
+        [w],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    path.write_bytes(m.SerializeToString())
+    return path
+
+
+def test_a_detector_with_dynamic_image_axes_starts_in_threads(tmp_path: Path) -> None:
+    make_keys(tmp_path)
+    bundle = tmp_path / "det.egb"
+    r = build(tmp_path, bundle, _dynamic_conv(tmp_path / "det.onnx"))
+    assert r.returncode == 0, r.stderr
+    with api.open_session(
+        bundle,
+        trust=load_trust_store([tmp_path / "signer.pub"]),
+        device_key=load_device_key(tmp_path / "dev" / "device.key"),
+        state_dir=tmp_path / "s",
+        isolation="threads",
+    ) as s:
+        out = s.run({"x": np.ones((1, 3, 16, 16), np.float32)})
+    assert next(iter(out.values())).shape == (1, 4, 14, 14)
