@@ -67,6 +67,25 @@ def add_sandbox_io_arg(p: argparse.ArgumentParser) -> None:
         "state directory's engines/; docs/engine-cache.md): compile nothing, every start "
         "loads the ONNX models",
     )
+    p.add_argument(
+        "--worker-user",
+        metavar="USER",
+        help="service user that sandboxed workers started by root run as (default "
+        "$EDGEGUARD_WORKER_USER, else nobody; never root)",
+    )
+    p.add_argument(
+        "--worker-groups",
+        metavar="G1,G2",
+        help="supplementary groups of GPU/DLA members' workers, e.g. video,render on a Jetson "
+        "(default $EDGEGUARD_WORKER_GROUPS, else the groups owning the GPU device nodes; "
+        "'' for none); CPU members' workers keep no group",
+    )
+
+
+def _worker_groups(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    return [g.strip() for g in text.split(",") if g.strip()]
 
 
 def load_keys(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -99,6 +118,8 @@ def open_device_session(args: argparse.Namespace, **options: Any) -> Any:
         unsafe_in_process=args.unsafe_in_process,
         sandbox_io_bytes=None if io_mb is None else int(io_mb * 2**20),
         engine_cache=not getattr(args, "no_engine_cache", False),
+        worker_user=getattr(args, "worker_user", None),
+        worker_groups=_worker_groups(getattr(args, "worker_groups", None)),
         **options,
     )
     warn_clock(session.clock)

@@ -402,6 +402,8 @@ def open_session(
     now: int | None = None,
     sandbox_io_bytes: int | None = None,
     engine_cache: bool = True,
+    worker_user: str | None = None,
+    worker_groups: Sequence[str] | None = None,
 ) -> DeviceSession:
     """Open a bundle as this device and start serving it under its signed slots.
 
@@ -435,6 +437,12 @@ def open_session(
             ``device_key`` in ``<state>/engines``, and load it instead of compiling at
             the next start (``docs/engine-cache.md``). False: read and write no cache
             (CPU members load their ONNX model; recipe members are built every start).
+        worker_user: Service user (name or uid) that sandboxed workers started by root
+            run as; None: ``$EDGEGUARD_WORKER_USER``, else ``nobody``. Never root.
+        worker_groups: Supplementary groups (names or gids) of workers of GPU and DLA
+            members (the groups owning the device nodes, ``video`` on Jetson); None:
+            ``$EDGEGUARD_WORKER_GROUPS``, else the groups that own the nodes; empty: none.
+            CPU members' workers never keep a group (``docs/isolation.md``).
 
     Returns:
         The started session.
@@ -489,7 +497,13 @@ def open_session(
         cache = _engine_cache(state, device_key, log) if engine_cache else None
         try:
             parts = _start(
-                opened, isolation, log, executor_wrapper, sanity_impl, sandbox_io_bytes, cache
+                opened,
+                isolation,
+                log,
+                executor_wrapper,
+                sanity_impl,
+                _Workers(sandbox_io_bytes, worker_user, _groups(worker_groups)),
+                cache,
             )
         finally:
             if cache is not None:
@@ -761,13 +775,30 @@ def _describe(fn: Any) -> str:
     return str(getattr(fn, "__qualname__", type(fn).__name__))[:200]
 
 
+@dataclass(frozen=True)
+class _Workers:
+    """How sandboxed workers start: their I/O floor and the identity they run as."""
+
+    io_bytes: int | None
+    user: str | None
+    groups: tuple[str, ...] | None
+
+
+def _groups(groups: Sequence[str] | None) -> tuple[str, ...] | None:
+    if groups is None:
+        return None
+    if isinstance(groups, str) or not all(isinstance(g, str) for g in groups):
+        raise UsageError("worker_groups must be a sequence of group names or gids")
+    return tuple(groups)
+
+
 def _start(
     opened: OpenedBundle,
     isolation: str,
     log: EventLog | None,
     wrapper: ExecutorWrapper | None,
     sanity_impl: Impl,
-    sandbox_io_bytes: int | None,
+    workers: _Workers,
     cache: EngineCache | None = None,
 ) -> _Parts:
     """Checks, members and the guarded runtime for an opened bundle."""
@@ -781,7 +812,7 @@ def _start(
         sanity = SanityGuard(slots.sanity, impl=sanity_impl, threads=1)
     checks = FrameChecks(contract.inputs if contract is not None else None, sanity)
     if isolation == "sandbox":
-        members, parts = _start_sandbox(opened, log, sandbox_io_bytes, cache)
+        members, parts = _start_sandbox(opened, log, workers, cache)
     else:
         members, parts = _start_threads(opened, log, cache)
     try:
@@ -857,7 +888,7 @@ def _check_deadline(
 def _start_sandbox(
     opened: OpenedBundle,
     log: EventLog | None,
-    sandbox_io_bytes: int | None,
+    workers: _Workers,
     cache: EngineCache | None = None,
 ) -> tuple[dict[str, Any], _Parts]:
     """Members (and the fallback, under FALLBACK_NAME) in sandboxed worker processes."""
@@ -938,7 +969,7 @@ def _start_sandbox(
                 False,
                 outputs=_signed_outputs(slots, slots.fallback),
             )
-        executor, area = _sandbox_executor(opened, specs, log, sandbox_io_bytes, cache, bindings)
+        executor, area = _sandbox_executor(opened, specs, log, workers, cache, bindings)
     finally:
         for buf in held:
             buf.wipe()
@@ -954,7 +985,7 @@ def _sandbox_executor(
     opened: OpenedBundle,
     specs: dict[str, Any],
     log: EventLog | None,
-    sandbox_io_bytes: int | None,
+    workers: _Workers,
     cache: EngineCache | None,
     bindings: Mapping[str, Binding],
 ) -> tuple[Any, IoArea]:
@@ -963,7 +994,7 @@ def _sandbox_executor(
     from edgeguard.runtime.sandbox.executor import ProcessMemberExecutor
 
     slots = opened.slots
-    area = io_area(slots, names=specs, floor_bytes=sandbox_io_bytes)  # PolicyError
+    area = io_area(slots, names=specs, floor_bytes=workers.io_bytes)  # PolicyError
     if log is not None:
         log.append(
             "sandbox_io_area",
@@ -976,7 +1007,12 @@ def _sandbox_executor(
         )
     try:
         executor = ProcessMemberExecutor(
-            specs, policy=slots.isolation, event_log=log, io_bytes=area.half_bytes
+            specs,
+            policy=slots.isolation,
+            event_log=log,
+            io_bytes=area.half_bytes,
+            worker_user=workers.user,
+            worker_groups=workers.groups,
         )
     except BackendError:
         cached = [k for k, v in specs.items() if v.fmt in ("ort-model", "trt-plan")]
@@ -989,7 +1025,7 @@ def _sandbox_executor(
             opened,
             {k: _from_onnx(opened, k, v, slots) for k, v in specs.items()},
             log,
-            sandbox_io_bytes,
+            workers,
             None,
             {},
         )

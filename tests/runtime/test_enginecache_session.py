@@ -318,3 +318,52 @@ def test_concurrent_starts_leave_whole_entries(world: dict[str, Any], tmp_path: 
     assert len(names) == 3 and all(n.endswith(".sealed") for n in names)
     start(world, state, "threads", unsafe_in_process=True).close()
     assert set(by_member(cache_events(state), "engine_cache_hit")) == MEMBERS
+
+
+def test_cli_worker_user_and_groups_reach_the_workers(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    """--worker-user / --worker-groups go to the sandbox: root is refused (one line, exit 2);
+    the workers of a session started by root run as the named user."""
+    import os
+    import pwd
+
+    x = tmp_path / "x.npz"
+    np.savez(x, image=world["frames"][:1])
+    r = run_bundle(
+        world["d"],
+        world["bundles"][1],
+        x,
+        tmp_path / "y.npz",
+        tmp_path / "s1",
+        "--worker-user",
+        "root",
+    )
+    assert r.returncode == 2, r.stderr
+    assert "root" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run_bundle(
+        world["d"],
+        world["bundles"][1],
+        x,
+        tmp_path / "y.npz",
+        tmp_path / "s2",
+        "--worker-user",
+        "no-such-user-here",
+    )
+    assert r.returncode == 2 and "no-such-user-here" in r.stderr, r.stderr
+    if os.geteuid() != 0:
+        return
+    daemon = pwd.getpwnam("daemon").pw_uid
+    with api.open_session(
+        world["bundles"][1],
+        trust=load_trust_store([world["d"] / "signer.pub"]),
+        device_key=load_device_key(world["d"] / "dev" / "device.key"),
+        state_dir=tmp_path / "s3",
+        worker_user="daemon",
+        worker_groups=[],
+    ) as s:
+        name = s.policy.members[0].name
+        pid = s.worker_status(name).pid
+        status = Path(f"/proc/{pid}/status").read_text()
+    uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+    assert uid_line.split()[1:] == [str(daemon)] * 4
