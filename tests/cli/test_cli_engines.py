@@ -270,6 +270,7 @@ def test_engine_on_this_host_without_tensorrt_fails_before_the_long_steps(
         raise AssertionError("calibration ran before the TensorRT check")
 
     monkeypatch.setattr(calibrate, "calibrate", must_not_run)
+    (keys / "out.egb").unlink(missing_ok=True)  # the keys directory is shared by the module
     code = main(
         _args(
             keys,
