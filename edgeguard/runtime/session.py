@@ -1145,19 +1145,22 @@ def _warm_up(backend: Any, hints: Mapping[str, Sequence[int]] | None = None) -> 
     """Run a member once: its first call allocates arenas (not inside a frame's deadline).
 
     Inputs take the shapes the signed deadline basis was measured with (``hints``) when
-    it names them all; otherwise zeros with every dynamic axis 1. A model that cannot run
-    such a guessed shape (a detector needs more than 1x1 pixels) is not broken: its
-    first real frame allocates instead. A failure on its own fixed shapes (or the
-    signed hints) is an error.
+    it names them all. Without them, an input whose only dynamic axis is the first (the
+    batch) gets one frame; a model with other dynamic axes (a detector's height and
+    width) is not warmed up, since nothing signed says what size its frames are and a
+    guessed 1x1 frame is one it may not be able to run: its first real frame allocates
+    instead. A failure on the model's own fixed shapes, or on the signed hints, is an
+    error; on a guessed batch of one it is not.
     """
     specs = backend.inputs()
-    guessed = not (hints and all(s.name in hints for s in specs))
-    if guessed:
-        feeds = {s.name: s.zeros() for s in specs}
-    else:
-        assert hints is not None
+    if hints and all(s.name in hints for s in specs):
         feeds = {s.name: np.zeros(tuple(hints[s.name]), dtype=s.dtype) for s in specs}
-    guessed = guessed and any(not isinstance(d, int) for s in specs for d in s.shape)
+        guessed = False
+    else:
+        if any(not isinstance(d, int) for s in specs for d in s.shape[1:]):
+            return
+        feeds = {s.name: s.zeros() for s in specs}
+        guessed = any(s.shape and not isinstance(s.shape[0], int) for s in specs)
     try:
         backend.run(feeds)
     except Exception as exc:  # a model that cannot run zeros of its own shape

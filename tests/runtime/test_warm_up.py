@@ -42,10 +42,17 @@ def test_signed_shapes_are_used_when_they_name_every_input() -> None:
     assert m.feeds == [(1, 3, 40, 48)]
 
 
-def test_a_guessed_shape_the_model_cannot_run_does_not_stop_the_start() -> None:
+def test_without_signed_shapes_a_model_with_dynamic_image_axes_is_not_guessed_at() -> None:
     m = _Member((None, 3, None, None), min_hw=3)
-    _warm_up(m, None)  # 1x1 pixels: a detector cannot run that; its first frame warms it
-    assert m.feeds == [(1, 3, 1, 1)]
+    _warm_up(m, None)  # a 1x1 frame is no frame a detector runs: its first real frame warms it
+    assert m.feeds == []
+
+
+def test_a_batch_of_one_is_a_safe_guess_and_its_failure_does_not_stop_the_start() -> None:
+    m = _Member((None, 3, 8, 8), min_hw=3)
+    _warm_up(m, None)
+    assert m.feeds == [(1, 3, 8, 8)]
+    _warm_up(_Member((None, 3, 2, 2), min_hw=3), None)  # fails on the guessed batch: tolerated
 
 
 def test_a_model_that_fails_on_its_own_fixed_shape_or_the_signed_one_is_an_error() -> None:
