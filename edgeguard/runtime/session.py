@@ -660,15 +660,9 @@ def _load_trt(
         return load_backend("trt-engine", opened.member_bytes(plan), **loc)
     if cache is not None:
         binding = _trt_binding(opened, name, recipe, identity)
-        buf = cache.load(binding)
-        if buf is not None:
-            try:
-                with buf.view() as view:
-                    return load_backend("trt-plan", view, **loc)
-            except BackendError as exc:
-                cache.discard(binding, "load failed", str(exc))
-            finally:
-                buf.wipe()
+        sealed = _load_sealed(cache, binding, "trt-plan", loc)
+        if sealed is not None:
+            return sealed
     fd = _artifact_memfd(f"edgeguard-plan-{name}") if cache else None
     try:
         t0 = time.perf_counter()
@@ -749,15 +743,9 @@ def _load_member(
 
     if cache is None or binding is None:
         return load_backend(fmt, data, **opts)
-    buf = cache.load(binding)
-    if buf is not None:
-        try:
-            with buf.view() as view:
-                return load_backend("ort-model", view, **opts)
-        except BackendError as exc:
-            cache.discard(binding, "load failed", str(exc))
-        finally:
-            buf.wipe()
+    sealed = _load_sealed(cache, binding, "ort-model", opts)
+    if sealed is not None:
+        return sealed
     fd = _artifact_memfd(f"edgeguard-artifact-{binding.member}")
     try:
         backend = load_backend(fmt, data, save_artifact_fd=fd, **opts)
@@ -1139,6 +1127,26 @@ def _signed_outputs(slots: SignedSlots, name: str) -> tuple[TensorSpec, ...] | N
 def _precisions(slots: SignedSlots, name: str) -> tuple[str, ...]:
     io = slots.member_io(name)
     return io.precisions if io is not None else ()
+
+
+def _load_sealed(
+    cache: EngineCache, binding: Binding, fmt: str, opts: Mapping[str, Any]
+) -> Any | None:
+    """The member loaded from its sealed entry; None on a miss or an entry that does not
+    load (discarded and recorded, so the caller compiles it again)."""
+    from edgeguard.backends import load_backend
+
+    buf = cache.load(binding)
+    if buf is None:
+        return None
+    try:
+        with buf.view() as view:
+            return load_backend(fmt, view, **opts)
+    except BackendError as exc:
+        cache.discard(binding, "load failed", str(exc))
+        return None
+    finally:
+        buf.wipe()
 
 
 def _warm_up(backend: Any, hints: Mapping[str, Sequence[int]] | None = None) -> None:
