@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeguard.errors import UsageError
+from edgeguard.errors import BackendError, UsageError
 from edgeguard.guard.sanity.spec import FrameStats
 
 __all__ = [
@@ -160,8 +160,8 @@ class DeviceCheckedMember:
     ) -> tuple[dict[str, np.ndarray], dict[str, FrameStats]]:
         """Run one frame and the device check: the outputs and ``{input: FrameStats}``."""
         out, stats = self.backend.run_with_stats(feeds, self.check)
-        if not isinstance(stats, FrameStats):
-            raise UsageError(f"the device check returned {type(stats).__name__}, not FrameStats")
+        if not isinstance(stats, FrameStats):  # the member's fault, not the input's
+            raise BackendError(f"the device check returned {type(stats).__name__}, not FrameStats")
         return out, {self.input_name: stats}
 
 

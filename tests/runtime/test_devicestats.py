@@ -316,6 +316,7 @@ def _runtime(ex: _Executor, **kw: Any) -> GuardedRuntime:
         deadline_ms=1000.0,
         fallback_chain=(ChainStep.ENSEMBLE, ChainStep.LAST_KNOWN_GOOD),
         reject_action=kw.pop("reject_action", "fallback"),
+        speculative=kw.pop("speculative", False),
     )
     checks = FrameChecks(IO.inputs, SanityGuard(profile(tdiff_limit=False), impl="numpy"))
     return GuardedRuntime(
@@ -386,7 +387,7 @@ def test_tdiff_alone_equals_the_reference() -> None:
 
 
 def test_a_checked_member_returns_its_statistics_and_refuses_anything_else() -> None:
-    from edgeguard.errors import UsageError
+    from edgeguard.errors import BackendError, UsageError
 
     spec = DeviceCheckSpec("image", "NCHW", 0.0, 1.0)
 
@@ -400,10 +401,44 @@ def test_a_checked_member_returns_its_statistics_and_refuses_anything_else() -> 
     with pytest.raises(UsageError, match="cannot run a device check"):
         DeviceCheckedMember(object(), fake_trt.device_check(spec))
     m = DeviceCheckedMember(Backend(), fake_trt.device_check(spec))
-    with pytest.raises(UsageError, match="not FrameStats"):
+    with pytest.raises(BackendError, match="not FrameStats"):
         m.run_checked({"image": GOOD})
 
 
 def test_the_spec_survives_the_init_message() -> None:
     spec = DeviceCheckSpec("image", "NHWC", None, 255.0, device_id=1, factory=f"{FAKE}:x")
     assert DeviceCheckSpec.from_init(json.loads(json.dumps(spec.to_init()))) == spec
+
+
+def test_speculative_members_answers_are_discarded_when_their_statistics_reject() -> None:
+    ex = _Executor()
+    with _runtime(ex, speculative=True) as rt:
+        first = rt.infer({"image": GOOD.copy()})
+        r = rt.infer({"image": BAD.copy()})
+    assert ex.fed == ["a", "b"] * 2  # asked before the checks, both frames
+    assert r.source is ResultSource.LAST_KNOWN_GOOD and r.rejection is not None
+    np.testing.assert_array_equal(r.outputs["logits"], first.outputs["logits"])
+
+
+def test_a_sandboxed_member_whose_worker_has_no_kernel_keeps_the_session_on_the_cpu() -> None:
+    from edgeguard.runtime.session import _device_check_missing
+
+    class Ex:
+        def __init__(self, notes: dict[str, str]) -> None:
+            self.notes = notes
+
+        def device_check(self, name: str) -> str:
+            return self.notes[name]
+
+    pol = RuntimePolicy(
+        members=(MemberSpec("a", "gpu0"), MemberSpec("b", "gpu1")),
+        voter=VoterSpec(kind=VoterKind.MEDIAN, output="logits"),
+        deadline_ms=100.0,
+        fallback_chain=(ChainStep.ENSEMBLE,),
+    )
+    ok = Ex({"a": "active", "b": "active"})
+    assert _device_check_missing(ok, {}, pol, "sandbox") is None
+    one = Ex({"a": "active", "b": "unavailable: MissingDependencyError: no pycuda"})
+    assert _device_check_missing(one, {}, pol, "sandbox") == (
+        "member 'b': device check unavailable: MissingDependencyError: no pycuda"
+    )
