@@ -12,21 +12,47 @@ Layer: :mod:`edgeguard.guard` (pure logic over NumPy arrays; no I/O). One
 
 It implements the runtime's checker protocol
 (:class:`~edgeguard.runtime.guarded.SanityChecker`).
+
+When a session computes an input's statistics on the device, next to a TensorRT
+member's model (``docs/sanity.md``, "Where the statistics are computed"), the
+contract and the static checks still run here before any model does
+(``check_inputs(..., stats_elsewhere=...)``), and the statistics each member sends
+back are judged by :meth:`FrameChecks.check_stats` with the same envelope; ``tdiff``
+(the previous accepted frame) is then computed here, on the CPU.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
+from edgeguard.errors import UsageError
 from edgeguard.guard.sanity.check import SanityGuard
-from edgeguard.guard.sanity.spec import Verdict, Violation
+from edgeguard.guard.sanity.layout import frames_view
+from edgeguard.guard.sanity.spec import FrameStats, Verdict, Violation
 from edgeguard.policy.io import TensorSpec
 from edgeguard.policy.sanity import Status
 
-__all__ = ["FrameChecks", "contract_violations"]
+__all__ = ["FrameChecks", "contract_violations", "tdiff"]
+
+
+def tdiff(x: npt.NDArray[Any], prev: npt.NDArray[Any], layout: str) -> npt.NDArray[np.float64]:
+    """The ``tdiff`` statistic alone, ``[N, C]``: mean ``|x - prev|`` over the positions
+    finite in both (NaN where there is none), as every statistics implementation
+    computes it."""
+    a = frames_view(x, layout).astype(np.float64)
+    b = frames_view(prev, layout).astype(np.float64)
+    both = np.isfinite(a) & np.isfinite(b)
+    with np.errstate(invalid="ignore", over="ignore"):
+        total = np.where(both, np.abs(a - b), 0.0).sum(axis=(2, 3))
+    pairs = both.sum(axis=(2, 3))
+    out = np.full(pairs.shape, np.nan)
+    np.divide(total, pairs, out=out, where=pairs > 0)
+    return out
 
 
 def contract_violations(feeds: Mapping[str, Any], specs: Sequence[TensorSpec]) -> list[Violation]:
@@ -139,15 +165,65 @@ class FrameChecks:
         return found
 
     def check_inputs(
-        self, feeds: Mapping[str, Any], prev: Mapping[str, Any] | None = None
+        self,
+        feeds: Mapping[str, Any],
+        prev: Mapping[str, Any] | None = None,
+        *,
+        stats_elsewhere: frozenset[str] = frozenset(),
     ) -> Verdict:
-        """Check one request (``prev``: the previous accepted request, for ``tdiff``)."""
+        """Check one request (``prev``: the previous accepted request, for ``tdiff``).
+
+        ``stats_elsewhere``: inputs whose statistics the members compute on the device
+        (judged by :meth:`check_stats` when they arrive): only the contract and their
+        static checks run here.
+        """
         broken = self._contract(feeds)
         if broken:
             return Verdict.of(broken)
         if self._sanity is None:
             return Verdict.of(())
+        if stats_elsewhere:
+            return self._sanity.check_inputs(feeds, prev, stats_elsewhere=stats_elsewhere)
         return self._sanity.check_inputs(feeds, prev)
+
+    def needs_tdiff(self, name: str) -> bool:
+        """Whether the profile limits ``tdiff`` of input ``name``."""
+        if self._sanity is None:
+            return False
+        return any(lim.stat == "tdiff" for lim in self._sanity.profile.input(name).limits)
+
+    def check_stats(
+        self,
+        name: str,
+        stats: FrameStats,
+        x: npt.NDArray[Any],
+        prev: npt.NDArray[Any] | None = None,
+    ) -> Verdict:
+        """Judge statistics of input ``name`` computed on the device (without ``tdiff``).
+
+        Args:
+            name: The input.
+            stats: Its statistics, as a member's device check computed them.
+            x: The input as fed (for ``tdiff``, computed here).
+            prev: The same input of the previous accepted request, or None.
+
+        Raises:
+            UsageError: No sanity profile, or ``stats`` do not fit the profile.
+            KeyError: ``name`` is not a checked input.
+        """
+        if self._sanity is None:
+            raise UsageError("no sanity profile: there are no statistics to judge")
+        if (
+            stats.tdiff is None
+            and prev is not None
+            and isinstance(prev, np.ndarray)
+            and prev.shape == x.shape
+            and prev.dtype == x.dtype
+            and self.needs_tdiff(name)
+        ):
+            layout = self._sanity.profile.input(name).layout
+            stats = dataclasses.replace(stats, tdiff=tdiff(x, prev, layout))
+        return self._sanity.check_stats(name, stats)
 
     def check_outputs(self, outputs: Mapping[str, Any]) -> Verdict:
         """Check one member's answer: NaN/inf and OOD scores (with a sanity profile)."""

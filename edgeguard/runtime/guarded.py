@@ -7,7 +7,13 @@ Per frame, :meth:`GuardedRuntime.infer`:
 
 1. admission: per-client rate limit and the PRADA-style query monitor;
 2. input checks (the I/O contract and the sanity profile): a REJECT skips every
-   model step;
+   model step. With ``device_stats`` (the members compute the statistics of those
+   inputs on the device, next to the model: TensorRT members with the CUDA C++
+   kernel), only the contract and the static checks run here; the statistics arrive
+   with the members' answers and are judged as soon as the members are collected,
+   before any vote: a REJECT then discards the answers (the model did run on the
+   frame) and the frame is rejected exactly as before. When no member sent them, the
+   statistics are computed here instead, before any later step uses the frame;
 3. members run concurrently (sandboxed worker processes or threads, through the
    :class:`MemberExecutor`) until the members' budget; a member that is late,
    raises, or returns missing, non-finite or wrongly shaped outputs (or fails
@@ -35,10 +41,10 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, NoReturn, Protocol, runtime_checkable
+from typing import Any, NoReturn, Protocol, cast, runtime_checkable
 
 import numpy as np
 
@@ -60,6 +66,7 @@ from edgeguard.runtime.threads import ThreadMemberExecutor
 
 __all__ = [
     "FALLBACK_NAME",
+    "DeviceStatsChecker",
     "GuardedResult",
     "GuardedRuntime",
     "MemberCall",
@@ -119,6 +126,27 @@ class SanityChecker(Protocol):
 
     def check_outputs(self, outputs: Mapping[str, np.ndarray]) -> SanityVerdict:
         """Check one member's outputs."""
+        ...
+
+
+class DeviceStatsChecker(SanityChecker, Protocol):
+    """A checker that judges statistics computed elsewhere (:class:`~edgeguard.guard.
+    checks.FrameChecks`), for inputs whose statistics the members send back."""
+
+    def check_inputs(
+        self,
+        feeds: Mapping[str, np.ndarray],
+        prev: Mapping[str, np.ndarray] | None = None,
+        *,
+        stats_elsewhere: frozenset[str] = frozenset(),
+    ) -> SanityVerdict:
+        """The contract and static checks; statistics only of the other inputs."""
+        ...
+
+    def check_stats(
+        self, name: str, stats: Any, x: np.ndarray, prev: np.ndarray | None = None
+    ) -> SanityVerdict:
+        """Judge one input's statistics sent by a member (``tdiff`` computed here)."""
         ...
 
 
@@ -243,6 +271,8 @@ class _Frame:
     round: _Round | None = None
     refused: dict[str, EdgeguardError] = field(default_factory=dict)  # model -> its refusal
     other: bool = False  # a model call ended otherwise: answered, late, failed, retired
+    stats_pending: bool = False  # statistics to judge: from the members' answers, or here
+    stats: dict[str, Mapping[str, Any]] = field(default_factory=dict)  # member -> its stats
 
 
 _CLASSIFIERS = (VoterKind.PLURALITY, VoterKind.MAJORITY, VoterKind.SOFT)
@@ -325,9 +355,14 @@ class GuardedRuntime:
         async_log: Write event-log records on a background thread so an fsync never
             delays an answer (default). With False, :meth:`infer` returns only after
             its records are durable.
+        device_stats: Inputs whose sanity statistics the members compute on the device
+            and send with their answers (``call.device_stats``); ``sanity`` must then
+            be a :class:`DeviceStatsChecker`. Empty: every statistic is computed by
+            ``sanity`` before the members run.
 
     Raises:
-        UsageError: Members do not match the policy.
+        UsageError: Members do not match the policy; ``device_stats`` without a checker
+            that can judge them.
         PolicyError: A member's ``cpu:LIST`` placement names cores this process may
             not use (the default executor pins each member's worker thread to them).
     """
@@ -346,6 +381,7 @@ class GuardedRuntime:
         rng: random.Random | None = None,
         executor: MemberExecutor | None = None,
         async_log: bool = True,
+        device_stats: Collection[str] = (),
     ) -> None:
         if set(members) != set(policy.member_names):
             raise UsageError(
@@ -360,6 +396,12 @@ class GuardedRuntime:
         self._names = policy.member_names
         self._fallback = fallback
         self._sanity = sanity
+        self._device = frozenset(device_stats)
+        self._dev: DeviceStatsChecker | None = None
+        if self._device:
+            if sanity is None or not callable(getattr(sanity, "check_stats", None)):
+                raise UsageError("device_stats needs a checker that judges statistics")
+            self._dev = cast(DeviceStatsChecker, sanity)
         if sanity is not None:
             sanity.warm_up()  # compile now, not inside the first frame's deadline
         self._scan_outputs = sanity is None or not sanity.counts_nonfinite_outputs
@@ -424,6 +466,11 @@ class GuardedRuntime:
         return self._health.state
 
     @property
+    def device_stats(self) -> frozenset[str]:
+        """Inputs whose statistics the members compute on the device."""
+        return self._device
+
+    @property
     def executor(self) -> MemberExecutor:
         """Where the member calls run."""
         return self._executor
@@ -479,6 +526,8 @@ class GuardedRuntime:
             f.pending = self._submit(f, self._eligible_members(f))
         self._check_inputs(f)
         for step in self._policy.fallback_chain:
+            if f.stats_pending and step not in (ChainStep.ENSEMBLE, ChainStep.QUORUM):
+                self._settle_stats(f)  # before a step that answers without the members
             answer = self._steps[step](f, step)
             if answer is not None:
                 return self._finish(f, answer)
@@ -560,29 +609,103 @@ class GuardedRuntime:
         verdict: object = None
         detail: dict[str, Any] | None = None
         try:
-            verdict = self._sanity.check_inputs(f.feeds, prev=self._prev_feeds)
+            if self._dev is not None:
+                verdict = self._dev.check_inputs(
+                    f.feeds, prev=self._prev_feeds, stats_elsewhere=self._device
+                )
+            else:
+                verdict = self._sanity.check_inputs(f.feeds, prev=self._prev_feeds)
             status = _status_name(verdict)
         except Exception as exc:  # a broken checker must not let inputs through
             status, detail = "REJECT", {"error": f"{type(exc).__name__}: {exc}"}
         if status == "REJECT":
-            f.rejection = detail if detail is not None else _verdict_dict(verdict)
-            why = describe_verdict(f.rejection, limit=1)
-            f.reasons.append(f"input rejected: {why}" if why else "input rejected")
-            self.metrics.rejects.inc(reason="input_sanity")
-            self._event("input_rejected", {"frame": f.seq, "verdict": f.rejection})
+            self._reject(f, detail if detail is not None else _verdict_dict(verdict), {})
             if f.pending is not None:  # discard the speculative answers, keep bookkeeping
                 self._collect(f, f.pending, self._policy.effective_member_budget_ms, [])
                 f.pending = None
-            if self._policy.reject_action == "raise":
-                f.lat["input_checks"] = (time.perf_counter_ns() - s) / 1e6
-                self._grade(HealthState.DEGRADED, f.seq, "input rejected")
-                raise self._rejected_error(f)
+            self._raise_if_policy(f, s)
         else:
-            if status == "WARN":
-                why = describe_verdict(_verdict_dict(verdict), limit=2, severity="WARN")
-                f.reasons.append(f"input sanity warning: {why}" if why else "input sanity warning")
-            self._prev_feeds = f.feeds
+            self._warn(f, status, verdict)
+            if self._dev is not None:
+                f.stats_pending = True  # accepted once the statistics are judged
+            else:
+                self._prev_feeds = f.feeds
         f.lat["input_checks"] = (time.perf_counter_ns() - s) / 1e6
+
+    def _reject(self, f: _Frame, detail: dict[str, Any], extra: Mapping[str, Any]) -> None:
+        """Record the rejection of the frame's input (the same record wherever it was found)."""
+        f.rejection = detail
+        why = describe_verdict(f.rejection, limit=1)
+        f.reasons.append(f"input rejected: {why}" if why else "input rejected")
+        self.metrics.rejects.inc(reason="input_sanity")
+        self._event("input_rejected", {"frame": f.seq, "verdict": f.rejection, **extra})
+
+    def _raise_if_policy(self, f: _Frame, s: int) -> None:
+        if self._policy.reject_action == "raise":
+            f.lat["input_checks"] = (
+                f.lat.get("input_checks", 0.0) + (time.perf_counter_ns() - s) / 1e6
+            )
+            self._grade(HealthState.DEGRADED, f.seq, "input rejected")
+            raise self._rejected_error(f)
+
+    def _warn(self, f: _Frame, status: str, verdict: object) -> None:
+        if status == "WARN":
+            why = describe_verdict(_verdict_dict(verdict), limit=2, severity="WARN")
+            f.reasons.append(f"input sanity warning: {why}" if why else "input sanity warning")
+
+    def _settle_stats(self, f: _Frame) -> bool:
+        """Judge the statistics the members sent (or compute them here when none did).
+
+        Every member's statistics are judged; the frame takes the worst verdict (a
+        member cannot vouch for an input another member's check rejects). A REJECT
+        is recorded and raised exactly as one found before the members ran; the
+        members' answers to the frame are discarded by the caller.
+
+        Returns:
+            True when the statistics judged here rejected the frame.
+        """
+        if not f.stats_pending:
+            return False
+        f.stats_pending = False
+        assert self._dev is not None
+        s = time.perf_counter_ns()
+        prev = self._prev_feeds
+        detail: dict[str, Any] | None = None
+        worst: tuple[int, object, str] = (-1, None, "cpu")
+        rank = {"PASS": 0, "WARN": 1, "REJECT": 2}
+        covered = {name for found in f.stats.values() for name in found}
+        try:
+            if f.stats and self._device <= covered:
+                for member in sorted(f.stats):
+                    for name, stats in sorted(f.stats[member].items()):
+                        if name not in self._device:
+                            continue
+                        pv = None if prev is None else prev.get(name)
+                        v = self._dev.check_stats(name, stats, f.feeds[name], pv)
+                        r = rank.get(_status_name(v), 2)
+                        if r > worst[0]:
+                            worst = (r, v, f"device:{member}")
+            else:  # no member sent them: computed here, never skipped
+                v = self._dev.check_inputs(f.feeds, prev=prev)
+                worst = (rank.get(_status_name(v), 2), v, "cpu")
+            status = _status_name(worst[1])
+        except Exception as exc:  # a broken checker must not let inputs through
+            status, detail = "REJECT", {"error": f"{type(exc).__name__}: {exc}"}
+        if status == "REJECT":
+            where = worst[2] if detail is None else "device" if covered else "cpu"
+            # where the statistics were computed: "device:<member>" or "cpu"
+            self._reject(
+                f, detail if detail is not None else _verdict_dict(worst[1]), {"statistics": where}
+            )
+            f.lat["input_checks"] = (
+                f.lat.get("input_checks", 0.0) + (time.perf_counter_ns() - s) / 1e6
+            )
+            self._raise_if_policy(f, time.perf_counter_ns())
+            return True
+        self._warn(f, status, worst[1])
+        self._prev_feeds = f.feeds
+        f.lat["input_checks"] = f.lat.get("input_checks", 0.0) + (time.perf_counter_ns() - s) / 1e6
+        return False
 
     def _rejected_error(self, f: _Frame) -> InputRejectedError:
         assert f.rejection is not None
@@ -636,6 +759,9 @@ class GuardedRuntime:
                 self._member_ok(f.seq, n)
             f.round = _Round(valid=valid, asked=tuple(calls), single=f.single)
             f.lat["members"] = (time.perf_counter_ns() - s) / 1e6
+            if self._settle_stats(f):  # may raise: the policy says so for a rejected input
+                valid.clear()  # the answers to a rejected input are never delivered
+                return None
             if valid and self._overran(f):
                 # e.g. the clock jumped forward (suspend/resume): the answers are stale
                 f.reasons.append("member answers arrived after the frame deadline")
@@ -723,6 +849,7 @@ class GuardedRuntime:
 
     def _exhausted(self, f: _Frame) -> NoReturn:
         """No step answered: record it, then raise the error that says why."""
+        self._settle_stats(f)  # an unjudged input is never reported as merely unanswered
         self.metrics.fallbacks.inc(source="none")
         self._event("chain_exhausted", {"frame": f.seq, "reasons": f.reasons})
         if f.rejection is not None:
@@ -874,6 +1001,9 @@ class GuardedRuntime:
                 self.metrics.member_latency.observe(run_ns / 1e9, member=n)
             try:
                 out = call.result()
+                found = getattr(call, "device_stats", None)
+                if self._device and isinstance(found, Mapping) and found:
+                    f.stats[n] = found
             except (InputRefusedError, UsageError) as exc:  # refused before it ran: the input
                 f.refused[n] = exc
                 self._member_failed(f.seq, n, "input_refused", str(exc), reasons)

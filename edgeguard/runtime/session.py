@@ -59,6 +59,8 @@ from edgeguard.guard.sanity.spec import Verdict
 from edgeguard.policy.io import TensorSpec
 from edgeguard.policy.runtime import FALLBACK_NAME, RuntimePolicy
 from edgeguard.policy.slots import SignedSlots
+from edgeguard.runtime import devicestats
+from edgeguard.runtime.devicestats import DeviceCheckedMember, DeviceCheckSpec
 from edgeguard.runtime.guarded import GuardedResult, GuardedRuntime, MemberExecutor
 from edgeguard.runtime.opener import OpenedBundle, VerifiedBundle, open_bundle, record_opened
 from edgeguard.runtime.state import default_state_dir, ensure_state_dir
@@ -404,6 +406,7 @@ def open_session(
     engine_cache: bool = True,
     worker_user: str | None = None,
     worker_groups: Sequence[str] | None = None,
+    sanity_on_device: bool = True,
 ) -> DeviceSession:
     """Open a bundle as this device and start serving it under its signed slots.
 
@@ -443,6 +446,11 @@ def open_session(
             members (the groups owning the device nodes, ``video`` on Jetson); None:
             ``$EDGEGUARD_WORKER_GROUPS``, else the groups that own the nodes; empty: none.
             CPU members' workers never keep a group (``docs/isolation.md``).
+        sanity_on_device: Compute the sanity statistics of the checked input on the
+            device, next to the model, when every member is a TensorRT plan on a GPU
+            whose process loads the CUDA C++ kernel (``docs/sanity.md``, "Where the
+            statistics are computed"). False: always on the CPU, before the members
+            run. Either way the event log records where (``sanity_on_device``).
 
     Returns:
         The started session.
@@ -504,6 +512,7 @@ def open_session(
                 sanity_impl,
                 _Workers(sandbox_io_bytes, worker_user, _groups(worker_groups)),
                 cache,
+                sanity_on_device,
             )
         finally:
             if cache is not None:
@@ -788,6 +797,7 @@ def _start(
     sanity_impl: Impl,
     workers: _Workers,
     cache: EngineCache | None = None,
+    sanity_on_device: bool = True,
 ) -> _Parts:
     """Checks, members and the guarded runtime for an opened bundle."""
     slots = opened.slots
@@ -799,10 +809,27 @@ def _start(
         # threads=1: the members' ONNX Runtime pools hold the other cores
         sanity = SanityGuard(slots.sanity, impl=sanity_impl, threads=1)
     checks = FrameChecks(contract.inputs if contract is not None else None, sanity)
+    plan, why_not = _device_plan(opened, sanity_on_device)
     if isolation == "sandbox":
-        members, parts = _start_sandbox(opened, log, workers, cache)
+        members, parts = _start_sandbox(opened, log, workers, cache, plan)
     else:
-        members, parts = _start_threads(opened, log, cache)
+        members, parts = _start_threads(opened, log, cache, plan)
+    on_device: frozenset[str] = frozenset()
+    if plan is not None:
+        missing = _device_check_missing(parts.executor, members, slots.runtime, isolation)
+        if missing is None:
+            on_device = frozenset({plan.input})
+        else:
+            why_not = missing
+    if log is not None and slots.sanity is not None:
+        log.append(
+            "sanity_on_device",
+            {
+                "on": bool(on_device),
+                "inputs": sorted(on_device),
+                "reason": why_not or "every member computes them next to its TensorRT model",
+            },
+        )
     try:
         runtime = GuardedRuntime(
             members,
@@ -811,6 +838,7 @@ def _start(
             sanity=checks,
             event_log=log,
             executor=parts.executor if wrapper is None else wrapper(parts.executor),
+            device_stats=on_device,
         )
     except BaseException:
         parts.close()
@@ -832,6 +860,50 @@ def _start(
         deadline_check=check,
         checks=checks,
     )
+
+
+def _device_plan(opened: OpenedBundle, wanted: bool) -> tuple[DeviceCheckSpec | None, str]:
+    """What the members' device checks read, or None and why the statistics stay on the CPU.
+
+    The device computes the statistics only when the bundle has a sanity profile with
+    exactly one checked input (the TensorRT backend runs one device check per frame),
+    and every member is a TensorRT plan on a GPU: a CPU member needs them on the CPU
+    anyway, and a DLA member's stream has not been considered for the kernel.
+    """
+    profile = opened.slots.sanity
+    if profile is None:
+        return None, "no sanity profile"
+    if not wanted:
+        return None, "statistics on the CPU as asked (sanity_on_device=False)"
+    if len(profile.inputs) != 1:
+        return None, (
+            f"the profile checks {len(profile.inputs)} inputs; the device check reads one per frame"
+        )
+    for m in opened.slots.runtime.members:
+        trt = (
+            _trt_recipe(opened, m.name, accelerator=m.where.accelerator) is not None
+            or opened.manifest.member(m.name).format == "trt-engine"
+        )
+        if m.where.unit != "gpu" or not trt:
+            return None, f"member {m.name!r} is not a TensorRT plan on a GPU ({m.where})"
+    p = profile.inputs[0]
+    return DeviceCheckSpec(
+        p.name, p.layout, p.sat_lo, p.sat_hi, factory=devicestats.DEVICE_CHECK
+    ), ""
+
+
+def _device_check_missing(
+    executor: Any, members: Mapping[str, Any], policy: RuntimePolicy, isolation: str
+) -> str | None:
+    """Why some member started without its device check, or None when every member has it."""
+    for m in policy.members:
+        if isolation == "sandbox":
+            note = str(executor.device_check(m.name))
+            if note != "active":
+                return f"member {m.name!r}: device check {note}"
+        elif not isinstance(members.get(m.name), DeviceCheckedMember):
+            return f"member {m.name!r}: device check unavailable"
+    return None
 
 
 def _check_deadline(
@@ -878,6 +950,7 @@ def _start_sandbox(
     log: EventLog | None,
     workers: _Workers,
     cache: EngineCache | None = None,
+    device: DeviceCheckSpec | None = None,
 ) -> tuple[dict[str, Any], _Parts]:
     """Members (and the fallback, under FALLBACK_NAME) in sandboxed worker processes."""
     from edgeguard.runtime.placement import cpu_member_count, loader_options
@@ -948,6 +1021,9 @@ def _start_sandbox(
                 ),
                 cpus=None if cpus is None else tuple(sorted(cpus)),
                 outputs=_signed_outputs(slots, s.name),
+                device_check=None
+                if device is None
+                else dataclasses.replace(device, device_id=s.where.index),
             )
         if slots.fallback is not None:
             specs[FALLBACK_NAME] = spec(
@@ -1060,7 +1136,10 @@ def _from_onnx(opened: OpenedBundle, key: str, spec: Any, slots: SignedSlots) ->
 
 
 def _start_threads(
-    opened: OpenedBundle, log: EventLog | None, cache: EngineCache | None = None
+    opened: OpenedBundle,
+    log: EventLog | None,
+    cache: EngineCache | None = None,
+    device: DeviceCheckSpec | None = None,
 ) -> tuple[dict[str, Any], _Parts]:
     """Members (and the fallback, under FALLBACK_NAME) loaded in this process, warmed up."""
     from edgeguard.runtime.placement import (
@@ -1103,8 +1182,11 @@ def _start_threads(
         hints = dict(basis.shapes) if basis is not None else None
         for b in loaded.values():
             _warm_up(b, hints)
+        targets = dict(loaded)
+        if device is not None:
+            targets.update(_checked_members(loaded, policy, device))
         executor = ThreadMemberExecutor(
-            loaded,
+            targets,
             max_abandoned=policy.quarantine.max_abandoned_workers,
             cpus=member_cpus(policy),
         )
@@ -1115,7 +1197,23 @@ def _start_threads(
         raise
     inputs = loaded[policy.members[0].name].inputs()
     parts = _Parts(executor=executor, backends=tuple(loaded.values()), inputs=inputs)
-    return dict(loaded), parts
+    return targets, parts
+
+
+def _checked_members(
+    loaded: Mapping[str, Any], policy: RuntimePolicy, device: DeviceCheckSpec
+) -> dict[str, DeviceCheckedMember]:
+    """Every member with its device check, or none (one that cannot have it: none)."""
+    out: dict[str, DeviceCheckedMember] = {}
+    for m in policy.members:
+        try:
+            check = devicestats.make_device_check(
+                dataclasses.replace(device, device_id=m.where.index)
+            )
+            out[m.name] = DeviceCheckedMember(loaded[m.name], check)
+        except Exception:  # recorded as "unavailable" (sanity_on_device); CPU statistics
+            return {}
+    return out
 
 
 def _signed_outputs(slots: SignedSlots, name: str) -> tuple[TensorSpec, ...] | None:

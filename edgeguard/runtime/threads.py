@@ -54,7 +54,7 @@ def _count(delta: int) -> None:
 class _Job:
     """One call; completion is signalled through a pre-acquired lock (cheaper than an Event)."""
 
-    __slots__ = ("_done", "_exc", "_finished", "_out", "end_ns", "feeds", "start_ns")
+    __slots__ = ("_done", "_exc", "_finished", "_out", "_stats", "end_ns", "feeds", "start_ns")
 
     def __init__(self, feeds: Mapping[str, np.ndarray]) -> None:
         self.feeds = feeds
@@ -63,6 +63,7 @@ class _Job:
         self._finished = False
         self._out: dict[str, np.ndarray] | None = None
         self._exc: BaseException | None = None
+        self._stats: dict[str, Any] | None = None
         self.start_ns = 0
         self.end_ns = 0
 
@@ -90,6 +91,11 @@ class _Job:
     def run_ns(self) -> int | None:
         return self.end_ns - self.start_ns if self._finished else None
 
+    @property
+    def device_stats(self) -> dict[str, Any] | None:
+        """``{input: FrameStats}`` from a member's device check, or None."""
+        return self._stats if self._finished and self._exc is None else None
+
 
 class _Worker:
     def __init__(
@@ -97,6 +103,7 @@ class _Worker:
     ) -> None:
         self.q: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self.target = target
+        self.checked = callable(getattr(target, "run_checked", None))
         self.cpus = cpus
         self.thread = threading.Thread(
             target=self._loop, name=f"edgeguard-member-{name}-{generation}", daemon=True
@@ -119,7 +126,10 @@ class _Worker:
             try:
                 if pin_error is not None:
                     raise pin_error
-                out = self.target.run(job.feeds)
+                if self.checked:  # a TensorRT member with the device sanity check
+                    out, job._stats = self.target.run_checked(job.feeds)
+                else:
+                    out = self.target.run(job.feeds)
                 job._out = out if isinstance(out, dict) else dict(out)
             except BaseException as exc:  # the member's failure is reported, not raised here
                 job._exc = exc

@@ -5,15 +5,27 @@ for the TensorRT backend's plan loader, through the seams
 ``edgeguard.backends.TRT_BUILDER``, ``TRT_IDENTITY`` and ``TRT_PLAN_LOADER``. Its "plan"
 is a marker followed by the ONNX bytes, loaded with ONNX Runtime on the CPU: it checks
 the engine cache's flow (build, seal, load sealed), never anything about TensorRT.
+
+The device sanity check has a double too: :func:`device_check` (through the seam
+``edgeguard.runtime.devicestats.DEVICE_CHECK``) makes a :class:`FakeDeviceCheck`, and the
+loaded plan's ``run_with_stats`` answers with the statistics the **NumPy reference**
+computes on the host (never a GPU result). ``CHECKS`` counts the device checks run in
+this process; ``TAMPER`` may rewrite the statistics a check returns (tests of rejection).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from edgeguard.backends.onnxruntime import OnnxRuntimeBackend
+from edgeguard.errors import MissingDependencyError
+from edgeguard.guard.sanity.reference import reference_stats
+from edgeguard.guard.sanity.spec import FrameStats
 
 MAGIC = b"FAKE-TRT-PLAN\x00"
 BUILDS: list[dict[str, Any]] = []  # in this process only
@@ -41,8 +53,93 @@ def build(onnx: Any, recipe: Any, *, device_id: int = 0, **_: Any) -> BuiltEngin
     return BuiltEngine(MAGIC + bytes(onnx), identity(device_id))
 
 
-def load(plan: Any, *, device_id: int = 0, dla_core: int | None = None) -> OnnxRuntimeBackend:
+CHECKS: list[str] = []  # inputs checked by FakeDeviceCheck in this process
+TAMPER: list[Callable[[FrameStats], FrameStats]] = []  # applied to each check's result
+
+
+class FakeDeviceCheck:
+    """Test double of ``DeviceSanityCheck``: the NumPy reference on the host, not a GPU."""
+
+    def __init__(self, spec: Any) -> None:
+        self.spec = spec
+        self.input_name = spec.input
+        self.device_id = spec.device_id
+
+    def host_stats(self, x: np.ndarray) -> FrameStats:
+        CHECKS.append(self.input_name)
+        stats = reference_stats(
+            x, layout=self.spec.layout, sat_lo=self.spec.sat_lo, sat_hi=self.spec.sat_hi
+        )
+        for fn in TAMPER:
+            stats = fn(stats)
+        return stats
+
+
+class _Shifted(FakeDeviceCheck):
+    def host_stats(self, x: np.ndarray) -> FrameStats:
+        s = super().host_stats(x)
+        return dataclasses.replace(s, mean=s.mean + 100.0)
+
+
+class _TwoFrames(FakeDeviceCheck):
+    def host_stats(self, x: np.ndarray) -> FrameStats:
+        return super().host_stats(np.concatenate([x, x]))
+
+
+class _Negative(FakeDeviceCheck):
+    def host_stats(self, x: np.ndarray) -> FrameStats:
+        s = super().host_stats(x)
+        return dataclasses.replace(s, count=s.count - 10**6)
+
+
+def device_check(spec: Any) -> FakeDeviceCheck:
+    return FakeDeviceCheck(spec)
+
+
+def shifted_check(spec: Any) -> FakeDeviceCheck:
+    """Statistics whose mean is 100 higher than the input's (a frame to reject)."""
+    return _Shifted(spec)
+
+
+def two_frames_check(spec: Any) -> FakeDeviceCheck:
+    """Statistics of two frames for an input of one (a malformed reply)."""
+    return _TwoFrames(spec)
+
+
+def negative_check(spec: Any) -> FakeDeviceCheck:
+    """Negative finite counts (a malformed reply)."""
+    return _Negative(spec)
+
+
+def no_kernel(spec: Any) -> Any:
+    raise MissingDependencyError(
+        "pycuda", "cuda", purpose="The CUDA C++ sanity kernel (test double: absent)"
+    )
+
+
+class FakeTrtBackend:
+    """A FakeTensorRT plan: ONNX Runtime, with ``run_with_stats`` like the TensorRT backend."""
+
+    def __init__(self, ort: OnnxRuntimeBackend) -> None:
+        self._ort = ort
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ort, name)
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._ort.run(feeds)
+
+    def run_with_stats(
+        self, feeds: Mapping[str, np.ndarray], check: Any
+    ) -> tuple[dict[str, np.ndarray], FrameStats]:
+        if not isinstance(check, FakeDeviceCheck):
+            raise TypeError("FakeTensorRT runs only its own device check double")
+        out = self._ort.run(feeds)
+        return out, check.host_stats(np.ascontiguousarray(feeds[check.input_name]))
+
+
+def load(plan: Any, *, device_id: int = 0, dla_core: int | None = None) -> FakeTrtBackend:
     data = bytes(plan)
     if not data.startswith(MAGIC):
         raise ValueError("not a FakeTensorRT plan")
-    return OnnxRuntimeBackend.from_bytes(data[len(MAGIC) :], intra_op_threads=1)
+    return FakeTrtBackend(OnnxRuntimeBackend.from_bytes(data[len(MAGIC) :], intra_op_threads=1))

@@ -376,6 +376,8 @@ class SanityGuard:
         self,
         feeds: Mapping[str, Any],
         prev: Mapping[str, Any] | None = None,
+        *,
+        stats_elsewhere: frozenset[str] = frozenset(),
     ) -> Verdict:
         """Check every input of one call.
 
@@ -383,6 +385,9 @@ class SanityGuard:
             feeds: Input name -> array, as about to be given to the model.
             prev: The previous call's feeds (enables the temporal ``tdiff`` check);
                 an entry of another shape or dtype is ignored.
+            stats_elsewhere: Inputs whose statistics are computed elsewhere (on the
+                device, next to the model; judged later with :meth:`check_stats`):
+                only their static checks run here.
 
         Returns:
             The verdict; a missing or unexpected input is a REJECT violation (an input
@@ -427,6 +432,8 @@ class SanityGuard:
                     x = np.ascontiguousarray(x)
                 else:
                     self._static_ok[p.name] = (x.dtype, x.shape)
+            if p.name in stats_elsewhere:
+                continue
             pv = None if prev is None else prev.get(p.name)
             pv = pv if isinstance(pv, np.ndarray) else None
             stats = self.input_stats(p.name, x, pv)
@@ -434,6 +441,28 @@ class SanityGuard:
             if env is None or not env.inside(stats, p.allow_nonfinite):
                 violations += input_violations(p.name, stats, p)
         return Verdict.of(violations)
+
+    def check_stats(self, name: str, stats: FrameStats) -> Verdict:
+        """Judge statistics of input ``name`` computed elsewhere (on the device).
+
+        The same envelope test and :func:`input_violations` as :meth:`check_inputs`;
+        the static checks are not repeated (they ran before the model did).
+
+        Raises:
+            KeyError: ``name`` is not a checked input of the profile.
+            UsageError: ``stats`` has another number of channels than the profile.
+        """
+        p = self._profile.input(name)
+        widths = {len(lim.warn_low) for lim in p.limits}
+        if widths and widths != {stats.channels}:
+            raise UsageError(
+                f"statistics of {name!r} have {stats.channels} channels; "
+                f"the profile {sorted(widths)}"
+            )
+        env = self._envelopes[name]
+        if env is not None and env.inside(stats, p.allow_nonfinite):
+            return Verdict.of(())
+        return Verdict.of(input_violations(name, stats, p))
 
     def check_outputs(self, outputs: Mapping[str, Any]) -> Verdict:
         """Check the outputs of one call: NaN/Inf and OOD scores."""

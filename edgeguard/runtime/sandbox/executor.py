@@ -69,6 +69,7 @@ from edgeguard.runtime.sandbox.replies import (
     read_message,
     read_outputs,
     read_run_reply,
+    read_stats,
 )
 from edgeguard.runtime.sandbox.worker import pack_arrays
 
@@ -134,6 +135,10 @@ class WorkerSpec:
             Runtime writes the optimised model into (at most this many bytes), for the
             engine cache (:meth:`ProcessMemberExecutor.take_artifact`). Only a worker
             under Landlock compiles (``docs/engine-cache.md``). None: no compiling.
+        device_check: The device sanity check the worker makes next to its TensorRT
+            model (:class:`~edgeguard.runtime.devicestats.DeviceCheckSpec`); its answers
+            then carry the statistics of that input, read strictly
+            (:func:`~edgeguard.runtime.sandbox.replies.read_stats`). None: no check.
     """
 
     model: bytes | bytearray | memoryview = field(repr=False)
@@ -146,6 +151,7 @@ class WorkerSpec:
     cpus: tuple[int, ...] | None = None
     outputs: tuple[TensorSpec, ...] | None = None
     artifact_max: int | None = None
+    device_check: Any = None
 
 
 @dataclass(frozen=True)
@@ -336,6 +342,7 @@ class _Slot:
             )
         self.gpu_nodes: tuple[str, ...] | None = None  # a GPU member's device nodes
         self.groups: tuple[int, ...] = ()  # its supplementary groups (started by root)
+        self.device_check = "not requested"  # the worker's word on its device check
 
     def close(self) -> None:
         with contextlib.suppress(BufferError, ValueError):
@@ -364,6 +371,9 @@ class _ProcCall:
         self._out: dict[str, np.ndarray] | None = None
         self._exc: EdgeguardError | None = None
         self._run_ns: int | None = None
+        # (N, C, H*W, dtype) of the checked input sent, when the worker checks one
+        self.frames: tuple[int, int, int, Any] | None = None
+        self._stats: dict[str, Any] | None = None
         self.t0 = time.perf_counter_ns()
         self.roundtrip_ns: int | None = None
 
@@ -395,6 +405,11 @@ class _ProcCall:
     @property
     def run_ns(self) -> int | None:
         return self._run_ns if self._done else None
+
+    @property
+    def device_stats(self) -> dict[str, Any] | None:
+        """``{input: FrameStats}`` the worker's device check sent with its answer, or None."""
+        return self._stats if self._done and self._exc is None else None
 
 
 class _Proxy:
@@ -552,6 +567,12 @@ class ProcessMemberExecutor:
             return None, note or "the worker did not say", None
         return fd, None, ms
 
+    def device_check(self, name: str) -> str:
+        """What member ``name``'s worker said of its device sanity check when it started:
+        ``"active"``, ``"unavailable: <why>"`` or ``"not requested"``."""
+        with self._lock:
+            return self._slot(name).device_check
+
     def reported_inputs(self, name: str) -> tuple[TensorSpec, ...] | None:
         """The inputs member ``name``'s worker says its model takes (untrusted; strictly read)."""
         with self._lock:
@@ -625,6 +646,14 @@ class ProcessMemberExecutor:
                     )
                 )
             call = _ProcCall(self, s, s.sock)
+            check = s.spec.device_check
+            if check is not None and s.device_check == "active":
+                x = feeds.get(check.input)
+                if isinstance(x, np.ndarray):
+                    from edgeguard.runtime.devicestats import frames_of
+
+                    with contextlib.suppress(UsageError, ValueError):
+                        call.frames = (*frames_of(x, check.layout), x.dtype)
             try:
                 s.sock.send(json.dumps({"op": "run", "feeds": desc}).encode())
             except OSError:
@@ -774,6 +803,7 @@ class ProcessMemberExecutor:
             "gpu": None if s.gpu_nodes is None else {"nodes": list(s.gpu_nodes)},
             "lockdown": _lockdown_point(s.spec),
             "memlock_bytes": self._policy.memory_max_bytes,
+            "device_check": None if s.spec.device_check is None else s.spec.device_check.to_init(),
         }
         if s.artifact_fd is not None:
             init["artifact_fd"] = s.artifact_fd
@@ -798,6 +828,12 @@ class ProcessMemberExecutor:
             s.inputs = _reported_inputs(msg.get("inputs"))
             self._refuse_unless_locked_down(s)
             s.memlock = str(msg.get("memlock", "not reported"))[:200]
+            note = msg.get("device_check")
+            s.device_check = (
+                str(note)[:300]
+                if s.spec.device_check is not None and isinstance(note, str)
+                else "not requested"
+            )
             if s.artifact_fd is not None:
                 s.artifact_note = str(msg.get("artifact", "not reported"))[:200]
                 ms = msg.get("load_ms")
@@ -934,6 +970,8 @@ class ProcessMemberExecutor:
                 call._run_ns = reply.run_ns
                 if reply.ok:
                     out = read_outputs(reply.outputs, s.out, specs=s.spec.outputs)
+                    if reply.stats is not None:
+                        call._stats = self._stats(s, call, reply.stats)
                     s.consecutive = 0
                     call._finish(out, None)
                 else:
@@ -954,6 +992,18 @@ class ProcessMemberExecutor:
                         s.proc.kill()
                     s.busy = None
                     self._reap(s, during="bad_reply")
+
+    @staticmethod
+    def _stats(s: _Slot, call: _ProcCall, raw: Any) -> dict[str, Any]:
+        """The statistics an answer carries, read strictly against the input sent."""
+        check = s.spec.device_check
+        if check is None or call.frames is None:
+            raise BadReplyError("bad reply: statistics nobody asked for")
+        from edgeguard.runtime.devicestats import stats_from_record
+
+        n, c, plane, dtype = call.frames
+        record = read_stats(raw, frames=n, channels=c, plane=plane)
+        return {check.input: stats_from_record(record, check, dtype)}
 
     def _supervise(self) -> None:
         while True:

@@ -16,11 +16,16 @@ sends the supervisor passes through here before it is believed:
 4. **JSON**: no floats, no ``NaN``/``Infinity``, integers of at most
    :attr:`ReplyLimits.max_int_digits` digits, no duplicate keys;
 5. **schema**: a run reply is exactly ``{"ok": true, "outputs": [...], "run_ns": N}`` or
-   ``{"ok": false, "error": "...", "run_ns": N}`` (``run_ns`` optional);
+   ``{"ok": false, "error": "...", "run_ns": N}`` (``run_ns`` optional; an answer may
+   carry ``"stats"``, the device sanity statistics of the checked input);
 6. **output descriptors** (:func:`read_outputs`): checked against the member's signed
    output specs (count, names, element types, ranks, fixed dimensions), inside the
    shared output region, aligned, and **non-overlapping**, so a reply can make the
-   supervisor copy at most the region once - never one region per descriptor.
+   supervisor copy at most the region once - never one region per descriptor;
+7. **statistics record** (:func:`read_stats`): exactly ``{"n", "c", "data"}``, ``n`` and
+   ``c`` the frames and channels of the input the supervisor sent, ``data`` lowercase
+   hex of exactly the record's length (bounded by the message), counts within the
+   frame's size, saturation fractions in ``[0, 1]``.
 
 Every refusal is a :class:`BadReplyError` (a :class:`~edgeguard.errors.BackendError`):
 the executor fails the call, records ``sandbox_bad_reply`` and kills the worker.
@@ -39,7 +44,13 @@ import numpy as np
 
 from edgeguard.errors import BackendError
 from edgeguard.policy.io import DTYPES, TensorSpec
-from edgeguard.runtime.sandbox.worker import ALIGN, MAX_MESSAGE
+from edgeguard.runtime.sandbox.worker import (
+    ALIGN,
+    MAX_MESSAGE,
+    MAX_STATS_HEX,
+    STATS_FLOATS,
+    STATS_INTS,
+)
 
 __all__ = [
     "BadReplyError",
@@ -48,6 +59,7 @@ __all__ = [
     "read_message",
     "read_outputs",
     "read_run_reply",
+    "read_stats",
 ]
 
 # A string literal, from its quote to its closing quote or the end of the message; it
@@ -56,7 +68,9 @@ __all__ = [
 _STRING = re.compile(rb'"(?:[^"\\]|\\.|\\\Z)*(?:"|\Z)', re.S)
 _NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
 _STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # +1 opens, -1 (int8) closes
-_RUN_KEYS = frozenset({"ok", "outputs", "error", "run_ns"})
+_RUN_KEYS = frozenset({"ok", "outputs", "error", "run_ns", "stats"})
+_STATS_KEYS = frozenset({"n", "c", "data"})
+_HEX = re.compile(r"[0-9a-f]*")
 
 
 class BadReplyError(BackendError):
@@ -104,12 +118,14 @@ class RunReply:
         outputs: The raw output descriptors (``ok`` only); see :func:`read_outputs`.
         error: The worker's error text, cut to :attr:`ReplyLimits.max_error` (not ``ok``).
         run_ns: The time the worker says the call took, or None.
+        stats: The raw statistics record (``ok`` only, when sent); see :func:`read_stats`.
     """
 
     ok: bool
     outputs: list[Any] | None
     error: str | None
     run_ns: int | None
+    stats: Any = None
 
 
 def _bad(why: str) -> NoReturn:
@@ -219,10 +235,13 @@ def read_run_reply(data: bytes, limits: ReplyLimits = DEFAULT_LIMITS) -> RunRepl
         outputs = msg.get("outputs")
         if "error" in msg or not isinstance(outputs, list):
             _bad("an answer needs 'outputs' (a list) and no 'error'")
-        return RunReply(ok=True, outputs=outputs, error=None, run_ns=run_ns)
+        stats = msg.get("stats")
+        if "stats" in msg and not isinstance(stats, dict):
+            _bad("'stats' is not an object")
+        return RunReply(ok=True, outputs=outputs, error=None, run_ns=run_ns, stats=stats)
     error = msg.get("error")
-    if "outputs" in msg or not isinstance(error, str):
-        _bad("a failure needs 'error' (a string) and no 'outputs'")
+    if "outputs" in msg or "stats" in msg or not isinstance(error, str):
+        _bad("a failure needs 'error' (a string) and no 'outputs' or 'stats'")
     return RunReply(ok=False, outputs=None, error=error[: limits.max_error], run_ns=run_ns)
 
 
@@ -304,4 +323,54 @@ def read_outputs(
     for name, (dt, dims, off) in seen.items():
         view: np.ndarray = np.ndarray(dims, dtype=dt, buffer=region, offset=off)
         out[name] = view.copy()
+    return out
+
+
+def read_stats(raw: Any, *, frames: int, channels: int, plane: int) -> dict[str, np.ndarray]:
+    """The statistics record of an answer, checked against the input the supervisor sent.
+
+    Args:
+        raw: The reply's ``stats`` object (untrusted).
+        frames: N of the input sent (its ``[N, C, H, W]`` frames view).
+        channels: C of that view.
+        plane: H * W of that view (values per frame and channel).
+
+    Returns:
+        int64 ``nan``, ``posinf``, ``neginf`` ``[N]`` and ``count`` ``[N, C]``; float64
+        ``min``, ``max``, ``mean``, ``std``, ``sat_lo``, ``sat_hi``, ``hf`` ``[N, C]``.
+
+    Raises:
+        BadReplyError: Other keys, another N or C, ``data`` not lowercase hex of exactly
+            the record's length, a count below 0 or above the frame's size, a
+            saturation fraction outside ``[0, 1]``.
+    """
+    if not isinstance(raw, dict) or set(raw) != _STATS_KEYS:
+        _bad("'stats' is not exactly {n, c, data}")
+    if raw["n"] != frames or raw["c"] != channels or not (_int(raw["n"]) and _int(raw["c"])):
+        _bad(f"'stats' describe {raw['n']!r}x{raw['c']!r} frame channels, not {frames}x{channels}")
+    data = raw["data"]
+    words = len(STATS_INTS) * frames + (1 + len(STATS_FLOATS)) * frames * channels
+    if not isinstance(data, str) or len(data) != 16 * words or len(data) > MAX_STATS_HEX:
+        _bad("'stats' data is not a record of the input's size")
+    if not _HEX.fullmatch(data):
+        _bad("'stats' data is not lowercase hex")
+    buf = bytes.fromhex(data)
+    ints = np.frombuffer(buf, dtype="<i8", count=len(STATS_INTS) * frames + frames * channels)
+    floats = np.frombuffer(buf, dtype="<f8", offset=ints.nbytes)
+    out: dict[str, np.ndarray] = {}
+    for i, k in enumerate(STATS_INTS):
+        out[k] = ints[i * frames : (i + 1) * frames].astype(np.int64)
+    out["count"] = ints[len(STATS_INTS) * frames :].astype(np.int64).reshape(frames, channels)
+    per = frames * channels
+    for i, k in enumerate(STATS_FLOATS):
+        out[k] = floats[i * per : (i + 1) * per].astype(np.float64).reshape(frames, channels)
+    size = plane * channels  # values per frame
+    if any(((out[k] < 0) | (out[k] > size)).any() for k in (*STATS_INTS, "count")) or (
+        (out["count"] > plane).any()
+        or (sum(out[k] for k in STATS_INTS) + out["count"].sum(axis=1) > size).any()
+    ):  # each term bounded first: the sum cannot overflow
+        _bad("'stats' counts do not fit the input's frames")
+    for k in ("sat_lo", "sat_hi"):
+        if not ((out[k] >= 0) & (out[k] <= 1)).all():
+            _bad(f"'stats' {k} is not a fraction in [0, 1]")
     return out

@@ -71,12 +71,31 @@ import numpy as np
 from edgeguard.policy.io import DTYPES
 from edgeguard.runtime.sandbox import _linux, gpu
 
-__all__ = ["ALIGN", "MAX_MESSAGE", "main", "pack_arrays", "unpack_arrays"]
+__all__ = [
+    "ALIGN",
+    "MAX_MESSAGE",
+    "MAX_STATS_HEX",
+    "STATS_FLOATS",
+    "STATS_INTS",
+    "main",
+    "pack_arrays",
+    "pack_stats",
+    "unpack_arrays",
+]
 
 #: Byte alignment of every tensor in the shared I/O region.
 ALIGN = 64
 #: Largest control message, either direction.
 MAX_MESSAGE = 1 << 16
+#: Longest statistics record in a reply (hex characters): what is left of a message for
+#: the output descriptors is ample. A larger record (a batch of hundreds of frames) is
+#: not sent, and the supervisor computes the statistics on its CPU instead.
+MAX_STATS_HEX = MAX_MESSAGE - (1 << 14)
+#: The statistics record of a reply, in order: per frame int64 ``[N]`` ...
+STATS_INTS: tuple[str, ...] = ("nan", "posinf", "neginf")
+#: ... then int64 ``count`` ``[N, C]``, then float64 ``[N, C]`` each of these
+#: (IEEE-754 bits, little-endian: floats never appear as JSON numbers).
+STATS_FLOATS: tuple[str, ...] = ("min", "max", "mean", "std", "sat_lo", "sat_hi", "hf")
 _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
 Loader = Callable[[memoryview, str, Mapping[str, Any]], Any]
 
@@ -104,6 +123,25 @@ def pack_arrays(arrays: Mapping[str, np.ndarray], region: memoryview) -> list[li
         desc.append([str(name), a.dtype.name, list(a.shape), off, n])
         off += (n + ALIGN - 1) // ALIGN * ALIGN
     return desc
+
+
+def pack_stats(stats: Any) -> dict[str, Any] | None:
+    """A reply's form of one input's sanity statistics (a ``FrameStats``), or None.
+
+    ``{"n": N, "c": C, "data": HEX}``: ``data`` is the little-endian int64 per-frame
+    counts (:data:`STATS_INTS`), int64 ``count``, then the float64 bits of
+    :data:`STATS_FLOATS`, each ``[N, C]``. ``tdiff`` is never sent (the supervisor
+    computes it from the previous accepted frame). None when the record is longer
+    than :data:`MAX_STATS_HEX`.
+    """
+    n, c = (int(v) for v in np.shape(stats.count))
+    parts = [np.asarray(getattr(stats, k), dtype="<i8").reshape(n) for k in STATS_INTS]
+    parts.append(np.asarray(stats.count, dtype="<i8").reshape(n * c))
+    parts += [np.asarray(getattr(stats, k), dtype="<f8").reshape(n * c) for k in STATS_FLOATS]
+    data = b"".join(p.tobytes() for p in parts).hex()
+    if len(data) > MAX_STATS_HEX:
+        return None
+    return {"n": n, "c": c, "data": data}
 
 
 def unpack_arrays(desc: Any, region: memoryview, *, copy: bool) -> dict[str, np.ndarray]:
@@ -184,6 +222,24 @@ def _resolve_loader(spec: str | None) -> Loader:
     return loader
 
 
+def _device_check(want: Any, target: Any) -> tuple[Any, str]:
+    """The device sanity check ``init["device_check"]`` asks for, and how it went.
+
+    Made before the lockdown (the kernel image is a file). Any failure leaves the
+    member serving without it: the supervisor then computes the statistics itself.
+    """
+    if not want:
+        return None, "not requested"
+    if not callable(getattr(target, "run_with_stats", None)):
+        return None, "unavailable: the member's backend cannot run a device check"
+    try:
+        from edgeguard.runtime.devicestats import DeviceCheckSpec, make_device_check
+
+        return make_device_check(DeviceCheckSpec.from_init(want)), "active"
+    except Exception as exc:
+        return None, "unavailable: " + _error_text(exc)[:300]
+
+
 def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:1000]
 
@@ -191,24 +247,35 @@ def _error_text(exc: BaseException) -> str:
 class _Server:
     """The serving half: one request at a time over shared memory."""
 
-    def __init__(self, ctl: int, target: Any, io: mmap.mmap, io_bytes: int) -> None:
+    def __init__(
+        self, ctl: int, target: Any, io: mmap.mmap, io_bytes: int, check: Any = None
+    ) -> None:
         self.ctl = ctl
         self.target = target
         self.view = memoryview(io)
         self.inp = self.view[:io_bytes]
         self.out = self.view[io_bytes:]
+        self.check = check  # the device sanity check, with the model on its stream
 
     def handle(self, msg: Mapping[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter_ns()
+        stats = None
         try:
             feeds = unpack_arrays(msg.get("feeds"), self.inp, copy=False)
-            outputs = self.target.run(feeds)
+            if self.check is not None and self.check.input_name in feeds:
+                outputs, found = self.target.run_with_stats(feeds, self.check)
+                stats = pack_stats(found)
+            else:
+                outputs = self.target.run(feeds)
             if not isinstance(outputs, Mapping):
                 raise TypeError(f"the model returned {type(outputs).__name__}, not a mapping")
             desc = pack_arrays(outputs, self.out)
         except Exception as exc:  # reported to the supervisor, never raised here
             return {"ok": False, "error": _error_text(exc), "run_ns": time.perf_counter_ns() - t0}
-        return {"ok": True, "outputs": desc, "run_ns": time.perf_counter_ns() - t0}
+        reply: dict[str, Any] = {"ok": True, "outputs": desc, "run_ns": time.perf_counter_ns() - t0}
+        if stats is not None:
+            reply["stats"] = stats
+        return reply
 
     def warm_up(self, rounds: int) -> None:
         specs = self.target.inputs() if hasattr(self.target, "inputs") else ()
@@ -599,7 +666,8 @@ def main(argv: list[str] | None = None) -> int:
                 exc = exc.__context__
             _send(ctl, {"op": "error", "error": "model load failed: " + _error_text(exc)})
             return 5
-        server = _Server(ctl, target, io, io_bytes)
+        check, check_note = _device_check(init.get("device_check"), target)
+        server = _Server(ctl, target, io, io_bytes, check)
         # 6. warm-up through the serving path: ONNX Runtime's threads and lazy imports
         try:
             server.warm_up(int(init.get("warmup_rounds", 2)))
@@ -635,6 +703,7 @@ def main(argv: list[str] | None = None) -> int:
             "inputs": ins,
             "artifact": lock.artifact,
             "load_ms": load_ms,
+            "device_check": check_note,
         },
     )
     return server.serve()
