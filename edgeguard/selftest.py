@@ -341,6 +341,17 @@ def _digits_bundle(tmp: Path) -> tuple[Path, Any, Any]:
     return out, TrustStore.of([signer.public]), device
 
 
+def _log_kinds(path: Path) -> list[str]:
+    """The record kinds of an event log, in order (its chain is checked elsewhere)."""
+    import json
+
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    return [str(json.loads(line).get("kind")) for line in lines if line.strip()]
+
+
 def check_device_session() -> tuple[str, dict[str, Any]]:
     """A bundle built, verified, decrypted and served in sandboxed workers, like the CLI.
 
@@ -357,10 +368,12 @@ def check_device_session() -> tuple[str, dict[str, Any]]:
     frames = x[:16]
     expected = _ort_outputs(model, frames)
     starts: list[float] = []
+    cache: list[list[str]] = []
     with tempfile.TemporaryDirectory(prefix="edgeguard-selftest-") as tmp:
         bundle, trust, device = _digits_bundle(Path(tmp))
         layers: dict[str, Any] = {}
         for _ in range(2):
+            seen = _log_kinds(Path(tmp) / "state" / "events.log")
             t0 = time.perf_counter()
             with open_session(
                 bundle, trust=trust, device_key=device, state_dir=Path(tmp) / "state"
@@ -372,15 +385,28 @@ def check_device_session() -> tuple[str, dict[str, Any]]:
                 ]
                 name = session.policy.members[0].name
                 layers = dict(getattr(session.worker_status(name), "layers", {}) or {})
+            cache.append(
+                [
+                    k
+                    for k in _log_kinds(Path(tmp) / "state" / "events.log")[len(seen) :]
+                    if k.startswith("engine_cache_")
+                ]
+            )
     diff = float(np.max(np.abs(np.concatenate(got) - expected)))
     if diff > 1e-5:
         raise AssertionError(f"the session's answers differ from ONNX Runtime's by {diff:.3g}")
+    if "engine_cache_sealed" not in cache[0] or "engine_cache_hit" not in cache[1]:
+        raise AssertionError(
+            f"the engine cache did not seal at the first start and load at the second: {cache}"
+        )
     applied = sorted(k for k, v in layers.items() if str(v).startswith("active"))
     return (
-        f"{len(frames)} frames through open_session agree with ONNX Runtime; sandbox layers "
-        f"active: {', '.join(applied) or 'none'}",
+        f"{len(frames)} frames through open_session agree with ONNX Runtime; compiled, "
+        f"sealed, reloaded from the engine cache; sandbox layers active: "
+        f"{', '.join(applied) or 'none'}",
         {
             "start_ms": [round(v, 1) for v in starts],
+            "engine_cache": cache,
             "layers": layers,
             "max_abs_diff": diff,
         },
