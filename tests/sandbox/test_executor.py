@@ -284,3 +284,24 @@ def test_fallback_proxy_names(caps: HostCapabilities) -> None:
         t = time.perf_counter()
         np.testing.assert_array_equal(fb.run({"x": np.ones(3, np.float32)})["y"], np.full(3, 2.0))
         assert time.perf_counter() - t < 5
+
+
+def test_the_shared_io_memfd_cannot_be_shrunk_or_grown(caps: HostCapabilities) -> None:
+    """A worker that shrank the I/O memfd (ftruncate, or a reopen with O_TRUNC through
+    /proc/self/fd) would make the supervisor's reads of its mapping fault: SIGBUS kills
+    the supervisor, not the member. The memfd is sealed at its size before any worker."""
+    import fcntl
+    import os
+
+    with ProcessMemberExecutor(
+        {"a": WorkerSpec(conv_model())}, policy=SandboxPolicy(), caps=caps
+    ) as ex:
+        fd = ex._slots["a"].io_fd  # type: ignore[attr-defined]
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        assert seals & fcntl.F_SEAL_SHRINK and seals & fcntl.F_SEAL_GROW
+        size = os.fstat(fd).st_size
+        with pytest.raises(PermissionError):
+            os.ftruncate(fd, size // 2)
+        with pytest.raises(PermissionError):
+            os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_TRUNC)
+        assert os.fstat(fd).st_size == size
