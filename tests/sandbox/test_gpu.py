@@ -503,3 +503,17 @@ def test_discovery_on_a_real_gpu_member(caps: HostCapabilities) -> None:
     )
     print(json.dumps(report.to_dict(), indent=1))
     assert report.worker_alive and report.requests == 3
+
+
+def test_new_nvgpu_naming_keeps_the_debugger_trace_and_scheduler_nodes_closed(
+    tmp_path: Path,
+) -> None:
+    d = tmp_path / "dev" / "nvgpu" / "igpu0"
+    d.mkdir(parents=True)
+    for n in ("ctrl", "as", "channel", "tsg", "dbg", "ctxsw", "sched", "nvsched", "prof"):
+        (d / n).write_text("")
+    (tmp_path / "dev" / "nvhost-dbg-gpu").write_text("")
+    got = {Path(p).name for p in gpu.select_device_nodes(root=tmp_path, families=["nvgpu"])}
+    assert "nvhost-dbg-gpu" not in got
+    assert not {"dbg", "ctxsw", "sched", "nvsched"} & got, got
+    assert {"ctrl", "as", "channel", "tsg"} <= got

@@ -309,9 +309,7 @@ class _Slot:
             os.close(self.model_fd)
             raise BackendError(f"cannot map the sealed model memfd: {exc.strerror}") from exc
         self.io_bytes = io_bytes
-        self.io_fd = os.memfd_create(
-            f"edgeguard-io-{name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
-        )
+        self.io_fd = os.memfd_create(f"edgeguard-io-{name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         os.ftruncate(self.io_fd, 2 * io_bytes)  # sparse: pages appear when touched
         # its size is fixed for good: a worker that could shrink it (ftruncate, or a reopen
         # with O_TRUNC through /proc/self/fd) would make the supervisor's reads of its

@@ -111,6 +111,10 @@ EXCLUDED_NODES: dict[str, str] = {
     "/dev/nvhost-ctxsw-gpu": "context-switch trace of every process on the GPU",
     "/dev/nvhost-sched-gpu": "GPU scheduling of every process (runlist control)",
     "/dev/nvhost-nvsched-gpu": "the same, newer naming",
+    "/dev/nvgpu/*/dbg": "the GPU debugger under the nvgpu/igpu0 naming",
+    "/dev/nvgpu/*/ctxsw": "the context-switch trace under the nvgpu/igpu0 naming",
+    "/dev/nvgpu/*/sched": "GPU scheduling under the nvgpu/igpu0 naming",
+    "/dev/nvgpu/*/nvsched": "the same, newer scheduler interface",
     "/dev/nvidia-modeset": "display mode setting: not needed for compute",
     "/dev/nvidia-caps/*": "MIG capability nodes: not needed on a single-tenant device",
 }
