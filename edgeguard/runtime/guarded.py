@@ -273,6 +273,7 @@ class _Frame:
     other: bool = False  # a model call ended otherwise: answered, late, failed, retired
     stats_pending: bool = False  # statistics to judge: from the members' answers, or here
     stats: dict[str, Mapping[str, Any]] = field(default_factory=dict)  # member -> its stats
+    unchecked: set[str] = field(default_factory=set)  # answered without statistics
 
 
 _CLASSIFIERS = (VoterKind.PLURALITY, VoterKind.MAJORITY, VoterKind.SOFT)
@@ -675,19 +676,22 @@ class GuardedRuntime:
         rank = {"PASS": 0, "WARN": 1, "REJECT": 2}
         covered = {name for found in f.stats.values() for name in found}
         try:
-            if f.stats and self._device <= covered:
-                for member in sorted(f.stats):
-                    for name, stats in sorted(f.stats[member].items()):
-                        if name not in self._device:
-                            continue
-                        pv = None if prev is None else prev.get(name)
-                        v = self._dev.check_stats(name, stats, f.feeds[name], pv)
-                        r = rank.get(_status_name(v), 2)
-                        if r > worst[0]:
-                            worst = (r, v, f"device:{member}")
-            else:  # no member sent them: computed here, never skipped
+            for member in sorted(f.stats):
+                for name, stats in sorted(f.stats[member].items()):
+                    if name not in self._device:
+                        continue
+                    pv = None if prev is None else prev.get(name)
+                    v = self._dev.check_stats(name, stats, f.feeds[name], pv)
+                    r = rank.get(_status_name(v), 2)
+                    if r > worst[0]:
+                        worst = (r, v, f"device:{member}")
+            if not f.stats or not self._device <= covered or f.unchecked:
+                # no member sent them, or one answered without them: computed here too,
+                # so no answer is delivered on another member's word, and none unchecked
                 v = self._dev.check_inputs(f.feeds, prev=prev)
-                worst = (rank.get(_status_name(v), 2), v, "cpu")
+                r = rank.get(_status_name(v), 2)
+                if r > worst[0]:
+                    worst = (r, v, "cpu")
             status = _status_name(worst[1])
         except Exception as exc:  # a broken checker must not let inputs through
             status, detail = "REJECT", {"error": f"{type(exc).__name__}: {exc}"}
@@ -1004,6 +1008,8 @@ class GuardedRuntime:
                 found = getattr(call, "device_stats", None)
                 if self._device and isinstance(found, Mapping) and found:
                     f.stats[n] = found
+                elif self._device:
+                    f.unchecked.add(n)  # its answer is judged by statistics computed here
             except (InputRefusedError, UsageError) as exc:  # refused before it ran: the input
                 f.refused[n] = exc
                 self._member_failed(f.seq, n, "input_refused", str(exc), reasons)

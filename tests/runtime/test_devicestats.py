@@ -442,3 +442,26 @@ def test_a_sandboxed_member_whose_worker_has_no_kernel_keeps_the_session_on_the_
     assert _device_check_missing(one, {}, pol, "sandbox") == (
         "member 'b': device check unavailable: MissingDependencyError: no pycuda"
     )
+
+
+class _Vouching(_Executor):
+    """'a' (compromised worker) always sends the statistics of a good frame;
+    'b' (honest, its worker restarted without the kernel: device_check unavailable)
+    answers with no statistics - the supervisor accepts an answer without them."""
+
+    def submit(self, name: str, feeds: Any) -> _Call:
+        self.fed.append(name)
+        x = feeds["image"]
+        out = {"logits": np.full((1, 10), float(x.mean()), np.float32)}
+        if name == "a":
+            return _Call(
+                out, {"image": reference_stats(GOOD, layout="NCHW", sat_lo=0.0, sat_hi=1.0)}
+            )
+        return _Call(out, None)
+
+
+def test_a_bad_frame_is_not_accepted_on_one_members_word() -> None:
+    with _runtime(_Vouching(), reject_action="raise") as rt:
+        rt.infer({"image": GOOD.copy()})
+        with pytest.raises(InputRejectedError):
+            rt.infer({"image": BAD.copy()})  # b answered without statistics
