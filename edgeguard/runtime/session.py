@@ -1075,6 +1075,7 @@ def _start_sandbox(
     n_cpu = cpu_member_count(slots.runtime)
     specs: dict[str, WorkerSpec] = {}
     bindings: dict[str, Binding] = {}
+    timings: dict[str, Binding] = {}  # members whose build keeps the timing cache
     held: list[Any] = []  # decrypted artifacts, wiped once the workers hold their copies
 
     def spec(key: str, name: str, fmt: str, accel: bool, **kw: Any) -> WorkerSpec:
@@ -1114,12 +1115,18 @@ def _start_sandbox(
             if buf is not None:
                 held.append(buf)
                 return WorkerSpec(buf.view(), fmt="trt-plan", options=loc, **kw)
+        timing = None
+        if cache is not None and recipe.get("timing_cache"):
+            timings[key] = _timing_binding(identity)
+            timing = _sealed_bytes(cache, timings[key])
         return WorkerSpec(
             opened.member_bytes(name),
             fmt="trt-build",
             options={**loc, "recipe": recipe, "builder": TRT_BUILDER},
             artifact_max=None if cache is None else cache.limits.max_artifact_bytes,
             calibration=_calibration(opened, recipe),
+            timing_cache=timing,
+            timing_cache_out=key in timings,
             **kw,
         )
 
@@ -1149,7 +1156,9 @@ def _start_sandbox(
                 False,
                 outputs=_signed_outputs(slots, slots.fallback),
             )
-        executor, area = _sandbox_executor(opened, specs, log, workers, cache, bindings, progress)
+        executor, area = _sandbox_executor(
+            opened, specs, log, workers, cache, bindings, progress, timings
+        )
     finally:
         for buf in held:
             buf.wipe()
@@ -1169,6 +1178,7 @@ def _sandbox_executor(
     cache: EngineCache | None,
     bindings: Mapping[str, Binding],
     progress: BuildProgress | None = None,
+    timings: Mapping[str, Binding] | None = None,
 ) -> tuple[Any, IoArea]:
     """Start the workers; seal what each compiling worker wrote; retry a bad artifact."""
     from edgeguard.runtime.sandbox.area import io_area
@@ -1229,6 +1239,13 @@ def _sandbox_executor(
                     _seal_memfd(cache, binding, fd)
                 finally:
                     os.close(fd)
+            for key, binding in (timings or {}).items():
+                tfd = executor.take_timing_cache(key)
+                if tfd is not None:
+                    try:
+                        _seal_memfd(cache, binding, tfd)
+                    finally:
+                        os.close(tfd)
         except BaseException:
             executor.close()
             raise

@@ -216,3 +216,14 @@ def build_with_bad_progress(onnx: Any, recipe: Any, **kw: Any) -> BuiltEngine:
     msg = {"op": "progress", "phase": "Building engine", "done": -1, "total": 3}
     os.write(int(sys.argv[1]), json.dumps(msg).encode())
     return build(onnx, recipe, **kw)
+
+
+def loader_sending_progress(model: Any, fmt: str, options: Any) -> Any:
+    """A CPU worker's loader that sends a well-formed progress message (it builds nothing)."""
+    import json
+    import os
+    import sys
+
+    msg = {"op": "progress", "phase": "Building engine", "done": 0, "total": 3}
+    os.write(int(sys.argv[1]), json.dumps(msg).encode())
+    return OnnxRuntimeBackend.from_bytes(model, intra_op_threads=1)

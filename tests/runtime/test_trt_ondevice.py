@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -467,3 +468,44 @@ def test_the_timing_cache_binding_is_device_wide() -> None:
     }
     other = _timing_binding({**fake_trt.IDENTITY, "driver": "550.0.0"})
     assert other.digest() != b.digest() and other.group() == b.group()
+
+
+@needs_seccomp
+@pytest.mark.parametrize(("given", "want"), [(b"old", b"old+1"), (None, b"cache+1")])
+def test_sandboxed_build_gets_the_timing_cache_and_returns_the_new_one(
+    given: bytes | None, want: bytes
+) -> None:
+    spec = _trt_spec(
+        "build", recipe=TIMED, artifact_max=1 << 26, timing_cache=given, timing_cache_out=True
+    )
+    with ProcessMemberExecutor({"m": spec}, policy=SandboxPolicy(), io_bytes=1 << 20) as ex:
+        fd, note, _ = ex.take_artifact("m")
+        assert fd is not None and note is None
+        os.close(fd)
+        tfd = ex.take_timing_cache("m")
+        assert tfd is not None
+        with open(tfd, "rb") as f:
+            assert f.read() == want
+        assert ex.take_timing_cache("m") is None  # once
+        assert ex.members()["m"].run(X)["logits"].shape == (1, 10)
+
+
+@needs_seccomp
+def test_a_sandboxed_build_without_the_engine_cache_keeps_no_timing_cache() -> None:
+    spec = _trt_spec("build", recipe=TIMED, timing_cache_out=True)  # no artifact_max
+    with ProcessMemberExecutor({"m": spec}, policy=SandboxPolicy(), io_bytes=1 << 20) as ex:
+        assert ex.take_timing_cache("m") is None
+
+
+@needs_seccomp
+def test_a_worker_that_builds_nothing_may_not_send_progress() -> None:
+    spec = WorkerSpec(ONNX, loader=f"{FAKE}:loader_sending_progress", python_path=(str(ROOT),))
+    got: list[Any] = []
+    with pytest.raises(BackendError, match="a progress message from a worker that builds no"):
+        ProcessMemberExecutor(
+            {"m": spec},
+            policy=SandboxPolicy(),
+            io_bytes=1 << 20,
+            on_progress=lambda *a: got.append(a),
+        )
+    assert got == []

@@ -149,6 +149,11 @@ class WorkerSpec:
             ``npz`` member's plaintext): copied into a second sealed memfd at
             construction, like the model, and read in the worker by the strict array
             reader. None: no calibration frames.
+        timing_cache: A ``trt-build`` worker's TensorRT timing cache to start from
+            (copied into a sealed memfd, like the model). None: none.
+        timing_cache_out: A ``trt-build`` worker that compiles (``artifact_max``) gets
+            an empty memfd for the timing cache its build returns
+            (:meth:`ProcessMemberExecutor.take_timing_cache`).
         device_check: The device sanity check the worker makes next to its TensorRT
             model (:class:`~edgeguard.runtime.devicestats.DeviceCheckSpec`); its answers
             then carry the statistics of that input, read strictly
@@ -167,6 +172,8 @@ class WorkerSpec:
     artifact_max: int | None = None
     device_check: Any = None
     calibration: bytes | bytearray | memoryview | None = field(default=None, repr=False)
+    timing_cache: bytes | bytearray | memoryview | None = field(default=None, repr=False)
+    timing_cache_out: bool = False
 
 
 @dataclass(frozen=True)
@@ -352,6 +359,23 @@ class _Slot:
                 _linux.unmap(self.model_map, self.model_size)
                 os.close(self.model_fd)
                 raise
+        self.timing_fd: int | None = None  # the timing cache to start from (sealed)
+        self.timing_size = 0
+        self.timing_out_fd: int | None = None  # the one the build returns
+        try:
+            if spec.timing_cache is not None and len(memoryview(spec.timing_cache)):
+                self.timing_size = len(memoryview(spec.timing_cache).cast("B"))
+                self.timing_fd = seal_model(spec.timing_cache, name=f"edgeguard-timing-{name}")
+            if spec.timing_cache_out and spec.artifact_max is not None:
+                self.timing_out_fd = os.memfd_create(
+                    f"edgeguard-timing-out-{name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
+                )
+        except BaseException:
+            _linux.unmap(self.model_map, self.model_size)
+            for fd in (self.model_fd, self.calibration_fd, self.timing_fd):
+                if fd is not None:
+                    os.close(fd)
+            raise
         self.io_bytes = io_bytes
         self.io_fd = os.memfd_create(f"edgeguard-io-{name}", os.MFD_CLOEXEC)
         os.ftruncate(self.io_fd, 2 * io_bytes)  # sparse: pages appear when touched
@@ -396,12 +420,19 @@ class _Slot:
         if self.model_map:
             _linux.unmap(self.model_map, self.model_size)
             self.model_map = 0
-        for fd in (self.model_fd, self.io_fd, self.artifact_fd, self.calibration_fd):
+        for fd in (
+            self.model_fd,
+            self.io_fd,
+            self.artifact_fd,
+            self.calibration_fd,
+            self.timing_fd,
+            self.timing_out_fd,
+        ):
             if fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         self.artifact_fd = None
-        self.calibration_fd = None
+        self.calibration_fd = self.timing_fd = self.timing_out_fd = None
 
 
 class _ProcCall:
@@ -625,6 +656,24 @@ class ProcessMemberExecutor:
             return None, note or "the worker did not say", None
         return fd, None, ms
 
+    def take_timing_cache(self, name: str) -> int | None:
+        """The memfd member ``name``'s worker wrote its build's timing cache into, once,
+        when it compiled (:meth:`take_artifact` said so); the caller closes it. None when
+        nothing was asked or written. Later restarts of the worker get none."""
+        with self._lock:
+            s = self._slot(name)
+            fd, written = s.timing_out_fd, s.artifact_note == "written"
+            s.timing_out_fd = None
+            if s.timing_fd is not None:  # restarts start from an empty cache
+                os.close(s.timing_fd)
+                s.timing_fd = None
+        if fd is None:
+            return None
+        if not written or os.fstat(fd).st_size == 0:
+            os.close(fd)
+            return None
+        return fd
+
     def device_check(self, name: str) -> str:
         """What member ``name``'s worker said of its device sanity check when it started:
         ``"active"``, ``"unavailable: <why>"`` or ``"not requested"``."""
@@ -822,7 +871,11 @@ class ProcessMemberExecutor:
                     child.fileno(),
                     s.model_fd,
                     s.io_fd,
-                    *(fd for fd in (s.artifact_fd, s.calibration_fd) if fd is not None),
+                    *(
+                        fd
+                        for fd in (s.artifact_fd, s.calibration_fd, s.timing_fd, s.timing_out_fd)
+                        if fd is not None
+                    ),
                 ),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -873,6 +926,11 @@ class ProcessMemberExecutor:
         if s.calibration_fd is not None:
             init["calibration_fd"] = s.calibration_fd
             init["calibration_size"] = s.calibration_size
+        if s.timing_fd is not None:
+            init["timing_cache_fd"] = s.timing_fd
+            init["timing_cache_size"] = s.timing_size
+        if s.timing_out_fd is not None and s.artifact_fd is not None:
+            init["timing_cache_out_fd"] = s.timing_out_fd
         init.update(self._init_extra)
         parent.send(json.dumps(init).encode())
 
@@ -889,6 +947,9 @@ class ProcessMemberExecutor:
                 with contextlib.suppress(BadReplyError):
                     msg = read_message(data) if data else None
             if not (isinstance(msg, dict) and msg.get("op") == "progress"):
+                break
+            if s.spec.fmt != "trt-build":
+                msg = {"error": "a progress message from a worker that builds no TensorRT plan"}
                 break
             got = _read_progress(msg)
             if got is None:

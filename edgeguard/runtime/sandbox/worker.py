@@ -287,6 +287,20 @@ def _calibration_fd(init: Mapping[str, Any]) -> int | None:
     return fd
 
 
+def _timing_cache(init: Mapping[str, Any]) -> bytes | None:
+    """The timing cache a ``trt-build`` worker starts from (its sealed memfd), or None."""
+    if init.get("timing_cache_fd") is None:
+        return None
+    fd, size = int(init["timing_cache_fd"]), int(init["timing_cache_size"])
+    try:
+        if fcntl.fcntl(fd, fcntl.F_GET_SEALS) & _SEALS != _SEALS:
+            raise ValueError("the timing cache memfd is not sealed")
+        with mmap.mmap(fd, size, prot=mmap.PROT_READ) as m:
+            return bytes(m)
+    finally:
+        os.close(fd)
+
+
 def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:1000]
 
@@ -671,6 +685,7 @@ def main(argv: list[str] | None = None) -> int:
             loader = _resolve_loader(init.get("loader"))
             _prepare(loader, fmt)
             cal_fd = _calibration_fd(init)
+            timing = _timing_cache(init) if fmt == "trt-build" else None
         except Exception as exc:
             _send(ctl, {"op": "error", "error": "model load failed: " + _error_text(exc)})
             return 5
@@ -686,6 +701,8 @@ def main(argv: list[str] | None = None) -> int:
             raise _RequiredLayerError(f"privileges: {exc}") from exc
         lock.limits(nproc=False)
         options = dict(init.get("options", {}))
+        out = init.get("timing_cache_out_fd")
+        timing_out = None if out is None else int(out)  # closed after the load, always
         if fmt == "trt-build" and loader is _default_loader:
             options["progress"] = _Progress(ctl)
             if cal_fd is not None:  # read in the build, by the strict array reader
@@ -705,6 +722,10 @@ def main(argv: list[str] | None = None) -> int:
         elif lock.compiling() and loader is _default_loader and fmt == "trt-build":
             options["artifact_fd"] = lock.artifact_fd
             lock.artifact = "written"
+            if timing is not None:
+                options["timing_cache"] = timing
+            if timing_out is not None:
+                options["timing_cache_fd"] = timing_out
         else:
             lock.end_compile()
         # 5. the model: untrusted input from here on
@@ -713,8 +734,9 @@ def main(argv: list[str] | None = None) -> int:
             with model:
                 target = loader(memoryview(model), fmt, options)
             os.close(model_fd)
-            if cal_fd is not None:
-                os.close(cal_fd)
+            for fd in (cal_fd, timing_out):
+                if fd is not None:
+                    os.close(fd)
             lock.end_compile()
             load_ms = int((time.perf_counter() - t_load) * 1e3)  # no floats in replies
         except Exception as exc:
