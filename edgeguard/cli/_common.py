@@ -161,9 +161,12 @@ class BuildDisplay:
         self._lock = threading.Lock()
         self._bar: Any = None
         self._tasks: dict[str, Any] = {}
+        self._closed = False
 
     def __call__(self, member: str, phase: str, done: int, total: int) -> None:
         with self._lock:
+            if self._closed:  # a worker rebuilding after a restart: the session serves
+                return
             if self._bar is None:
                 self._bar = self._start()
             text = f"building the TensorRT engine of {member}: {phase}"
@@ -203,6 +206,7 @@ class BuildDisplay:
     def close(self) -> None:
         """Remove the display (the session has started, or failed to)."""
         with self._lock:
+            self._closed = True
             if self._bar is not None:
                 self._bar.stop()
                 self._bar = None

@@ -459,8 +459,9 @@ def open_session(
             takes minutes on a Jetson): TensorRT's progress monitor, from the builder's
             threads in ``threads`` isolation and from the supervisor's thread (relayed
             from the worker, at most every 0.25 s and at each phase end) in ``sandbox``
-            isolation. Never called when no build happens; an exception it raises is
-            ignored.
+            isolation. Never called when no build happens (a sandboxed build worker
+            restarted while the session serves builds again, and reports it); an
+            exception it raises is ignored.
 
     Returns:
         The started session.

@@ -301,6 +301,7 @@ def test_build_display_follows_the_phases(monkeypatch: pytest.MonkeyPatch) -> No
     d("m", "Building engine", 1, 3)
     d("m", "Tactic selection", 2, 2)
     d.close()
+    d("m", "Building engine", 1, 3)  # after the start (a restarted worker): nothing
     assert shown == [
         {
             "description": "building the TensorRT engine of m: Building engine",
