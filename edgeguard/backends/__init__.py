@@ -18,10 +18,14 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Callable, Mapping
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from edgeguard.backends.base import Backend, TensorSpec
 from edgeguard.errors import BackendError, MalformedError, UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "ARTIFACT_FORMATS",
@@ -30,17 +34,21 @@ __all__ = [
     "TRT_IDENTITY",
     "TRT_PLAN_LOADER",
     "Backend",
+    "BuiltPlan",
     "TensorSpec",
     "build_plan",
     "device_identity",
     "load_backend",
+    "read_calibration",
 ]
 
 #: ``module:function`` that builds a TensorRT plan on this device from a signed ONNX
-#: member and its recipe: ``function(onnx, recipe: MemberRecipe, *, device_id)`` returning
-#: an object with ``plan`` (bytes) and ``identity`` (the GPU and TensorRT it was built
-#: for), as :func:`edgeguard.backends.tensorrt.build_engine` does (the recipe's
-#: ``dla_core`` picks a DLA core). The seam through which tests put a test double.
+#: member and its recipe: ``function(onnx, recipe: MemberRecipe, *, device_id,
+#: progress=..., calibration=..., timing_cache=...)`` (the last three only when there are
+#: some) returning an object with ``plan`` (bytes), ``identity`` (the GPU and TensorRT it
+#: was built for) and ``timing_cache`` (bytes or None), as
+#: :func:`edgeguard.backends.tensorrt.build_engine` does (the recipe's ``dla_core`` picks
+#: a DLA core). The seam through which tests put a test double.
 TRT_BUILDER = "edgeguard.backends.tensorrt:build_engine"
 #: ``module:function`` returning this device's TensorRT identity for a CUDA device:
 #: ``function(device_id) -> {"tensorrt", "gpu_name", "compute_capability", "driver"}``
@@ -125,6 +133,22 @@ def device_identity(*, device_id: int = 0, identity: str | None = None) -> dict[
     return {str(k): str(v) for k, v in got.items()}
 
 
+@dataclass(frozen=True)
+class BuiltPlan:
+    """A TensorRT plan built on this device (:func:`build_plan`).
+
+    Attributes:
+        plan: The serialised plan.
+        identity: The GPU and TensorRT it was built for.
+        timing_cache: The builder's timing cache after the build, or None (the recipe
+            keeps none, or the builder returned none).
+    """
+
+    plan: bytes = field(repr=False)
+    identity: dict[str, str]
+    timing_cache: bytes | None = field(default=None, repr=False)
+
+
 def build_plan(
     onnx: bytes | bytearray | memoryview,
     recipe: Mapping[str, Any],
@@ -132,7 +156,10 @@ def build_plan(
     device_id: int = 0,
     dla_core: int | None = None,
     builder: str | None = None,
-) -> tuple[bytes, dict[str, str]]:
+    progress: Callable[[str, int, int], None] | None = None,
+    calibration: Mapping[str, np.ndarray] | None = None,
+    timing_cache: bytes | None = None,
+) -> BuiltPlan:
     """Build a TensorRT plan on this device from a signed ONNX member and its recipe.
 
     Args:
@@ -141,9 +168,14 @@ def build_plan(
         device_id: The CUDA device.
         dla_core: The DLA core, or None for the GPU.
         builder: ``module:function`` (default :data:`TRT_BUILDER`).
+        progress: ``progress(phase, done, total)``, passed to the builder (only when
+            given): TensorRT's progress monitor.
+        calibration: The INT8 calibration frames by input name (only when given).
+        timing_cache: A timing cache of an earlier build on this device (only when
+            given; only for a recipe with ``timing_cache: true``).
 
     Returns:
-        The plan and the identity it was built for.
+        The plan, the identity it was built for, and the updated timing cache.
 
     Raises:
         MissingDependencyError: tensorrt or pycuda is missing.
@@ -162,12 +194,80 @@ def build_plan(
             f"{on(member_recipe.dla_core)}",
             hint="rebuild the bundle with a placement and a recipe that agree",
         )
-    built = _resolve(builder or TRT_BUILDER)(onnx, member_recipe, device_id=device_id)
+    if timing_cache is not None and not member_recipe.timing_cache:
+        raise UsageError("a timing cache was given but the signed recipe keeps none")
+    kw: dict[str, Any] = {"device_id": device_id}
+    if progress is not None:
+        kw["progress"] = progress
+    if calibration is not None:
+        kw["calibration"] = calibration
+    if timing_cache is not None:
+        kw["timing_cache"] = timing_cache
+    built = _resolve(builder or TRT_BUILDER)(onnx, member_recipe, **kw)
     plan = getattr(built, "plan", None)
     if not isinstance(plan, (bytes, bytearray, memoryview)) or not memoryview(plan).nbytes:
         raise BackendError("the TensorRT build returned no plan")
     ident = getattr(built, "identity", {})
-    return bytes(plan), {str(k): str(v) for k, v in dict(ident).items()}
+    cache = getattr(built, "timing_cache", None)
+    if not isinstance(cache, (bytes, bytearray, memoryview)) or not memoryview(cache).nbytes:
+        cache = None
+    return BuiltPlan(
+        plan=bytes(plan),
+        identity={str(k): str(v) for k, v in dict(ident).items()},
+        timing_cache=None if cache is None else bytes(cache),
+    )
+
+
+def read_calibration(
+    source: int | bytes | bytearray | memoryview,
+) -> dict[str, np.ndarray]:
+    """The INT8 calibration frames of an ``npz`` member, read with the strict array reader.
+
+    Args:
+        source: The member's plaintext (bytes-like, copied into a memfd) or a memfd
+            holding it (a sandboxed worker's sealed calibration memfd). Nothing is
+            written to a file; no pickle is ever loaded
+            (:func:`~edgeguard.arrayfile.open_arrays`).
+
+    Returns:
+        Each array of the archive by name (the model's input names).
+
+    Raises:
+        MalformedError: Not an ``npz`` archive of numeric arrays, or over a limit.
+    """
+    from pathlib import Path
+
+    from edgeguard.arrayfile import open_arrays
+
+    own: int | None = None
+    if isinstance(source, int):
+        fd = source
+    else:
+        data = bytes(memoryview(source).cast("B"))
+        if not data:
+            raise MalformedError("the INT8 calibration member is empty")
+        fd = own = os.memfd_create("edgeguard-calibration", os.MFD_CLOEXEC)
+    try:
+        if own is not None:
+            _pwrite_all(own, data)
+        path = Path(f"/proc/self/fd/{fd}")
+        try:
+            arrays = open_arrays(path)
+            if "" in arrays.headers:
+                raise MalformedError("is a single .npy array, not an npz archive")
+            out = arrays.read()
+        except (MalformedError, UsageError) as exc:
+            raise MalformedError(
+                "the INT8 calibration member is not a readable npz archive of frames: "
+                + str(exc).replace(str(path), "the member"),
+                hint="rebuild the bundle with `edgeguard build --int8`",
+            ) from None
+    finally:
+        if own is not None:
+            os.close(own)
+    if not out:
+        raise MalformedError("the INT8 calibration member holds no frames")
+    return out
 
 
 def _load_plan(
@@ -182,6 +282,12 @@ def _load_plan(
     return TensorRTBackend.from_engine_bytes(data, **opts)
 
 
+def _pwrite_all(fd: int, data: bytes) -> None:
+    view, off = memoryview(data), 0
+    while off < len(view):
+        off += os.pwrite(fd, view[off:], off)
+
+
 def _build_and_load(
     onnx: bytes | bytearray | memoryview,
     *,
@@ -191,16 +297,36 @@ def _build_and_load(
     plan_loader: str | None = None,
     device_id: int = 0,
     dla_core: int | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    calibration: int | bytes | bytearray | memoryview | None = None,
+    timing_cache: bytes | bytearray | memoryview | None = None,
+    timing_cache_fd: int | None = None,
     **opts: Any,
 ) -> Backend:
     """``load_backend("trt-build", ...)``: build the plan, write it to ``artifact_fd``
     (a memfd of the engine cache, written with ``pwrite`` on the descriptor the caller
-    holds: nothing is opened), then load it."""
-    plan, _identity = build_plan(
-        onnx, recipe, device_id=device_id, dla_core=dla_core, builder=builder
+    holds: nothing is opened), then load it.
+
+    ``progress`` goes to the builder; ``calibration`` is the INT8 calibration member's
+    ``npz`` (bytes, or a memfd holding them), read with :func:`read_calibration`;
+    ``timing_cache`` is the sealed timing cache of earlier builds, and the updated one is
+    written to ``timing_cache_fd`` (a memfd, like the plan) when the builder returns one.
+    """
+    frames = None if calibration is None else read_calibration(calibration)
+    built = build_plan(
+        onnx,
+        recipe,
+        device_id=device_id,
+        dla_core=dla_core,
+        builder=builder,
+        progress=progress,
+        calibration=frames,
+        timing_cache=None if timing_cache is None else bytes(timing_cache),
     )
     if artifact_fd is not None:
-        view, off = memoryview(plan), 0
-        while off < len(view):
-            off += os.pwrite(artifact_fd, view[off:], off)
-    return _load_plan(plan, plan_loader=plan_loader, device_id=device_id, dla_core=dla_core, **opts)
+        _pwrite_all(artifact_fd, built.plan)
+    if timing_cache_fd is not None and built.timing_cache is not None:
+        _pwrite_all(timing_cache_fd, built.timing_cache)
+    return _load_plan(
+        built.plan, plan_loader=plan_loader, device_id=device_id, dla_core=dla_core, **opts
+    )

@@ -12,6 +12,7 @@ from typing import Any
 from edgeguard.errors import UsageError
 
 __all__ = [
+    "BuildDisplay",
     "add_calibration_args",
     "add_device_args",
     "add_input_limit_arg",
@@ -109,19 +110,24 @@ def open_device_session(args: argparse.Namespace, **options: Any) -> Any:
     if io_mb is not None and not 0 < io_mb < 2**28:
         raise UsageError(f"--sandbox-io-mb must be a positive number of MiB, got {io_mb:g}")
     trust, device = load_keys(args)
-    session = open_session(
-        args.bundle,
-        trust=trust,
-        device_key=device,
-        state_dir=args.state_dir,
-        isolation=args.isolation,
-        unsafe_in_process=args.unsafe_in_process,
-        sandbox_io_bytes=None if io_mb is None else int(io_mb * 2**20),
-        engine_cache=not getattr(args, "no_engine_cache", False),
-        worker_user=getattr(args, "worker_user", None),
-        worker_groups=_worker_groups(getattr(args, "worker_groups", None)),
-        **options,
-    )
+    display = BuildDisplay()
+    try:
+        session = open_session(
+            args.bundle,
+            trust=trust,
+            device_key=device,
+            state_dir=args.state_dir,
+            isolation=args.isolation,
+            unsafe_in_process=args.unsafe_in_process,
+            sandbox_io_bytes=None if io_mb is None else int(io_mb * 2**20),
+            engine_cache=not getattr(args, "no_engine_cache", False),
+            worker_user=getattr(args, "worker_user", None),
+            worker_groups=_worker_groups(getattr(args, "worker_groups", None)),
+            progress=display,
+            **options,
+        )
+    finally:
+        display.close()
     warn_clock(session.clock)
     check = session.deadline_check
     if check is not None and check.slow:
@@ -138,6 +144,72 @@ def open_device_session(args: argparse.Namespace, **options: Any) -> Any:
             file=sys.stderr,
         )
     return session
+
+
+class BuildDisplay:
+    """``progress`` of :func:`~edgeguard.runtime.session.open_session` for ``run`` and
+    ``serve``: while a member's TensorRT engine is built on this device, a rich progress
+    display on stderr ("building the TensorRT engine of MEMBER: PHASE i/n"); on a stderr
+    that is not a terminal, one line per member when its build starts. Nothing at all
+    when no build happens (the plan is sealed in the engine cache, or a CPU member).
+    Called from the builder's or the supervisor's thread.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+        self._bar: Any = None
+        self._tasks: dict[str, Any] = {}
+        self._closed = False
+
+    def __call__(self, member: str, phase: str, done: int, total: int) -> None:
+        with self._lock:
+            if self._closed:  # a worker rebuilding after a restart: the session serves
+                return
+            if self._bar is None:
+                self._bar = self._start()
+            text = f"building the TensorRT engine of {member}: {phase}"
+            if member not in self._tasks:
+                if self._bar.disable:
+                    print(
+                        f"edgeguard: building the TensorRT engine of {member} on this device "
+                        "(first start; this can take minutes)",
+                        file=sys.stderr,
+                    )
+                self._tasks[member] = self._bar.add_task(text, total=total)
+            self._bar.update(self._tasks[member], description=text, completed=done, total=total)
+
+    @staticmethod
+    def _start() -> Any:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=True,
+            disable=not sys.stderr.isatty(),
+        )
+        bar.start()
+        return bar
+
+    def close(self) -> None:
+        """Remove the display (the session has started, or failed to)."""
+        with self._lock:
+            self._closed = True
+            if self._bar is not None:
+                self._bar.stop()
+                self._bar = None
 
 
 def warn_clock(clock: Any) -> None:

@@ -46,6 +46,7 @@ from edgeguard.errors import IntegrityError, MalformedError
 __all__ = [
     "ARTIFACT_KINDS",
     "CHUNK_SIZE",
+    "DEVICE_WIDE",
     "HEADER_MAX",
     "MAGIC",
     "Binding",
@@ -64,8 +65,12 @@ MAGIC = b"EGENGC\x00\x01"
 HEADER_MAX = 1024
 #: Chunk size a writer uses (any power of two from 64 KiB to 1 MiB is read).
 CHUNK_SIZE = 1 << 20
-#: Artifact kinds: a TensorRT plan, an ONNX Runtime model in ORT format.
-ARTIFACT_KINDS = ("trt-plan", "ort-model")
+#: Artifact kinds: a TensorRT plan, an ONNX Runtime model in ORT format, the device's
+#: TensorRT timing cache.
+ARTIFACT_KINDS = ("trt-plan", "ort-model", "trt-timing")
+#: The digests (and, as the empty name, the bundle and member) of a device-wide entry,
+#: bound to no bundle: the TensorRT timing cache (``docs/engine-cache.md``).
+DEVICE_WIDE = bytes(32)
 
 _KEY_INFO = b"edgeguard/v1 engine cache key"
 _ENTRY_INFO = b"edgeguard/v1 engine cache entry"
@@ -123,7 +128,9 @@ class Binding:
         recipe_sha256: SHA-256 of what turned the member into the artifact: the
             signed engine recipe (TensorRT), or the canonical CBOR of the loader
             options that change the artifact (ONNX Runtime).
-        kind: ``"trt-plan"`` or ``"ort-model"``.
+        kind: ``"trt-plan"``, ``"ort-model"`` or ``"trt-timing"`` (the device's
+            TensorRT timing cache: bundle and member ``""``, every digest
+            :data:`DEVICE_WIDE`).
         library: The compiler and its version (``"onnxruntime 1.32.0"``).
         hardware: What the artifact is specific to (text to text): the GPU name,
             compute capability and driver, or the CPU model, its flags relevant to the

@@ -48,7 +48,7 @@ import numpy as np
 from edgeguard.bundle.model import Manifest
 from edgeguard.bundle.verify import TrustStore
 from edgeguard.crypto.keys import DeviceKey
-from edgeguard.errors import BackendError, PolicyError, UsageError
+from edgeguard.errors import BackendError, MalformedError, PolicyError, UsageError
 from edgeguard.guard.checks import FrameChecks
 from edgeguard.guard.eventlog import EventLog
 from edgeguard.guard.health import HealthState, TransitionCallback
@@ -86,6 +86,8 @@ ISOLATIONS = ("sandbox", "threads")
 _DEADLINE_CHECK_RUNS = 3
 #: Wraps the session's member executor (fault injection for field tests).
 ExecutorWrapper = Callable[[MemberExecutor], MemberExecutor]
+#: ``progress(member, phase, done, total)`` of a TensorRT build on this device.
+BuildProgress = Callable[[str, str, int, int], None]
 #: At close, how long to wait for in-process member calls still running (threads).
 DRAIN_S = 5.0
 _ARTIFACT_SEALS = 0x1 | 0x2 | 0x4 | 0x8  # F_SEAL_SEAL | SHRINK | GROW | WRITE
@@ -407,6 +409,7 @@ def open_session(
     worker_user: str | None = None,
     worker_groups: Sequence[str] | None = None,
     sanity_on_device: bool = True,
+    progress: BuildProgress | None = None,
 ) -> DeviceSession:
     """Open a bundle as this device and start serving it under its signed slots.
 
@@ -451,6 +454,14 @@ def open_session(
             whose process loads the CUDA C++ kernel (``docs/sanity.md``, "Where the
             statistics are computed"). False: always on the CPU, before the members
             run. Either way the event log records where (``sanity_on_device``).
+        progress: Called as ``progress(member, phase, done, total)`` while a GPU or DLA
+            member's TensorRT plan is built on this device (the first start; a build
+            takes minutes on a Jetson): TensorRT's progress monitor, from the builder's
+            threads in ``threads`` isolation and from the supervisor's thread (relayed
+            from the worker, at most every 0.25 s and at each phase end) in ``sandbox``
+            isolation. Never called when no build happens (a sandboxed build worker
+            restarted while the session serves builds again, and reports it); an
+            exception it raises is ignored.
 
     Returns:
         The started session.
@@ -513,6 +524,7 @@ def open_session(
                 _Workers(sandbox_io_bytes, worker_user, _groups(worker_groups)),
                 cache,
                 sanity_on_device,
+                progress,
             )
         finally:
             if cache is not None:
@@ -611,6 +623,79 @@ def _trt_binding(
     )
 
 
+def _timing_binding(identity: Mapping[str, str]) -> Binding:
+    """The binding of this device's TensorRT timing cache (``docs/engine-cache.md``).
+
+    Bound to the TensorRT version and the GPU (name, compute capability, driver), not to
+    a bundle, member or recipe: one entry per device, reused by every later build.
+    """
+    from edgeguard.crypto.enginecache import DEVICE_WIDE, Binding
+
+    hw = {
+        k: identity[k][:256] for k in ("gpu_name", "compute_capability", "driver") if k in identity
+    }
+    return Binding(
+        bundle="",
+        manifest_sha256=DEVICE_WIDE,
+        member="",
+        member_sha256=DEVICE_WIDE,
+        recipe_sha256=DEVICE_WIDE,
+        kind="trt-timing",
+        library=f"tensorrt {identity.get('tensorrt', 'unknown')}"[:256],
+        hardware=hw,
+    )
+
+
+def _calibration(opened: OpenedBundle, recipe: Mapping[str, Any]) -> memoryview | None:
+    """The plaintext of the recipe's INT8 calibration member, or None when it names none.
+
+    Raises:
+        MalformedError: The recipe names a member the bundle lacks, or one not in ``npz``.
+    """
+    name = recipe.get("int8_calibration_member")
+    if name is None:
+        return None
+    try:
+        fmt = opened.manifest.member(str(name)).format
+    except KeyError:
+        raise MalformedError(
+            f"the engine recipe names the INT8 calibration member {name!r}, "
+            "which the bundle does not have",
+            hint="rebuild the bundle with `edgeguard build --int8`",
+        ) from None
+    if fmt != "npz":
+        raise MalformedError(
+            f"the INT8 calibration member {name!r} is in format {fmt!r}, not npz",
+            hint="rebuild the bundle with `edgeguard build --int8`",
+        )
+    return opened.member_bytes(str(name))
+
+
+def _sealed_bytes(cache: EngineCache, binding: Binding) -> bytes | None:
+    """The plaintext of a sealed entry (the timing cache), or None on a miss."""
+    buf = cache.load(binding)
+    if buf is None:
+        return None
+    try:
+        with buf.view() as view:
+            return bytes(view)
+    finally:
+        buf.wipe()
+
+
+def _member_progress(
+    progress: BuildProgress | None, name: str
+) -> Callable[[str, int, int], None] | None:
+    if progress is None:
+        return None
+
+    def on(phase: str, done: int, total: int) -> None:
+        with contextlib.suppress(Exception):  # a display never cancels a build
+            progress(name, phase, done, total)
+
+    return on
+
+
 def _prebuilt_plan(
     opened: OpenedBundle,
     name: str,
@@ -655,8 +740,14 @@ def _load_trt(
     recipe: Mapping[str, Any],
     cache: EngineCache | None,
     log: EventLog | None,
+    progress: BuildProgress | None = None,
 ) -> Any:
-    """A GPU/DLA member in this process: its sealed plan, or a plan built here (recorded)."""
+    """A GPU/DLA member in this process: its sealed plan, or a plan built here (recorded).
+
+    A build gets ``progress`` (for this member), the recipe's INT8 calibration frames,
+    and, when the recipe keeps a timing cache and the engine cache is on, this device's
+    sealed timing cache; the updated timing cache is sealed after the build.
+    """
     import time
 
     from edgeguard.backends import device_identity, load_backend
@@ -672,11 +763,31 @@ def _load_trt(
         sealed = _load_sealed(cache, binding, "trt-plan", loc)
         if sealed is not None:
             return sealed
+    cal = _calibration(opened, recipe)
+    build: dict[str, Any] = {}
+    if cal is not None:
+        build["calibration"] = cal
+    on = _member_progress(progress, name)
+    if on is not None:
+        build["progress"] = on
+    timing = None
+    if cache is not None and recipe.get("timing_cache"):
+        timing = _timing_binding(identity)
+        old = _sealed_bytes(cache, timing)
+        if old is not None:
+            build["timing_cache"] = old
     fd = _artifact_memfd(f"edgeguard-plan-{name}") if cache else None
+    tfd = _artifact_memfd("edgeguard-timing-cache") if timing is not None else None
     try:
         t0 = time.perf_counter()
         backend = load_backend(
-            "trt-build", opened.member_bytes(name), recipe=recipe, artifact_fd=fd, **loc
+            "trt-build",
+            opened.member_bytes(name),
+            recipe=recipe,
+            artifact_fd=fd,
+            timing_cache_fd=tfd,
+            **build,
+            **loc,
         )
         if log is not None:
             log.append(
@@ -687,16 +798,19 @@ def _load_trt(
                     "ms": round((time.perf_counter() - t0) * 1e3, 1),
                 },
             )
-        if fd is not None and cache is not None and binding is not None:
-            try:
+        try:
+            if fd is not None and cache is not None and binding is not None:
                 _seal_memfd(cache, binding, fd)
-            except BaseException:
-                backend.close()
-                raise
+            if tfd is not None and cache is not None and timing is not None:
+                _seal_memfd(cache, timing, tfd)
+        except BaseException:
+            backend.close()
+            raise
         return backend
     finally:
-        if fd is not None:
-            os.close(fd)
+        for f in (fd, tfd):
+            if f is not None:
+                os.close(f)
 
 
 def _seal_memfd(cache: EngineCache, binding: Binding, fd: int, note: str | None = None) -> None:
@@ -798,6 +912,7 @@ def _start(
     workers: _Workers,
     cache: EngineCache | None = None,
     sanity_on_device: bool = True,
+    progress: BuildProgress | None = None,
 ) -> _Parts:
     """Checks, members and the guarded runtime for an opened bundle."""
     slots = opened.slots
@@ -811,9 +926,9 @@ def _start(
     checks = FrameChecks(contract.inputs if contract is not None else None, sanity)
     plan, why_not = _device_plan(opened, sanity_on_device)
     if isolation == "sandbox":
-        members, parts = _start_sandbox(opened, log, workers, cache, plan)
+        members, parts = _start_sandbox(opened, log, workers, cache, plan, progress)
     else:
-        members, parts = _start_threads(opened, log, cache, plan)
+        members, parts = _start_threads(opened, log, cache, plan, progress)
     on_device: frozenset[str] = frozenset()
     if plan is not None:
         missing = _device_check_missing(parts.executor, members, slots.runtime, isolation)
@@ -951,6 +1066,7 @@ def _start_sandbox(
     workers: _Workers,
     cache: EngineCache | None = None,
     device: DeviceCheckSpec | None = None,
+    progress: BuildProgress | None = None,
 ) -> tuple[dict[str, Any], _Parts]:
     """Members (and the fallback, under FALLBACK_NAME) in sandboxed worker processes."""
     from edgeguard.runtime.placement import cpu_member_count, loader_options
@@ -960,6 +1076,7 @@ def _start_sandbox(
     n_cpu = cpu_member_count(slots.runtime)
     specs: dict[str, WorkerSpec] = {}
     bindings: dict[str, Binding] = {}
+    timings: dict[str, Binding] = {}  # members whose build keeps the timing cache
     held: list[Any] = []  # decrypted artifacts, wiped once the workers hold their copies
 
     def spec(key: str, name: str, fmt: str, accel: bool, **kw: Any) -> WorkerSpec:
@@ -999,11 +1116,18 @@ def _start_sandbox(
             if buf is not None:
                 held.append(buf)
                 return WorkerSpec(buf.view(), fmt="trt-plan", options=loc, **kw)
+        timing = None
+        if cache is not None and recipe.get("timing_cache"):
+            timings[key] = _timing_binding(identity)
+            timing = _sealed_bytes(cache, timings[key])
         return WorkerSpec(
             opened.member_bytes(name),
             fmt="trt-build",
             options={**loc, "recipe": recipe, "builder": TRT_BUILDER},
             artifact_max=None if cache is None else cache.limits.max_artifact_bytes,
+            calibration=_calibration(opened, recipe),
+            timing_cache=timing,
+            timing_cache_out=key in timings,
             **kw,
         )
 
@@ -1033,7 +1157,9 @@ def _start_sandbox(
                 False,
                 outputs=_signed_outputs(slots, slots.fallback),
             )
-        executor, area = _sandbox_executor(opened, specs, log, workers, cache, bindings)
+        executor, area = _sandbox_executor(
+            opened, specs, log, workers, cache, bindings, progress, timings
+        )
     finally:
         for buf in held:
             buf.wipe()
@@ -1052,6 +1178,8 @@ def _sandbox_executor(
     workers: _Workers,
     cache: EngineCache | None,
     bindings: Mapping[str, Binding],
+    progress: BuildProgress | None = None,
+    timings: Mapping[str, Binding] | None = None,
 ) -> tuple[Any, IoArea]:
     """Start the workers; seal what each compiling worker wrote; retry a bad artifact."""
     from edgeguard.runtime.sandbox.area import io_area
@@ -1077,6 +1205,7 @@ def _sandbox_executor(
             io_bytes=area.half_bytes,
             worker_user=workers.user,
             worker_groups=workers.groups,
+            on_progress=progress,
         )
     except BackendError:
         cached = [k for k, v in specs.items() if v.fmt in ("ort-model", "trt-plan")]
@@ -1092,6 +1221,7 @@ def _sandbox_executor(
             workers,
             None,
             {},
+            progress,
         )
     if cache is not None:
         try:
@@ -1110,6 +1240,13 @@ def _sandbox_executor(
                     _seal_memfd(cache, binding, fd)
                 finally:
                     os.close(fd)
+            for key, binding in (timings or {}).items():
+                tfd = executor.take_timing_cache(key)
+                if tfd is not None:
+                    try:
+                        _seal_memfd(cache, binding, tfd)
+                    finally:
+                        os.close(tfd)
         except BaseException:
             executor.close()
             raise
@@ -1126,7 +1263,12 @@ def _from_onnx(opened: OpenedBundle, key: str, spec: Any, slots: SignedSlots) ->
         opts = {**dict(spec.options), "recipe": engines.members[key].to_dict()}
         opts["builder"] = TRT_BUILDER
         return dataclasses.replace(
-            spec, model=opened.member_bytes(key), fmt="trt-build", options=opts, artifact_max=None
+            spec,
+            model=opened.member_bytes(key),
+            fmt="trt-build",
+            options=opts,
+            artifact_max=None,
+            calibration=_calibration(opened, opts["recipe"]),
         )
     if spec.fmt != "ort-model":
         return dataclasses.replace(spec, artifact_max=None)
@@ -1140,6 +1282,7 @@ def _start_threads(
     log: EventLog | None,
     cache: EngineCache | None = None,
     device: DeviceCheckSpec | None = None,
+    progress: BuildProgress | None = None,
 ) -> tuple[dict[str, Any], _Parts]:
     """Members (and the fallback, under FALLBACK_NAME) loaded in this process, warmed up."""
     from edgeguard.runtime.placement import (
@@ -1162,7 +1305,7 @@ def _start_threads(
             )
             recipe = _trt_recipe(opened, s.name, accelerator=s.where.accelerator)
             if recipe is not None:
-                loaded[s.name] = _load_trt(opened, s.name, s.where, recipe, cache, log)
+                loaded[s.name] = _load_trt(opened, s.name, s.where, recipe, cache, log, progress)
                 continue
             binding = _cacheable(opened, s.name, accelerator=s.where.accelerator)
             loaded[s.name] = _load_member(

@@ -48,9 +48,70 @@ def identity(device_id: int) -> dict[str, str]:
     return dict(IDENTITY)
 
 
-def build(onnx: Any, recipe: Any, *, device_id: int = 0, **_: Any) -> BuiltEngine:
-    BUILDS.append({"recipe": recipe.to_dict(), "device_id": device_id})
-    return BuiltEngine(MAGIC + bytes(onnx), identity(device_id))
+#: The progress phases the double reports, as ``(phase, total)``.
+PHASES = (("Building engine", 3), ("Tactic selection", 2))
+
+
+def build(
+    onnx: Any,
+    recipe: Any,
+    *,
+    device_id: int = 0,
+    progress: Callable[[str, int, int], None] | None = None,
+    calibration: Mapping[str, np.ndarray] | None = None,
+    timing_cache: bytes | None = None,
+    **_: Any,
+) -> BuiltEngine:
+    """Record what the build got; report :data:`PHASES`; with a recipe that keeps a timing
+    cache, return the given one plus ``b"+1"`` (so each build's cache shows its history)."""
+    BUILDS.append(
+        {
+            "recipe": recipe.to_dict(),
+            "device_id": device_id,
+            "calibration": None if calibration is None else dict(calibration),
+            "timing_cache": timing_cache,
+        }
+    )
+    if progress is not None:
+        for phase, total in PHASES:
+            for done in range(total + 1):
+                progress(phase, done, total)
+    out = (timing_cache or b"cache") + b"+1" if recipe.timing_cache else None
+    return BuiltEngine(MAGIC + bytes(onnx), identity(device_id), timing_cache=out)
+
+
+def build_slowly(onnx: Any, recipe: Any, *, progress: Any = None, **kw: Any) -> BuiltEngine:
+    """A build of ``SLOW_STEPS`` steps of ``SLOW_STEP_S`` seconds, reporting each (in a worker)."""
+    import time
+
+    for i in range(SLOW_STEPS):
+        time.sleep(SLOW_STEP_S)
+        if progress is not None:
+            progress("Tactic selection", i + 1, SLOW_STEPS)
+    return build(onnx, recipe, **kw)
+
+
+def build_silently(onnx: Any, recipe: Any, *, progress: Any = None, **kw: Any) -> BuiltEngine:
+    """The same time as :func:`build_slowly`, without a word of progress."""
+    import time
+
+    time.sleep(SLOW_STEPS * SLOW_STEP_S)
+    return build(onnx, recipe, **kw)
+
+
+SLOW_STEPS = 6
+SLOW_STEP_S = 0.6
+
+
+def build_reporting_calibration(onnx: Any, recipe: Any, **kw: Any) -> BuiltEngine:
+    """Fail with a description of the calibration frames it got (seen from a worker)."""
+    from edgeguard.errors import BackendError
+
+    cal = kw.get("calibration")
+    if cal is None:
+        raise BackendError("calibration: none")
+    got = sorted((k, v.dtype.name, list(v.shape), float(v.sum())) for k, v in cal.items())
+    raise BackendError(f"calibration: {got}")
 
 
 CHECKS: list[str] = []  # inputs checked by FakeDeviceCheck in this process
@@ -143,3 +204,26 @@ def load(plan: Any, *, device_id: int = 0, dla_core: int | None = None) -> FakeT
     if not data.startswith(MAGIC):
         raise ValueError("not a FakeTensorRT plan")
     return FakeTrtBackend(OnnxRuntimeBackend.from_bytes(data[len(MAGIC) :], intra_op_threads=1))
+
+
+def build_with_bad_progress(onnx: Any, recipe: Any, **kw: Any) -> BuiltEngine:
+    """Send a progress message the supervisor must refuse (a negative count), bypassing
+    the worker's own sanitising relay: the control socket is the worker's argument."""
+    import json
+    import os
+    import sys
+
+    msg = {"op": "progress", "phase": "Building engine", "done": -1, "total": 3}
+    os.write(int(sys.argv[1]), json.dumps(msg).encode())
+    return build(onnx, recipe, **kw)
+
+
+def loader_sending_progress(model: Any, fmt: str, options: Any) -> Any:
+    """A CPU worker's loader that sends a well-formed progress message (it builds nothing)."""
+    import json
+    import os
+    import sys
+
+    msg = {"op": "progress", "phase": "Building engine", "done": 0, "total": 3}
+    os.write(int(sys.argv[1]), json.dumps(msg).encode())
+    return OnnxRuntimeBackend.from_bytes(model, intra_op_threads=1)

@@ -41,7 +41,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -71,7 +71,11 @@ from edgeguard.runtime.sandbox.replies import (
     read_run_reply,
     read_stats,
 )
-from edgeguard.runtime.sandbox.worker import pack_arrays
+from edgeguard.runtime.sandbox.worker import (
+    MAX_PHASE_CHARS,
+    MAX_PROGRESS_INT,
+    pack_arrays,
+)
 
 __all__ = [
     "DEFAULT_IO_BYTES",
@@ -84,6 +88,12 @@ __all__ = [
 ]
 
 _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
+#: Start timeout of a worker that builds a TensorRT plan (``fmt="trt-build"``): a build on
+#: a Jetson takes minutes, and some of its phases report no progress for long. Like every
+#: start timeout it counts from the worker's last message (each progress message restarts
+#: it), and it is never shorter than the executor's ``start_timeout_s``.
+BUILD_START_TIMEOUT_S = 30 * 60.0
+_PROGRESS_KEYS = frozenset({"op", "phase", "done", "total"})
 _ENV_PASS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "LANG", "LC_ALL")
 # The worker's whole environment. Single-threaded BLAS/OpenMP so the process stays
 # single-threaded until the model loads; ORT_DISABLE_TELEMETRY stops ONNX Runtime's 1DS
@@ -135,6 +145,15 @@ class WorkerSpec:
             Runtime writes the optimised model into (at most this many bytes), for the
             engine cache (:meth:`ProcessMemberExecutor.take_artifact`). Only a worker
             under Landlock compiles (``docs/engine-cache.md``). None: no compiling.
+        calibration: A ``trt-build`` worker's INT8 calibration frames (the recipe's
+            ``npz`` member's plaintext): copied into a second sealed memfd at
+            construction, like the model, and read in the worker by the strict array
+            reader. None: no calibration frames.
+        timing_cache: A ``trt-build`` worker's TensorRT timing cache to start from
+            (copied into a sealed memfd, like the model). None: none.
+        timing_cache_out: A ``trt-build`` worker that compiles (``artifact_max``) gets
+            an empty memfd for the timing cache its build returns
+            (:meth:`ProcessMemberExecutor.take_timing_cache`).
         device_check: The device sanity check the worker makes next to its TensorRT
             model (:class:`~edgeguard.runtime.devicestats.DeviceCheckSpec`); its answers
             then carry the statistics of that input, read strictly
@@ -152,6 +171,9 @@ class WorkerSpec:
     outputs: tuple[TensorSpec, ...] | None = None
     artifact_max: int | None = None
     device_check: Any = None
+    calibration: bytes | bytearray | memoryview | None = field(default=None, repr=False)
+    timing_cache: bytes | bytearray | memoryview | None = field(default=None, repr=False)
+    timing_cache_out: bool = False
 
 
 @dataclass(frozen=True)
@@ -279,6 +301,23 @@ def _reported_inputs(raw: Any) -> tuple[TensorSpec, ...] | None:
         return None
 
 
+def _read_progress(msg: Mapping[str, Any]) -> tuple[str, int, int] | None:
+    """``(phase, done, total)`` of a worker's progress message, or None when malformed."""
+    if set(msg) != _PROGRESS_KEYS:
+        return None
+    phase, done, total = msg["phase"], msg["done"], msg["total"]
+    if not isinstance(phase, str) or not 0 < len(phase) <= MAX_PHASE_CHARS:
+        return None
+    if not phase.isprintable() or not phase.isascii():
+        return None
+    for v in (done, total):
+        if isinstance(v, bool) or not isinstance(v, int):
+            return None
+    if not 0 <= done <= total <= MAX_PROGRESS_INT:
+        return None
+    return phase, done, total
+
+
 class _Failed:
     """A call that failed before it reached a worker."""
 
@@ -308,6 +347,35 @@ class _Slot:
         except OSError as exc:
             os.close(self.model_fd)
             raise BackendError(f"cannot map the sealed model memfd: {exc.strerror}") from exc
+        self.calibration_fd: int | None = None
+        self.calibration_size = 0
+        if spec.calibration is not None:
+            self.calibration_size = len(memoryview(spec.calibration).cast("B"))
+            try:
+                self.calibration_fd = seal_model(
+                    spec.calibration, name=f"edgeguard-calibration-{name}"
+                )
+            except BaseException:
+                _linux.unmap(self.model_map, self.model_size)
+                os.close(self.model_fd)
+                raise
+        self.timing_fd: int | None = None  # the timing cache to start from (sealed)
+        self.timing_size = 0
+        self.timing_out_fd: int | None = None  # the one the build returns
+        try:
+            if spec.timing_cache is not None and len(memoryview(spec.timing_cache)):
+                self.timing_size = len(memoryview(spec.timing_cache).cast("B"))
+                self.timing_fd = seal_model(spec.timing_cache, name=f"edgeguard-timing-{name}")
+            if spec.timing_cache_out and spec.artifact_max is not None:
+                self.timing_out_fd = os.memfd_create(
+                    f"edgeguard-timing-out-{name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
+                )
+        except BaseException:
+            _linux.unmap(self.model_map, self.model_size)
+            for fd in (self.model_fd, self.calibration_fd, self.timing_fd):
+                if fd is not None:
+                    os.close(fd)
+            raise
         self.io_bytes = io_bytes
         self.io_fd = os.memfd_create(f"edgeguard-io-{name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         os.ftruncate(self.io_fd, 2 * io_bytes)  # sparse: pages appear when touched
@@ -360,11 +428,19 @@ class _Slot:
         if self.model_map:
             _linux.unmap(self.model_map, self.model_size)
             self.model_map = 0
-        for fd in (self.model_fd, self.io_fd, self.artifact_fd):
+        for fd in (
+            self.model_fd,
+            self.io_fd,
+            self.artifact_fd,
+            self.calibration_fd,
+            self.timing_fd,
+            self.timing_out_fd,
+        ):
             if fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         self.artifact_fd = None
+        self.calibration_fd = self.timing_fd = self.timing_out_fd = None
 
 
 class _ProcCall:
@@ -461,6 +537,15 @@ class ProcessMemberExecutor:
             root; None reads ``EDGEGUARD_WORKER_GROUPS``, else the groups that own the
             member's device nodes (:mod:`~edgeguard.runtime.sandbox.identity`).
         device_root: Where ``/dev`` is looked up for GPU members' device nodes (tests).
+        on_progress: Called as ``on_progress(member, phase, done, total)`` for each
+            progress message of a worker that builds a TensorRT plan, from the thread
+            that awaits the worker (an exception it raises is ignored). Each message is
+            read strictly: anything but a phase of 1 to ``MAX_PHASE_CHARS`` printable
+            characters and counts ``0 <= done <= total <= MAX_PROGRESS_INT`` fails the
+            worker's start.
+        build_timeout_s: Start timeout of a ``trt-build`` worker
+            (:data:`BUILD_START_TIMEOUT_S`); like ``start_timeout_s`` it counts from the
+            worker's last message.
 
     Raises:
         PolicyError: The policy requires a layer the host or a worker lacks.
@@ -485,6 +570,8 @@ class ProcessMemberExecutor:
         worker_user: str | None = None,
         worker_groups: Sequence[str] | None = None,
         device_root: Path = Path("/"),
+        on_progress: Callable[[str, str, int, int], None] | None = None,
+        build_timeout_s: float = BUILD_START_TIMEOUT_S,
     ) -> None:
         if not specs or not all(isinstance(s, WorkerSpec) for s in specs.values()):
             raise UsageError("specs must map member names to WorkerSpec objects")
@@ -500,6 +587,8 @@ class ProcessMemberExecutor:
         self._log = event_log
         self.log_errors = 0
         self._start_timeout = start_timeout_s
+        self._build_timeout = max(start_timeout_s, build_timeout_s)
+        self._on_progress = on_progress
         self._backoff = restart_backoff_s
         self._max_backoff = max_backoff_s
         self._max_restarts = max_restarts
@@ -574,6 +663,24 @@ class ProcessMemberExecutor:
             os.close(fd)
             return None, note or "the worker did not say", None
         return fd, None, ms
+
+    def take_timing_cache(self, name: str) -> int | None:
+        """The memfd member ``name``'s worker wrote its build's timing cache into, once,
+        when it compiled (:meth:`take_artifact` said so); the caller closes it. None when
+        nothing was asked or written. Later restarts of the worker get none."""
+        with self._lock:
+            s = self._slot(name)
+            fd, written = s.timing_out_fd, s.artifact_note == "written"
+            s.timing_out_fd = None
+            if s.timing_fd is not None:  # restarts start from an empty cache
+                os.close(s.timing_fd)
+                s.timing_fd = None
+        if fd is None:
+            return None
+        if not written or os.fstat(fd).st_size == 0:
+            os.close(fd)
+            return None
+        return fd
 
     def device_check(self, name: str) -> str:
         """What member ``name``'s worker said of its device sanity check when it started:
@@ -768,8 +875,16 @@ class ProcessMemberExecutor:
         try:
             proc = subprocess.Popen(
                 _worker_command(child.fileno()),
-                pass_fds=(child.fileno(), s.model_fd, s.io_fd)
-                + (() if s.artifact_fd is None else (s.artifact_fd,)),
+                pass_fds=(
+                    child.fileno(),
+                    s.model_fd,
+                    s.io_fd,
+                    *(
+                        fd
+                        for fd in (s.artifact_fd, s.calibration_fd, s.timing_fd, s.timing_out_fd)
+                        if fd is not None
+                    ),
+                ),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=self._stderr,
@@ -816,17 +931,41 @@ class ProcessMemberExecutor:
         if s.artifact_fd is not None:
             init["artifact_fd"] = s.artifact_fd
             init["artifact_max"] = s.spec.artifact_max
+        if s.calibration_fd is not None:
+            init["calibration_fd"] = s.calibration_fd
+            init["calibration_size"] = s.calibration_size
+        if s.timing_fd is not None:
+            init["timing_cache_fd"] = s.timing_fd
+            init["timing_cache_size"] = s.timing_size
+        if s.timing_out_fd is not None and s.artifact_fd is not None:
+            init["timing_cache_out_fd"] = s.timing_out_fd
         init.update(self._init_extra)
         parent.send(json.dumps(init).encode())
 
     def _await_ready(self, s: _Slot) -> None:
+        """Read the worker's start messages: any number of ``progress`` (a TensorRT
+        build), then ``ready``; the timeout counts from the last message."""
         assert s.sock is not None and s.proc is not None
-        ready, _, _ = select.select([s.sock], [], [], self._start_timeout)
-        msg: Any = None
-        if ready:
-            data = s.sock.recv(DEFAULT_LIMITS.max_bytes + 1)  # one more: a cut message shows
-            with contextlib.suppress(BadReplyError):
-                msg = read_message(data) if data else None
+        timeout = self._build_timeout if s.spec.fmt == "trt-build" else self._start_timeout
+        while True:
+            ready, _, _ = select.select([s.sock], [], [], timeout)
+            msg: Any = None
+            if ready:
+                data = s.sock.recv(DEFAULT_LIMITS.max_bytes + 1)  # one more: a cut message
+                with contextlib.suppress(BadReplyError):
+                    msg = read_message(data) if data else None
+            if not (isinstance(msg, dict) and msg.get("op") == "progress"):
+                break
+            if s.spec.fmt != "trt-build":
+                msg = {"error": "a progress message from a worker that builds no TensorRT plan"}
+                break
+            got = _read_progress(msg)
+            if got is None:
+                msg = {"error": "malformed progress message from the TensorRT build"}
+                break
+            if self._on_progress is not None:
+                with contextlib.suppress(Exception):  # a display never stops a start
+                    self._on_progress(s.name, *got)
         if (
             isinstance(msg, dict)
             and msg.get("op") == "ready"
@@ -861,7 +1000,7 @@ class ProcessMemberExecutor:
         s.sock = None
         why = str(msg.get("error"))[:500] if isinstance(msg, dict) else _describe_exit(code)[0]
         if not ready:
-            why = f"no ready message within {self._start_timeout:.0f} s"
+            why = f"no ready message within {timeout:g} s of the last message"
         if isinstance(msg, dict) and "required layer" in why:
             raise PolicyError(f"sandboxed worker {s.name!r}: {why}")
         raise BackendError(f"sandboxed worker {s.name!r} failed to start: {why}")

@@ -62,6 +62,7 @@ import os
 import resource
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -74,7 +75,10 @@ from edgeguard.runtime.sandbox import _linux, gpu
 __all__ = [
     "ALIGN",
     "MAX_MESSAGE",
+    "MAX_PHASE_CHARS",
+    "MAX_PROGRESS_INT",
     "MAX_STATS_HEX",
+    "PROGRESS_INTERVAL_S",
     "STATS_FLOATS",
     "STATS_INTS",
     "main",
@@ -96,6 +100,13 @@ STATS_INTS: tuple[str, ...] = ("nan", "posinf", "neginf")
 #: ... then int64 ``count`` ``[N, C]``, then float64 ``[N, C]`` each of these
 #: (IEEE-754 bits, little-endian: floats never appear as JSON numbers).
 STATS_FLOATS: tuple[str, ...] = ("min", "max", "mean", "std", "sat_lo", "sat_hi", "hf")
+#: A ``trt-build`` worker reports its build's progress (``{"op": "progress", "phase",
+#: "done", "total"}``) at most this often, plus at the end of every phase.
+PROGRESS_INTERVAL_S = 0.25
+#: Longest phase name in a progress message (longer names are cut).
+MAX_PHASE_CHARS = 64
+#: Largest ``done`` or ``total`` of a progress message.
+MAX_PROGRESS_INT = (1 << 31) - 1
 _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
 Loader = Callable[[memoryview, str, Mapping[str, Any]], Any]
 
@@ -238,6 +249,56 @@ def _device_check(want: Any, target: Any) -> tuple[Any, str]:
         return make_device_check(DeviceCheckSpec.from_init(want)), "active"
     except Exception as exc:
         return None, "unavailable: " + _error_text(exc)[:300]
+
+
+class _Progress:
+    """Relays a TensorRT build's progress to the supervisor over the control socket.
+
+    Called from the builder's threads: one message at a time, at most every
+    :data:`PROGRESS_INTERVAL_S` and at every phase end (``done == total``), the phase cut
+    to :data:`MAX_PHASE_CHARS` printable characters and the counts to
+    ``0 <= done <= total <= MAX_PROGRESS_INT``.
+    """
+
+    def __init__(self, ctl: int) -> None:
+        self._ctl = ctl
+        self._lock = threading.Lock()
+        self._last = 0.0
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        total = min(max(int(total), 0), MAX_PROGRESS_INT)
+        done = min(max(int(done), 0), total)
+        name = "".join(c if " " <= c <= "~" else "?" for c in str(phase)[:MAX_PHASE_CHARS])
+        with self._lock:
+            now = time.monotonic()
+            if done < total and now - self._last < PROGRESS_INTERVAL_S:
+                return
+            self._last = now
+            _send(self._ctl, {"op": "progress", "phase": name or "?", "done": done, "total": total})
+
+
+def _calibration_fd(init: Mapping[str, Any]) -> int | None:
+    """The sealed memfd of a ``trt-build`` worker's INT8 calibration frames, or None."""
+    if init.get("calibration_fd") is None:
+        return None
+    fd = int(init["calibration_fd"])
+    if fcntl.fcntl(fd, fcntl.F_GET_SEALS) & _SEALS != _SEALS:
+        raise ValueError("the calibration memfd is not sealed")
+    return fd
+
+
+def _timing_cache(init: Mapping[str, Any]) -> bytes | None:
+    """The timing cache a ``trt-build`` worker starts from (its sealed memfd), or None."""
+    if init.get("timing_cache_fd") is None:
+        return None
+    fd, size = int(init["timing_cache_fd"]), int(init["timing_cache_size"])
+    try:
+        if fcntl.fcntl(fd, fcntl.F_GET_SEALS) & _SEALS != _SEALS:
+            raise ValueError("the timing cache memfd is not sealed")
+        with mmap.mmap(fd, size, prot=mmap.PROT_READ) as m:
+            return bytes(m)
+    finally:
+        os.close(fd)
 
 
 def _error_text(exc: BaseException) -> str:
@@ -551,6 +612,10 @@ def _prepare(loader: Loader, fmt: str) -> None:
             from edgeguard.backends.onnxruntime import preload
 
             preload()
+        if fmt == "trt-build":  # the calibration frames' reader, and zip's name codec
+            import encodings.cp437  # noqa: F401
+
+            from edgeguard import arrayfile  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -619,6 +684,8 @@ def main(argv: list[str] | None = None) -> int:
             sys.path[:0] = [str(p) for p in init.get("python_path", ())]
             loader = _resolve_loader(init.get("loader"))
             _prepare(loader, fmt)
+            cal_fd = _calibration_fd(init)
+            timing = _timing_cache(init) if fmt == "trt-build" else None
         except Exception as exc:
             _send(ctl, {"op": "error", "error": "model load failed: " + _error_text(exc)})
             return 5
@@ -634,6 +701,12 @@ def main(argv: list[str] | None = None) -> int:
             raise _RequiredLayerError(f"privileges: {exc}") from exc
         lock.limits(nproc=False)
         options = dict(init.get("options", {}))
+        out = init.get("timing_cache_out_fd")
+        timing_out = None if out is None else int(out)  # closed after the load, always
+        if fmt == "trt-build" and loader is _default_loader:
+            options["progress"] = _Progress(ctl)
+            if cal_fd is not None:  # read in the build, by the strict array reader
+                options["calibration"] = cal_fd
         if early:
             lock.landlock(when="before the model load")
             compiling = lock.compiling() and lock.compile_filter is not None
@@ -649,6 +722,10 @@ def main(argv: list[str] | None = None) -> int:
         elif lock.compiling() and loader is _default_loader and fmt == "trt-build":
             options["artifact_fd"] = lock.artifact_fd
             lock.artifact = "written"
+            if timing is not None:
+                options["timing_cache"] = timing
+            if timing_out is not None:
+                options["timing_cache_fd"] = timing_out
         else:
             lock.end_compile()
         # 5. the model: untrusted input from here on
@@ -657,6 +734,9 @@ def main(argv: list[str] | None = None) -> int:
             with model:
                 target = loader(memoryview(model), fmt, options)
             os.close(model_fd)
+            for fd in (cal_fd, timing_out):
+                if fd is not None:
+                    os.close(fd)
             lock.end_compile()
             load_ms = int((time.perf_counter() - t_load) * 1e3)  # no floats in replies
         except Exception as exc:
