@@ -327,6 +327,8 @@ def _build_and_load(
         _pwrite_all(artifact_fd, built.plan)
     if timing_cache_fd is not None and built.timing_cache is not None:
         _pwrite_all(timing_cache_fd, built.timing_cache)
+    if recipe.get("engine_host_code_allowed") is True:
+        opts["allow_host_code"] = True  # the signed recipe built it with host code in
     return _load_plan(
         built.plan, plan_loader=plan_loader, device_id=device_id, dla_core=dla_core, **opts
     )

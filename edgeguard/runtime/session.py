@@ -592,11 +592,17 @@ def _trt_recipe(opened: OpenedBundle, name: str, *, accelerator: bool) -> dict[s
     return None if recipe is None else recipe.to_dict()
 
 
-def _trt_where(where: Any) -> dict[str, Any]:
-    """``device_id`` and ``dla_core`` of a GPU or DLA placement."""
+def _trt_where(where: Any, recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """Loader options of a plan: ``device_id`` and ``dla_core`` of a GPU or DLA placement,
+    and ``allow_host_code`` when the member's signed recipe allows host code (a plan built
+    from it may carry TensorRT's lean runtime, which the runtime refuses otherwise)."""
     if where.unit == "dla":
-        return {"device_id": 0, "dla_core": where.index}
-    return {"device_id": where.index or 0, "dla_core": None}
+        loc: dict[str, Any] = {"device_id": 0, "dla_core": where.index}
+    else:
+        loc = {"device_id": where.index or 0, "dla_core": None}
+    if recipe.get("engine_host_code_allowed") is True:
+        loc["allow_host_code"] = True
+    return loc
 
 
 def _trt_binding(
@@ -752,7 +758,7 @@ def _load_trt(
 
     from edgeguard.backends import device_identity, load_backend
 
-    loc = _trt_where(where)
+    loc = _trt_where(where, recipe)
     binding = None
     identity = device_identity(device_id=loc["device_id"])
     plan = _prebuilt_plan(opened, name, identity, log)
@@ -1102,7 +1108,7 @@ def _start_sandbox(
         from edgeguard.backends import TRT_BUILDER, TRT_PLAN_LOADER, device_identity
 
         where = next(m.where for m in slots.runtime.members if m.name == name)
-        loc = _trt_where(where)
+        loc = _trt_where(where, recipe)
         if TRT_PLAN_LOADER is not None:  # a test double (tests only)
             loc["plan_loader"] = TRT_PLAN_LOADER
         kw.pop("options", None)

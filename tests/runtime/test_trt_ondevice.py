@@ -510,3 +510,38 @@ def test_a_worker_that_builds_nothing_may_not_send_progress() -> None:
             on_progress=lambda *a: got.append(a),
         )
     assert got == []
+
+
+def test_a_plan_whose_recipe_allows_host_code_is_loaded_with_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A version-compatible plan carries TensorRT's lean runtime (host code): the device
+    must load it with the signed recipe's permission, and without it otherwise."""
+    from edgeguard.backends import load_backend
+    from edgeguard.backends.tensorrt import TensorRTBackend
+    from edgeguard.policy.engine import MemberRecipe
+
+    seen: list[dict[str, object]] = []
+
+    def loaded(cls: object, data: object, **kw: object) -> str:
+        seen.append(kw)
+        return "backend"
+
+    monkeypatch.setattr(TensorRTBackend, "from_engine_bytes", classmethod(loaded))
+    allowed = MemberRecipe(version_compatible=True, engine_host_code_allowed=True).to_dict()
+    load_backend("trt-build", b"onnx", recipe=allowed, builder="tests.runtime.fake_trt:build")
+    load_backend(
+        "trt-build",
+        b"onnx",
+        recipe=MemberRecipe().to_dict(),
+        builder="tests.runtime.fake_trt:build",
+    )
+    assert seen[0].get("allow_host_code") is True
+    assert "allow_host_code" not in seen[1]
+    from edgeguard.runtime.session import _trt_where
+
+    class Where:
+        unit, index = "gpu", 0
+
+    assert _trt_where(Where(), allowed)["allow_host_code"] is True
+    assert "allow_host_code" not in _trt_where(Where(), MemberRecipe().to_dict())
