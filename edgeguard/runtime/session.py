@@ -592,6 +592,19 @@ def _trt_recipe(opened: OpenedBundle, name: str, *, accelerator: bool) -> dict[s
     return None if recipe is None else recipe.to_dict()
 
 
+#: A compiled artifact is at most this many times its ONNX member, and never held to less
+#: than :data:`ARTIFACT_FLOOR` (a TensorRT plan of a small model carries its kernels).
+ARTIFACT_FACTOR = 8
+ARTIFACT_FLOOR = 64 << 20
+
+
+def _artifact_max(cache: EngineCache, opened: OpenedBundle, name: str) -> int:
+    """What a compiling worker may write for member ``name``: bounded by its model's size,
+    so a compromised worker cannot make the supervisor lock and seal the cache's limit."""
+    size = len(memoryview(opened.member_bytes(name)).cast("B"))
+    return min(cache.limits.max_artifact_bytes, max(ARTIFACT_FLOOR, ARTIFACT_FACTOR * size))
+
+
 def _trt_where(where: Any, recipe: Mapping[str, Any]) -> dict[str, Any]:
     """Loader options of a plan: ``device_id`` and ``dla_core`` of a GPU or DLA placement,
     and ``allow_host_code`` when the member's signed recipe allows host code (a plan built
@@ -1098,7 +1111,7 @@ def _start_sandbox(
             return WorkerSpec(
                 opened.member_bytes(name),
                 fmt=fmt,
-                artifact_max=cache.limits.max_artifact_bytes,
+                artifact_max=_artifact_max(cache, opened, name),
                 **kw,
             )
         held.append(buf)
@@ -1130,7 +1143,7 @@ def _start_sandbox(
             opened.member_bytes(name),
             fmt="trt-build",
             options={**loc, "recipe": recipe, "builder": TRT_BUILDER},
-            artifact_max=None if cache is None else cache.limits.max_artifact_bytes,
+            artifact_max=None if cache is None else _artifact_max(cache, opened, name),
             calibration=_calibration(opened, recipe),
             timing_cache=timing,
             timing_cache_out=key in timings,

@@ -367,3 +367,27 @@ def test_cli_worker_user_and_groups_reach_the_workers(
         status = Path(f"/proc/{pid}/status").read_text()
     uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
     assert uid_line.split()[1:] == [str(daemon)] * 4
+
+
+def test_what_a_compiling_worker_may_write_is_bounded_by_its_model() -> None:
+    """A compromised worker that grew its artifact memfd to the cache's limit would make
+    the supervisor lock and seal that much: the bound follows the member's size."""
+    from edgeguard.runtime import session
+    from edgeguard.runtime.enginecache import LIMITS
+
+    class Opened:
+        def __init__(self, size: int) -> None:
+            self.data = bytes(size)
+
+        def member_bytes(self, name: str) -> memoryview:
+            return memoryview(self.data)
+
+    class Cache:
+        limits = LIMITS
+
+    small = session._artifact_max(Cache(), Opened(70_000), "m")  # type: ignore[arg-type]
+    assert small == session.ARTIFACT_FLOOR < LIMITS.max_artifact_bytes
+    big = session._artifact_max(Cache(), Opened(20 << 20), "m")  # type: ignore[arg-type]
+    assert big == 8 * (20 << 20)
+    huge = session._artifact_max(Cache(), Opened(300 << 20), "m")  # type: ignore[arg-type]
+    assert huge == LIMITS.max_artifact_bytes
