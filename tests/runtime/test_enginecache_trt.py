@@ -25,7 +25,7 @@ from edgeguard.policy.runtime import RuntimePolicy
 from edgeguard.policy.slots import policy_slot
 from edgeguard.runtime.sandbox import SandboxPolicy, probe_host
 from edgeguard.runtime.sandbox.executor import ProcessMemberExecutor, WorkerSpec
-from tests.runtime import fake_trt
+from tests.runtime import fake_trt, trt_bundles
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE = "tests.runtime.fake_trt"
@@ -42,29 +42,7 @@ def seams(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def gpu_bundle(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    d = tmp_path_factory.mktemp("trt")
-    signer, device = SignerKey.generate(), DeviceKey.generate("cam-01")
-    io = MemberIo(
-        inputs=(TensorSpec("image", "float32", (None, 1, 8, 8)),),
-        outputs=(TensorSpec("logits", "float32", (None, 10)),),
-    )
-    b = d / "gpu.egb"
-    write_bundle(
-        b,
-        [MemberSource("m", Path(data.model_path("digits_mlp")))],
-        name="gpu-digits",
-        version=1,
-        signer=signer,
-        recipients=[device.public],
-        profiles=["generic-cpu"],
-        policy=policy_slot(
-            runtime=RuntimePolicy.single("m", placement="gpu0"),
-            isolation=SandboxPolicy(),
-            io={"m": io},
-        ),
-        engine_recipe={"format": "edgeguard-engine-recipe/1", "members": {"m": RECIPE}},
-    )
-    return {"bundle": b, "trust": TrustStore.of([signer.public]), "device": device}
+    return trt_bundles.gpu_bundle(tmp_path_factory.mktemp("trt"), RECIPE, tag="gpu")
 
 
 def _events(state: Path) -> list[tuple[str, dict[str, Any]]]:

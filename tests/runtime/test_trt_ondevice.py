@@ -17,16 +17,11 @@ import numpy as np
 import pytest
 
 from edgeguard import api, data
-from edgeguard.bundle.verify import TrustStore
-from edgeguard.crypto.keys import DeviceKey, SignerKey
+from edgeguard.crypto.keys import DeviceKey
 from edgeguard.errors import BackendError, MalformedError
-from edgeguard.packaging.packager import MemberSource, write_bundle
-from edgeguard.policy.io import MemberIo, TensorSpec
-from edgeguard.policy.runtime import RuntimePolicy
-from edgeguard.policy.slots import policy_slot
 from edgeguard.runtime.sandbox import SandboxPolicy, probe_host
 from edgeguard.runtime.sandbox.executor import ProcessMemberExecutor, WorkerSpec, _read_progress
-from tests.runtime import fake_trt
+from tests.runtime import fake_trt, trt_bundles
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE = "tests.runtime.fake_trt"
@@ -50,42 +45,6 @@ def _npz(**arrays: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **arrays)  # type: ignore[arg-type]
     return buf.getvalue()
-
-
-def _bundle(
-    d: Path,
-    recipe: dict[str, Any],
-    *,
-    cal: tuple[bytes, str] | None = None,
-    tag: str = "b",
-    device: DeviceKey | None = None,
-) -> dict[str, Any]:
-    signer = SignerKey.generate()
-    device = device or DeviceKey.generate("cam-01")
-    io_ = MemberIo(
-        inputs=(TensorSpec("image", "float32", (None, 1, 8, 8)),),
-        outputs=(TensorSpec("logits", "float32", (None, 10)),),
-    )
-    members = [MemberSource("m", ONNX)]
-    if cal is not None:
-        members.append(MemberSource("calibration", cal[0], role="aux", format=cal[1]))
-    b = d / f"{tag}.egb"
-    write_bundle(
-        b,
-        members,
-        name=f"gpu-{tag}",
-        version=1,
-        signer=signer,
-        recipients=[device.public],
-        profiles=["generic-cpu"],
-        policy=policy_slot(
-            runtime=RuntimePolicy.single("m", placement="gpu0"),
-            isolation=SandboxPolicy(),
-            io={"m": io_},
-        ),
-        engine_recipe={"format": "edgeguard-engine-recipe/1", "members": {"m": recipe}},
-    )
-    return {"bundle": b, "trust": TrustStore.of([signer.public]), "device": device}
 
 
 def _open(w: dict[str, Any], state: Path, **kw: Any) -> Any:
@@ -116,7 +75,7 @@ def _expected_progress(member: str) -> list[tuple[str, str, int, int]]:
 
 @pytest.mark.usefixtures("seams")
 def test_threads_build_reports_progress_in_order_and_only_when_it_builds(tmp_path: Path) -> None:
-    w = _bundle(tmp_path, {"fp16": True})
+    w = trt_bundles.gpu_bundle(tmp_path, {"fp16": True})
     got: list[tuple[str, str, int, int]] = []
     _open(w, tmp_path / "s", progress=lambda *a: got.append(a)).close()
     assert got == _expected_progress("m")
@@ -267,7 +226,7 @@ def test_cli_session_shows_the_build_only_when_one_happens(
 
     from edgeguard.cli import _common
 
-    w = _bundle(tmp_path, {"fp16": True})
+    w = trt_bundles.gpu_bundle(tmp_path, {"fp16": True})
     monkeypatch.setattr(_common, "load_keys", lambda args: (w["trust"], w["device"]))
     args = argparse.Namespace(
         bundle=w["bundle"], state_dir=tmp_path / "s", isolation="threads", unsafe_in_process=False
@@ -324,7 +283,7 @@ INT8 = {"int8": True, "int8_calibration_member": "calibration"}
 
 @pytest.mark.usefixtures("seams")
 def test_threads_build_gets_the_calibration_frames(tmp_path: Path) -> None:
-    w = _bundle(tmp_path, INT8, cal=(_npz(image=FRAMES), "npz"))
+    w = trt_bundles.gpu_bundle(tmp_path, INT8, cal=(_npz(image=FRAMES), "npz"))
     with _open(w, tmp_path / "s") as s:
         assert s.run(X)["logits"].shape == (1, 10)
     (got,) = fake_trt.BUILDS
@@ -335,7 +294,7 @@ def test_threads_build_gets_the_calibration_frames(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("seams")
 def test_a_build_without_a_calibration_member_gets_no_frames(tmp_path: Path) -> None:
-    _open(_bundle(tmp_path, {"fp16": True}), tmp_path / "s").close()
+    _open(trt_bundles.gpu_bundle(tmp_path, {"fp16": True}), tmp_path / "s").close()
     assert fake_trt.BUILDS[0]["calibration"] is None
 
 
@@ -411,7 +370,7 @@ def test_the_timing_cache_is_sealed_and_reused_by_any_later_build_on_this_device
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     state, dev = tmp_path / "s", DeviceKey.generate("cam-01")
-    _open(_bundle(tmp_path, TIMED, tag="one", device=dev), state).close()
+    _open(trt_bundles.gpu_bundle(tmp_path, TIMED, tag="one", device=dev), state).close()
     ev = _events(state)
     assert fake_trt.BUILDS[0]["timing_cache"] is None  # nothing sealed yet
     timing = [d for k, d in ev if d.get("kind") == "trt-timing"]
@@ -421,16 +380,16 @@ def test_the_timing_cache_is_sealed_and_reused_by_any_later_build_on_this_device
     ]
     assert timing[0]["member"] == ""
     # another bundle on the same device: its build gets the first one's cache
-    _open(_bundle(tmp_path, TIMED, tag="two", device=dev), state).close()
+    _open(trt_bundles.gpu_bundle(tmp_path, TIMED, tag="two", device=dev), state).close()
     assert fake_trt.BUILDS[1]["timing_cache"] == b"cache+1"
     ev = [k for k, d in _events(state) if d.get("kind") == "trt-timing"]
     assert ev == ["engine_cache_hit", "engine_cache_sealed"]  # the same entry, replaced
-    _open(_bundle(tmp_path, TIMED, tag="three", device=dev), state).close()
+    _open(trt_bundles.gpu_bundle(tmp_path, TIMED, tag="three", device=dev), state).close()
     assert fake_trt.BUILDS[2]["timing_cache"] == b"cache+1+1"
     _events(state)
     # another TensorRT version: the old cache is not given to the build
     monkeypatch.setitem(fake_trt.IDENTITY, "tensorrt", "10.4.0")
-    _open(_bundle(tmp_path, TIMED, tag="four", device=dev), state).close()
+    _open(trt_bundles.gpu_bundle(tmp_path, TIMED, tag="four", device=dev), state).close()
     assert fake_trt.BUILDS[3]["timing_cache"] is None
     ev = [k for k, d in _events(state) if d.get("kind") == "trt-timing"]
     assert ev == ["engine_cache_miss", "engine_cache_sealed", "engine_cache_evicted"]
@@ -439,9 +398,9 @@ def test_the_timing_cache_is_sealed_and_reused_by_any_later_build_on_this_device
 @pytest.mark.usefixtures("seams")
 def test_no_timing_cache_without_the_recipe_or_the_engine_cache(tmp_path: Path) -> None:
     state = tmp_path / "s"
-    _open(_bundle(tmp_path, {"fp16": True}, tag="off"), state).close()
+    _open(trt_bundles.gpu_bundle(tmp_path, {"fp16": True}, tag="off"), state).close()
     assert all(d.get("kind") != "trt-timing" for _, d in _events(state))
-    w = _bundle(tmp_path, TIMED, tag="nocache")
+    w = trt_bundles.gpu_bundle(tmp_path, TIMED, tag="nocache")
     for _ in range(2):
         _open(w, tmp_path / "n", engine_cache=False).close()
     assert [b["timing_cache"] for b in fake_trt.BUILDS] == [None, None, None]
