@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from edgeguard import api
 from edgeguard.errors import BackendError
@@ -64,19 +63,9 @@ def test_a_model_that_fails_on_its_own_fixed_shape_or_the_signed_one_is_an_error
 
 def _dynamic_conv(path: Path) -> Path:
     """x [N, 3, H, W] -> 3x3 conv, no padding: cannot run 1x1 frames (like YOLOv8n)."""
-    w = numpy_helper.from_array(
-        np.random.default_rng(0).normal(size=(4, 3, 3, 3)).astype(np.float32), "w"
-    )
-    g = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["y"])],
-        "dyn",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, "H2", "W2"])],
-        [w],
-    )
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    path.write_bytes(m.SerializeToString())
+    from tests.packaging.test_deadline import _dynamic_conv as model
+
+    path.write_bytes(model())
     return path
 
 
